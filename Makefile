@@ -1,0 +1,75 @@
+# mod_minimix - build, test and install.
+#
+# Plays well with LuaRocks: CC, CFLAGS, LUA_INCDIR, LIBFLAG, INST_LIBDIR,
+# INST_LUADIR, PREFIX and DESTDIR can all be overridden.  The module is never
+# linked against liblua: Prosody's interpreter provides the Lua API.
+
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+LUA ?= lua5.4
+LUA_INCDIR ?= /usr/include/lua5.4
+CFLAGS ?= -O2 -g
+LIBFLAG ?= -shared
+LDFLAGS ?=
+PYTHON ?= /usr/bin/python3
+
+WARN = -std=c99 -Wall -Wextra -pedantic -Wshadow -Wformat=2 -Wmissing-prototypes
+PIC = -fPIC -fvisibility=hidden
+
+PREFIX ?= /usr/local
+# Debian's Prosody looks for plugins in /usr/lib/prosody/modules; an operator
+# points plugin_paths at INST_LUADIR for anything else (see README).
+INST_LUADIR ?= $(PREFIX)/lib/prosody/modules
+INST_LIBDIR ?= $(INST_LUADIR)
+
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+
+.PHONY: all check deps unit spec e2e bench install clean run
+
+all: minimix.so
+
+# The core is compiled without the Lua include path: it must not need it.
+minimix.o: minimix.c minimix.h
+	$(CC) $(WARN) $(CFLAGS) $(PIC) -c minimix.c -o $@
+
+lua_bindings.o: lua_bindings.c minimix.h
+	$(CC) $(WARN) $(CFLAGS) $(PIC) -I$(LUA_INCDIR) -c lua_bindings.c -o $@
+
+minimix.so: minimix.o lua_bindings.o
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ minimix.o lua_bindings.o
+
+# The Check suite links the core alone.
+test/check_minimix: test/check_minimix.c minimix.o minimix.h
+	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS)
+
+deps:
+	sh tools/deps.sh
+
+# The README's test command: installs what is missing, builds, runs every
+# suite, and ends with one line "N passed, N failed".
+check: deps
+	$(MAKE) all test/check_minimix
+	$(PYTHON) test/run_suites.py
+
+unit: test/check_minimix
+	./test/check_minimix
+
+spec: minimix.so
+	$(LUA) /usr/bin/busted
+
+e2e: minimix.so
+	$(PYTHON) -m pytest -q test/e2e
+
+run: deps
+	$(MAKE) all
+	$(PYTHON) test/e2e/run_server.py
+
+install: minimix.so
+	install -d $(DESTDIR)$(INST_LUADIR) $(DESTDIR)$(INST_LIBDIR)
+	install -m 644 mod_minimix.lua $(DESTDIR)$(INST_LUADIR)/mod_minimix.lua
+	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
+
+clean:
+	rm -f *.o minimix.so test/check_minimix
+	rm -rf test/e2e/__pycache__ .pytest_cache

@@ -1,0 +1,512 @@
+/*
+ * lua_bindings.c - Lua 5.4 glue for the mod_minimix core.
+ *
+ * Only translates: checks and converts arguments, calls the core, turns
+ * its decisions into Lua tables.  Two error channels, as in Lua's io
+ * library: misuse raises; an expected refusal from the core returns
+ * nil, token, condition, error_type, text.
+ */
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "minimix.h"
+
+#define STATE_MT "minimix.state"
+
+#if defined(__GNUC__)
+#define MM_EXPORT __attribute__((visibility("default")))
+#else
+#define MM_EXPORT
+#endif
+
+typedef struct box {
+	mm_state *state;
+} box;
+
+static mm_state *check_state(lua_State *L)
+{
+	box *b = luaL_checkudata(L, 1, STATE_MT);
+	luaL_argcheck(L, b->state != NULL, 1, "attempt to use a closed minimix.state");
+	return b->state;
+}
+
+/* ---- results ---------------------------------------------------------- */
+
+static const char *const op_names[] = {
+	[MM_OP_SEND_JOIN] = "send_join",
+	[MM_OP_SEND_AS_ACCOUNT] = "send_as_account",
+	[MM_OP_SEND_LEAVE] = "send_leave",
+	[MM_OP_DELIVER] = "deliver",
+	[MM_OP_REPLAY] = "replay",
+	[MM_OP_REFLECT_LEAVE] = "reflect_leave",
+	[MM_OP_ERROR] = "error",
+	[MM_OP_DROP] = "drop",
+};
+
+static void set_str(lua_State *L, const char *key, const char *value)
+{
+	if (value) {
+		lua_pushstring(L, value);
+		lua_setfield(L, -2, key);
+	}
+}
+
+static void push_codes(lua_State *L, unsigned codes)
+{
+	int i = 0;
+	if (codes == 0)
+		return;
+	lua_createtable(L, 2, 0);
+	if (codes & MM_CODE_110) {
+		lua_pushinteger(L, 110);
+		lua_rawseti(L, -2, ++i);
+	}
+	if (codes & MM_CODE_210) {
+		lua_pushinteger(L, 210);
+		lua_rawseti(L, -2, ++i);
+	}
+	lua_setfield(L, -2, "codes");
+}
+
+static void push_action(lua_State *L, const mm_action *a)
+{
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, op_names[a->op]);
+	lua_setfield(L, -2, "op");
+	set_str(L, "resource", a->resource);
+	set_str(L, "nick", a->nick);
+	set_str(L, "payload", a->payload);
+	set_str(L, "id", a->id);
+	set_str(L, "password", a->password);
+	set_str(L, "condition", a->condition);
+	set_str(L, "error_type", a->error_type);
+	set_str(L, "affiliation", a->affiliation);
+	push_codes(L, a->add_codes);
+	if (a->from_request) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, -2, "from_request");
+	}
+}
+
+/*
+ * Turn the core's answer into Lua results:
+ *   handled (boolean), actions (array, only when there are any)
+ *   or nil, token, condition, error_type, text on a refusal.
+ */
+static int push_result(lua_State *L, mm_err err, const mm_decision *d)
+{
+	size_t i;
+	if (err != MM_OK) {
+		const char *type;
+		const char *cond = mm_errcondition(err, &type);
+		lua_pushnil(L);
+		lua_pushstring(L, mm_errtoken(err));
+		lua_pushstring(L, cond);
+		lua_pushstring(L, type);
+		lua_pushstring(L, mm_strerror(err));
+		return 5;
+	}
+	lua_pushboolean(L, d->handled);
+	if (d->n == 0)
+		return 1;
+	lua_createtable(L, (int)d->n, 0);
+	for (i = 0; i < d->n; i++) {
+		push_action(L, &d->actions[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	return 2;
+}
+
+/* ---- state lifecycle ---------------------------------------------------- */
+
+static size_t opt_limit(lua_State *L, int t, const char *key)
+{
+	lua_Integer v;
+	int isnum;
+	lua_getfield(L, t, key);
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	v = lua_tointegerx(L, -1, &isnum);
+	if (!isnum || v < 1)
+		luaL_error(L, "option '%s' must be a positive integer", key);
+	lua_pop(L, 1);
+	return (size_t)v;
+}
+
+static int l_new(lua_State *L)
+{
+	mm_limits lim;
+	box *b;
+	memset(&lim, 0, sizeof lim);
+	if (!lua_isnoneornil(L, 1)) {
+		luaL_checktype(L, 1, LUA_TTABLE);
+		lim.max_rooms = opt_limit(L, 1, "max_rooms");
+		lim.max_sessions = opt_limit(L, 1, "max_sessions");
+		lim.max_occupants = opt_limit(L, 1, "max_occupants");
+		lim.max_pending = opt_limit(L, 1, "max_pending");
+		lim.max_nick_bytes = opt_limit(L, 1, "max_nick_bytes");
+	}
+	/* box first, with its metatable, so a failure below cannot leak */
+	b = lua_newuserdatauv(L, sizeof *b, 0);
+	b->state = NULL;
+	luaL_setmetatable(L, STATE_MT);
+	b->state = mm_state_new(&lim);
+	if (b->state == NULL)
+		return luaL_error(L, "not enough memory for a minimix.state");
+	return 1;
+}
+
+static int l_close(lua_State *L)
+{
+	box *b = luaL_checkudata(L, 1, STATE_MT);
+	mm_state_free(b->state);
+	b->state = NULL;
+	return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+	box *b = luaL_checkudata(L, 1, STATE_MT);
+	mm_stats st;
+	if (b->state == NULL) {
+		lua_pushliteral(L, "minimix.state (closed)");
+		return 1;
+	}
+	mm_state_stats(b->state, &st);
+	lua_pushfstring(L, "minimix.state (accounts=%d, rooms=%d, sessions=%d)",
+		(int)st.accounts, (int)st.memberships, (int)st.sessions);
+	return 1;
+}
+
+/* ---- events from sessions ---------------------------------------------- */
+
+static int l_join(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	const char *room = luaL_checkstring(L, 4);
+	const char *nick = luaL_checkstring(L, 5);
+	const char *id = luaL_optstring(L, 6, NULL);
+	const char *password = luaL_optstring(L, 7, NULL);
+	mm_decision d;
+	mm_err err = mm_session_join(s, account, resource, room, nick, id, password, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_leave(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	const char *room = luaL_checkstring(L, 4);
+	const char *id = luaL_optstring(L, 5, NULL);
+	mm_decision d;
+	mm_err err = mm_session_leave(s, account, resource, room, id, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_presence_out(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	const char *room = luaL_checkstring(L, 4);
+	const char *nick = luaL_optstring(L, 5, NULL);
+	const char *id = luaL_optstring(L, 6, NULL);
+	mm_decision d;
+	mm_err err = mm_session_presence(s, account, resource, room, nick, id, &d);
+	return push_result(L, err, &d);
+}
+
+static const char *const msg_types[] = {
+	"normal", "chat", "groupchat", "headline", "error", NULL
+};
+
+static int l_message_out(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	const char *room = luaL_checkstring(L, 4);
+	const char *nick = luaL_optstring(L, 5, NULL);
+	int type = luaL_checkoption(L, 6, "normal", msg_types);
+	const char *id = luaL_optstring(L, 7, NULL);
+	mm_decision d;
+	mm_err err = mm_session_message(s, account, resource, room, nick,
+		(mm_msg_type)type, id, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_session_gone(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	mm_decision d;
+	mm_err err = mm_session_gone(s, account, resource, &d);
+	return push_result(L, err, &d);
+}
+
+/* ---- events from rooms -------------------------------------------------- */
+
+/* Optional string field of the table at index t; NULL when absent. */
+static const char *opt_field(lua_State *L, int t, const char *key)
+{
+	const char *v;
+	lua_getfield(L, t, key);
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	if (lua_type(L, -1) != LUA_TSTRING)
+		luaL_error(L, "field '%s' must be a string", key);
+	v = lua_tostring(L, -1);
+	/* the table keeps the string alive while the call runs */
+	lua_pop(L, 1);
+	return v;
+}
+
+static int bool_field(lua_State *L, int t, const char *key)
+{
+	int v;
+	lua_getfield(L, t, key);
+	v = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	return v;
+}
+
+static const char *const pres_types[] = {"available", "unavailable", "error", NULL};
+
+static int l_room_presence(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	const char *nick = luaL_optstring(L, 4, NULL);
+	mm_presence p;
+	mm_decision d;
+	mm_err err;
+	const char *type;
+	int i;
+
+	luaL_checktype(L, 5, LUA_TTABLE);
+	memset(&p, 0, sizeof p);
+	type = opt_field(L, 5, "type");
+	for (i = 0; type && pres_types[i]; i++)
+		if (strcmp(type, pres_types[i]) == 0)
+			break;
+	luaL_argcheck(L, type == NULL || pres_types[i] != NULL, 5, "invalid presence type");
+	p.type = type ? (mm_pres_type)i : MM_PRES_AVAILABLE;
+	lua_getfield(L, 5, "codes");
+	if (!lua_isnil(L, -1)) {
+		lua_Integer n, k;
+		luaL_argcheck(L, lua_istable(L, -1), 5, "codes must be an array");
+		n = (lua_Integer)lua_rawlen(L, -1);
+		for (k = 1; k <= n; k++) {
+			lua_rawgeti(L, -1, k);
+			p.status |= mm_status_bit((int)lua_tointeger(L, -1));
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	p.new_nick = opt_field(L, 5, "new_nick");
+	p.affiliation = opt_field(L, 5, "affiliation");
+	p.role = opt_field(L, 5, "role");
+	p.destroyed = bool_field(L, 5, "destroyed");
+	p.id = opt_field(L, 5, "id");
+	p.payload = opt_field(L, 5, "payload");
+	err = mm_room_presence(s, account, room, nick, &p, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_room_message(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	const char *nick = luaL_optstring(L, 4, NULL);
+	mm_message m;
+	mm_decision d;
+	mm_err err;
+	const char *type;
+	int i;
+
+	luaL_checktype(L, 5, LUA_TTABLE);
+	memset(&m, 0, sizeof m);
+	type = opt_field(L, 5, "type");
+	for (i = 0; type && msg_types[i]; i++)
+		if (strcmp(type, msg_types[i]) == 0)
+			break;
+	luaL_argcheck(L, type == NULL || msg_types[i] != NULL, 5, "invalid message type");
+	m.type = type ? (mm_msg_type)i : MM_MSG_NORMAL;
+	m.has_subject = bool_field(L, 5, "subject");
+	m.has_body = bool_field(L, 5, "body");
+	m.id = opt_field(L, 5, "id");
+	m.payload = opt_field(L, 5, "payload");
+	err = mm_room_message(s, account, room, nick, &m, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_delivery_failed(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	mm_decision d;
+	mm_err err = mm_delivery_failed(s, account, room, &d);
+	return push_result(L, err, &d);
+}
+
+/* ---- inspection --------------------------------------------------------- */
+
+static void set_int(lua_State *L, const char *key, size_t v)
+{
+	lua_pushinteger(L, (lua_Integer)v);
+	lua_setfield(L, -2, key);
+}
+
+static int l_stats(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	mm_stats st;
+	mm_state_stats(s, &st);
+	lua_createtable(L, 0, 6);
+	set_int(L, "accounts", st.accounts);
+	set_int(L, "memberships", st.memberships);
+	set_int(L, "sessions", st.sessions);
+	set_int(L, "occupants", st.occupants);
+	set_int(L, "payloads", st.payloads);
+	set_int(L, "payload_bytes", st.payload_bytes);
+	return 1;
+}
+
+static int l_limits(lua_State *L)
+{
+	const mm_limits *lim = mm_state_limits(check_state(L));
+	lua_createtable(L, 0, 5);
+	set_int(L, "max_rooms", lim->max_rooms);
+	set_int(L, "max_sessions", lim->max_sessions);
+	set_int(L, "max_occupants", lim->max_occupants);
+	set_int(L, "max_pending", lim->max_pending);
+	set_int(L, "max_nick_bytes", lim->max_nick_bytes);
+	return 1;
+}
+
+static const char *const mstate_names[] = {"joining", "joined", "leaving"};
+
+/* member(account, room) -> "joining" | "joined" | "leaving" | nil */
+static int l_member(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	int ms = mm_membership_state(s, account, room);
+	if (ms < 0)
+		lua_pushnil(L);
+	else
+		lua_pushstring(L, mstate_names[ms]);
+	return 1;
+}
+
+static int push_membership(const mm_membership_info *info, void *ud)
+{
+	lua_State *L = ud;
+	lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+	lua_createtable(L, 0, 7);
+	set_str(L, "room", info->room);
+	set_str(L, "nick", info->nick);
+	set_str(L, "password", info->password);
+	lua_pushstring(L, mstate_names[info->state]);
+	lua_setfield(L, -2, "state");
+	set_int(L, "sessions", info->sessions);
+	set_int(L, "occupants", info->occupants);
+	lua_pushboolean(L, info->has_subject);
+	lua_setfield(L, -2, "has_subject");
+	lua_rawseti(L, -2, n + 1);
+	return 0;
+}
+
+static int l_memberships(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	lua_newtable(L);
+	luaL_checkstack(L, 4, NULL);
+	mm_account_memberships(s, account, push_membership, L);
+	return 1;
+}
+
+static int push_session(const char *resource, int joined, void *ud)
+{
+	lua_State *L = ud;
+	lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+	lua_createtable(L, 0, 2);
+	set_str(L, "resource", resource);
+	lua_pushboolean(L, joined);
+	lua_setfield(L, -2, "joined");
+	lua_rawseti(L, -2, n + 1);
+	return 0;
+}
+
+static int l_sessions(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	lua_newtable(L);
+	luaL_checkstack(L, 4, NULL);
+	mm_membership_sessions(s, account, room, push_session, L);
+	return 1;
+}
+
+static const luaL_Reg state_methods[] = {
+	{"join", l_join},
+	{"leave", l_leave},
+	{"presence_out", l_presence_out},
+	{"message_out", l_message_out},
+	{"session_gone", l_session_gone},
+	{"room_presence", l_room_presence},
+	{"room_message", l_room_message},
+	{"delivery_failed", l_delivery_failed},
+	{"member", l_member},
+	{"stats", l_stats},
+	{"limits", l_limits},
+	{"memberships", l_memberships},
+	{"sessions", l_sessions},
+	{"close", l_close},
+	{NULL, NULL}
+};
+
+static const luaL_Reg state_meta[] = {
+	{"__gc", l_close},
+	{"__close", l_close},
+	{"__tostring", l_tostring},
+	{"__index", NULL},
+	{NULL, NULL}
+};
+
+static const luaL_Reg module_funcs[] = {
+	{"new", l_new},
+	{NULL, NULL}
+};
+
+MM_EXPORT int luaopen_minimix(lua_State *L);
+
+MM_EXPORT int luaopen_minimix(lua_State *L)
+{
+	luaL_newmetatable(L, STATE_MT);
+	luaL_setfuncs(L, state_meta, 0);
+	luaL_newlib(L, state_methods);
+	lua_setfield(L, -2, "__index");
+	lua_pop(L, 1);
+
+	luaL_newlib(L, module_funcs);
+	lua_pushliteral(L, "0.1.0");
+	lua_setfield(L, -2, "_VERSION");
+	return 1;
+}

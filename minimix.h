@@ -1,0 +1,370 @@
+/*
+ * minimix.h - the core of mod_minimix: account-level MUC membership.
+ *
+ * The account (bare JID) is the XEP-0045 occupant; client sessions attach
+ * to the account's membership and the core decides which sessions get
+ * which room traffic.  The core is an event-in, decision-out machine: the
+ * caller reports what happened (a session asked to join, the room sent a
+ * presence, ...) and receives a decision, a list of actions to carry out.
+ * The core never sends anything and never calls back.
+ *
+ * Conventions for every function below:
+ *  - Strings passed in are borrowed for the duration of the call only; the
+ *    core copies whatever it keeps.  No argument may alias the state.
+ *  - A mutator that fails returns an mm_err other than MM_OK and leaves the
+ *    state exactly as it was.  Nothing aborts.
+ *  - A decision (mm_decision) and every string it points to is owned by the
+ *    state and stays valid until the next call that takes a non-const
+ *    mm_state, or until the state is freed.  Copy what you need before that.
+ *  - JIDs are given as the router prepared them (nodeprep/nameprep done).
+ *    Bare JIDs are "node@domain"; resources and nicks are UTF-8.
+ *
+ * Not thread-safe: one state per thread, as Prosody is single-threaded.
+ */
+#ifndef MINIMIX_H
+#define MINIMIX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mm_state mm_state;
+
+typedef enum mm_err {
+	MM_OK = 0,
+	MM_ENOMEM,        /* allocation failed */
+	MM_EINVAL,        /* malformed argument (empty JID, nick too long, ...) */
+	MM_ENOTJOINED,    /* the session or account is not in that room */
+	MM_EROOMLIMIT,    /* the account is in max_rooms rooms already */
+	MM_ESESSIONLIMIT, /* the membership has max_sessions sessions already */
+	MM_EBUSY,         /* the account's membership is leaving; try later */
+	MM_ERR_COUNT
+} mm_err;
+
+/* A short English description of err; never NULL. */
+const char *mm_strerror(mm_err err);
+/* A stable kebab-case token for err ("room-limit"); never NULL. */
+const char *mm_errtoken(mm_err err);
+/*
+ * The XMPP stanza error a client should get for err: *type is "cancel",
+ * "modify", "wait" or "auth"; the return value is the defined condition
+ * ("resource-constraint", ...).  Never NULL.
+ */
+const char *mm_errcondition(mm_err err, const char **type);
+
+/* Limits; every one bounds memory.  0 in a field means "use the default". */
+typedef struct mm_limits {
+	size_t max_rooms;       /* memberships per account (default 256) */
+	size_t max_sessions;    /* sessions per membership (default 32) */
+	size_t max_occupants;   /* cached occupants per membership (default 2000) */
+	size_t max_pending;     /* remembered outgoing stanza ids per membership
+	                         * (default 32; oldest forgotten first) */
+	size_t max_nick_bytes;  /* longest nick accepted (default 1023, RFC 7622) */
+} mm_limits;
+
+#define MM_DEFAULT_MAX_ROOMS 256
+#define MM_DEFAULT_MAX_SESSIONS 32
+#define MM_DEFAULT_MAX_OCCUPANTS 2000
+#define MM_DEFAULT_MAX_PENDING 32
+#define MM_DEFAULT_MAX_NICK_BYTES 1023
+
+/* Fill *limits with the defaults. */
+void mm_limits_default(mm_limits *limits);
+
+/*
+ * A new empty state with the given limits (NULL: defaults; zero fields:
+ * defaults).  Returns NULL when memory is exhausted.
+ */
+mm_state *mm_state_new(const mm_limits *limits);
+/* Free the state and everything it owns.  NULL is accepted. */
+void mm_state_free(mm_state *state);
+/* The limits in force (defaults filled in). */
+const mm_limits *mm_state_limits(const mm_state *state);
+
+/* ---- decisions ---------------------------------------------------------- */
+
+typedef enum mm_op {
+	/*
+	 * Route the account's join presence to room/nick, from the account's
+	 * bare JID.  `from_request` set: rewrite the session's own stanza (keep
+	 * its id and children).  Otherwise build a fresh join; `password` is the
+	 * room password to include, or NULL.
+	 */
+	MM_OP_SEND_JOIN,
+	/*
+	 * Rewrite the session's stanza so it comes from the account's bare JID
+	 * and route it to the room (groupchat message, leave, presence update,
+	 * nick change).  Keep id and children.
+	 */
+	MM_OP_SEND_AS_ACCOUNT,
+	/*
+	 * Make the account leave: route an unavailable presence from the bare JID
+	 * to room/nick (used when the account leaves without a session stanza).
+	 */
+	MM_OP_SEND_LEAVE,
+	/*
+	 * Deliver the stanza being reported (from the room) to session
+	 * `resource`, addressed to its full JID.  `id`, when not NULL, replaces
+	 * the stanza id for this copy.  `add_codes` lists status codes to add to
+	 * the muc#user element of this copy (see MM_CODE_*).
+	 */
+	MM_OP_DELIVER,
+	/*
+	 * Deliver a cached stanza (`payload`, serialized XML without a 'to') to
+	 * session `resource`.  `add_codes` as for MM_OP_DELIVER.
+	 */
+	MM_OP_REPLAY,
+	/*
+	 * Send session `resource` an unavailable self-presence from room/nick:
+	 * status 110, item with `affiliation` and role none.  `id` is the id of
+	 * the session's leave, or NULL.
+	 */
+	MM_OP_REFLECT_LEAVE,
+	/*
+	 * Answer the session's stanza with an error (`condition`, `error_type`),
+	 * to that session only.
+	 */
+	MM_OP_ERROR,
+	/* Swallow the session's stanza: it must reach neither room nor peers. */
+	MM_OP_DROP
+} mm_op;
+
+/* Status codes the core adds to copies (bit set). */
+#define MM_CODE_110 0x1u /* self-presence */
+#define MM_CODE_210 0x2u /* the service assigned or changed the nick */
+
+typedef struct mm_action {
+	mm_op op;
+	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE) */
+	const char *nick;        /* occupant nick in the room (SEND_JOIN, SEND_LEAVE,
+	                          * REFLECT_LEAVE) */
+	const char *payload;     /* REPLAY: serialized stanza */
+	const char *id;          /* DELIVER/REFLECT_LEAVE: id for this copy, or NULL */
+	const char *password;    /* SEND_JOIN: room password or NULL */
+	const char *condition;   /* ERROR: defined condition */
+	const char *error_type;  /* ERROR: cancel, modify, wait, auth */
+	const char *affiliation; /* REFLECT_LEAVE */
+	unsigned add_codes;      /* DELIVER, REPLAY: MM_CODE_* bits */
+	int from_request;        /* SEND_JOIN: rewrite the request stanza */
+} mm_action;
+
+typedef struct mm_decision {
+	/*
+	 * 0: the stanza is not the module's business; let the server handle it
+	 * as usual (and `n` is 0).  1: the module handled it; carry out the
+	 * actions in order and stop the server's own handling.
+	 */
+	int handled;
+	size_t n;
+	const mm_action *actions;
+} mm_decision;
+
+/* ---- events from the account's sessions --------------------------------- */
+
+/*
+ * Session `resource` of `account` sent a MUC join (presence with the MUC
+ * <x/>) to room/nick.  `id` is the stanza id or NULL; `password` the room
+ * password from the join or NULL.
+ *
+ *  - No membership: one is created in the joining state and the decision is
+ *    SEND_JOIN (from_request).  The membership exists before the caller
+ *    routes the join, so a synchronous answer from the room finds it.
+ *  - Membership joining: the session waits; it is replayed what the room
+ *    sent so far and gets the rest as it arrives.  No second join is sent.
+ *  - Membership joined: replay occupants, the self-presence last among them
+ *    (with 210 when the nick asked differs from the account's), then the
+ *    subject.  A session already joined gets the same full resync.
+ *  - Membership leaving: the session waits; the account joins again once the
+ *    leave completes.
+ *
+ * Errors: MM_EINVAL (empty nick, nick longer than max_nick_bytes, empty
+ * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_ENOMEM.  On error nothing is
+ * recorded; the caller answers the session with mm_errcondition().
+ */
+mm_err mm_session_join(mm_state *state, const char *account,
+		const char *resource, const char *room, const char *nick,
+		const char *id, const char *password, mm_decision *out);
+
+/*
+ * Session `resource` sent unavailable presence to the room.  Not handled
+ * when the session is not in the account's membership of that room.  With
+ * other sessions still in: REFLECT_LEAVE to this session only.  Last session:
+ * SEND_AS_ACCOUNT (the account leaves); the room's unavailable self-presence
+ * is later delivered to this session and the membership ends.
+ */
+mm_err mm_session_leave(mm_state *state, const char *account,
+		const char *resource, const char *room, const char *id,
+		mm_decision *out);
+
+/*
+ * Session `resource` sent available presence without the MUC <x/> to
+ * room/nick (a status update, or a nick change when nick differs from the
+ * account's).  Handled (SEND_AS_ACCOUNT, id remembered so an error answer
+ * returns to this session) when the session is joined; not handled
+ * otherwise.
+ */
+mm_err mm_session_presence(mm_state *state, const char *account,
+		const char *resource, const char *room, const char *nick,
+		const char *id, mm_decision *out);
+
+/* Kinds of message stanzas. */
+typedef enum mm_msg_type {
+	MM_MSG_NORMAL = 0,
+	MM_MSG_CHAT,
+	MM_MSG_GROUPCHAT,
+	MM_MSG_HEADLINE,
+	MM_MSG_ERROR
+} mm_msg_type;
+
+/*
+ * Session `resource` sent a message of `type` to the room (nick NULL) or to
+ * an occupant (nick set).  A groupchat or private message from a joined
+ * session: SEND_AS_ACCOUNT (id remembered).  An error message to a room the
+ * account has a membership in: DROP (an error from the account would get it
+ * kicked).  Anything else: not handled.
+ */
+mm_err mm_session_message(mm_state *state, const char *account,
+		const char *resource, const char *room, const char *nick,
+		mm_msg_type type, const char *id, mm_decision *out);
+
+/*
+ * Session `resource` of `account` is gone (closed, lost, resumption timed
+ * out).  It is detached from every membership; the account stays in its
+ * rooms.  Always handled; the decision has no actions.
+ */
+mm_err mm_session_gone(mm_state *state, const char *account,
+		const char *resource, mm_decision *out);
+
+/* ---- events from rooms -------------------------------------------------- */
+
+typedef enum mm_pres_type {
+	MM_PRES_AVAILABLE = 0,
+	MM_PRES_UNAVAILABLE,
+	MM_PRES_ERROR
+} mm_pres_type;
+
+/* Status codes of a muc#user presence, as bits. */
+#define MM_STATUS_110 0x001u /* self-presence */
+#define MM_STATUS_201 0x002u /* room created */
+#define MM_STATUS_210 0x004u /* nick assigned by the service */
+#define MM_STATUS_301 0x008u /* banned */
+#define MM_STATUS_303 0x010u /* nick change */
+#define MM_STATUS_307 0x020u /* kicked */
+#define MM_STATUS_321 0x040u /* removed: affiliation change */
+#define MM_STATUS_322 0x080u /* removed: members-only */
+#define MM_STATUS_332 0x100u /* removed: service shutdown */
+#define MM_STATUS_333 0x200u /* removed: technical problem */
+
+/* Map a numeric status code to its MM_STATUS_* bit (0 when unknown). */
+unsigned mm_status_bit(int code);
+
+typedef struct mm_presence {
+	mm_pres_type type;
+	unsigned status;         /* MM_STATUS_* bits */
+	const char *new_nick;    /* 303: the item's nick, else NULL */
+	const char *affiliation; /* item affiliation or NULL */
+	const char *role;        /* item role or NULL */
+	int destroyed;           /* the presence carries <destroy/> */
+	const char *id;          /* stanza id or NULL */
+	/* serialized stanza without 'to', or NULL; kept for replay when cached */
+	const char *payload;
+} mm_presence;
+
+/*
+ * The room (room JID, occupant `nick`, NULL for the room itself) sent
+ * `presence` to the account's bare JID.  Not handled when the account has no
+ * membership in the room.  Otherwise the occupant cache is updated and the
+ * decision lists a DELIVER per session that should get it; joins complete
+ * (self-presence), fail (error: to the waiting sessions only, each with its
+ * own id, and the membership is forgotten) or end (unavailable
+ * self-presence without 303).  An error for a remembered id goes to that
+ * session alone; other errors are dropped.
+ */
+mm_err mm_room_presence(mm_state *state, const char *account,
+		const char *room, const char *nick, const mm_presence *presence,
+		mm_decision *out);
+
+typedef struct mm_message {
+	mm_msg_type type;
+	int has_subject;  /* a <subject/> child */
+	int has_body;     /* a <body/> child */
+	const char *id;   /* stanza id or NULL */
+	/* serialized stanza without 'to', or NULL; needed to cache a subject */
+	const char *payload;
+} mm_message;
+
+/*
+ * The room (nick NULL) or an occupant sent `message` to the account's bare
+ * JID.  Groupchat traffic goes to every session in the membership (a subject
+ * is cached for replay); a private message from an occupant goes to the
+ * joined sessions; an error for a remembered id goes to that session alone.
+ * Not handled when there is no membership, or for normal/headline messages
+ * from the room itself (invitations, which the server delivers as usual).
+ */
+mm_err mm_room_message(mm_state *state, const char *account,
+		const char *room, const char *nick, const mm_message *message,
+		mm_decision *out);
+
+/*
+ * A stanza built from room traffic could not be delivered to a session of
+ * `account` (the session vanished).  Handled (swallow the failure, never
+ * bounce it to the room) when `room` is a room the account has a
+ * membership in.
+ */
+mm_err mm_delivery_failed(mm_state *state, const char *account,
+		const char *room, mm_decision *out);
+
+/* ---- inspection --------------------------------------------------------- */
+
+typedef enum mm_mstate {
+	MM_JOINING = 0,
+	MM_JOINED,
+	MM_LEAVING
+} mm_mstate;
+
+/*
+ * The state of the account's membership in room (MM_JOINING, MM_JOINED,
+ * MM_LEAVING), or -1 when there is none.  Cheap: callers use it to let
+ * traffic that is not the module's pass before doing any work on it.
+ */
+int mm_membership_state(const mm_state *state, const char *account,
+		const char *room);
+
+typedef struct mm_stats {
+	size_t accounts;     /* accounts with at least one membership */
+	size_t memberships;
+	size_t sessions;     /* session attachments over all memberships */
+	size_t occupants;    /* cached occupant entries */
+	size_t payloads;     /* distinct interned payloads */
+	size_t payload_bytes;
+} mm_stats;
+
+void mm_state_stats(const mm_state *state, mm_stats *out);
+
+typedef struct mm_membership_info {
+	const char *room;
+	const char *nick;     /* the account's nick (asked for while joining) */
+	const char *password; /* or NULL */
+	mm_mstate state;
+	size_t sessions;
+	size_t occupants;
+	int has_subject;
+} mm_membership_info;
+
+/*
+ * Visit the account's memberships; `fn` gets borrowed pointers valid during
+ * the call only and must not call into the state.  A non-zero return from
+ * fn stops the walk.  Returns the number visited.
+ */
+size_t mm_account_memberships(const mm_state *state, const char *account,
+		int (*fn)(const mm_membership_info *info, void *ud), void *ud);
+
+/*
+ * Visit the resources of the sessions in a membership, with whether each
+ * has completed its join (1) or waits for the account's join (0).
+ * Returns the number visited, 0 when there is no such membership.
+ */
+size_t mm_membership_sessions(const mm_state *state, const char *account,
+		const char *room,
+		int (*fn)(const char *resource, int joined, void *ud), void *ud);
+
+#endif /* MINIMIX_H */

@@ -1,0 +1,318 @@
+-- mod_minimix: the account, not each client session, is the occupant of
+-- XEP-0045 rooms.  Clients keep speaking plain MUC; this shim hooks their
+-- room traffic, asks the C core (minimix.so) what to do, and does it.
+--
+-- Layers: protocol decisions live in the core (minimix.c); this file only
+-- reads stanzas into core calls and carries out the core's actions.
+
+local st = require "util.stanza";
+local jid_split = require "util.jid".split;
+local xml_parse = require "util.xml".parse;
+
+local full_sessions = prosody.full_sessions;
+
+local xmlns_muc = "http://jabber.org/protocol/muc";
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+
+-- Configuration: every limit bounds memory; see README.markdown.
+local function limit_option(name, default)
+	local v = module:get_option_number(name, default);
+	v = math.floor(v);
+	if v < 1 then
+		module:log("warn", "%s must be at least 1; using %d", name, default);
+		v = default;
+	end
+	return v;
+end
+
+local limits = {
+	max_rooms = limit_option("minimix_max_rooms", 256);
+	max_sessions = limit_option("minimix_max_sessions", 32);
+	max_occupants = limit_option("minimix_max_occupants", 2000);
+	max_pending = limit_option("minimix_max_pending", 32);
+};
+
+-- The native core: next to this file first (a checkout or plugin dir),
+-- then wherever require finds it (a LuaRocks tree, package.cpath).
+local function load_native()
+	local dir = module.path and module.path:match("^(.*)[/\\][^/\\]*$");
+	local errors = {};
+	if dir then
+		local path = dir .. "/minimix.so";
+		local open, err = package.loadlib(path, "luaopen_minimix");
+		if open then return open(); end
+		errors[#errors+1] = err;
+	end
+	local ok, lib = pcall(require, "minimix");
+	if ok then return lib; end
+	errors[#errors+1] = tostring(lib);
+	error("mod_minimix needs its native library minimix.so (build it with 'make'): "
+		.. table.concat(errors, "; "));
+end
+
+if module:get_host_type() ~= "local" then
+	error("mod_minimix belongs on a VirtualHost (user accounts), not on " .. module.host);
+end
+
+local minimix = load_native();
+local core = minimix.new(limits);
+
+-- Reload keeps memberships and sessions: the old core is handed over.
+local handed_over = false;
+function module.save()
+	handed_over = true;
+	return { core = core };
+end
+
+function module.restore(data)
+	if data and data.core then
+		core:close();
+		core = data.core;
+	end
+end
+
+function module.unload()
+	-- Memberships are the account's, not the module's: unloading leaves the
+	-- rooms alone and forgets them; sessions fall back to plain MUC.
+	-- On a reload, save() handed the core to the new instance: keep it.
+	if not handed_over then core:close(); end
+end
+
+-- Helpers ------------------------------------------------------------------
+
+local function session_account(origin)
+	if origin.type ~= "c2s" or not origin.username or not origin.resource then
+		return nil;
+	end
+	return origin.username .. "@" .. origin.host, origin.resource;
+end
+
+local function split_room(to)
+	local node, host, nick = jid_split(to);
+	if not node or not host then return nil; end
+	return node .. "@" .. host, nick;
+end
+
+-- Serialize a stanza without its 'to', for the core's caches.
+local function payload_of(stanza)
+	local to = stanza.attr.to;
+	stanza.attr.to = nil;
+	local s = tostring(stanza);
+	stanza.attr.to = to;
+	return s;
+end
+
+local function add_codes(stanza, codes)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	if not x then
+		stanza:tag("x", { xmlns = xmlns_muc_user });
+		x = stanza.tags[#stanza.tags];
+		stanza:up();
+	end
+	for _, code in ipairs(codes) do
+		x:tag("status", { code = tostring(code) }):up();
+	end
+end
+
+-- Send to one session of the account.  A session that is gone gets nothing
+-- and nothing bounces: a bounce to the room would get the account kicked.
+local function to_session(account, resource, stanza, id, codes)
+	local session = full_sessions[account .. "/" .. resource];
+	if not session then return; end
+	if codes then
+		stanza = st.clone(stanza);
+		add_codes(stanza, codes);
+	end
+	-- re-address, send, restore: as Prosody's MUC does for its occupants
+	local old_to, old_id = stanza.attr.to, stanza.attr.id;
+	stanza.attr.to = session.full_jid;
+	if id then stanza.attr.id = id; end
+	session.send(stanza);
+	stanza.attr.to, stanza.attr.id = old_to, old_id;
+end
+
+local function as_account(stanza, account)
+	stanza.attr.from = account;
+	module:send(stanza);
+end
+
+-- Carry out the core's decision.  ctx: account, room, stanza (the one being
+-- handled), origin (the session's, for outgoing stanzas).
+local function perform(ctx, handled, actions, token, condition, error_type, text)
+	if handled == nil then
+		-- the core refused (limits, malformed input): the asker alone hears it
+		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
+			ctx.room, ctx.account, token);
+		if ctx.origin then
+			ctx.origin.send(st.error_reply(ctx.stanza, error_type, condition, text));
+		end
+		return true;
+	end
+	if not handled then return nil; end
+	if not actions then return true; end
+	local account, room, stanza = ctx.account, ctx.room, ctx.stanza;
+	for i = 1, #actions do
+		local a = actions[i];
+		local op = a.op;
+		if op == "deliver" then
+			to_session(account, a.resource, stanza, a.id, a.codes);
+		elseif op == "replay" then
+			local cached = xml_parse(a.payload);
+			if cached then
+				to_session(account, a.resource, cached, a.id, a.codes);
+			end
+		elseif op == "send_join" then
+			if a.from_request then
+				as_account(stanza, account);
+			else
+				local join = st.presence({ from = account, to = room .. "/" .. a.nick })
+					:tag("x", { xmlns = xmlns_muc });
+				if a.password then join:text_tag("password", a.password); end
+				module:send(join);
+			end
+			module:log("info", "%s joins %s as %s", account, room, a.nick);
+		elseif op == "send_as_account" then
+			as_account(stanza, account);
+		elseif op == "send_leave" then
+			module:send(st.presence({ from = account, to = room .. "/" .. a.nick, type = "unavailable" }));
+		elseif op == "reflect_leave" then
+			to_session(account, a.resource, st.presence({
+					from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
+				:tag("x", { xmlns = xmlns_muc_user })
+					:tag("item", { affiliation = a.affiliation, role = "none" }):up()
+					:tag("status", { code = "110" }):up()
+				:up());
+		elseif op == "error" then
+			if ctx.origin then
+				ctx.origin.send(st.error_reply(stanza, a.error_type, a.condition));
+			end
+		end
+		-- "drop": nothing to do, and the stanza stops here
+	end
+	return true;
+end
+
+-- Outgoing: the account's own sessions talking to rooms -----------------------
+
+local function outgoing_presence(event)
+	local origin, stanza = event.origin, event.stanza;
+	local account, resource = session_account(origin);
+	if not account then return; end
+	local room, nick = split_room(stanza.attr.to);
+	if not room then return; end
+	local t, id = stanza.attr.type, stanza.attr.id;
+	local ctx = { account = account, room = room, stanza = stanza, origin = origin };
+	if t == nil then
+		if not nick then return; end
+		local x = stanza:get_child("x", xmlns_muc);
+		if x then
+			return perform(ctx, core:join(account, resource, room, nick, id,
+				x:get_child_text("password")));
+		end
+		return perform(ctx, core:presence_out(account, resource, room, nick, id));
+	elseif t == "unavailable" then
+		return perform(ctx, core:leave(account, resource, room, id));
+	elseif t == "error" then
+		return perform(ctx, core:message_out(account, resource, room, nick, "error", id));
+	end
+end
+
+local function outgoing_message(event)
+	local origin, stanza = event.origin, event.stanza;
+	local account, resource = session_account(origin);
+	if not account then return; end
+	local room, nick = split_room(stanza.attr.to);
+	if not room then return; end
+	local ctx = { account = account, room = room, stanza = stanza, origin = origin };
+	return perform(ctx, core:message_out(account, resource, room, nick,
+		stanza.attr.type or "normal", stanza.attr.id));
+end
+
+-- Priority 0.5: after mod_blocklist (100) and mod_vcard_legacy (1) have had
+-- their say on the outgoing stanza, before mod_presence (0), mod_mam (0) and
+-- mod_carbons (-0.5), which must not treat room traffic as the session's own.
+module:hook("pre-presence/full", outgoing_presence, 0.5);
+module:hook("pre-presence/bare", outgoing_presence, 0.5);
+module:hook("pre-message/bare", outgoing_message, 0.5);
+module:hook("pre-message/full", outgoing_message, 0.5);
+
+-- Incoming: rooms talking to the account's bare JID --------------------------
+
+local function muc_user_fields(stanza, p)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	if not x then return p; end
+	local codes = {};
+	for status in x:childtags("status") do
+		codes[#codes+1] = tonumber(status.attr.code);
+	end
+	p.codes = codes;
+	local item = x:get_child("item");
+	if item then
+		p.affiliation = item.attr.affiliation;
+		p.role = item.attr.role;
+		p.new_nick = item.attr.nick;
+	end
+	p.destroyed = x:get_child("destroy") ~= nil;
+	return p;
+end
+
+local function incoming_presence(event)
+	local stanza = event.stanza;
+	local t = stanza.attr.type;
+	if t ~= nil and t ~= "unavailable" and t ~= "error" then return; end
+	local account = stanza.attr.to;
+	local room, nick = split_room(stanza.attr.from);
+	if not account or not room or not core:member(account, room) then return; end
+	local p = muc_user_fields(stanza, {
+		type = t or "available";
+		id = stanza.attr.id;
+		payload = t ~= "error" and payload_of(stanza) or nil;
+	});
+	local ctx = { account = account, room = room, stanza = stanza };
+	return perform(ctx, core:room_presence(account, room, nick, p));
+end
+
+local function incoming_message(event)
+	local stanza = event.stanza;
+	local account = stanza.attr.to;
+	local room, nick = split_room(stanza.attr.from);
+	if not account or not room or not core:member(account, room) then return; end
+	local t = stanza.attr.type or "normal";
+	local subject = stanza:get_child("subject") ~= nil;
+	local body = stanza:get_child("body") ~= nil;
+	local m = {
+		type = t;
+		id = stanza.attr.id;
+		subject = subject;
+		body = body;
+		-- only a subject is cached for now
+		payload = (t == "groupchat" and subject and not body) and payload_of(stanza) or nil;
+	};
+	local ctx = { account = account, room = room, stanza = stanza };
+	return perform(ctx, core:room_message(account, room, nick, m));
+end
+
+-- Priority 10: before mod_presence (0), mod_message (-1), mod_carbons (-0.5)
+-- and mod_mam (0) see room traffic to the bare JID, which they would hand to
+-- every available session, or bounce; after mod_blocklist (100).
+module:hook("presence/bare", incoming_presence, 10);
+module:hook("message/bare", incoming_message, 10);
+
+-- Sessions come and go ----------------------------------------------------------
+
+module:hook("resource-unbind", function(event)
+	local account, resource = session_account(event.session);
+	if account then core:session_gone(account, resource); end
+end);
+
+-- mod_smacks reports stanzas it could not deliver before it bounces them; a
+-- forked room stanza must never bounce back to the room (Prosody's MUC, and
+-- others, kick occupants whose messages bounce).
+module:hook("delivery/failure", function(event)
+	local session, stanza = event.session, event.stanza;
+	local account = session_account(session);
+	local room = account and stanza.attr.from and split_room(stanza.attr.from);
+	if room and core:delivery_failed(account, room) then
+		return true;
+	end
+end, 10);
