@@ -1,0 +1,171 @@
+-- Specs for the Lua binding of the core (minimix.so): misuse raises,
+-- refusals come back as nil plus stable tokens, decisions as tables.
+local minimix = require "minimix";
+
+local function ops(actions)
+	local out = {};
+	for i, a in ipairs(actions or {}) do out[i] = a.op; end
+	return out;
+end
+
+local SELF = '<presence from="r@c/alice"><x xmlns="http://jabber.org/protocol/muc#user">'
+	.. '<item affiliation="none" role="participant"/><status code="110"/></x></presence>';
+
+describe("minimix.new", function()
+	it("makes a state with default limits", function()
+		local s = minimix.new();
+		local l = s:limits();
+		assert.equal(256, l.max_rooms);
+		assert.equal(32, l.max_sessions);
+		assert.equal(2000, l.max_occupants);
+		s:close();
+	end);
+
+	it("takes limits from options", function()
+		local s = minimix.new({ max_rooms = 3, max_sessions = 2 });
+		assert.equal(3, s:limits().max_rooms);
+		assert.equal(2, s:limits().max_sessions);
+	end);
+
+	it("raises on bad options", function()
+		assert.has_error(function() minimix.new({ max_rooms = 0 }) end);
+		assert.has_error(function() minimix.new({ max_rooms = "many" }) end);
+		assert.has_error(function() minimix.new(42) end);
+	end);
+
+	it("shows counts in tostring and survives close twice", function()
+		local s = minimix.new();
+		s:join("a@h", "p", "r@c", "alice");
+		assert.equal("minimix.state (accounts=1, rooms=1, sessions=1)", tostring(s));
+		s:close();
+		s:close();
+		assert.equal("minimix.state (closed)", tostring(s));
+		assert.has_error(function() s:stats() end);
+	end);
+
+	it("closes with a to-be-closed variable", function()
+		local s = minimix.new();
+		do
+			local t <close> = s; -- luacheck: ignore 211
+		end
+		assert.equal("minimix.state (closed)", tostring(s));
+	end);
+end);
+
+describe("minimix.state decisions", function()
+	local s;
+	before_each(function() s = minimix.new({ max_rooms = 1 }); end);
+	after_each(function() s:close(); end);
+
+	it("raises on misuse", function()
+		assert.has_error(function() s:join("a@h", "p", "r@c") end);
+		assert.has_error(function() s:join({}, "p", "r@c", "n") end);
+		assert.has_error(function() s:room_presence("a@h", "r@c", "n", "available") end);
+		assert.has_error(function() s:room_presence("a@h", "r@c", "n", { type = "bogus" }) end);
+		assert.has_error(function() s:room_presence("a@h", "r@c", "n", { payload = 42 }) end);
+		assert.has_error(function() s:message_out("a@h", "p", "r@c", nil, "bogus") end);
+		assert.has_error(function() minimix.new().join(42) end);
+	end);
+
+	it("asks to send the join from the request, first", function()
+		local handled, actions = s:join("a@h", "p", "r@c", "alice", "j1");
+		assert.is_true(handled);
+		assert.same({ { op = "send_join", nick = "alice", from_request = true } }, actions);
+		assert.equal("joining", s:member("a@h", "r@c"));
+	end);
+
+	it("returns nil and a stable token on refusal, state unchanged", function()
+		assert.is_true((s:join("a@h", "p", "r@c", "alice")));
+		local ok, token, condition, etype, text = s:join("a@h", "p", "r2@c", "alice");
+		assert.is_nil(ok);
+		assert.equal("room-limit", token);
+		assert.equal("resource-constraint", condition);
+		assert.equal("wait", etype);
+		assert.is_string(text);
+		assert.is_nil(s:member("a@h", "r2@c"));
+		assert.equal(1, s:stats().memberships);
+		local ok2, token2, condition2 = s:join("a@h", "p", "r@c", "");
+		assert.is_nil(ok2);
+		assert.equal("invalid", token2);
+		assert.equal("jid-malformed", condition2);
+	end);
+
+	it("passes traffic that is not the module's", function()
+		local handled, actions = s:room_message("a@h", "x@c", "bob", { type = "groupchat", body = true });
+		assert.is_false(handled);
+		assert.is_nil(actions);
+		assert.is_false((s:message_out("a@h", "p", "x@c", nil, "groupchat", "m1")));
+	end);
+
+	it("completes the join and forks to every session", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		s:join("a@h", "l", "r@c", "alice", "j2");
+		local handled, actions = s:room_presence("a@h", "r@c", "alice",
+			{ type = "available", codes = { 110 }, affiliation = "none", role = "participant", payload = SELF, id = "j1" });
+		assert.is_true(handled);
+		assert.same({ { op = "deliver", resource = "p", id = "j1" },
+			{ op = "deliver", resource = "l", id = "j2" } }, actions);
+		assert.equal("joined", s:member("a@h", "r@c"));
+		handled, actions = s:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true });
+		assert.is_true(handled);
+		assert.same({ "deliver", "deliver" }, ops(actions));
+		assert.same({ { resource = "p", joined = true }, { resource = "l", joined = true } },
+			s:sessions("a@h", "r@c"));
+	end);
+
+	it("replays the cache to a later session, with 210 when the nick differs", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		s:room_presence("a@h", "r@c", "bob", { payload = '<presence from="r@c/bob"/>' });
+		s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = SELF });
+		s:room_message("a@h", "r@c", nil, { type = "groupchat", subject = true,
+			payload = '<message from="r@c" type="groupchat"><subject>s</subject></message>' });
+		local handled, actions = s:join("a@h", "l", "r@c", "other", "j2");
+		assert.is_true(handled);
+		assert.same({ "replay", "replay", "replay" }, ops(actions));
+		assert.equal('<presence from="r@c/bob"/>', actions[1].payload);
+		assert.equal(SELF, actions[2].payload);
+		assert.equal("j2", actions[2].id);
+		assert.same({ 210 }, actions[2].codes);
+		assert.matches("<subject>", actions[3].payload);
+	end);
+
+	it("reflects a leave while another session stays, then the account leaves", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		s:join("a@h", "l", "r@c", "alice", "j2");
+		s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, affiliation = "member", payload = SELF });
+		local _, actions = s:leave("a@h", "p", "r@c", "x1");
+		assert.same({ { op = "reflect_leave", resource = "p", nick = "alice", id = "x1", affiliation = "member" } }, actions);
+		_, actions = s:leave("a@h", "l", "r@c", "x2");
+		assert.same({ { op = "send_as_account" } }, actions);
+		assert.equal("leaving", s:member("a@h", "r@c"));
+		_, actions = s:room_presence("a@h", "r@c", "alice", { type = "unavailable", codes = { 110 } });
+		assert.same({ { op = "deliver", resource = "l" } }, actions);
+		assert.is_nil(s:member("a@h", "r@c"));
+	end);
+
+	it("drops a session's error to a joined room and swallows delivery failures", function()
+		s:join("a@h", "p", "r@c", "alice");
+		local handled, actions = s:message_out("a@h", "p", "r@c", "bob", "error");
+		assert.is_true(handled);
+		assert.same({ { op = "drop" } }, actions);
+		assert.is_true((s:delivery_failed("a@h", "r@c")));
+		assert.is_false((s:delivery_failed("a@h", "elsewhere@c")));
+	end);
+
+	it("lists memberships and stats", function()
+		s:join("a@h", "p", "r@c", "alice", nil, "secret");
+		local list = s:memberships("a@h");
+		assert.equal(1, #list);
+		assert.equal("r@c", list[1].room);
+		assert.equal("alice", list[1].nick);
+		assert.equal("secret", list[1].password);
+		assert.equal("joining", list[1].state);
+		assert.same({}, s:memberships("nobody@h"));
+		local stats = s:stats();
+		assert.equal(1, stats.accounts);
+		assert.equal(1, stats.sessions);
+		s:session_gone("a@h", "p");
+		assert.equal(0, s:stats().sessions);
+		assert.equal(1, s:stats().memberships);
+	end);
+end);

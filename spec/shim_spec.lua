@@ -1,0 +1,196 @@
+-- Specs for mod_minimix.lua loaded into a mocked Prosody `module`: the shim
+-- turns stanzas into core calls and carries out what the core decides.
+local st = require "util.stanza";
+
+local MUC = "http://jabber.org/protocol/muc";
+local MUC_USER = MUC .. "#user";
+
+-- A fake module environment: records hooks, sends and logs.
+local function load_shim(options)
+	local env = { hooks = {}, sent = {}, logs = {}, sessions = {} };
+	local module = {
+		host = "localhost";
+		path = "./mod_minimix.lua";
+	};
+	function module:get_option_number(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return v;
+	end
+	function module:get_host_type() return "local"; end
+	function module:log(level, fmt, ...)
+		env.logs[#env.logs+1] = { level, fmt:format(...) };
+	end
+	function module:hook(name, fn, prio)
+		env.hooks[name] = { fn = fn, prio = prio or 0 };
+	end
+	function module:send(stanza)
+		env.sent[#env.sent+1] = st.clone(stanza);
+		if env.on_send then env.on_send(stanza); end
+	end
+	local g = setmetatable({
+		module = module;
+		prosody = { full_sessions = env.sessions };
+	}, { __index = _G });
+	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
+	chunk();
+	env.module = module;
+	return env;
+end
+
+local function new_session(env, resource)
+	local s = {
+		type = "c2s", username = "alice", host = "localhost", resource = resource,
+		full_jid = "alice@localhost/" .. resource, got = {},
+	};
+	function s.send(stanza) s.got[#s.got+1] = st.clone(stanza); return true; end
+	env.sessions[s.full_jid] = s;
+	return s;
+end
+
+local function fire(env, name, origin, stanza)
+	return env.hooks[name].fn({ origin = origin, stanza = stanza });
+end
+
+local function join(id, nick)
+	return st.presence({ to = "room@muc.example/" .. (nick or "alice"), id = id })
+		:tag("x", { xmlns = MUC }):up();
+end
+
+local function room_presence(nick, codes, attrs)
+	local p = st.presence(attrs or {});
+	p.attr.from = "room@muc.example/" .. nick;
+	p.attr.to = "alice@localhost";
+	p:tag("x", { xmlns = MUC_USER }):tag("item", { affiliation = "none", role = "participant" }):up();
+	for _, c in ipairs(codes or {}) do p:tag("status", { code = tostring(c) }):up(); end
+	return p:up();
+end
+
+describe("mod_minimix shim", function()
+	local env, P, L;
+	before_each(function()
+		env = load_shim();
+		P = new_session(env, "phone");
+		L = new_session(env, "laptop");
+	end);
+
+	it("hooks outgoing room traffic before mod_presence and incoming before mod_message", function()
+		assert.equal(0.5, env.hooks["pre-presence/full"].prio);
+		assert.equal(0.5, env.hooks["pre-message/bare"].prio);
+		assert.equal(10, env.hooks["presence/bare"].prio);
+		assert.equal(10, env.hooks["message/bare"].prio);
+		assert.is_function(env.hooks["resource-unbind"].fn);
+		assert.is_function(env.hooks["delivery/failure"].fn);
+	end);
+
+	it("records the join before routing it, and routes it from the bare JID", function()
+		-- the room answers synchronously, from inside module:send
+		env.on_send = function(stanza)
+			if stanza.name == "presence" and stanza.attr.type == nil then
+				fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { id = stanza.attr.id }));
+			end
+		end;
+		assert.is_true(fire(env, "pre-presence/full", P, join("j1")));
+		assert.equal(1, #env.sent);
+		assert.equal("alice@localhost", env.sent[1].attr.from);
+		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+		assert.equal("j1", env.sent[1].attr.id);
+		assert.truthy(env.sent[1]:get_child("x", MUC));
+		assert.equal(1, #P.got);
+		assert.equal("alice@localhost/phone", P.got[1].attr.to);
+		assert.equal("j1", P.got[1].attr.id);
+		assert.equal(0, #L.got);
+	end);
+
+	it("forks room messages to the joined sessions only", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		local T = new_session(env, "tablet");
+		P.got, L.got = {}, {};
+		local msg = st.message({ from = "room@muc.example/bob", to = "alice@localhost", type = "groupchat", id = "m1" })
+			:text_tag("body", "hi");
+		assert.is_true(fire(env, "message/bare", nil, msg));
+		assert.equal(1, #P.got);
+		assert.equal(1, #L.got);
+		assert.equal(0, #T.got);
+		assert.equal("alice@localhost/laptop", L.got[1].attr.to);
+		assert.equal("alice@localhost", msg.attr.to, "the original stanza is restored");
+	end);
+
+	it("lets traffic from other entities pass untouched", function()
+		local msg = st.message({ from = "bob@localhost/x", to = "alice@localhost", type = "chat" }):text_tag("body", "hi");
+		assert.is_nil(fire(env, "message/bare", nil, msg));
+		local pres = st.presence({ to = "bob@localhost/x" });
+		assert.is_nil(fire(env, "pre-presence/full", P, pres));
+		assert.equal(0, #env.sent);
+	end);
+
+	it("replays the cache to a later session with its own id and 210", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("bob"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		env.sent = {};
+		assert.is_true(fire(env, "pre-presence/full", L, join("j2", "ally")));
+		assert.equal(0, #env.sent, "no second join in the room");
+		assert.equal(2, #L.got);
+		assert.equal("room@muc.example/bob", L.got[1].attr.from);
+		assert.equal("room@muc.example/alice", L.got[2].attr.from);
+		assert.equal("j2", L.got[2].attr.id);
+		local codes = {};
+		for s in L.got[2]:get_child("x", MUC_USER):childtags("status") do codes[#codes+1] = s.attr.code; end
+		assert.same({ "110", "210" }, codes);
+	end);
+
+	it("sends a refusal from the core to the asking session only", function()
+		env = load_shim({ minimix_max_rooms = 1 });
+		P = new_session(env, "phone");
+		fire(env, "pre-presence/full", P, join("j1"));
+		local second = st.presence({ to = "other@muc.example/alice", id = "j9" }):tag("x", { xmlns = MUC }):up();
+		assert.is_true(fire(env, "pre-presence/full", P, second));
+		assert.equal(1, #env.sent);
+		local err = P.got[#P.got];
+		assert.equal("error", err.attr.type);
+		assert.equal("j9", err.attr.id);
+		local etype, condition = err:get_error();
+		assert.equal("wait", etype);
+		assert.equal("resource-constraint", condition);
+	end);
+
+	it("reflects a leave to the leaving session when another stays", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		env.sent, P.got = {}, {};
+		assert.is_true(fire(env, "pre-presence/full", P,
+			st.presence({ to = "room@muc.example/alice", type = "unavailable", id = "x1" })));
+		assert.equal(0, #env.sent);
+		assert.equal(1, #P.got);
+		assert.equal("unavailable", P.got[1].attr.type);
+		assert.equal("x1", P.got[1].attr.id);
+		assert.equal("110", P.got[1]:get_child("x", MUC_USER):get_child("status").attr.code);
+	end);
+
+	it("never lets a session's bounce or a failed fork reach the room", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		env.sent = {};
+		local bounce = st.message({ to = "room@muc.example/bob", type = "error" });
+		assert.is_true(fire(env, "pre-message/full", P, bounce));
+		assert.equal(0, #env.sent);
+		local failed = st.message({ from = "room@muc.example/bob", to = "alice@localhost/phone", type = "groupchat" });
+		assert.is_true(env.hooks["delivery/failure"].fn({ session = P, stanza = failed }));
+		local other = st.message({ from = "bob@localhost/x", to = "alice@localhost/phone", type = "chat" });
+		assert.is_nil(env.hooks["delivery/failure"].fn({ session = P, stanza = other }));
+	end);
+
+	it("detaches a session that goes away and keeps the account in", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		env.sessions[P.full_jid] = nil;
+		env.hooks["resource-unbind"].fn({ session = P });
+		env.sent = {};
+		local msg = st.message({ from = "room@muc.example/bob", to = "alice@localhost", type = "groupchat" });
+		assert.is_true(fire(env, "message/bare", nil, msg), "still the account's room");
+		assert.equal(0, #env.sent);
+	end);
+end);
