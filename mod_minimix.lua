@@ -138,11 +138,12 @@ end
 
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
-local function perform(ctx, handled, actions, token, condition, error_type, text)
+-- On a refusal the core's results are nil, token, condition, type, text.
+local function perform(ctx, handled, actions, condition, error_type, text)
 	if handled == nil then
 		-- the core refused (limits, malformed input): the asker alone hears it
 		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
-			ctx.room, ctx.account, token);
+			ctx.room, ctx.account, actions);
 		if ctx.origin then
 			ctx.origin.send(st.error_reply(ctx.stanza, error_type, condition, text));
 		end
