@@ -37,11 +37,13 @@ static mm_state *check_state(lua_State *L)
 static const char *const op_names[] = {
 	[MM_OP_SEND_JOIN] = "send_join",
 	[MM_OP_SEND_AS_ACCOUNT] = "send_as_account",
-	[MM_OP_SEND_LEAVE] = "send_leave",
+	[MM_OP_SEND_PRESENCE] = "send_presence",
+	[MM_OP_REJOIN_LATER] = "rejoin_later",
 	[MM_OP_DELIVER] = "deliver",
 	[MM_OP_REPLAY] = "replay",
 	[MM_OP_REFLECT_LEAVE] = "reflect_leave",
-	[MM_OP_ERROR] = "error",
+	[MM_OP_CARBON] = "carbon",
+	[MM_OP_IQ_ERROR] = "iq_error",
 	[MM_OP_DROP] = "drop",
 };
 
@@ -59,12 +61,12 @@ static void push_codes(lua_State *L, unsigned codes)
 	if (codes == 0)
 		return;
 	lua_createtable(L, 2, 0);
-	if (codes & MM_CODE_110) {
-		lua_pushinteger(L, 110);
-		lua_rawseti(L, -2, ++i);
-	}
 	if (codes & MM_CODE_210) {
 		lua_pushinteger(L, 210);
+		lua_rawseti(L, -2, ++i);
+	}
+	if (codes & MM_CODE_333) {
+		lua_pushinteger(L, 333);
 		lua_rawseti(L, -2, ++i);
 	}
 	lua_setfield(L, -2, "codes");
@@ -75,6 +77,7 @@ static void push_action(lua_State *L, const mm_action *a)
 	lua_createtable(L, 0, 4);
 	lua_pushstring(L, op_names[a->op]);
 	lua_setfield(L, -2, "op");
+	set_str(L, "room", a->room);
 	set_str(L, "resource", a->resource);
 	set_str(L, "nick", a->nick);
 	set_str(L, "payload", a->payload);
@@ -84,6 +87,10 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
 	push_codes(L, a->add_codes);
+	if (a->delay) {
+		lua_pushinteger(L, (lua_Integer)a->delay);
+		lua_setfield(L, -2, "delay");
+	}
 	if (a->from_request) {
 		lua_pushboolean(L, 1);
 		lua_setfield(L, -2, "from_request");
@@ -149,6 +156,9 @@ static int l_new(lua_State *L)
 		lim.max_occupants = opt_limit(L, 1, "max_occupants");
 		lim.max_pending = opt_limit(L, 1, "max_pending");
 		lim.max_nick_bytes = opt_limit(L, 1, "max_nick_bytes");
+		lim.max_iqs = opt_limit(L, 1, "max_iqs");
+		lim.iq_timeout = opt_limit(L, 1, "iq_timeout");
+		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
 	}
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 0);
@@ -184,17 +194,23 @@ static int l_tostring(lua_State *L)
 
 /* ---- events from sessions ---------------------------------------------- */
 
+/* join(account, resource, room, nick [, id, password, show, presence]) */
 static int l_join(lua_State *L)
 {
 	mm_state *s = check_state(L);
 	const char *account = luaL_checkstring(L, 2);
 	const char *resource = luaL_checkstring(L, 3);
 	const char *room = luaL_checkstring(L, 4);
-	const char *nick = luaL_checkstring(L, 5);
-	const char *id = luaL_optstring(L, 6, NULL);
-	const char *password = luaL_optstring(L, 7, NULL);
+	mm_join req;
 	mm_decision d;
-	mm_err err = mm_session_join(s, account, resource, room, nick, id, password, &d);
+	mm_err err;
+	memset(&req, 0, sizeof req);
+	req.nick = luaL_checkstring(L, 5);
+	req.id = luaL_optstring(L, 6, NULL);
+	req.password = luaL_optstring(L, 7, NULL);
+	req.show = luaL_optstring(L, 8, NULL);
+	req.presence = luaL_optstring(L, 9, NULL);
+	err = mm_session_join_req(s, account, resource, room, &req, &d);
 	return push_result(L, err, &d);
 }
 
@@ -218,8 +234,29 @@ static int l_presence_out(lua_State *L)
 	const char *room = luaL_checkstring(L, 4);
 	const char *nick = luaL_optstring(L, 5, NULL);
 	const char *id = luaL_optstring(L, 6, NULL);
+	const char *show = luaL_optstring(L, 7, NULL);
+	const char *presence = luaL_optstring(L, 8, NULL);
 	mm_decision d;
-	mm_err err = mm_session_presence(s, account, resource, room, nick, id, &d);
+	mm_err err = mm_session_presence(s, account, resource, room, nick, id,
+		show, presence, &d);
+	return push_result(L, err, &d);
+}
+
+/* iq_out(account, resource, room, nick, id, queryid, is_ping, now) */
+static int l_iq_out(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	const char *room = luaL_checkstring(L, 4);
+	const char *nick = luaL_optstring(L, 5, NULL);
+	const char *id = luaL_checkstring(L, 6);
+	const char *queryid = luaL_optstring(L, 7, NULL);
+	int is_ping = lua_toboolean(L, 8);
+	double now = (double)luaL_checknumber(L, 9);
+	mm_decision d;
+	mm_err err = mm_session_iq(s, account, resource, room, nick, id, queryid,
+		is_ping, now, &d);
 	return push_result(L, err, &d);
 }
 
@@ -314,6 +351,7 @@ static int l_room_presence(lua_State *L)
 		}
 	}
 	lua_pop(L, 1);
+	p.condition = opt_field(L, 5, "condition");
 	p.new_nick = opt_field(L, 5, "new_nick");
 	p.affiliation = opt_field(L, 5, "affiliation");
 	p.role = opt_field(L, 5, "role");
@@ -347,8 +385,43 @@ static int l_room_message(lua_State *L)
 	m.has_subject = bool_field(L, 5, "subject");
 	m.has_body = bool_field(L, 5, "body");
 	m.id = opt_field(L, 5, "id");
+	m.queryid = opt_field(L, 5, "queryid");
 	m.payload = opt_field(L, 5, "payload");
 	err = mm_room_message(s, account, room, nick, &m, &d);
+	return push_result(L, err, &d);
+}
+
+/* room_iq(account, room, nick, id, is_error, condition) */
+static int l_room_iq(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	const char *nick = luaL_optstring(L, 4, NULL);
+	const char *id = luaL_checkstring(L, 5);
+	int is_error = lua_toboolean(L, 6);
+	const char *condition = luaL_optstring(L, 7, NULL);
+	mm_decision d;
+	mm_err err = mm_room_iq(s, account, room, nick, id, is_error, condition, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_expire(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	double now = (double)luaL_checknumber(L, 2);
+	mm_decision d;
+	mm_err err = mm_expire(s, now, &d);
+	return push_result(L, err, &d);
+}
+
+static int l_rejoin_due(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	mm_decision d;
+	mm_err err = mm_rejoin_due(s, account, room, &d);
 	return push_result(L, err, &d);
 }
 
@@ -382,6 +455,7 @@ static int l_stats(lua_State *L)
 	set_int(L, "occupants", st.occupants);
 	set_int(L, "payloads", st.payloads);
 	set_int(L, "payload_bytes", st.payload_bytes);
+	set_int(L, "iqs", st.iqs);
 	return 1;
 }
 
@@ -394,6 +468,9 @@ static int l_limits(lua_State *L)
 	set_int(L, "max_occupants", lim->max_occupants);
 	set_int(L, "max_pending", lim->max_pending);
 	set_int(L, "max_nick_bytes", lim->max_nick_bytes);
+	set_int(L, "max_iqs", lim->max_iqs);
+	set_int(L, "iq_timeout", lim->iq_timeout);
+	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	return 1;
 }
 
@@ -469,9 +546,13 @@ static const luaL_Reg state_methods[] = {
 	{"leave", l_leave},
 	{"presence_out", l_presence_out},
 	{"message_out", l_message_out},
+	{"iq_out", l_iq_out},
 	{"session_gone", l_session_gone},
 	{"room_presence", l_room_presence},
 	{"room_message", l_room_message},
+	{"room_iq", l_room_iq},
+	{"expire", l_expire},
+	{"rejoin_due", l_rejoin_due},
 	{"delivery_failed", l_delivery_failed},
 	{"member", l_member},
 	{"stats", l_stats},

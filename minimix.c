@@ -17,6 +17,7 @@
  */
 #include "minimix.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,10 +188,16 @@ typedef struct mm_decisionbuf {
 
 typedef struct mm_session {
 	char *resource;
-	char *nick;    /* the nick this session asked for */
-	char *join_id; /* id of its join, or NULL */
+	char *nick;     /* the nick this session asked for */
+	char *join_id;  /* id of its join, or NULL */
+	char *password; /* the password its join carried, or NULL */
+	char *presence; /* its last presence to the room (see mm_join), or NULL */
+	uint64_t seq;   /* when that presence was set: state-wide counter */
+	size_t niqs;    /* its IQs awaiting an answer */
+	int rank;       /* availability of that presence: 0 (chat) .. 4 (xa) */
 	unsigned joined : 1;  /* completed its join (else waits for the account) */
 	unsigned leaving : 1; /* asked to leave; awaits the room's answer */
+	unsigned asked : 1;   /* its own join awaits the room's answer */
 } mm_session;
 
 typedef struct mm_pending {
@@ -204,7 +211,12 @@ typedef struct mm_membership {
 	char *password; /* or NULL */
 	char *affiliation;
 	mm_mstate state;
-	int rejoin; /* leaving, with sessions waiting to join again */
+	int rejoin;      /* leaving, with sessions waiting to join again */
+	int auto_rejoin; /* joining again by itself (332, 333, fell out) */
+	int rejoin_wait; /* ... and waits for mm_rejoin_due() to send the join */
+	unsigned retries; /* failed automatic re-joins so far */
+	uint64_t agg_seq; /* seq of the session presence the room shows */
+	uint64_t next_agg; /* scratch: agg_seq once a decision commits */
 	mm_session *sessions;
 	size_t nsessions, capsessions;
 	mm_map occupants; /* nick -> mm_node* (payload) */
@@ -218,12 +230,23 @@ typedef struct mm_account {
 	mm_map rooms; /* room -> mm_membership* */
 } mm_account;
 
+/* An IQ a session sent through the account, awaiting the room's answer. */
+typedef struct mm_iq {
+	char *account, *room, *nick, *resource, *orig_id, *queryid;
+	double deadline;
+	int self_ping;
+} mm_iq;
+
 struct mm_state {
 	mm_limits limits;
 	mm_map accounts; /* bare JID -> mm_account* */
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
+	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
+	uint64_t iq_counter;
+	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
+	const char *dec_room; /* arena copy: the room of the actions pushed now */
 };
 
 /* ---- errors ------------------------------------------------------------- */
@@ -234,12 +257,11 @@ static const struct {
 	[MM_OK] = {"success", "ok", "undefined-condition", "cancel"},
 	[MM_ENOMEM] = {"out of memory", "no-memory", "resource-constraint", "wait"},
 	[MM_EINVAL] = {"invalid argument", "invalid", "jid-malformed", "modify"},
-	[MM_ENOTJOINED] = {"not in that room", "not-joined", "not-acceptable", "cancel"},
 	[MM_EROOMLIMIT] = {"the account is in too many rooms", "room-limit",
 		"resource-constraint", "wait"},
 	[MM_ESESSIONLIMIT] = {"too many sessions joined to this room", "session-limit",
 		"resource-constraint", "wait"},
-	[MM_EBUSY] = {"the account is leaving this room", "busy",
+	[MM_EIQLIMIT] = {"too many queries awaiting an answer", "iq-limit",
 		"resource-constraint", "wait"},
 };
 
@@ -330,6 +352,9 @@ void mm_limits_default(mm_limits *l)
 	l->max_occupants = MM_DEFAULT_MAX_OCCUPANTS;
 	l->max_pending = MM_DEFAULT_MAX_PENDING;
 	l->max_nick_bytes = MM_DEFAULT_MAX_NICK_BYTES;
+	l->max_iqs = MM_DEFAULT_MAX_IQS;
+	l->iq_timeout = MM_DEFAULT_IQ_TIMEOUT;
+	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 }
 
 mm_state *mm_state_new(const mm_limits *limits)
@@ -347,6 +372,9 @@ mm_state *mm_state_new(const mm_limits *limits)
 		TAKE(max_occupants);
 		TAKE(max_pending);
 		TAKE(max_nick_bytes);
+		TAKE(max_iqs);
+		TAKE(iq_timeout);
+		TAKE(rejoin_delay);
 #undef TAKE
 	}
 	return s;
@@ -429,6 +457,8 @@ static void session_free_fields(mm_session *ss)
 	free(ss->resource);
 	free(ss->nick);
 	free(ss->join_id);
+	free(ss->password);
+	free(ss->presence);
 }
 
 static void pending_free(mm_pending *p)
@@ -520,6 +550,9 @@ static void session_remove(mm_membership *m, mm_session *ss)
 	m->nsessions--;
 }
 
+static void iqs_forget(mm_state *s, const char *account, const char *room,
+		const char *resource);
+
 /* Remove and free a membership; frees the account when it was its last. */
 static void membership_remove(mm_state *s, const char *account, mm_membership *m)
 {
@@ -528,6 +561,7 @@ static void membership_remove(mm_state *s, const char *account, mm_membership *m
 	mm_node *rn;
 	if (an == NULL)
 		return;
+	iqs_forget(s, account, m->room, NULL);
 	a = an->value;
 	rn = map_find(&a->rooms, m->room);
 	if (rn) {
@@ -596,12 +630,66 @@ static void pending_forget_resource(mm_state *s, mm_membership *m,
 			pending_free(&m->pending[i]);
 }
 
+/* ---- IQs awaiting answers ------------------------------------------------- */
+
+static void iq_free(mm_iq *q)
+{
+	free(q->account);
+	free(q->room);
+	free(q->nick);
+	free(q->resource);
+	free(q->orig_id);
+	free(q->queryid);
+	free(q);
+}
+
+/* Forget IQ node n; its session's count goes down when it is still there. */
+static void iq_forget(mm_state *s, mm_node *n)
+{
+	mm_iq *q = n->value;
+	mm_membership *m = membership_get(s, q->account, q->room);
+	mm_session *ss = m ? session_find(m, q->resource) : NULL;
+	if (ss && ss->niqs)
+		ss->niqs--;
+	map_unlink(&s->iqs, n);
+	free(n);
+	iq_free(q);
+}
+
+/* Forget the IQs of account in room (NULL: any) from resource (NULL: any). */
+static void iqs_forget(mm_state *s, const char *account, const char *room,
+		const char *resource)
+{
+	size_t i;
+	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
+		mm_node *n = s->iqs.buckets[i], *next;
+		for (; n != NULL; n = next) {
+			mm_iq *q = n->value;
+			next = n->next;
+			if (strcmp(q->account, account) == 0
+					&& (room == NULL || strcmp(q->room, room) == 0)
+					&& (resource == NULL || strcmp(q->resource, resource) == 0))
+				iq_forget(s, n);
+		}
+	}
+}
+
+/* Take a session out of a membership with everything that points to it. */
+static void session_detach(mm_state *s, const char *account, mm_membership *m,
+		mm_session *ss)
+{
+	pending_forget_resource(s, m, ss->resource);
+	iqs_forget(s, account, m->room, ss->resource);
+	session_remove(m, ss);
+}
+
 /* ---- decision building --------------------------------------------------- */
 
 static void dec_reset(mm_state *s, mm_decision *out)
 {
 	arena_chunk *c = s->dec.chunks;
 	s->dec.n = 0;
+	s->dec_room = NULL;
 	if (c) {
 		/* keep one chunk for the next call; the others are rare */
 		arena_chunk *next = c->next;
@@ -667,7 +755,14 @@ static mm_action *dec_push(mm_state *s, mm_op op, int *ok)
 	a = &s->dec.actions[s->dec.n++];
 	memset(a, 0, sizeof *a);
 	a->op = op;
+	a->room = s->dec_room;
 	return a;
+}
+
+/* The room of the actions pushed from now on (copied into the arena). */
+static void dec_room(mm_state *s, const char *room, int *ok)
+{
+	s->dec_room = dec_str(s, room, ok);
 }
 
 static void act_deliver(mm_state *s, const char *resource, const char *id,
@@ -743,149 +838,232 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		act_replay(s, to->resource, m->subject, NULL, 0, ok);
 }
 
+/* ---- the account's presence: the most available joined session ----------- */
+
+static int show_rank(const char *show)
+{
+	if (show == NULL)
+		return 1;
+	if (strcmp(show, "chat") == 0)
+		return 0;
+	if (strcmp(show, "dnd") == 0)
+		return 2;
+	if (strcmp(show, "away") == 0)
+		return 3;
+	if (strcmp(show, "xa") == 0)
+		return 4;
+	return 1; /* unknown <show/>: as available */
+}
+
+/* The joined session whose presence the room should see, or NULL. */
+static mm_session *best_session(mm_membership *m, const mm_session *skip)
+{
+	mm_session *best = NULL;
+	size_t i;
+	for (i = 0; i < m->nsessions; i++) {
+		mm_session *ss = &m->sessions[i];
+		if (ss == skip || ss->leaving || !ss->joined)
+			continue;
+		if (best == NULL || ss->rank < best->rank
+				|| (ss->rank == best->rank && ss->seq > best->seq))
+			best = ss;
+	}
+	return best;
+}
+
+/* The room shows a session that is going away (skip): show the next best.
+ * Returns the seq the room will show; the caller commits it. */
+static uint64_t handover(mm_state *s, mm_membership *m, const mm_session *skip,
+		int *ok)
+{
+	mm_session *best;
+	mm_action *a;
+	if (m->state != MM_JOINED || skip->seq != m->agg_seq)
+		return m->agg_seq;
+	best = best_session(m, skip);
+	if (best == NULL || best->presence == NULL)
+		return m->agg_seq;
+	a = dec_push(s, MM_OP_SEND_PRESENCE, ok);
+	if (a) {
+		a->payload = dec_str(s, best->presence, ok);
+		a->nick = dec_str(s, m->nick, ok);
+	}
+	return best->seq;
+}
+
 /* ---- events from sessions ------------------------------------------------ */
+
+/* Fill a new session from a join request; 0 on allocation failure. */
+static int session_init(mm_state *s, mm_session *ss, const char *resource,
+		const mm_join *req)
+{
+	memset(ss, 0, sizeof *ss);
+	ss->resource = str_dup(resource);
+	ss->nick = str_dup(req->nick);
+	ss->rank = show_rank(req->show);
+	ss->seq = s->seq + 1;
+	ss->asked = 1;
+	if (ss->resource == NULL || ss->nick == NULL || !dup_opt(req->id, &ss->join_id)
+			|| !dup_opt(req->password, &ss->password)
+			|| !dup_opt(req->presence, &ss->presence)) {
+		session_free_fields(ss);
+		return 0;
+	}
+	return 1;
+}
 
 mm_err mm_session_join(mm_state *s, const char *account, const char *resource,
 		const char *room, const char *nick, const char *id,
 		const char *password, mm_decision *out)
 {
+	mm_join req;
+	memset(&req, 0, sizeof req);
+	req.nick = nick;
+	req.id = id;
+	req.password = password;
+	return mm_session_join_req(s, account, resource, room, &req, out);
+}
+
+/* A brand-new membership for a first join. */
+static mm_err join_first(mm_state *s, const char *account, mm_account *a,
+		const char *resource, const char *room, const mm_join *req,
+		mm_decision *out)
+{
+	mm_membership *m;
+	mm_node *anode = NULL, *rnode = NULL;
+	mm_action *act;
+	int ok = 1, new_account = a == NULL;
+
+	if (a && a->rooms.count >= s->limits.max_rooms)
+		return MM_EROOMLIMIT;
+	m = calloc(1, sizeof *m);
+	if (m == NULL)
+		return MM_ENOMEM;
+	m->state = MM_JOINING;
+	m->room = str_dup(room);
+	m->nick = str_dup(req->nick);
+	if (m->room == NULL || m->nick == NULL || !dup_opt(req->password, &m->password)
+			|| !sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
+		goto nomem;
+	m->nsessions = 1;
+	if (new_account) {
+		a = calloc(1, sizeof *a);
+		if (a == NULL)
+			goto nomem;
+		anode = node_new(account, strlen(account), a);
+		if (anode == NULL || !map_ready(&s->accounts))
+			goto nomem;
+	}
+	if (!map_ready(&a->rooms))
+		goto nomem;
+	rnode = node_new(room, strlen(room), m);
+	if (rnode == NULL)
+		goto nomem;
+	act = dec_push(s, MM_OP_SEND_JOIN, &ok);
+	if (act) {
+		act->nick = dec_str(s, req->nick, &ok);
+		act->password = dec_str(s, req->password, &ok);
+		act->from_request = 1;
+	}
+	if (!ok)
+		goto nomem;
+	/* commit: nothing below can fail */
+	s->seq++;
+	m->agg_seq = m->sessions[0].seq; /* the join carries the first presence */
+	if (new_account)
+		map_link(&s->accounts, anode);
+	map_link(&a->rooms, rnode);
+	return dec_finish(s, out, 1, ok);
+nomem:
+	free(rnode);
+	if (new_account && a) {
+		free(anode);
+		map_clear(&a->rooms, NULL, NULL);
+		free(a);
+	}
+	membership_free(s, m);
+	dec_finish(s, out, 0, 0);
+	return MM_ENOMEM;
+}
+
+mm_err mm_session_join_req(mm_state *s, const char *account, const char *resource,
+		const char *room, const mm_join *req, mm_decision *out)
+{
 	mm_account *a;
 	mm_membership *m;
-	mm_session *ss, fresh_ss;
-	mm_node *anode = NULL, *rnode = NULL;
-	int ok = 1, new_account = 0;
+	mm_session *ss, fresh;
 	size_t nicklen;
+	int ok = 1;
 
 	dec_reset(s, out);
-	if (!nonempty(account) || !nonempty(resource) || !nonempty(room) || nick == NULL)
+	if (!nonempty(account) || !nonempty(resource) || !nonempty(room)
+			|| req == NULL || req->nick == NULL)
 		return MM_EINVAL;
-	nicklen = strlen(nick);
+	nicklen = strlen(req->nick);
 	if (nicklen == 0 || nicklen > s->limits.max_nick_bytes)
 		return MM_EINVAL;
+	dec_room(s, room, &ok);
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
 
 	a = account_get(s, account);
 	m = a ? map_get(&a->rooms, room) : NULL;
-
-	if (m == NULL) {
-		/* First join: build the whole membership, then link it. */
-		if (a && a->rooms.count >= s->limits.max_rooms)
-			return MM_EROOMLIMIT;
-		m = calloc(1, sizeof *m);
-		if (m == NULL)
-			return MM_ENOMEM;
-		m->state = MM_JOINING;
-		m->room = str_dup(room);
-		m->nick = str_dup(nick);
-		if (m->room == NULL || m->nick == NULL || !dup_opt(password, &m->password)
-				|| !sessions_reserve(m))
-			goto nomem;
-		memset(&m->sessions[0], 0, sizeof m->sessions[0]);
-		ss = &m->sessions[0];
-		ss->resource = str_dup(resource);
-		ss->nick = str_dup(nick);
-		if (ss->resource == NULL || ss->nick == NULL || !dup_opt(id, &ss->join_id)) {
-			session_free_fields(ss);
-			goto nomem;
-		}
-		m->nsessions = 1;
-		if (a == NULL) {
-			a = calloc(1, sizeof *a);
-			if (a == NULL)
-				goto nomem;
-			new_account = 1;
-			anode = node_new(account, strlen(account), a);
-			if (anode == NULL || !map_ready(&s->accounts))
-				goto nomem;
-		}
-		if (!map_ready(&a->rooms))
-			goto nomem;
-		rnode = node_new(room, strlen(room), m);
-		if (rnode == NULL)
-			goto nomem;
-		{
-			mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
-			if (act) {
-				act->nick = dec_str(s, nick, &ok);
-				act->password = dec_str(s, password, &ok);
-				act->from_request = 1;
-			}
-		}
-		if (!ok)
-			goto nomem;
-		/* commit: nothing below can fail */
-		if (new_account)
-			map_link(&s->accounts, anode);
-		map_link(&a->rooms, rnode);
-		return dec_finish(s, out, 1, ok);
-nomem:
-		free(rnode);
-		if (new_account) {
-			free(anode);
-			map_clear(&a->rooms, NULL, NULL);
-			free(a);
-		}
-		membership_free(s, m);
-		dec_finish(s, out, 0, 0);
-		return MM_ENOMEM;
-	}
+	if (m == NULL)
+		return join_first(s, account, a, resource, room, req, out);
 
 	ss = session_find(m, resource);
-	if (ss == NULL) {
-		if (m->nsessions >= s->limits.max_sessions)
-			return MM_ESESSIONLIMIT;
-		memset(&fresh_ss, 0, sizeof fresh_ss);
-		fresh_ss.resource = str_dup(resource);
-		fresh_ss.nick = str_dup(nick);
-		if (fresh_ss.resource == NULL || fresh_ss.nick == NULL
-				|| !dup_opt(id, &fresh_ss.join_id) || !sessions_reserve(m)) {
-			session_free_fields(&fresh_ss);
-			return MM_ENOMEM;
-		}
-		fresh_ss.joined = m->state == MM_JOINED;
-		/* build the decision against the fresh session, then attach it */
-		if (m->state != MM_LEAVING)
-			replay_room(s, m, &fresh_ss, &ok);
-		if (!ok) {
-			session_free_fields(&fresh_ss);
-			return dec_finish(s, out, 0, 0);
-		}
-		if (m->state == MM_LEAVING)
-			m->rejoin = 1;
-		m->sessions[m->nsessions++] = fresh_ss;
-		return dec_finish(s, out, 1, ok);
+	if (ss == NULL && m->nsessions >= s->limits.max_sessions)
+		return MM_ESESSIONLIMIT;
+	if (!session_init(s, &fresh, resource, req))
+		return MM_ENOMEM;
+	if (ss == NULL && !sessions_reserve(m)) {
+		session_free_fields(&fresh);
+		return MM_ENOMEM;
 	}
-
-	/* A session already in the membership joins again. */
-	{
-		char *nnick = str_dup(nick), *nid = NULL;
-		mm_session probe;
-		if (nnick == NULL || !dup_opt(id, &nid)) {
-			free(nnick);
-			return MM_ENOMEM;
-		}
-		if (m->state == MM_JOINED) {
-			/* full resync (§7.2 sequence again) */
-			probe = *ss;
-			probe.nick = nnick;
-			probe.join_id = nid;
-			replay_room(s, m, &probe, &ok);
-			if (!ok) {
-				free(nnick);
-				free(nid);
-				return dec_finish(s, out, 0, 0);
-			}
-		}
-		free(ss->nick);
-		free(ss->join_id);
-		ss->nick = nnick;
-		ss->join_id = nid;
-		if (m->state == MM_LEAVING && ss->leaving) {
-			/* it left and now wants back in: join again after the leave */
-			ss->leaving = 0;
-			m->rejoin = 1;
-		}
-		return dec_finish(s, out, 1, ok);
+	fresh.joined = m->state == MM_JOINED;
+	fresh.asked = m->state != MM_JOINED;
+	if (ss) {
+		/* it joins again: a full resync; it keeps its place, its IQs and
+		 * the presence the room knows from it */
+		fresh.niqs = ss->niqs;
+		fresh.rank = ss->rank;
+		fresh.seq = ss->seq;
+		free(fresh.presence);
+		fresh.presence = ss->presence;
+		ss->presence = NULL;
 	}
+	/* build the decision against the new session, then attach it */
+	if (m->state != MM_LEAVING)
+		replay_room(s, m, &fresh, &ok);
+	if (m->rejoin_wait) {
+		/* an automatic re-join waits for its delay: this session asks now */
+		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
+		if (act) {
+			act->nick = dec_str(s, req->nick, &ok);
+			act->password = dec_str(s, req->password ? req->password : m->password, &ok);
+			act->from_request = 1;
+		}
+	}
+	if (!ok) {
+		if (ss) {
+			ss->presence = fresh.presence;
+			fresh.presence = NULL;
+		}
+		session_free_fields(&fresh);
+		return dec_finish(s, out, 0, ok);
+	}
+	/* commit */
+	s->seq++;
+	if (m->state == MM_LEAVING)
+		m->rejoin = 1;
+	m->rejoin_wait = 0;
+	if (ss) {
+		session_free_fields(ss);
+		*ss = fresh;
+	} else {
+		m->sessions[m->nsessions++] = fresh;
+	}
+	return dec_finish(s, out, 1, ok);
 }
 
 /* Number of sessions that are in the room from their client's view. */
@@ -904,6 +1082,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	mm_membership *m;
 	mm_session *ss;
 	mm_action *act;
+	uint64_t agg;
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -913,6 +1092,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	ss = m ? session_find(m, resource) : NULL;
 	if (ss == NULL)
 		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
 	if (ss->leaving)
 		return dec_finish(s, out, 1, ok); /* already on its way out */
 
@@ -925,10 +1105,11 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 			act->id = dec_str(s, id, &ok);
 			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
 		}
+		agg = handover(s, m, ss, &ok);
 		if (!ok)
 			return dec_finish(s, out, 0, ok);
-		pending_forget_resource(s, m, resource);
-		session_remove(m, ss);
+		m->agg_seq = agg;
+		session_detach(s, account, m, ss);
 		if (m->state == MM_LEAVING && active_sessions(m) == 0)
 			m->rejoin = 0;
 		return dec_finish(s, out, 1, ok);
@@ -940,7 +1121,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 		return dec_finish(s, out, 0, ok);
 	ss->leaving = 1;
 	m->state = MM_LEAVING;
-	m->rejoin = 0;
+	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -958,27 +1139,65 @@ static mm_session *joined_session(mm_state *s, const char *account,
 
 mm_err mm_session_presence(mm_state *s, const char *account,
 		const char *resource, const char *room, const char *nick,
-		const char *id, mm_decision *out)
+		const char *id, const char *show, const char *presence,
+		mm_decision *out)
 {
 	mm_membership *m;
-	int ok = 1;
+	mm_session *ss, *best, saved;
+	char *copy = NULL;
+	int ok = 1, send_own;
 
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(resource) || !nonempty(room))
 		return MM_EINVAL;
 	if (nick && (*nick == '\0' || strlen(nick) > s->limits.max_nick_bytes))
 		return MM_EINVAL;
-	if (joined_session(s, account, room, resource, &m) == NULL) {
-		mm_session *ss = m ? session_find(m, resource) : NULL;
+	ss = joined_session(s, account, room, resource, &m);
+	dec_room(s, room, &ok);
+	if (ss == NULL) {
+		int member = m != NULL && session_find(m, resource) != NULL;
 		/* a session in the membership must never speak for itself: the
 		 * room would take its presence for a join of its own */
-		if (ss != NULL)
+		if (member)
 			act_simple(s, MM_OP_DROP, &ok);
-		return dec_finish(s, out, ss != NULL, ok);
+		return dec_finish(s, out, member, ok);
 	}
-	act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
-	if (ok)
+	if (!dup_opt(presence, &copy))
+		return dec_finish(s, out, 0, 0);
+
+	/* try the update, decide, and undo it if the decision cannot be made */
+	saved = *ss;
+	ss->rank = show_rank(show);
+	ss->seq = s->seq + 1;
+	ss->presence = copy;
+	best = best_session(m, NULL);
+	/* a nick change is always the room's business */
+	send_own = (nick && !str_eq(nick, m->nick)) || best == ss;
+	if (send_own) {
+		act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	} else if (best->seq != m->agg_seq && best->presence) {
+		mm_action *a = dec_push(s, MM_OP_SEND_PRESENCE, &ok);
+		if (a) {
+			a->payload = dec_str(s, best->presence, &ok);
+			a->nick = dec_str(s, m->nick, &ok);
+		}
+	} else {
+		act_simple(s, MM_OP_DROP, &ok);
+	}
+	if (!ok) {
+		*ss = saved;
+		free(copy);
+		return dec_finish(s, out, 0, ok);
+	}
+	/* commit */
+	free(saved.presence);
+	s->seq++;
+	if (send_own) {
+		m->agg_seq = ss->seq;
 		pending_add(s, m, id, resource);
+	} else if (best->presence) {
+		m->agg_seq = best->seq;
+	}
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -988,6 +1207,7 @@ mm_err mm_session_message(mm_state *s, const char *account,
 {
 	mm_membership *m;
 	mm_session *ss;
+	size_t i;
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -996,6 +1216,7 @@ mm_err mm_session_message(mm_state *s, const char *account,
 	ss = joined_session(s, account, room, resource, &m);
 	if (m == NULL)
 		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
 	if (type == MM_MSG_ERROR) {
 		/* a bounce from a session must never become the account's bounce:
 		 * the room would kick the account for it */
@@ -1009,8 +1230,70 @@ mm_err mm_session_message(mm_state *s, const char *account,
 	if (type == MM_MSG_HEADLINE)
 		return dec_finish(s, out, 0, ok);
 	act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	if (type != MM_MSG_GROUPCHAT) {
+		/* a private message (§7.5): the account's other devices see it too,
+		 * as XEP-0280 carbons of what this one sent */
+		for (i = 0; i < m->nsessions; i++) {
+			const mm_session *o = &m->sessions[i];
+			if (o != ss && o->joined && !o->leaving) {
+				mm_action *a = dec_push(s, MM_OP_CARBON, &ok);
+				if (a)
+					a->resource = dec_str(s, o->resource, &ok);
+			}
+		}
+	}
 	if (ok)
 		pending_add(s, m, id, resource);
+	return dec_finish(s, out, 1, ok);
+}
+
+mm_err mm_session_iq(mm_state *s, const char *account, const char *resource,
+		const char *room, const char *nick, const char *id,
+		const char *queryid, int is_ping, double now, mm_decision *out)
+{
+	mm_membership *m;
+	mm_session *ss;
+	mm_iq *q;
+	mm_node *n = NULL;
+	mm_action *a;
+	char key[32];
+	int ok = 1;
+
+	dec_reset(s, out);
+	if (!nonempty(account) || !nonempty(resource) || !nonempty(room) || id == NULL)
+		return MM_EINVAL;
+	ss = joined_session(s, account, room, resource, &m);
+	if (ss == NULL)
+		return dec_finish(s, out, 0, ok);
+	if (ss->niqs >= s->limits.max_iqs)
+		return MM_EIQLIMIT;
+	q = calloc(1, sizeof *q);
+	if (q == NULL)
+		return MM_ENOMEM;
+	q->account = str_dup(account);
+	q->room = str_dup(room);
+	q->resource = str_dup(resource);
+	q->orig_id = str_dup(id);
+	q->deadline = now + (double)s->limits.iq_timeout;
+	q->self_ping = is_ping && nick != NULL && str_eq(nick, m->nick);
+	/* a counter the room cannot guess into another account's answers: the
+	 * answer must also come from the room the IQ went to */
+	snprintf(key, sizeof key, "mmx-%llx", (unsigned long long)++s->iq_counter);
+	if (q->account && q->room && q->resource && q->orig_id
+			&& dup_opt(nick, &q->nick) && dup_opt(queryid, &q->queryid)
+			&& map_ready(&s->iqs))
+		n = node_new(key, strlen(key), q);
+	dec_room(s, room, &ok);
+	a = dec_push(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	if (a)
+		a->id = dec_str(s, key, &ok);
+	if (n == NULL || !ok) {
+		free(n);
+		iq_free(q);
+		return dec_finish(s, out, 0, 0);
+	}
+	map_link(&s->iqs, n);
+	ss->niqs++;
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -1018,26 +1301,72 @@ mm_err mm_session_gone(mm_state *s, const char *account, const char *resource,
 		mm_decision *out)
 {
 	mm_account *a;
+	int ok = 1;
+
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(resource))
 		return MM_EINVAL;
 	a = account_get(s, account);
-	if (a) {
-		MAP_EACH(&a->rooms, n) {
-			mm_membership *m = n->value;
-			mm_session *ss = session_find(m, resource);
-			if (ss) {
-				pending_forget_resource(s, m, resource);
-				session_remove(m, ss);
-				if (m->state == MM_LEAVING && active_sessions(m) == 0)
-					m->rejoin = 0;
-			}
+	if (a == NULL)
+		return dec_finish(s, out, 1, ok);
+	/* decide first, for every room; then detach */
+	MAP_EACH(&a->rooms, n) {
+		mm_membership *m = n->value;
+		mm_session *ss = session_find(m, resource);
+		if (ss) {
+			dec_room(s, m->room, &ok);
+			m->next_agg = handover(s, m, ss, &ok);
 		}
 	}
-	return dec_finish(s, out, 1, 1);
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
+	MAP_EACH(&a->rooms, n) {
+		mm_membership *m = n->value;
+		mm_session *ss = session_find(m, resource);
+		if (ss) {
+			m->agg_seq = m->next_agg;
+			session_detach(s, account, m, ss);
+			if (m->state == MM_LEAVING && active_sessions(m) == 0)
+				m->rejoin = 0;
+		}
+	}
+	return dec_finish(s, out, 1, ok);
 }
 
 /* ---- events from rooms --------------------------------------------------- */
+
+/* Join again as the account: caches go, sessions wait for the sequence. */
+static void membership_restart(mm_state *s, mm_membership *m)
+{
+	size_t i;
+	membership_clear_cache(s, m);
+	m->state = MM_JOINING;
+	m->auto_rejoin = 1;
+	for (i = 0; i < m->nsessions; i++) {
+		mm_session *ss = &m->sessions[i];
+		ss->joined = 0;
+		ss->asked = 0;
+		free(ss->join_id);
+		ss->join_id = NULL;
+	}
+}
+
+static void act_send_join(mm_state *s, const char *nick, const char *password,
+		int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_SEND_JOIN, ok);
+	if (a) {
+		a->nick = dec_str(s, nick, ok);
+		a->password = dec_str(s, password, ok);
+	}
+}
+
+static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_REJOIN_LATER, ok);
+	if (a)
+		a->delay = delay;
+}
 
 /* The membership ended (left, kicked, banned, destroyed, failed join).
  * With sessions waiting to come back, the account joins again. */
@@ -1049,36 +1378,143 @@ static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
 		return dec_finish(s, out, 0, ok);
 	if (m->state == MM_LEAVING && m->rejoin) {
 		mm_session *first = NULL;
-		char *nick;
-		mm_action *act;
+		char *nick, *pw = NULL;
 		for (i = 0; i < m->nsessions; i++)
 			if (!m->sessions[i].leaving) {
 				first = &m->sessions[i];
 				break;
 			}
 		nick = first ? str_dup(first->nick) : NULL;
-		act = nick ? dec_push(s, MM_OP_SEND_JOIN, &ok) : NULL;
-		if (act) {
-			act->nick = dec_str(s, nick, &ok);
-			act->password = dec_str(s, m->password, &ok);
-		}
-		if (nick == NULL || !ok) {
+		if (nick == NULL || !dup_opt(first->password, &pw)) {
 			free(nick);
+			return dec_finish(s, out, 0, 0);
+		}
+		act_send_join(s, nick, pw, &ok);
+		if (!ok) {
+			free(nick);
+			free(pw);
 			return dec_finish(s, out, 0, 0);
 		}
 		/* commit: drop leavers and caches, join again as the waiters asked */
 		for (i = m->nsessions; i-- > 0;)
 			if (m->sessions[i].leaving)
-				session_remove(m, &m->sessions[i]);
+				session_detach(s, account, m, &m->sessions[i]);
 		membership_clear_cache(s, m);
 		free(m->nick);
 		m->nick = nick;
+		free(m->password);
+		m->password = pw;
 		m->state = MM_JOINING;
 		m->rejoin = 0;
 		return dec_finish(s, out, 1, ok);
 	}
 	membership_remove(s, account, m);
 	return dec_finish(s, out, 1, ok);
+}
+
+/* Conditions worth trying a re-join again for: the room may come back. */
+static int transient_condition(const char *c)
+{
+	static const char *const list[] = {
+		"remote-server-not-found", "remote-server-timeout", "service-unavailable",
+		"internal-server-error", "resource-constraint", "recipient-unavailable",
+		NULL
+	};
+	size_t i;
+	for (i = 0; c && list[i]; i++)
+		if (strcmp(c, list[i]) == 0)
+			return 1;
+	return 0;
+}
+
+static unsigned backoff(const mm_state *s, unsigned retries)
+{
+	unsigned shift = retries < 6 ? retries : 6;
+	size_t d = s->limits.rejoin_delay << shift;
+	return d > 3600 ? 3600u : (unsigned)d;
+}
+
+/* The self-presence of an available account: join completes or updates. */
+static mm_err self_available(mm_state *s, mm_membership *m, const char *nick,
+		const mm_presence *p, mm_decision *out)
+{
+	char *nn = NULL, *aff = NULL;
+	mm_node *pn = NULL;
+	int fresh = 0, ok = 1;
+	size_t i;
+
+	if (nick && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
+		return dec_finish(s, out, 0, 0);
+	if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
+		goto nomem;
+	if (p->payload && (pn = payload_prepare(s, p->payload, &fresh)) == NULL)
+		goto nomem;
+	for (i = 0; i < m->nsessions; i++) {
+		const mm_session *ss = &m->sessions[i];
+		unsigned codes = 0;
+		const char *id = NULL;
+		const char *accnick = nn ? nn : m->nick;
+		if (m->state == MM_JOINING && ss->asked) {
+			/* completes every waiter's join, each with its own id */
+			id = ss->join_id;
+			if (!(p->status & MM_STATUS_210) && !str_eq(ss->nick, accnick))
+				codes |= MM_CODE_210;
+		}
+		act_deliver(s, ss->resource, id, codes, &ok);
+	}
+	if (!ok)
+		goto nomem;
+	/* commit */
+	if (pn) {
+		payload_ref(s, pn, fresh);
+		payload_unref(s, m->self);
+		m->self = pn;
+	}
+	if (nn) {
+		free(m->nick);
+		m->nick = nn;
+	}
+	if (aff) {
+		free(m->affiliation);
+		m->affiliation = aff;
+	}
+	if (m->state == MM_JOINING) {
+		m->state = MM_JOINED;
+		m->auto_rejoin = m->rejoin_wait = 0;
+		m->retries = 0;
+		for (i = 0; i < m->nsessions; i++) {
+			m->sessions[i].joined = 1;
+			m->sessions[i].asked = 0;
+		}
+	}
+	return dec_finish(s, out, 1, ok);
+nomem:
+	if (fresh)
+		free(pn);
+	free(nn);
+	free(aff);
+	return dec_finish(s, out, 0, 0);
+}
+
+/* The room answered a join with an error. */
+static mm_err join_failed(mm_state *s, const char *account, mm_membership *m,
+		const mm_presence *p, mm_decision *out, int ok)
+{
+	size_t i;
+	if (m->auto_rejoin && transient_condition(p->condition)) {
+		/* the room may come back: try again later, each time later */
+		act_rejoin_later(s, backoff(s, m->retries + 1), &ok);
+		if (!ok)
+			return dec_finish(s, out, 0, ok);
+		m->retries++;
+		m->rejoin_wait = 1;
+		return dec_finish(s, out, 1, ok);
+	}
+	/* each session that asked gets the answer, with its own id */
+	for (i = 0; i < m->nsessions; i++)
+		if (m->sessions[i].asked)
+			act_deliver(s, m->sessions[i].resource, m->sessions[i].join_id, 0, &ok);
+	return membership_end(s, account, m, out, ok);
 }
 
 mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
@@ -1094,6 +1530,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 	m = membership_get(s, account, room);
 	if (m == NULL)
 		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
 
 	if (p->type == MM_PRES_ERROR) {
 		mm_pending *pd = pending_find(s, m, p->id);
@@ -1103,101 +1540,58 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 				pending_free(pd);
 			return dec_finish(s, out, 1, ok);
 		}
-		if (m->state == MM_JOINING) {
-			/* the account's join failed: each waiter gets it with its id */
-			for (i = 0; i < m->nsessions; i++)
-				act_deliver(s, m->sessions[i].resource,
-					m->sessions[i].join_id, 0, &ok);
-			return membership_end(s, account, m, out, ok);
-		}
+		if (m->state == MM_JOINING)
+			return join_failed(s, account, m, p, out, ok);
 		if (m->state == MM_LEAVING)
 			return membership_end(s, account, m, out, ok);
 		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
 	}
 
 	if (p->status & MM_STATUS_110) {
-		if (p->type == MM_PRES_UNAVAILABLE) {
-			if ((p->status & MM_STATUS_303) && nonempty(p->new_nick)
-					&& m->state != MM_LEAVING) {
-				char *nn = str_dup(p->new_nick);
-				if (nn == NULL)
-					return dec_finish(s, out, 0, 0);
-				deliver_all(s, m, &ok);
-				if (!ok) {
-					free(nn);
-					return dec_finish(s, out, 0, ok);
-				}
-				free(m->nick);
-				m->nick = nn;
+		if (p->type != MM_PRES_UNAVAILABLE) {
+			if (m->state == MM_LEAVING) /* a join in flight answered first */
 				return dec_finish(s, out, 1, ok);
+			return self_available(s, m, nick, p, out);
+		}
+		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick)
+				&& m->state != MM_LEAVING) {
+			char *nn = str_dup(p->new_nick);
+			if (nn == NULL)
+				return dec_finish(s, out, 0, 0);
+			deliver_all(s, m, &ok);
+			if (!ok) {
+				free(nn);
+				return dec_finish(s, out, 0, ok);
 			}
-			/* left, kicked, banned, removed, destroyed: the end */
-			if (m->state == MM_LEAVING) {
-				for (i = 0; i < m->nsessions; i++)
-					if (m->sessions[i].leaving)
-						act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
-			} else {
-				deliver_all(s, m, &ok);
-			}
+			free(m->nick);
+			m->nick = nn;
+			return dec_finish(s, out, 1, ok);
+		}
+		/* left, kicked, banned, removed, destroyed: the end */
+		if (m->state == MM_LEAVING) {
+			for (i = 0; i < m->nsessions; i++)
+				if (m->sessions[i].leaving)
+					act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
 			return membership_end(s, account, m, out, ok);
 		}
-		/* available self-presence */
-		if (m->state == MM_LEAVING) {
-			/* a join still in flight answered; the leave follows */
-			return dec_finish(s, out, 1, ok);
-		}
-		{
-			char *nn = NULL, *aff = NULL;
-			mm_node *pn = NULL;
-			int fresh = 0;
-			if (nick && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
-				return dec_finish(s, out, 0, 0);
-			if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
-				goto self_nomem;
-			if (p->payload && (pn = payload_prepare(s, p->payload, &fresh)) == NULL)
-				goto self_nomem;
-			for (i = 0; i < m->nsessions; i++) {
-				const mm_session *ss = &m->sessions[i];
-				unsigned codes = 0;
-				const char *id = NULL;
-				const char *accnick = nn ? nn : m->nick;
-				if (m->state == MM_JOINING) {
-					/* completes every waiter's join, each with its own id */
-					id = ss->join_id;
-					if (!(p->status & MM_STATUS_210) && !str_eq(ss->nick, accnick))
-						codes |= MM_CODE_210;
-				}
-				act_deliver(s, ss->resource, id, codes, &ok);
-			}
+		deliver_all(s, m, &ok);
+		if ((p->status & (MM_STATUS_332 | MM_STATUS_333)) && !p->destroyed
+				&& !(p->status & (MM_STATUS_301 | MM_STATUS_307
+						| MM_STATUS_321 | MM_STATUS_322))) {
+			/* shut down or a technical problem: the account comes back */
+			int later = (p->status & MM_STATUS_332) != 0;
+			if (later)
+				act_rejoin_later(s, backoff(s, 0), &ok);
+			else
+				act_send_join(s, m->nick, m->password, &ok);
 			if (!ok)
-				goto self_nomem;
-			/* commit */
-			if (pn) {
-				payload_ref(s, pn, fresh);
-				payload_unref(s, m->self);
-				m->self = pn;
-			}
-			if (nn) {
-				free(m->nick);
-				m->nick = nn;
-			}
-			if (aff) {
-				free(m->affiliation);
-				m->affiliation = aff;
-			}
-			if (m->state == MM_JOINING) {
-				m->state = MM_JOINED;
-				for (i = 0; i < m->nsessions; i++)
-					m->sessions[i].joined = 1;
-			}
+				return dec_finish(s, out, 0, ok);
+			membership_restart(s, m);
+			m->retries = 0;
+			m->rejoin_wait = later;
 			return dec_finish(s, out, 1, ok);
-self_nomem:
-			if (fresh)
-				free(pn);
-			free(nn);
-			free(aff);
-			return dec_finish(s, out, 0, 0);
 		}
+		return membership_end(s, account, m, out, ok);
 	}
 
 	/* another occupant (or the room itself) */
@@ -1237,6 +1631,19 @@ self_nomem:
 	return dec_finish(s, out, 1, ok);
 }
 
+/* The IQ a XEP-0313 result message belongs to, or NULL. */
+static mm_iq *iq_by_queryid(const mm_state *s, const char *account,
+		const char *room, const char *queryid)
+{
+	MAP_EACH(&s->iqs, n) {
+		mm_iq *q = n->value;
+		if (q->queryid && strcmp(q->queryid, queryid) == 0
+				&& strcmp(q->account, account) == 0 && strcmp(q->room, room) == 0)
+			return q;
+	}
+	return NULL;
+}
+
 mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		const char *nick, const mm_message *msg, mm_decision *out)
 {
@@ -1250,6 +1657,16 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 	m = membership_get(s, account, room);
 	if (m == NULL)
 		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
+
+	if (msg->queryid) {
+		/* an archive result: only the session that asked */
+		mm_iq *q = iq_by_queryid(s, account, room, msg->queryid);
+		if (q) {
+			act_deliver(s, q->resource, NULL, 0, &ok);
+			return dec_finish(s, out, 1, ok);
+		}
+	}
 
 	switch (msg->type) {
 	case MM_MSG_ERROR: {
@@ -1285,6 +1702,112 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 	}
 }
 
+mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
+		const char *nick, const char *id, int is_error, const char *condition,
+		mm_decision *out)
+{
+	mm_node *n;
+	mm_iq *q;
+	mm_membership *m;
+	size_t i;
+	int ok = 1, fell_out;
+
+	(void)nick;
+	dec_reset(s, out);
+	if (!nonempty(account) || !nonempty(room))
+		return MM_EINVAL;
+	n = map_find(&s->iqs, id);
+	q = n ? n->value : NULL;
+	/* only the room the IQ went to can answer it */
+	if (q == NULL || strcmp(q->account, account) != 0 || strcmp(q->room, room) != 0)
+		return dec_finish(s, out, 0, ok);
+	m = membership_get(s, account, room);
+	dec_room(s, room, &ok);
+	act_deliver(s, q->resource, q->orig_id, 0, &ok);
+	fell_out = q->self_ping && is_error && condition
+		&& strcmp(condition, "not-acceptable") == 0
+		&& m != NULL && m->state == MM_JOINED;
+	if (fell_out) {
+		/* XEP-0410: the room no longer knows the account; every session
+		 * learns it, and the account joins again */
+		for (i = 0; i < m->nsessions; i++) {
+			mm_action *a;
+			if (m->sessions[i].leaving)
+				continue;
+			a = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
+			if (a) {
+				a->resource = dec_str(s, m->sessions[i].resource, &ok);
+				a->nick = dec_str(s, m->nick, &ok);
+				a->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
+				a->add_codes = MM_CODE_333;
+			}
+		}
+		act_send_join(s, m->nick, m->password, &ok);
+	}
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
+	iq_forget(s, n);
+	if (fell_out) {
+		membership_restart(s, m);
+		m->retries = 0;
+	}
+	return dec_finish(s, out, 1, ok);
+}
+
+mm_err mm_expire(mm_state *s, double now, mm_decision *out)
+{
+	size_t i;
+	int ok = 1;
+
+	dec_reset(s, out);
+	MAP_EACH(&s->iqs, n) {
+		mm_iq *q = n->value;
+		mm_action *a;
+		if (q->deadline > now)
+			continue;
+		dec_room(s, q->room, &ok);
+		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
+		if (a) {
+			a->resource = dec_str(s, q->resource, &ok);
+			a->nick = dec_str(s, q->nick, &ok);
+			a->id = dec_str(s, q->orig_id, &ok);
+			a->condition = "remote-server-timeout";
+			a->error_type = "wait";
+		}
+	}
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
+	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
+		mm_node *n = s->iqs.buckets[i], *next;
+		for (; n != NULL; n = next) {
+			next = n->next;
+			if (((mm_iq *)n->value)->deadline <= now)
+				iq_forget(s, n);
+		}
+	}
+	return dec_finish(s, out, 1, ok);
+}
+
+mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
+		mm_decision *out)
+{
+	mm_membership *m;
+	int ok = 1;
+
+	dec_reset(s, out);
+	if (!nonempty(account) || !nonempty(room))
+		return MM_EINVAL;
+	m = membership_get(s, account, room);
+	if (m == NULL || !m->rejoin_wait)
+		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
+	act_send_join(s, m->nick, m->password, &ok);
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
+	m->rejoin_wait = 0;
+	return dec_finish(s, out, 1, ok);
+}
+
 mm_err mm_delivery_failed(mm_state *s, const char *account, const char *room,
 		mm_decision *out)
 {
@@ -1293,6 +1816,7 @@ mm_err mm_delivery_failed(mm_state *s, const char *account, const char *room,
 		return MM_EINVAL;
 	return dec_finish(s, out, membership_get(s, account, room) != NULL, 1);
 }
+
 
 /* ---- inspection ---------------------------------------------------------- */
 
@@ -1317,6 +1841,7 @@ void mm_state_stats(const mm_state *s, mm_stats *st)
 	}
 	st->payloads = s->payloads.count;
 	st->payload_bytes = s->payload_bytes;
+	st->iqs = s->iqs.count;
 }
 
 size_t mm_account_memberships(const mm_state *s, const char *account,
@@ -1360,6 +1885,12 @@ size_t mm_membership_sessions(const mm_state *s, const char *account,
 
 /* ---- teardown ------------------------------------------------------------ */
 
+static void iq_free_value(void *value, void *ud)
+{
+	(void)ud;
+	iq_free(value);
+}
+
 static void account_free(void *value, void *ud)
 {
 	mm_state *s = ud;
@@ -1379,6 +1910,7 @@ void mm_state_free(mm_state *s)
 	arena_chunk *c, *next;
 	if (s == NULL)
 		return;
+	map_clear(&s->iqs, iq_free_value, NULL);
 	map_clear(&s->accounts, account_free, s);
 	/* every payload was released with its membership */
 	map_clear(&s->payloads, NULL, NULL);

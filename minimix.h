@@ -33,10 +33,9 @@ typedef enum mm_err {
 	MM_OK = 0,
 	MM_ENOMEM,        /* allocation failed */
 	MM_EINVAL,        /* malformed argument (empty JID, nick too long, ...) */
-	MM_ENOTJOINED,    /* the session or account is not in that room */
 	MM_EROOMLIMIT,    /* the account is in max_rooms rooms already */
 	MM_ESESSIONLIMIT, /* the membership has max_sessions sessions already */
-	MM_EBUSY,         /* the account's membership is leaving; try later */
+	MM_EIQLIMIT,      /* the session has max_iqs IQs awaiting an answer */
 	MM_ERR_COUNT
 } mm_err;
 
@@ -59,6 +58,11 @@ typedef struct mm_limits {
 	size_t max_pending;     /* remembered outgoing stanza ids per membership
 	                         * (default 32; oldest forgotten first) */
 	size_t max_nick_bytes;  /* longest nick accepted (default 1023, RFC 7622) */
+	size_t max_iqs;         /* IQs awaiting an answer per session (default 16) */
+	size_t iq_timeout;      /* seconds before an unanswered IQ fails (default 60) */
+	size_t rejoin_delay;    /* seconds before the first automatic re-join after
+	                         * a shutdown (332) or a failed attempt (default 5);
+	                         * doubled per failed attempt, up to 64 times */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -66,6 +70,9 @@ typedef struct mm_limits {
 #define MM_DEFAULT_MAX_OCCUPANTS 2000
 #define MM_DEFAULT_MAX_PENDING 32
 #define MM_DEFAULT_MAX_NICK_BYTES 1023
+#define MM_DEFAULT_MAX_IQS 16
+#define MM_DEFAULT_IQ_TIMEOUT 60
+#define MM_DEFAULT_REJOIN_DELAY 5
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -93,14 +100,21 @@ typedef enum mm_op {
 	/*
 	 * Rewrite the session's stanza so it comes from the account's bare JID
 	 * and route it to the room (groupchat message, leave, presence update,
-	 * nick change).  Keep id and children.
+	 * nick change, IQ).  Keep children; `id`, when not NULL, replaces the
+	 * stanza id (IQs get an id the module owns).
 	 */
 	MM_OP_SEND_AS_ACCOUNT,
 	/*
-	 * Make the account leave: route an unavailable presence from the bare JID
-	 * to room/nick (used when the account leaves without a session stanza).
+	 * Route the cached presence `payload` (a session's last presence to the
+	 * room, serialized without to/from) from the account's bare JID to
+	 * `room`/`nick`: the room's view of the account changed to it.
 	 */
-	MM_OP_SEND_LEAVE,
+	MM_OP_SEND_PRESENCE,
+	/*
+	 * Ask again later: after `delay` seconds call mm_rejoin_due() for `room`
+	 * (an automatic re-join waits for the room to come back).
+	 */
+	MM_OP_REJOIN_LATER,
 	/*
 	 * Deliver the stanza being reported (from the room) to session
 	 * `resource`, addressed to its full JID.  `id`, when not NULL, replaces
@@ -115,35 +129,44 @@ typedef enum mm_op {
 	MM_OP_REPLAY,
 	/*
 	 * Send session `resource` an unavailable self-presence from room/nick:
-	 * status 110, item with `affiliation` and role none.  `id` is the id of
-	 * the session's leave, or NULL.
+	 * status 110 plus `add_codes` (333: the account fell out), item with
+	 * `affiliation` and role none.  `id` is the id of the session's leave, or
+	 * NULL.  `room` names the room.
 	 */
 	MM_OP_REFLECT_LEAVE,
 	/*
-	 * Answer the session's stanza with an error (`condition`, `error_type`),
-	 * to that session only.
+	 * Send session `resource` a XEP-0280 'sent' carbon of the session's
+	 * stanza (a private message another device of the account sent).
 	 */
-	MM_OP_ERROR,
+	MM_OP_CARBON,
+	/*
+	 * Send session `resource` an IQ error (`condition`, `error_type`) from
+	 * `room` (or room/`nick`) with `id`: its IQ was never answered.
+	 */
+	MM_OP_IQ_ERROR,
 	/* Swallow the session's stanza: it must reach neither room nor peers. */
 	MM_OP_DROP
 } mm_op;
 
 /* Status codes the core adds to copies (bit set). */
-#define MM_CODE_110 0x1u /* self-presence */
 #define MM_CODE_210 0x2u /* the service assigned or changed the nick */
+#define MM_CODE_333 0x4u /* removed: technical problem (the account fell out) */
 
 typedef struct mm_action {
 	mm_op op;
-	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE) */
-	const char *nick;        /* occupant nick in the room (SEND_JOIN, SEND_LEAVE,
-	                          * REFLECT_LEAVE) */
-	const char *payload;     /* REPLAY: serialized stanza */
-	const char *id;          /* DELIVER/REFLECT_LEAVE: id for this copy, or NULL */
+	const char *room;        /* the room the action concerns; always set */
+	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE,
+	                          * CARBON, IQ_ERROR) */
+	const char *nick;        /* occupant nick in the room (SEND_JOIN,
+	                          * SEND_PRESENCE, REFLECT_LEAVE, IQ_ERROR) */
+	const char *payload;     /* REPLAY, SEND_PRESENCE: serialized stanza */
+	const char *id;          /* id for this copy, or NULL (see each op) */
 	const char *password;    /* SEND_JOIN: room password or NULL */
-	const char *condition;   /* ERROR: defined condition */
-	const char *error_type;  /* ERROR: cancel, modify, wait, auth */
+	const char *condition;   /* IQ_ERROR: defined condition */
+	const char *error_type;  /* IQ_ERROR: cancel, modify, wait, auth */
 	const char *affiliation; /* REFLECT_LEAVE */
-	unsigned add_codes;      /* DELIVER, REPLAY: MM_CODE_* bits */
+	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
+	unsigned delay;          /* REJOIN_LATER: seconds */
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
 } mm_action;
 
@@ -159,6 +182,18 @@ typedef struct mm_decision {
 } mm_decision;
 
 /* ---- events from the account's sessions --------------------------------- */
+
+/* A session's join request (presence with the MUC <x/>). */
+typedef struct mm_join {
+	const char *nick;     /* required */
+	const char *id;       /* stanza id or NULL */
+	const char *password; /* <password/> or NULL */
+	const char *show;     /* <show/> of the presence or NULL (available) */
+	/* the presence serialized without to/from/id and without the MUC <x/>,
+	 * or NULL: the account's presence in the room when this session is the
+	 * most available one */
+	const char *presence;
+} mm_join;
 
 /*
  * Session `resource` of `account` sent a MUC join (presence with the MUC
@@ -184,6 +219,11 @@ mm_err mm_session_join(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *nick,
 		const char *id, const char *password, mm_decision *out);
 
+/* mm_session_join() with the whole request, presence included. */
+mm_err mm_session_join_req(mm_state *state, const char *account,
+		const char *resource, const char *room, const mm_join *req,
+		mm_decision *out);
+
 /*
  * Session `resource` sent unavailable presence to the room.  Not handled
  * when the session is not in the account's membership of that room.  With
@@ -197,14 +237,23 @@ mm_err mm_session_leave(mm_state *state, const char *account,
 
 /*
  * Session `resource` sent available presence without the MUC <x/> to
- * room/nick (a status update, or a nick change when nick differs from the
- * account's).  Handled (SEND_AS_ACCOUNT, id remembered so an error answer
- * returns to this session) when the session is joined; not handled
- * otherwise.
+ * room/nick: a nick change when nick differs from the account's (always
+ * SEND_AS_ACCOUNT, id remembered so an error answer returns to this
+ * session), else a status update.  The room sees the account's presence as
+ * that of its most available joined session, by <show/>: chat, available,
+ * dnd, away, xa; among equals the latest update wins.  A status update is
+ * SEND_AS_ACCOUNT when it makes this session the most available one,
+ * SEND_PRESENCE of another session's presence when this update handed the
+ * lead to it, and DROP when the room's view does not change.  `show` and
+ * `presence` are as in mm_join.  A session that is in the membership but not
+ * joined (waiting, leaving) gets DROP: passed on, the room would take its
+ * presence for a join of its own.  Not handled when the session is not in
+ * the membership.
  */
 mm_err mm_session_presence(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *nick,
-		const char *id, mm_decision *out);
+		const char *id, const char *show, const char *presence,
+		mm_decision *out);
 
 /* Kinds of message stanzas. */
 typedef enum mm_msg_type {
@@ -227,9 +276,27 @@ mm_err mm_session_message(mm_state *state, const char *account,
 		mm_msg_type type, const char *id, mm_decision *out);
 
 /*
+ * Session `resource` sent an IQ get or set to the room (nick NULL) or to an
+ * occupant.  From a joined session: SEND_AS_ACCOUNT with an `id` the module
+ * owns; the room's answer is matched by mm_room_iq() and reaches this
+ * session alone, with its own id.  `queryid` (a XEP-0313 query) routes the
+ * archive's result messages to this session.  `is_ping`: the IQ is a
+ * XEP-0410 self-ping, and a not-acceptable answer means the account fell
+ * out of the room.  `now` is the caller's clock in seconds, for expiry.
+ * Not handled when the session is not joined (the room answers the session
+ * itself).  Errors: MM_EIQLIMIT, MM_ENOMEM, MM_EINVAL.
+ */
+mm_err mm_session_iq(mm_state *state, const char *account,
+		const char *resource, const char *room, const char *nick,
+		const char *id, const char *queryid, int is_ping, double now,
+		mm_decision *out);
+
+/*
  * Session `resource` of `account` is gone (closed, lost, resumption timed
  * out).  It is detached from every membership; the account stays in its
- * rooms.  Always handled; the decision has no actions.
+ * rooms.  Always handled.  When the session's presence was the room's view
+ * of the account, the decision sends the next most available session's
+ * presence (SEND_PRESENCE, with `room`).
  */
 mm_err mm_session_gone(mm_state *state, const char *account,
 		const char *resource, mm_decision *out);
@@ -259,6 +326,7 @@ unsigned mm_status_bit(int code);
 
 typedef struct mm_presence {
 	mm_pres_type type;
+	const char *condition;   /* error: the defined condition, or NULL */
 	unsigned status;         /* MM_STATUS_* bits */
 	const char *new_nick;    /* 303: the item's nick, else NULL */
 	const char *affiliation; /* item affiliation or NULL */
@@ -274,10 +342,21 @@ typedef struct mm_presence {
  * `presence` to the account's bare JID.  Not handled when the account has no
  * membership in the room.  Otherwise the occupant cache is updated and the
  * decision lists a DELIVER per session that should get it; joins complete
- * (self-presence), fail (error: to the waiting sessions only, each with its
- * own id, and the membership is forgotten) or end (unavailable
- * self-presence without 303).  An error for a remembered id goes to that
- * session alone; other errors are dropped.
+ * (self-presence; each waiting session with its own join id, and 210 when
+ * it asked for another nick), fail (error: to the waiting sessions that
+ * asked, each with its own id, and the membership is forgotten) or end
+ * (unavailable self-presence without 303).
+ *
+ * Removal for a technical reason (333) makes the account join again at
+ * once (SEND_JOIN); a shutdown (332) after rejoin_delay (REJOIN_LATER).  The
+ * sessions stay and see the join sequence again.  While such an automatic
+ * re-join fails with a transient condition (remote-server-not-found,
+ * remote-server-timeout, service-unavailable, internal-server-error,
+ * resource-constraint, recipient-unavailable) it is tried again later,
+ * the delay doubling each time; any other error ends the membership.
+ *
+ * An error for a remembered id goes to that session alone; other errors
+ * are dropped.
  */
 mm_err mm_room_presence(mm_state *state, const char *account,
 		const char *room, const char *nick, const mm_presence *presence,
@@ -285,6 +364,7 @@ mm_err mm_room_presence(mm_state *state, const char *account,
 
 typedef struct mm_message {
 	mm_msg_type type;
+	const char *queryid; /* <result queryid/> of a XEP-0313 result, or NULL */
 	int has_subject;  /* a <subject/> child */
 	int has_body;     /* a <body/> child */
 	const char *id;   /* stanza id or NULL */
@@ -302,6 +382,33 @@ typedef struct mm_message {
  */
 mm_err mm_room_message(mm_state *state, const char *account,
 		const char *room, const char *nick, const mm_message *message,
+		mm_decision *out);
+
+/*
+ * The room (or occupant `nick`) sent an IQ result (is_error 0) or error
+ * (is_error 1, `condition`) with `id` to the account.  When the id is one the
+ * module gave an IQ of a session of this account to this room: DELIVER to
+ * that session with its original id.  A self-ping answered not-acceptable
+ * also makes the account re-join: each session gets an unavailable
+ * self-presence with 333 (REFLECT_LEAVE) and waits for the join sequence
+ * again (SEND_JOIN).  Not handled otherwise.
+ */
+mm_err mm_room_iq(mm_state *state, const char *account, const char *room,
+		const char *nick, const char *id, int is_error, const char *condition,
+		mm_decision *out);
+
+/*
+ * Time passed: IQs unanswered for iq_timeout seconds fail with IQ_ERROR
+ * (remote-server-timeout) to their sessions and are forgotten.  Always
+ * handled.
+ */
+mm_err mm_expire(mm_state *state, double now, mm_decision *out);
+
+/*
+ * The delay of a REJOIN_LATER is over: SEND_JOIN when the membership still
+ * waits for its automatic re-join, nothing otherwise.
+ */
+mm_err mm_rejoin_due(mm_state *state, const char *account, const char *room,
 		mm_decision *out);
 
 /*
@@ -336,6 +443,7 @@ typedef struct mm_stats {
 	size_t occupants;    /* cached occupant entries */
 	size_t payloads;     /* distinct interned payloads */
 	size_t payload_bytes;
+	size_t iqs;          /* IQs awaiting an answer */
 } mm_stats;
 
 void mm_state_stats(const mm_state *state, mm_stats *out);

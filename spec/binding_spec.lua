@@ -70,7 +70,7 @@ describe("minimix.state decisions", function()
 	it("asks to send the join from the request, first", function()
 		local handled, actions = s:join("a@h", "p", "r@c", "alice", "j1");
 		assert.is_true(handled);
-		assert.same({ { op = "send_join", nick = "alice", from_request = true } }, actions);
+		assert.same({ { op = "send_join", room = "r@c", nick = "alice", from_request = true } }, actions);
 		assert.equal("joining", s:member("a@h", "r@c"));
 	end);
 
@@ -103,8 +103,8 @@ describe("minimix.state decisions", function()
 		local handled, actions = s:room_presence("a@h", "r@c", "alice",
 			{ type = "available", codes = { 110 }, affiliation = "none", role = "participant", payload = SELF, id = "j1" });
 		assert.is_true(handled);
-		assert.same({ { op = "deliver", resource = "p", id = "j1" },
-			{ op = "deliver", resource = "l", id = "j2" } }, actions);
+		assert.same({ { op = "deliver", room = "r@c", resource = "p", id = "j1" },
+			{ op = "deliver", room = "r@c", resource = "l", id = "j2" } }, actions);
 		assert.equal("joined", s:member("a@h", "r@c"));
 		handled, actions = s:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true });
 		assert.is_true(handled);
@@ -134,12 +134,12 @@ describe("minimix.state decisions", function()
 		s:join("a@h", "l", "r@c", "alice", "j2");
 		s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, affiliation = "member", payload = SELF });
 		local _, actions = s:leave("a@h", "p", "r@c", "x1");
-		assert.same({ { op = "reflect_leave", resource = "p", nick = "alice", id = "x1", affiliation = "member" } }, actions);
+		assert.same({ { op = "reflect_leave", room = "r@c", resource = "p", nick = "alice", id = "x1", affiliation = "member" } }, actions);
 		_, actions = s:leave("a@h", "l", "r@c", "x2");
-		assert.same({ { op = "send_as_account" } }, actions);
+		assert.same({ { op = "send_as_account", room = "r@c" } }, actions);
 		assert.equal("leaving", s:member("a@h", "r@c"));
 		_, actions = s:room_presence("a@h", "r@c", "alice", { type = "unavailable", codes = { 110 } });
-		assert.same({ { op = "deliver", resource = "l" } }, actions);
+		assert.same({ { op = "deliver", room = "r@c", resource = "l" } }, actions);
 		assert.is_nil(s:member("a@h", "r@c"));
 	end);
 
@@ -147,7 +147,7 @@ describe("minimix.state decisions", function()
 		s:join("a@h", "p", "r@c", "alice");
 		local handled, actions = s:message_out("a@h", "p", "r@c", "bob", "error");
 		assert.is_true(handled);
-		assert.same({ { op = "drop" } }, actions);
+		assert.same({ { op = "drop", room = "r@c" } }, actions);
 		assert.is_true((s:delivery_failed("a@h", "r@c")));
 		assert.is_false((s:delivery_failed("a@h", "elsewhere@c")));
 	end);
