@@ -78,6 +78,7 @@ static void push_action(lua_State *L, const mm_action *a)
 	lua_pushstring(L, op_names[a->op]);
 	lua_setfield(L, -2, "op");
 	set_str(L, "room", a->room);
+	set_str(L, "account", a->account);
 	set_str(L, "resource", a->resource);
 	set_str(L, "nick", a->nick);
 	set_str(L, "payload", a->payload);

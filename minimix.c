@@ -216,7 +216,9 @@ typedef struct mm_membership {
 	int rejoin_wait; /* ... and waits for mm_rejoin_due() to send the join */
 	unsigned retries; /* failed automatic re-joins so far */
 	uint64_t agg_seq; /* seq of the session presence the room shows */
-	uint64_t next_agg; /* scratch: agg_seq once a decision commits */
+	char *shown;      /* that presence, or NULL when unknown */
+	uint64_t next_agg; /* scratch for mm_session_gone: agg_seq ... */
+	char *next_shown;  /* ... and shown, once the decision commits */
 	mm_session *sessions;
 	size_t nsessions, capsessions;
 	mm_map occupants; /* nick -> mm_node* (payload) */
@@ -498,6 +500,7 @@ static void membership_free(mm_state *s, mm_membership *m)
 	}
 	free(m->room);
 	free(m->nick);
+	free(m->shown);
 	free(m->password);
 	free(m->affiliation);
 	free(m);
@@ -871,24 +874,47 @@ static mm_session *best_session(mm_membership *m, const mm_session *skip)
 	return best;
 }
 
-/* The room shows a session that is going away (skip): show the next best.
- * Returns the seq the room will show; the caller commits it. */
-static uint64_t handover(mm_state *s, mm_membership *m, const mm_session *skip,
-		int *ok)
+/* Show the room `best`'s presence, unless it shows that text already.
+ * *shown gets a copy of what the room will show, when that changes. */
+static void show_presence(mm_state *s, mm_membership *m, const mm_session *best,
+		char **shown, int *ok)
 {
-	mm_session *best;
 	mm_action *a;
-	if (m->state != MM_JOINED || skip->seq != m->agg_seq)
-		return m->agg_seq;
-	best = best_session(m, skip);
-	if (best == NULL || best->presence == NULL)
-		return m->agg_seq;
+	if (m->shown && strcmp(m->shown, best->presence) == 0)
+		return; /* same text from another device: nothing to tell the room */
 	a = dec_push(s, MM_OP_SEND_PRESENCE, ok);
 	if (a) {
 		a->payload = dec_str(s, best->presence, ok);
 		a->nick = dec_str(s, m->nick, ok);
 	}
+	if (*ok && (*shown = str_dup(best->presence)) == NULL)
+		*ok = 0;
+}
+
+/* The room shows a session that is going away (skip): show the next best.
+ * Returns the seq the room will show and in *shown the new text (or NULL
+ * when it stays); the caller commits both. */
+static uint64_t handover(mm_state *s, mm_membership *m, const mm_session *skip,
+		char **shown, int *ok)
+{
+	mm_session *best;
+	*shown = NULL;
+	if (m->state != MM_JOINED || skip->seq != m->agg_seq)
+		return m->agg_seq;
+	best = best_session(m, skip);
+	if (best == NULL || best->presence == NULL)
+		return m->agg_seq;
+	show_presence(s, m, best, shown, ok);
 	return best->seq;
+}
+
+static void commit_shown(mm_membership *m, uint64_t seq, char *shown)
+{
+	m->agg_seq = seq;
+	if (shown) {
+		free(m->shown);
+		m->shown = shown;
+	}
 }
 
 /* ---- events from sessions ------------------------------------------------ */
@@ -943,6 +969,7 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	m->room = str_dup(room);
 	m->nick = str_dup(req->nick);
 	if (m->room == NULL || m->nick == NULL || !dup_opt(req->password, &m->password)
+			|| !dup_opt(req->presence, &m->shown)
 			|| !sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
 		goto nomem;
 	m->nsessions = 1;
@@ -1083,6 +1110,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	mm_session *ss;
 	mm_action *act;
 	uint64_t agg;
+	char *shown;
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -1105,10 +1133,12 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 			act->id = dec_str(s, id, &ok);
 			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
 		}
-		agg = handover(s, m, ss, &ok);
-		if (!ok)
+		agg = handover(s, m, ss, &shown, &ok);
+		if (!ok) {
+			free(shown);
 			return dec_finish(s, out, 0, ok);
-		m->agg_seq = agg;
+		}
+		commit_shown(m, agg, shown);
 		session_detach(s, account, m, ss);
 		if (m->state == MM_LEAVING && active_sessions(m) == 0)
 			m->rejoin = 0;
@@ -1144,7 +1174,7 @@ mm_err mm_session_presence(mm_state *s, const char *account,
 {
 	mm_membership *m;
 	mm_session *ss, *best, saved;
-	char *copy = NULL;
+	char *copy = NULL, *shown = NULL;
 	int ok = 1, send_own;
 
 	dec_reset(s, out);
@@ -1171,32 +1201,32 @@ mm_err mm_session_presence(mm_state *s, const char *account,
 	ss->seq = s->seq + 1;
 	ss->presence = copy;
 	best = best_session(m, NULL);
-	/* a nick change is always the room's business */
-	send_own = (nick && !str_eq(nick, m->nick)) || best == ss;
+	/* a nick change is always the room's business; so is a new text */
+	send_own = (nick && !str_eq(nick, m->nick)) || (best == ss
+		&& !(copy && m->shown && strcmp(copy, m->shown) == 0));
 	if (send_own) {
 		act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+		if (ok && copy && (shown = str_dup(copy)) == NULL)
+			ok = 0;
 	} else if (best->seq != m->agg_seq && best->presence) {
-		mm_action *a = dec_push(s, MM_OP_SEND_PRESENCE, &ok);
-		if (a) {
-			a->payload = dec_str(s, best->presence, &ok);
-			a->nick = dec_str(s, m->nick, &ok);
-		}
-	} else {
-		act_simple(s, MM_OP_DROP, &ok);
+		show_presence(s, m, best, &shown, &ok);
 	}
+	if (ok && s->dec.n == 0)
+		act_simple(s, MM_OP_DROP, &ok);
 	if (!ok) {
 		*ss = saved;
 		free(copy);
+		free(shown);
 		return dec_finish(s, out, 0, ok);
 	}
 	/* commit */
 	free(saved.presence);
 	s->seq++;
 	if (send_own) {
-		m->agg_seq = ss->seq;
+		commit_shown(m, ss->seq, shown);
 		pending_add(s, m, id, resource);
 	} else if (best->presence) {
-		m->agg_seq = best->seq;
+		commit_shown(m, best->seq, shown);
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -1313,18 +1343,26 @@ mm_err mm_session_gone(mm_state *s, const char *account, const char *resource,
 	MAP_EACH(&a->rooms, n) {
 		mm_membership *m = n->value;
 		mm_session *ss = session_find(m, resource);
+		m->next_shown = NULL;
 		if (ss) {
 			dec_room(s, m->room, &ok);
-			m->next_agg = handover(s, m, ss, &ok);
+			m->next_agg = handover(s, m, ss, &m->next_shown, &ok);
 		}
 	}
-	if (!ok)
+	if (!ok) {
+		MAP_EACH(&a->rooms, n) {
+			mm_membership *m = n->value;
+			free(m->next_shown);
+			m->next_shown = NULL;
+		}
 		return dec_finish(s, out, 0, ok);
+	}
 	MAP_EACH(&a->rooms, n) {
 		mm_membership *m = n->value;
 		mm_session *ss = session_find(m, resource);
 		if (ss) {
-			m->agg_seq = m->next_agg;
+			commit_shown(m, m->next_agg, m->next_shown);
+			m->next_shown = NULL;
 			session_detach(s, account, m, ss);
 			if (m->state == MM_LEAVING && active_sessions(m) == 0)
 				m->rejoin = 0;
@@ -1340,6 +1378,8 @@ static void membership_restart(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	membership_clear_cache(s, m);
+	free(m->shown);
+	m->shown = NULL; /* the fresh join carries no presence of a session */
 	m->state = MM_JOINING;
 	m->auto_rejoin = 1;
 	for (i = 0; i < m->nsessions; i++) {
@@ -1768,6 +1808,7 @@ mm_err mm_expire(mm_state *s, double now, mm_decision *out)
 		dec_room(s, q->room, &ok);
 		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
 		if (a) {
+			a->account = dec_str(s, q->account, &ok);
 			a->resource = dec_str(s, q->resource, &ok);
 			a->nick = dec_str(s, q->nick, &ok);
 			a->id = dec_str(s, q->orig_id, &ok);

@@ -155,6 +155,8 @@ typedef enum mm_op {
 typedef struct mm_action {
 	mm_op op;
 	const char *room;        /* the room the action concerns; always set */
+	const char *account;     /* IQ_ERROR: the account (mm_expire spans many);
+	                          * NULL elsewhere: the event's account */
 	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE,
 	                          * CARBON, IQ_ERROR) */
 	const char *nick;        /* occupant nick in the room (SEND_JOIN,

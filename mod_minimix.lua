@@ -8,11 +8,17 @@
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
 local xml_parse = require "util.xml".parse;
+local now = require "util.time".now;
 
 local full_sessions = prosody.full_sessions;
 
 local xmlns_muc = "http://jabber.org/protocol/muc";
 local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+local xmlns_carbons = "urn:xmpp:carbons:2";
+local xmlns_forward = "urn:xmpp:forward:0";
+local xmlns_ping = "urn:xmpp:ping";
+local xmlns_mam = "urn:xmpp:mam:2";
+local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
@@ -30,6 +36,9 @@ local limits = {
 	max_sessions = limit_option("minimix_max_sessions", 32);
 	max_occupants = limit_option("minimix_max_occupants", 2000);
 	max_pending = limit_option("minimix_max_pending", 32);
+	max_iqs = limit_option("minimix_max_iqs", 16);
+	iq_timeout = limit_option("minimix_iq_timeout", 60);
+	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
 };
 
 -- The native core: next to this file first (a checkout or plugin dir),
@@ -131,15 +140,42 @@ local function to_session(account, resource, stanza, id, codes)
 	stanza.attr.to, stanza.attr.id = old_to, old_id;
 end
 
-local function as_account(stanza, account)
+local function as_account(stanza, account, id)
 	stanza.attr.from = account;
+	if id then stanza.attr.id = id; end
 	module:send(stanza);
+end
+
+-- A session's presence as the account's presence in a room: without the
+-- addressing and without the MUC join element.
+local function presence_payload(stanza)
+	local p = st.clone(stanza);
+	p.attr.to, p.attr.from, p.attr.id = nil, nil, nil;
+	p:maptags(function(tag)
+		if tag.attr.xmlns == xmlns_muc then return nil; end
+		return tag;
+	end);
+	return tostring(p);
+end
+
+local function occupant_jid(room, nick)
+	if nick then return room .. "/" .. nick; end
+	return room;
+end
+
+local perform;
+
+-- An automatic re-join waits: ask the core again when the delay is over.
+local function rejoin_later(account, room, delay)
+	module:add_timer(delay, function()
+		perform({ account = account, room = room }, core:rejoin_due(account, room));
+	end);
 end
 
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
 -- On a refusal the core's results are nil, token, condition, type, text.
-local function perform(ctx, handled, actions, condition, error_type, text)
+function perform(ctx, handled, actions, condition, error_type, text)
 	if handled == nil then
 		-- the core refused (limits, malformed input): the asker alone hears it
 		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
@@ -151,10 +187,13 @@ local function perform(ctx, handled, actions, condition, error_type, text)
 	end
 	if not handled then return nil; end
 	if not actions then return true; end
-	local account, room, stanza = ctx.account, ctx.room, ctx.stanza;
+	local stanza = ctx.stanza;
+	-- the session's own address, before a rewrite makes it the account's
+	local sender = ctx.origin and ctx.origin.full_jid;
 	for i = 1, #actions do
 		local a = actions[i];
-		local op = a.op;
+		local op, room = a.op, a.room;
+		local account = a.account or ctx.account;
 		if op == "deliver" then
 			to_session(account, a.resource, stanza, a.id, a.codes);
 		elseif op == "replay" then
@@ -173,20 +212,38 @@ local function perform(ctx, handled, actions, condition, error_type, text)
 			end
 			module:log("info", "%s joins %s as %s", account, room, a.nick);
 		elseif op == "send_as_account" then
-			as_account(stanza, account);
-		elseif op == "send_leave" then
-			module:send(st.presence({ from = account, to = room .. "/" .. a.nick, type = "unavailable" }));
+			as_account(stanza, account, a.id);
+		elseif op == "send_presence" then
+			local pres = xml_parse(a.payload);
+			if pres then
+				pres.attr.from, pres.attr.to = account, room .. "/" .. a.nick;
+				module:send(pres);
+			end
+		elseif op == "rejoin_later" then
+			rejoin_later(account, room, a.delay);
 		elseif op == "reflect_leave" then
-			to_session(account, a.resource, st.presence({
-					from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
+			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })
 					:tag("item", { affiliation = a.affiliation, role = "none" }):up()
-					:tag("status", { code = "110" }):up()
-				:up());
-		elseif op == "error" then
-			if ctx.origin then
-				ctx.origin.send(st.error_reply(stanza, a.error_type, a.condition));
+					:tag("status", { code = "110" }):up();
+			for _, code in ipairs(a.codes or {}) do
+				pres:tag("status", { code = tostring(code) }):up();
 			end
+			to_session(account, a.resource, pres:up());
+		elseif op == "carbon" then
+			-- XEP-0280 'sent': what another device of the account said
+			local copy = st.clone(stanza);
+			copy.attr.from, copy.attr.xmlns = sender, "jabber:client";
+			to_session(account, a.resource, st.message({ from = account, type = stanza.attr.type })
+				:tag("sent", { xmlns = xmlns_carbons })
+					:tag("forwarded", { xmlns = xmlns_forward })
+						:add_child(copy):up():up());
+		elseif op == "iq_error" then
+			to_session(account, a.resource, st.iq({ type = "error", id = a.id,
+					from = occupant_jid(room, a.nick) })
+				:tag("error", { type = a.error_type })
+					:tag(a.condition, { xmlns = xmlns_stanzas }):up()
+				:up());
 		end
 		-- "drop": nothing to do, and the stanza stops here
 	end
@@ -206,11 +263,12 @@ local function outgoing_presence(event)
 	if t == nil then
 		if not nick then return; end
 		local x = stanza:get_child("x", xmlns_muc);
+		local show, payload = stanza:get_child_text("show"), presence_payload(stanza);
 		if x then
 			return perform(ctx, core:join(account, resource, room, nick, id,
-				x:get_child_text("password")));
+				x:get_child_text("password"), show, payload));
 		end
-		return perform(ctx, core:presence_out(account, resource, room, nick, id));
+		return perform(ctx, core:presence_out(account, resource, room, nick, id, show, payload));
 	elseif t == "unavailable" then
 		return perform(ctx, core:leave(account, resource, room, id));
 	elseif t == "error" then
@@ -229,6 +287,21 @@ local function outgoing_message(event)
 		stanza.attr.type or "normal", stanza.attr.id));
 end
 
+local function outgoing_iq(event)
+	local origin, stanza = event.origin, event.stanza;
+	local t = stanza.attr.type;
+	if t ~= "get" and t ~= "set" then return; end
+	local account, resource = session_account(origin);
+	if not account or not stanza.attr.id then return; end
+	local room, nick = split_room(stanza.attr.to);
+	if not room or not core:member(account, room) then return; end
+	local query = stanza:get_child("query", xmlns_mam);
+	local is_ping = t == "get" and stanza:get_child("ping", xmlns_ping) ~= nil;
+	local ctx = { account = account, room = room, stanza = stanza, origin = origin };
+	return perform(ctx, core:iq_out(account, resource, room, nick, stanza.attr.id,
+		query and query.attr.queryid, is_ping, now()));
+end
+
 -- Priority 0.5: after mod_blocklist (100) and mod_vcard_legacy (1) have had
 -- their say on the outgoing stanza, before mod_presence (0), mod_mam (0) and
 -- mod_carbons (-0.5), which must not treat room traffic as the session's own.
@@ -236,6 +309,8 @@ module:hook("pre-presence/full", outgoing_presence, 0.5);
 module:hook("pre-presence/bare", outgoing_presence, 0.5);
 module:hook("pre-message/bare", outgoing_message, 0.5);
 module:hook("pre-message/full", outgoing_message, 0.5);
+module:hook("pre-iq/bare", outgoing_iq, 0.5);
+module:hook("pre-iq/full", outgoing_iq, 0.5);
 
 -- Incoming: rooms talking to the account's bare JID --------------------------
 
@@ -266,6 +341,7 @@ local function incoming_presence(event)
 	if not account or not room or not core:member(account, room) then return; end
 	local p = muc_user_fields(stanza, {
 		type = t or "available";
+		condition = t == "error" and select(2, stanza:get_error()) or nil;
 		id = stanza.attr.id;
 		payload = t ~= "error" and payload_of(stanza) or nil;
 	});
@@ -281,9 +357,11 @@ local function incoming_message(event)
 	local t = stanza.attr.type or "normal";
 	local subject = stanza:get_child("subject") ~= nil;
 	local body = stanza:get_child("body") ~= nil;
+	local result = stanza:get_child("result", xmlns_mam);
 	local m = {
 		type = t;
 		id = stanza.attr.id;
+		queryid = result and result.attr.queryid;
 		subject = subject;
 		body = body;
 		-- only a subject is cached for now
@@ -296,8 +374,29 @@ end
 -- Priority 10: before mod_presence (0), mod_message (-1), mod_carbons (-0.5)
 -- and mod_mam (0) see room traffic to the bare JID, which they would hand to
 -- every available session, or bounce; after mod_blocklist (100).
+-- Answers to the IQs sessions sent through the account.
+local function incoming_iq(event)
+	local stanza = event.stanza;
+	local t = stanza.attr.type;
+	if t ~= "result" and t ~= "error" then return; end
+	local account = stanza.attr.to;
+	local room, nick = split_room(stanza.attr.from);
+	if not account or not room or not stanza.attr.id then return; end
+	local condition;
+	if t == "error" then condition = select(2, stanza:get_error()); end
+	local ctx = { account = account, room = room, stanza = stanza };
+	return perform(ctx, core:room_iq(account, room, nick, stanza.attr.id, t == "error", condition));
+end
+
 module:hook("presence/bare", incoming_presence, 10);
 module:hook("message/bare", incoming_message, 10);
+module:hook("iq/bare", incoming_iq, 10);
+
+-- Unanswered IQs fail after minimix_iq_timeout seconds.
+module:add_timer(5, function()
+	perform({}, core:expire(now()));
+	return 5;
+end);
 
 -- Sessions come and go ----------------------------------------------------------
 

@@ -24,6 +24,10 @@ local function load_shim(options)
 	function module:hook(name, fn, prio)
 		env.hooks[name] = { fn = fn, prio = prio or 0 };
 	end
+	function module:add_timer(delay, fn)
+		env.timers = env.timers or {};
+		env.timers[#env.timers+1] = { delay = delay, fn = fn };
+	end
 	function module:send(stanza)
 		env.sent[#env.sent+1] = st.clone(stanza);
 		if env.on_send then env.on_send(stanza); end
@@ -164,11 +168,50 @@ describe("mod_minimix shim", function()
 		env.sent, P.got = {}, {};
 		assert.is_true(fire(env, "pre-presence/full", P,
 			st.presence({ to = "room@muc.example/alice", type = "unavailable", id = "x1" })));
-		assert.equal(0, #env.sent);
+		assert.equal(0, #env.sent, "the laptop's presence is the same: the room sees nothing");
 		assert.equal(1, #P.got);
 		assert.equal("unavailable", P.got[1].attr.type);
 		assert.equal("x1", P.got[1].attr.id);
 		assert.equal("110", P.got[1]:get_child("x", MUC_USER):get_child("status").attr.code);
+	end);
+
+	it("shows the room the next device's presence when the one it showed leaves", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		local away = join("j2"):text_tag("show", "away");
+		fire(env, "pre-presence/full", L, away);
+		env.sent = {};
+		fire(env, "pre-presence/full", P,
+			st.presence({ to = "room@muc.example/alice", type = "unavailable", id = "x1" }));
+		assert.equal(1, #env.sent);
+		local shown = env.sent[1];
+		assert.is_nil(shown.attr.type);
+		assert.equal("alice@localhost", shown.attr.from);
+		assert.equal("room@muc.example/alice", shown.attr.to);
+		assert.equal("away", shown:get_child_text("show"));
+		assert.is_nil(shown:get_child("x", MUC), "an update, not a second join");
+	end);
+
+	it("sends a status update only when it changes what the room sees", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		env.sent = {};
+		-- the laptop goes away: the phone is still available, the room sees nothing
+		assert.is_true(fire(env, "pre-presence/full", L,
+			st.presence({ to = "room@muc.example/alice", id = "s1" }):text_tag("show", "away")));
+		assert.equal(0, #env.sent);
+		-- the phone goes xa: the laptop (away) now leads
+		assert.is_true(fire(env, "pre-presence/full", P,
+			st.presence({ to = "room@muc.example/alice", id = "s2" }):text_tag("show", "xa")));
+		assert.equal(1, #env.sent);
+		assert.equal("away", env.sent[1]:get_child_text("show"));
+		-- the phone is back to chat: it leads, its own stanza goes out
+		assert.is_true(fire(env, "pre-presence/full", P,
+			st.presence({ to = "room@muc.example/alice", id = "s3" }):text_tag("show", "chat")));
+		assert.equal(2, #env.sent);
+		assert.equal("chat", env.sent[2]:get_child_text("show"));
+		assert.equal("s3", env.sent[2].attr.id);
 	end);
 
 	it("never lets a session's bounce or a failed fork reach the room", function()
