@@ -96,11 +96,19 @@ static void push_action(lua_State *L, const mm_action *a)
 		lua_pushboolean(L, 1);
 		lua_setfield(L, -2, "from_request");
 	}
+	if (a->stamp > 0) {
+		lua_pushnumber(L, (lua_Number)a->stamp);
+		lua_setfield(L, -2, "stamp");
+	}
+	if (a->since > 0) {
+		lua_pushnumber(L, (lua_Number)a->since);
+		lua_setfield(L, -2, "since");
+	}
 }
 
 /*
  * Turn the core's answer into Lua results:
- *   handled (boolean), actions (array, only when there are any)
+ *   handled (boolean), actions (array or nil), event (or nil), reason (or nil)
  *   or nil, token, condition, error_type, text on a refusal.
  */
 static int push_result(lua_State *L, mm_err err, const mm_decision *d)
@@ -117,14 +125,24 @@ static int push_result(lua_State *L, mm_err err, const mm_decision *d)
 		return 5;
 	}
 	lua_pushboolean(L, d->handled);
-	if (d->n == 0)
+	if (d->n == 0 && d->event == NULL)
 		return 1;
-	lua_createtable(L, (int)d->n, 0);
-	for (i = 0; i < d->n; i++) {
-		push_action(L, &d->actions[i]);
-		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	if (d->n == 0) {
+		lua_pushnil(L);
+	} else {
+		lua_createtable(L, (int)d->n, 0);
+		for (i = 0; i < d->n; i++) {
+			push_action(L, &d->actions[i]);
+			lua_rawseti(L, -2, (lua_Integer)i + 1);
+		}
 	}
-	return 2;
+	if (d->event == NULL)
+		return 2;
+	lua_pushstring(L, d->event);
+	if (d->reason == NULL)
+		return 3;
+	lua_pushstring(L, d->reason);
+	return 4;
 }
 
 /* ---- state lifecycle ---------------------------------------------------- */
@@ -160,6 +178,8 @@ static int l_new(lua_State *L)
 		lim.max_iqs = opt_limit(L, 1, "max_iqs");
 		lim.iq_timeout = opt_limit(L, 1, "iq_timeout");
 		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
+		lim.history_size = opt_limit(L, 1, "history_size");
+		lim.history_default = opt_limit(L, 1, "history_default");
 	}
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 0);
@@ -195,7 +215,24 @@ static int l_tostring(lua_State *L)
 
 /* ---- events from sessions ---------------------------------------------- */
 
-/* join(account, resource, room, nick [, id, password, show, presence]) */
+/* Optional number field of the table at index t; dflt when absent. */
+static double num_field(lua_State *L, int t, const char *key, double dflt)
+{
+	double v = dflt;
+	lua_getfield(L, t, key);
+	if (!lua_isnil(L, -1)) {
+		if (!lua_isnumber(L, -1))
+			luaL_error(L, "field '%s' must be a number", key);
+		v = (double)lua_tonumber(L, -1);
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+/*
+ * join(account, resource, room, nick [, id, password, show, presence,
+ *      history, now]); history = { maxstanzas=, maxchars=, seconds=, since= }
+ */
 static int l_join(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -211,6 +248,15 @@ static int l_join(lua_State *L)
 	req.password = luaL_optstring(L, 7, NULL);
 	req.show = luaL_optstring(L, 8, NULL);
 	req.presence = luaL_optstring(L, 9, NULL);
+	if (!lua_isnoneornil(L, 10)) {
+		luaL_checktype(L, 10, LUA_TTABLE);
+		req.history.requested = 1;
+		req.history.maxstanzas = (long)num_field(L, 10, "maxstanzas", -1);
+		req.history.maxchars = (long)num_field(L, 10, "maxchars", -1);
+		req.history.seconds = num_field(L, 10, "seconds", -1);
+		req.history.since = num_field(L, 10, "since", -1);
+	}
+	req.now = (double)luaL_optnumber(L, 11, 0);
 	err = mm_session_join_req(s, account, resource, room, &req, &d);
 	return push_result(L, err, &d);
 }
@@ -387,6 +433,9 @@ static int l_room_message(lua_State *L)
 	m.has_body = bool_field(L, 5, "body");
 	m.id = opt_field(L, 5, "id");
 	m.queryid = opt_field(L, 5, "queryid");
+	m.stanza_id = opt_field(L, 5, "stanza_id");
+	m.stamp = num_field(L, 5, "stamp", 0);
+	m.delayed = bool_field(L, 5, "delayed");
 	m.payload = opt_field(L, 5, "payload");
 	err = mm_room_message(s, account, room, nick, &m, &d);
 	return push_result(L, err, &d);
@@ -424,6 +473,40 @@ static int l_rejoin_due(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_rejoin_due(s, account, room, &d);
 	return push_result(L, err, &d);
+}
+
+/* restore(account, room, nick [, password, last_id, last_stamp]) */
+static int l_restore(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	const char *nick = luaL_checkstring(L, 4);
+	const char *password = luaL_optstring(L, 5, NULL);
+	const char *last_id = luaL_optstring(L, 6, NULL);
+	double last_stamp = (double)luaL_optnumber(L, 7, 0);
+	mm_decision d;
+	mm_err err = mm_account_restore(s, account, room, nick, password, last_id,
+		last_stamp, &d);
+	return push_result(L, err, &d);
+}
+
+static void push_dirty(const char *account, void *ud)
+{
+	lua_State *L = ud;
+	lua_pushstring(L, account);
+	lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -1) + 1);
+}
+
+/* take_dirty(level) -> array of accounts */
+static int l_take_dirty(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	lua_Integer level = luaL_optinteger(L, 2, 1);
+	luaL_argcheck(L, level == 1 || level == 2, 2, "level must be 1 or 2");
+	lua_newtable(L);
+	mm_take_dirty(s, (int)level, push_dirty, L);
+	return 1;
 }
 
 static int l_delivery_failed(lua_State *L)
@@ -472,6 +555,8 @@ static int l_limits(lua_State *L)
 	set_int(L, "max_iqs", lim->max_iqs);
 	set_int(L, "iq_timeout", lim->iq_timeout);
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
+	set_int(L, "history_size", lim->history_size);
+	set_int(L, "history_default", lim->history_default);
 	return 1;
 }
 
@@ -505,6 +590,14 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	set_int(L, "occupants", info->occupants);
 	lua_pushboolean(L, info->has_subject);
 	lua_setfield(L, -2, "has_subject");
+	set_int(L, "history", info->history);
+	set_str(L, "last_id", info->last_id);
+	if (info->last_stamp > 0) {
+		lua_pushnumber(L, (lua_Number)info->last_stamp);
+		lua_setfield(L, -2, "last_stamp");
+	}
+	lua_pushboolean(L, info->persistent);
+	lua_setfield(L, -2, "persistent");
 	lua_rawseti(L, -2, n + 1);
 	return 0;
 }
@@ -554,6 +647,8 @@ static const luaL_Reg state_methods[] = {
 	{"room_iq", l_room_iq},
 	{"expire", l_expire},
 	{"rejoin_due", l_rejoin_due},
+	{"restore", l_restore},
+	{"take_dirty", l_take_dirty},
 	{"delivery_failed", l_delivery_failed},
 	{"member", l_member},
 	{"stats", l_stats},

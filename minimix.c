@@ -198,12 +198,25 @@ typedef struct mm_session {
 	unsigned joined : 1;  /* completed its join (else waits for the account) */
 	unsigned leaving : 1; /* asked to leave; awaits the room's answer */
 	unsigned asked : 1;   /* its own join awaits the room's answer */
+	/* its <history/> request, for the catch-up replay */
+	struct {
+		int requested;
+		long maxstanzas, maxchars;
+		double seconds, since;
+	} hist;
+	double hist_now;
 } mm_session;
 
 typedef struct mm_pending {
 	char *id;
 	char *resource;
 } mm_pending;
+
+/* A room message kept for catch-up. */
+typedef struct mm_hist {
+	mm_node *payload;
+	double stamp;
+} mm_hist;
 
 typedef struct mm_membership {
 	char *room;
@@ -226,6 +239,11 @@ typedef struct mm_membership {
 	mm_node *subject; /* subject message payload, or NULL */
 	mm_pending *pending; /* ring of max_pending */
 	size_t npending, pending_next;
+	mm_hist *hist;    /* ring of history_size, oldest at hist_head */
+	size_t hist_head, hist_count;
+	char *last_id;    /* the last room message seen */
+	double last_stamp;
+	int restoring;    /* joining again after a restart: skip what was seen */
 } mm_membership;
 
 typedef struct mm_account {
@@ -245,10 +263,12 @@ struct mm_state {
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
+	mm_map dirty;    /* account -> level (uintptr_t) to persist */
 	uint64_t iq_counter;
 	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
+	const char *dec_event, *dec_reason; /* the decision's event */
 };
 
 /* ---- errors ------------------------------------------------------------- */
@@ -357,6 +377,8 @@ void mm_limits_default(mm_limits *l)
 	l->max_iqs = MM_DEFAULT_MAX_IQS;
 	l->iq_timeout = MM_DEFAULT_IQ_TIMEOUT;
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
+	l->history_size = MM_DEFAULT_HISTORY_SIZE;
+	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 }
 
 mm_state *mm_state_new(const mm_limits *limits)
@@ -377,6 +399,8 @@ mm_state *mm_state_new(const mm_limits *limits)
 		TAKE(max_iqs);
 		TAKE(iq_timeout);
 		TAKE(rejoin_delay);
+		TAKE(history_size);
+		TAKE(history_default);
 #undef TAKE
 	}
 	return s;
@@ -475,7 +499,8 @@ static void occupant_unref(void *value, void *ud)
 	payload_unref(ud, value);
 }
 
-/* Drop every cache of the membership (occupants, self, subject). */
+/* Drop the room state the account learnt by joining (occupants, self,
+ * subject).  The catch-up history stays: it is what the account saw. */
 static void membership_clear_cache(mm_state *s, mm_membership *m)
 {
 	map_clear(&m->occupants, occupant_unref, s);
@@ -484,12 +509,24 @@ static void membership_clear_cache(mm_state *s, mm_membership *m)
 	m->self = m->subject = NULL;
 }
 
+static void hist_clear(mm_state *s, mm_membership *m)
+{
+	size_t i;
+	for (i = 0; i < m->hist_count; i++)
+		payload_unref(s, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
+	free(m->hist);
+	m->hist = NULL;
+	m->hist_head = m->hist_count = 0;
+}
+
 static void membership_free(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	if (m == NULL)
 		return;
 	membership_clear_cache(s, m);
+	hist_clear(s, m);
+	free(m->last_id);
 	for (i = 0; i < m->nsessions; i++)
 		session_free_fields(&m->sessions[i]);
 	free(m->sessions);
@@ -693,6 +730,7 @@ static void dec_reset(mm_state *s, mm_decision *out)
 	arena_chunk *c = s->dec.chunks;
 	s->dec.n = 0;
 	s->dec_room = NULL;
+	s->dec_event = s->dec_reason = NULL;
 	if (c) {
 		/* keep one chunk for the next call; the others are rare */
 		arena_chunk *next = c->next;
@@ -707,6 +745,7 @@ static void dec_reset(mm_state *s, mm_decision *out)
 	out->handled = 0;
 	out->n = 0;
 	out->actions = NULL;
+	out->event = out->reason = NULL;
 }
 
 /* Copy str into the arena; *ok cleared on allocation failure. */
@@ -805,12 +844,40 @@ static mm_err dec_finish(mm_state *s, mm_decision *out, int handled, int ok)
 		out->handled = 0;
 		out->n = 0;
 		out->actions = NULL;
+		out->event = out->reason = NULL;
 		return MM_ENOMEM;
 	}
 	out->handled = handled;
 	out->n = s->dec.n;
 	out->actions = s->dec.n ? s->dec.actions : NULL;
+	out->event = s->dec_event;
+	out->reason = s->dec_reason;
 	return MM_OK;
+}
+
+/* Remember that the account's persisted memberships need writing.  Best
+ * effort on allocation failure: the next change marks it again. */
+static void mark_dirty(mm_state *s, const char *account, int level)
+{
+	mm_node *n = map_find(&s->dirty, account);
+	if (n) {
+		if ((uintptr_t)n->value < (uintptr_t)level)
+			n->value = (void *)(uintptr_t)level;
+		return;
+	}
+	if (!map_ready(&s->dirty))
+		return;
+	n = node_new(account, strlen(account), (void *)(uintptr_t)level);
+	if (n)
+		map_link(&s->dirty, n);
+}
+
+/* Note what happened to the membership (one event per decision). */
+static void act_event(mm_state *s, const char *event, const char *reason,
+		int *ok)
+{
+	s->dec_event = event; /* a static string: outlives any decision */
+	s->dec_reason = dec_str(s, reason, ok);
 }
 
 /* Deliver the reported stanza to every session that is in the room from
@@ -821,6 +888,39 @@ static void deliver_all(mm_state *s, const mm_membership *m, int *ok)
 	for (i = 0; i < m->nsessions; i++)
 		if (!m->sessions[i].leaving)
 			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
+}
+
+/* Catch-up for a later session (§7.2.14): the newest messages its
+ * <history/> asks for, oldest first, after its self-presence. */
+static void replay_history(mm_state *s, const mm_membership *m,
+		const mm_session *to, int *ok)
+{
+	const size_t cap = s->limits.history_size;
+	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
+		: (long)s->limits.history_default;
+	size_t take = 0, chars = 0, i;
+	while (take < m->hist_count) {
+		const mm_hist *h = &m->hist[(m->hist_head + m->hist_count - 1 - take) % cap];
+		if (maxstanzas >= 0 && (long)take >= maxstanzas)
+			break;
+		if (to->hist.maxchars >= 0
+				&& chars + h->payload->len > (size_t)to->hist.maxchars)
+			break;
+		if (to->hist.seconds >= 0 && h->stamp < to->hist_now - to->hist.seconds)
+			break;
+		if (to->hist.since >= 0 && h->stamp < to->hist.since)
+			break;
+		chars += h->payload->len;
+		take++;
+	}
+	for (i = m->hist_count - take; i < m->hist_count; i++) {
+		const mm_hist *h = &m->hist[(m->hist_head + i) % cap];
+		mm_action *a;
+		act_replay(s, to->resource, h->payload, NULL, 0, ok);
+		a = *ok ? &s->dec.actions[s->dec.n - 1] : NULL;
+		if (a)
+			a->stamp = h->stamp;
+	}
 }
 
 /* The later-session sequence (§7.2): occupants, self last, then subject. */
@@ -837,6 +937,7 @@ static void replay_room(mm_state *s, const mm_membership *m,
 			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
 	}
+	replay_history(s, m, to, ok);
 	if (m->subject)
 		act_replay(s, to->resource, m->subject, NULL, 0, ok);
 }
@@ -929,6 +1030,12 @@ static int session_init(mm_state *s, mm_session *ss, const char *resource,
 	ss->rank = show_rank(req->show);
 	ss->seq = s->seq + 1;
 	ss->asked = 1;
+	ss->hist.requested = req->history.requested;
+	ss->hist.maxstanzas = req->history.requested ? req->history.maxstanzas : -1;
+	ss->hist.maxchars = req->history.requested ? req->history.maxchars : -1;
+	ss->hist.seconds = req->history.requested ? req->history.seconds : -1;
+	ss->hist.since = req->history.requested ? req->history.since : -1;
+	ss->hist_now = req->now;
 	if (ss->resource == NULL || ss->nick == NULL || !dup_opt(req->id, &ss->join_id)
 			|| !dup_opt(req->password, &ss->password)
 			|| !dup_opt(req->presence, &ss->presence)) {
@@ -1411,11 +1518,13 @@ static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
 /* The membership ended (left, kicked, banned, destroyed, failed join).
  * With sessions waiting to come back, the account joins again. */
 static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
-		mm_decision *out, int ok)
+		mm_decision *out, int ok, const char *event, const char *condition)
 {
 	size_t i;
+	act_event(s, event, condition, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
+	mark_dirty(s, account, 2);
 	if (m->state == MM_LEAVING && m->rejoin) {
 		mm_session *first = NULL;
 		char *nick, *pw = NULL;
@@ -1475,8 +1584,8 @@ static unsigned backoff(const mm_state *s, unsigned retries)
 }
 
 /* The self-presence of an available account: join completes or updates. */
-static mm_err self_available(mm_state *s, mm_membership *m, const char *nick,
-		const mm_presence *p, mm_decision *out)
+static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
+		const char *nick, const mm_presence *p, mm_decision *out)
 {
 	char *nn = NULL, *aff = NULL;
 	mm_node *pn = NULL;
@@ -1502,6 +1611,8 @@ static mm_err self_available(mm_state *s, mm_membership *m, const char *nick,
 		}
 		act_deliver(s, ss->resource, id, codes, &ok);
 	}
+	if (m->state == MM_JOINING)
+		act_event(s, "joined", NULL, &ok);
 	if (!ok)
 		goto nomem;
 	/* commit */
@@ -1519,6 +1630,7 @@ static mm_err self_available(mm_state *s, mm_membership *m, const char *nick,
 		m->affiliation = aff;
 	}
 	if (m->state == MM_JOINING) {
+		mark_dirty(s, account, 2);
 		m->state = MM_JOINED;
 		m->auto_rejoin = m->rejoin_wait = 0;
 		m->retries = 0;
@@ -1543,6 +1655,7 @@ static mm_err join_failed(mm_state *s, const char *account, mm_membership *m,
 	size_t i;
 	if (m->auto_rejoin && transient_condition(p->condition)) {
 		/* the room may come back: try again later, each time later */
+		act_event(s, "rejoining", p->condition, &ok);
 		act_rejoin_later(s, backoff(s, m->retries + 1), &ok);
 		if (!ok)
 			return dec_finish(s, out, 0, ok);
@@ -1554,7 +1667,24 @@ static mm_err join_failed(mm_state *s, const char *account, mm_membership *m,
 	for (i = 0; i < m->nsessions; i++)
 		if (m->sessions[i].asked)
 			act_deliver(s, m->sessions[i].resource, m->sessions[i].join_id, 0, &ok);
-	return membership_end(s, account, m, out, ok);
+	return membership_end(s, account, m, out, ok, "removed",
+		p->condition ? p->condition : "undefined-condition");
+}
+
+/* Why the room removed the account, for logs and counters. */
+static const char *removal_reason(const mm_presence *p)
+{
+	if (p->destroyed)
+		return "destroyed";
+	if (p->status & MM_STATUS_301)
+		return "banned";
+	if (p->status & MM_STATUS_307)
+		return "kicked";
+	if (p->status & MM_STATUS_321)
+		return "affiliation-changed";
+	if (p->status & MM_STATUS_322)
+		return "members-only";
+	return "removed";
 }
 
 mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
@@ -1583,7 +1713,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		if (m->state == MM_JOINING)
 			return join_failed(s, account, m, p, out, ok);
 		if (m->state == MM_LEAVING)
-			return membership_end(s, account, m, out, ok);
+			return membership_end(s, account, m, out, ok, "left", NULL);
 		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
 	}
 
@@ -1591,7 +1721,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		if (p->type != MM_PRES_UNAVAILABLE) {
 			if (m->state == MM_LEAVING) /* a join in flight answered first */
 				return dec_finish(s, out, 1, ok);
-			return self_available(s, m, nick, p, out);
+			return self_available(s, account, m, nick, p, out);
 		}
 		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick)
 				&& m->state != MM_LEAVING) {
@@ -1605,6 +1735,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			}
 			free(m->nick);
 			m->nick = nn;
+			mark_dirty(s, account, 2);
 			return dec_finish(s, out, 1, ok);
 		}
 		/* left, kicked, banned, removed, destroyed: the end */
@@ -1612,7 +1743,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			for (i = 0; i < m->nsessions; i++)
 				if (m->sessions[i].leaving)
 					act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
-			return membership_end(s, account, m, out, ok);
+			return membership_end(s, account, m, out, ok, "left", NULL);
 		}
 		deliver_all(s, m, &ok);
 		if ((p->status & (MM_STATUS_332 | MM_STATUS_333)) && !p->destroyed
@@ -1620,6 +1751,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 						| MM_STATUS_321 | MM_STATUS_322))) {
 			/* shut down or a technical problem: the account comes back */
 			int later = (p->status & MM_STATUS_332) != 0;
+			act_event(s, "rejoining", later ? "system-shutdown" : "technical-problem", &ok);
 			if (later)
 				act_rejoin_later(s, backoff(s, 0), &ok);
 			else
@@ -1631,7 +1763,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			m->rejoin_wait = later;
 			return dec_finish(s, out, 1, ok);
 		}
-		return membership_end(s, account, m, out, ok);
+		return membership_end(s, account, m, out, ok, "removed", removal_reason(p));
 	}
 
 	/* another occupant (or the room itself) */
@@ -1669,6 +1801,50 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		/* past max_occupants the presence is still delivered, not cached */
 	}
 	return dec_finish(s, out, 1, ok);
+}
+
+/* Keep a room message for catch-up and as the last one seen; 0 on
+ * allocation failure, with nothing changed. */
+static int hist_push(mm_state *s, const char *account, mm_membership *m,
+		const mm_message *msg)
+{
+	const size_t cap = s->limits.history_size;
+	mm_node *pn;
+	mm_hist *slot;
+	char *id = NULL;
+	int fresh;
+	if (m->hist == NULL) {
+		m->hist = calloc(cap, sizeof *m->hist);
+		if (m->hist == NULL)
+			return 0;
+	}
+	if (!dup_opt(msg->stanza_id, &id))
+		return 0;
+	pn = payload_prepare(s, msg->payload, &fresh);
+	if (pn == NULL) {
+		free(id);
+		return 0;
+	}
+	payload_ref(s, pn, fresh);
+	if (m->hist_count == cap) {
+		/* full: the oldest goes */
+		slot = &m->hist[m->hist_head];
+		payload_unref(s, slot->payload);
+		m->hist_head = (m->hist_head + 1) % cap;
+		m->hist_count--;
+	}
+	slot = &m->hist[(m->hist_head + m->hist_count) % cap];
+	slot->payload = pn;
+	slot->stamp = msg->stamp;
+	m->hist_count++;
+	if (id) {
+		free(m->last_id);
+		m->last_id = id;
+	}
+	if (msg->stamp > m->last_stamp)
+		m->last_stamp = msg->stamp;
+	mark_dirty(s, account, 1);
+	return 1;
 }
 
 /* The IQ a XEP-0313 result message belongs to, or NULL. */
@@ -1721,10 +1897,23 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 	case MM_MSG_GROUPCHAT:
 		if (m->state == MM_LEAVING)
 			return dec_finish(s, out, 1, ok);
+		if (m->restoring) {
+			/* back after a restart: the room's history up to the last
+			 * message seen is old news; the subject ends the history */
+			if (!msg->delayed || (msg->has_subject && !msg->has_body)) {
+				m->restoring = 0;
+			} else if ((msg->stanza_id && m->last_id
+					&& strcmp(msg->stanza_id, m->last_id) == 0)
+					|| (m->last_stamp > 0 && msg->stamp < m->last_stamp)) {
+				return dec_finish(s, out, 1, ok);
+			}
+		}
 		deliver_all(s, m, &ok);
 		if (ok && msg->has_subject && !msg->has_body
 				&& !payload_set(s, &m->subject, msg->payload))
 			ok = 0;
+		if (ok && msg->has_body && msg->payload)
+			ok = hist_push(s, account, m, msg);
 		return dec_finish(s, out, 1, ok);
 	case MM_MSG_CHAT:
 	case MM_MSG_NORMAL:
@@ -1782,6 +1971,7 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 				a->add_codes = MM_CODE_333;
 			}
 		}
+		act_event(s, "rejoining", "not-acceptable", &ok);
 		act_send_join(s, m->nick, m->password, &ok);
 	}
 	if (!ok)
@@ -1849,6 +2039,70 @@ mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, 1, ok);
 }
 
+mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
+		const char *nick, const char *password, const char *last_id,
+		double last_stamp, mm_decision *out)
+{
+	mm_join req;
+	mm_membership *m;
+	mm_action *a;
+	mm_err err;
+	char *id = NULL;
+	int ok = 1;
+
+	dec_reset(s, out);
+	if (!nonempty(account) || !nonempty(room) || !nonempty(nick)
+			|| strlen(nick) > s->limits.max_nick_bytes)
+		return MM_EINVAL;
+	if (membership_get(s, account, room) != NULL)
+		return dec_finish(s, out, 0, ok); /* never join twice */
+	if (!dup_opt(last_id, &id))
+		return MM_ENOMEM;
+	/* a first join with its session taken away again */
+	memset(&req, 0, sizeof req);
+	req.nick = nick;
+	req.password = password;
+	err = mm_session_join_req(s, account, "\x01restore", room, &req, out);
+	if (err != MM_OK) {
+		free(id);
+		return err;
+	}
+	m = membership_get(s, account, room);
+	session_free_fields(&m->sessions[0]);
+	m->nsessions = 0;
+	free(m->shown);
+	m->shown = NULL;
+	m->auto_rejoin = 1;
+	m->restoring = 1;
+	m->last_id = id;
+	m->last_stamp = last_stamp;
+	/* the decision is a fresh join asking for what was said meanwhile */
+	a = &s->dec.actions[0];
+	a->from_request = 0;
+	a->since = last_stamp > 0 ? last_stamp : 0;
+	return dec_finish(s, out, 1, ok);
+}
+
+size_t mm_take_dirty(mm_state *s, int level,
+		void (*fn)(const char *account, void *ud), void *ud)
+{
+	size_t i, c = 0;
+	for (i = 0; s->dirty.count && i < s->dirty.nbuckets; i++) {
+		mm_node *n = s->dirty.buckets[i], *next;
+		for (; n != NULL; n = next) {
+			next = n->next;
+			if ((uintptr_t)n->value < (uintptr_t)level)
+				continue;
+			if (fn)
+				fn(n->key, ud);
+			map_unlink(&s->dirty, n);
+			free(n);
+			c++;
+		}
+	}
+	return c;
+}
+
 mm_err mm_delivery_failed(mm_state *s, const char *account, const char *room,
 		mm_decision *out)
 {
@@ -1902,6 +2156,11 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.sessions = m->nsessions;
 		info.occupants = m->occupants.count;
 		info.has_subject = m->subject != NULL;
+		info.history = m->hist_count;
+		info.last_id = m->last_id;
+		info.last_stamp = m->last_stamp;
+		info.persistent = m->state == MM_JOINED
+			|| (m->state == MM_JOINING && m->auto_rejoin);
 		c++;
 		if (fn && fn(&info, ud))
 			return c;
@@ -1952,6 +2211,7 @@ void mm_state_free(mm_state *s)
 	if (s == NULL)
 		return;
 	map_clear(&s->iqs, iq_free_value, NULL);
+	map_clear(&s->dirty, NULL, NULL);
 	map_clear(&s->accounts, account_free, s);
 	/* every payload was released with its membership */
 	map_clear(&s->payloads, NULL, NULL);

@@ -63,6 +63,10 @@ typedef struct mm_limits {
 	size_t rejoin_delay;    /* seconds before the first automatic re-join after
 	                         * a shutdown (332) or a failed attempt (default 5);
 	                         * doubled per failed attempt, up to 64 times */
+	size_t history_size;    /* room messages kept per membership for catch-up
+	                         * (default 50) */
+	size_t history_default; /* of which a join without <history/> gets at
+	                         * most this many (default 20, as Prosody's MUC) */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -73,6 +77,8 @@ typedef struct mm_limits {
 #define MM_DEFAULT_MAX_IQS 16
 #define MM_DEFAULT_IQ_TIMEOUT 60
 #define MM_DEFAULT_REJOIN_DELAY 5
+#define MM_DEFAULT_HISTORY_SIZE 50
+#define MM_DEFAULT_HISTORY_DEFAULT 20
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -124,7 +130,9 @@ typedef enum mm_op {
 	MM_OP_DELIVER,
 	/*
 	 * Deliver a cached stanza (`payload`, serialized XML without a 'to') to
-	 * session `resource`.  `add_codes` as for MM_OP_DELIVER.
+	 * session `resource`.  `add_codes` as for MM_OP_DELIVER.  `stamp` > 0
+	 * marks a catch-up message: it goes out with a XEP-0203 delay from the
+	 * room with that time, unless it carries one from the room already.
 	 */
 	MM_OP_REPLAY,
 	/*
@@ -170,6 +178,9 @@ typedef struct mm_action {
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
 	unsigned delay;          /* REJOIN_LATER: seconds */
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
+	double stamp;            /* REPLAY: catch-up message time (seconds) or 0 */
+	double since;            /* SEND_JOIN (fresh): ask the room for history
+	                          * since this time (seconds), or 0 for none */
 } mm_action;
 
 typedef struct mm_decision {
@@ -181,6 +192,15 @@ typedef struct mm_decision {
 	int handled;
 	size_t n;
 	const mm_action *actions;
+	/*
+	 * Something worth a log line or a counter happened to the membership,
+	 * or NULL: "joined" (the account is in), "left" (it left as asked),
+	 * "removed" (kicked, banned, destroyed, refused; `reason` says why),
+	 * "rejoining" (it joins again by itself; `reason` says why).  Persisted
+	 * state changed with it: see mm_take_dirty().  Static strings.
+	 */
+	const char *event;
+	const char *reason; /* owned like the actions' strings, or NULL */
 } mm_decision;
 
 /* ---- events from the account's sessions --------------------------------- */
@@ -195,6 +215,15 @@ typedef struct mm_join {
 	 * or NULL: the account's presence in the room when this session is the
 	 * most available one */
 	const char *presence;
+	/* the <history/> request (§7.2.14); absent: history_default messages */
+	struct {
+		int requested;     /* a <history/> element was there */
+		long maxstanzas;   /* < 0: no such attribute */
+		long maxchars;     /* < 0: no such attribute; counts payload bytes */
+		double seconds;    /* < 0: no such attribute */
+		double since;      /* < 0: no such attribute; seconds since 1970 */
+	} history;
+	double now;           /* the caller's clock (seconds), for `seconds` */
 } mm_join;
 
 /*
@@ -367,18 +396,27 @@ mm_err mm_room_presence(mm_state *state, const char *account,
 typedef struct mm_message {
 	mm_msg_type type;
 	const char *queryid; /* <result queryid/> of a XEP-0313 result, or NULL */
+	const char *stanza_id; /* the room's XEP-0359 stanza-id, or NULL */
+	double stamp;     /* when the room got it: its XEP-0203 delay, else now */
+	int delayed;      /* it carried a delay from the room (room history) */
 	int has_subject;  /* a <subject/> child */
 	int has_body;     /* a <body/> child */
 	const char *id;   /* stanza id or NULL */
-	/* serialized stanza without 'to', or NULL; needed to cache a subject */
+	/* serialized stanza without 'to', or NULL; needed to cache a subject and
+	 * to keep groupchat messages for catch-up */
 	const char *payload;
 } mm_message;
 
 /*
  * The room (nick NULL) or an occupant sent `message` to the account's bare
  * JID.  Groupchat traffic goes to every session in the membership (a subject
- * is cached for replay); a private message from an occupant goes to the
- * joined sessions; an error for a remembered id goes to that session alone.
+ * is cached for replay; a message with a body and a payload joins the
+ * catch-up ring of history_size messages, which later sessions get after
+ * their self-presence as their <history/> asks); a private message from an
+ * occupant goes to the joined sessions; an error for a remembered id goes to
+ * that session alone.  While the account joins again after a restart, room
+ * history up to the last message it saw (by stanza-id, else by time) is
+ * dropped as already seen.
  * Not handled when there is no membership, or for normal/headline messages
  * from the room itself (invitations, which the server delivers as usual).
  */
@@ -422,6 +460,31 @@ mm_err mm_rejoin_due(mm_state *state, const char *account, const char *room,
 mm_err mm_delivery_failed(mm_state *state, const char *account,
 		const char *room, mm_decision *out);
 
+/* ---- persistence --------------------------------------------------------- */
+
+/*
+ * Bring back a membership stored before a restart: the account joins the
+ * room again with no session attached (SEND_JOIN with `since` = last_stamp
+ * when known, so the room sends what was said meanwhile), as an automatic
+ * re-join (transient failures are retried; refusals end it with an EVENT
+ * "removed").  Not handled when the account already has a membership there:
+ * nothing is joined twice.  last_id, last_stamp: as mm_membership_info has
+ * them (NULL, 0: unknown).  Errors: MM_EINVAL, MM_EROOMLIMIT, MM_ENOMEM.
+ */
+mm_err mm_account_restore(mm_state *state, const char *account,
+		const char *room, const char *nick, const char *password,
+		const char *last_id, double last_stamp, mm_decision *out);
+
+/*
+ * Visit the accounts whose persistent memberships changed since the last
+ * call, and forget that they did.  level 2: only membership changes (joined,
+ * left, removed, nick); level 1: also a newer last message seen.  fn gets a
+ * borrowed account JID and must not call into the state.  Returns the
+ * number visited.
+ */
+size_t mm_take_dirty(mm_state *state, int level,
+		void (*fn)(const char *account, void *ud), void *ud);
+
 /* ---- inspection --------------------------------------------------------- */
 
 typedef enum mm_mstate {
@@ -458,6 +521,11 @@ typedef struct mm_membership_info {
 	size_t sessions;
 	size_t occupants;
 	int has_subject;
+	size_t history;        /* messages held for catch-up */
+	const char *last_id;   /* stanza-id of the last room message seen, or NULL */
+	double last_stamp;     /* its time (seconds), or 0 */
+	/* worth keeping across a restart: joined, or joining again by itself */
+	int persistent;
 } mm_membership_info;
 
 /*

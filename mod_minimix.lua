@@ -9,6 +9,7 @@ local st = require "util.stanza";
 local jid_split = require "util.jid".split;
 local xml_parse = require "util.xml".parse;
 local now = require "util.time".now;
+local datetime = require "util.datetime";
 
 local full_sessions = prosody.full_sessions;
 
@@ -19,6 +20,8 @@ local xmlns_forward = "urn:xmpp:forward:0";
 local xmlns_ping = "urn:xmpp:ping";
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
+local xmlns_delay = "urn:xmpp:delay";
+local xmlns_sid = "urn:xmpp:sid:0";
 
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
@@ -39,7 +42,16 @@ local limits = {
 	max_iqs = limit_option("minimix_max_iqs", 16);
 	iq_timeout = limit_option("minimix_iq_timeout", 60);
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
+	history_size = limit_option("minimix_history_size", 50);
+	history_default = limit_option("minimix_history_default", 20);
 };
+
+-- How often the last message seen per room is written (memberships
+-- themselves are written as soon as they change).
+local seen_interval = limit_option("minimix_seen_interval", 30);
+
+-- Memberships survive restarts here (any storage driver: internal, SQL).
+local store = module:open_store("minimix");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then wherever require finds it (a LuaRocks tree, package.cpath).
@@ -66,8 +78,9 @@ end
 local minimix = load_native();
 local core = minimix.new(limits);
 
--- Reload keeps memberships and sessions: the old core is handed over.
-local handed_over = false;
+-- Reload keeps memberships and sessions: the old core is handed over, and
+-- the rooms see nothing of it.
+local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
 	return { core = core };
@@ -77,6 +90,7 @@ function module.restore(data)
 	if data and data.core then
 		core:close();
 		core = data.core;
+		reloaded = true;
 	end
 end
 
@@ -172,18 +186,69 @@ local function rejoin_later(account, room, delay)
 	end);
 end
 
+-- Persistence ---------------------------------------------------------------
+
+local function write_account(account)
+	local username = jid_split(account);
+	local rooms, any = {}, false;
+	for _, m in ipairs(core:memberships(account)) do
+		if m.persistent then
+			rooms[m.room] = { nick = m.nick, password = m.password,
+				last_id = m.last_id, last_stamp = m.last_stamp };
+			any = true;
+		end
+	end
+	local ok, err = store:set(username, any and rooms or nil);
+	if not ok then
+		module:log("error", "Could not store the rooms of %s: %s", account, err);
+	end
+end
+
+-- level 2: membership changes only; 1: also the last message seen
+local function flush(level)
+	for _, account in ipairs(core:take_dirty(level)) do
+		write_account(account);
+	end
+end
+
+local flush_soon = false;
+local function membership_changed()
+	if flush_soon then return; end
+	flush_soon = true;
+	module:add_timer(0, function()
+		flush_soon = false;
+		flush(2);
+	end);
+end
+
+local event_log = {
+	joined = "%s is in %s";
+	left = "%s left %s";
+	removed = "%s is out of %s (%s)";
+	rejoining = "%s joins %s again (%s)";
+};
+
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
--- On a refusal the core's results are nil, token, condition, type, text.
-function perform(ctx, handled, actions, condition, error_type, text)
+-- The core's results: handled, actions, event, reason; or on a refusal
+-- nil, token, condition, type, text.
+function perform(ctx, handled, actions, event, reason, text)
 	if handled == nil then
 		-- the core refused (limits, malformed input): the asker alone hears it
 		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
 			ctx.room, ctx.account, actions);
 		if ctx.origin then
-			ctx.origin.send(st.error_reply(ctx.stanza, error_type, condition, text));
+			ctx.origin.send(st.error_reply(ctx.stanza, reason, event, text));
 		end
 		return true;
+	end
+	if event then
+		if reason then
+			module:log("info", event_log[event], ctx.account, ctx.room, reason);
+		else
+			module:log("info", event_log[event], ctx.account, ctx.room);
+		end
+		membership_changed();
 	end
 	if not handled then return nil; end
 	if not actions then return true; end
@@ -199,6 +264,11 @@ function perform(ctx, handled, actions, condition, error_type, text)
 		elseif op == "replay" then
 			local cached = xml_parse(a.payload);
 			if cached then
+				if a.stamp and not cached:get_child("delay", xmlns_delay) then
+					-- catch-up: when the room said it (XEP-0203)
+					cached:tag("delay", { xmlns = xmlns_delay, from = room,
+						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
+				end
 				to_session(account, a.resource, cached, a.id, a.codes);
 			end
 		elseif op == "send_join" then
@@ -208,9 +278,12 @@ function perform(ctx, handled, actions, condition, error_type, text)
 				local join = st.presence({ from = account, to = room .. "/" .. a.nick })
 					:tag("x", { xmlns = xmlns_muc });
 				if a.password then join:text_tag("password", a.password); end
-				module:send(join);
+				if a.since then
+					join:tag("history", { since = datetime.datetime(math.floor(a.since)) }):up();
+				end
+				module:send(join:up());
 			end
-			module:log("info", "%s joins %s as %s", account, room, a.nick);
+			module:log("debug", "%s joins %s as %s", account, room, a.nick);
 		elseif op == "send_as_account" then
 			as_account(stanza, account, a.id);
 		elseif op == "send_presence" then
@@ -265,8 +338,17 @@ local function outgoing_presence(event)
 		local x = stanza:get_child("x", xmlns_muc);
 		local show, payload = stanza:get_child_text("show"), presence_payload(stanza);
 		if x then
+			local h, history = x:get_child("history"), nil;
+			if h then
+				history = {
+					maxstanzas = tonumber(h.attr.maxstanzas);
+					maxchars = tonumber(h.attr.maxchars);
+					seconds = tonumber(h.attr.seconds);
+					since = h.attr.since and datetime.parse(h.attr.since);
+				};
+			end
 			return perform(ctx, core:join(account, resource, room, nick, id,
-				x:get_child_text("password"), show, payload));
+				x:get_child_text("password"), show, payload, history, now()));
 		end
 		return perform(ctx, core:presence_out(account, resource, room, nick, id, show, payload));
 	elseif t == "unavailable" then
@@ -349,6 +431,16 @@ local function incoming_presence(event)
 	return perform(ctx, core:room_presence(account, room, nick, p));
 end
 
+-- Prosody's MUC routes one stanza object to every occupant, changing only
+-- 'to': serialize it once for all the local accounts in the room.
+local last_stanza, last_payload;
+local function shared_payload(stanza)
+	if stanza ~= last_stanza then
+		last_stanza, last_payload = stanza, payload_of(stanza);
+	end
+	return last_payload;
+end
+
 local function incoming_message(event)
 	local stanza = event.stanza;
 	local account = stanza.attr.to;
@@ -364,9 +456,18 @@ local function incoming_message(event)
 		queryid = result and result.attr.queryid;
 		subject = subject;
 		body = body;
-		-- only a subject is cached for now
-		payload = (t == "groupchat" and subject and not body) and payload_of(stanza) or nil;
 	};
+	if t == "groupchat" and (subject or body) then
+		-- the subject and messages are kept for later sessions
+		m.payload = shared_payload(stanza);
+		local delay = stanza:get_child("delay", xmlns_delay);
+		local stamp = delay and delay.attr.from == room and datetime.parse(delay.attr.stamp);
+		m.delayed = stamp and true or false;
+		m.stamp = stamp or now();
+		for sid in stanza:childtags("stanza-id", xmlns_sid) do
+			if sid.attr.by == room then m.stanza_id = sid.attr.id; end
+		end
+	end
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_message(account, room, nick, m));
 end
@@ -397,6 +498,40 @@ module:add_timer(5, function()
 	perform({}, core:expire(now()));
 	return 5;
 end);
+
+-- The last message seen per room: written now and then, and at shutdown.
+module:add_timer(seen_interval, function()
+	flush(1);
+	return seen_interval;
+end);
+module:hook_global("server-stopping", function() flush(1); end);
+
+-- After a restart the accounts join their rooms again, as soon as the
+-- server runs (timers start with the main loop, after every host loaded).
+-- A reload keeps the memberships and sends nothing.
+local function restore_all()
+	if reloaded then return; end
+	local users = store.users and store:users();
+	if not users then
+		module:log("warn", "The storage driver cannot list users: memberships are not restored");
+		return;
+	end
+	local restored = 0;
+	for username in users do
+		local account = username .. "@" .. module.host;
+		local rooms = store:get(username) or {};
+		for room, rec in pairs(rooms) do
+			local ctx = { account = account, room = room };
+			local handled = perform(ctx, core:restore(account, room, rec.nick,
+				rec.password, rec.last_id, rec.last_stamp));
+			if handled then restored = restored + 1; end
+		end
+	end
+	if restored > 0 then
+		module:log("info", "Joining %d stored memberships again", restored);
+	end
+end
+module:add_timer(0, restore_all);
 
 -- Sessions come and go ----------------------------------------------------------
 

@@ -24,6 +24,23 @@ local function load_shim(options)
 	function module:hook(name, fn, prio)
 		env.hooks[name] = { fn = fn, prio = prio or 0 };
 	end
+	env.stored = {};
+	function module:open_store(name)
+		assert(name == "minimix");
+		return {
+			get = function(_, user) return env.stored[user]; end;
+			set = function(_, user, value) env.stored[user] = value; return true; end;
+			users = function()
+				local list = {};
+				for user in pairs(env.stored) do list[#list+1] = user; end
+				local i = 0;
+				return function() i = i + 1; return list[i]; end;
+			end;
+		};
+	end
+	function module:hook_global(name, fn)
+		env.hooks["global:" .. name] = { fn = fn };
+	end
 	function module:add_timer(delay, fn)
 		env.timers = env.timers or {};
 		env.timers[#env.timers+1] = { delay = delay, fn = fn };
