@@ -54,12 +54,21 @@ local seen_interval = limit_option("minimix_seen_interval", 30);
 local store = module:open_store("minimix");
 
 -- The native core: next to this file first (a checkout or plugin dir),
--- then wherever require finds it (a LuaRocks tree, package.cpath).
+-- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
+-- the tree's share/ to package.path but not its lib/ to package.cpath), then
+-- wherever require finds it.
 local function load_native()
+	local candidates = {};
 	local dir = module.path and module.path:match("^(.*)[/\\][^/\\]*$");
-	local errors = {};
 	if dir then
-		local path = dir .. "/minimix.so";
+		candidates[#candidates+1] = dir .. "/minimix.so";
+		local tree, version = dir:match("^(.*)/share/lua/([%d.]+)$");
+		if tree then
+			candidates[#candidates+1] = tree .. "/lib/lua/" .. version .. "/minimix.so";
+		end
+	end
+	local errors = {};
+	for _, path in ipairs(candidates) do
 		local open, err = package.loadlib(path, "luaopen_minimix");
 		if open then return open(); end
 		errors[#errors+1] = err;
