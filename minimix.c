@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- string map ---------------------------------------------------------
  * Chained hash map with string keys it owns.  Nodes never move, so a node
@@ -265,6 +266,7 @@ struct mm_state {
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
 	uint64_t iq_counter;
+	uint64_t iq_secret; /* makes module-owned IQ ids unguessable */
 	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
@@ -381,6 +383,29 @@ void mm_limits_default(mm_limits *l)
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 }
 
+/* splitmix64: a fast, well-mixed step; not cryptographic, but with a
+ * secret seed an occupant cannot predict the next id. */
+static uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static uint64_t seed_secret(const void *salt)
+{
+	uint64_t seed = 0;
+	FILE *f = fopen("/dev/urandom", "rb");
+	if (f) {
+		if (fread(&seed, sizeof seed, 1, f) != 1)
+			seed = 0;
+		fclose(f);
+	}
+	/* without /dev/urandom: the clock and an address, still varied */
+	return mix64(seed ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)salt);
+}
+
 mm_state *mm_state_new(const mm_limits *limits)
 {
 	mm_state *s = calloc(1, sizeof *s);
@@ -403,6 +428,7 @@ mm_state *mm_state_new(const mm_limits *limits)
 		TAKE(history_default);
 #undef TAKE
 	}
+	s->iq_secret = seed_secret(s);
 	return s;
 }
 
@@ -1126,8 +1152,9 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	mm_account *a;
 	mm_membership *m;
 	mm_session *ss, fresh;
+	char *shown = NULL;
 	size_t nicklen;
-	int ok = 1;
+	int ok = 1, leads = 0;
 
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(resource) || !nonempty(room)
@@ -1169,6 +1196,13 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	/* build the decision against the new session, then attach it */
 	if (m->state != MM_LEAVING)
 		replay_room(s, m, &fresh, &ok);
+	if (ss == NULL && m->state == MM_JOINED && fresh.presence) {
+		/* a more available device (or as available, and newer) leads */
+		mm_session *best = best_session(m, NULL);
+		leads = best == NULL || fresh.rank <= best->rank;
+		if (leads)
+			show_presence(s, m, &fresh, &shown, &ok);
+	}
 	if (m->rejoin_wait) {
 		/* an automatic re-join waits for its delay: this session asks now */
 		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
@@ -1184,10 +1218,13 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 			fresh.presence = NULL;
 		}
 		session_free_fields(&fresh);
+		free(shown);
 		return dec_finish(s, out, 0, ok);
 	}
 	/* commit */
 	s->seq++;
+	if (leads)
+		commit_shown(m, fresh.seq, shown);
 	if (m->state == MM_LEAVING)
 		m->rejoin = 1;
 	m->rejoin_wait = 0;
@@ -1199,6 +1236,9 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	}
 	return dec_finish(s, out, 1, ok);
 }
+
+static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
+		mm_decision *out, int ok, const char *event, const char *condition);
 
 /* Number of sessions that are in the room from their client's view. */
 static size_t active_sessions(const mm_membership *m)
@@ -1250,6 +1290,18 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 		if (m->state == MM_LEAVING && active_sessions(m) == 0)
 			m->rejoin = 0;
 		return dec_finish(s, out, 1, ok);
+	}
+
+	if (m->rejoin_wait) {
+		/* the account is out, waiting to join again: nothing to leave */
+		act = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
+		if (act) {
+			act->resource = dec_str(s, resource, &ok);
+			act->nick = dec_str(s, m->nick, &ok);
+			act->id = dec_str(s, id, &ok);
+			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
+		}
+		return membership_end(s, account, m, out, ok, "left", NULL);
 	}
 
 	/* last one: the account leaves; the room's answer goes to this session */
@@ -1393,7 +1445,7 @@ mm_err mm_session_iq(mm_state *s, const char *account, const char *resource,
 	mm_iq *q;
 	mm_node *n = NULL;
 	mm_action *a;
-	char key[32];
+	char key[48];
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -1415,7 +1467,9 @@ mm_err mm_session_iq(mm_state *s, const char *account, const char *resource,
 	q->self_ping = is_ping && nick != NULL && str_eq(nick, m->nick);
 	/* a counter the room cannot guess into another account's answers: the
 	 * answer must also come from the room the IQ went to */
-	snprintf(key, sizeof key, "mmx-%llx", (unsigned long long)++s->iq_counter);
+	++s->iq_counter;
+	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
+		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
 	if (q->account && q->room && q->resource && q->orig_id
 			&& dup_opt(nick, &q->nick) && dup_opt(queryid, &q->queryid)
 			&& map_ready(&s->iqs))
@@ -1941,14 +1995,14 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	size_t i;
 	int ok = 1, fell_out;
 
-	(void)nick;
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(room))
 		return MM_EINVAL;
 	n = map_find(&s->iqs, id);
 	q = n ? n->value : NULL;
-	/* only the room the IQ went to can answer it */
-	if (q == NULL || strcmp(q->account, account) != 0 || strcmp(q->room, room) != 0)
+	/* only the JID the IQ went to can answer it */
+	if (q == NULL || strcmp(q->account, account) != 0 || strcmp(q->room, room) != 0
+			|| !str_eq(q->nick, nick))
 		return dec_finish(s, out, 0, ok);
 	m = membership_get(s, account, room);
 	dec_room(s, room, &ok);

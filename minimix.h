@@ -62,7 +62,8 @@ typedef struct mm_limits {
 	size_t iq_timeout;      /* seconds before an unanswered IQ fails (default 60) */
 	size_t rejoin_delay;    /* seconds before the first automatic re-join after
 	                         * a shutdown (332) or a failed attempt (default 5);
-	                         * doubled per failed attempt, up to 64 times */
+	                         * doubled per failed attempt, up to 64 times,
+	                         * and never more than an hour */
 	size_t history_size;    /* room messages kept per membership for catch-up
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
@@ -258,9 +259,12 @@ mm_err mm_session_join_req(mm_state *state, const char *account,
 /*
  * Session `resource` sent unavailable presence to the room.  Not handled
  * when the session is not in the account's membership of that room.  With
- * other sessions still in: REFLECT_LEAVE to this session only.  Last session:
- * SEND_AS_ACCOUNT (the account leaves); the room's unavailable self-presence
- * is later delivered to this session and the membership ends.
+ * other sessions still in: REFLECT_LEAVE to this session only (and
+ * SEND_PRESENCE when the room showed this session's presence and the next
+ * one differs).  Last session: SEND_AS_ACCOUNT (the account leaves); the
+ * room's unavailable self-presence is later delivered to this session and
+ * the membership ends.  Last session while an automatic re-join waits for
+ * its delay (the account is out): REFLECT_LEAVE and the membership ends.
  */
 mm_err mm_session_leave(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *id,
@@ -272,11 +276,14 @@ mm_err mm_session_leave(mm_state *state, const char *account,
  * SEND_AS_ACCOUNT, id remembered so an error answer returns to this
  * session), else a status update.  The room sees the account's presence as
  * that of its most available joined session, by <show/>: chat, available,
- * dnd, away, xa; among equals the latest update wins.  A status update is
+ * dnd, away, xa; among equals the latest update wins (a later session's
+ * join counts as an update: SEND_PRESENCE of its presence when it leads
+ * and the room shows another text).  A status update is
  * SEND_AS_ACCOUNT when it makes this session the most available one,
  * SEND_PRESENCE of another session's presence when this update handed the
  * lead to it, and DROP when the room's view does not change.  `show` and
- * `presence` are as in mm_join.  A session that is in the membership but not
+ * `presence` are as in mm_join.  The room sees nothing when the text it
+ * shows would not change.  A session that is in the membership but not
  * joined (waiting, leaving) gets DROP: passed on, the room would take its
  * presence for a join of its own.  Not handled when the session is not in
  * the membership.
@@ -427,8 +434,9 @@ mm_err mm_room_message(mm_state *state, const char *account,
 /*
  * The room (or occupant `nick`) sent an IQ result (is_error 0) or error
  * (is_error 1, `condition`) with `id` to the account.  When the id is one the
- * module gave an IQ of a session of this account to this room: DELIVER to
- * that session with its original id.  A self-ping answered not-acceptable
+ * module gave an IQ of a session of this account to this very JID (room,
+ * or room/nick): DELIVER to that session with its original id.  The ids
+ * carry a per-state secret, so an occupant cannot guess them.  A self-ping answered not-acceptable
  * also makes the account re-join: each session gets an unavailable
  * self-presence with 333 (REFLECT_LEAVE) and waits for the join sequence
  * again (SEND_JOIN).  Not handled otherwise.
