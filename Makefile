@@ -71,5 +71,5 @@ install: minimix.so
 	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
 
 clean:
-	rm -f *.o minimix.so test/check_minimix
+	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan
 	rm -rf test/e2e/__pycache__ .pytest_cache

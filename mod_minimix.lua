@@ -53,6 +53,20 @@ local seen_interval = limit_option("minimix_seen_interval", 30);
 -- Memberships survive restarts here (any storage driver: internal, SQL).
 local store = module:open_store("minimix");
 
+-- Statistics, in Prosody's own views (admin shell, OpenMetrics).
+local metric_deliveries = module:metric("counter", "deliveries", "",
+	"Room stanzas forked to client sessions", {}):with_labels();
+local metric_replays = module:metric("counter", "replays", "",
+	"Cached room stanzas replayed to client sessions that joined later", {}):with_labels();
+local metric_bounces = module:metric("counter", "suppressed_bounces", "",
+	"Undeliverable forks kept from bouncing back to rooms", {}):with_labels();
+local metric_events = module:metric("counter", "account_events", "",
+	"Accounts joining, leaving, removed from and re-joining rooms", { "event" });
+local metric_refusals = module:metric("counter", "refusals", "",
+	"Requests refused by a limit or as malformed", { "reason" });
+local metric_state = module:metric("gauge", "state", "",
+	"Accounts with memberships, memberships, joined sessions, pending IQs", { "kind" });
+
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
 -- the tree's share/ to package.path but not its lib/ to package.cpath), then
@@ -246,12 +260,14 @@ function perform(ctx, handled, actions, event, reason, text)
 		-- the core refused (limits, malformed input): the asker alone hears it
 		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
 			ctx.room, ctx.account, actions);
+		metric_refusals:with_labels(actions):add(1);
 		if ctx.origin then
 			ctx.origin.send(st.error_reply(ctx.stanza, reason, event, text));
 		end
 		return true;
 	end
 	if event then
+		metric_events:with_labels(event):add(1);
 		if reason then
 			module:log("info", event_log[event], ctx.account, ctx.room, reason);
 		else
@@ -264,13 +280,16 @@ function perform(ctx, handled, actions, event, reason, text)
 	local stanza = ctx.stanza;
 	-- the session's own address, before a rewrite makes it the account's
 	local sender = ctx.origin and ctx.origin.full_jid;
+	local delivered, replayed = 0, 0;
 	for i = 1, #actions do
 		local a = actions[i];
 		local op, room = a.op, a.room;
 		local account = a.account or ctx.account;
 		if op == "deliver" then
 			to_session(account, a.resource, stanza, a.id, a.codes);
+			delivered = delivered + 1;
 		elseif op == "replay" then
+			replayed = replayed + 1;
 			local cached = xml_parse(a.payload);
 			if cached then
 				if a.stamp and not cached:get_child("delay", xmlns_delay) then
@@ -329,6 +348,8 @@ function perform(ctx, handled, actions, event, reason, text)
 		end
 		-- "drop": nothing to do, and the stanza stops here
 	end
+	if delivered > 0 then metric_deliveries:add(delivered); end
+	if replayed > 0 then metric_replays:add(replayed); end
 	return true;
 end
 
@@ -515,6 +536,14 @@ module:add_timer(seen_interval, function()
 end);
 module:hook_global("server-stopping", function() flush(1); end);
 
+module:hook_global("stats-update", function()
+	local stats = core:stats();
+	metric_state:with_labels("accounts"):set(stats.accounts);
+	metric_state:with_labels("memberships"):set(stats.memberships);
+	metric_state:with_labels("sessions"):set(stats.sessions);
+	metric_state:with_labels("iqs"):set(stats.iqs);
+end);
+
 -- After a restart the accounts join their rooms again, as soon as the
 -- server runs (timers start with the main loop, after every host loaded).
 -- A reload keeps the memberships and sends nothing.
@@ -557,6 +586,7 @@ module:hook("delivery/failure", function(event)
 	local account = session_account(session);
 	local room = account and stanza.attr.from and split_room(stanza.attr.from);
 	if room and core:delivery_failed(account, room) then
+		metric_bounces:add(1);
 		return true;
 	end
 end, 10);

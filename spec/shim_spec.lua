@@ -38,6 +38,15 @@ local function load_shim(options)
 			end;
 		};
 	end
+	function module:metric()
+		local m = { values = {} };
+		function m:with_labels() return m; end
+		function m:add(n) m.total = (m.total or 0) + n; end
+		function m:set(v) m.value = v; end
+		env.metrics = env.metrics or {};
+		env.metrics[#env.metrics+1] = m;
+		return m;
+	end
 	function module:hook_global(name, fn)
 		env.hooks["global:" .. name] = { fn = fn };
 	end

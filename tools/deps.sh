@@ -17,6 +17,7 @@ lua-busted
 python3
 python3-slixmpp
 python3-pytest
+luarocks
 "
 
 missing=""

@@ -1,0 +1,34 @@
+-- LuaRocks package of mod_minimix: the C core with its Lua binding
+-- (minimix.so) and the Prosody module (mod_minimix.lua).  Install it into
+-- the tree Prosody uses for installed plugins:
+--   luarocks --lua-version=5.4 make --tree <installer_plugin_path>
+-- or let `prosodyctl install` do it.
+rockspec_format = "3.0"
+package = "mod_minimix"
+version = "0.1.0-1"
+source = {
+	url = "git+file://.",
+}
+description = {
+	summary = "Account-based MUC joining for Prosody: the account is the occupant",
+	detailed = [[
+		Makes the account (bare JID), not each client session, the occupant
+		of XEP-0045 rooms. Clients keep speaking plain MUC; the server forks
+		room traffic to the sessions that joined.
+	]],
+	license = "MIT",
+	labels = { "prosody", "xmpp", "muc" },
+}
+dependencies = {
+	"lua >= 5.4, < 5.5",
+}
+build = {
+	type = "builtin",
+	modules = {
+		minimix = {
+			sources = { "minimix.c", "lua_bindings.c" },
+			defines = {},
+		},
+		mod_minimix = "mod_minimix.lua",
+	},
+}
