@@ -1,0 +1,80 @@
+"""pytest fixtures for the end-to-end tests.
+
+Each test gets its own Prosody (fresh temp dir, free port) with the
+accounts alice, bob and carol on both VirtualHosts: "localhost" (with
+mod_minimix) and "plain.localhost" (without; see world.DEFAULT_HOST).  mod_minimix is loaded from the checkout
+unless MINIMIX_E2E_PLAIN=1, which runs the same tests against plain
+Prosody MUC (to see which behaviours the module adds: those tests fail).
+
+On failure the tail of the Prosody log is printed; an error-level line in
+the log (with its traceback) fails the test at teardown, except during the
+final shutdown, where it is only a warning.
+"""
+
+import os
+import warnings
+
+import pytest
+
+from .prosody_env import ProsodyEnv, CHECKOUT
+from .world import USERS
+
+PLAIN = os.environ.get("MINIMIX_E2E_PLAIN", "") not in ("", "0")
+# Load mod_minimix.lua (and the minimix.so beside it) from another directory,
+# e.g. a build tree or a mutated copy; default: the checkout.
+PLUGIN_DIR = os.environ.get("MINIMIX_E2E_PLUGIN_DIR") or CHECKOUT
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def pytest_report_header(config):
+    mode = "plain MUC (MINIMIX_E2E_PLAIN)" if PLAIN else "mod_minimix from " + PLUGIN_DIR
+    return "minimix e2e: " + mode
+
+
+@pytest.fixture
+def prosody_factory(request):
+    """make(**ProsodyEnv options) -> a started ProsodyEnv with the users."""
+    envs = []
+
+    def make(**kw):
+        kw.setdefault("minimix", not PLAIN)
+        kw.setdefault("plugin_paths", [PLUGIN_DIR])
+        kw.setdefault("spy", True)
+        env = ProsodyEnv(**kw)
+        envs.append(env)
+        for user, password in USERS.items():
+            env.add_user(user, password, env.domain)
+            env.add_user(user, password, env.plain_domain)
+        env.start()
+        return env
+
+    yield make
+
+    rep = getattr(request.node, "rep_call", None)
+    failed = rep is not None and rep.failed
+    problems = []
+    for env in envs:
+        env.stop()
+        if failed:
+            print(env.tail(80))
+        errors = env.log_errors()
+        if errors:
+            problems.append("%s:\n%s" % (env.log_path, "\n".join(errors[:40])))
+        late = env.log_errors(during_shutdown=True)
+        if late:
+            warnings.warn("errors in the Prosody log during shutdown (%s):\n%s"
+                          % (env.log_path, "\n".join(late[:20])))
+        env.cleanup()
+    if problems and not failed:
+        pytest.fail("errors in the Prosody log:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def prosody(prosody_factory):
+    return prosody_factory()

@@ -1,0 +1,413 @@
+"""A throw-away Prosody 0.12 instance for end-to-end tests.
+
+    env = ProsodyEnv(minimix=True)       # or minimix=False: plain MUC
+    env.add_user("alice", "secret")
+    env.start()                          # waits until c2s accepts connections
+    ...                                  # connect clients to ("127.0.0.1", env.port)
+    env.restart()                        # same data dir, same ports
+    env.stop()                           # SIGTERM, then SIGKILL after a timeout
+    env.cleanup()                        # stop and remove the temp dir
+
+Prosody loads mod_minimix.lua from the checkout (plugin_paths), and the
+checkout is put first on LUA_CPATH so that `require "minimix"` finds
+./minimix.so when the shim loads the core that way.
+
+Environment:
+  MINIMIX_E2E_DEBUG=1     log at debug level (the log is in env.log_path)
+  MINIMIX_E2E_KEEP=1      keep the temp dir after the test (path is printed)
+  PROSODY=/path/prosody   the prosody executable (default /usr/bin/prosody)
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PROSODY = os.environ.get("PROSODY", "/usr/bin/prosody")
+DOMAIN = "localhost"
+MUC_DOMAIN = "conference.localhost"
+# A second VirtualHost that never loads mod_minimix: observers there see
+# exactly what the rooms send, not what the module makes of it.
+PLAIN_DOMAIN = "plain.localhost"
+
+# Modules loaded on the VirtualHost.  mod_presence, mod_message, mod_iq,
+# mod_c2s, mod_s2s and mod_offline are auto-loaded by Prosody 0.12
+# (core/modulemanager.lua, autoload_modules), so they are not listed.
+HOST_MODULES = ["roster", "saslauth", "disco", "carbons", "smacks", "ping"]
+
+# Test-only plugins (mod_e2e_spy).
+TEST_PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
+SPY_MARK = "E2E-SPY "
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port on host that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def lua_string(value):
+    """A Lua string literal for value."""
+    out = ['"']
+    for ch in str(value):
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 32:
+            out.append("\\%03d" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def lua_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "{ " + ", ".join(lua_value(v) for v in value) + " }"
+    if isinstance(value, dict):
+        return "{ " + "; ".join("[%s] = %s" % (lua_string(k), lua_value(v))
+                                for k, v in value.items()) + " }"
+    return lua_string(value)
+
+
+def _encode_node(s):
+    """util.datamanager's encode(): every byte but ASCII [A-Za-z0-9] as %xx."""
+    return "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else "%%%02x" % b
+                   for b in s.encode("utf-8"))
+
+
+class ProsodyError(RuntimeError):
+    pass
+
+
+class ProsodyEnv:
+    """One Prosody process with its own config, data dir, log and ports.
+
+    minimix      load mod_minimix on VirtualHost "localhost" (False: plain
+                 MUC).  VirtualHost "plain.localhost" never loads it.
+    port         c2s port (default: a free one)
+    s2s          also listen for s2s on a free port (env.s2s_port)
+    component_port  open a component port (env.component_port)
+    workdir      directory for config/data/log (default: a new temp dir);
+                 an existing directory is reused (its data is kept)
+    host_options / global_options / muc_options: extra settings, dicts
+                 of option name -> Python value (converted to Lua)
+    smacks_hibernation_time, muc_history_length: common knobs
+    spy          load test/e2e/plugins/mod_e2e_spy.lua on the MUC component:
+                 it logs every error stanza that reaches a room (see
+                 spy_errors()); off by default (benchmarks)
+    debug        log at debug level (default: env MINIMIX_E2E_DEBUG)
+    plugin_paths where Prosody looks for mod_minimix.lua (default: the
+                 checkout)
+    """
+
+    def __init__(self, minimix=True, port=None, s2s=False, component_port=False,
+                 workdir=None, host_options=None, global_options=None,
+                 muc_options=None, smacks_hibernation_time=None,
+                 muc_history_length=20, extra_modules=(), debug=None,
+                 plugin_paths=None, spy=False, console_log=False):
+        self.minimix = minimix
+        self.port = port or free_port()
+        self.s2s_port = free_port() if s2s else None
+        self.component_port = free_port() if component_port else None
+        self._own_dir = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="minimix-e2e-")
+        os.makedirs(self.dir, exist_ok=True)
+        self.data_dir = os.path.join(self.dir, "data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        # An empty certificate dir: no TLS, and no error about a missing dir.
+        self.certs_dir = os.path.join(self.dir, "certs")
+        os.makedirs(self.certs_dir, exist_ok=True)
+        self.config_path = os.path.join(self.dir, "prosody.cfg.lua")
+        self.log_path = os.path.join(self.dir, "prosody.log")
+        self.stdout_path = os.path.join(self.dir, "prosody.stdout")
+        self.pidfile = os.path.join(self.dir, "prosody.pid")
+        self.host_options = dict(host_options or {})
+        self.global_options = dict(global_options or {})
+        self.muc_options = dict(muc_options or {})
+        self.smacks_hibernation_time = smacks_hibernation_time
+        self.muc_history_length = muc_history_length
+        self.extra_modules = list(extra_modules)
+        self.plugin_paths = list(plugin_paths or [CHECKOUT])
+        self.spy = spy
+        self.console_log = console_log
+        if debug is None:
+            debug = os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0")
+        self.debug = debug
+        self.proc = None
+        self._stdout = None
+        self.users = {}
+        self.domain = DOMAIN
+        self.plain_domain = PLAIN_DOMAIN
+        self.muc_domain = MUC_DOMAIN
+        self.write_config()
+
+    # ---- configuration ---------------------------------------------------
+
+    def config_text(self):
+        level = "debug" if self.debug else "info"
+        modules = list(HOST_MODULES) + self.extra_modules
+        if self.minimix:
+            modules.append("minimix")
+        g = {
+            "run_as_root": True,
+            "daemonize": False,
+            "pidfile": self.pidfile,
+            "data_path": self.data_dir,
+            "plugin_paths": self.plugin_paths + ([TEST_PLUGINS] if self.spy else []),
+            "interfaces": ["127.0.0.1"],
+            "c2s_ports": [self.port],
+            "c2s_interfaces": ["127.0.0.1"],
+            "s2s_ports": [self.s2s_port] if self.s2s_port else [],
+            "s2s_interfaces": ["127.0.0.1"],
+            "component_ports": [self.component_port] if self.component_port else [],
+            "component_interfaces": ["127.0.0.1"],
+            "http_ports": [],
+            "https_ports": [],
+            "c2s_require_encryption": False,
+            "s2s_require_encryption": False,
+            "s2s_secure_auth": False,
+            "allow_unencrypted_plain_auth": True,
+            "authentication": "internal_plain",
+            "storage": "internal",
+            "certificates": self.certs_dir,
+        }
+        if self.smacks_hibernation_time is not None:
+            g["smacks_hibernation_time"] = self.smacks_hibernation_time
+        g.update(self.global_options)
+        lines = ["-- generated by test/e2e/prosody_env.py", ""]
+        for k, v in g.items():
+            lines.append("%s = %s" % (k, lua_value(v)))
+        sinks = ["{ levels = { min = %s }, to = \"file\", filename = %s }"
+                 % (lua_string(level), lua_string(self.log_path))]
+        if self.console_log:
+            sinks.append("{ levels = { min = %s }, to = \"console\" }" % lua_string(level))
+        lines.append("log = { %s }" % ", ".join(sinks))
+        lines.append("")
+        lines.append("VirtualHost %s" % lua_string(self.domain))
+        lines.append("\tmodules_enabled = %s" % lua_value(modules))
+        for k, v in self.host_options.items():
+            lines.append("\t%s = %s" % (k, lua_value(v)))
+        lines.append("")
+        lines.append("VirtualHost %s" % lua_string(self.plain_domain))
+        lines.append("\tmodules_enabled = %s"
+                     % lua_value([m for m in modules if m != "minimix"]))
+        lines.append("")
+        lines.append("Component %s \"muc\"" % lua_string(self.muc_domain))
+        muc = {
+            "restrict_room_creation": False,
+            "muc_room_default_history_length": self.muc_history_length,
+        }
+        if self.spy:
+            muc["modules_enabled"] = ["e2e_spy"]
+        muc.update(self.muc_options)
+        for k, v in muc.items():
+            lines.append("\t%s = %s" % (k, lua_value(v)))
+        lines.append("")
+        return "\n".join(lines)
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            f.write(self.config_text())
+
+    # ---- accounts ----------------------------------------------------------
+
+    def add_user(self, user, password, host=None):
+        """Create (or overwrite) an account, in internal_plain's format.
+
+        Written straight into the data dir: no prosodyctl process, works as
+        root and while the server runs (the store is read on each login).
+        """
+        host = host or self.domain
+        d = os.path.join(self.data_dir, _encode_node(host), "accounts")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, _encode_node(user) + ".dat"), "w") as f:
+            f.write("return {\n\t[\"password\"] = %s;\n};\n" % lua_string(password))
+        self.users[(user, host)] = password
+        self.users.setdefault(user, password)
+        return "%s@%s" % (user, host)
+
+    # ---- process -----------------------------------------------------------
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _env(self):
+        env = dict(os.environ)
+        # `require "minimix"` from the checkout; ";;" keeps Lua's defaults.
+        env["LUA_CPATH_5_4"] = os.path.join(CHECKOUT, "?.so") + ";;"
+        env.pop("LUA_CPATH", None)
+        return env
+
+    def command(self):
+        """The command line that runs this Prosody in the foreground."""
+        return [PROSODY, "--config", self.config_path, "-F"]
+
+    def environ(self):
+        """The environment to run it with."""
+        return self._env()
+
+    def start(self, timeout=15):
+        if self.running:
+            raise ProsodyError("already running")
+        self.write_config()
+        self._stdout = open(self.stdout_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.STDOUT,
+            cwd=self.dir, env=self._env(), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProsodyError("prosody exited with %s during start-up\n%s"
+                                   % (self.proc.returncode, self.tail()))
+            if not self._stream_answers():
+                time.sleep(0.05)
+                continue
+            self._check_module_loaded()
+            return self
+        self.stop()
+        raise ProsodyError("prosody did not listen on %d within %ss\n%s"
+                           % (self.port, timeout, self.tail()))
+
+    def _stream_answers(self):
+        """True when the server answers a c2s stream header.
+
+        A bound listening socket accepts connections before Prosody's main
+        loop runs; an answer proves the loop runs (and with it the timers
+        that install the SIGTERM handler).
+        """
+        header = ("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
+                  "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+                  % self.domain).encode()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(header)
+                data = b""
+                while b"features" not in data:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                s.sendall(b"</stream:stream>")
+                return True
+        except OSError:
+            return False
+
+    def _check_module_loaded(self):
+        """Fail early and clearly when mod_minimix could not be loaded."""
+        if not self.minimix:
+            return
+        # Modules are loaded before the ports open; the error is logged then.
+        text = self.read_log()
+        for line in text.splitlines():
+            if "minimix" in line and ("Unable to load" in line or "Error initializing" in line
+                                      or "Failed to load" in line):
+                self.stop()
+                raise ProsodyError("mod_minimix failed to load:\n%s" % self.tail())
+
+    def stop(self, timeout=10):
+        if self.proc is None:
+            return None
+        rc = self.proc.poll()
+        if rc is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait(timeout)
+        self.proc = None
+        if self._stdout:
+            self._stdout.close()
+            self._stdout = None
+        return rc
+
+    def restart(self, timeout=15):
+        self.stop()
+        return self.start(timeout)
+
+    def cleanup(self):
+        self.stop()
+        if self._own_dir and os.environ.get("MINIMIX_E2E_KEEP", "") in ("", "0"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- diagnostics -------------------------------------------------------
+
+    def read_log(self):
+        parts = []
+        for p in (self.log_path, self.stdout_path):
+            try:
+                with open(p, errors="replace") as f:
+                    parts.append(f.read())
+            except FileNotFoundError:
+                pass
+        return "\n".join(parts)
+
+    def tail(self, n=60):
+        out = []
+        for p in (self.log_path, self.stdout_path):
+            try:
+                with open(p, errors="replace") as f:
+                    lines = f.readlines()
+            except FileNotFoundError:
+                continue
+            if lines:
+                out.append("---- last %d lines of %s ----\n" % (min(n, len(lines)), p))
+                out.extend(lines[-n:])
+        return "".join(out)
+
+    def spy_errors(self):
+        """Error stanzas that reached a room (needs spy=True), as logged."""
+        out = []
+        for line in self.read_log().splitlines():
+            i = line.find(SPY_MARK + "error-to-room ")
+            if i >= 0:
+                out.append(line[i + len(SPY_MARK + "error-to-room "):])
+        return out
+
+    def log_errors(self, during_shutdown=False):
+        """Error-level lines of the Prosody log with their tracebacks.
+
+        By default only while serving: lines between a "Received SIGTERM"
+        and the next start-up are left out (during_shutdown=True: only
+        those), since a shutdown racing with closing clients can log errors
+        of its own.
+        """
+        out = []
+        stopping = False
+        keep = False
+        for line in self.read_log().splitlines():
+            if "Received SIGTERM" in line or "Received SIGINT" in line:
+                stopping = True
+            elif "Hello and welcome to Prosody" in line:
+                stopping = False
+            if line[:1] in ("\t", " "):  # continuation (traceback)
+                if keep:
+                    out.append(line)
+                continue
+            keep = "\terror\t" in line and stopping == during_shutdown
+            if keep:
+                out.append(line)
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+    def __repr__(self):
+        return "<ProsodyEnv %s port=%d minimix=%s>" % (self.dir, self.port, self.minimix)

@@ -1,0 +1,70 @@
+#!/usr/bin/python3
+"""Run a local Prosody with mod_minimix from this checkout (`make run`).
+
+Listens for clients on 127.0.0.1 (port 5222, or $MINIMIX_PORT, or --port),
+without TLS; MUC service conference.localhost; demo accounts alice, bob and
+carol on localhost (mod_minimix) and on plain.localhost (no module), with
+the passwords printed at start.  Configuration, data and log live in
+<checkout>/.run/ and survive restarts.  Runs in the foreground until Ctrl-C.
+
+    make run                        # or: /usr/bin/python3 test/e2e/run_server.py
+    MINIMIX_PORT=5299 make run
+    /usr/bin/python3 test/e2e/run_server.py --plain    # plain MUC, no module
+    /usr/bin/python3 test/e2e/run_server.py --debug    # debug log
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from e2e.prosody_env import ProsodyEnv, CHECKOUT  # noqa: E402
+from e2e.world import USERS  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, default=int(os.environ.get("MINIMIX_PORT") or 5222),
+                    help="c2s port on 127.0.0.1 (default $MINIMIX_PORT or 5222)")
+    ap.add_argument("--dir", default=os.path.join(CHECKOUT, ".run"),
+                    help="config, data and log directory (default <checkout>/.run)")
+    ap.add_argument("--plain", action="store_true", help="do not load mod_minimix")
+    ap.add_argument("--debug", action="store_true",
+                    default=os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0"),
+                    help="log at debug level")
+    ap.add_argument("--hibernation", type=int, default=None, metavar="SECONDS",
+                    help="smacks_hibernation_time (Prosody's default: 600)")
+    args = ap.parse_args(argv)
+
+    if not args.plain:
+        missing = [f for f in ("mod_minimix.lua", "minimix.so")
+                   if not os.path.exists(os.path.join(CHECKOUT, f))]
+        if missing:
+            sys.exit("run_server: %s missing in %s; run 'make' first (or use --plain)"
+                     % (", ".join(missing), CHECKOUT))
+
+    env = ProsodyEnv(minimix=not args.plain, port=args.port, workdir=args.dir,
+                     debug=args.debug, console_log=True,
+                     smacks_hibernation_time=args.hibernation)
+    for user, password in USERS.items():
+        env.add_user(user, password, env.domain)
+        env.add_user(user, password, env.plain_domain)
+
+    print("Prosody %s mod_minimix from %s" % ("WITHOUT" if args.plain else "with", CHECKOUT))
+    print("  clients:   127.0.0.1:%d  (no TLS: allow plaintext authentication)" % env.port)
+    print("  accounts:  " + ", ".join("%s@%s / %s" % (u, env.domain, p)
+                                      for u, p in USERS.items()))
+    print("             (the same on %s, a host without the module)" % env.plain_domain)
+    print("  MUC:       %s  (any room, e.g. test@%s)" % (env.muc_domain, env.muc_domain))
+    print("  config:    %s" % env.config_path)
+    print("  log:       %s" % env.log_path)
+    print("Ctrl-C to stop.", flush=True)
+    # Prosody itself handles SIGINT/SIGTERM (a clean shutdown).
+    os.chdir(env.dir)
+    os.execve(env.command()[0], env.command(), env.environ())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Glue for one scenario: a running ProsodyEnv plus the clients of a test.
+
+    def test_something(prosody):
+        async def scenario(w):
+            bob = await w.connect("bob", "desk")
+            ...
+        run(prosody, scenario)
+
+run() gives the scenario its own event loop and an overall timeout, closes
+every client afterwards, and on failure prints what each client received
+(pytest shows it under "Captured stdout call").
+"""
+
+import asyncio
+
+from .clients import Client, QUIET_WINDOW
+
+SCENARIO_TIMEOUT = 90.0
+
+# Demo/test accounts: user -> password.  Each exists on both VirtualHosts:
+# "localhost" (mod_minimix) and "plain.localhost" (never mod_minimix).
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+
+# Where World.connect() puts a user unless told otherwise: alice is the
+# account under test; bob and carol observe from the host without the
+# module, so that what they see is exactly what the room sends.
+DEFAULT_HOST = {"alice": "localhost", "bob": "plain.localhost", "carol": "plain.localhost"}
+
+
+class World:
+    def __init__(self, env):
+        self.env = env
+        self.clients = []
+
+    def room(self, name):
+        return "%s@%s" % (name, self.env.muc_domain)
+
+    def occupant(self, room, nick):
+        return "%s/%s" % (room, nick)
+
+    def host(self, user):
+        return DEFAULT_HOST.get(user, self.env.domain)
+
+    def jid(self, user, res=None, host=None):
+        j = "%s@%s" % (user, host or self.host(user))
+        return j + "/" + res if res else j
+
+    async def connect(self, user, res, host=None, **kw):
+        """A connected session user@host/res (initial presence sent); host
+        defaults to DEFAULT_HOST[user].  Keywords go to Client.connect()."""
+        host = host or self.host(user)
+        c = Client(self.jid(user, res, host), self.env.users[(user, host)], self.env.port,
+                   name="%s@%s/%s" % (user, host.split(".")[0], res))
+        self.clients.append(c)
+        await c.connect(**kw)
+        return c
+
+    async def quiet(self, window=QUIET_WINDOW):
+        await asyncio.sleep(window)
+
+    async def close(self):
+        for c in self.clients:
+            try:
+                await c.abort(timeout=2)
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+    def transcripts(self):
+        return "\n\n".join(c.transcript() for c in self.clients)
+
+
+def run(env, scenario, timeout=SCENARIO_TIMEOUT):
+    """Run `await scenario(world)` in a fresh event loop."""
+    async def main():
+        w = World(env)
+        try:
+            await asyncio.wait_for(scenario(w), timeout)
+        except BaseException:
+            print("==== client transcripts ====")
+            print(w.transcripts())
+            raise
+        finally:
+            await w.close()
+    asyncio.run(main())
