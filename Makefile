@@ -25,7 +25,7 @@ INST_LIBDIR ?= $(INST_LUADIR)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 
-.PHONY: all check deps unit spec e2e bench install clean run
+.PHONY: all check deps unit spec e2e bench install clean run fuzz
 
 all: minimix.so
 
@@ -43,13 +43,29 @@ minimix.so: minimix.o lua_bindings.o
 test/check_minimix: test/check_minimix.c minimix.o minimix.h
 	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS)
 
+# The Check suite again, under AddressSanitizer and UndefinedBehaviorSanitizer.
+SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+test/check_minimix_asan: test/check_minimix.c minimix.c minimix.h
+	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS)
+
+# libFuzzer harness (clang): random operation sequences, invariants checked
+# after every step.  FUZZ_SECONDS bounds a run; make check runs a short one.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 600
+fuzz/fuzz_core: fuzz/fuzz_core.c minimix.c minimix.h
+	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. -o $@ fuzz/fuzz_core.c minimix.c
+
+fuzz: fuzz/fuzz_core
+	mkdir -p fuzz/corpus
+	./fuzz/fuzz_core -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 fuzz/corpus
+
 deps:
 	sh tools/deps.sh
 
 # The README's test command: installs what is missing, builds, runs every
 # suite, and ends with one line "N passed, N failed".
 check: deps
-	$(MAKE) all test/check_minimix
+	$(MAKE) all test/check_minimix test/check_minimix_asan fuzz/fuzz_core
 	$(PYTHON) test/run_suites.py
 
 unit: test/check_minimix
@@ -71,5 +87,5 @@ install: minimix.so
 	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
 
 clean:
-	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan
+	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan fuzz/fuzz_core
 	rm -rf test/e2e/__pycache__ .pytest_cache

@@ -1543,6 +1543,8 @@ static void membership_restart(mm_state *s, mm_membership *m)
 	m->shown = NULL; /* the fresh join carries no presence of a session */
 	m->state = MM_JOINING;
 	m->auto_rejoin = 1;
+	/* the room's history on the re-join repeats what the account saw */
+	m->restoring = m->last_id != NULL || m->last_stamp > 0;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
 		ss->joined = 0;
@@ -1560,6 +1562,15 @@ static void act_send_join(mm_state *s, const char *nick, const char *password,
 		a->nick = dec_str(s, nick, ok);
 		a->password = dec_str(s, password, ok);
 	}
+}
+
+/* The account joins again by itself: ask for what was said while it was
+ * out, since the last message it saw. */
+static void act_rejoin(mm_state *s, const mm_membership *m, int *ok)
+{
+	act_send_join(s, m->nick, m->password, ok);
+	if (*ok)
+		s->dec.actions[s->dec.n - 1].since = m->last_stamp;
 }
 
 static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
@@ -1646,7 +1657,8 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	int fresh = 0, ok = 1;
 	size_t i;
 
-	if (nick && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
+	/* a self-presence from the room's own JID leaves the nick alone */
+	if (nonempty(nick) && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
 		return dec_finish(s, out, 0, 0);
 	if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
 		goto nomem;
@@ -1809,7 +1821,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			if (later)
 				act_rejoin_later(s, backoff(s, 0), &ok);
 			else
-				act_send_join(s, m->nick, m->password, &ok);
+				act_rejoin(s, m, &ok);
 			if (!ok)
 				return dec_finish(s, out, 0, ok);
 			membership_restart(s, m);
@@ -2026,7 +2038,7 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 			}
 		}
 		act_event(s, "rejoining", "not-acceptable", &ok);
-		act_send_join(s, m->nick, m->password, &ok);
+		act_rejoin(s, m, &ok);
 	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
@@ -2086,7 +2098,7 @@ mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
 	if (m == NULL || !m->rejoin_wait)
 		return dec_finish(s, out, 0, ok);
 	dec_room(s, room, &ok);
-	act_send_join(s, m->nick, m->password, &ok);
+	act_rejoin(s, m, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
 	m->rejoin_wait = 0;

@@ -387,7 +387,9 @@ typedef struct mm_presence {
  *
  * Removal for a technical reason (333) makes the account join again at
  * once (SEND_JOIN); a shutdown (332) after rejoin_delay (REJOIN_LATER).  The
- * sessions stay and see the join sequence again.  While such an automatic
+ * sessions stay and see the join sequence again.  Every automatic re-join
+ * asks for history `since` the newest message seen, and the room's history
+ * up to the last message seen is dropped, as after a restart.  While such an automatic
  * re-join fails with a transient condition (remote-server-not-found,
  * remote-server-timeout, service-unavailable, internal-server-error,
  * resource-constraint, recipient-unavailable) it is tried again later,
@@ -531,7 +533,7 @@ typedef struct mm_membership_info {
 	int has_subject;
 	size_t history;        /* messages held for catch-up */
 	const char *last_id;   /* stanza-id of the last room message seen, or NULL */
-	double last_stamp;     /* its time (seconds), or 0 */
+	double last_stamp;     /* the newest room message time seen (seconds), or 0 */
 	/* worth keeping across a restart: joined, or joining again by itself */
 	int persistent;
 } mm_membership_info;

@@ -55,6 +55,8 @@
 #define P_BODY \
 	"<message type='groupchat' from='" ROOM "/bob'><body>hello</body>" \
 	"</message>"
+/* When the room got the messages room_msg() reports (mm_message.stamp). */
+#define T_MSG 1700000000.0
 
 static mm_state *st;
 static mm_decision d;
@@ -140,14 +142,16 @@ static const char *describe(const mm_decision *dd)
 	static char buf[8192];
 	size_t i, len;
 
-	len = (size_t)snprintf(buf, sizeof buf, "{handled=%d n=%zu", dd->handled,
-			dd->n);
+	len = (size_t)snprintf(buf, sizeof buf, "{handled=%d n=%zu event=%s/%s",
+			dd->handled, dd->n, nn(dd->event), nn(dd->reason));
 	for (i = 0; i < dd->n && len < sizeof buf; i++) {
 		const mm_action *a = &dd->actions[i];
 		len += (size_t)snprintf(buf + len, sizeof buf - len,
-				" [%s res=%s nick=%s id=%s codes=%u fr=%d%s%s]",
-				op_name(a->op), nn(a->resource), nn(a->nick), nn(a->id),
-				a->add_codes, a->from_request,
+				" [%s room=%s res=%s nick=%s id=%s codes=%u fr=%d delay=%u"
+				" stamp=%.17g since=%.17g%s%s]",
+				op_name(a->op), nn(a->room), nn(a->resource), nn(a->nick),
+				nn(a->id), a->add_codes, a->from_request, a->delay, a->stamp,
+				a->since,
 				a->payload ? " payload=" : "",
 				a->payload ? a->payload : "");
 	}
@@ -312,6 +316,7 @@ static void room_msg(const char *acc, const char *room, const char *nick,
 	m.has_body = !has_subject;
 	m.id = id;
 	m.payload = payload;
+	m.stamp = T_MSG;
 	e = mm_room_message(st, acc, room, nick, &m, &d);
 	ck_assert_msg(e == MM_OK, "room message: %s", mm_strerror(e));
 }
@@ -360,16 +365,29 @@ static void populate(void)
 	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
 }
 
+/* A catch-up message a replay should carry: its payload and its stamp. */
+struct hmsg {
+	const char *payload;
+	double stamp;
+};
+
+/* What populate() leaves in the catch-up ring. */
+static const struct hmsg populate_hist[] = { { P_BODY, T_MSG } };
+
 /*
  * The decision is a full resync for `res`: REPLAY only, the `nothers`
  * occupant payloads in any order (the header does not order them), then
- * the self-presence (210 added iff want210), then the subject if any.
+ * the self-presence (210 added iff want210), then the `nhist` catch-up
+ * messages oldest first, each with its message's stamp, then the subject
+ * if any.  Only catch-up messages carry a stamp ("stamp > 0 marks a
+ * catch-up message").
  */
-static void expect_replay(const mm_decision *dd, const char *res,
+static void expect_replay_hist(const mm_decision *dd, const char *res,
 		const char *const *others, size_t nothers, const char *self,
-		int want210, const char *subject)
+		int want210, const struct hmsg *hist, size_t nhist,
+		const char *subject)
 {
-	size_t i, j, n = nothers + 1 + (subject ? 1 : 0);
+	size_t i, j, n = nothers + 1 + nhist + (subject ? 1 : 0);
 	int seen[16] = { 0 };
 
 	ck_assert(nothers < 16);
@@ -379,6 +397,9 @@ static void expect_replay(const mm_decision *dd, const char *res,
 		ck_assert_msg(a->op == MM_OP_REPLAY && str_eq(a->resource, res),
 				"action %zu is not a REPLAY to %s: %s", i, res, describe(dd));
 		ck_assert_ptr_nonnull(a->payload);
+		if (i <= nothers || i > nothers + nhist)
+			ck_assert_msg(a->stamp == 0, "action %zu has a stamp: %s", i,
+					describe(dd));
 	}
 	for (i = 0; i < nothers; i++) {
 		const mm_action *a = &dd->actions[i];
@@ -395,10 +416,30 @@ static void expect_replay(const mm_decision *dd, const char *res,
 			"self-presence not last among occupants: %s", describe(dd));
 	ck_assert_msg(!!(dd->actions[nothers].add_codes & MM_CODE_210) == !!want210,
 			"210 %s expected: %s", want210 ? "" : "not", describe(dd));
+	for (i = 0; i < nhist; i++) {
+		const mm_action *a = &dd->actions[nothers + 1 + i];
+		ck_assert_msg(str_eq(a->payload, hist[i].payload),
+				"catch-up message %zu is not %s: %s", i, hist[i].payload,
+				describe(dd));
+		ck_assert_msg(a->stamp == hist[i].stamp,
+				"catch-up message %zu: stamp %.17g, want %.17g: %s", i,
+				a->stamp, hist[i].stamp, describe(dd));
+		ck_assert_msg(a->add_codes == 0, "codes added to a message: %s",
+				describe(dd));
+	}
 	if (subject) {
 		ck_assert_pstr_eq(dd->actions[n - 1].payload, subject);
 		ck_assert_uint_eq(dd->actions[n - 1].add_codes, 0);
 	}
+}
+
+/* A full resync when the catch-up ring is empty. */
+static void expect_replay(const mm_decision *dd, const char *res,
+		const char *const *others, size_t nothers, const char *self,
+		int want210, const char *subject)
+{
+	expect_replay_hist(dd, res, others, nothers, self, want210, NULL, 0,
+			subject);
 }
 
 /* ---- inspection helpers ------------------------------------------------- */
@@ -414,6 +455,11 @@ struct minfo {
 	size_t sessions;
 	size_t occupants;
 	int has_subject;
+	size_t history;
+	char last_id[128];
+	int has_last_id;
+	double last_stamp;
+	int persistent;
 };
 
 static void copy_str(char *dst, size_t size, const char *src)
@@ -436,6 +482,11 @@ static int info_cb(const mm_membership_info *info, void *ud)
 	mi->sessions = info->sessions;
 	mi->occupants = info->occupants;
 	mi->has_subject = info->has_subject;
+	mi->history = info->history;
+	copy_str(mi->last_id, sizeof mi->last_id, info->last_id);
+	mi->has_last_id = info->last_id != NULL;
+	mi->last_stamp = info->last_stamp;
+	mi->persistent = info->persistent;
 	return 0;
 }
 
@@ -783,19 +834,24 @@ START_TEST(test_join_later_session_replay)
 	struct minfo mi;
 
 	populate();
+	/* occupants, self-presence, the catch-up history, then the subject */
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
-	expect_replay(&d, R2, others, 2, P_SELF, 0, P_SUBJECT);
+	expect_replay_hist(&d, R2, others, 2, P_SELF, 0, populate_hist, 1,
+			P_SUBJECT);
 	ck_assert_int_eq(session_state(ACC, ROOM, R2), 1);
 
 	/* Another nick asked: 210 on the self-presence; the nick stays. */
 	join(ACC, R3, ROOM, "alicia", "j3", NULL);
-	expect_replay(&d, R3, others, 2, P_SELF, 1, P_SUBJECT);
+	expect_replay_hist(&d, R3, others, 2, P_SELF, 1, populate_hist, 1,
+			P_SUBJECT);
 	ck_assert_int_eq(session_state(ACC, ROOM, R3), 1);
 
 	mi = must_info(ACC, ROOM);
 	ck_assert_str_eq(mi.nick, "alice");
 	ck_assert_uint_eq(mi.sessions, 3);
 	ck_assert_int_eq(mi.has_subject, 1);
+	/* replaying keeps the ring as it was */
+	ck_assert_uint_eq(mi.history, 1);
 }
 END_TEST
 
@@ -807,7 +863,8 @@ START_TEST(test_join_rejoin_is_full_resync)
 	populate();
 	before = stats();
 	join(ACC, R1, ROOM, "alice", "j9", NULL);
-	expect_replay(&d, R1, others, 2, P_SELF, 0, P_SUBJECT);
+	expect_replay_hist(&d, R1, others, 2, P_SELF, 0, populate_hist, 1,
+			P_SUBJECT);
 	after = stats();
 	expect_same_stats(&before, &after);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
@@ -815,7 +872,8 @@ START_TEST(test_join_rejoin_is_full_resync)
 	ck_assert_int_eq(session_state(ACC, ROOM, R1), 1);
 	/* Again with another nick: 210, and still nothing accumulates. */
 	join(ACC, R1, ROOM, "alicia", "j10", NULL);
-	expect_replay(&d, R1, others, 2, P_SELF, 1, P_SUBJECT);
+	expect_replay_hist(&d, R1, others, 2, P_SELF, 1, populate_hist, 1,
+			P_SUBJECT);
 	after = stats();
 	expect_same_stats(&before, &after);
 	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alice");
@@ -960,8 +1018,8 @@ START_TEST(test_occupants_replay_reflects_cache)
 	occupant(ACC, ROOM, "dave", P_DAVE);
 	occupant_gone(ACC, ROOM, "carol");
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
-	expect_replay(&d, R2, (const char *const[]){ P_BOB_AWAY, P_DAVE }, 2,
-			P_SELF, 0, P_SUBJECT);
+	expect_replay_hist(&d, R2, (const char *const[]){ P_BOB_AWAY, P_DAVE },
+			2, P_SELF, 0, populate_hist, 1, P_SUBJECT);
 }
 END_TEST
 
@@ -983,8 +1041,8 @@ START_TEST(test_occupants_nick_change_other)
 	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alice");
 
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
-	expect_replay(&d, R2, (const char *const[]){ P_ROBERT, P_CAROL }, 2,
-			P_SELF, 0, P_SUBJECT);
+	expect_replay_hist(&d, R2, (const char *const[]){ P_ROBERT, P_CAROL },
+			2, P_SELF, 0, populate_hist, 1, P_SUBJECT);
 }
 END_TEST
 
@@ -1012,11 +1070,11 @@ START_TEST(test_occupants_nick_change_self)
 	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alicia");
 
 	join(ACC, R3, ROOM, "alicia", "j3", NULL);
-	expect_replay(&d, R3, (const char *const[]){ P_BOB, P_CAROL }, 2,
-			P_SELF2, 0, P_SUBJECT);
+	expect_replay_hist(&d, R3, (const char *const[]){ P_BOB, P_CAROL }, 2,
+			P_SELF2, 0, populate_hist, 1, P_SUBJECT);
 	join(ACC, R3, ROOM, "alice", "j4", NULL);
-	expect_replay(&d, R3, (const char *const[]){ P_BOB, P_CAROL }, 2,
-			P_SELF2, 1, P_SUBJECT);
+	expect_replay_hist(&d, R3, (const char *const[]){ P_BOB, P_CAROL }, 2,
+			P_SELF2, 1, populate_hist, 1, P_SUBJECT);
 }
 END_TEST
 
@@ -1218,13 +1276,15 @@ START_TEST(test_gone_detaches_everywhere)
 
 	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m1", P_BODY);
 	expect_deliver_to(&d, (const char *const[]){ R2 }, 1);
-	/* The account is still in ROOM2, with no session to give it to. */
+	/* The account is still in ROOM2, with no session to give it to ... */
 	room_msg(ACC, ROOM2, "bob", MM_MSG_GROUPCHAT, 0, "m2", P_BODY);
 	expect_n(&d, 1, 0);
+	/* ... but it keeps the message for catch-up. */
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 1);
 
-	/* A new session attaches without a new join. */
+	/* A new session attaches without a new join, and catches up. */
 	join(ACC, R3, ROOM2, "alice", "j3", NULL);
-	expect_replay(&d, R3, NULL, 0, P_SELF, 0, NULL);
+	expect_replay_hist(&d, R3, NULL, 0, P_SELF, 0, populate_hist, 1, NULL);
 }
 END_TEST
 
@@ -1563,7 +1623,7 @@ START_TEST(test_limit_rooms)
 	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
 	/* A session joining a room the account is in is not a new room. */
 	join(ACC, R2, ROOM, "alice", "j5", NULL);
-	expect_replay(&d, R2, NULL, 0, P_SELF, 0, NULL);
+	expect_replay_hist(&d, R2, NULL, 0, P_SELF, 0, populate_hist, 1, NULL);
 	/* The limit is per account. */
 	join(ACC2, R1, ROOM3, "bobby", "j6", NULL);
 	expect_one(&d, MM_OP_SEND_JOIN, NULL);
@@ -2085,6 +2145,2911 @@ START_TEST(test_lifetime_payload_copied)
 }
 END_TEST
 
+/* ==== helpers for presence aggregation, carbons, IQs and re-joins ========= */
+
+/* A session's presence to the room, serialized without to/from/id/MUC <x/>. */
+#define SPRES(inner) "<presence>" inner "</presence>"
+
+static void join_req(const char *acc, const char *res, const char *room,
+		const char *nick, const char *id, const char *show, const char *pres)
+{
+	mm_join r;
+	mm_err e;
+
+	memset(&r, 0, sizeof r);
+	r.nick = nick;
+	r.id = id;
+	r.show = show;
+	r.presence = pres;
+	e = mm_session_join_req(st, acc, res, room, &r, &d);
+	ck_assert_msg(e == MM_OK, "join_req %s/%s %s/%s: %s", acc, res, room,
+			nick, mm_strerror(e));
+}
+
+/* First session joins with show/presence; the room answers at once. */
+static void joined_room_req(const char *acc, const char *res,
+		const char *room, const char *nick, const char *show,
+		const char *pres)
+{
+	join_req(acc, res, room, nick, "j1", show, pres);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	self_pres(acc, room, nick, 0, "j1", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ res }, 1);
+}
+
+static void session_pres(const char *acc, const char *res, const char *room,
+		const char *nick, const char *id, const char *show, const char *pres)
+{
+	mm_err e = mm_session_presence(st, acc, res, room, nick, id, show, pres,
+			&d);
+	ck_assert_msg(e == MM_OK, "session presence: %s", mm_strerror(e));
+}
+
+static void session_iq(const char *acc, const char *res, const char *room,
+		const char *nick, const char *id, const char *queryid, int is_ping,
+		double now)
+{
+	mm_err e = mm_session_iq(st, acc, res, room, nick, id, queryid, is_ping,
+			now, &d);
+	ck_assert_msg(e == MM_OK, "session iq: %s", mm_strerror(e));
+}
+
+/*
+ * A joined session's IQ goes out as the account with an id the module owns;
+ * copy that id (the decision's strings die with the next call).
+ */
+static void sent_iq(const char *acc, const char *res, const char *room,
+		const char *nick, const char *id, const char *queryid, int is_ping,
+		double now, char *buf, size_t size)
+{
+	const mm_action *a;
+
+	session_iq(acc, res, room, nick, id, queryid, is_ping, now);
+	expect_n(&d, 1, 1);
+	a = expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	ck_assert_msg(a->id != NULL, "IQ sent without a module id: %s",
+			describe(&d));
+	ck_assert_msg(strcmp(a->id, id) != 0, "IQ kept its own id %s", id);
+	ck_assert_pstr_eq(a->room, room);
+	ck_assert_uint_lt(strlen(a->id), size);
+	copy_str(buf, size, a->id);
+}
+
+static void room_iq(const char *acc, const char *room, const char *nick,
+		const char *id, int is_error, const char *condition)
+{
+	mm_err e = mm_room_iq(st, acc, room, nick, id, is_error, condition, &d);
+	ck_assert_msg(e == MM_OK, "room iq: %s", mm_strerror(e));
+}
+
+static void expire(double now)
+{
+	mm_err e = mm_expire(st, now, &d);
+	ck_assert_msg(e == MM_OK, "expire: %s", mm_strerror(e));
+}
+
+static void rejoin_due(const char *acc, const char *room)
+{
+	mm_err e = mm_rejoin_due(st, acc, room, &d);
+	ck_assert_msg(e == MM_OK, "rejoin due: %s", mm_strerror(e));
+}
+
+static void room_msg_q(const char *acc, const char *room, const char *nick,
+		mm_msg_type type, const char *queryid, const char *id)
+{
+	mm_message m;
+	mm_err e;
+
+	memset(&m, 0, sizeof m);
+	m.type = type;
+	m.queryid = queryid;
+	m.has_body = 1;
+	m.id = id;
+	m.payload = P_BODY;
+	e = mm_room_message(st, acc, room, nick, &m, &d);
+	ck_assert_msg(e == MM_OK, "room message: %s", mm_strerror(e));
+}
+
+/* The room answers the account's join (nick "alice") with an error. */
+static void join_error(const char *acc, const char *room, const char *id,
+		const char *condition)
+{
+	mm_presence p = presence(MM_PRES_ERROR, 0, id, NULL);
+
+	p.condition = condition;
+	room_pres(acc, room, "alice", &p);
+}
+
+/*
+ * "room: the room the action concerns; always set"; "account: IQ_ERROR: the
+ * account ...; NULL elsewhere".
+ */
+static void expect_room_all(const mm_decision *dd, const char *room)
+{
+	size_t i;
+
+	for (i = 0; i < dd->n; i++) {
+		ck_assert_msg(str_eq(dd->actions[i].room, room),
+				"action %zu not about %s: %s", i, room, describe(dd));
+		if (dd->actions[i].op != MM_OP_IQ_ERROR)
+			ck_assert_msg(dd->actions[i].account == NULL,
+					"action %zu names an account: %s", i, describe(dd));
+	}
+}
+
+/* handled, one action of `op` and nothing else, about `room`. */
+static const mm_action *expect_only(const mm_decision *dd, mm_op op,
+		const char *room)
+{
+	expect_n(dd, 1, 1);
+	expect_room_all(dd, room);
+	return expect_one(dd, op, NULL);
+}
+
+/* Index of action a in the decision. */
+static size_t action_index(const mm_decision *dd, const mm_action *a)
+{
+	ck_assert(a >= dd->actions && a < dd->actions + dd->n);
+	return (size_t)(a - dd->actions);
+}
+
+static void expect_all_waiting(const char *acc, const char *room,
+		size_t nsessions)
+{
+	struct slist sl;
+	size_t i;
+
+	ck_assert_uint_eq(get_sessions(acc, room, &sl), nsessions);
+	for (i = 0; i < sl.n; i++)
+		ck_assert_msg(sl.joined[i] == 0, "session %s still joined",
+				sl.res[i]);
+}
+
+static void expect_all_joined(const char *acc, const char *room,
+		size_t nsessions)
+{
+	struct slist sl;
+	size_t i;
+
+	ck_assert_uint_eq(get_sessions(acc, room, &sl), nsessions);
+	for (i = 0; i < sl.n; i++)
+		ck_assert_msg(sl.joined[i] == 1, "session %s not joined", sl.res[i]);
+}
+
+/* ==== join: a waiter that asks again ====================================== */
+
+/*
+ * "Membership joining: the session waits; it is replayed what the room sent
+ * so far and gets the rest as it arrives.  No second join is sent." - also
+ * for a session that waits already and sends its join again.
+ */
+START_TEST(test_join_waiter_asks_again_replayed)
+{
+	const char *const others[] = { P_BOB, P_CAROL };
+	size_t i, j;
+	int seen[2] = { 0, 0 };
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	occupant(ACC, ROOM, "carol", P_CAROL);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+
+	join(ACC, R2, ROOM, "alice", "j2b", NULL);
+	/* the occupants so far, in any order; no join, no self-presence yet */
+	expect_n(&d, 1, 2);
+	expect_room_all(&d, ROOM);
+	for (i = 0; i < d.n; i++) {
+		const mm_action *a = &d.actions[i];
+		ck_assert_msg(a->op == MM_OP_REPLAY && str_eq(a->resource, R2),
+				"not a replay to %s: %s", R2, describe(&d));
+		for (j = 0; j < 2; j++)
+			if (!seen[j] && str_eq(a->payload, others[j]))
+				break;
+		ck_assert_msg(j < 2, "unexpected replay: %s", describe(&d));
+		seen[j] = 1;
+	}
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
+	ck_assert_int_eq(session_state(ACC, ROOM, R2), 0);
+	ck_assert_uint_eq(stats().sessions, 2);
+
+	/* The rest arrives live; R2's answer carries its latest join's id. */
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_pstr_eq(effective_id(find_action(&d, MM_OP_DELIVER, R1), "j1"),
+			"j1");
+	ck_assert_pstr_eq(effective_id(find_action(&d, MM_OP_DELIVER, R2), "j1"),
+			"j2b");
+	expect_all_joined(ACC, ROOM, 2);
+}
+END_TEST
+
+/* ==== presence aggregation ================================================ */
+
+/* <show/> values, most available first; NULL is plain available. */
+static const char *const shows[] = { "chat", NULL, "dnd", "away", "xa" };
+#define N_SHOWS (sizeof shows / sizeof shows[0])
+
+/*
+ * For every pair (a, b) with a more available than b: which session leads
+ * decides what the room sees.  Every text differs, so "the room's view does
+ * not change" only when the leading session stays the same.
+ */
+START_TEST(test_presence_order)
+{
+	size_t ia = 0, ib = 0, k = 0;
+	const char *a, *b;
+	const mm_action *act;
+
+	/* the _i-th pair (ia < ib) */
+	for (ia = 0; ia < N_SHOWS; ia++)
+		for (ib = ia + 1; ib < N_SHOWS; ib++)
+			if (k++ == (size_t)_i)
+				goto found;
+	ck_abort_msg("no pair %d", _i);
+found:
+	a = shows[ia];
+	b = shows[ib];
+
+	/* R1 leads with chat; R2 joins less available than that (xa). */
+	joined_room_req(ACC, R1, ROOM, "alice", "chat",
+			SPRES("<status>r1-join</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "xa",
+			SPRES("<status>r2-join</status>"));
+	expect_replay(&d, R2, NULL, 0, P_SELF, 0, NULL);
+
+	/* the leader's own update: the room sees it */
+	session_pres(ACC, R1, ROOM, "alice", "p1", b,
+			SPRES("<status>r1-b</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* R2 becomes more available than R1: it speaks for the account */
+	session_pres(ACC, R2, ROOM, "alice", "p2", a,
+			SPRES("<status>r2-a</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* R1, behind, changes: the room's view stays R2's */
+	session_pres(ACC, R1, ROOM, "alice", "p3", b,
+			SPRES("<status>r1-b2</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	/* equals: the latest update wins */
+	session_pres(ACC, R1, ROOM, "alice", "p4", a,
+			SPRES("<status>r1-a</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	session_pres(ACC, R2, ROOM, "alice", "p5", a,
+			SPRES("<status>r2-a2</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* the leader falls behind: the room sees R1's presence again */
+	session_pres(ACC, R2, ROOM, "alice", "p6", b,
+			SPRES("<status>r2-b</status>"));
+	act = expect_only(&d, MM_OP_SEND_PRESENCE, ROOM);
+	ck_assert_pstr_eq(act->payload, SPRES("<status>r1-a</status>"));
+	ck_assert_pstr_eq(act->nick, "alice");
+	/* R2 back in front; then R1, behind, falls further: nothing changes */
+	session_pres(ACC, R2, ROOM, "alice", "p7", a,
+			SPRES("<status>r2-a3</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	session_pres(ACC, R1, ROOM, "alice", "p8", b,
+			SPRES("<status>r1-b3</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
+}
+END_TEST
+
+#define N_SHOW_PAIRS ((N_SHOWS * (N_SHOWS - 1)) / 2)
+
+/*
+ * The presence a session joined with (mm_join.presence) is what the room
+ * is sent when that session comes to lead; the account's nick, not the
+ * session's, addresses it.
+ */
+START_TEST(test_presence_join_presence_stored)
+{
+	const mm_action *a;
+
+	joined_room_req(ACC, R1, ROOM, "alice", NULL,
+			SPRES("<status>r1-join</status>"));
+	join_req(ACC, R2, ROOM, "alicia", "j2", "away",
+			SPRES("<show>away</show><status>r2-join</status>"));
+	expect_replay(&d, R2, NULL, 0, P_SELF, 1, NULL);
+	join_req(ACC, R3, ROOM, "alice", "j3", "xa",
+			SPRES("<show>xa</show><status>r3-join</status>"));
+	expect_replay(&d, R3, NULL, 0, P_SELF, 0, NULL);
+
+	/* R1 goes xa (latest among xa): R2 leads, with what it joined with */
+	session_pres(ACC, R1, ROOM, "alice", "p1", "xa",
+			SPRES("<show>xa</show><status>r1-xa</status>"));
+	a = expect_only(&d, MM_OP_SEND_PRESENCE, ROOM);
+	ck_assert_pstr_eq(a->payload,
+			SPRES("<show>away</show><status>r2-join</status>"));
+	ck_assert_pstr_eq(a->nick, "alice");
+
+	/* R3, behind R2's away, changes its text: nothing to tell the room */
+	session_pres(ACC, R3, ROOM, "alice", "p2", "xa",
+			SPRES("<show>xa</show><status>r3-xa</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	/* R2 goes dnd: still the lead, its own update */
+	session_pres(ACC, R2, ROOM, "alice", "p3", "dnd",
+			SPRES("<show>dnd</show><status>r2-dnd</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* R2 goes xa too: xa everywhere, R2 latest - it still leads */
+	session_pres(ACC, R2, ROOM, "alice", "p4", "xa",
+			SPRES("<show>xa</show><status>r2-xa</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* R3 updates (xa, now the latest): it leads with the text it sent */
+	session_pres(ACC, R3, ROOM, "alice", "p5", "xa",
+			SPRES("<show>xa</show><status>r3-xa2</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* R3 leaves: R2 was the latest xa after it */
+	session_leave(ACC, R3, ROOM, "l3");
+	expect_n(&d, 1, 2);
+	expect_one(&d, MM_OP_REFLECT_LEAVE, R3);
+	a = expect_one(&d, MM_OP_SEND_PRESENCE, NULL);
+	ck_assert_pstr_eq(a->payload,
+			SPRES("<show>xa</show><status>r2-xa</status>"));
+}
+END_TEST
+
+/* A nick change (nick differs from the account's) is always SEND_AS_ACCOUNT. */
+START_TEST(test_presence_nick_change_always_sent)
+{
+	joined_room_req(ACC, R1, ROOM, "alice", "chat",
+			SPRES("<show>chat</show><status>r1</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "xa",
+			SPRES("<show>xa</show><status>r2</status>"));
+	/* R2 is behind R1, so a status update would be dropped ... */
+	session_pres(ACC, R2, ROOM, "alice", "p1", "xa",
+			SPRES("<show>xa</show><status>r2b</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	/* ... but a nick change is the room's business */
+	session_pres(ACC, R2, ROOM, "alicia", "n1", "xa",
+			SPRES("<show>xa</show><status>r2c</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* without any presence payload too */
+	session_pres(ACC, R1, ROOM, "ally", "n2", NULL, NULL);
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	/* the nick is the account's until the room says otherwise */
+	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alice");
+}
+END_TEST
+
+/*
+ * The session the room shows leaves while others stay: it sees itself leave
+ * and the room is sent the next most available session's presence.
+ */
+START_TEST(test_presence_leader_leaves)
+{
+	const mm_action *a;
+
+	joined_room_req(ACC, R1, ROOM, "alice", NULL, SPRES("<status>r1</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "away",
+			SPRES("<show>away</show><status>r2</status>"));
+	join_req(ACC, R3, ROOM, "alice", "j3", "xa",
+			SPRES("<show>xa</show><status>r3</status>"));
+
+	/* R3 is not shown: its leave is its own affair */
+	session_leave(ACC, R3, ROOM, "l3");
+	expect_n(&d, 1, 1);
+	expect_room_all(&d, ROOM);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_REFLECT_LEAVE, R3)->id, "l3");
+
+	/* R1 is: R2's stored presence replaces it */
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_n(&d, 1, 2);
+	expect_room_all(&d, ROOM);
+	a = expect_one(&d, MM_OP_REFLECT_LEAVE, R1);
+	ck_assert_pstr_eq(a->id, "l1");
+	ck_assert_pstr_eq(a->nick, "alice");
+	a = expect_one(&d, MM_OP_SEND_PRESENCE, NULL);
+	ck_assert_pstr_eq(a->payload,
+			SPRES("<show>away</show><status>r2</status>"));
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+
+	/* R2 leads now: its update goes out as the account */
+	session_pres(ACC, R2, ROOM, "alice", "p1", "xa",
+			SPRES("<show>xa</show><status>r2b</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+}
+END_TEST
+
+/*
+ * mm_session_gone: "When the session's presence was the room's view of the
+ * account, the decision sends the next most available session's presence
+ * (SEND_PRESENCE, with `room`)" - per room where it led, none elsewhere.
+ */
+START_TEST(test_presence_leader_gone)
+{
+	const mm_action *a;
+	size_t i, in_room = 0, in_room2 = 0;
+
+	/* ROOM: R1 (available) leads R2 (away) */
+	joined_room_req(ACC, R1, ROOM, "alice", NULL, SPRES("<status>1a</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "away",
+			SPRES("<show>away</show><status>2a</status>"));
+	/* ROOM2: R1 (chat) leads R2 (dnd); the account is "al" there */
+	joined_room_req(ACC, R1, ROOM2, "al", "chat",
+			SPRES("<show>chat</show><status>1b</status>"));
+	join_req(ACC, R2, ROOM2, "al", "j4", "dnd",
+			SPRES("<show>dnd</show><status>2b</status>"));
+	/* ROOM3: R2 (chat) leads R1 (xa) */
+	joined_room_req(ACC, R2, ROOM3, "ali", "chat",
+			SPRES("<show>chat</show><status>2c</status>"));
+	join_req(ACC, R1, ROOM3, "ali", "j6", "xa",
+			SPRES("<show>xa</show><status>1c</status>"));
+	/* another account's session of the same name stays */
+	joined_room_req(ACC2, R1, ROOM, "bobby", NULL, SPRES("<status>x</status>"));
+
+	ck_assert_int_eq(mm_session_gone(st, ACC, R1, &d), MM_OK);
+	expect_n(&d, 1, 2);
+	for (i = 0; i < d.n; i++) {
+		a = &d.actions[i];
+		ck_assert_msg(a->op == MM_OP_SEND_PRESENCE, "not SEND_PRESENCE: %s",
+				describe(&d));
+		ck_assert_ptr_null(a->account);
+		if (str_eq(a->room, ROOM)) {
+			in_room++;
+			ck_assert_pstr_eq(a->payload,
+					SPRES("<show>away</show><status>2a</status>"));
+			ck_assert_pstr_eq(a->nick, "alice");
+		} else if (str_eq(a->room, ROOM2)) {
+			in_room2++;
+			ck_assert_pstr_eq(a->payload,
+					SPRES("<show>dnd</show><status>2b</status>"));
+			ck_assert_pstr_eq(a->nick, "al");
+		} else {
+			ck_abort_msg("SEND_PRESENCE for %s: %s", nn(a->room),
+					describe(&d));
+		}
+	}
+	ck_assert_uint_eq(in_room, 1);
+	ck_assert_uint_eq(in_room2, 1);
+	ck_assert_int_eq(session_state(ACC, ROOM3, R1), -1);
+	ck_assert_int_eq(session_state(ACC2, ROOM, R1), 1);
+
+	/* R2 leads everywhere now: its updates go out as the account */
+	session_pres(ACC, R2, ROOM, "alice", "p1", "xa",
+			SPRES("<show>xa</show><status>2a2</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+
+	/* the last session gone: nobody left to show; the account stays */
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(membership_count(ACC), 3);
+}
+END_TEST
+
+/* A session gone that the room does not show changes nothing there. */
+START_TEST(test_presence_follower_gone)
+{
+	joined_room_req(ACC, R1, ROOM, "alice", "chat",
+			SPRES("<show>chat</show><status>1</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "away",
+			SPRES("<show>away</show><status>2</status>"));
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	/* R1 leads still: an update of its own is sent */
+	session_pres(ACC, R1, ROOM, "alice", "p1", "dnd",
+			SPRES("<show>dnd</show><status>1b</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+}
+END_TEST
+
+/*
+ * "The room sees the account's presence as that of its most available
+ * joined session" and mm_join.presence is "the account's presence in the
+ * room when this session is the most available one": a session that joins
+ * more available than the one the room shows takes the lead at once.
+ */
+START_TEST(test_presence_later_join_leads)
+{
+	const mm_action *a;
+
+	joined_room_req(ACC, R1, ROOM, "alice", "away",
+			SPRES("<show>away</show><status>r1</status>"));
+	join_req(ACC, R2, ROOM, "alicia", "j2", NULL, SPRES("<status>r2</status>"));
+	ck_assert_int_eq(d.handled, 1);
+	expect_room_all(&d, ROOM);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R2), 1);
+	a = expect_one(&d, MM_OP_SEND_PRESENCE, NULL);
+	ck_assert_pstr_eq(a->payload, SPRES("<status>r2</status>"));
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_uint_eq(d.n, 2);
+	/* R1, behind, changes: the room shows R2 already */
+	session_pres(ACC, R1, ROOM, "alice", "p1", "xa",
+			SPRES("<show>xa</show><status>r1b</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+}
+END_TEST
+
+/*
+ * "among equals the latest update wins (a later session's join counts as
+ * an update: SEND_PRESENCE of its presence when it leads and the room shows
+ * another text)": a join as available as the shown session leads; with the
+ * text the room shows already, the room is told nothing; a join behind the
+ * leader, or one without a presence, changes nothing.
+ */
+START_TEST(test_presence_later_join_equal_or_behind)
+{
+	const mm_action *a;
+
+	joined_room_req(ACC, R1, ROOM, "alice", "away",
+			SPRES("<show>away</show><status>r1</status>"));
+	/* as available, another text: it leads, the room is sent its text */
+	join_req(ACC, R2, ROOM, "alice", "j2", "away",
+			SPRES("<show>away</show><status>r2</status>"));
+	expect_n(&d, 1, 2);
+	expect_room_all(&d, ROOM);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R2), 1);
+	a = expect_one(&d, MM_OP_SEND_PRESENCE, NULL);
+	ck_assert_pstr_eq(a->payload,
+			SPRES("<show>away</show><status>r2</status>"));
+	ck_assert_pstr_eq(a->nick, "alice");
+	/* R1 updates, as available: the latest among equals, it leads again */
+	session_pres(ACC, R1, ROOM, "alice", "p1", "away",
+			SPRES("<show>away</show><status>r1b</status>"));
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+
+	/* as available, the text the room shows: nothing to tell the room */
+	join_req(ACC, R3, ROOM, "alice", "j3", "away",
+			SPRES("<show>away</show><status>r1b</status>"));
+	expect_replay(&d, R3, NULL, 0, P_SELF, 0, NULL);
+
+	/* less available than the leader: nothing for the room */
+	join_req(ACC, "desk", ROOM, "alice", "j4", "xa",
+			SPRES("<show>xa</show><status>desk</status>"));
+	expect_replay(&d, "desk", NULL, 0, P_SELF, 0, NULL);
+	/* more available, but without a presence: nothing to send */
+	join_req(ACC, "watch", ROOM, "alice", "j5", "chat", NULL);
+	expect_replay(&d, "watch", NULL, 0, P_SELF, 0, NULL);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 5);
+}
+END_TEST
+
+/*
+ * "A session that is in the membership but not joined (waiting, leaving)
+ * gets DROP" - a waiter that asked, a later waiter, and a leaving session
+ * with a waiter behind it.
+ */
+START_TEST(test_presence_not_joined_dropped)
+{
+	join_req(ACC, R1, ROOM, "alice", "j1", NULL, SPRES("<status>1</status>"));
+	join_req(ACC, R2, ROOM, "alice", "j2", "chat",
+			SPRES("<show>chat</show><status>2</status>"));
+	session_pres(ACC, R2, ROOM, "alice", "p1", "chat",
+			SPRES("<show>chat</show><status>2b</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	session_pres(ACC, R1, ROOM, "alice", "p2", NULL,
+			SPRES("<status>1b</status>"));
+	expect_only(&d, MM_OP_DROP, ROOM);
+	/* a nick change from a waiter would be a join too */
+	session_pres(ACC, R2, ROOM, "alicia", "p3", NULL, NULL);
+	expect_only(&d, MM_OP_DROP, ROOM);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alice");
+
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+
+	/* leaving: both sessions leave, then R3 waits behind the leave */
+	session_leave(ACC, R2, ROOM, "l2");
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	session_pres(ACC, R1, ROOM, "alice", "p4", NULL, NULL);
+	expect_only(&d, MM_OP_DROP, ROOM);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	session_pres(ACC, R3, ROOM, "alice", "p5", NULL, NULL);
+	expect_only(&d, MM_OP_DROP, ROOM);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+}
+END_TEST
+
+/* ==== carbons ============================================================= */
+
+START_TEST(test_carbons_private_message)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	/* sessions elsewhere: the account in another room, another account */
+	joined_room(ACC, "desk", ROOM2, "alice");
+	joined_room(ACC2, "desk", ROOM, "bobby");
+
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm1");
+	expect_n(&d, 1, 3);
+	expect_room_all(&d, ROOM);
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	expect_one(&d, MM_OP_CARBON, R2);
+	expect_one(&d, MM_OP_CARBON, R3);
+	ck_assert_uint_eq(count_op(&d, MM_OP_CARBON, NULL), 2);
+
+	session_msg(ACC, R3, ROOM, "carol", MM_MSG_CHAT, "pm2");
+	expect_n(&d, 1, 3);
+	expect_room_all(&d, ROOM);
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	expect_one(&d, MM_OP_CARBON, R1);
+	expect_one(&d, MM_OP_CARBON, R2);
+
+	/* groupchat is the room's to reflect: no carbons */
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "m1");
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+
+	/* a session that left or is gone gets none */
+	session_leave(ACC, R2, ROOM, "l2");
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm3");
+	expect_n(&d, 1, 2);
+	expect_room_all(&d, ROOM);
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	expect_one(&d, MM_OP_CARBON, R3);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R3, &d), MM_OK);
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm4");
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+
+	/* the other account's single session: nothing to copy to */
+	session_msg(ACC2, "desk", ROOM, "bob", MM_MSG_CHAT, "pm5");
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+}
+END_TEST
+
+/*
+ * Only joined sessions get carbons.  While the account joins (again), no
+ * session is joined: private messages are not the module's, and the room's
+ * join sequence is what the waiting sessions get.
+ */
+START_TEST(test_carbons_not_while_joining)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm1");
+	expect_not_handled(&d);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm2");
+	expect_n(&d, 1, 2);
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	expect_one(&d, MM_OP_CARBON, R2);
+}
+END_TEST
+
+/* ==== iq ================================================================== */
+
+START_TEST(test_iq_module_id_and_answer)
+{
+	char id1[64], id2[64], id3[64], id4[64];
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	joined_room(ACC2, R1, ROOM, "bobby");
+	ck_assert_uint_eq(stats().iqs, 0);
+
+	/* the same original id, three times over: three module ids */
+	sent_iq(ACC, R2, ROOM, NULL, "q1", NULL, 0, 100, id1, sizeof id1);
+	sent_iq(ACC, R2, ROOM, NULL, "q1", NULL, 0, 100, id2, sizeof id2);
+	sent_iq(ACC, R1, ROOM, "bob", "q1", NULL, 0, 100, id3, sizeof id3);
+	sent_iq(ACC2, R1, ROOM, NULL, "q1", NULL, 0, 100, id4, sizeof id4);
+	ck_assert_str_ne(id1, id2);
+	ck_assert_str_ne(id1, id3);
+	ck_assert_str_ne(id1, id4);
+	ck_assert_str_ne(id2, id3);
+	ck_assert_str_ne(id2, id4);
+	ck_assert_str_ne(id3, id4);
+	ck_assert_uint_eq(stats().iqs, 4);
+
+	/* the answer reaches the asker alone, with its own id */
+	room_iq(ACC, ROOM, NULL, id2, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->id, "q1");
+	ck_assert_uint_eq(stats().iqs, 3);
+	/* once */
+	room_iq(ACC, ROOM, NULL, id2, 0, NULL);
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().iqs, 3);
+
+	/* an error answer, from the occupant asked */
+	room_iq(ACC, ROOM, "bob", id3, 1, "service-unavailable");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "q1");
+
+	room_iq(ACC2, ROOM, NULL, id4, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "q1");
+
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->id, "q1");
+	ck_assert_uint_eq(stats().iqs, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+}
+END_TEST
+
+/* Only the room the IQ went to can answer it, and only to that account. */
+START_TEST(test_iq_spoofed_answers)
+{
+	char id1[64];
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	joined_room(ACC2, R2, ROOM2, "bobby");
+	sent_iq(ACC, R1, ROOM, NULL, "q1", NULL, 0, 100, id1, sizeof id1);
+
+	room_iq(ACC, ROOM2, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM3, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC2, ROOM, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC2, ROOM2, NULL, id1, 1, "not-acceptable");
+	expect_not_handled(&d);
+	/* the original id is not the module's */
+	room_iq(ACC, ROOM, NULL, "q1", 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM, NULL, "unknown", 0, NULL);
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().iqs, 1);
+
+	/*
+	 * "the id is one the module gave an IQ ... to this very JID (room, or
+	 * room/nick)": sent to the room's bare JID, an answer from an occupant
+	 * is not the answer, not even from the account's own nick.
+	 */
+	room_iq(ACC, ROOM, "bob", id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM, "alice", id1, 1, "not-acceptable");
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().iqs, 1);
+
+	/* the IQ still waits for its real answer */
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "q1");
+	ck_assert_uint_eq(stats().iqs, 0);
+
+	/*
+	 * Sent to room/bob: the room's bare JID, another occupant, bob in
+	 * another room, or a nick that differs only in case cannot answer it.
+	 */
+	sent_iq(ACC, R1, ROOM, "bob", "q2", NULL, 0, 100, id1, sizeof id1);
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM, "carol", id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM, "alice", id1, 1, "service-unavailable");
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM2, "bob", id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC, ROOM, "Bob", id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC2, ROOM, "bob", id1, 0, NULL);
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().iqs, 1);
+	room_iq(ACC, ROOM, "bob", id1, 1, "item-not-found");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "q2");
+	ck_assert_uint_eq(stats().iqs, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+}
+END_TEST
+
+/*
+ * Module-owned ids look like "mmx-<counter>-<16 hex digits>": a counter
+ * (hex digits) and a value derived from a per-state secret.
+ */
+static int is_module_id(const char *id, char tail[17])
+{
+	const char *p;
+	size_t n;
+
+	if (strncmp(id, "mmx-", 4) != 0)
+		return 0;
+	p = id + 4;
+	for (n = 0; strchr("0123456789abcdef", p[n]) && p[n] != '\0'; n++)
+		;
+	if (n == 0 || p[n] != '-')
+		return 0;
+	p += n + 1;
+	for (n = 0; p[n] != '\0' && strchr("0123456789abcdef", p[n]); n++)
+		;
+	if (n != 16 || p[n] != '\0')
+		return 0;
+	memcpy(tail, p, 17);
+	return 1;
+}
+
+/*
+ * "The ids carry a per-state secret, so an occupant cannot guess them":
+ * every id has the shape, no two are alike, another state (restarted
+ * server) makes other ids for the same history of calls, and an id with
+ * the right counter but a guessed tail is nobody's answer.
+ */
+START_TEST(test_iq_id_secret)
+{
+	char ids[4][64], tails[4][17], other[64], tail[17];
+	size_t i, j;
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < 4; i++) {
+		sent_iq(ACC, R1, ROOM, i % 2 ? "bob" : NULL, "q", NULL, i == 3,
+				100, ids[i], sizeof ids[i]);
+		ck_assert_msg(is_module_id(ids[i], tails[i]),
+				"id %s is not mmx-<counter>-<16 hex>", ids[i]);
+	}
+	for (i = 0; i < 4; i++)
+		for (j = i + 1; j < 4; j++) {
+			ck_assert_str_ne(ids[i], ids[j]);
+			/* not a constant: the secret part changes with the counter */
+			ck_assert_str_ne(tails[i], tails[j]);
+		}
+
+	/* a fresh state, the same calls: other ids */
+	reset_state(NULL);
+	joined_room(ACC, R1, ROOM, "alice");
+	sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, other, sizeof other);
+	ck_assert(is_module_id(other, tail));
+	ck_assert_str_ne(other, ids[0]);
+	ck_assert_str_ne(tail, tails[0]);
+	/* the first state's id is no answer here */
+	room_iq(ACC, ROOM, NULL, ids[0], 0, NULL);
+	expect_not_handled(&d);
+	/* nor is the right counter with a guessed tail */
+	{
+		char guess[64];
+		size_t len = strlen(other);
+
+		copy_str(guess, sizeof guess, other);
+		guess[len - 1] = guess[len - 1] == '0' ? '1' : '0';
+		room_iq(ACC, ROOM, NULL, guess, 0, NULL);
+		expect_not_handled(&d);
+		memcpy(guess + len - 16, "0000000000000000", 16);
+		if (strcmp(guess, other) != 0) {
+			room_iq(ACC, ROOM, NULL, guess, 0, NULL);
+			expect_not_handled(&d);
+		}
+	}
+	ck_assert_uint_eq(stats().iqs, 1);
+	room_iq(ACC, ROOM, NULL, other, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->id, "q");
+}
+END_TEST
+
+/* "Not handled when the session is not joined (the room answers it)." */
+START_TEST(test_iq_not_joined)
+{
+	mm_stats before, after;
+
+	session_iq(ACC, R1, ROOM, NULL, "q0", NULL, 0, 100);
+	expect_not_handled(&d);
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	session_iq(ACC, R1, ROOM, NULL, "q1", NULL, 0, 100);
+	expect_not_handled(&d);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	/* a session of the account that never joined, another account */
+	session_iq(ACC, R2, ROOM, NULL, "q2", NULL, 0, 100);
+	expect_not_handled(&d);
+	session_iq(ACC2, R1, ROOM, NULL, "q3", NULL, 0, 100);
+	expect_not_handled(&d);
+	session_iq(ACC, R1, ROOM2, NULL, "q4", NULL, 0, 100);
+	expect_not_handled(&d);
+	/* the last session leaving */
+	session_leave(ACC, R1, ROOM, "l1");
+	session_iq(ACC, R1, ROOM, NULL, "q5", NULL, 0, 100);
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().iqs, 0);
+
+	/* malformed */
+	before = stats();
+	ck_assert_int_eq(mm_session_iq(st, "", R1, ROOM, NULL, "q6", NULL, 0, 100,
+			&d), MM_EINVAL);
+	ck_assert_int_eq(mm_session_iq(st, ACC, "", ROOM, NULL, "q6", NULL, 0, 100,
+			&d), MM_EINVAL);
+	ck_assert_int_eq(mm_session_iq(st, ACC, R1, "", NULL, "q6", NULL, 0, 100,
+			&d), MM_EINVAL);
+	after = stats();
+	expect_same_stats(&before, &after);
+	ck_assert_uint_eq(after.iqs, 0);
+}
+END_TEST
+
+/* max_iqs per session: MM_EIQLIMIT, nothing recorded; an answer frees one. */
+START_TEST(test_iq_limit)
+{
+	char id1[64], id2[64], id3[64];
+	mm_stats before, after;
+	mm_limits l;
+	mm_err e;
+
+	memset(&l, 0, sizeof l);
+	l.max_iqs = 2;
+	reset_state(&l);
+	ck_assert_uint_eq(mm_state_limits(st)->max_iqs, 2);
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	joined_room(ACC, R1, ROOM2, "alice");
+	sent_iq(ACC, R1, ROOM, NULL, "q1", NULL, 0, 100, id1, sizeof id1);
+	sent_iq(ACC, R1, ROOM, NULL, "q2", NULL, 0, 100, id2, sizeof id2);
+	before = stats();
+	ck_assert_uint_eq(before.iqs, 2);
+	e = mm_session_iq(st, ACC, R1, ROOM, NULL, "q3", NULL, 0, 100, &d);
+	ck_assert_int_eq(e, MM_EIQLIMIT);
+	after = stats();
+	expect_same_stats(&before, &after);
+	ck_assert_uint_eq(after.iqs, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
+
+	/* the limit is the session's: another session still asks */
+	sent_iq(ACC, R2, ROOM, NULL, "q4", NULL, 0, 100, id3, sizeof id3);
+	ck_assert_uint_eq(stats().iqs, 3);
+
+	/* an answer frees a slot, one only */
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	sent_iq(ACC, R1, ROOM, NULL, "q5", NULL, 0, 100, id1, sizeof id1);
+	e = mm_session_iq(st, ACC, R1, ROOM, NULL, "q6", NULL, 0, 100, &d);
+	ck_assert_int_eq(e, MM_EIQLIMIT);
+	ck_assert_uint_eq(stats().iqs, 3);
+	/* an error answer frees one as well */
+	room_iq(ACC, ROOM, NULL, id2, 1, "item-not-found");
+	expect_one(&d, MM_OP_DELIVER, R1);
+	sent_iq(ACC, R1, ROOM, NULL, "q7", NULL, 0, 100, id2, sizeof id2);
+}
+END_TEST
+
+/* Unanswered IQs fail after iq_timeout with remote-server-timeout (wait). */
+START_TEST(test_iq_expire)
+{
+	char id1[64], id2[64], id3[64];
+	const mm_action *a;
+	size_t i;
+	mm_limits l;
+	mm_err e;
+
+	memset(&l, 0, sizeof l);
+	l.iq_timeout = 30;
+	l.max_iqs = 1;
+	reset_state(&l);
+
+	/* nothing pending: always handled, nothing to do */
+	expire(0);
+	expect_n(&d, 1, 0);
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	joined_room(ACC2, R3, ROOM2, "bobby");
+	sent_iq(ACC, R1, ROOM, NULL, "a", NULL, 0, 1000, id1, sizeof id1);
+	sent_iq(ACC, R2, ROOM, "bob", "b", NULL, 0, 1010, id2, sizeof id2);
+	sent_iq(ACC2, R3, ROOM2, NULL, "c", NULL, 0, 1000, id3, sizeof id3);
+
+	expire(1029.5);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(stats().iqs, 3);
+
+	expire(1030);
+	expect_n(&d, 1, 2);
+	ck_assert_uint_eq(count_op(&d, MM_OP_IQ_ERROR, NULL), 2);
+	for (i = 0; i < d.n; i++) {
+		a = &d.actions[i];
+		ck_assert_pstr_eq(a->condition, "remote-server-timeout");
+		ck_assert_pstr_eq(a->error_type, "wait");
+		ck_assert_ptr_null(a->nick);
+	}
+	a = expect_one(&d, MM_OP_IQ_ERROR, R1);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->room, ROOM);
+	ck_assert_pstr_eq(a->id, "a");
+	a = expect_one(&d, MM_OP_IQ_ERROR, R3);
+	ck_assert_pstr_eq(a->account, ACC2);
+	ck_assert_pstr_eq(a->room, ROOM2);
+	ck_assert_pstr_eq(a->id, "c");
+	ck_assert_uint_eq(stats().iqs, 1);
+
+	/* forgotten: a late answer is not the module's; the slot is free */
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	room_iq(ACC2, ROOM2, NULL, id3, 0, NULL);
+	expect_not_handled(&d);
+	sent_iq(ACC, R1, ROOM, NULL, "a2", NULL, 0, 1035, id1, sizeof id1);
+	e = mm_session_iq(st, ACC, R1, ROOM, NULL, "a3", NULL, 0, 1035, &d);
+	ck_assert_int_eq(e, MM_EIQLIMIT);
+
+	/* the same time again: nothing more */
+	expire(1030);
+	expect_n(&d, 1, 0);
+	expire(1040);
+	a = expect_only(&d, MM_OP_IQ_ERROR, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->nick, "bob");
+	ck_assert_pstr_eq(a->id, "b");
+	ck_assert_pstr_eq(a->condition, "remote-server-timeout");
+	ck_assert_pstr_eq(a->error_type, "wait");
+	ck_assert_uint_eq(stats().iqs, 1);
+	room_iq(ACC, ROOM, "bob", id2, 0, NULL);
+	expect_not_handled(&d);
+
+	/* the IQ sent at 1035 is answered in time: no error for it later */
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expire(5000);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(stats().iqs, 0);
+	/* expiry changes no membership */
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
+}
+END_TEST
+
+/* A session's IQs go with it; a membership's IQs end with it. */
+START_TEST(test_iq_forgotten)
+{
+	char id1[64], id2[64], id3[64];
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	joined_room(ACC, R2, ROOM2, "alice");
+
+	/* R2 leaves ROOM while R1 stays: R2's IQ there is forgotten */
+	sent_iq(ACC, R1, ROOM, NULL, "q1", NULL, 0, 100, id1, sizeof id1);
+	sent_iq(ACC, R2, ROOM, NULL, "q2", NULL, 0, 100, id2, sizeof id2);
+	sent_iq(ACC, R2, ROOM2, NULL, "q3", NULL, 0, 100, id3, sizeof id3);
+	ck_assert_uint_eq(stats().iqs, 3);
+	session_leave(ACC, R2, ROOM, "l2");
+	ck_assert_uint_eq(stats().iqs, 2);
+	room_iq(ACC, ROOM, NULL, id2, 0, NULL);
+	expect_not_handled(&d);
+	/* not its IQ in another room, not another session's */
+	room_iq(ACC, ROOM2, NULL, id3, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM2);
+	ck_assert_pstr_eq(a->resource, R2);
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_uint_eq(stats().iqs, 0);
+
+	/* R3 is gone */
+	sent_iq(ACC, R3, ROOM, NULL, "q4", NULL, 0, 100, id1, sizeof id1);
+	sent_iq(ACC, R2, ROOM2, NULL, "q5", NULL, 0, 100, id2, sizeof id2);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R3, &d), MM_OK);
+	ck_assert_uint_eq(stats().iqs, 1);
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+	expire(1000);
+	ck_assert_uint_eq(count_op(&d, MM_OP_IQ_ERROR, R3), 0);
+	ck_assert_uint_eq(stats().iqs, 0);
+
+	/* the membership ends (kicked) */
+	sent_iq(ACC, R1, ROOM, NULL, "q6", NULL, 0, 2000, id1, sizeof id1);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	ck_assert_uint_eq(stats().iqs, 0);
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	expect_not_handled(&d);
+
+	/* the membership ends (the last session left) */
+	sent_iq(ACC, R2, ROOM2, NULL, "q7", NULL, 0, 2000, id2, sizeof id2);
+	session_leave(ACC, R2, ROOM2, "l7");
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	self_unavailable(ACC, ROOM2, "alice", 0, 0, "l7");
+	ck_assert_uint_eq(stats().iqs, 0);
+	room_iq(ACC, ROOM2, NULL, id2, 0, NULL);
+	expect_not_handled(&d);
+	expire(10000);
+	expect_n(&d, 1, 0);
+	expect_empty_state();
+}
+END_TEST
+
+/* The IQ limits' defaults, and hitting them on a default state. */
+START_TEST(test_iq_defaults)
+{
+	char id[64];
+	mm_limits l;
+	size_t i;
+	mm_err e;
+
+	memset(&l, 0xff, sizeof l);
+	mm_limits_default(&l);
+	ck_assert_uint_eq(l.max_iqs, MM_DEFAULT_MAX_IQS);
+	ck_assert_uint_eq(l.iq_timeout, MM_DEFAULT_IQ_TIMEOUT);
+	ck_assert_uint_eq(l.rejoin_delay, MM_DEFAULT_REJOIN_DELAY);
+	ck_assert_uint_eq(mm_state_limits(st)->max_iqs, MM_DEFAULT_MAX_IQS);
+	ck_assert_uint_eq(mm_state_limits(st)->iq_timeout, MM_DEFAULT_IQ_TIMEOUT);
+	ck_assert_uint_eq(mm_state_limits(st)->rejoin_delay,
+			MM_DEFAULT_REJOIN_DELAY);
+
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < MM_DEFAULT_MAX_IQS; i++)
+		sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 0, id, sizeof id);
+	e = mm_session_iq(st, ACC, R1, ROOM, NULL, "q", NULL, 0, 0, &d);
+	ck_assert_int_eq(e, MM_EIQLIMIT);
+	ck_assert_uint_eq(stats().iqs, MM_DEFAULT_MAX_IQS);
+	expire(MM_DEFAULT_IQ_TIMEOUT - 0.5);
+	expect_n(&d, 1, 0);
+	expire(MM_DEFAULT_IQ_TIMEOUT);
+	expect_n(&d, 1, MM_DEFAULT_MAX_IQS);
+	ck_assert_uint_eq(count_op(&d, MM_OP_IQ_ERROR, R1), MM_DEFAULT_MAX_IQS);
+	ck_assert_uint_eq(stats().iqs, 0);
+}
+END_TEST
+
+/* XEP-0313: results carrying the query's queryid go to the asker alone. */
+START_TEST(test_iq_mam_results)
+{
+	char id1[64], id2[64];
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	joined_room(ACC, R2, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	sent_iq(ACC, R2, ROOM, NULL, "mam1", "qid1", 0, 100, id1, sizeof id1);
+
+	/* a result is a normal message from the room itself */
+	room_msg_q(ACC, ROOM, NULL, MM_MSG_NORMAL, "qid1", "r1");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(effective_id(a, "r1"), "r1");
+	room_msg_q(ACC, ROOM, NULL, MM_MSG_GROUPCHAT, "qid1", "r2");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+
+	/* another queryid is ordinary traffic */
+	room_msg_q(ACC, ROOM, NULL, MM_MSG_NORMAL, "other", "r3");
+	expect_not_handled(&d);
+	room_msg_q(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, "other", "r4");
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	/* the same queryid from another room, or to another account */
+	room_msg_q(ACC, ROOM2, NULL, MM_MSG_NORMAL, "qid1", "r5");
+	expect_not_handled(&d);
+	room_msg_q(ACC2, ROOM, NULL, MM_MSG_NORMAL, "qid1", "r6");
+	expect_not_handled(&d);
+	room_msg_q(ACC2, ROOM, "bob", MM_MSG_GROUPCHAT, "qid1", "r7");
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+
+	/* two queries at once, from two sessions */
+	sent_iq(ACC, R1, ROOM, NULL, "mam2", "qid2", 0, 100, id2, sizeof id2);
+	room_msg_q(ACC, ROOM, NULL, MM_MSG_NORMAL, "qid2", "r8");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	room_msg_q(ACC, ROOM, NULL, MM_MSG_NORMAL, "qid1", "r9");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+
+	/* the query's end: its answer */
+	room_iq(ACC, ROOM, NULL, id1, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->id, "mam1");
+}
+END_TEST
+
+/*
+ * XEP-0410: a self-ping answered not-acceptable means the account fell out.
+ * The asker gets its answer; every session sees itself leave (333); the
+ * account joins again with a fresh join; the sessions wait for the
+ * sequence, which completes with a plain self-presence.
+ */
+START_TEST(test_iq_self_ping_rejoin)
+{
+	static const char *const all[] = { R1, R2, R3 };
+	char pid[64];
+	const mm_action *a, *join_act;
+	size_t i, pos_deliver;
+	struct minfo mi;
+
+	join(ACC, R1, ROOM, "alice", "j1", "pw");
+	occupant(ACC, ROOM, "bob", P_BOB);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	room_msg(ACC, ROOM, NULL, MM_MSG_GROUPCHAT, 1, "s1", P_SUBJECT);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+
+	sent_iq(ACC, R2, ROOM, "alice", "ping1", NULL, 1, 100, pid, sizeof pid);
+	room_iq(ACC, ROOM, "alice", pid, 1, "not-acceptable");
+	expect_n(&d, 1, 5);
+	expect_room_all(&d, ROOM);
+	a = expect_one(&d, MM_OP_DELIVER, R2);
+	ck_assert_uint_eq(count_op(&d, MM_OP_DELIVER, NULL), 1);
+	ck_assert_pstr_eq(a->id, "ping1");
+	pos_deliver = action_index(&d, a);
+	for (i = 0; i < 3; i++) {
+		a = expect_one(&d, MM_OP_REFLECT_LEAVE, all[i]);
+		ck_assert_uint_eq(a->add_codes & MM_CODE_333, MM_CODE_333);
+		ck_assert_pstr_eq(a->nick, "alice");
+		ck_assert_pstr_eq(a->affiliation, "owner");
+		ck_assert_ptr_null(a->id);
+	}
+	/* the join goes last: the room's answer must follow the leaves */
+	join_act = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	ck_assert_uint_eq(action_index(&d, join_act), d.n - 1);
+	ck_assert_uint_lt(pos_deliver, d.n - 1);
+	ck_assert_int_eq(join_act->from_request, 0);
+	ck_assert_pstr_eq(join_act->nick, "alice");
+	ck_assert_pstr_eq(join_act->password, "pw");
+
+	mi = must_info(ACC, ROOM);
+	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_uint_eq(mi.sessions, 3);
+	ck_assert_str_eq(mi.nick, "alice");
+	expect_all_waiting(ACC, ROOM, 3);
+	ck_assert_uint_eq(stats().iqs, 0);
+	/* the answer was the ping's: it is not delivered twice */
+	room_iq(ACC, ROOM, "alice", pid, 1, "not-acceptable");
+	expect_not_handled(&d);
+
+	/* waiting sessions neither speak nor ask */
+	session_pres(ACC, R1, ROOM, "alice", "p1", NULL, NULL);
+	expect_only(&d, MM_OP_DROP, ROOM);
+	session_iq(ACC, R1, ROOM, "alice", "ping2", NULL, 1, 101);
+	expect_not_handled(&d);
+
+	/* the sequence again, to every session */
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_deliver_to(&d, all, 3);
+	self_pres(ACC, ROOM, "alice", 0, "auto1", P_SELF);
+	expect_deliver_to(&d, all, 3);
+	expect_room_all(&d, ROOM);
+	for (i = 0; i < d.n; i++)
+		ck_assert_msg(d.actions[i].id == NULL,
+				"id override for a session that did not ask: %s",
+				describe(&d));
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	expect_all_joined(ACC, ROOM, 3);
+
+	/* and it works as before */
+	sent_iq(ACC, R3, ROOM, "alice", "ping3", NULL, 1, 200, pid, sizeof pid);
+	room_iq(ACC, ROOM, "alice", pid, 0, NULL);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R3);
+	ck_assert_pstr_eq(a->id, "ping3");
+}
+END_TEST
+
+/* Any other answer, or a ping to someone else, is only an answer. */
+START_TEST(test_iq_ping_no_rejoin)
+{
+	static const struct {
+		const char *nick;
+		int is_ping, is_error;
+		const char *condition;
+	} cases[] = {
+		{ "alice", 1, 0, NULL },
+		{ "alice", 1, 1, "service-unavailable" },
+		{ "alice", 1, 1, "feature-not-implemented" },
+		{ "alice", 1, 1, "remote-server-timeout" },
+		{ "alice", 1, 1, NULL },
+		/* not a self-ping: a ping to another nick, an IQ that is no ping */
+		{ "bob", 1, 1, "not-acceptable" },
+		{ NULL, 1, 1, "not-acceptable" },
+		{ "alice", 0, 1, "not-acceptable" },
+	};
+	char pid[64];
+	const mm_action *a;
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		sent_iq(ACC, R2, ROOM, cases[i].nick, "p", NULL, cases[i].is_ping,
+				100, pid, sizeof pid);
+		room_iq(ACC, ROOM, cases[i].nick, pid, cases[i].is_error,
+				cases[i].condition);
+		ck_assert_msg(d.handled == 1 && d.n == 1,
+				"case %zu: %s", i, describe(&d));
+		a = expect_one(&d, MM_OP_DELIVER, R2);
+		ck_assert_pstr_eq(a->id, "p");
+		ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+		expect_all_joined(ACC, ROOM, 2);
+	}
+	ck_assert_uint_eq(stats().iqs, 0);
+}
+END_TEST
+
+/* ==== rejoin ============================================================== */
+
+#define REJOIN_DELAY 7
+
+static void setup_rejoin(void)
+{
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.rejoin_delay = REJOIN_DELAY;
+	st = mm_state_new(&l);
+	ck_assert_ptr_nonnull(st);
+	memset(&d, 0, sizeof d);
+}
+
+/* R1 (with password "pw") and R2 in ROOM, bob cached, a subject. */
+static void populate_pw(void)
+{
+	join(ACC, R1, ROOM, "alice", "j1", "pw");
+	occupant(ACC, ROOM, "bob", P_BOB);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	room_msg(ACC, ROOM, NULL, MM_MSG_GROUPCHAT, 1, "s1", P_SUBJECT);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_replay(&d, R2, (const char *const[]){ P_BOB }, 1, P_SELF, 0,
+			P_SUBJECT);
+}
+
+/* Joining again: the caches are gone, every session waits. */
+static void expect_rejoining(size_t nsessions)
+{
+	struct minfo mi = must_info(ACC, ROOM);
+
+	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_uint_eq(mi.sessions, nsessions);
+	ck_assert_uint_eq(mi.occupants, 0);
+	ck_assert_int_eq(mi.has_subject, 0);
+	ck_assert_str_eq(mi.nick, "alice");
+	ck_assert_str_eq(mi.password, "pw");
+	expect_all_waiting(ACC, ROOM, nsessions);
+}
+
+static void expect_fresh_join(const mm_action *a)
+{
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->password, "pw");
+	ck_assert_pstr_eq(a->room, ROOM);
+}
+
+/* Removed for a technical reason (333): the account joins again at once. */
+START_TEST(test_rejoin_333_at_once)
+{
+	const mm_action *a;
+	size_t i;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, "x1");
+	expect_n(&d, 1, 3);
+	expect_room_all(&d, ROOM);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expect_one(&d, MM_OP_DELIVER, R2);
+	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	ck_assert_uint_eq(action_index(&d, a), 2);
+	expect_fresh_join(a);
+	expect_rejoining(2);
+	ck_assert_uint_eq(stats().occupants, 0);
+	ck_assert_uint_eq(stats().memberships, 1);
+	/* nothing waits for a delay */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+
+	/* the sessions see the join sequence again */
+	occupant(ACC, ROOM, "dave", P_DAVE);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	self_pres(ACC, ROOM, "alice", 0, "auto", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	for (i = 0; i < d.n; i++)
+		ck_assert_ptr_null(d.actions[i].id);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	expect_all_joined(ACC, ROOM, 2);
+	/* a later session is replayed the new cache */
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	expect_replay(&d, R3, (const char *const[]){ P_DAVE }, 1, P_SELF, 0,
+			NULL);
+}
+END_TEST
+
+/* Shutdown (332): the account joins again after rejoin_delay, once. */
+START_TEST(test_rejoin_332_later)
+{
+	const mm_action *a;
+
+	populate_pw();
+	ck_assert_uint_eq(mm_state_limits(st)->rejoin_delay, REJOIN_DELAY);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_n(&d, 1, 3);
+	expect_room_all(&d, ROOM);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expect_one(&d, MM_OP_DELIVER, R2);
+	a = expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	ck_assert_uint_eq(a->delay, REJOIN_DELAY);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	expect_rejoining(2);
+
+	/* not for another room or account */
+	rejoin_due(ACC, ROOM2);
+	expect_not_handled(&d);
+	rejoin_due(ACC2, ROOM);
+	expect_not_handled(&d);
+
+	rejoin_due(ACC, ROOM);
+	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	expect_rejoining(2);
+
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	expect_all_joined(ACC, ROOM, 2);
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+}
+END_TEST
+
+/* The default delay, when none is configured. */
+START_TEST(test_rejoin_default_delay)
+{
+	reset_state(NULL);
+	ck_assert_uint_eq(mm_state_limits(st)->rejoin_delay,
+			MM_DEFAULT_REJOIN_DELAY);
+	joined_room(ACC, R1, ROOM, "alice");
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REJOIN_LATER, NULL)->delay,
+			MM_DEFAULT_REJOIN_DELAY);
+}
+END_TEST
+
+/* While the re-join waits, a session that asks to join is sent at once. */
+START_TEST(test_rejoin_explicit_join_while_waiting)
+{
+	const mm_action *a;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+
+	join(ACC, R2, ROOM, "alice", "j2b", NULL);
+	expect_n(&d, 1, 1);
+	expect_room_all(&d, ROOM);
+	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	ck_assert_int_eq(a->from_request, 1);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	/* the delay is over: there is nothing left to send */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+
+	self_pres(ACC, ROOM, "alice", 0, "j2b", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_ptr_null(find_action(&d, MM_OP_DELIVER, R1)->id);
+	ck_assert_pstr_eq(effective_id(find_action(&d, MM_OP_DELIVER, R2), "j2b"),
+			"j2b");
+	expect_all_joined(ACC, ROOM, 2);
+}
+END_TEST
+
+/*
+ * A failed automatic re-join with a transient condition is tried again
+ * later, the delay doubling each time up to 64 times rejoin_delay; the
+ * membership and its sessions stay.  A success resets the delay.
+ */
+START_TEST(test_rejoin_transient_backoff)
+{
+	static const char *const transient[] = {
+		"remote-server-not-found", "remote-server-timeout",
+		"service-unavailable", "internal-server-error", "resource-constraint",
+		"recipient-unavailable", "remote-server-not-found",
+		"service-unavailable"
+	};
+	static const unsigned factor[] = { 2, 4, 8, 16, 32, 64, 64, 64 };
+	const mm_action *a;
+	size_t i;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	expect_fresh_join(expect_one(&d, MM_OP_SEND_JOIN, NULL));
+
+	for (i = 0; i < sizeof transient / sizeof transient[0]; i++) {
+		join_error(ACC, ROOM, NULL, transient[i]);
+		/* nobody asked: nobody is told; only the next attempt */
+		a = expect_only(&d, MM_OP_REJOIN_LATER, ROOM);
+		ck_assert_msg(a->delay == factor[i] * REJOIN_DELAY,
+				"attempt %zu (%s): delay %u, want %u", i + 1, transient[i],
+				a->delay, factor[i] * REJOIN_DELAY);
+		expect_rejoining(2);
+		rejoin_due(ACC, ROOM);
+		expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
+	}
+
+	/* success: the delay starts over */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	ck_assert_uint_eq(expect_only(&d, MM_OP_REJOIN_LATER, ROOM)->delay,
+			2 * REJOIN_DELAY);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	ck_assert_uint_eq(expect_only(&d, MM_OP_REJOIN_LATER, ROOM)->delay,
+			4 * REJOIN_DELAY);
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	/* after a shutdown too, the first wait is rejoin_delay again */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REJOIN_LATER, NULL)->delay,
+			REJOIN_DELAY);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "remote-server-timeout");
+	ck_assert_uint_eq(expect_only(&d, MM_OP_REJOIN_LATER, ROOM)->delay,
+			2 * REJOIN_DELAY);
+}
+END_TEST
+
+/*
+ * "rejoin_delay: seconds before the first automatic re-join after a
+ * shutdown (332) or a failed attempt; doubled per failed attempt, up to 64
+ * times, and never more than an hour" - with a long configured delay, the
+ * hour is reached before the factor 64.
+ */
+START_TEST(test_rejoin_delay_large)
+{
+	static const unsigned want[] = { 200, 400, 800, 1600, 3200, 3600, 3600 };
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.rejoin_delay = 100;
+	reset_state(&l);
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REJOIN_LATER, NULL)->delay, 100);
+	for (i = 0; i < sizeof want / sizeof want[0]; i++) {
+		const mm_action *a;
+
+		rejoin_due(ACC, ROOM);
+		expect_one(&d, MM_OP_SEND_JOIN, NULL);
+		join_error(ACC, ROOM, NULL, "service-unavailable");
+		a = expect_only(&d, MM_OP_REJOIN_LATER, ROOM);
+		ck_assert_msg(a->delay == want[i],
+				"failure %zu: delay %u, want %u", i + 1, a->delay, want[i]);
+	}
+
+	/* the first wait is rejoin_delay, but never more than an hour ... */
+	l.rejoin_delay = 5000;
+	reset_state(&l);
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REJOIN_LATER, NULL)->delay, 3600);
+	/* ... nor are the waits after failed attempts */
+	rejoin_due(ACC, ROOM);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, NULL, "remote-server-timeout");
+	ck_assert_uint_eq(expect_only(&d, MM_OP_REJOIN_LATER, ROOM)->delay, 3600);
+
+	/* exactly an hour is allowed */
+	l.rejoin_delay = 3600;
+	reset_state(&l);
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REJOIN_LATER, NULL)->delay, 3600);
+}
+END_TEST
+
+/* A failed re-join with any other condition ends the membership. */
+START_TEST(test_rejoin_fatal_error)
+{
+	const mm_action *a;
+	struct minfo mi;
+
+	/* nobody asked: the membership goes, nobody is told again */
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	join_error(ACC, ROOM, NULL, "forbidden");
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+
+	/* a session asked while the re-join waited: it gets the error */
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	join(ACC, R2, ROOM, "alice", "j2b", NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, "j2b", "registration-required");
+	expect_n(&d, 1, 1);
+	expect_room_all(&d, ROOM);
+	a = expect_one(&d, MM_OP_DELIVER, R2);
+	ck_assert_pstr_eq(effective_id(a, "j2b"), "j2b");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+
+	/* after transient failures, a fatal one still ends it */
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	join_error(ACC, ROOM, NULL, "remote-server-not-found");
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "not-authorized");
+	ck_assert_int_eq(d.handled, 1);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REJOIN_LATER, NULL), 0);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+}
+END_TEST
+
+/* A transient error for a join a session asked for, not an automatic one:
+ * the join simply failed (no retry). */
+START_TEST(test_rejoin_not_for_explicit_join)
+{
+	struct minfo mi;
+
+	join(ACC, R1, ROOM, "alice", "j1", "pw");
+	join_error(ACC, ROOM, "j1", "remote-server-not-found");
+	expect_n(&d, 1, 1);
+	ck_assert_pstr_eq(effective_id(expect_one(&d, MM_OP_DELIVER, R1), "j1"),
+			"j1");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+}
+END_TEST
+
+/* 332/333 together with a removal or <destroy/> are removals: no re-join. */
+static const struct removal_case rejoin_removal_cases[] = {
+	{ "332+307", MM_STATUS_332 | MM_STATUS_307, 0 },
+	{ "332+301", MM_STATUS_332 | MM_STATUS_301, 0 },
+	{ "333+301", MM_STATUS_333 | MM_STATUS_301, 0 },
+	{ "333+321", MM_STATUS_333 | MM_STATUS_321, 0 },
+	{ "332+322", MM_STATUS_332 | MM_STATUS_322, 0 },
+	{ "332 destroyed", MM_STATUS_332, 1 },
+	{ "333 destroyed", MM_STATUS_333, 1 },
+};
+
+#define N_REJOIN_REMOVAL \
+	(sizeof rejoin_removal_cases / sizeof rejoin_removal_cases[0])
+
+START_TEST(test_rejoin_not_after_removal)
+{
+	const struct removal_case *rc = &rejoin_removal_cases[_i];
+	struct minfo mi;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", rc->status, rc->destroyed, NULL);
+	ck_assert_msg(d.handled == 1 && d.n == 2, "%s: %s", rc->name,
+			describe(&d));
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_msg(get_info(ACC, ROOM, &mi) == 0, "%s: membership kept",
+			rc->name);
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * mm_session_leave: "Last session while an automatic re-join waits for its
+ * delay (the account is out): REFLECT_LEAVE and the membership ends." - after
+ * a shutdown (332) and after a failed attempt.  While the re-join is in
+ * flight the account is joining: the last session's leave is sent.
+ */
+START_TEST(test_rejoin_last_leave_while_waiting)
+{
+	const mm_action *a;
+	struct minfo mi;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	/* not the last: its own leave only */
+	session_leave(ACC, R2, ROOM, "l2");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->id, "l2");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	/* the last: it sees itself leave, nothing goes to the room */
+	session_leave(ACC, R1, ROOM, "l1");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "l1");
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), -1);
+	expect_empty_state();
+	/* the delay's end finds nothing to join */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	session_leave(ACC, R1, ROOM, "l1b");
+	expect_not_handled(&d);
+	/* the account is free to join again */
+	join(ACC, R1, ROOM, "alice", "j9", NULL);
+	ck_assert_int_eq(expect_only(&d, MM_OP_SEND_JOIN, ROOM)->from_request, 1);
+	self_pres(ACC, ROOM, "alice", 0, "j9", P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+
+	/* waiting after a failed attempt: the same */
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, NULL, "remote-server-timeout");
+	expect_only(&d, MM_OP_REJOIN_LATER, ROOM);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(a->id, "l1");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+
+	/* the join in flight (333): the account leaves as usual */
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_SEND_AS_ACCOUNT, ROOM);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, "l1");
+	ck_assert_pstr_eq(effective_id(expect_only(&d, MM_OP_DELIVER, ROOM), "l1"),
+			"l1");
+	ck_assert_pstr_eq(d.actions[0].resource, R1);
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+}
+END_TEST
+
+/* Sessions come and go while the account joins again; they stay attached. */
+START_TEST(test_rejoin_sessions_during_wait)
+{
+	const mm_action *a;
+
+	populate_pw();
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	/* waiting sessions' presences must not reach the room as joins */
+	session_pres(ACC, R1, ROOM, "alice", "p1", "away", NULL);
+	expect_only(&d, MM_OP_DROP, ROOM);
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "m1");
+	expect_not_handled(&d);
+	/* one session gone: the other still waits */
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	rejoin_due(ACC, ROOM);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	expect_fresh_join(a);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_all_joined(ACC, ROOM, 1);
+}
+END_TEST
+
+/* ==== helpers for history, persistence and events ========================= */
+
+/* A groupchat message from ROOM/bob with body `text`. */
+#define P_MSG(text) \
+	"<message type='groupchat' from='" ROOM "/bob'><body>" text "</body>" \
+	"</message>"
+#define P_M1 P_MSG("m1")
+#define P_M2 P_MSG("m2")
+#define P_M3 P_MSG("m3")
+#define P_M4 P_MSG("m4")
+#define P_M5 P_MSG("m5")
+#define P_SUBJECT2 \
+	"<message type='groupchat' from='" ROOM "'><subject>Bye</subject>" \
+	"</message>"
+/* An attribute absent from <history/>. */
+#define NONE (-1)
+
+/* A groupchat message with a body from ROOM/bob, with every field given. */
+static void hist_msg(const char *acc, const char *room, const char *payload,
+		const char *stanza_id, double stamp, int delayed)
+{
+	mm_message m;
+	mm_err e;
+
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.stanza_id = stanza_id;
+	m.stamp = stamp;
+	m.delayed = delayed;
+	m.has_body = 1;
+	m.payload = payload;
+	e = mm_room_message(st, acc, room, "bob", &m, &d);
+	ck_assert_msg(e == MM_OK, "room message: %s", mm_strerror(e));
+}
+
+/* A subject change from the room itself (no body). */
+static void subject_msg(const char *acc, const char *room,
+		const char *payload, double stamp, int delayed)
+{
+	mm_message m;
+	mm_err e;
+
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.stamp = stamp;
+	m.delayed = delayed;
+	m.has_subject = 1;
+	m.payload = payload;
+	e = mm_room_message(st, acc, room, NULL, &m, &d);
+	ck_assert_msg(e == MM_OK, "room subject: %s", mm_strerror(e));
+}
+
+/*
+ * A new session of ACC joins ROOM as "alice" with a <history/> request
+ * (requested 0: no <history/> at all); returns its resource, valid until
+ * the next call.
+ */
+static const char *join_dev(int requested, long maxstanzas, long maxchars,
+		double seconds, double since, double now)
+{
+	static char res[32];
+	static int counter;
+	mm_join r;
+	mm_err e;
+
+	snprintf(res, sizeof res, "dev%d", ++counter);
+	memset(&r, 0, sizeof r);
+	r.nick = "alice";
+	r.id = "jh";
+	r.history.requested = requested;
+	r.history.maxstanzas = requested ? maxstanzas : NONE;
+	r.history.maxchars = requested ? maxchars : NONE;
+	r.history.seconds = requested ? seconds : NONE;
+	r.history.since = requested ? since : NONE;
+	r.now = now;
+	e = mm_session_join_req(st, ACC, res, ROOM, &r, &d);
+	ck_assert_msg(e == MM_OK, "join %s: %s", res, mm_strerror(e));
+	return res;
+}
+
+/* The resync of a later session: self, the catch-up messages, subject. */
+static void expect_catchup(const char *res, const struct hmsg *h, size_t nh,
+		const char *subject)
+{
+	expect_replay_hist(&d, res, NULL, 0, P_SELF, 0, h, nh, subject);
+}
+
+/* R1 in ROOM as "alice"; m1..m4 arrive at 100, 200, 300, 400. */
+static const struct hmsg four[] = {
+	{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 }
+};
+
+static void four_messages(void)
+{
+	static const char *const sids[] = { "s1", "s2", "s3", "s4" };
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < 4; i++) {
+		hist_msg(ACC, ROOM, four[i].payload, sids[i], four[i].stamp, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+}
+
+static void restore(const char *acc, const char *room, const char *nick,
+		const char *password, const char *last_id, double last_stamp)
+{
+	mm_err e = mm_account_restore(st, acc, room, nick, password, last_id,
+			last_stamp, &d);
+	ck_assert_msg(e == MM_OK, "restore %s %s: %s", acc, room, mm_strerror(e));
+}
+
+/* The accounts mm_take_dirty() visited. */
+struct dirty {
+	size_t n;
+	char acc[4][64];
+};
+
+static void dirty_cb(const char *account, void *ud)
+{
+	struct dirty *dy = ud;
+
+	ck_assert_ptr_nonnull(account);
+	ck_assert(dy->n < 4);
+	copy_str(dy->acc[dy->n], sizeof dy->acc[dy->n], account);
+	dy->n++;
+}
+
+/* mm_take_dirty(level); the visits must match the return value. */
+static struct dirty take_dirty(int level)
+{
+	struct dirty dy;
+	size_t ret;
+
+	memset(&dy, 0, sizeof dy);
+	ret = mm_take_dirty(st, level, dirty_cb, &dy);
+	ck_assert_uint_eq(ret, dy.n);
+	return dy;
+}
+
+/* take_dirty(level) visits exactly `acc` (NULL: nobody). */
+static void expect_dirty(int level, const char *acc)
+{
+	struct dirty dy = take_dirty(level);
+
+	if (acc == NULL) {
+		ck_assert_msg(dy.n == 0, "level %d: %s dirty", level, dy.acc[0]);
+		return;
+	}
+	ck_assert_msg(dy.n == 1, "level %d: %zu accounts dirty, want %s", level,
+			dy.n, acc);
+	ck_assert_str_eq(dy.acc[0], acc);
+}
+
+static void expect_event(const mm_decision *dd, const char *event,
+		const char *reason)
+{
+	ck_assert_msg(str_eq(dd->event, event) && str_eq(dd->reason, reason),
+			"event %s/%s, want %s/%s: %s", nn(dd->event), nn(dd->reason),
+			nn(event), nn(reason), describe(dd));
+}
+
+/* ==== history ============================================================= */
+
+/* history_size bounds the ring; the oldest message goes first. */
+START_TEST(test_history_ring_bounded)
+{
+	static const struct hmsg msgs[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	mm_stats s0, s;
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.history_size = 3;
+	l.history_default = 10;
+	reset_state(&l);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, 3);
+	ck_assert_uint_eq(mm_state_limits(st)->history_default, 10);
+
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 0);
+	s0 = stats();
+	for (i = 0; i < 5; i++) {
+		hist_msg(ACC, ROOM, msgs[i].payload, NULL, msgs[i].stamp, 0);
+		/* live traffic is delivered whatever the ring keeps */
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_eq(must_info(ACC, ROOM).history, i < 3 ? i + 1 : 3);
+	}
+	/* the dropped messages' payloads are freed */
+	s = stats();
+	ck_assert_uint_eq(s.payloads, s0.payloads + 3);
+	ck_assert_uint_eq(s.payload_bytes, s0.payload_bytes + 3 * strlen(P_M1));
+
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, msgs + 2, 3, NULL);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+
+	/* the membership's end frees the ring */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/* A join without <history/> gets at most history_default messages. */
+START_TEST(test_history_default)
+{
+	static char bufs[55][128];
+	struct hmsg want[20];
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0xff, sizeof l);
+	mm_limits_default(&l);
+	ck_assert_uint_eq(l.history_size, MM_DEFAULT_HISTORY_SIZE);
+	ck_assert_uint_eq(l.history_default, MM_DEFAULT_HISTORY_DEFAULT);
+	ck_assert_uint_eq(MM_DEFAULT_HISTORY_SIZE, 50);
+	ck_assert_uint_eq(MM_DEFAULT_HISTORY_DEFAULT, 20);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, 50);
+	ck_assert_uint_eq(mm_state_limits(st)->history_default, 20);
+
+	/* the defaults, both hit: 55 messages, 50 kept, 20 replayed */
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < 55; i++) {
+		snprintf(bufs[i], sizeof bufs[i],
+				"<message type='groupchat' from='%s/bob'><body>n%zu</body>"
+				"</message>", ROOM, i);
+		hist_msg(ACC, ROOM, bufs[i], NULL, 1000.0 + (double)i, 0);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 50);
+	for (i = 0; i < 20; i++) {
+		want[i].payload = bufs[35 + i];
+		want[i].stamp = 1035.0 + (double)i;
+	}
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, want, 20, NULL);
+	/* mm_session_join_req without <history/> is the same */
+	expect_catchup(join_dev(0, 0, 0, 0, 0, 2000), want, 20, NULL);
+
+	/* configured: history_default 3 of history_size 8 */
+	memset(&l, 0, sizeof l);
+	l.history_size = 8;
+	l.history_default = 3;
+	reset_state(&l);
+	four_messages();
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, four + 1, 3, NULL);
+	/* a <history/> may ask for more than the default */
+	expect_catchup(join_dev(1, 4, NONE, NONE, NONE, 500), four, 4, NULL);
+}
+END_TEST
+
+/* maxstanzas: the newest n, oldest first; 0 is none. */
+START_TEST(test_history_maxstanzas)
+{
+	four_messages();
+	subject_msg(ACC, ROOM, P_SUBJECT, 450, 0);
+	expect_catchup(join_dev(1, 2, NONE, NONE, NONE, 500), four + 2, 2,
+			P_SUBJECT);
+	expect_catchup(join_dev(1, 1, NONE, NONE, NONE, 500), four + 3, 1,
+			P_SUBJECT);
+	/* none: the subject still follows the self-presence */
+	expect_catchup(join_dev(1, 0, NONE, NONE, NONE, 500), NULL, 0, P_SUBJECT);
+	expect_catchup(join_dev(1, 4, NONE, NONE, NONE, 500), four, 4, P_SUBJECT);
+	expect_catchup(join_dev(1, 100, NONE, NONE, NONE, 500), four, 4,
+			P_SUBJECT);
+	/* asking changes nothing kept */
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+}
+END_TEST
+
+/*
+ * maxchars counts payload bytes from the newest message back and stops
+ * before the message that would exceed it (it does not skip it).
+ */
+START_TEST(test_history_maxchars)
+{
+	static const struct hmsg msgs[] = {
+		{ P_MSG("a"), 10 },
+		{ P_MSG("a much longer message than the others"), 20 },
+		{ P_MSG("b"), 30 },
+		{ P_MSG("c"), 40 }
+	};
+	const long ls = (long)strlen(P_MSG("a"));
+	const long ll = (long)strlen(P_MSG("a much longer message than the others"));
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < 4; i++)
+		hist_msg(ACC, ROOM, msgs[i].payload, NULL, msgs[i].stamp, 0);
+
+	expect_catchup(join_dev(1, NONE, 2 * ls, NONE, NONE, 50), msgs + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, NONE, 2 * ls - 1, NONE, NONE, 50), msgs + 3, 1,
+			NULL);
+	/* room for a short one more, but the next is the long one: stop */
+	expect_catchup(join_dev(1, NONE, 3 * ls, NONE, NONE, 50), msgs + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, NONE, 2 * ls + ll, NONE, NONE, 50), msgs + 1,
+			3, NULL);
+	expect_catchup(join_dev(1, NONE, 3 * ls + ll - 1, NONE, NONE, 50),
+			msgs + 1, 3, NULL);
+	expect_catchup(join_dev(1, NONE, 3 * ls + ll, NONE, NONE, 50), msgs, 4,
+			NULL);
+	expect_catchup(join_dev(1, NONE, ls, NONE, NONE, 50), msgs + 3, 1, NULL);
+	expect_catchup(join_dev(1, NONE, ls - 1, NONE, NONE, 50), NULL, 0, NULL);
+	expect_catchup(join_dev(1, NONE, 0, NONE, NONE, 50), NULL, 0, NULL);
+}
+END_TEST
+
+/* seconds: messages with stamp >= now - seconds, now from mm_join.now. */
+START_TEST(test_history_seconds)
+{
+	four_messages();
+	expect_catchup(join_dev(1, NONE, NONE, 150, NONE, 450), four + 2, 2,
+			NULL);
+	/* the boundary is included */
+	expect_catchup(join_dev(1, NONE, NONE, 250, NONE, 450), four + 1, 3,
+			NULL);
+	expect_catchup(join_dev(1, NONE, NONE, 249.5, NONE, 450), four + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, NONE, NONE, 0, NONE, 450), NULL, 0, NULL);
+	expect_catchup(join_dev(1, NONE, NONE, 0, NONE, 400), four + 3, 1, NULL);
+	expect_catchup(join_dev(1, NONE, NONE, 1000, NONE, 450), four, 4, NULL);
+	/* relative to the joining session's clock */
+	expect_catchup(join_dev(1, NONE, NONE, 150, NONE, 350), four + 1, 3,
+			NULL);
+}
+END_TEST
+
+/* since: messages with stamp >= since. */
+START_TEST(test_history_since)
+{
+	four_messages();
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 200, 1000), four + 1, 3,
+			NULL);
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 200.5, 1000), four + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 400, 1000), four + 3, 1,
+			NULL);
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 400.5, 1000), NULL, 0, NULL);
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 0, 1000), four, 4, NULL);
+	expect_catchup(join_dev(1, NONE, NONE, NONE, 50, 1000), four, 4, NULL);
+}
+END_TEST
+
+/* Several attributes: the most restrictive wins. */
+START_TEST(test_history_combined)
+{
+	const long l1 = (long)strlen(P_M1);
+
+	four_messages();
+	expect_catchup(join_dev(1, 1, NONE, NONE, 200, 1000), four + 3, 1, NULL);
+	expect_catchup(join_dev(1, 3, NONE, NONE, 300, 1000), four + 2, 2, NULL);
+	expect_catchup(join_dev(1, 3, 2 * l1, NONE, NONE, 1000), four + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, 2, 4 * l1, NONE, NONE, 1000), four + 2, 2,
+			NULL);
+	expect_catchup(join_dev(1, NONE, 4 * l1, 250, NONE, 450), four + 1, 3,
+			NULL);
+	expect_catchup(join_dev(1, NONE, l1, 250, NONE, 450), four + 3, 1, NULL);
+	/* seconds stricter than since, and the other way round */
+	expect_catchup(join_dev(1, NONE, NONE, 150, 100, 450), four + 2, 2, NULL);
+	expect_catchup(join_dev(1, NONE, NONE, 350, 300, 450), four + 2, 2, NULL);
+	expect_catchup(join_dev(1, 4, 4 * l1, 1000, 0, 450), four, 4, NULL);
+	expect_catchup(join_dev(1, 0, 4 * l1, 1000, 0, 450), NULL, 0, NULL);
+}
+END_TEST
+
+/*
+ * Only groupchat messages with a body and a payload are kept: a subject is
+ * cached apart and replayed last; a message without payload, a private
+ * message and an error are only delivered.
+ */
+START_TEST(test_history_kept_messages)
+{
+	mm_message m;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	subject_msg(ACC, ROOM, P_SUBJECT, 150, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+
+	/* no payload: delivered, not kept */
+	hist_msg(ACC, ROOM, NULL, "s2", 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+
+	/* a private message from an occupant */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_CHAT;
+	m.has_body = 1;
+	m.stamp = 250;
+	m.payload = "<message type='chat' from='" ROOM "/bob'><body>psst</body>"
+		"</message>";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+
+	/* a groupchat without a body (a chat state, say) */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.stamp = 260;
+	m.payload = "<message type='groupchat' from='" ROOM "/bob'><active "
+		"xmlns='http://jabber.org/protocol/chatstates'/></message>";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+
+	/* a new subject replaces the old; messages after it come before it */
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 0);
+	subject_msg(ACC, ROOM, P_SUBJECT2, 350, 0);
+	hist_msg(ACC, ROOM, P_M4, "s4", 400, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_M1, 100 }, { P_M3, 300 },
+			{ P_M4, 400 } }, 3, P_SUBJECT2);
+}
+END_TEST
+
+/*
+ * The phone was offline: every session of the account gone, the account
+ * stays in the room and keeps what is said; the phone comes back and
+ * catches up from where it was, another device gets the default.
+ */
+START_TEST(test_history_while_nobody_attached)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R1, &d), MM_OK);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 0);
+
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	expect_n(&d, 1, 0);
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 0);
+	expect_n(&d, 1, 0);
+	subject_msg(ACC, ROOM, P_SUBJECT, 310, 0);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+
+	/* the phone: <history since='(after m1)'/> */
+	{
+		mm_join r;
+
+		memset(&r, 0, sizeof r);
+		r.nick = "alice";
+		r.id = "j1b";
+		r.history.requested = 1;
+		r.history.maxstanzas = NONE;
+		r.history.maxchars = NONE;
+		r.history.seconds = NONE;
+		r.history.since = 100.001;
+		r.now = 400;
+		ck_assert_int_eq(mm_session_join_req(st, ACC, R1, ROOM, &r, &d), MM_OK);
+	}
+	expect_catchup(R1, (const struct hmsg[]){ { P_M2, 200 }, { P_M3, 300 } },
+			2, P_SUBJECT);
+	ck_assert_int_eq(session_state(ACC, ROOM, R1), 1);
+	/* the laptop asks nothing: all of it (within history_default) */
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_M1, 100 }, { P_M2, 200 },
+			{ P_M3, 300 } }, 3, P_SUBJECT);
+}
+END_TEST
+
+/* Payloads are interned: the same message in two accounts' rings once. */
+START_TEST(test_history_interned)
+{
+	mm_stats s0, s;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	s0 = stats();
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	s = stats();
+	ck_assert_uint_eq(s.payloads, s0.payloads + 1);
+	ck_assert_uint_eq(s.payload_bytes, s0.payload_bytes + strlen(P_M1));
+	hist_msg(ACC2, ROOM, P_M1, "s1", 100, 0);
+	s = stats();
+	ck_assert_uint_eq(s.payloads, s0.payloads + 1);
+	ck_assert_uint_eq(s.payload_bytes, s0.payload_bytes + strlen(P_M1));
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 1);
+
+	/* kept while one ring still holds it */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 1);
+	join(ACC2, R2, ROOM, "bobby", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_M1, 100 } }, 1, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/* ==== persistence ========================================================= */
+
+/*
+ * mm_account_restore: a joining membership with no session, and a fresh
+ * join asking for history since the last message seen.
+ */
+START_TEST(test_persist_restore_sends_join)
+{
+	const mm_action *a;
+	struct minfo mi;
+	mm_stats s;
+
+	restore(ACC, ROOM, "alice", "pw", "sid-9", 1234.5);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->password, "pw");
+	ck_assert_msg(a->since == 1234.5, "since %.17g", a->since);
+
+	mi = must_info(ACC, ROOM);
+	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_uint_eq(mi.sessions, 0);
+	ck_assert_str_eq(mi.nick, "alice");
+	ck_assert_str_eq(mi.password, "pw");
+	ck_assert_int_eq(mi.has_last_id, 1);
+	ck_assert_str_eq(mi.last_id, "sid-9");
+	ck_assert_msg(mi.last_stamp == 1234.5, "last_stamp %.17g", mi.last_stamp);
+	ck_assert_uint_eq(mi.history, 0);
+	/* joining again by itself: worth keeping */
+	ck_assert_int_eq(mi.persistent, 1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_uint_eq(get_sessions(ACC, ROOM, &(struct slist){ 0 }), 0);
+	s = stats();
+	ck_assert_uint_eq(s.accounts, 1);
+	ck_assert_uint_eq(s.memberships, 1);
+	ck_assert_uint_eq(s.sessions, 0);
+
+	/* nothing known of the last message: since 0, no password */
+	restore(ACC, ROOM2, "al", NULL, NULL, 0);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM2);
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_pstr_eq(a->nick, "al");
+	ck_assert_ptr_null(a->password);
+	ck_assert_msg(a->since == 0, "since %.17g", a->since);
+	mi = must_info(ACC, ROOM2);
+	ck_assert_int_eq(mi.has_last_id, 0);
+	ck_assert_msg(mi.last_stamp == 0, "last_stamp %.17g", mi.last_stamp);
+	ck_assert_int_eq(mi.has_password, 0);
+
+	/* an id without a time: since stays 0 */
+	restore(ACC2, ROOM, "bobby", NULL, "sid-1", 0);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_msg(a->since == 0, "since %.17g", a->since);
+	ck_assert_str_eq(must_info(ACC2, ROOM).last_id, "sid-1");
+	ck_assert_uint_eq(stats().memberships, 3);
+}
+END_TEST
+
+/* "Not handled when the account already has a membership there." */
+START_TEST(test_persist_restore_not_twice)
+{
+	mm_stats before, after;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R1, ROOM2, "alice", "j2", NULL);
+	restore(ACC, ROOM3, "alice", NULL, NULL, 0);
+	before = stats();
+
+	restore(ACC, ROOM, "alice", "pw", "x", 5);
+	expect_not_handled(&d);
+	restore(ACC, ROOM2, "alice", NULL, NULL, 0);
+	expect_not_handled(&d);
+	restore(ACC, ROOM3, "alice", NULL, NULL, 0);
+	expect_not_handled(&d);
+	after = stats();
+	expect_same_stats(&before, &after);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_password, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM2).state, MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).sessions, 1);
+
+	/* leaving is a membership too */
+	session_leave(ACC, R1, ROOM, "l1");
+	restore(ACC, ROOM, "alice", NULL, NULL, 0);
+	expect_not_handled(&d);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+
+	/* malformed: nothing recorded */
+	before = stats();
+	ck_assert_int_eq(mm_account_restore(st, "", ROOM, "alice", NULL, NULL, 0,
+			&d), MM_EINVAL);
+	ck_assert_int_eq(mm_account_restore(st, ACC2, "", "alice", NULL, NULL, 0,
+			&d), MM_EINVAL);
+	ck_assert_int_eq(mm_account_restore(st, ACC2, ROOM, "", NULL, NULL, 0,
+			&d), MM_EINVAL);
+	after = stats();
+	expect_same_stats(&before, &after);
+	ck_assert_uint_eq(membership_count(ACC2), 0);
+}
+END_TEST
+
+/* max_rooms counts restored memberships; a too-long nick is refused. */
+START_TEST(test_persist_restore_limits)
+{
+	mm_stats before, after;
+	mm_limits l;
+
+	small_limits(&l);
+	reset_state(&l);
+
+	restore(ACC, ROOM, "alice", NULL, NULL, 0);
+	restore(ACC, ROOM2, "alice", NULL, NULL, 0);
+	before = stats();
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM3, "alice", NULL, NULL,
+			0, &d), MM_EROOMLIMIT);
+	after = stats();
+	expect_same_stats(&before, &after);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM3), -1);
+	/* a session's join is refused just the same */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM3, "alice", "j1", NULL,
+			&d), MM_EROOMLIMIT);
+	/* per account */
+	restore(ACC2, ROOM3, "bobby", NULL, NULL, 0);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	/* max_nick_bytes (8) */
+	ck_assert_int_eq(mm_account_restore(st, ACC2, ROOM, "abcdefghi", NULL,
+			NULL, 0, &d), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_state(st, ACC2, ROOM), -1);
+	restore(ACC2, ROOM, "abcdefgh", NULL, NULL, 0);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SEND_JOIN, NULL)->nick, "abcdefgh");
+}
+END_TEST
+
+/* The room's self-presence completes a restore: joined, persistent. */
+START_TEST(test_persist_restore_completes)
+{
+	struct minfo mi;
+
+	restore(ACC, ROOM, "alice", "pw", "sid-9", 1000);
+	(void)take_dirty(1); /* whatever the restore itself marked */
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_n(&d, 1, 0);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_n(&d, 1, 0);
+	expect_event(&d, "joined", NULL);
+	mi = must_info(ACC, ROOM);
+	ck_assert_int_eq(mi.state, MM_JOINED);
+	ck_assert_int_eq(mi.persistent, 1);
+	ck_assert_uint_eq(mi.sessions, 0);
+	expect_dirty(2, ACC);
+
+	/* a session attaches as to any joined membership */
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expect_replay(&d, R1, (const char *const[]){ P_BOB }, 1, P_SELF, 0, NULL);
+	ck_assert_int_eq(session_state(ACC, ROOM, R1), 1);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+}
+END_TEST
+
+/* A session that joins while the restore is under way waits for it. */
+START_TEST(test_persist_restore_session_waits)
+{
+	const mm_action *a;
+
+	restore(ACC, ROOM, "alice", NULL, NULL, 0);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	ck_assert_int_eq(d.handled, 1);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	ck_assert_int_eq(session_state(ACC, ROOM, R1), 0);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(effective_id(a, NULL), "j1");
+	expect_event(&d, "joined", NULL);
+	ck_assert_int_eq(session_state(ACC, ROOM, R1), 1);
+}
+END_TEST
+
+/*
+ * While restoring, room history up to the last message seen is dropped:
+ * by stanza-id (the very message) and by time (anything older); newer
+ * history is delivered and kept.  A live message ends the phase.
+ */
+START_TEST(test_persist_restore_skips_seen)
+{
+	struct minfo mi;
+
+	restore(ACC, ROOM, "alice", NULL, "s5", 500);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_one(&d, MM_OP_DELIVER, R1);
+
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 1);
+	expect_n(&d, 1, 0);
+	hist_msg(ACC, ROOM, P_M4, "s4", 499.5, 1);
+	expect_n(&d, 1, 0);
+	hist_msg(ACC, ROOM, P_M5, "s5", 500, 1);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 0);
+	mi = must_info(ACC, ROOM);
+	ck_assert_str_eq(mi.last_id, "s5");
+	ck_assert_msg(mi.last_stamp == 500, "last_stamp %.17g", mi.last_stamp);
+
+	/* the first one not seen yet */
+	hist_msg(ACC, ROOM, P_MSG("m6"), "s6", 600, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+	mi = must_info(ACC, ROOM);
+	ck_assert_str_eq(mi.last_id, "s6");
+	ck_assert_msg(mi.last_stamp == 600, "last_stamp %.17g", mi.last_stamp);
+	/* still restoring: an old one is still dropped */
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 1);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+
+	/* live traffic: the room's history is over */
+	hist_msg(ACC, ROOM, P_MSG("m7"), "s7", 700, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_MSG("m6"), 600 },
+			{ P_MSG("m7"), 700 } }, 2, NULL);
+	/* even room history older than the last message seen is news now */
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+}
+END_TEST
+
+/* The subject ends the restoring phase too; by time or by id alone. */
+START_TEST(test_persist_restore_subject_ends)
+{
+	restore(ACC, ROOM, "alice", NULL, "s5", 500);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	hist_msg(ACC, ROOM, P_M4, "s4", 400, 1);
+	expect_n(&d, 1, 0);
+	subject_msg(ACC, ROOM, P_SUBJECT, 450, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+
+	/* only the time known */
+	restore(ACC, ROOM2, "alice", NULL, NULL, 500);
+	self_pres(ACC, ROOM2, "alice", 0, NULL, P_SELF);
+	hist_msg(ACC, ROOM2, P_M4, "s4", 499, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 0);
+	hist_msg(ACC, ROOM2, P_M5, "s5", 500, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 1);
+
+	/* only the id known */
+	restore(ACC2, ROOM, "bobby", NULL, "s5", 0);
+	self_pres(ACC2, ROOM, "bobby", 0, NULL, P_SELF);
+	hist_msg(ACC2, ROOM, P_M5, "s5", 500, 1);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 0);
+	hist_msg(ACC2, ROOM, P_M1, "s1", 100, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 1);
+
+	/* an ordinary join keeps all the room's history */
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	hist_msg(ACC2, ROOM2, P_M5, "s5", 500, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	hist_msg(ACC2, ROOM2, P_M1, "s1", 100, 1);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM2).history, 2);
+}
+END_TEST
+
+/*
+ * "refusals end it with an EVENT "removed"": a non-transient error ends the
+ * restored membership, reason the condition; a transient one is retried.
+ */
+START_TEST(test_persist_restore_refused)
+{
+	const mm_action *a;
+	struct minfo mi;
+
+	restore(ACC, ROOM, "alice", "pw", "s1", 100);
+	(void)take_dirty(1); /* whatever the restore itself marked */
+	join_error(ACC, ROOM, NULL, "item-not-found");
+	expect_n(&d, 1, 0);
+	expect_event(&d, "removed", "item-not-found");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+	expect_dirty(2, ACC);
+
+	/* a session that asked meanwhile gets the error */
+	restore(ACC, ROOM, "alice", "pw", "s1", 100);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join_error(ACC, ROOM, NULL, "forbidden");
+	a = expect_only(&d, MM_OP_DELIVER, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(effective_id(a, NULL), "j1");
+	expect_event(&d, "removed", "forbidden");
+	ck_assert_int_eq(get_info(ACC, ROOM, &mi), 0);
+	expect_empty_state();
+
+	/* transient: later, the delay doubling */
+	restore(ACC, ROOM, "alice", "pw", "s1", 100);
+	join_error(ACC, ROOM, NULL, "remote-server-timeout");
+	a = expect_only(&d, MM_OP_REJOIN_LATER, ROOM);
+	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
+	expect_event(&d, "rejoining", "remote-server-timeout");
+	mi = must_info(ACC, ROOM);
+	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.persistent, 1);
+	rejoin_due(ACC, ROOM);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->password, "pw");
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	ck_assert_uint_eq(expect_only(&d, MM_OP_REJOIN_LATER, ROOM)->delay,
+			4 * MM_DEFAULT_REJOIN_DELAY);
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_event(&d, "joined", NULL);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+}
+END_TEST
+
+/*
+ * mm_take_dirty: level 2 for membership changes, level 1 also for a newer
+ * last message; each visit forgets the account.
+ */
+START_TEST(test_persist_dirty_levels)
+{
+	mm_presence p;
+	struct dirty dy;
+
+	expect_dirty(1, NULL);
+	ck_assert_uint_eq(mm_take_dirty(st, 1, dirty_cb, &(struct dirty){ 0 }),
+			0);
+
+	/* a join completes: level 2, once */
+	joined_room(ACC, R1, ROOM, "alice");
+	expect_dirty(2, ACC);
+	expect_dirty(2, NULL);
+	expect_dirty(1, NULL);
+
+	/* only a new message: level 1 only */
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	expect_dirty(2, NULL);
+	expect_dirty(1, ACC);
+	expect_dirty(1, NULL);
+
+	/* a membership change is seen at level 1 as well */
+	joined_room(ACC2, R1, ROOM, "bobby");
+	expect_dirty(1, ACC2);
+	expect_dirty(2, NULL);
+
+	/* one account at each level */
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	expect_dirty(2, ACC2);
+	expect_dirty(1, ACC);
+	expect_dirty(1, NULL);
+	/* both at level 2 */
+	joined_room(ACC, R1, ROOM2, "alice");
+	hist_msg(ACC2, ROOM, P_M2, "s2", 200, 0);
+	session_leave(ACC2, R1, ROOM2, "l1");
+	self_unavailable(ACC2, ROOM2, "bobby", 0, 0, "l1");
+	expect_event(&d, "left", NULL);
+	dy = take_dirty(2);
+	ck_assert_uint_eq(dy.n, 2);
+	ck_assert_msg((strcmp(dy.acc[0], ACC) == 0 && strcmp(dy.acc[1], ACC2) == 0)
+			|| (strcmp(dy.acc[0], ACC2) == 0 && strcmp(dy.acc[1], ACC) == 0),
+			"dirty %s %s", dy.acc[0], dy.acc[1]);
+	expect_dirty(1, NULL);
+
+	/* the account's nick changes */
+	p = presence(MM_PRES_UNAVAILABLE, MM_STATUS_110 | MM_STATUS_303, NULL, NULL);
+	p.new_nick = "alicia";
+	p.affiliation = "owner";
+	p.role = "moderator";
+	room_pres(ACC, ROOM, "alice", &p);
+	expect_dirty(2, ACC);
+
+	/* the membership ends */
+	self_unavailable(ACC, ROOM2, "alice", MM_STATUS_307, 0, NULL);
+	expect_dirty(2, ACC);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_301, 0, NULL);
+	expect_dirty(2, ACC2);
+	/* a first join refused */
+	join(ACC2, R1, ROOM3, "alice", "j3", NULL);
+	join_error(ACC2, ROOM3, "j3", "forbidden");
+	expect_dirty(2, ACC2);
+}
+END_TEST
+
+/* mm_membership_info: last_id/last_stamp and persistent. */
+START_TEST(test_persist_membership_info)
+{
+	struct minfo mi;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	mi = must_info(ACC, ROOM);
+	/* a first join not confirmed yet: nothing to keep */
+	ck_assert_int_eq(mi.persistent, 0);
+	ck_assert_int_eq(mi.has_last_id, 0);
+	ck_assert_msg(mi.last_stamp == 0, "last_stamp %.17g", mi.last_stamp);
+	ck_assert_uint_eq(mi.history, 0);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	mi = must_info(ACC, ROOM);
+	ck_assert_str_eq(mi.last_id, "s1");
+	ck_assert_msg(mi.last_stamp == 100, "last_stamp %.17g", mi.last_stamp);
+	hist_msg(ACC, ROOM, P_M2, "s2", 200.25, 0);
+	mi = must_info(ACC, ROOM);
+	ck_assert_str_eq(mi.last_id, "s2");
+	ck_assert_msg(mi.last_stamp == 200.25, "last_stamp %.17g", mi.last_stamp);
+	ck_assert_uint_eq(mi.history, 2);
+	/* with nobody attached, too */
+	ck_assert_int_eq(mm_session_gone(st, ACC, R1, &d), MM_OK);
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 0);
+	mi = must_info(ACC, ROOM);
+	ck_assert_str_eq(mi.last_id, "s3");
+	ck_assert_msg(mi.last_stamp == 300, "last_stamp %.17g", mi.last_stamp);
+	ck_assert_int_eq(mi.persistent, 1);
+
+	/* joining again by itself (333, 332): still worth keeping */
+	join(ACC, R1, ROOM, "alice", "j2", NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+	rejoin_due(ACC, ROOM);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+
+	/* leaving: not worth keeping */
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 0);
+}
+END_TEST
+
+/* ==== events ============================================================== */
+
+START_TEST(test_events_joined_left)
+{
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expect_event(&d, NULL, NULL);
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_event(&d, NULL, NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_event(&d, "joined", NULL);
+	/* a self-presence while joined is only news */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_event(&d, NULL, NULL);
+	/* a later session attaching */
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_event(&d, NULL, NULL);
+	session_leave(ACC, R2, ROOM, "l2");
+	expect_event(&d, NULL, NULL);
+	/* the last session asks: the leave completes with the room's answer */
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	expect_event(&d, NULL, NULL);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, "l1");
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expect_event(&d, "left", NULL);
+
+	/* the last session leaves while the re-join waits */
+	joined_room(ACC, R1, ROOM, "alice");
+	expect_event(&d, "joined", NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	expect_event(&d, "left", NULL);
+	expect_empty_state();
+}
+END_TEST
+
+static const struct {
+	unsigned status;
+	int destroyed;
+	const char *reason;
+} removed_cases[] = {
+	{ MM_STATUS_307, 0, "kicked" },
+	{ MM_STATUS_301, 0, "banned" },
+	{ 0, 1, "destroyed" },
+	{ MM_STATUS_321, 0, "affiliation-changed" },
+	{ MM_STATUS_322, 0, "members-only" },
+	/* a removal with 332/333 is still a removal */
+	{ MM_STATUS_307 | MM_STATUS_333, 0, "kicked" },
+	{ MM_STATUS_301 | MM_STATUS_332, 0, "banned" },
+	{ MM_STATUS_333, 1, "destroyed" },
+};
+
+#define N_REMOVED_CASES (sizeof removed_cases / sizeof removed_cases[0])
+
+START_TEST(test_events_removed)
+{
+	populate();
+	self_unavailable(ACC, ROOM, "alice", removed_cases[_i].status,
+			removed_cases[_i].destroyed, NULL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_event(&d, "removed", removed_cases[_i].reason);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), -1);
+}
+END_TEST
+
+/* A refused join: "removed", the reason being the error's condition. */
+START_TEST(test_events_removed_refused)
+{
+	const char *reason;
+	char copy[64];
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join_error(ACC, ROOM, "j1", "registration-required");
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expect_event(&d, "removed", "registration-required");
+	/* the reason is the decision's: it outlives the membership */
+	reason = d.reason;
+	copy_str(copy, sizeof copy, reason);
+	ck_assert_str_eq(copy, "registration-required");
+
+	/* an automatic re-join refused for good */
+	joined_room(ACC, R1, ROOM, "alice");
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	join_error(ACC, ROOM, NULL, "forbidden");
+	expect_event(&d, "removed", "forbidden");
+	expect_empty_state();
+}
+END_TEST
+
+START_TEST(test_events_rejoining)
+{
+	char pid[64];
+
+	joined_room(ACC, R1, ROOM, "alice");
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	expect_event(&d, "rejoining", "technical-problem");
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	expect_event(&d, "rejoining", "service-unavailable");
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "internal-server-error");
+	expect_event(&d, "rejoining", "internal-server-error");
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_event(&d, "joined", NULL);
+
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	expect_event(&d, "rejoining", "system-shutdown");
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_event(&d, "joined", NULL);
+
+	sent_iq(ACC, R1, ROOM, "alice", "ping", NULL, 1, 100, pid, sizeof pid);
+	expect_event(&d, NULL, NULL);
+	room_iq(ACC, ROOM, "alice", pid, 1, "not-acceptable");
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	expect_event(&d, "rejoining", "not-acceptable");
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_event(&d, "joined", NULL);
+}
+END_TEST
+
+/* Ordinary traffic is no event. */
+START_TEST(test_events_null_for_traffic)
+{
+	char qid[64];
+	mm_message m;
+
+	populate();
+	expect_event(&d, NULL, NULL);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_event(&d, NULL, NULL);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m1", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	expect_event(&d, NULL, NULL);
+	room_msg(ACC, ROOM, "bob", MM_MSG_CHAT, 0, "pm1", P_BODY);
+	expect_event(&d, NULL, NULL);
+	occupant(ACC, ROOM, "dave", P_DAVE);
+	expect_event(&d, NULL, NULL);
+	occupant_gone(ACC, ROOM, "dave");
+	expect_event(&d, NULL, NULL);
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "o1");
+	expect_event(&d, NULL, NULL);
+	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "o2");
+	expect_event(&d, NULL, NULL);
+	session_pres(ACC, R1, ROOM, "alice", "p1", "away", NULL);
+	expect_event(&d, NULL, NULL);
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_ERROR;
+	m.id = "o1";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	expect_event(&d, NULL, NULL);
+	sent_iq(ACC, R2, ROOM, NULL, "q1", NULL, 0, 100, qid, sizeof qid);
+	expect_event(&d, NULL, NULL);
+	room_iq(ACC, ROOM, NULL, qid, 0, NULL);
+	expect_event(&d, NULL, NULL);
+	sent_iq(ACC, R2, ROOM, NULL, "q2", NULL, 0, 100, qid, sizeof qid);
+	expire(1000);
+	expect_one(&d, MM_OP_IQ_ERROR, R2);
+	expect_event(&d, NULL, NULL);
+	ck_assert_int_eq(mm_delivery_failed(st, ACC, ROOM, &d), MM_OK);
+	expect_event(&d, NULL, NULL);
+	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
+	expect_event(&d, NULL, NULL);
+	/* not handled: no event either */
+	room_msg(ACC2, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m2", P_BODY);
+	expect_not_handled(&d);
+	expect_event(&d, NULL, NULL);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -2115,6 +5080,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_join_error_not_to_other_rooms);
 	tcase_add_test(tc, test_join_later_session_replay);
 	tcase_add_test(tc, test_join_rejoin_is_full_resync);
+	tcase_add_test(tc, test_join_waiter_asks_again_replayed);
 
 	tc = tcase(s, "fork", setup_default);
 	tcase_add_test(tc, test_fork_groupchat_to_each_session);
@@ -2179,6 +5145,79 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_lifetime_leave_completes);
 	tcase_add_test(tc, test_lifetime_strings_copied);
 	tcase_add_test(tc, test_lifetime_payload_copied);
+
+	tc = tcase(s, "presence", setup_default);
+	tcase_add_loop_test(tc, test_presence_order, 0, (int)N_SHOW_PAIRS);
+	tcase_add_test(tc, test_presence_join_presence_stored);
+	tcase_add_test(tc, test_presence_nick_change_always_sent);
+	tcase_add_test(tc, test_presence_leader_leaves);
+	tcase_add_test(tc, test_presence_leader_gone);
+	tcase_add_test(tc, test_presence_follower_gone);
+	tcase_add_test(tc, test_presence_later_join_leads);
+	tcase_add_test(tc, test_presence_later_join_equal_or_behind);
+	tcase_add_test(tc, test_presence_not_joined_dropped);
+
+	tc = tcase(s, "carbons", setup_default);
+	tcase_add_test(tc, test_carbons_private_message);
+	tcase_add_test(tc, test_carbons_not_while_joining);
+
+	tc = tcase(s, "iq", setup_default);
+	tcase_add_test(tc, test_iq_module_id_and_answer);
+	tcase_add_test(tc, test_iq_spoofed_answers);
+	tcase_add_test(tc, test_iq_id_secret);
+	tcase_add_test(tc, test_iq_not_joined);
+	tcase_add_test(tc, test_iq_limit);
+	tcase_add_test(tc, test_iq_expire);
+	tcase_add_test(tc, test_iq_forgotten);
+	tcase_add_test(tc, test_iq_defaults);
+	tcase_add_test(tc, test_iq_mam_results);
+	tcase_add_test(tc, test_iq_self_ping_rejoin);
+	tcase_add_test(tc, test_iq_ping_no_rejoin);
+
+	tc = tcase(s, "rejoin", setup_rejoin);
+	tcase_add_test(tc, test_rejoin_333_at_once);
+	tcase_add_test(tc, test_rejoin_332_later);
+	tcase_add_test(tc, test_rejoin_default_delay);
+	tcase_add_test(tc, test_rejoin_explicit_join_while_waiting);
+	tcase_add_test(tc, test_rejoin_transient_backoff);
+	tcase_add_test(tc, test_rejoin_delay_large);
+	tcase_add_test(tc, test_rejoin_fatal_error);
+	tcase_add_test(tc, test_rejoin_not_for_explicit_join);
+	tcase_add_loop_test(tc, test_rejoin_not_after_removal, 0,
+			(int)N_REJOIN_REMOVAL);
+	tcase_add_test(tc, test_rejoin_sessions_during_wait);
+	tcase_add_test(tc, test_rejoin_last_leave_while_waiting);
+
+	tc = tcase(s, "history", setup_default);
+	tcase_add_test(tc, test_history_ring_bounded);
+	tcase_add_test(tc, test_history_default);
+	tcase_add_test(tc, test_history_maxstanzas);
+	tcase_add_test(tc, test_history_maxchars);
+	tcase_add_test(tc, test_history_seconds);
+	tcase_add_test(tc, test_history_since);
+	tcase_add_test(tc, test_history_combined);
+	tcase_add_test(tc, test_history_kept_messages);
+	tcase_add_test(tc, test_history_while_nobody_attached);
+	tcase_add_test(tc, test_history_interned);
+
+	tc = tcase(s, "persistence", setup_default);
+	tcase_add_test(tc, test_persist_restore_sends_join);
+	tcase_add_test(tc, test_persist_restore_not_twice);
+	tcase_add_test(tc, test_persist_restore_limits);
+	tcase_add_test(tc, test_persist_restore_completes);
+	tcase_add_test(tc, test_persist_restore_session_waits);
+	tcase_add_test(tc, test_persist_restore_skips_seen);
+	tcase_add_test(tc, test_persist_restore_subject_ends);
+	tcase_add_test(tc, test_persist_restore_refused);
+	tcase_add_test(tc, test_persist_dirty_levels);
+	tcase_add_test(tc, test_persist_membership_info);
+
+	tc = tcase(s, "events", setup_default);
+	tcase_add_test(tc, test_events_joined_left);
+	tcase_add_loop_test(tc, test_events_removed, 0, (int)N_REMOVED_CASES);
+	tcase_add_test(tc, test_events_removed_refused);
+	tcase_add_test(tc, test_events_rejoining);
+	tcase_add_test(tc, test_events_null_for_traffic);
 
 	return s;
 }

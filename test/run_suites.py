@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Run every test suite of mod_minimix and sum them up.
 
-Suites: the Check unit tests of the core (plain and under valgrind), the
-busted specs of the binding and the shim, and the end-to-end tests against a
+Suites: the Check unit tests of the core (plain, under valgrind, and under
+ASan+UBSan), a short libFuzzer run of the core, the busted specs of the binding and the shim, and the end-to-end tests against a
 real Prosody.  Each suite's own output is shown as it runs; the last line is
 "N passed, N failed" over all suites.  Exit status 1 on any failure, and
 also when a suite could not run or ran no test.
@@ -48,12 +48,27 @@ def pytest_counts(out):
     return count("passed"), count("failed") + count("error")
 
 
+def fuzz_counts(out):
+    # libFuzzer: "Done 978335 runs in 31 second(s)" when nothing broke
+    if re.search(r"^Done \d+ runs", out, re.M):
+        return 1, 0
+    if "ERROR: libFuzzer" in out or "invariant broken" in out or "SUMMARY:" in out:
+        return 0, 1
+    return None
+
+
+FUZZ_SECONDS = os.environ.get("MINIMIX_FUZZ_SECONDS", "30")
+
 SUITES = [
     ("unit (Check)", ["./test/check_minimix"], {}, check_counts),
     ("unit (Check under valgrind)",
      ["valgrind", "-q", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
       "--error-exitcode=99", "./test/check_minimix"],
      {"CK_FORK": "no"}, check_counts),
+    ("unit (Check under ASan+UBSan)", ["./test/check_minimix_asan"], {}, check_counts),
+    ("fuzz (libFuzzer, %s s)" % FUZZ_SECONDS,
+     ["./fuzz/fuzz_core", "-max_total_time=" + FUZZ_SECONDS, "-print_final_stats=0",
+      "-artifact_prefix=/tmp/minimix-fuzz-"], {}, fuzz_counts),
     ("spec (busted)", ["lua5.4", "/usr/bin/busted"], {}, busted_counts),
     ("end-to-end (pytest, real Prosody)",
      [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "test/e2e"], {},

@@ -18,6 +18,8 @@ python3
 python3-slixmpp
 python3-pytest
 luarocks
+clang
+libclang-rt-14-dev
 "
 
 missing=""

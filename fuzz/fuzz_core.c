@@ -1,0 +1,305 @@
+/*
+ * fuzz_core.c - libFuzzer harness for the mod_minimix core.
+ *
+ * The input is read as a sequence of operations over a small universe
+ * (2 accounts, 3 resources, 3 rooms, a few nicks and ids), so that random
+ * bytes make joins, leaves, room answers, kicks, IQs and restarts collide.
+ * After every step the harness checks invariants through the public API;
+ * at the end everything leaves and the state must be empty again.
+ *
+ *   make fuzz                      # builds fuzz/fuzz_core with clang
+ *   ./fuzz/fuzz_core -max_total_time=600 fuzz/corpus
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../minimix.h"
+
+static const char *const accounts[] = {"alice@example.org", "bob@example.org"};
+static const char *const resources[] = {"phone", "laptop", "tablet"};
+static const char *const rooms[] = {"r1@muc.example.org", "r2@muc.example.org",
+	"r3@elsewhere.example"};
+static const char *const nicks[] = {"alice", "ally", "bob", "carol", ""};
+static const char *const ids[] = {"j1", "j2", "m1", "x", NULL};
+static const char *const shows[] = {NULL, "chat", "away", "xa", "dnd"};
+static const char *const conds[] = {"not-acceptable", "conflict", "forbidden",
+	"service-unavailable", "remote-server-not-found", "item-not-found", NULL};
+static const char *const payloads[] = {
+	"<presence from='r1@muc.example.org/bob'/>",
+	"<presence from='r1@muc.example.org/alice'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></presence>",
+	"<message type='groupchat'><body>hi</body></message>",
+	"<message type='groupchat'><subject>s</subject></message>",
+	NULL,
+};
+static const int codes[] = {110, 201, 210, 301, 303, 307, 321, 322, 332, 333};
+
+#define PICK(arr, b) (arr[(b) % (sizeof arr / sizeof arr[0])])
+
+struct input {
+	const uint8_t *p;
+	size_t n;
+};
+
+static unsigned take(struct input *in)
+{
+	if (in->n == 0)
+		return 0;
+	in->n--;
+	return *in->p++;
+}
+
+static void fail(const char *what)
+{
+	fprintf(stderr, "invariant broken: %s\n", what);
+	abort(); /* the fuzzer's way to report; never in the core */
+}
+
+static void check_decision(mm_err err, const mm_decision *d)
+{
+	size_t i;
+	if (err != MM_OK) {
+		if (d->handled || d->n)
+			fail("a refusal carries actions");
+		return;
+	}
+	if (!d->handled && d->n)
+		fail("actions on a stanza that is not handled");
+	for (i = 0; i < d->n; i++) {
+		const mm_action *a = &d->actions[i];
+		if (a->room == NULL)
+			fail("action without room");
+		if ((a->op == MM_OP_DELIVER || a->op == MM_OP_REPLAY
+				|| a->op == MM_OP_REFLECT_LEAVE || a->op == MM_OP_CARBON
+				|| a->op == MM_OP_IQ_ERROR) && a->resource == NULL)
+			fail("delivery without a session");
+		if (a->op == MM_OP_REPLAY && a->payload == NULL)
+			fail("replay without payload");
+		if ((a->op == MM_OP_SEND_JOIN || a->op == MM_OP_SEND_PRESENCE)
+				&& (a->nick == NULL || *a->nick == '\0'))
+			fail("join or presence without a nick");
+		/* touch every string: ASan finds dangling ones */
+		if (a->resource)
+			(void)strlen(a->resource);
+		if (a->payload)
+			(void)strlen(a->payload);
+		if (a->id)
+			(void)strlen(a->id);
+	}
+}
+
+struct count {
+	size_t memberships, sessions;
+	const char *account;
+	const mm_state *st;
+};
+
+static int count_session(const char *resource, int joined, void *ud)
+{
+	(void)joined;
+	if (resource == NULL || *resource == '\0')
+		*(int *)ud = 1;
+	return 0;
+}
+
+static int count_membership(const mm_membership_info *info, void *ud)
+{
+	struct count *c = ud;
+	int bad = 0;
+	c->memberships++;
+	c->sessions += info->sessions;
+	if (mm_membership_sessions(c->st, c->account, info->room, count_session, &bad)
+			!= info->sessions || bad)
+		fail("session list disagrees with the membership");
+	if (mm_membership_state(c->st, c->account, info->room) != (int)info->state)
+		fail("membership state disagrees");
+	if (info->nick == NULL || *info->nick == '\0')
+		fail("membership without a nick");
+	return 0;
+}
+
+static void check_state(const mm_state *st)
+{
+	mm_stats s;
+	struct count c = {0, 0, NULL, st};
+	size_t i, with = 0;
+	mm_state_stats(st, &s);
+	for (i = 0; i < sizeof accounts / sizeof accounts[0]; i++) {
+		size_t before = c.memberships;
+		c.account = accounts[i];
+		mm_account_memberships(st, accounts[i], count_membership, &c);
+		if (c.memberships > before)
+			with++;
+	}
+	if (c.memberships != s.memberships)
+		fail("membership count");
+	if (c.sessions != s.sessions)
+		fail("session count");
+	if (with != s.accounts)
+		fail("account count");
+	if (s.memberships > 2 * 3)
+		fail("more memberships than rooms");
+}
+
+static void step(mm_state *st, struct input *in, double *now)
+{
+	mm_decision d;
+	mm_err err;
+	unsigned op = take(in);
+	const char *acc = PICK(accounts, take(in));
+	const char *res = PICK(resources, take(in));
+	const char *room = PICK(rooms, take(in));
+	const char *nick = PICK(nicks, take(in));
+	const char *id = PICK(ids, take(in));
+
+	switch (op % 16) {
+	case 0: case 1: {
+		mm_join req;
+		memset(&req, 0, sizeof req);
+		req.nick = nick;
+		req.id = id;
+		req.password = take(in) & 1 ? "secret" : NULL;
+		req.show = PICK(shows, take(in));
+		req.presence = take(in) & 1 ? "<presence><show>away</show></presence>" : NULL;
+		req.history.requested = take(in) & 1;
+		req.history.maxstanzas = (long)take(in) - 128;
+		req.history.maxchars = (long)take(in) * 8 - 512;
+		req.history.seconds = (double)take(in) - 64;
+		req.history.since = (double)take(in) - 64;
+		req.now = *now;
+		err = mm_session_join_req(st, acc, res, room, &req, &d);
+		break;
+	}
+	case 2:
+		err = mm_session_leave(st, acc, res, room, id, &d);
+		break;
+	case 3:
+		err = mm_session_presence(st, acc, res, room, take(in) & 1 ? nick : NULL,
+			id, PICK(shows, take(in)), PICK(payloads, take(in)), &d);
+		break;
+	case 4:
+		err = mm_session_message(st, acc, res, room, take(in) & 1 ? nick : NULL,
+			(mm_msg_type)(take(in) % 5), id, &d);
+		break;
+	case 5:
+		err = mm_session_iq(st, acc, res, room, take(in) & 1 ? nick : NULL,
+			id ? id : "q", take(in) & 1 ? "qid" : NULL, take(in) & 1, *now, &d);
+		break;
+	case 6:
+		err = mm_session_gone(st, acc, res, &d);
+		break;
+	case 7: case 8: case 9: {
+		mm_presence p;
+		unsigned n = take(in) % 4, k;
+		memset(&p, 0, sizeof p);
+		p.type = (mm_pres_type)(take(in) % 3);
+		for (k = 0; k < n; k++)
+			p.status |= mm_status_bit(PICK(codes, take(in)));
+		if (take(in) & 1)
+			p.status |= MM_STATUS_110;
+		p.new_nick = take(in) & 1 ? PICK(nicks, take(in)) : NULL;
+		p.affiliation = take(in) & 1 ? "member" : NULL;
+		p.destroyed = (take(in) & 7) == 0;
+		p.condition = PICK(conds, take(in));
+		p.id = id;
+		p.payload = PICK(payloads, take(in));
+		err = mm_room_presence(st, acc, room, take(in) & 3 ? nick : NULL, &p, &d);
+		break;
+	}
+	case 10: case 11: {
+		mm_message m;
+		memset(&m, 0, sizeof m);
+		m.type = (mm_msg_type)(take(in) % 5);
+		m.has_subject = take(in) & 1;
+		m.has_body = take(in) & 1;
+		m.id = id;
+		m.queryid = take(in) & 1 ? "qid" : NULL;
+		m.stanza_id = take(in) & 1 ? "sid" : NULL;
+		m.stamp = *now;
+		m.delayed = take(in) & 1;
+		m.payload = PICK(payloads, take(in));
+		err = mm_room_message(st, acc, room, take(in) & 1 ? nick : NULL, &m, &d);
+		break;
+	}
+	case 12: {
+		/* answer with whatever id the core used: a ping or a guess */
+		char guess[48];
+		snprintf(guess, sizeof guess, "mmx-%u", take(in));
+		err = mm_room_iq(st, acc, room, take(in) & 1 ? nick : NULL, guess,
+			take(in) & 1, PICK(conds, take(in)), &d);
+		break;
+	}
+	case 13:
+		*now += take(in);
+		err = mm_expire(st, *now, &d);
+		break;
+	case 14:
+		err = mm_rejoin_due(st, acc, room, &d);
+		break;
+	default:
+		if (take(in) & 1) {
+			err = mm_account_restore(st, acc, room, *nick ? nick : "x",
+				take(in) & 1 ? "pw" : NULL, id, (double)take(in), &d);
+		} else {
+			err = mm_delivery_failed(st, acc, room, &d);
+			(void)mm_take_dirty(st, 1 + (take(in) & 1), NULL, NULL);
+		}
+		break;
+	}
+	check_decision(err, &d);
+	check_state(st);
+}
+
+/* Everything leaves: every session goes, every room drops the account. */
+static void drain(mm_state *st)
+{
+	mm_decision d;
+	mm_presence p;
+	mm_stats s;
+	size_t a, r, i;
+	for (a = 0; a < 2; a++)
+		for (i = 0; i < 3; i++)
+			mm_session_gone(st, accounts[a], resources[i], &d);
+	memset(&p, 0, sizeof p);
+	p.type = MM_PRES_UNAVAILABLE;
+	p.status = MM_STATUS_110 | MM_STATUS_307;
+	for (a = 0; a < 2; a++)
+		for (r = 0; r < 3; r++)
+			mm_room_presence(st, accounts[a], rooms[r], "x", &p, &d);
+	mm_expire(st, 1e18, &d);
+	mm_take_dirty(st, 1, NULL, NULL);
+	mm_state_stats(st, &s);
+	if (s.accounts || s.memberships || s.sessions || s.occupants || s.payloads
+			|| s.payload_bytes || s.iqs)
+		fail("state not empty after everything left");
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	mm_limits lim;
+	mm_state *st;
+	struct input in = {data, size};
+	double now = 1000;
+	int steps = 0;
+
+	memset(&lim, 0, sizeof lim);
+	lim.max_rooms = 2;        /* small limits: the fuzzer hits them */
+	lim.max_sessions = 2;
+	lim.max_occupants = 3;
+	lim.max_pending = 2;
+	lim.max_iqs = 2;
+	lim.history_size = 3;
+	lim.history_default = 2;
+	lim.max_nick_bytes = 8;
+	st = mm_state_new(&lim);
+	if (st == NULL)
+		return 0;
+	while (in.n > 0 && steps++ < 400)
+		step(st, &in, &now);
+	drain(st);
+	mm_state_free(st);
+	return 0;
+}
