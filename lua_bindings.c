@@ -44,6 +44,7 @@ static const char *const op_names[] = {
 	[MM_OP_REFLECT_LEAVE] = "reflect_leave",
 	[MM_OP_CARBON] = "carbon",
 	[MM_OP_IQ_ERROR] = "iq_error",
+	[MM_OP_SEND_PING] = "send_ping",
 	[MM_OP_DROP] = "drop",
 };
 
@@ -465,6 +466,17 @@ static int l_expire(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+/* ping_due([host], now) */
+static int l_ping_due(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *host = luaL_optstring(L, 2, NULL);
+	double now = (double)luaL_checknumber(L, 3);
+	mm_decision d;
+	mm_err err = mm_ping_due(s, host, now, &d);
+	return push_result(L, err, &d);
+}
+
 static int l_rejoin_due(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -647,6 +659,7 @@ static const luaL_Reg state_methods[] = {
 	{"room_iq", l_room_iq},
 	{"expire", l_expire},
 	{"rejoin_due", l_rejoin_due},
+	{"ping_due", l_ping_due},
 	{"restore", l_restore},
 	{"take_dirty", l_take_dirty},
 	{"delivery_failed", l_delivery_failed},

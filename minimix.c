@@ -245,6 +245,7 @@ typedef struct mm_membership {
 	char *last_id;    /* the last room message seen */
 	double last_stamp;
 	int restoring;    /* joining again after a restart: skip what was seen */
+	int ping_pending; /* the module's own self-ping awaits an answer */
 } mm_membership;
 
 typedef struct mm_account {
@@ -709,12 +710,45 @@ static void iq_free(mm_iq *q)
 	free(q);
 }
 
+/*
+ * A new, unlinked IQ entry under a fresh module-owned id (the node's key),
+ * or NULL on allocation failure.  resource NULL: the module's own ping.
+ * The id carries a counter and a secret the room cannot guess; the answer
+ * must also come from the JID the IQ went to.
+ */
+static mm_node *iq_new(mm_state *s, const char *account, const char *room,
+		const char *nick, const char *resource, const char *orig_id,
+		const char *queryid, int self_ping, double now)
+{
+	char key[48];
+	mm_node *n = NULL;
+	mm_iq *q = calloc(1, sizeof *q);
+	if (q == NULL)
+		return NULL;
+	q->account = str_dup(account);
+	q->room = str_dup(room);
+	q->deadline = now + (double)s->limits.iq_timeout;
+	q->self_ping = self_ping;
+	s->iq_counter++;
+	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
+		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
+	if (q->account && q->room && dup_opt(resource, &q->resource)
+			&& dup_opt(orig_id, &q->orig_id) && dup_opt(nick, &q->nick)
+			&& dup_opt(queryid, &q->queryid) && map_ready(&s->iqs))
+		n = node_new(key, strlen(key), q);
+	if (n == NULL)
+		iq_free(q);
+	return n;
+}
+
 /* Forget IQ node n; its session's count goes down when it is still there. */
 static void iq_forget(mm_state *s, mm_node *n)
 {
 	mm_iq *q = n->value;
 	mm_membership *m = membership_get(s, q->account, q->room);
-	mm_session *ss = m ? session_find(m, q->resource) : NULL;
+	mm_session *ss = m && q->resource ? session_find(m, q->resource) : NULL;
+	if (m && q->resource == NULL)
+		m->ping_pending = 0;
 	if (ss && ss->niqs)
 		ss->niqs--;
 	map_unlink(&s->iqs, n);
@@ -734,7 +768,7 @@ static void iqs_forget(mm_state *s, const char *account, const char *room,
 			next = n->next;
 			if (strcmp(q->account, account) == 0
 					&& (room == NULL || strcmp(q->room, room) == 0)
-					&& (resource == NULL || strcmp(q->resource, resource) == 0))
+					&& (resource == NULL || str_eq(q->resource, resource)))
 				iq_forget(s, n);
 		}
 	}
@@ -1442,10 +1476,8 @@ mm_err mm_session_iq(mm_state *s, const char *account, const char *resource,
 {
 	mm_membership *m;
 	mm_session *ss;
-	mm_iq *q;
-	mm_node *n = NULL;
+	mm_node *n;
 	mm_action *a;
-	char key[48];
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -1456,31 +1488,17 @@ mm_err mm_session_iq(mm_state *s, const char *account, const char *resource,
 		return dec_finish(s, out, 0, ok);
 	if (ss->niqs >= s->limits.max_iqs)
 		return MM_EIQLIMIT;
-	q = calloc(1, sizeof *q);
-	if (q == NULL)
+	n = iq_new(s, account, room, nick, resource, id, queryid,
+		is_ping && nick != NULL && str_eq(nick, m->nick), now);
+	if (n == NULL)
 		return MM_ENOMEM;
-	q->account = str_dup(account);
-	q->room = str_dup(room);
-	q->resource = str_dup(resource);
-	q->orig_id = str_dup(id);
-	q->deadline = now + (double)s->limits.iq_timeout;
-	q->self_ping = is_ping && nick != NULL && str_eq(nick, m->nick);
-	/* a counter the room cannot guess into another account's answers: the
-	 * answer must also come from the room the IQ went to */
-	++s->iq_counter;
-	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
-		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
-	if (q->account && q->room && q->resource && q->orig_id
-			&& dup_opt(nick, &q->nick) && dup_opt(queryid, &q->queryid)
-			&& map_ready(&s->iqs))
-		n = node_new(key, strlen(key), q);
 	dec_room(s, room, &ok);
 	a = dec_push(s, MM_OP_SEND_AS_ACCOUNT, &ok);
 	if (a)
-		a->id = dec_str(s, key, &ok);
-	if (n == NULL || !ok) {
+		a->id = dec_str(s, n->key, &ok);
+	if (!ok) {
+		iq_free(n->value);
 		free(n);
-		iq_free(q);
 		return dec_finish(s, out, 0, 0);
 	}
 	map_link(&s->iqs, n);
@@ -2018,7 +2036,8 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		return dec_finish(s, out, 0, ok);
 	m = membership_get(s, account, room);
 	dec_room(s, room, &ok);
-	act_deliver(s, q->resource, q->orig_id, 0, &ok);
+	if (q->resource)
+		act_deliver(s, q->resource, q->orig_id, 0, &ok);
 	fell_out = q->self_ping && is_error && condition
 		&& strcmp(condition, "not-acceptable") == 0
 		&& m != NULL && m->state == MM_JOINED;
@@ -2059,8 +2078,8 @@ mm_err mm_expire(mm_state *s, double now, mm_decision *out)
 	MAP_EACH(&s->iqs, n) {
 		mm_iq *q = n->value;
 		mm_action *a;
-		if (q->deadline > now)
-			continue;
+		if (q->deadline > now || q->resource == NULL)
+			continue; /* the module's own pings expire silently */
 		dec_room(s, q->room, &ok);
 		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
 		if (a) {
@@ -2167,6 +2186,58 @@ size_t mm_take_dirty(mm_state *s, int level,
 		}
 	}
 	return c;
+}
+
+mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+{
+	int ok = 1;
+	size_t i;
+
+	dec_reset(s, out);
+	/* decide for every membership first; link the new IQs after */
+	MAP_EACH(&s->accounts, an) {
+		mm_account *a = an->value;
+		MAP_EACH(&a->rooms, rn) {
+			mm_membership *m = rn->value;
+			const char *at = strchr(m->room, '@');
+			mm_action *act;
+			mm_node *n;
+			if (m->state != MM_JOINED || m->ping_pending)
+				continue;
+			if (host && strcmp(at ? at + 1 : m->room, host) != 0)
+				continue;
+			n = iq_new(s, an->key, m->room, m->nick, NULL, NULL, NULL, 1, now);
+			if (n == NULL) {
+				ok = 0;
+				break;
+			}
+			dec_room(s, m->room, &ok);
+			act = dec_push(s, MM_OP_SEND_PING, &ok);
+			if (act) {
+				act->account = dec_str(s, an->key, &ok);
+				act->nick = dec_str(s, m->nick, &ok);
+				act->id = dec_str(s, n->key, &ok);
+			}
+			/* the membership points to nothing: link now, undo on failure */
+			map_link(&s->iqs, n);
+			m->ping_pending = 1;
+			if (!ok)
+				break;
+		}
+		if (!ok)
+			break;
+	}
+	if (!ok) {
+		/* take back every ping this call made */
+		for (i = 0; i < s->dec.n; i++) {
+			const mm_action *act = &s->dec.actions[i];
+			mm_node *n = act->id ? map_find(&s->iqs, act->id) : NULL;
+			if (act->op == MM_OP_SEND_PING && n)
+				iq_forget(s, n);
+		}
+		return dec_finish(s, out, 0, 0);
+	}
+	return dec_finish(s, out, 1, ok);
 }
 
 mm_err mm_delivery_failed(mm_state *s, const char *account, const char *room,

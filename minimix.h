@@ -153,6 +153,12 @@ typedef enum mm_op {
 	 * `room` (or room/`nick`) with `id`: its IQ was never answered.
 	 */
 	MM_OP_IQ_ERROR,
+	/*
+	 * The module's own XEP-0410 self-ping: send an IQ get with a ping child
+	 * from `account` to `room`/`nick` with `id`; the answer comes back
+	 * through mm_room_iq().
+	 */
+	MM_OP_SEND_PING,
 	/* Swallow the session's stanza: it must reach neither room nor peers. */
 	MM_OP_DROP
 } mm_op;
@@ -164,8 +170,9 @@ typedef enum mm_op {
 typedef struct mm_action {
 	mm_op op;
 	const char *room;        /* the room the action concerns; always set */
-	const char *account;     /* IQ_ERROR: the account (mm_expire spans many);
-	                          * NULL elsewhere: the event's account */
+	const char *account;     /* IQ_ERROR, SEND_PING: the account (those
+	                          * decisions span many); NULL elsewhere: the
+	                          * event's account */
 	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE,
 	                          * CARBON, IQ_ERROR) */
 	const char *nick;        /* occupant nick in the room (SEND_JOIN,
@@ -445,6 +452,17 @@ mm_err mm_room_message(mm_state *state, const char *account,
  */
 mm_err mm_room_iq(mm_state *state, const char *account, const char *room,
 		const char *nick, const char *id, int is_error, const char *condition,
+		mm_decision *out);
+
+/*
+ * Check that the account is still in its rooms (XEP-0410): SEND_PING to
+ * each joined membership whose room is on `host` (NULL: every room) and
+ * has no ping of the module's waiting.  Call it now and then, and when the
+ * server-to-server link to a host went down.  A ping answered
+ * not-acceptable makes the account join again (see mm_room_iq()); other
+ * answers, and no answer within iq_timeout, change nothing.
+ */
+mm_err mm_ping_due(mm_state *state, const char *host, double now,
 		mm_decision *out);
 
 /*

@@ -50,6 +50,10 @@ local limits = {
 -- themselves are written as soon as they change).
 local seen_interval = limit_option("minimix_seen_interval", 30);
 
+-- How often the account checks, by XEP-0410 self-ping, that it is still in
+-- each room (and 5 s after a server-to-server link to the room's host fell).
+local ping_interval = limit_option("minimix_ping_interval", 300);
+
 -- Memberships survive restarts here (any storage driver: internal, SQL).
 local store = module:open_store("minimix");
 
@@ -339,6 +343,10 @@ function perform(ctx, handled, actions, event, reason, text)
 				:tag("sent", { xmlns = xmlns_carbons })
 					:tag("forwarded", { xmlns = xmlns_forward })
 						:add_child(copy):up():up());
+		elseif op == "send_ping" then
+			module:send(st.iq({ type = "get", id = a.id, from = account,
+					to = occupant_jid(room, a.nick) })
+				:tag("ping", { xmlns = xmlns_ping }):up());
 		elseif op == "iq_error" then
 			to_session(account, a.resource, st.iq({ type = "error", id = a.id,
 					from = occupant_jid(room, a.nick) })
@@ -528,6 +536,23 @@ module:add_timer(5, function()
 	perform({}, core:expire(now()));
 	return 5;
 end);
+
+-- Is the account still in its rooms?  Rooms drop occupants whose traffic
+-- bounces, which a broken server-to-server link causes without a word to
+-- the account: ask after such a link went down, and now and then.
+module:add_timer(ping_interval, function()
+	perform({}, core:ping_due(nil, now()));
+	return ping_interval;
+end);
+
+local function link_down(remote)
+	if not remote then return; end
+	module:add_timer(5, function()
+		perform({}, core:ping_due(remote, now()));
+	end);
+end
+module:hook("s2sout-destroyed", function(event) link_down(event.session.to_host); end);
+module:hook("s2sin-destroyed", function(event) link_down(event.session.from_host); end);
 
 -- The last message seen per room: written now and then, and at shutdown.
 module:add_timer(seen_interval, function()

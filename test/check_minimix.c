@@ -119,6 +119,7 @@ static const char *op_name(mm_op op)
 	case MM_OP_REFLECT_LEAVE: return "REFLECT_LEAVE";
 	case MM_OP_CARBON: return "CARBON";
 	case MM_OP_IQ_ERROR: return "IQ_ERROR";
+	case MM_OP_SEND_PING: return "SEND_PING";
 	case MM_OP_DROP: return "DROP";
 	}
 	return "?";
@@ -5062,6 +5063,125 @@ static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
 	return tc;
 }
 
+/* ==== the module's own self-ping (XEP-0410) =============================== */
+
+/* One SEND_PING per joined membership, none while one waits. */
+START_TEST(test_ping_due_each_joined_room)
+{
+	const mm_action *a;
+	char id[64];
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM2, "bob");
+	join(ACC, R2, ROOM3, "alice", "j9", NULL); /* still joining: no ping */
+
+	ck_assert_int_eq(mm_ping_due(st, NULL, 100, &d), MM_OK);
+	expect_n(&d, 1, 2);
+	a = find_action(&d, MM_OP_SEND_PING, NULL);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_PING, NULL), 2);
+	for (size_t i = 0; i < d.n; i++) {
+		a = &d.actions[i];
+		ck_assert_ptr_nonnull(a->id);
+		ck_assert_int_eq(strncmp(a->id, "mmx-", 4), 0);
+		ck_assert_ptr_null(a->resource);
+		if (str_eq(a->account, ACC)) {
+			ck_assert_pstr_eq(a->room, ROOM);
+			ck_assert_pstr_eq(a->nick, "alice");
+			snprintf(id, sizeof id, "%s", a->id);
+		} else {
+			ck_assert_pstr_eq(a->account, ACC2);
+			ck_assert_pstr_eq(a->room, ROOM2);
+			ck_assert_pstr_eq(a->nick, "bob");
+		}
+	}
+	ck_assert_uint_eq(stats().iqs, 2);
+
+	/* a ping waits: no second one */
+	ck_assert_int_eq(mm_ping_due(st, NULL, 101, &d), MM_OK);
+	expect_n(&d, 1, 0);
+
+	/* the room answers: nobody gets it, and the next round pings again */
+	room_iq(ACC, ROOM, "alice", id, 0, NULL);
+	expect_n(&d, 1, 0);
+	ck_assert_uint_eq(stats().iqs, 1);
+	ck_assert_int_eq(mm_ping_due(st, NULL, 102, &d), MM_OK);
+	expect_n(&d, 1, 1);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SEND_PING, NULL)->room, ROOM);
+}
+END_TEST
+
+/* After a link to one host fell, only that host's rooms are asked. */
+START_TEST(test_ping_due_host_filter)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "lounge@muc.remote.example", "alice");
+	ck_assert_int_eq(mm_ping_due(st, "muc.remote.example", 100, &d), MM_OK);
+	expect_n(&d, 1, 1);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SEND_PING, NULL)->room,
+			"lounge@muc.remote.example");
+	ck_assert_int_eq(mm_ping_due(st, "nowhere.example", 100, &d), MM_OK);
+	expect_n(&d, 1, 0);
+}
+END_TEST
+
+/* not-acceptable: the account fell out; every session learns it (333) and
+ * the account joins again, asking for what it missed. */
+START_TEST(test_ping_fell_out_rejoins)
+{
+	char id[64];
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "h1", P_BODY);
+	ck_assert_int_eq(mm_ping_due(st, NULL, 100, &d), MM_OK);
+	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+
+	/* an answer from another occupant is not the room's answer */
+	room_iq(ACC, ROOM, "bob", id, 1, "not-acceptable");
+	expect_not_handled(&d);
+
+	room_iq(ACC, ROOM, "alice", id, 1, "not-acceptable");
+	expect_n(&d, 1, 3);
+	ck_assert_uint_eq(count_op(&d, MM_OP_DELIVER, NULL), 0);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REFLECT_LEAVE, R1)->add_codes
+			& MM_CODE_333, MM_CODE_333);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_REFLECT_LEAVE, R2)->add_codes
+			& MM_CODE_333, MM_CODE_333);
+	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert(a->since > 0);
+	ck_assert_pstr_eq(d.event, "rejoining");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_uint_eq(stats().iqs, 0);
+}
+END_TEST
+
+/* Other errors, and silence, change nothing; silence expires quietly. */
+START_TEST(test_ping_other_answers_and_expiry)
+{
+	char id[64];
+
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_int_eq(mm_ping_due(st, NULL, 100, &d), MM_OK);
+	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+	room_iq(ACC, ROOM, "alice", id, 1, "remote-server-not-found");
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+
+	ck_assert_int_eq(mm_ping_due(st, NULL, 200, &d), MM_OK);
+	expect_n(&d, 1, 1);
+	ck_assert_int_eq(mm_expire(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
+	expect_n(&d, 1, 0); /* no session asked: nobody hears of it */
+	ck_assert_uint_eq(stats().iqs, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	/* and the next round may ping again */
+	ck_assert_int_eq(mm_ping_due(st, NULL, 300, &d), MM_OK);
+	expect_n(&d, 1, 1);
+}
+END_TEST
+
 static Suite *minimix_suite(void)
 {
 	Suite *s = suite_create("minimix");
@@ -5160,6 +5280,12 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "carbons", setup_default);
 	tcase_add_test(tc, test_carbons_private_message);
 	tcase_add_test(tc, test_carbons_not_while_joining);
+
+	tc = tcase(s, "ping", setup_default);
+	tcase_add_test(tc, test_ping_due_each_joined_room);
+	tcase_add_test(tc, test_ping_due_host_filter);
+	tcase_add_test(tc, test_ping_fell_out_rejoins);
+	tcase_add_test(tc, test_ping_other_answers_and_expiry);
 
 	tc = tcase(s, "iq", setup_default);
 	tcase_add_test(tc, test_iq_module_id_and_answer);
