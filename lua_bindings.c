@@ -680,8 +680,21 @@ static const luaL_Reg state_meta[] = {
 	{NULL, NULL}
 };
 
+/* normalize_jid(jid) -> jid | nil, token, condition, type, text */
+static int l_normalize_jid(lua_State *L)
+{
+	const char *jid = luaL_checkstring(L, 1);
+	char out[3 * 1024 + 3];
+	mm_err err = mm_jid_normalize(jid, out, sizeof out);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushstring(L, out);
+	return 1;
+}
+
 static const luaL_Reg module_funcs[] = {
 	{"new", l_new},
+	{"normalize_jid", l_normalize_jid},
 	{NULL, NULL}
 };
 

@@ -22,6 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <idn2.h>
+
 /* ---- string map ---------------------------------------------------------
  * Chained hash map with string keys it owns.  Nodes never move, so a node
  * pointer is a stable handle (the payload pool relies on that).  Insertion is
@@ -2124,6 +2126,147 @@ mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, 1, ok);
 }
 
+/* ---- JIDs ----------------------------------------------------------------- */
+
+#define JID_PART_MAX 1023
+
+/* Well-formed UTF-8 of 1..JID_PART_MAX bytes, without control characters. */
+static int part_ok(const char *p, size_t len)
+{
+	size_t i = 0, n, k;
+	if (len == 0 || len > JID_PART_MAX)
+		return 0;
+	while (i < len) {
+		unsigned char c = (unsigned char)p[i];
+		if (c < 0x20 || c == 0x7f)
+			return 0;
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3;
+		else
+			return 0;
+		if (len - i <= n)
+			return 0; /* truncated sequence */
+		for (k = 1; k <= n; k++)
+			if (((unsigned char)p[i + k] & 0xc0) != 0x80)
+				return 0;
+		i += n + 1;
+	}
+	return 1;
+}
+
+static int is_ip_literal(const char *d, size_t len)
+{
+	size_t i, dots = 0;
+	if (len >= 2 && d[0] == '[' && d[len - 1] == ']')
+		return 1;
+	for (i = 0; i < len; i++) {
+		if (d[i] == '.')
+			dots++;
+		else if (d[i] < '0' || d[i] > '9')
+			return 0;
+	}
+	return dots == 3;
+}
+
+mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize)
+{
+	const char *slash, *at, *dom, *dom_end;
+	char *domain = NULL, *ascii = NULL, *uni = NULL, *res = NULL;
+	size_t nodelen = 0, domlen, reslen = 0, need, i;
+	mm_err err = MM_EINVAL;
+
+	if (jid == NULL || out == NULL)
+		return MM_EINVAL;
+	slash = strchr(jid, '/');
+	at = memchr(jid, '@', slash ? (size_t)(slash - jid) : strlen(jid));
+	dom = at ? at + 1 : jid;
+	dom_end = slash ? slash : jid + strlen(jid);
+	if (at) {
+		nodelen = (size_t)(at - jid);
+		if (!part_ok(jid, nodelen))
+			return MM_EINVAL;
+		for (i = 0; i < nodelen; i++)
+			if (strchr("\"&'/:<>@ ", jid[i]))
+				return MM_EINVAL; /* RFC 7622 3.3.1 */
+	}
+	if (slash) {
+		reslen = strlen(slash + 1);
+		if (!part_ok(slash + 1, reslen))
+			return MM_EINVAL;
+	}
+	domlen = (size_t)(dom_end - dom);
+	if (domlen > 0 && dom[domlen - 1] == '.')
+		domlen--;
+	if (!part_ok(dom, domlen))
+		return MM_EINVAL;
+	domain = malloc(domlen + 1);
+	if (domain == NULL)
+		return MM_ENOMEM;
+	memcpy(domain, dom, domlen);
+	domain[domlen] = '\0';
+	if (is_ip_literal(domain, domlen)) {
+		for (i = 0; i < domlen; i++)
+			if (domain[i] >= 'A' && domain[i] <= 'Z')
+				domain[i] = (char)(domain[i] - 'A' + 'a');
+		res = domain;
+		domain = NULL;
+	} else {
+		/* ASCII in a domain: letters, digits, hyphens, dots (and the
+		 * underscores some hosts carry); libidn2 would drop or map others */
+		for (i = 0; i < domlen; i++) {
+			unsigned char c = (unsigned char)domain[i];
+			if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+					|| (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+				goto done;
+		}
+		if (idn2_lookup_u8((const uint8_t *)domain, (uint8_t **)&ascii,
+				IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL
+				| IDN2_USE_STD3_ASCII_RULES) != IDN2_OK)
+			goto done;
+		if (idn2_to_unicode_8z8z(ascii, &uni, 0) != IDN2_OK)
+			goto done;
+		res = uni;
+		uni = NULL;
+	}
+	if (!part_ok(res, strlen(res)))
+		goto done;
+	need = nodelen + (at ? 1 : 0) + strlen(res) + (slash ? 1 + reslen : 0) + 1;
+	if (need > outsize) {
+		err = MM_ENOMEM;
+		goto done;
+	}
+	/* write: node (lower-cased ASCII), domain, resource as given */
+	for (i = 0; i < nodelen; i++) {
+		char c = jid[i];
+		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+	}
+	if (at)
+		out[nodelen++] = '@';
+	memcpy(out + nodelen, res, strlen(res));
+	nodelen += strlen(res);
+	if (slash) {
+		out[nodelen++] = '/';
+		memcpy(out + nodelen, slash + 1, reslen);
+		nodelen += reslen;
+	}
+	out[nodelen] = '\0';
+	err = MM_OK;
+done:
+	free(domain);
+	idn2_free(ascii);
+	idn2_free(uni);
+	free(res); /* from malloc, or from libidn2, which allocates with malloc */
+	return err;
+}
+
 mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *password, const char *last_id,
 		double last_stamp, mm_decision *out)
@@ -2133,12 +2276,20 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	mm_action *a;
 	mm_err err;
 	char *id = NULL;
+	char norm[3 * (JID_PART_MAX + 1)];
 	int ok = 1;
 
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(room) || !nonempty(nick)
 			|| strlen(nick) > s->limits.max_nick_bytes)
 		return MM_EINVAL;
+	/* stored data did not pass the router: one spelling per room */
+	err = mm_jid_normalize(room, norm, sizeof norm);
+	if (err != MM_OK)
+		return err;
+	if (strchr(norm, '/') || !strchr(norm, '@'))
+		return MM_EINVAL; /* a room is node@domain */
+	room = norm;
 	if (membership_get(s, account, room) != NULL)
 		return dec_finish(s, out, 0, ok); /* never join twice */
 	if (!dup_opt(last_id, &id))

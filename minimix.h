@@ -488,10 +488,29 @@ mm_err mm_rejoin_due(mm_state *state, const char *account, const char *room,
 mm_err mm_delivery_failed(mm_state *state, const char *account,
 		const char *room, mm_decision *out);
 
+/* ---- JIDs ----------------------------------------------------------------- */
+
+/*
+ * Normalise a JID that did not pass Prosody's router (bookmark items,
+ * ad-hoc command input, stored data), so that one room under two spellings
+ * is one membership.  The domain goes through IDNA2008 with UTS #46
+ * non-transitional mapping (libidn2), must then be letters, digits,
+ * hyphens and underscores in its ASCII form, and comes out as lower-case
+ * Unicode, as Prosody's nameprep gives it for the same name; a trailing
+ * dot goes;
+ * IP literals stay.  The localpart is lower-cased (ASCII) and refused when
+ * it holds a character RFC 7622 forbids there; each part is 1 to 1023
+ * bytes of UTF-8.  Writes the result, NUL-terminated, to out (outsize
+ * bytes).  Errors: MM_EINVAL (malformed: answer jid-malformed), MM_ENOMEM
+ * (also when out is too small).  out is untouched on error.
+ */
+mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize);
+
 /* ---- persistence --------------------------------------------------------- */
 
 /*
- * Bring back a membership stored before a restart: the account joins the
+ * Bring back a membership stored before a restart (the room JID is
+ * normalised with mm_jid_normalize() first): the account joins the
  * room again with no session attached (SEND_JOIN with `since` = last_stamp
  * when known, so the room sends what was said meanwhile), as an automatic
  * re-join (transient failures are retried; refusals end it with an EVENT

@@ -22,12 +22,15 @@ description = {
 dependencies = {
 	"lua >= 5.4, < 5.5",
 }
+external_dependencies = {
+	IDN2 = { header = "idn2.h", library = "idn2" },
+}
 build = {
 	type = "builtin",
 	modules = {
 		minimix = {
 			sources = { "minimix.c", "lua_bindings.c" },
-			defines = {},
+			libraries = { "idn2" },
 		},
 		mod_minimix = "mod_minimix.lua",
 	},

@@ -5182,6 +5182,67 @@ START_TEST(test_ping_other_answers_and_expiry)
 }
 END_TEST
 
+/* ==== JID normalisation ==================================================== */
+
+static const char *norm(const char *in)
+{
+	static char buf[3200];
+	mm_err e = mm_jid_normalize(in, buf, sizeof buf);
+	return e == MM_OK ? buf : NULL;
+}
+
+START_TEST(test_jid_normalize_spellings)
+{
+	/* one room, several spellings */
+	ck_assert_pstr_eq(norm("Room@Conference.Example.ORG"), "room@conference.example.org");
+	ck_assert_pstr_eq(norm("room@conference.example.org."), "room@conference.example.org");
+	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@b\xc3\xbc" "cher.example");
+	ck_assert_pstr_eq(norm("room@B\xc3\x9c" "CHER.example"), "room@b\xc3\xbc" "cher.example");
+	/* resources are kept as they are */
+	ck_assert_pstr_eq(norm("room@muc.example/Nick Name"), "room@muc.example/Nick Name");
+	ck_assert_pstr_eq(norm("muc.example"), "muc.example");
+	ck_assert_pstr_eq(norm("user@127.0.0.1"), "user@127.0.0.1");
+	ck_assert_pstr_eq(norm("user@[::1]"), "user@[::1]");
+}
+END_TEST
+
+START_TEST(test_jid_normalize_malformed)
+{
+	char big[1100], small[8];
+	ck_assert_ptr_null(norm(""));
+	ck_assert_ptr_null(norm("@muc.example"));
+	ck_assert_ptr_null(norm("room@"));
+	ck_assert_ptr_null(norm("room@muc.example/"));
+	ck_assert_ptr_null(norm("ro\"om@muc.example"));
+	ck_assert_ptr_null(norm("ro<om@muc.example"));
+	ck_assert_ptr_null(norm("room@mu c.example"));
+	ck_assert_ptr_null(norm("room@muc\x01.example"));
+	ck_assert_ptr_null(norm("room@\xc3(.example")); /* broken UTF-8 */
+	memset(big, 'a', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	big[1030] = '@';
+	ck_assert_ptr_null(norm(big)); /* localpart over 1023 bytes */
+	ck_assert_int_eq(mm_jid_normalize("room@muc.example", small, sizeof small), MM_ENOMEM);
+	ck_assert_int_eq(mm_jid_normalize(NULL, small, sizeof small), MM_EINVAL);
+}
+END_TEST
+
+/* Stored data under another spelling restores the same membership. */
+START_TEST(test_restore_normalises_room)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_int_eq(mm_account_restore(st, ACC, "Room@Conference.Example.Org.",
+			"alice", NULL, NULL, 0, &d), MM_OK);
+	expect_not_handled(&d);
+	ck_assert_uint_eq(stats().memberships, 1);
+	ck_assert_int_eq(mm_account_restore(st, ACC, "bad room@x", "alice", NULL,
+			NULL, 0, &d), MM_EINVAL);
+	ck_assert_int_eq(mm_account_restore(st, ACC, "room@x/nick", "alice", NULL,
+			NULL, 0, &d), MM_EINVAL);
+	ck_assert_uint_eq(stats().memberships, 1);
+}
+END_TEST
+
 static Suite *minimix_suite(void)
 {
 	Suite *s = suite_create("minimix");
@@ -5280,6 +5341,11 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "carbons", setup_default);
 	tcase_add_test(tc, test_carbons_private_message);
 	tcase_add_test(tc, test_carbons_not_while_joining);
+
+	tc = tcase(s, "jid", setup_default);
+	tcase_add_test(tc, test_jid_normalize_spellings);
+	tcase_add_test(tc, test_jid_normalize_malformed);
+	tcase_add_test(tc, test_restore_normalises_room);
 
 	tc = tcase(s, "ping", setup_default);
 	tcase_add_test(tc, test_ping_due_each_joined_room);
