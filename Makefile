@@ -17,8 +17,8 @@ WARN = -std=c99 -Wall -Wextra -pedantic -Wshadow -Wformat=2 -Wmissing-prototypes
 PIC = -fPIC -fvisibility=hidden
 
 PREFIX ?= /usr/local
-# Debian's Prosody looks for plugins in /usr/lib/prosody/modules; an operator
-# points plugin_paths at INST_LUADIR for anything else (see README).
+# Debian's Prosody looks for plugins in /usr/lib/prosody/modules (PREFIX=/usr);
+# an operator points plugin_paths at INST_LUADIR for anything else (README).
 INST_LUADIR ?= $(PREFIX)/lib/prosody/modules
 INST_LIBDIR ?= $(INST_LUADIR)
 
