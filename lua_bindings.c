@@ -37,6 +37,7 @@ static mm_state *check_state(lua_State *L)
 static const char *const op_names[] = {
 	[MM_OP_SEND_JOIN] = "send_join",
 	[MM_OP_SEND_AS_ACCOUNT] = "send_as_account",
+	[MM_OP_SEND_LEAVE] = "send_leave",
 	[MM_OP_SEND_PRESENCE] = "send_presence",
 	[MM_OP_REJOIN_LATER] = "rejoin_later",
 	[MM_OP_DELIVER] = "deliver",
@@ -487,6 +488,16 @@ static int l_rejoin_due(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+static int l_account_leave(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	mm_decision d;
+	mm_err err = mm_account_leave(s, account, room, &d);
+	return push_result(L, err, &d);
+}
+
 /* restore(account, room, nick [, password, last_id, last_stamp]) */
 static int l_restore(lua_State *L)
 {
@@ -661,6 +672,7 @@ static const luaL_Reg state_methods[] = {
 	{"rejoin_due", l_rejoin_due},
 	{"ping_due", l_ping_due},
 	{"restore", l_restore},
+	{"account_leave", l_account_leave},
 	{"take_dirty", l_take_dirty},
 	{"delivery_failed", l_delivery_failed},
 	{"member", l_member},

@@ -2319,6 +2319,49 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, 1, ok);
 }
 
+mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
+		mm_decision *out)
+{
+	mm_membership *m;
+	mm_action *act;
+	size_t i;
+	int ok = 1;
+
+	dec_reset(s, out);
+	if (!nonempty(account) || !nonempty(room))
+		return MM_EINVAL;
+	m = membership_get(s, account, room);
+	if (m == NULL)
+		return dec_finish(s, out, 0, ok);
+	dec_room(s, room, &ok);
+	if (m->state == MM_LEAVING)
+		return dec_finish(s, out, 1, ok);
+	for (i = 0; i < m->nsessions; i++) {
+		if (m->sessions[i].leaving)
+			continue;
+		act = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
+		if (act) {
+			act->resource = dec_str(s, m->sessions[i].resource, &ok);
+			act->nick = dec_str(s, m->nick, &ok);
+			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
+		}
+	}
+	if (m->rejoin_wait)
+		return membership_end(s, account, m, out, ok, "left", NULL);
+	act = dec_push(s, MM_OP_SEND_LEAVE, &ok);
+	if (act)
+		act->nick = dec_str(s, m->nick, &ok);
+	if (!ok)
+		return dec_finish(s, out, 0, ok);
+	/* commit: nobody waits for the room's answer but the account */
+	for (i = m->nsessions; i-- > 0;)
+		session_detach(s, account, m, &m->sessions[i]);
+	m->state = MM_LEAVING;
+	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
+	mark_dirty(s, account, 2); /* no longer persistent */
+	return dec_finish(s, out, 1, ok);
+}
+
 size_t mm_take_dirty(mm_state *s, int level,
 		void (*fn)(const char *account, void *ud), void *ud)
 {

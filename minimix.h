@@ -112,6 +112,11 @@ typedef enum mm_op {
 	 */
 	MM_OP_SEND_AS_ACCOUNT,
 	/*
+	 * Make the account leave `room`: route an unavailable presence from the
+	 * bare JID to room/`nick` (no session asked: bookmarks, commands).
+	 */
+	MM_OP_SEND_LEAVE,
+	/*
 	 * Route the cached presence `payload` (a session's last presence to the
 	 * room, serialized without to/from) from the account's bare JID to
 	 * `room`/`nick`: the room's view of the account changed to it.
@@ -521,6 +526,16 @@ mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize);
 mm_err mm_account_restore(mm_state *state, const char *account,
 		const char *room, const char *nick, const char *password,
 		const char *last_id, double last_stamp, mm_decision *out);
+
+/*
+ * The account itself leaves the room (a bookmark said so, or a command):
+ * every session in the membership gets REFLECT_LEAVE, then SEND_LEAVE; the
+ * room's answer ends the membership (event "left").  When the account is
+ * out already (waiting to join again), the membership ends at once.  Not
+ * handled without a membership; nothing more while it is leaving.
+ */
+mm_err mm_account_leave(mm_state *state, const char *account,
+		const char *room, mm_decision *out);
 
 /*
  * Visit the accounts whose persistent memberships changed since the last

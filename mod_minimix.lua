@@ -21,6 +21,8 @@ local xmlns_ping = "urn:xmpp:ping";
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_delay = "urn:xmpp:delay";
+local xmlns_bookmarks = "urn:xmpp:bookmarks:1";
+local xmlns_pubsub = "http://jabber.org/protocol/pubsub";
 local xmlns_sid = "urn:xmpp:sid:0";
 
 -- Configuration: every limit bounds memory; see README.markdown.
@@ -49,6 +51,9 @@ local limits = {
 -- How often the last message seen per room is written (memberships
 -- themselves are written as soon as they change).
 local seen_interval = limit_option("minimix_seen_interval", 30);
+
+-- XEP-0402 bookmarks with autojoin are the account's memberships.
+local use_bookmarks = module:get_option_boolean("minimix_bookmarks", true);
 
 -- How often the account checks, by XEP-0410 self-ping, that it is still in
 -- each room (and 5 s after a server-to-server link to the room's host fell).
@@ -248,6 +253,8 @@ local function membership_changed()
 	end);
 end
 
+local bookmark_follows; -- defined with the bookmarks below
+
 local event_log = {
 	joined = "%s is in %s";
 	left = "%s left %s";
@@ -278,6 +285,9 @@ function perform(ctx, handled, actions, event, reason, text)
 			module:log("info", event_log[event], ctx.account, ctx.room);
 		end
 		membership_changed();
+		if (event == "left" or event == "removed") and bookmark_follows then
+			bookmark_follows(ctx.account, ctx.room);
+		end
 	end
 	if not handled then return nil; end
 	if not actions then return true; end
@@ -318,6 +328,8 @@ function perform(ctx, handled, actions, event, reason, text)
 			module:log("debug", "%s joins %s as %s", account, room, a.nick);
 		elseif op == "send_as_account" then
 			as_account(stanza, account, a.id);
+		elseif op == "send_leave" then
+			module:send(st.presence({ from = account, to = room .. "/" .. a.nick, type = "unavailable" }));
 		elseif op == "send_presence" then
 			local pres = xml_parse(a.payload);
 			if pres then
@@ -569,10 +581,11 @@ module:hook_global("stats-update", function()
 	metric_state:with_labels("iqs"):set(stats.iqs);
 end);
 
+local restore_all;
 -- After a restart the accounts join their rooms again, as soon as the
 -- server runs (timers start with the main loop, after every host loaded).
 -- A reload keeps the memberships and sends nothing.
-local function restore_all()
+function restore_all()
 	if reloaded then return; end
 	local users = store.users and store:users();
 	if not users then
@@ -594,7 +607,190 @@ local function restore_all()
 		module:log("info", "Joining %d stored memberships again", restored);
 	end
 end
-module:add_timer(0, restore_all);
+
+-- Bookmarks (XEP-0402) ----------------------------------------------------------
+-- A conference bookmark with autojoin makes the account join (nick from the
+-- bookmark, else the localpart; password from the bookmark), even with no
+-- session online; retracting it, or autojoin false, makes the account leave.
+-- The other way round, when the account leaves a room or is removed, the
+-- bookmark's autojoin is turned off, so that no client joins it again.
+
+local mod_pep = use_bookmarks and module:depends("pep");
+
+local function bookmark_fields(item)
+	local conference = item and item:get_child("conference", xmlns_bookmarks);
+	if not conference then return false; end
+	local autojoin = conference.attr.autojoin == "true" or conference.attr.autojoin == "1";
+	return autojoin, conference:get_child_text("nick"), conference:get_child_text("password");
+end
+
+local function bookmark_changed(username, room_jid, item)
+	local account = username .. "@" .. module.host;
+	local room = minimix.normalize_jid(room_jid or "");
+	if not room or room:find("/", 1, true) then
+		module:log("debug", "Ignoring a bookmark of %s for %q: not a room JID", account, room_jid);
+		return;
+	end
+	local autojoin, nick, password = bookmark_fields(item);
+	local ctx = { account = account, room = room };
+	if autojoin then
+		perform(ctx, core:restore(account, room, nick or username, password));
+	else
+		perform(ctx, core:account_leave(account, room));
+	end
+end
+
+if use_bookmarks then
+	local listeners = {};
+	module:handle_items("pep-service", function(event)
+		local service, username = event.item.service, jid_split(event.item.jid);
+		local function published(e) bookmark_changed(username, e.id, e.item); end
+		local function retracted(e)
+			if e.node == xmlns_bookmarks then bookmark_changed(username, e.id, nil); end
+		end
+		service.events.add_handler("item-published/" .. xmlns_bookmarks, published);
+		service.events.add_handler("item-retracted", retracted);
+		listeners[service] = { published, retracted };
+	end, function(event)
+		local service = event.item.service;
+		local l = listeners[service];
+		if l then
+			service.events.remove_handler("item-published/" .. xmlns_bookmarks, l[1]);
+			service.events.remove_handler("item-retracted", l[2]);
+			listeners[service] = nil;
+		end
+	end, true);
+
+	function bookmark_follows(account, room)
+		local username = jid_split(account);
+		local service = mod_pep.get_pep_service(username);
+		local ok, items = service:get_items(xmlns_bookmarks, true, room);
+		local item = ok and items and items[room];
+		if not item or not bookmark_fields(item) then return; end
+		item = st.clone(item);
+		item:get_child("conference", xmlns_bookmarks).attr.autojoin = "false";
+		local published, err = service:publish(xmlns_bookmarks, true, room, item);
+		if not published then
+			module:log("warn", "Could not turn off autojoin of %s's bookmark for %s: %s",
+				account, room, err);
+		end
+	end
+end
+
+-- At start: stored memberships first, then bookmarks with autojoin (the
+-- core never joins a room twice).
+local function reconcile_bookmarks()
+	if not use_bookmarks or reloaded then return; end
+	local archive = module:open_store("pep_" .. xmlns_bookmarks, "archive");
+	local users = archive.users and archive:users();
+	if not users then return; end
+	for username in users do
+		local service = mod_pep.get_pep_service(username);
+		local ok, items = service:get_items(xmlns_bookmarks, true);
+		if ok and items then
+			for _, id in ipairs(items) do
+				local item = items[id];
+				if bookmark_fields(item) then bookmark_changed(username, id, item); end
+			end
+		end
+	end
+end
+
+module:add_timer(0, function()
+	restore_all();
+	reconcile_bookmarks();
+end);
+
+-- Account-level control (XEP-0050 ad-hoc commands) --------------------------------
+-- Each command acts on the account of whoever runs it: its own sessions only.
+
+local adhoc_new = module:require("adhoc").new;
+local dataforms = require "util.dataforms";
+module:depends("adhoc");
+
+local function memberships_text(account)
+	local lines = {};
+	for _, m in ipairs(core:memberships(account)) do
+		lines[#lines+1] = ("%s as %s (%s): %d session(s) joined, %d message(s) held for catch-up")
+			:format(m.room, m.nick, m.state, m.sessions, m.history);
+	end
+	table.sort(lines);
+	if #lines == 0 then return "The account is in no rooms."; end
+	return table.concat(lines, "\n");
+end
+
+local function command_account(data)
+	local username, host = jid_split(data.from);
+	return username .. "@" .. host;
+end
+
+local function leave_rooms(account, rooms)
+	local left = 0;
+	for _, room in ipairs(rooms) do
+		if perform({ account = account, room = room }, core:account_leave(account, room)) then
+			left = left + 1;
+		end
+	end
+	return left;
+end
+
+local leave_form = dataforms.new({
+	title = "Leave a group chat";
+	{ name = "FORM_TYPE", type = "hidden", value = "urn:xmpp:minimix:leave" };
+	{ name = "room", type = "list-single", label = "Room", required = true };
+});
+
+module:provides("adhoc", adhoc_new("Group chats: list", "urn:xmpp:minimix#list",
+	function(_, data)
+		return { status = "completed", info = memberships_text(command_account(data)) };
+	end, "local_user"));
+
+module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#leave",
+	function(_, data, state)
+		local account = command_account(data);
+		if data.action == "cancel" then return { status = "canceled" }; end
+		if not state then
+			local rooms = {};
+			for _, m in ipairs(core:memberships(account)) do rooms[#rooms+1] = m.room; end
+			table.sort(rooms);
+			if #rooms == 0 then return { status = "completed", info = "The account is in no rooms." }; end
+			return { status = "executing", actions = { "complete" }, form = { layout = leave_form,
+				values = { room = rooms } } }, "leave";
+		end
+		local fields, err = leave_form:data(data.form);
+		if err or not fields.room then
+			return { status = "completed", error = { message = "Choose a room to leave." } };
+		end
+		if leave_rooms(account, { fields.room }) == 0 then
+			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
+		end
+		return { status = "completed", info = "Left " .. fields.room };
+	end, "local_user"));
+
+module:provides("adhoc", adhoc_new("Group chats: leave all", "urn:xmpp:minimix#leave-all",
+	function(_, data)
+		local account = command_account(data);
+		local rooms = {};
+		for _, m in ipairs(core:memberships(account)) do rooms[#rooms+1] = m.room; end
+		local left = leave_rooms(account, rooms);
+		return { status = "completed", info = ("Left %d room(s)"):format(left) };
+	end, "local_user"));
+
+-- For operators, from Prosody's admin shell (prosodyctl shell):
+--   > hosts["example.com"].modules.minimix.memberships("user@example.com")
+--   > hosts["example.com"].modules.minimix.leave("user@example.com", "room@muc.example.com")
+function memberships(account) -- luacheck: ignore 131
+	return memberships_text(account);
+end
+
+function leave(account, room) -- luacheck: ignore 131
+	local norm = minimix.normalize_jid(room);
+	if not norm then return "Not a room JID: " .. tostring(room); end
+	if leave_rooms(account, { norm }) == 0 then
+		return account .. " is not in " .. norm;
+	end
+	return account .. " leaves " .. norm;
+end
 
 -- Sessions come and go ----------------------------------------------------------
 

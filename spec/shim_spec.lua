@@ -18,6 +18,33 @@ local function load_shim(options)
 		return v;
 	end
 	function module:get_host_type() return "local"; end
+	function module:get_option_boolean(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return v;
+	end
+	env.pep = { services = {} };
+	function env.pep.get_pep_service(username)
+		return env.pep.services[username];
+	end
+	function module:depends(name)
+		if name == "pep" then return env.pep; end
+		return {};
+	end
+	function module:require(name)
+		assert(name == "adhoc");
+		return { new = function(title, node, handler, permission)
+			return { name = title, node = node, handler = handler, permission = permission };
+		end };
+	end
+	env.provided = {};
+	function module:provides(kind, item)
+		env.provided[#env.provided+1] = { kind = kind, item = item };
+	end
+	function module:handle_items(kind, added, removed)
+		env.item_handlers = env.item_handlers or {};
+		env.item_handlers[kind] = { added = added, removed = removed };
+	end
 	function module:log(level, fmt, ...)
 		env.logs[#env.logs+1] = { level, fmt:format(...) };
 	end
@@ -238,6 +265,87 @@ describe("mod_minimix shim", function()
 		assert.equal(2, #env.sent);
 		assert.equal("chat", env.sent[2]:get_child_text("show"));
 		assert.equal("s3", env.sent[2].attr.id);
+	end);
+
+	describe("bookmarks", function()
+		local service;
+		local function bookmark(autojoin, nick)
+			local item = st.stanza("item", { xmlns = "http://jabber.org/protocol/pubsub", id = "room@muc.example" })
+				:tag("conference", { xmlns = "urn:xmpp:bookmarks:1", autojoin = autojoin, name = "Room" });
+			if nick then item:text_tag("nick", nick); end
+			return item:up();
+		end
+		before_each(function()
+			local events = require "util.events".new();
+			service = { events = events, published = {} };
+			service.stored = {};
+			function service:get_items(node, _, id)
+				local item = self.stored[id];
+				return true, item and { [id] = item } or {};
+			end
+			function service:publish(node, actor, id, item)
+				self.published[#self.published+1] = { node = node, id = id, item = st.clone(item) };
+				self.stored[id] = item;
+				return true;
+			end
+			env.pep.services.alice = service;
+			env.item_handlers["pep-service"].added({ item = { service = service, jid = "alice@localhost" } });
+		end);
+
+		it("joins the account, with no session, for an autojoin bookmark", function()
+			local item = bookmark("true", "Ally");
+			service.stored["room@muc.example"] = item;
+			service.events.fire_event("item-published/urn:xmpp:bookmarks:1",
+				{ node = "urn:xmpp:bookmarks:1", id = "room@muc.example", item = item });
+			assert.equal(1, #env.sent);
+			assert.equal("alice@localhost", env.sent[1].attr.from);
+			assert.equal("room@muc.example/Ally", env.sent[1].attr.to);
+			assert.truthy(env.sent[1]:get_child("x", MUC));
+		end);
+
+		it("leaves when the bookmark is retracted, and turns autojoin off when removed", function()
+			local item = bookmark("true");
+			service.stored["room@muc.example"] = item;
+			service.events.fire_event("item-published/urn:xmpp:bookmarks:1",
+				{ node = "urn:xmpp:bookmarks:1", id = "room@muc.example", item = item });
+			assert.equal("room@muc.example/alice", env.sent[1].attr.to, "the localpart as nick");
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- kicked: the bookmark follows
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 307 }, { type = "unavailable" }));
+			assert.equal(1, #service.published);
+			assert.equal("false", service.published[1].item:get_child("conference", "urn:xmpp:bookmarks:1").attr.autojoin);
+			assert.equal("Room", service.published[1].item:get_child("conference", "urn:xmpp:bookmarks:1").attr.name);
+
+			-- join again by bookmark, then retract: the account leaves
+			service.stored["room@muc.example"] = bookmark("true");
+			service.events.fire_event("item-published/urn:xmpp:bookmarks:1",
+				{ node = "urn:xmpp:bookmarks:1", id = "room@muc.example", item = service.stored["room@muc.example"] });
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			env.sent = {};
+			service.events.fire_event("item-retracted", { node = "urn:xmpp:bookmarks:1", id = "room@muc.example" });
+			assert.equal(1, #env.sent);
+			assert.equal("unavailable", env.sent[1].attr.type);
+			assert.equal("alice@localhost", env.sent[1].attr.from);
+		end);
+
+		it("lists and leaves rooms by ad-hoc command, for the caller's account only", function()
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			local list, leave_all;
+			for _, p in ipairs(env.provided) do
+				if p.item.node == "urn:xmpp:minimix#list" then list = p.item; end
+				if p.item.node == "urn:xmpp:minimix#leave-all" then leave_all = p.item; end
+			end
+			local bob = list.handler(list, { from = "bob@localhost/x" });
+			assert.equal("The account is in no rooms.", bob.info);
+			local mine = list.handler(list, { from = "alice@localhost/phone" });
+			assert.matches("room@muc.example as alice %(joined%): 1 session", mine.info);
+			env.sent, P.got = {}, {};
+			local done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
+			assert.equal("Left 1 room(s)", done.info);
+			assert.equal("unavailable", env.sent[1].attr.type);
+			assert.equal("unavailable", P.got[1].attr.type, "the joined session sees itself leave");
+		end);
 	end);
 
 	it("never lets a session's bounce or a failed fork reach the room", function()

@@ -112,6 +112,7 @@ static const char *op_name(mm_op op)
 	switch (op) {
 	case MM_OP_SEND_JOIN: return "SEND_JOIN";
 	case MM_OP_SEND_AS_ACCOUNT: return "SEND_AS_ACCOUNT";
+	case MM_OP_SEND_LEAVE: return "SEND_LEAVE";
 	case MM_OP_SEND_PRESENCE: return "SEND_PRESENCE";
 	case MM_OP_REJOIN_LATER: return "REJOIN_LATER";
 	case MM_OP_DELIVER: return "DELIVER";
@@ -5243,6 +5244,55 @@ START_TEST(test_restore_normalises_room)
 }
 END_TEST
 
+/* ==== the account leaves by itself (bookmarks, commands) ================== */
+
+START_TEST(test_account_leave)
+{
+	const mm_action *a;
+
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_not_handled(&d);
+	populate();
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_n(&d, 1, 3);
+	ck_assert_ptr_null(expect_one(&d, MM_OP_REFLECT_LEAVE, R1)->id);
+	expect_one(&d, MM_OP_REFLECT_LEAVE, R2);
+	a = expect_one(&d, MM_OP_SEND_LEAVE, NULL);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_uint_eq(action_index(&d, a), 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 0);
+	/* a second request changes nothing */
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	/* the room confirms: the membership ends, nobody is told again */
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_n(&d, 1, 0);
+	ck_assert_pstr_eq(d.event, "left");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), -1);
+}
+END_TEST
+
+/* Out already, waiting to join again: the membership just ends. */
+START_TEST(test_account_leave_while_out)
+{
+	mm_presence p;
+	joined_room(ACC, R1, ROOM, "alice");
+	memset(&p, 0, sizeof p);
+	p.type = MM_PRES_UNAVAILABLE;
+	p.status = MM_STATUS_110 | MM_STATUS_332;
+	room_pres(ACC, ROOM, "alice", &p);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_LEAVE, NULL), 0);
+	expect_one(&d, MM_OP_REFLECT_LEAVE, R1);
+	ck_assert_pstr_eq(d.event, "left");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), -1);
+}
+END_TEST
+
 static Suite *minimix_suite(void)
 {
 	Suite *s = suite_create("minimix");
@@ -5341,6 +5391,10 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "carbons", setup_default);
 	tcase_add_test(tc, test_carbons_private_message);
 	tcase_add_test(tc, test_carbons_not_while_joining);
+
+	tc = tcase(s, "account_leave", setup_default);
+	tcase_add_test(tc, test_account_leave);
+	tcase_add_test(tc, test_account_leave_while_out);
 
 	tc = tcase(s, "jid", setup_default);
 	tcase_add_test(tc, test_jid_normalize_spellings);
