@@ -517,8 +517,9 @@ static int l_restore(lua_State *L)
 static void push_dirty(const char *account, void *ud)
 {
 	lua_State *L = ud;
+	lua_Integer n = (lua_Integer)lua_rawlen(L, -1); /* the table, before the push */
 	lua_pushstring(L, account);
-	lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -1) + 1);
+	lua_rawseti(L, -2, n + 1);
 }
 
 /* take_dirty(level) -> array of accounts */

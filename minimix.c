@@ -290,6 +290,8 @@ static const struct {
 		"resource-constraint", "wait"},
 	[MM_EIQLIMIT] = {"too many queries awaiting an answer", "iq-limit",
 		"resource-constraint", "wait"},
+	[MM_EPASSWORD] = {"a password is required to enter this room", "password-required",
+		"not-authorized", "auth"},
 };
 
 static int err_known(mm_err err)
@@ -1211,6 +1213,10 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	ss = session_find(m, resource);
 	if (ss == NULL && m->nsessions >= s->limits.max_sessions)
 		return MM_ESESSIONLIMIT;
+	/* the room let the account in with a password: a device without it
+	 * gets what the room would tell it */
+	if (m->password && m->state != MM_LEAVING && !str_eq(req->password, m->password))
+		return MM_EPASSWORD;
 	if (!session_init(s, &fresh, resource, req))
 		return MM_ENOMEM;
 	if (ss == NULL && !sessions_reserve(m)) {
@@ -1560,7 +1566,7 @@ static void membership_restart(mm_state *s, mm_membership *m)
 	size_t i;
 	membership_clear_cache(s, m);
 	free(m->shown);
-	m->shown = NULL; /* the fresh join carries no presence of a session */
+	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
 	m->state = MM_JOINING;
 	m->auto_rejoin = 1;
 	/* the room's history on the re-join repeats what the account saw */
@@ -2307,7 +2313,7 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	session_free_fields(&m->sessions[0]);
 	m->nsessions = 0;
 	free(m->shown);
-	m->shown = NULL;
+	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
 	m->auto_rejoin = 1;
 	m->restoring = 1;
 	m->last_id = id;

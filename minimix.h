@@ -36,6 +36,7 @@ typedef enum mm_err {
 	MM_EROOMLIMIT,    /* the account is in max_rooms rooms already */
 	MM_ESESSIONLIMIT, /* the membership has max_sessions sessions already */
 	MM_EIQLIMIT,      /* the session has max_iqs IQs awaiting an answer */
+	MM_EPASSWORD,     /* the room has a password this join did not give */
 	MM_ERR_COUNT
 } mm_err;
 
@@ -224,9 +225,10 @@ typedef struct mm_join {
 	const char *id;       /* stanza id or NULL */
 	const char *password; /* <password/> or NULL */
 	const char *show;     /* <show/> of the presence or NULL (available) */
-	/* the presence serialized without to/from/id and without the MUC <x/>,
-	 * or NULL: the account's presence in the room when this session is the
-	 * most available one */
+	/* the presence serialized without to/from/id and without the MUC <x/>
+	 * ("" for a plain available presence, as a join the module builds
+	 * carries), or NULL: the account's presence in the room when this
+	 * session is the most available one */
 	const char *presence;
 	/* the <history/> request (§7.2.14); absent: history_default messages */
 	struct {
@@ -256,8 +258,11 @@ typedef struct mm_join {
  *    leave completes.
  *
  * Errors: MM_EINVAL (empty nick, nick longer than max_nick_bytes, empty
- * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_ENOMEM.  On error nothing is
- * recorded; the caller answers the session with mm_errcondition().
+ * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_EPASSWORD (the account joined
+ * with a password and this later join does not carry the same one: as the
+ * room would answer a session of its own, §7.2.6), MM_ENOMEM.  On error
+ * nothing is recorded; the caller answers the session with
+ * mm_errcondition().
  */
 mm_err mm_session_join(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *nick,

@@ -165,7 +165,7 @@ local function add_codes(stanza, codes)
 		stanza:up();
 	end
 	for _, code in ipairs(codes) do
-		x:tag("status", { code = tostring(code) }):up();
+		x:tag("status", { xmlns = xmlns_muc_user, code = tostring(code) }):up();
 	end
 end
 
@@ -193,14 +193,16 @@ local function as_account(stanza, account, id)
 end
 
 -- A session's presence as the account's presence in a room: without the
--- addressing and without the MUC join element.
+-- addressing and without the MUC join element.  A plain available presence
+-- is "" (what the account's own join carries).
 local function presence_payload(stanza)
 	local p = st.clone(stanza);
-	p.attr.to, p.attr.from, p.attr.id = nil, nil, nil;
+	p.attr.to, p.attr.from, p.attr.id, p.attr["xml:lang"] = nil, nil, nil, nil;
 	p:maptags(function(tag)
 		if tag.attr.xmlns == xmlns_muc then return nil; end
 		return tag;
 	end);
+	if #p.tags == 0 and next(p.attr) == nil then return ""; end
 	return tostring(p);
 end
 
@@ -319,9 +321,13 @@ function perform(ctx, handled, actions, event, reason, text)
 			else
 				local join = st.presence({ from = account, to = room .. "/" .. a.nick })
 					:tag("x", { xmlns = xmlns_muc });
-				if a.password then join:text_tag("password", a.password); end
+				-- explicit namespaces: a local MUC reads the stanza as built
+				if a.password then
+					join:text_tag("password", a.password, { xmlns = xmlns_muc });
+				end
 				if a.since then
-					join:tag("history", { since = datetime.datetime(math.floor(a.since)) }):up();
+					join:tag("history", { xmlns = xmlns_muc,
+						since = datetime.datetime(math.floor(a.since)) }):up();
 				end
 				module:send(join:up());
 			end
@@ -331,7 +337,7 @@ function perform(ctx, handled, actions, event, reason, text)
 		elseif op == "send_leave" then
 			module:send(st.presence({ from = account, to = room .. "/" .. a.nick, type = "unavailable" }));
 		elseif op == "send_presence" then
-			local pres = xml_parse(a.payload);
+			local pres = a.payload == "" and st.presence() or xml_parse(a.payload);
 			if pres then
 				pres.attr.from, pres.attr.to = account, room .. "/" .. a.nick;
 				module:send(pres);
@@ -341,10 +347,10 @@ function perform(ctx, handled, actions, event, reason, text)
 		elseif op == "reflect_leave" then
 			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })
-					:tag("item", { affiliation = a.affiliation, role = "none" }):up()
-					:tag("status", { code = "110" }):up();
+					:tag("item", { xmlns = xmlns_muc_user, affiliation = a.affiliation, role = "none" }):up()
+					:tag("status", { xmlns = xmlns_muc_user, code = "110" }):up();
 			for _, code in ipairs(a.codes or {}) do
-				pres:tag("status", { code = tostring(code) }):up();
+				pres:tag("status", { xmlns = xmlns_muc_user, code = tostring(code) }):up();
 			end
 			to_session(account, a.resource, pres:up());
 		elseif op == "carbon" then
@@ -587,13 +593,12 @@ local restore_all;
 -- A reload keeps the memberships and sends nothing.
 function restore_all()
 	if reloaded then return; end
-	local users = store.users and store:users();
-	if not users then
+	if not store.users then
 		module:log("warn", "The storage driver cannot list users: memberships are not restored");
 		return;
 	end
 	local restored = 0;
-	for username in users do
+	for username in store:users() do
 		local account = username .. "@" .. module.host;
 		local rooms = store:get(username) or {};
 		for room, rec in pairs(rooms) do
@@ -624,6 +629,11 @@ local function bookmark_fields(item)
 	return autojoin, conference:get_child_text("nick"), conference:get_child_text("password");
 end
 
+-- Rooms each account is in because of an autojoin bookmark: when the whole
+-- node goes (a purge, as mod_bookmarks does for an empty legacy list), the
+-- account leaves them.
+local bookmarked = {};
+
 local function bookmark_changed(username, room_jid, item)
 	local account = username .. "@" .. module.host;
 	local room = minimix.normalize_jid(room_jid or "");
@@ -633,11 +643,23 @@ local function bookmark_changed(username, room_jid, item)
 	end
 	local autojoin, nick, password = bookmark_fields(item);
 	local ctx = { account = account, room = room };
+	local rooms = bookmarked[account] or {};
+	bookmarked[account] = rooms;
 	if autojoin then
+		rooms[room] = true;
 		perform(ctx, core:restore(account, room, nick or username, password));
 	else
+		rooms[room] = nil;
 		perform(ctx, core:account_leave(account, room));
 	end
+end
+
+local function bookmarks_gone(username)
+	local account = username .. "@" .. module.host;
+	for room in pairs(bookmarked[account] or {}) do
+		perform({ account = account, room = room }, core:account_leave(account, room));
+	end
+	bookmarked[account] = nil;
 end
 
 if use_bookmarks then
@@ -648,15 +670,22 @@ if use_bookmarks then
 		local function retracted(e)
 			if e.node == xmlns_bookmarks then bookmark_changed(username, e.id, nil); end
 		end
+		local function emptied(e)
+			if e.node == xmlns_bookmarks then bookmarks_gone(username); end
+		end
 		service.events.add_handler("item-published/" .. xmlns_bookmarks, published);
 		service.events.add_handler("item-retracted", retracted);
-		listeners[service] = { published, retracted };
+		service.events.add_handler("node-purged", emptied);
+		service.events.add_handler("node-deleted", emptied);
+		listeners[service] = { published, retracted, emptied };
 	end, function(event)
 		local service = event.item.service;
 		local l = listeners[service];
 		if l then
 			service.events.remove_handler("item-published/" .. xmlns_bookmarks, l[1]);
 			service.events.remove_handler("item-retracted", l[2]);
+			service.events.remove_handler("node-purged", l[3]);
+			service.events.remove_handler("node-deleted", l[3]);
 			listeners[service] = nil;
 		end
 	end, true);
@@ -682,9 +711,8 @@ end
 local function reconcile_bookmarks()
 	if not use_bookmarks or reloaded then return; end
 	local archive = module:open_store("pep_" .. xmlns_bookmarks, "archive");
-	local users = archive.users and archive:users();
-	if not users then return; end
-	for username in users do
+	if not archive.users then return; end
+	for username in archive:users() do
 		local service = mod_pep.get_pep_service(username);
 		local ok, items = service:get_items(xmlns_bookmarks, true);
 		if ok and items then

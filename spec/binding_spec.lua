@@ -152,6 +152,20 @@ describe("minimix.state decisions", function()
 		assert.is_false((s:delivery_failed("a@h", "elsewhere@c")));
 	end);
 
+	it("hands out the accounts whose memberships changed, once", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		assert.same({}, s:take_dirty(2), "a join not yet confirmed is not worth storing");
+		local _, _, event = s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = SELF });
+		assert.equal("joined", event);
+		assert.same({ "a@h" }, s:take_dirty(2));
+		assert.same({}, s:take_dirty(1));
+		s:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true, stamp = 5,
+			payload = "<message type='groupchat'><body>x</body></message>" });
+		assert.same({}, s:take_dirty(2), "a message seen is level 1 only");
+		assert.same({ "a@h" }, s:take_dirty(1));
+		assert.has_error(function() s:take_dirty(3) end);
+	end);
+
 	it("lists memberships and stats", function()
 		s:join("a@h", "p", "r@c", "alice", nil, "secret");
 		local list = s:memberships("a@h");

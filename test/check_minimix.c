@@ -2118,7 +2118,7 @@ START_TEST(test_lifetime_strings_copied)
 
 	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
 	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
-	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	join(ACC, R2, ROOM, "alice", "j2", "secret");
 
 	strcpy(res, R2);
 	strcpy(id, "l2");
@@ -3359,8 +3359,8 @@ START_TEST(test_iq_self_ping_rejoin)
 	occupant(ACC, ROOM, "bob", P_BOB);
 	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
 	room_msg(ACC, ROOM, NULL, MM_MSG_GROUPCHAT, 1, "s1", P_SUBJECT);
-	join(ACC, R2, ROOM, "alice", "j2", NULL);
-	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	join(ACC, R2, ROOM, "alice", "j2", "pw");
+	join(ACC, R3, ROOM, "alice", "j3", "pw");
 
 	sent_iq(ACC, R2, ROOM, "alice", "ping1", NULL, 1, 100, pid, sizeof pid);
 	room_iq(ACC, ROOM, "alice", pid, 1, "not-acceptable");
@@ -3485,7 +3485,7 @@ static void populate_pw(void)
 	occupant(ACC, ROOM, "bob", P_BOB);
 	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
 	room_msg(ACC, ROOM, NULL, MM_MSG_GROUPCHAT, 1, "s1", P_SUBJECT);
-	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	join(ACC, R2, ROOM, "alice", "j2", "pw");
 	expect_replay(&d, R2, (const char *const[]){ P_BOB }, 1, P_SELF, 0,
 			P_SUBJECT);
 }
@@ -3544,7 +3544,7 @@ START_TEST(test_rejoin_333_at_once)
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
 	expect_all_joined(ACC, ROOM, 2);
 	/* a later session is replayed the new cache */
-	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	join(ACC, R3, ROOM, "alice", "j3", "pw");
 	expect_replay(&d, R3, (const char *const[]){ P_DAVE }, 1, P_SELF, 0,
 			NULL);
 }
@@ -3610,7 +3610,7 @@ START_TEST(test_rejoin_explicit_join_while_waiting)
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
 	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
 
-	join(ACC, R2, ROOM, "alice", "j2b", NULL);
+	join(ACC, R2, ROOM, "alice", "j2b", "pw");
 	expect_n(&d, 1, 1);
 	expect_room_all(&d, ROOM);
 	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
@@ -3756,7 +3756,7 @@ START_TEST(test_rejoin_fatal_error)
 	/* a session asked while the re-join waited: it gets the error */
 	populate_pw();
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
-	join(ACC, R2, ROOM, "alice", "j2b", NULL);
+	join(ACC, R2, ROOM, "alice", "j2b", "pw");
 	expect_one(&d, MM_OP_SEND_JOIN, NULL);
 	join_error(ACC, ROOM, "j2b", "registration-required");
 	expect_n(&d, 1, 1);
@@ -4585,7 +4585,7 @@ START_TEST(test_persist_restore_completes)
 	expect_dirty(2, ACC);
 
 	/* a session attaches as to any joined membership */
-	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join(ACC, R1, ROOM, "alice", "j1", "pw");
 	expect_replay(&d, R1, (const char *const[]){ P_BOB }, 1, P_SELF, 0, NULL);
 	ck_assert_int_eq(session_state(ACC, ROOM, R1), 1);
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
@@ -4723,7 +4723,7 @@ START_TEST(test_persist_restore_refused)
 
 	/* a session that asked meanwhile gets the error */
 	restore(ACC, ROOM, "alice", "pw", "s1", 100);
-	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join(ACC, R1, ROOM, "alice", "j1", "pw");
 	join_error(ACC, ROOM, NULL, "forbidden");
 	a = expect_only(&d, MM_OP_DELIVER, ROOM);
 	ck_assert_pstr_eq(a->resource, R1);
@@ -5293,6 +5293,28 @@ START_TEST(test_account_leave_while_out)
 }
 END_TEST
 
+/* §7.2.6: a later device must give the password the account joined with. */
+START_TEST(test_join_password_later_session)
+{
+	mm_err e;
+	populate_pw();
+	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", NULL, &d);
+	ck_assert_int_eq(e, MM_EPASSWORD);
+	expect_n(&d, 0, 0);
+	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", "wrong", &d);
+	ck_assert_int_eq(e, MM_EPASSWORD);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
+	{
+		const char *type;
+		ck_assert_str_eq(mm_errcondition(MM_EPASSWORD, &type), "not-authorized");
+		ck_assert_str_eq(type, "auth");
+	}
+	join(ACC, R3, ROOM, "alice", "j3", "pw");
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 3);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 3);
+}
+END_TEST
+
 static Suite *minimix_suite(void)
 {
 	Suite *s = suite_create("minimix");
@@ -5391,6 +5413,9 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "carbons", setup_default);
 	tcase_add_test(tc, test_carbons_private_message);
 	tcase_add_test(tc, test_carbons_not_while_joining);
+
+	tc = tcase(s, "password", setup_default);
+	tcase_add_test(tc, test_join_password_later_session);
 
 	tc = tcase(s, "account_leave", setup_default);
 	tcase_add_test(tc, test_account_leave);
