@@ -6,6 +6,7 @@
     ...                                  # connect clients to ("127.0.0.1", env.port)
     env.restart()                        # same data dir, same ports
     env.stop()                           # SIGTERM, then SIGKILL after a timeout
+    env.kill()                           # SIGKILL at once (a crash)
     env.cleanup()                        # stop and remove the temp dir
 
 Prosody loads mod_minimix.lua from the checkout (plugin_paths), and the
@@ -16,6 +17,7 @@ Environment:
   MINIMIX_E2E_DEBUG=1     log at debug level (the log is in env.log_path)
   MINIMIX_E2E_KEEP=1      keep the temp dir after the test (path is printed)
   PROSODY=/path/prosody   the prosody executable (default /usr/bin/prosody)
+  PROSODYCTL=/path/prosodyctl  for shell() (default /usr/bin/prosodyctl)
 """
 
 import os
@@ -28,6 +30,9 @@ import time
 
 CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROSODY = os.environ.get("PROSODY", "/usr/bin/prosody")
+PROSODYCTL = os.environ.get("PROSODYCTL", "/usr/bin/prosodyctl")
+# Storage setups (ProsodyEnv(storage=...)).
+STORAGES = ("internal", "sqlite", "postgres")
 DOMAIN = "localhost"
 MUC_DOMAIN = "conference.localhost"
 # A second VirtualHost that never loads mod_minimix: observers there see
@@ -109,13 +114,33 @@ class ProsodyEnv:
     debug        log at debug level (default: env MINIMIX_E2E_DEBUG)
     plugin_paths where Prosody looks for mod_minimix.lua (default: the
                  checkout)
+    storage      "internal" (default: every store in the data dir, as
+                 before), "sqlite" or "postgres": mod_storage_sql for every
+                 store but the accounts (which add_user() writes as files),
+                 through lua-dbi; sql: the connection settings (the sql
+                 option; "sqlite" defaults to prosody.sqlite in the data dir,
+                 "postgres" needs driver/database/host/port/username/password)
+    admin_shell  load mod_admin_shell with its socket in the data dir, for
+                 shell() (prosodyctl shell)
+    muc_module   the component module of conference.localhost (default
+                 "muc"); None: an external component that never connects,
+                 so that the rooms are unreachable (Prosody answers
+                 remote-server-timeout); can be changed before a restart
+    installer_plugin_path  Prosody's installer_plugin_path (a LuaRocks tree
+                 the module was installed into); with it, plugin_paths=[]
+                 means no plugin path at all (not the checkout), and the
+                 checkout is not put on LUA_CPATH
+    checkout_cpath  put the checkout first on LUA_CPATH (default: True
+                 unless installer_plugin_path is given)
     """
 
     def __init__(self, minimix=True, port=None, s2s=False, component_port=False,
                  workdir=None, host_options=None, global_options=None,
                  muc_options=None, smacks_hibernation_time=None,
                  muc_history_length=20, extra_modules=(), debug=None,
-                 plugin_paths=None, spy=False, console_log=False):
+                 plugin_paths=None, spy=False, console_log=False,
+                 storage="internal", sql=None, admin_shell=False,
+                 installer_plugin_path=None, checkout_cpath=None, muc_module="muc"):
         self.minimix = minimix
         self.port = port or free_port()
         self.s2s_port = free_port() if s2s else None
@@ -139,8 +164,22 @@ class ProsodyEnv:
         self.muc_history_length = muc_history_length
         self.extra_modules = list(extra_modules)
         self.plugin_paths = list(plugin_paths or [CHECKOUT])
+        self.installer_plugin_path = installer_plugin_path
+        if installer_plugin_path is not None and plugin_paths is not None and not plugin_paths:
+            self.plugin_paths = []
+        if checkout_cpath is None:
+            checkout_cpath = installer_plugin_path is None
+        self.checkout_cpath = checkout_cpath
         self.spy = spy
         self.console_log = console_log
+        if storage not in STORAGES:
+            raise ValueError("storage must be one of %s, not %r" % (STORAGES, storage))
+        if storage == "postgres" and not sql:
+            raise ValueError("storage='postgres' needs sql= connection settings")
+        self.storage = storage
+        self.sql = dict(sql or {})
+        self.admin_shell = admin_shell
+        self.muc_module = muc_module
         if debug is None:
             debug = os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0")
         self.debug = debug
@@ -182,8 +221,19 @@ class ProsodyEnv:
             "storage": "internal",
             "certificates": self.certs_dir,
         }
+        if self.storage != "internal":
+            # mod_storage_sql for everything but the accounts, which
+            # add_user() writes in internal_plain's file format.
+            g["storage"] = {"accounts": "internal"}
+            g["default_storage"] = "sql"
+            g["sql"] = self.sql_settings()
+        if self.admin_shell:
+            g["modules_enabled"] = ["admin_shell"]
+            g["admin_socket"] = self.admin_socket
         if self.smacks_hibernation_time is not None:
             g["smacks_hibernation_time"] = self.smacks_hibernation_time
+        if self.installer_plugin_path is not None:
+            g["installer_plugin_path"] = self.installer_plugin_path
         g.update(self.global_options)
         lines = ["-- generated by test/e2e/prosody_env.py", ""]
         for k, v in g.items():
@@ -203,7 +253,12 @@ class ProsodyEnv:
         lines.append("\tmodules_enabled = %s"
                      % lua_value([m for m in modules if m != "minimix"]))
         lines.append("")
-        lines.append("Component %s \"muc\"" % lua_string(self.muc_domain))
+        if self.muc_module is None:
+            lines.append("Component %s" % lua_string(self.muc_domain))
+            lines.append("\tcomponent_secret = \"never-connects\"")
+            lines.append("")
+            return "\n".join(lines)
+        lines.append("Component %s %s" % (lua_string(self.muc_domain), lua_string(self.muc_module)))
         muc = {
             "restrict_room_creation": False,
             "muc_room_default_history_length": self.muc_history_length,
@@ -215,6 +270,23 @@ class ProsodyEnv:
             lines.append("\t%s = %s" % (k, lua_value(v)))
         lines.append("")
         return "\n".join(lines)
+
+    def sql_settings(self):
+        """The sql option for storage "sqlite" / "postgres"."""
+        if self.storage == "sqlite":
+            out = {"driver": "SQLite3", "database": self.sqlite_path}
+        else:
+            out = {"driver": "PostgreSQL"}
+        out.update(self.sql)
+        return out
+
+    @property
+    def sqlite_path(self):
+        return os.path.join(self.data_dir, "prosody.sqlite")
+
+    @property
+    def admin_socket(self):
+        return os.path.join(self.data_dir, "prosody.sock")
 
     def write_config(self):
         with open(self.config_path, "w") as f:
@@ -246,7 +318,10 @@ class ProsodyEnv:
     def _env(self):
         env = dict(os.environ)
         # `require "minimix"` from the checkout; ";;" keeps Lua's defaults.
-        env["LUA_CPATH_5_4"] = os.path.join(CHECKOUT, "?.so") + ";;"
+        if self.checkout_cpath:
+            env["LUA_CPATH_5_4"] = os.path.join(CHECKOUT, "?.so") + ";;"
+        else:
+            env.pop("LUA_CPATH_5_4", None)
         env.pop("LUA_CPATH", None)
         return env
 
@@ -333,6 +408,32 @@ class ProsodyEnv:
             self._stdout.close()
             self._stdout = None
         return rc
+
+    def kill(self, timeout=10):
+        """Crash: SIGKILL, no shutdown of any kind.  Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        rc = self.proc.wait(timeout)
+        self.proc = None
+        if self._stdout:
+            self._stdout.close()
+            self._stdout = None
+        return rc
+
+    def shell(self, command, timeout=20):
+        """Run one admin shell command (needs admin_shell=True) with
+        `prosodyctl shell`; returns its output.  Fails on a non-zero exit."""
+        if not self.admin_shell:
+            raise ProsodyError("shell() needs ProsodyEnv(admin_shell=True)")
+        cmd = [PROSODYCTL, "--config", self.config_path, "shell", command]
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                             cwd=self.dir, env=self._env(), timeout=timeout)
+        out = res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
+        if res.returncode != 0:
+            raise ProsodyError("%s exited with %s:\n%s" % (" ".join(cmd), res.returncode, out))
+        return out
 
     def restart(self, timeout=15):
         self.stop()
