@@ -46,6 +46,7 @@ static const char *const op_names[] = {
 	[MM_OP_CARBON] = "carbon",
 	[MM_OP_IQ_ERROR] = "iq_error",
 	[MM_OP_SEND_PING] = "send_ping",
+	[MM_OP_PING_LATER] = "ping_later",
 	[MM_OP_DROP] = "drop",
 };
 

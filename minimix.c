@@ -248,6 +248,7 @@ typedef struct mm_membership {
 	double last_stamp;
 	int restoring;    /* joining again after a restart: skip what was seen */
 	int ping_pending; /* the module's own self-ping awaits an answer */
+	unsigned ping_retries; /* its pings that could not reach the room */
 } mm_membership;
 
 typedef struct mm_account {
@@ -2067,8 +2068,19 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		act_event(s, "rejoining", "not-acceptable", &ok);
 		act_rejoin(s, m, &ok);
 	}
+	if (!fell_out && q->resource == NULL && m != NULL) {
+		/* the module's ping: a link that is down gets asked again */
+		if (is_error && transient_condition(condition)) {
+			mm_action *a = dec_push(s, MM_OP_PING_LATER, &ok);
+			if (a)
+				a->delay = backoff(s, m->ping_retries);
+		}
+	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
+	if (q->resource == NULL && m != NULL)
+		m->ping_retries = is_error && transient_condition(condition)
+			? m->ping_retries + 1 : 0;
 	iq_forget(s, n);
 	if (fell_out) {
 		membership_restart(s, m);

@@ -165,6 +165,11 @@ typedef enum mm_op {
 	 * through mm_room_iq().
 	 */
 	MM_OP_SEND_PING,
+	/*
+	 * The module's ping could not reach the room (the server-to-server link
+	 * is down): after `delay` seconds call mm_ping_due() for the room's host.
+	 */
+	MM_OP_PING_LATER,
 	/* Swallow the session's stanza: it must reach neither room nor peers. */
 	MM_OP_DROP
 } mm_op;
@@ -468,9 +473,11 @@ mm_err mm_room_iq(mm_state *state, const char *account, const char *room,
  * Check that the account is still in its rooms (XEP-0410): SEND_PING to
  * each joined membership whose room is on `host` (NULL: every room) and
  * has no ping of the module's waiting.  Call it now and then, and when the
- * server-to-server link to a host went down.  A ping answered
- * not-acceptable makes the account join again (see mm_room_iq()); other
- * answers, and no answer within iq_timeout, change nothing.
+ * server-to-server link to a host went down or came up.  A ping answered
+ * not-acceptable makes the account join again (see mm_room_iq()); one that
+ * could not reach the room (a transient condition, as for re-joins) asks
+ * to ping again later (PING_LATER, the delay doubling like re-joins);
+ * other answers, and no answer within iq_timeout, change nothing.
  */
 mm_err mm_ping_due(mm_state *state, const char *host, double now,
 		mm_decision *out);

@@ -211,7 +211,7 @@ local function occupant_jid(room, nick)
 	return room;
 end
 
-local perform;
+local perform, ping_host_later;
 
 -- An automatic re-join waits: ask the core again when the delay is over.
 local function rejoin_later(account, room, delay)
@@ -271,8 +271,9 @@ local event_log = {
 function perform(ctx, handled, actions, event, reason, text)
 	if handled == nil then
 		-- the core refused (limits, malformed input): the asker alone hears it
-		module:log("debug", "Refused %s to %s for %s: %s", ctx.stanza.name,
-			ctx.room, ctx.account, actions);
+		-- (a bookmark or the start-up restore has no stanza and no asker)
+		module:log(ctx.origin and "debug" or "warn", "Refused %s to %s for %s: %s",
+			ctx.stanza and ctx.stanza.name or "a join", ctx.room, ctx.account, actions);
 		metric_refusals:with_labels(actions):add(1);
 		if ctx.origin then
 			ctx.origin.send(st.error_reply(ctx.stanza, reason, event, text));
@@ -365,6 +366,8 @@ function perform(ctx, handled, actions, event, reason, text)
 			module:send(st.iq({ type = "get", id = a.id, from = account,
 					to = occupant_jid(room, a.nick) })
 				:tag("ping", { xmlns = xmlns_ping }):up());
+		elseif op == "ping_later" then
+			ping_host_later(room:match("@(.*)$") or room, a.delay);
 		elseif op == "iq_error" then
 			to_session(account, a.resource, st.iq({ type = "error", id = a.id,
 					from = occupant_jid(room, a.nick) })
@@ -563,14 +566,30 @@ module:add_timer(ping_interval, function()
 	return ping_interval;
 end);
 
-local function link_down(remote)
+function ping_host_later(remote, delay)
 	if not remote then return; end
-	module:add_timer(5, function()
+	module:add_timer(delay, function()
 		perform({}, core:ping_due(remote, now()));
 	end);
 end
+-- A link that fell: ask soon (a failed ask comes back as "ping_later").
+-- A link that came back up after that: the room may have dropped the
+-- account meanwhile, ask again.  A first link needs no asking.
+local links_lost = {};
+local function link_down(remote)
+	if not remote then return; end
+	links_lost[remote] = true;
+	ping_host_later(remote, 5);
+end
+local function link_up(remote)
+	if not remote or not links_lost[remote] then return; end
+	links_lost[remote] = nil;
+	ping_host_later(remote, 1);
+end
 module:hook("s2sout-destroyed", function(event) link_down(event.session.to_host); end);
 module:hook("s2sin-destroyed", function(event) link_down(event.session.from_host); end);
+module:hook("s2sout-established", function(event) link_up(event.session.to_host); end);
+module:hook("s2sin-established", function(event) link_up(event.session.from_host); end);
 
 -- The last message seen per room: written now and then, and at shutdown.
 module:add_timer(seen_interval, function()

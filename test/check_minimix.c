@@ -121,6 +121,7 @@ static const char *op_name(mm_op op)
 	case MM_OP_CARBON: return "CARBON";
 	case MM_OP_IQ_ERROR: return "IQ_ERROR";
 	case MM_OP_SEND_PING: return "SEND_PING";
+	case MM_OP_PING_LATER: return "PING_LATER";
 	case MM_OP_DROP: return "DROP";
 	}
 	return "?";
@@ -5168,8 +5169,25 @@ START_TEST(test_ping_other_answers_and_expiry)
 	ck_assert_int_eq(mm_ping_due(st, NULL, 100, &d), MM_OK);
 	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
 	room_iq(ACC, ROOM, "alice", id, 1, "remote-server-not-found");
-	expect_n(&d, 1, 0);
+	expect_n(&d, 1, 1);
+	ck_assert_uint_eq(expect_one(&d, MM_OP_PING_LATER, NULL)->delay,
+			MM_DEFAULT_REJOIN_DELAY);
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
+	/* the next failure waits twice as long; an answer resets it */
+	ck_assert_int_eq(mm_ping_due(st, NULL, 150, &d), MM_OK);
+	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+	room_iq(ACC, ROOM, "alice", id, 1, "remote-server-timeout");
+	ck_assert_uint_eq(expect_one(&d, MM_OP_PING_LATER, NULL)->delay,
+			2 * MM_DEFAULT_REJOIN_DELAY);
+	ck_assert_int_eq(mm_ping_due(st, NULL, 160, &d), MM_OK);
+	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+	room_iq(ACC, ROOM, "alice", id, 1, "feature-not-implemented");
+	expect_n(&d, 1, 0); /* joined, and the room does not do pings */
+	ck_assert_int_eq(mm_ping_due(st, NULL, 170, &d), MM_OK);
+	snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+	room_iq(ACC, ROOM, "alice", id, 1, "remote-server-timeout");
+	ck_assert_uint_eq(expect_one(&d, MM_OP_PING_LATER, NULL)->delay,
+			MM_DEFAULT_REJOIN_DELAY);
 
 	ck_assert_int_eq(mm_ping_due(st, NULL, 200, &d), MM_OK);
 	expect_n(&d, 1, 1);
