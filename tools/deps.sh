@@ -13,6 +13,7 @@ libidn2-dev
 check
 valgrind
 prosody
+lua-unbound
 lua-busted
 python3
 python3-slixmpp
@@ -20,6 +21,9 @@ python3-pytest
 luarocks
 clang
 libclang-rt-14-dev
+lua-dbi-sqlite3
+lua-dbi-postgresql
+postgresql
 "
 
 missing=""

@@ -132,6 +132,9 @@ class ProsodyEnv:
                  checkout is not put on LUA_CPATH
     checkout_cpath  put the checkout first on LUA_CPATH (default: True
                  unless installer_plugin_path is given)
+    external_components  {domain: secret}: XEP-0114 components the tests
+                 connect themselves (e.g. a hostile room service); implies
+                 component_port
     """
 
     def __init__(self, minimix=True, port=None, s2s=False, component_port=False,
@@ -140,8 +143,11 @@ class ProsodyEnv:
                  muc_history_length=20, extra_modules=(), debug=None,
                  plugin_paths=None, spy=False, console_log=False,
                  storage="internal", sql=None, admin_shell=False,
-                 installer_plugin_path=None, checkout_cpath=None, muc_module="muc"):
+                 installer_plugin_path=None, checkout_cpath=None, muc_module="muc",
+                 external_components=None):
         self.minimix = minimix
+        self.external_components = dict(external_components or {})
+        component_port = component_port or bool(self.external_components)
         self.port = port or free_port()
         self.s2s_port = free_port() if s2s else None
         self.component_port = free_port() if component_port else None
@@ -253,6 +259,10 @@ class ProsodyEnv:
         lines.append("\tmodules_enabled = %s"
                      % lua_value([m for m in modules if m != "minimix"]))
         lines.append("")
+        for domain, secret in self.external_components.items():
+            lines.append("Component %s" % lua_string(domain))
+            lines.append("\tcomponent_secret = %s" % lua_string(secret))
+            lines.append("")
         if self.muc_module is None:
             lines.append("Component %s" % lua_string(self.muc_domain))
             lines.append("\tcomponent_secret = \"never-connects\"")
