@@ -82,11 +82,25 @@ run: deps
 	$(MAKE) all
 	$(PYTHON) test/e2e/run_server.py
 
+# Benchmarks (README "Performance"; sizes in bench/README.md): they print
+# tables and save them in bench/results/, and never assert.
+bench/bench_core: bench/bench_core.c minimix.o minimix.h
+	$(CC) $(WARN) $(CFLAGS) -I. -o $@ bench/bench_core.c minimix.o $(IDN_LIBS)
+
+bench: deps
+	$(MAKE) all bench/bench_core
+	mkdir -p bench/results
+	./bench/bench_core bench/results/core_c.json
+	$(LUA) bench/core_lua.lua binding bench/results/core_binding.json
+	$(LUA) bench/core_lua.lua lua2018 bench/results/core_lua2018.json
+	$(PYTHON) bench/bench_server.py bench/results/server.json
+	$(PYTHON) bench/report.py
+
 install: minimix.so
 	install -d $(DESTDIR)$(INST_LUADIR) $(DESTDIR)$(INST_LIBDIR)
 	install -m 644 mod_minimix.lua $(DESTDIR)$(INST_LUADIR)/mod_minimix.lua
 	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
 
 clean:
-	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan fuzz/fuzz_core
+	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan fuzz/fuzz_core bench/bench_core
 	rm -rf test/e2e/__pycache__ .pytest_cache

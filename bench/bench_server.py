@@ -1,0 +1,537 @@
+"""Server benchmark: a real Prosody 0.12, with mod_minimix and with plain MUC.
+
+Run by `make bench` (after the core benchmark); alone:
+
+    make && /usr/bin/python3 bench/bench_server.py [results.json]
+
+Three scenarios, each on a fresh Prosody started by test/e2e/prosody_env.py
+(same config both ways, except that "module" loads mod_minimix on the
+VirtualHost of the accounts):
+
+fan-out   A accounts x D sessions in one room; a sender (on a host without the
+          module) posts M groupchat messages; every session counts the
+          messages it gets.  Prosody's CPU time (utime+stime from
+          /proc/<pid>/stat) is taken right before the first message and when
+          the A*D*M-th copy has arrived; reported per 1000 delivered
+          messages, with the peak RSS (VmHWM).  With the module the D
+          sessions of an account all join (the account joins once); plain:
+          each session joins as its own occupant session, same nick.  Then
+          one run per mode under callgrind counts the instructions per
+          delivered message, a figure the machine's load cannot change.
+many rooms RA accounts x RD sessions spread over RR rooms: Prosody's Lua heap
+          (after full collections, mod_bench_probe) and RSS before and after
+          the joins, per membership (account in a room).
+cycles    CA accounts x D sessions join and leave a room C times: Lua heap
+          and RSS after the first 10 cycles and after the last.
+
+Nothing is asserted; every figure is printed and written to the JSON file.
+Sizes: MINIMIX_BENCH_SERVER_* (see bench/README.md).
+"""
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from xml.sax.saxutils import quoteattr
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(CHECKOUT, "test", "e2e"))
+sys.path.insert(0, HERE)
+
+from prosody_env import ProsodyEnv  # noqa: E402
+from rawxmpp import Session  # noqa: E402
+
+PLUGINS = os.path.join(HERE, "plugins")
+PASSWORD = "bench"
+MARKER = b"BMK-"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def env_int(name, default):
+    v = os.environ.get(name, "")
+    if not v:
+        return default
+    n = int(v)
+    if n < 1:
+        raise SystemExit("%s must be a positive integer" % name)
+    return n
+
+
+A = env_int("MINIMIX_BENCH_SERVER_ACCOUNTS", 50)
+M = env_int("MINIMIX_BENCH_SERVER_MESSAGES", 300)
+DS = [int(x) for x in os.environ.get("MINIMIX_BENCH_SERVER_SESSIONS", "1,3").split(",")]
+REPEAT = env_int("MINIMIX_BENCH_SERVER_REPEAT", 3)
+WINDOW = env_int("MINIMIX_BENCH_SERVER_WINDOW", 10)
+RA = env_int("MINIMIX_BENCH_SERVER_ROOMS_ACCOUNTS", 1000)
+RR = env_int("MINIMIX_BENCH_SERVER_ROOMS", 100)
+RD = env_int("MINIMIX_BENCH_SERVER_ROOMS_SESSIONS", 3)
+CA = env_int("MINIMIX_BENCH_SERVER_CYCLE_ACCOUNTS", 10)
+CYCLES = env_int("MINIMIX_BENCH_SERVER_CYCLES", 100)
+# plain MUC: every session joins with the account's nick (one occupant with
+# several sessions, as Prosody 0.12 allows), or "distinct": one nick per
+# session (one occupant per device)
+NICKS = os.environ.get("MINIMIX_BENCH_SERVER_NICKS", "same")
+SCENARIOS = set(os.environ.get("MINIMIX_BENCH_SERVER_SCENARIOS", "fanout,rooms,cycles").split(","))
+CONCURRENCY = 50
+
+
+# ---- /proc ---------------------------------------------------------------------
+
+def cpu_seconds(pid):
+    """utime + stime of the process, in seconds (clock ticks)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def sched_seconds(pid):
+    """CPU time from the scheduler, in seconds (nanosecond resolution)."""
+    try:
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[0]) / 1e9
+    except OSError:
+        return None
+
+
+def system_busy():
+    """CPU seconds all processors spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+def memory(pid):
+    """(VmRSS, VmHWM) in bytes."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0]) * 1024
+    return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
+async def settle(pid, quiet=0.02, interval=0.3, limit=15.0):
+    """Wait until the server has been (nearly) idle for an interval."""
+    deadline = time.monotonic() + limit
+    last = sched_seconds(pid) or cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+        now = sched_seconds(pid) or cpu_seconds(pid)
+        if now - last < quiet * interval:
+            return
+        last = now
+
+
+# ---- helpers -------------------------------------------------------------------
+
+class CallgrindEnv(ProsodyEnv):
+    """Prosody under valgrind's callgrind: instructions executed, counted
+    exactly whatever else the machine does (about 50 times slower)."""
+
+    def command(self):
+        # the interpreter itself: /usr/bin/prosody is a #! script, and
+        # valgrind would otherwise measure /usr/bin/env, not Prosody
+        return ["valgrind", "--tool=callgrind", "--dump-instr=no",
+                "--callgrind-out-file=%s" % os.path.join(self.dir, "callgrind.out"),
+                "lua5.4"] + super().command()
+
+    def zero(self):
+        subprocess.run(["callgrind_control", "-z", str(self.proc.pid)],
+                       capture_output=True, check=True, timeout=120)
+
+    def dump(self, annotate_to=None):
+        """Dump the counts since zero(); returns (total Ir, Ir in minimix.so)."""
+        before = set(os.listdir(self.dir))
+        subprocess.run(["callgrind_control", "-d", str(self.proc.pid)],
+                       capture_output=True, check=True, timeout=300)
+        new = sorted(f for f in set(os.listdir(self.dir)) - before
+                     if f.startswith("callgrind.out"))
+        path = os.path.join(self.dir, new[-1])
+        total = None
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    total = int(line.split()[1])
+        text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+                              capture_output=True, text=True, timeout=300).stdout
+        core = 0
+        for line in text.splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and "minimix.so" in parts[1]:
+                try:
+                    core += int(parts[0].replace(",", ""))
+                except ValueError:
+                    pass
+        if annotate_to:
+            with open(annotate_to, "w") as f:
+                f.write(text)
+        return total, core
+
+
+def start_env(minimix, accounts, callgrind=False):
+    cls = CallgrindEnv if callgrind else ProsodyEnv
+    env = cls(minimix=minimix, plugin_paths=[CHECKOUT, PLUGINS],
+              extra_modules=["bench_probe"], spy=False,
+              muc_options={"muc_room_locking": False})
+    for i in range(accounts):
+        env.add_user("u%d" % i, PASSWORD)
+    env.add_user("sender", PASSWORD, env.plain_domain)
+    env.start(timeout=600 if callgrind else 15)
+    return env
+
+
+def account_sessions(env, accounts, sessions):
+    """[[Session per device] per account]"""
+    return [[Session("127.0.0.1", env.port, env.domain, "u%d" % i, PASSWORD, "d%d" % k)
+             for k in range(sessions)] for i in range(accounts)]
+
+
+async def bounded(coros, limit=CONCURRENCY):
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def connect_all(groups, timeout=30.0):
+    await bounded([s.connect(timeout=timeout) for g in groups for s in g])
+
+
+async def join_account(group, room, nick, distinct=False, timeout=30.0):
+    # the devices of one account join one after the other, as a user's
+    # phone and laptop would; accounts join side by side
+    for s in group:
+        await s.join(room, "%s-%s" % (nick, s.resource) if distinct else nick, timeout=timeout)
+
+
+async def leave_account(group, room, nick):
+    for s in group:
+        await s.leave(room, nick)
+
+
+async def close_all(groups):
+    await asyncio.gather(*(s.close() for g in groups for s in g), return_exceptions=True)
+
+
+# After the timed runs, for each D, one run per mode under callgrind
+# (MINIMIX_BENCH_SERVER_CALLGRIND, on by default): every instruction Prosody
+# executes in the message phase (the Lua VM, C libraries, the core), counted
+# exactly whatever else the machine does; CG_M messages only, as valgrind is
+# slow.  Per-function counts: bench/results/callgrind-<mode>-D<n>.txt (the
+# Debian lua5.4 binary is stripped: the VM shows as addresses).
+CALLGRIND = os.environ.get("MINIMIX_BENCH_SERVER_CALLGRIND", "1") not in ("", "0")
+CG_M = env_int("MINIMIX_BENCH_SERVER_CALLGRIND_MESSAGES", 20)
+# MINIMIX_BENCH_SERVER_LUACOUNT=1 (off by default): one more run per mode
+# and D in which mod_bench_probe counts Lua VM instructions (a hook every
+# 1000, in every thread that handles stanzas) and writes the Lua functions
+# they were spent in to bench/results/luaprof-<mode>-D<n>.txt.
+# MINIMIX_BENCH_PERF=1 adds `perf record` of the server to those runs
+# (bench/results/perf-<mode>-D<n>.data).  Profiled runs are slower: their
+# CPU figures are not reported.
+LUACOUNT = os.environ.get("MINIMIX_BENCH_SERVER_LUACOUNT", "") not in ("", "0")
+PERF = os.environ.get("MINIMIX_BENCH_PERF", "") not in ("", "0")
+RESULTS = os.path.join(HERE, "results")
+
+
+async def profile_start(ctl, pid, name):
+    prof = {"name": name}
+    await ctl.iq("<profile xmlns='urn:minimix:bench' action='start'/>")
+    if PERF:
+        import subprocess
+        prof["perf"] = subprocess.Popen(
+            ["perf", "record", "-q", "-F", "999", "-p", str(pid),
+             "-o", os.path.join(RESULTS, "perf-%s.data" % name)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
+    return prof
+
+
+async def profile_stop(ctl, prof):
+    """Stop profiling; returns the Lua VM instructions counted, in thousands."""
+    if "perf" in prof:
+        import signal
+        prof["perf"].send_signal(signal.SIGINT)
+        prof["perf"].wait(30)
+    el = await ctl.iq("<profile xmlns='urn:minimix:bench' action='stop' file=%s/>"
+                      % quoteattr(os.path.join(RESULTS, "luaprof-%s.txt" % prof["name"])))
+    p = el.find("{urn:minimix:bench}profile")
+    return int(p.get("samples")) if p is not None and p.get("samples") else None
+
+
+# ---- scenarios -----------------------------------------------------------------
+
+async def fanout(mode, D, profile=None):
+    """One run; profile: None (timed), "lua" (Lua VM instructions, and perf
+    when asked) or "callgrind" (every instruction, CG_M messages)."""
+    cg = profile == "callgrind"
+    M = CG_M if cg else globals()["M"]
+    slow = 60.0 if cg else 1.0  # timeouts stretch under valgrind
+    env = start_env(mode == "module", A, callgrind=cg)
+    pid = env.proc.pid
+    room = "bench@%s" % env.muc_domain
+    groups = []
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    ctl = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "ctl")
+    try:
+        await sender.connect(timeout=30 * slow)
+        await ctl.connect(timeout=30 * slow)  # for the profiling requests; never counts
+        await sender.join(room, "sender", timeout=30 * slow)
+        groups = account_sessions(env, A, D)
+        await connect_all(groups, timeout=30 * slow)
+        distinct = mode == "plain" and NICKS == "distinct"
+        await bounded([join_account(g, room, "u%d" % i, distinct, timeout=30 * slow)
+                       for i, g in enumerate(groups)])
+        # every run starts from a collected heap: the collector's work in the
+        # window is then what this run's garbage costs
+        lua_heap = await ctl.probe(timeout=60 * slow)
+        await settle(pid, limit=15 * min(slow, 4))
+        everyone = [s for g in groups for s in g]
+        for s in everyone:
+            s.count(MARKER)
+        sender.count(MARKER)
+        expected = A * D * M
+        prof = await profile_start(ctl, pid, "%s-D%d" % (mode, D)) if profile == "lua" else None
+        if cg:
+            env.zero()
+        me0 = time.process_time()
+        cpu0, sch0, t0 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
+        busy0 = system_busy()
+        sent = 0
+        while sent < M:
+            # at most WINDOW messages ahead of the room's reflection to the
+            # sender: the room has fanned out everything before that
+            while sent - sender.counted >= WINDOW:
+                sender._changed.clear()
+                if sent - sender.counted < WINDOW:
+                    break
+                await asyncio.wait_for(sender._changed.wait(), 60 * slow)
+            sent += 1
+            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
+                             "chat line often is." % sent)
+        deadline = time.monotonic() + 120 * slow
+        while True:
+            got = sum(s.counted for s in everyone)
+            if got >= expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+        cpu1, sch1, t1 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
+        busy1, me1 = system_busy(), time.process_time()
+        kinstr = await profile_stop(ctl, prof) if profile == "lua" else None
+        ir = ir_core = None
+        if cg:
+            ir, ir_core = env.dump(os.path.join(RESULTS, "callgrind-%s-D%d.txt" % (mode, D)))
+        await asyncio.sleep(0.3)
+        got = sum(s.counted for s in everyone)
+        rss, hwm = memory(pid)
+        return {
+            "mode": mode, "accounts": A, "sessions": D, "messages": M, "nicks": NICKS,
+            "expected": expected, "delivered": got,
+            "cpu_s": cpu1 - cpu0,
+            "sched_cpu_s": (sch1 - sch0) if sch0 is not None else None,
+            "wall_s": t1 - t0,
+            # what else kept the machine busy meanwhile (not this server, not
+            # these clients): interference makes CPU figures worse, never better
+            "other_busy_s": (busy1 - busy0) - (cpu1 - cpu0) - (me1 - me0),
+            "cpu_ms_per_1000": (cpu1 - cpu0) / max(got, 1) * 1e6,
+            "sched_ms_per_1000": (sch1 - sch0) / max(got, 1) * 1e6 if sch0 is not None else None,
+            "rss": rss, "peak_rss": hwm, "lua_heap_before": lua_heap,
+            "profiled": profile,
+            "lua_kinstr": kinstr,
+            "lua_instr_per_delivered": kinstr * 1000 / max(got, 1) if kinstr else None,
+            "ir": ir, "ir_core": ir_core,
+            "ir_per_delivered": ir / max(got, 1) if ir else None,
+        }
+    finally:
+        await close_all(groups)
+        await sender.close()
+        await ctl.close()
+        env.cleanup()
+
+
+async def many_rooms(mode):
+    env = start_env(mode == "module", RA)
+    pid = env.proc.pid
+    groups = []
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    try:
+        await sender.connect()
+        groups = account_sessions(env, RA, RD)
+        await connect_all(groups)
+        await settle(pid)
+        lua0 = await sender.probe()
+        rss0, _ = memory(pid)
+        await bounded([join_account(g, "r%d@%s" % (i % RR, env.muc_domain), "u%d" % i)
+                       for i, g in enumerate(groups)])
+        await settle(pid)
+        lua1 = await sender.probe()
+        rss1, hwm = memory(pid)
+        return {
+            "mode": mode, "accounts": RA, "rooms": RR, "sessions": RD,
+            "lua_before": lua0, "lua_after": lua1, "rss_before": rss0, "rss_after": rss1,
+            "lua_per_membership": (lua1 - lua0) / RA,
+            "rss_per_membership": (rss1 - rss0) / RA,
+            "peak_rss": hwm,
+        }
+    finally:
+        await close_all(groups)
+        await sender.close()
+        env.cleanup()
+
+
+async def cycles(mode, D):
+    env = start_env(mode == "module", CA)
+    pid = env.proc.pid
+    room = "cycle@%s" % env.muc_domain
+    groups = []
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    try:
+        await sender.connect()
+        await sender.join(room, "keeper")  # the room outlives the cycles
+        groups = account_sessions(env, CA, D)
+        await connect_all(groups)
+        marks = {}
+
+        async def one_cycle():
+            await bounded([join_account(g, room, "u%d" % i) for i, g in enumerate(groups)])
+            await bounded([leave_account(g, room, "u%d" % i) for i, g in enumerate(groups)])
+
+        for c in range(1, CYCLES + 1):
+            await one_cycle()
+            if c in (10, CYCLES // 2, CYCLES) and c not in marks:
+                await settle(pid)
+                marks[c] = (await sender.probe(), memory(pid)[0])
+        first = min(marks)
+        return {
+            "mode": mode, "accounts": CA, "sessions": D, "cycles": CYCLES,
+            "marks": {str(k): {"lua": v[0], "rss": v[1]} for k, v in sorted(marks.items())},
+            "lua_growth": marks[CYCLES][0] - marks[first][0],
+            "rss_growth": marks[CYCLES][1] - marks[first][1],
+            "from_cycle": first,
+        }
+    finally:
+        await close_all(groups)
+        await sender.close()
+        env.cleanup()
+
+
+# ---- report ----------------------------------------------------------------------
+
+def mb(b):
+    return "%.1f" % (b / 1048576)
+
+
+def main():
+    out_path = sys.argv[1] if len(sys.argv) > 1 else None
+    t_start = time.monotonic()
+    results = {"params": {"accounts": A, "messages": M, "sessions": DS, "repeat": REPEAT,
+                          "window": WINDOW, "rooms_accounts": RA, "rooms": RR,
+                          "rooms_sessions": RD, "cycle_accounts": CA, "cycles": CYCLES,
+                          "nicks": NICKS, "callgrind_messages": CG_M if CALLGRIND else None},
+               "fanout": [], "many_rooms": [], "cycles": []}
+    print("Server: Prosody 0.12 (%s), %d accounts in one room, %d messages, repeat %d"
+          % (platform.node(), A, M, REPEAT))
+    print()
+    print("  D  mode     delivered   CPU ms per 1000 delivered:      peak RSS MB")
+    print("                            best median (each run)")
+    summary = []
+    for D in (DS if "fanout" in SCENARIOS else []):
+        runs = {"plain": [], "module": []}
+        for r in range(REPEAT):
+            # alternate the order, so that neither always runs first
+            order = ("plain", "module") if r % 2 == 0 else ("module", "plain")
+            for mode in order:
+                res = asyncio.run(fanout(mode, D))
+                res["run"] = r
+                runs[mode].append(res)
+                results["fanout"].append(res)
+        best, med = {}, {}
+        for mode in ("plain", "module"):
+            rs = runs[mode]
+            best[mode] = min(x["cpu_ms_per_1000"] for x in rs)
+            med[mode] = statistics.median(x["cpu_ms_per_1000"] for x in rs)
+            ok = all(x["delivered"] == x["expected"] for x in rs)
+            print("  %d  %-7s %10s   %6.1f %6.1f  (%s)   %s" % (
+                D, mode, "%d%s" % (rs[0]["delivered"], "" if ok else " INCOMPLETE"),
+                best[mode], med[mode], ", ".join("%.1f" % x["cpu_ms_per_1000"] for x in rs),
+                "/".join(mb(x["peak_rss"]) for x in rs)))
+        summary.append({"sessions": D,
+                        "plain_ms_per_1000": best["plain"], "module_ms_per_1000": best["module"],
+                        "ratio": best["module"] / best["plain"],
+                        "plain_median": med["plain"], "module_median": med["module"],
+                        "ratio_median": med["module"] / med["plain"],
+                        "plain_peak_rss": max(x["peak_rss"] for x in runs["plain"]),
+                        "module_peak_rss": max(x["peak_rss"] for x in runs["module"]),
+                        "other_busy_s": [round(x["other_busy_s"], 2)
+                                         for m in ("plain", "module") for x in runs[m]]})
+        print("     module/plain: %.2f (best runs), %.2f (medians)"
+              % (best["module"] / best["plain"], med["module"] / med["plain"]))
+        if CALLGRIND:
+            ir = {}
+            for mode in ("plain", "module"):
+                res = asyncio.run(fanout(mode, D, profile="callgrind"))
+                res["run"] = "callgrind"
+                results["fanout"].append(res)
+                ir[mode] = res["ir_per_delivered"]
+                if res["delivered"] != res["expected"]:
+                    print("     callgrind run of %s INCOMPLETE: %d of %d"
+                          % (mode, res["delivered"], res["expected"]))
+            summary[-1].update({"plain_ir": ir["plain"], "module_ir": ir["module"],
+                                "ir_ratio": ir["module"] / ir["plain"],
+                                "module_ir_core_share": res["ir_core"] / res["ir"]})
+            print("     instructions per delivered message (callgrind, %d messages): "
+                  "plain %.0f, module %.0f (%.2f); minimix.so: %.1f %% of the module's"
+                  % (CG_M, ir["plain"], ir["module"], ir["module"] / ir["plain"],
+                     100.0 * res["ir_core"] / res["ir"]))
+        if LUACOUNT:
+            instr = {}
+            for mode in ("plain", "module"):
+                res = asyncio.run(fanout(mode, D, profile="lua"))
+                res["run"] = "profiled"
+                results["fanout"].append(res)
+                instr[mode] = res["lua_instr_per_delivered"]
+            summary[-1].update({"plain_lua_instr": instr["plain"],
+                                "module_lua_instr": instr["module"],
+                                "lua_instr_ratio": instr["module"] / instr["plain"]})
+            print("     Lua VM instructions per delivered message: plain %.0f, module %.0f"
+                  " (%.2f)" % (instr["plain"], instr["module"], instr["module"] / instr["plain"]))
+    results["fanout_summary"] = summary
+
+    if "rooms" in SCENARIOS:
+        print()
+        print("Many rooms: %d accounts x %d sessions over %d rooms" % (RA, RD, RR))
+        print("  mode     Lua heap/membership   RSS/membership   peak RSS MB")
+    for mode in (("plain", "module") if "rooms" in SCENARIOS else ()):
+        res = asyncio.run(many_rooms(mode))
+        results["many_rooms"].append(res)
+        print("  %-7s %14.0f B %15.0f B   %s" % (mode, res["lua_per_membership"],
+                                                 res["rss_per_membership"], mb(res["peak_rss"])))
+
+    D = max(DS)
+    if "cycles" in SCENARIOS:
+        print()
+        print("Join/leave cycles: %d accounts x %d sessions, %d cycles" % (CA, D, CYCLES))
+        print("  mode     Lua heap growth   RSS growth   (from cycle 10 to %d)" % CYCLES)
+    for mode in (("plain", "module") if "cycles" in SCENARIOS else ()):
+        res = asyncio.run(cycles(mode, D))
+        results["cycles"].append(res)
+        print("  %-7s %13d B %10d B" % (mode, res["lua_growth"], res["rss_growth"]))
+
+    results["seconds"] = time.monotonic() - t_start
+    print("\n(%.0f s)" % results["seconds"])
+    if out_path:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
