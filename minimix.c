@@ -267,6 +267,7 @@ struct mm_state {
 	mm_map accounts; /* bare JID -> mm_account* */
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
+	mm_node *last_payload; /* the last one interned (held by a reference) */
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
 	uint64_t iq_counter;
@@ -456,8 +457,14 @@ static size_t payload_refs(const mm_node *n)
 static mm_node *payload_prepare(mm_state *s, const char *payload, int *fresh)
 {
 	size_t len = strlen(payload);
-	mm_node *n = map_find_len(&s->payloads, payload, len);
+	mm_node *n;
 	*fresh = 0;
+	/* a room message reaches every local account in turn: the same text
+	 * again is found without hashing it again */
+	n = s->last_payload;
+	if (n && n->len == len && memcmp(n->key, payload, len) == 0)
+		return n;
+	n = map_find_len(&s->payloads, payload, len);
 	if (n)
 		return n;
 	if (!map_ready(&s->payloads))
@@ -467,6 +474,8 @@ static mm_node *payload_prepare(mm_state *s, const char *payload, int *fresh)
 	return n;
 }
 
+static void payload_unref(mm_state *s, mm_node *n);
+
 static void payload_ref(mm_state *s, mm_node *n, int fresh)
 {
 	if (fresh) {
@@ -474,6 +483,13 @@ static void payload_ref(mm_state *s, mm_node *n, int fresh)
 		s->payload_bytes += n->len;
 	}
 	n->value = (void *)(uintptr_t)(payload_refs(n) + 1);
+	if (s->last_payload != n) {
+		/* remember it, holding a reference so that it stays valid */
+		mm_node *old = s->last_payload;
+		n->value = (void *)(uintptr_t)(payload_refs(n) + 1);
+		s->last_payload = n;
+		payload_unref(s, old);
+	}
 }
 
 static void payload_unref(mm_state *s, mm_node *n)
@@ -481,6 +497,11 @@ static void payload_unref(mm_state *s, mm_node *n)
 	size_t refs;
 	if (n == NULL)
 		return;
+	if (n == s->last_payload && payload_refs(n) == 2) {
+		/* only the memo holds it besides this reference: let both go */
+		s->last_payload = NULL;
+		n->value = (void *)(uintptr_t)1;
+	}
 	refs = payload_refs(n) - 1;
 	if (refs == 0) {
 		map_unlink(&s->payloads, n);

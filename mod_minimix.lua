@@ -8,6 +8,7 @@
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
 local xml_parse = require "util.xml".parse;
+local new_cache = require "util.cache".new;
 local now = require "util.time".now;
 local datetime = require "util.datetime";
 
@@ -169,6 +170,18 @@ local function add_codes(stanza, codes)
 	end
 end
 
+-- Cached stanzas are replayed to every device that joins later: parse each
+-- text once (the copies are re-addressed, never changed in place).
+local parsed = new_cache(1024);
+local function parse_cached(payload)
+	local stanza = parsed:get(payload);
+	if not stanza then
+		stanza = xml_parse(payload);
+		if stanza then parsed:set(payload, stanza); end
+	end
+	return stanza;
+end
+
 -- Send to one session of the account.  A session that is gone gets nothing
 -- and nothing bounces: a bounce to the room would get the account kicked.
 local function to_session(account, resource, stanza, id, codes)
@@ -307,9 +320,10 @@ function perform(ctx, handled, actions, event, reason, text)
 			delivered = delivered + 1;
 		elseif op == "replay" then
 			replayed = replayed + 1;
-			local cached = xml_parse(a.payload);
+			local cached = parse_cached(a.payload);
 			if cached then
 				if a.stamp and not cached:get_child("delay", xmlns_delay) then
+					cached = st.clone(cached);
 					-- catch-up: when the room said it (XEP-0203)
 					cached:tag("delay", { xmlns = xmlns_delay, from = room,
 						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
@@ -473,6 +487,16 @@ local function muc_user_fields(stanza, p)
 	return p;
 end
 
+-- Prosody's MUC routes one stanza object to every occupant, changing only
+-- 'to': serialize it once for all the local accounts in the room.
+local last_stanza, last_payload;
+local function shared_payload(stanza)
+	if stanza ~= last_stanza then
+		last_stanza, last_payload = stanza, payload_of(stanza);
+	end
+	return last_payload;
+end
+
 local function incoming_presence(event)
 	local stanza = event.stanza;
 	local t = stanza.attr.type;
@@ -484,20 +508,10 @@ local function incoming_presence(event)
 		type = t or "available";
 		condition = t == "error" and select(2, stanza:get_error()) or nil;
 		id = stanza.attr.id;
-		payload = t ~= "error" and payload_of(stanza) or nil;
+		payload = t ~= "error" and shared_payload(stanza) or nil;
 	});
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_presence(account, room, nick, p));
-end
-
--- Prosody's MUC routes one stanza object to every occupant, changing only
--- 'to': serialize it once for all the local accounts in the room.
-local last_stanza, last_payload;
-local function shared_payload(stanza)
-	if stanza ~= last_stanza then
-		last_stanza, last_payload = stanza, payload_of(stanza);
-	end
-	return last_payload;
 end
 
 local function incoming_message(event)
