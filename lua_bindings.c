@@ -444,6 +444,18 @@ static int l_room_message(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+/* An event that names an account and a room only: fn(account, room). */
+static int account_room_event(lua_State *L,
+		mm_err (*fn)(mm_state *, const char *, const char *, mm_decision *))
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	mm_decision d;
+	mm_err err = fn(s, account, room, &d);
+	return push_result(L, err, &d);
+}
+
 /* room_iq(account, room, nick, id, is_error, condition) */
 static int l_room_iq(lua_State *L)
 {
@@ -481,22 +493,12 @@ static int l_ping_due(lua_State *L)
 
 static int l_rejoin_due(lua_State *L)
 {
-	mm_state *s = check_state(L);
-	const char *account = luaL_checkstring(L, 2);
-	const char *room = luaL_checkstring(L, 3);
-	mm_decision d;
-	mm_err err = mm_rejoin_due(s, account, room, &d);
-	return push_result(L, err, &d);
+	return account_room_event(L, mm_rejoin_due);
 }
 
 static int l_account_leave(lua_State *L)
 {
-	mm_state *s = check_state(L);
-	const char *account = luaL_checkstring(L, 2);
-	const char *room = luaL_checkstring(L, 3);
-	mm_decision d;
-	mm_err err = mm_account_leave(s, account, room, &d);
-	return push_result(L, err, &d);
+	return account_room_event(L, mm_account_leave);
 }
 
 /* restore(account, room, nick [, password, last_id, last_stamp]) */
@@ -536,12 +538,7 @@ static int l_take_dirty(lua_State *L)
 
 static int l_delivery_failed(lua_State *L)
 {
-	mm_state *s = check_state(L);
-	const char *account = luaL_checkstring(L, 2);
-	const char *room = luaL_checkstring(L, 3);
-	mm_decision d;
-	mm_err err = mm_delivery_failed(s, account, room, &d);
-	return push_result(L, err, &d);
+	return account_room_event(L, mm_delivery_failed);
 }
 
 /* ---- inspection --------------------------------------------------------- */

@@ -917,6 +917,20 @@ static void act_replay(mm_state *s, const char *resource, const mm_node *payload
 	a->add_codes = codes;
 }
 
+/* Session `resource` sees itself leave the membership's room. */
+static void act_reflect_leave(mm_state *s, const mm_membership *m,
+		const char *resource, const char *id, unsigned codes, int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_REFLECT_LEAVE, ok);
+	if (a == NULL)
+		return;
+	a->resource = dec_str(s, resource, ok);
+	a->nick = dec_str(s, m->nick, ok);
+	a->id = dec_str(s, id, ok);
+	a->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", ok);
+	a->add_codes = codes;
+}
+
 static void act_simple(mm_state *s, mm_op op, int *ok)
 {
 	(void)dec_push(s, op, ok);
@@ -1319,7 +1333,6 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 {
 	mm_membership *m;
 	mm_session *ss;
-	mm_action *act;
 	uint64_t agg;
 	char *shown;
 	int ok = 1;
@@ -1337,13 +1350,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 
 	if (active_sessions(m) > 1 || m->state == MM_LEAVING) {
 		/* others stay in: only this session sees itself leave */
-		act = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
-		if (act) {
-			act->resource = dec_str(s, resource, &ok);
-			act->nick = dec_str(s, m->nick, &ok);
-			act->id = dec_str(s, id, &ok);
-			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
-		}
+		act_reflect_leave(s, m, resource, id, 0, &ok);
 		agg = handover(s, m, ss, &shown, &ok);
 		if (!ok) {
 			free(shown);
@@ -1358,13 +1365,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 
 	if (m->rejoin_wait) {
 		/* the account is out, waiting to join again: nothing to leave */
-		act = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
-		if (act) {
-			act->resource = dec_str(s, resource, &ok);
-			act->nick = dec_str(s, m->nick, &ok);
-			act->id = dec_str(s, id, &ok);
-			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
-		}
+		act_reflect_leave(s, m, resource, id, 0, &ok);
 		return membership_end(s, account, m, out, ok, "left", NULL);
 	}
 
@@ -2074,18 +2075,10 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	if (fell_out) {
 		/* XEP-0410: the room no longer knows the account; every session
 		 * learns it, and the account joins again */
-		for (i = 0; i < m->nsessions; i++) {
-			mm_action *a;
-			if (m->sessions[i].leaving)
-				continue;
-			a = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
-			if (a) {
-				a->resource = dec_str(s, m->sessions[i].resource, &ok);
-				a->nick = dec_str(s, m->nick, &ok);
-				a->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
-				a->add_codes = MM_CODE_333;
-			}
-		}
+		for (i = 0; i < m->nsessions; i++)
+			if (!m->sessions[i].leaving)
+				act_reflect_leave(s, m, m->sessions[i].resource, NULL,
+					MM_CODE_333, &ok);
 		act_event(s, "rejoining", "not-acceptable", &ok);
 		act_rejoin(s, m, &ok);
 	}
@@ -2378,12 +2371,7 @@ mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
 	for (i = 0; i < m->nsessions; i++) {
 		if (m->sessions[i].leaving)
 			continue;
-		act = dec_push(s, MM_OP_REFLECT_LEAVE, &ok);
-		if (act) {
-			act->resource = dec_str(s, m->sessions[i].resource, &ok);
-			act->nick = dec_str(s, m->nick, &ok);
-			act->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", &ok);
-		}
+		act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, &ok);
 	}
 	if (m->rejoin_wait)
 		return membership_end(s, account, m, out, ok, "left", NULL);
