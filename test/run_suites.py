@@ -2,8 +2,9 @@
 """Run every test suite of mod_minimix and sum them up.
 
 Suites: the Check unit tests of the core (plain, under valgrind, and under
-ASan+UBSan), a short libFuzzer run of the core, the busted specs of the binding and the shim, and the end-to-end tests against a
-real Prosody.  Each suite's own output is shown as it runs; the last line is
+ASan+UBSan), a short libFuzzer run of the core, the busted specs (also under valgrind) of the binding and the shim, and the end-to-end tests against a
+real Prosody (the foundation and semantics ones also with Prosody and the
+module under valgrind).  Each suite's own output is shown as it runs; the last line is
 "N passed, N failed" over all suites.  Exit status 1 on any failure, and
 also when a suite could not run or ran no test.
 """
@@ -70,6 +71,14 @@ SUITES = [
      ["./fuzz/fuzz_core", "-max_total_time=" + FUZZ_SECONDS, "-print_final_stats=0",
       "-artifact_prefix=/tmp/minimix-fuzz-"], {}, fuzz_counts),
     ("spec (busted)", ["lua5.4", "/usr/bin/busted"], {}, busted_counts),
+    ("spec (busted under valgrind)",
+     ["valgrind", "-q", "--keep-debuginfo=yes", "--suppressions=test/valgrind.supp",
+      "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
+      "--error-exitcode=99", "lua5.4", "/usr/bin/busted"], {}, busted_counts),
+    ("end-to-end under valgrind (foundation and semantics, Prosody in memcheck)",
+     [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
+      "test/e2e/test_foundation.py", "test/e2e/test_semantics.py"],
+     {"MINIMIX_E2E_VALGRIND": "1"}, pytest_counts),
     ("end-to-end (pytest, real Prosody)",
      [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "test/e2e"], {},
      pytest_counts),

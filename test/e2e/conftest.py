@@ -66,6 +66,9 @@ def prosody_factory(request):
         errors = env.log_errors()
         if errors:
             problems.append("%s:\n%s" % (env.log_path, "\n".join(errors[:40])))
+        memcheck = env.valgrind_errors()
+        if memcheck:
+            problems.append("%s:\n%s" % (env.valgrind_log, "\n==".join(memcheck[:10])))
         late = env.log_errors(during_shutdown=True)
         if late:
             warnings.warn("errors in the Prosody log during shutdown (%s):\n%s"

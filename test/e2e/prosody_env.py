@@ -335,9 +335,30 @@ class ProsodyEnv:
         env.pop("LUA_CPATH", None)
         return env
 
+    @property
+    def valgrind_log(self):
+        return os.path.join(self.dir, "valgrind.log")
+
     def command(self):
-        """The command line that runs this Prosody in the foreground."""
-        return [PROSODY, "--config", self.config_path, "-F"]
+        """The command line that runs this Prosody in the foreground.
+
+        MINIMIX_E2E_VALGRIND=1 runs it under valgrind's memcheck (the module's
+        C code included); valgrind_errors() reads what it found."""
+        cmd = [PROSODY, "--config", self.config_path, "-F"]
+        if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0"):
+            # valgrind must run the interpreter, not /usr/bin/env
+            cmd = ["valgrind", "-q", "--leak-check=no", "--track-origins=no",
+                   "--log-file=" + self.valgrind_log, "lua5.4"] + cmd
+        return cmd
+
+    def valgrind_errors(self):
+        """Memcheck's reports (a clean run writes none), or []."""
+        try:
+            with open(self.valgrind_log, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return []
+        return [b for b in text.split("\n==") if b.strip()]
 
     def environ(self):
         """The environment to run it with."""
