@@ -245,6 +245,8 @@ typedef struct mm_membership {
 	mm_hist *hist;    /* ring of history_size, oldest at hist_head */
 	size_t hist_head, hist_count;
 	char *last_id;    /* the last room message seen */
+	size_t last_id_cap; /* bytes allocated for it */
+	int seen_dirty;   /* the account is marked for a newer last message */
 	double last_stamp;
 	int restoring;    /* joining again after a restart: skip what was seen */
 	int ping_pending; /* the module's own self-ping awaits an answer */
@@ -957,19 +959,20 @@ static mm_err dec_finish(mm_state *s, mm_decision *out, int handled, int ok)
 
 /* Remember that the account's persisted memberships need writing.  Best
  * effort on allocation failure: the next change marks it again. */
-static void mark_dirty(mm_state *s, const char *account, int level)
+static int mark_dirty(mm_state *s, const char *account, int level)
 {
 	mm_node *n = map_find(&s->dirty, account);
 	if (n) {
 		if ((uintptr_t)n->value < (uintptr_t)level)
 			n->value = (void *)(uintptr_t)level;
-		return;
+		return 1;
 	}
 	if (!map_ready(&s->dirty))
-		return;
+		return 0;
 	n = node_new(account, strlen(account), (void *)(uintptr_t)level);
 	if (n)
 		map_link(&s->dirty, n);
+	return n != NULL;
 }
 
 /* Note what happened to the membership (one event per decision). */
@@ -988,6 +991,22 @@ static void deliver_all(mm_state *s, const mm_membership *m, int *ok)
 	for (i = 0; i < m->nsessions; i++)
 		if (!m->sessions[i].leaving)
 			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
+}
+
+/* deliver_all() for a decision that removes no session: the actions point
+ * at the sessions' own resources, which live until the next call (the hot
+ * path of every room message). */
+static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++) {
+		mm_action *a;
+		if (m->sessions[i].leaving)
+			continue;
+		a = dec_push(s, MM_OP_DELIVER, ok);
+		if (a)
+			a->resource = m->sessions[i].resource;
+	}
 }
 
 /* Catch-up for a later session (§7.2.14): the newest messages its
@@ -1884,7 +1903,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 	/* another occupant (or the room itself) */
 	if (m->state == MM_LEAVING)
 		return dec_finish(s, out, 1, ok);
-	deliver_all(s, m, &ok);
+	deliver_all_ref(s, m, &ok);
 	if (!ok || nick == NULL)
 		return dec_finish(s, out, 1, ok);
 	{
@@ -1933,8 +1952,15 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		if (m->hist == NULL)
 			return 0;
 	}
-	if (!dup_opt(msg->stanza_id, &id))
-		return 0;
+	if (msg->stanza_id) {
+		/* the id changes with every message: reuse the buffer when it fits */
+		size_t len = strlen(msg->stanza_id) + 1;
+		if (m->last_id == NULL || m->last_id_cap < len) {
+			id = malloc(len);
+			if (id == NULL)
+				return 0;
+		}
+	}
 	pn = payload_prepare(s, msg->payload, &fresh);
 	if (pn == NULL) {
 		free(id);
@@ -1952,13 +1978,20 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 	slot->payload = pn;
 	slot->stamp = msg->stamp;
 	m->hist_count++;
-	if (id) {
-		free(m->last_id);
-		m->last_id = id;
+	if (msg->stanza_id) {
+		size_t len = strlen(msg->stanza_id) + 1;
+		if (id) {
+			free(m->last_id);
+			m->last_id = id;
+			m->last_id_cap = len;
+		}
+		memcpy(m->last_id, msg->stanza_id, len);
 	}
 	if (msg->stamp > m->last_stamp)
 		m->last_stamp = msg->stamp;
-	mark_dirty(s, account, 1);
+	/* once per flush is enough: the flush writes the newest */
+	if (!m->seen_dirty)
+		m->seen_dirty = mark_dirty(s, account, 1);
 	return 1;
 }
 
@@ -2023,7 +2056,7 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 				return dec_finish(s, out, 1, ok);
 			}
 		}
-		deliver_all(s, m, &ok);
+		deliver_all_ref(s, m, &ok);
 		if (ok && msg->has_subject && !msg->has_body
 				&& !payload_set(s, &m->subject, msg->payload))
 			ok = 0;
@@ -2343,6 +2376,7 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	m->auto_rejoin = 1;
 	m->restoring = 1;
 	m->last_id = id;
+	m->last_id_cap = id ? strlen(id) + 1 : 0;
 	m->last_stamp = last_stamp;
 	/* the decision is a fresh join asking for what was said meanwhile */
 	a = &s->dec.actions[0];
@@ -2399,6 +2433,13 @@ size_t mm_take_dirty(mm_state *s, int level,
 			next = n->next;
 			if ((uintptr_t)n->value < (uintptr_t)level)
 				continue;
+			{
+				mm_account *a = account_get(s, n->key);
+				if (a) {
+					MAP_EACH(&a->rooms, rn)
+						((mm_membership *)rn->value)->seen_dirty = 0;
+				}
+			}
 			if (fn)
 				fn(n->key, ud);
 			map_unlink(&s->dirty, n);
