@@ -23,7 +23,6 @@ local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_bookmarks = "urn:xmpp:bookmarks:1";
-local xmlns_pubsub = "http://jabber.org/protocol/pubsub";
 local xmlns_sid = "urn:xmpp:sid:0";
 
 -- Configuration: every limit bounds memory; see README.markdown.
