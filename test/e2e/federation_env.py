@@ -40,7 +40,6 @@ Test-only plugins (test/e2e/plugins) loaded here:
                     link down (sessions closed, port 5269 closed) and up
 """
 
-import asyncio
 import os
 import shutil
 import socket
@@ -51,7 +50,7 @@ import xml.etree.ElementTree as ET
 
 from .clients import Client, P, Stanza, NS_CLIENT
 from .prosody_env import ProsodyEnv, ProsodyError, CHECKOUT
-from .world import World
+from .world import World, run
 
 ACCOUNT_DOMAIN = "a.test"
 ROOM_DOMAIN = "b.test"
@@ -347,14 +346,4 @@ class FedWorld(World):
 def run_federation(fed, scenario, timeout=120.0):
     """Run `await scenario(world)` (a FedWorld) in a fresh event loop; on
     failure print every client's transcript."""
-    async def main():
-        w = FedWorld(fed)
-        try:
-            await asyncio.wait_for(scenario(w), timeout)
-        except BaseException:
-            print("==== client transcripts ====")
-            print(w.transcripts())
-            raise
-        finally:
-            await w.close()
-    asyncio.run(main())
+    run(fed, scenario, timeout, world=FedWorld)

@@ -69,10 +69,11 @@ class World:
         return "\n\n".join(c.transcript() for c in self.clients)
 
 
-def run(env, scenario, timeout=SCENARIO_TIMEOUT):
-    """Run `await scenario(world)` in a fresh event loop."""
+def run(env, scenario, timeout=SCENARIO_TIMEOUT, world=None):
+    """Run `await scenario(world)` in a fresh event loop; on failure print
+    every client's transcript.  world: the World class to make (World)."""
     async def main():
-        w = World(env)
+        w = (world or World)(env)
         try:
             await asyncio.wait_for(scenario(w), timeout)
         except BaseException:
