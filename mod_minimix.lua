@@ -12,7 +12,8 @@ local new_cache = require "util.cache".new;
 local now = require "util.time".now;
 local datetime = require "util.datetime";
 
-local full_sessions = prosody.full_sessions;
+local bare_sessions = prosody.bare_sessions;
+local xml_escape = st.xml_escape;
 
 local xmlns_muc = "http://jabber.org/protocol/muc";
 local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
@@ -181,10 +182,70 @@ local function parse_cached(payload)
 	return stanza;
 end
 
+-- Prosody's MUC routes one stanza object to every occupant, changing only
+-- 'to'.  Its text without 'to' is taken once, for the core's caches and for
+-- the copies: each session then gets that text with its own address put in
+-- front, instead of a serialization of its own.  The text stands for the
+-- object only while the object is as it was (its attributes and children).
+local shared = { stanza = nil, payload = nil, tail = nil, len = 0, tags = 0, nattr = 0, attr = {} };
+
+local function shared_unchanged(stanza)
+	if stanza ~= shared.stanza or #stanza ~= shared.len or #stanza.tags ~= shared.tags then
+		return false;
+	end
+	local attr, n = shared.attr, 0;
+	for k, v in pairs(stanza.attr) do
+		if k ~= "to" then
+			if attr[k] ~= v then return false; end
+			n = n + 1;
+		end
+	end
+	return n == shared.nattr;
+end
+
+local function shared_payload(stanza)
+	if not shared_unchanged(stanza) then
+		local payload = payload_of(stanza);
+		local attr, n = {}, 0;
+		for k, v in pairs(stanza.attr) do
+			if k ~= "to" then attr[k], n = v, n + 1; end
+		end
+		shared.stanza, shared.payload, shared.len, shared.tags = stanza, payload, #stanza, #stanza.tags;
+		shared.attr, shared.nattr = attr, n;
+		-- what follows "<name": attributes and children
+		shared.tail = payload:sub(#stanza.name + 2);
+	end
+	return shared.payload;
+end
+
+-- " to='full JID'" of each session, escaped once
+local to_attr = setmetatable({}, { __mode = "k" });
+
+-- What session.send does (Prosody's sessionmanager), with the text taken
+-- from the shared serialization when the stanza filters (mod_smacks, CSI)
+-- handed back the object unchanged.  Sessions without that shape (BOSH)
+-- get session.send.
+local function send_shared(session, stanza)
+	local filter, rawsend = session.filter, session.rawsend;
+	if not (filter and rawsend) then return session.send(stanza); end
+	local t = filter("stanzas/out", stanza);
+	if not t then return true; end
+	if t == stanza and shared_unchanged(stanza) then
+		local to = to_attr[session];
+		if not to then
+			to = " to='" .. xml_escape(session.full_jid) .. "'";
+			to_attr[session] = to;
+		end
+		return rawsend("<" .. stanza.name .. to .. shared.tail);
+	end
+	return rawsend(t);
+end
+
 -- Send to one session of the account.  A session that is gone gets nothing
 -- and nothing bounces: a bounce to the room would get the account kicked.
 local function to_session(account, resource, stanza, id, codes)
-	local session = full_sessions[account .. "/" .. resource];
+	local user = bare_sessions[account];
+	local session = user and user.sessions[resource];
 	if not session then return; end
 	if codes then
 		stanza = st.clone(stanza);
@@ -193,8 +254,14 @@ local function to_session(account, resource, stanza, id, codes)
 	-- re-address, send, restore: as Prosody's MUC does for its occupants
 	local old_to, old_id = stanza.attr.to, stanza.attr.id;
 	stanza.attr.to = session.full_jid;
-	if id then stanza.attr.id = id; end
-	session.send(stanza);
+	if id then
+		stanza.attr.id = id;
+		session.send(stanza);
+	elseif stanza == shared.stanza then
+		send_shared(session, stanza);
+	else
+		session.send(stanza);
+	end
 	stanza.attr.to, stanza.attr.id = old_to, old_id;
 end
 
@@ -484,16 +551,6 @@ local function muc_user_fields(stanza, p)
 	end
 	p.destroyed = x:get_child("destroy") ~= nil;
 	return p;
-end
-
--- Prosody's MUC routes one stanza object to every occupant, changing only
--- 'to': serialize it once for all the local accounts in the room.
-local last_stanza, last_payload;
-local function shared_payload(stanza)
-	if stanza ~= last_stanza then
-		last_stanza, last_payload = stanza, payload_of(stanza);
-	end
-	return last_payload;
 end
 
 local function incoming_presence(event)

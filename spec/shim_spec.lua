@@ -1,13 +1,14 @@
 -- Specs for mod_minimix.lua loaded into a mocked Prosody `module`: the shim
 -- turns stanzas into core calls and carries out what the core decides.
 local st = require "util.stanza";
+local xml_parse = require "util.xml".parse;
 
 local MUC = "http://jabber.org/protocol/muc";
 local MUC_USER = MUC .. "#user";
 
 -- A fake module environment: records hooks, sends and logs.
 local function load_shim(options)
-	local env = { hooks = {}, sent = {}, logs = {}, sessions = {} };
+	local env = { hooks = {}, sent = {}, logs = {}, sessions = {}, bare = {} };
 	local module = {
 		host = "localhost";
 		path = "./mod_minimix.lua";
@@ -87,7 +88,7 @@ local function load_shim(options)
 	end
 	local g = setmetatable({
 		module = module;
-		prosody = { full_sessions = env.sessions };
+		prosody = { full_sessions = env.sessions, bare_sessions = env.bare };
 	}, { __index = _G });
 	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
 	chunk();
@@ -95,13 +96,42 @@ local function load_shim(options)
 	return env;
 end
 
-local function new_session(env, resource)
+-- A session shaped as Prosody's sessionmanager makes them: send runs the
+-- "stanzas/out" filters, then rawsend serializes and writes.  What reaches
+-- the wire is parsed back into `got`; `wire` keeps the text.
+local function new_session(env, resource, shape)
 	local s = {
 		type = "c2s", username = "alice", host = "localhost", resource = resource,
-		full_jid = "alice@localhost/" .. resource, got = {},
+		full_jid = "alice@localhost/" .. resource, got = {}, wire = {}, filters = {},
 	};
-	function s.send(stanza) s.got[#s.got+1] = st.clone(stanza); return true; end
+	local function write(t)
+		local text = tostring(t);
+		s.wire[#s.wire+1] = text;
+		s.got[#s.got+1] = assert(xml_parse(text));
+		return true;
+	end
+	if shape == "bosh" then
+		-- mod_bosh: its own send, no rawsend
+		function s.send(stanza) return write(stanza); end
+	else
+		function s.filter(kind, t)
+			assert(kind == "stanzas/out");
+			for _, f in ipairs(s.filters) do
+				t = f(t, s);
+				if t == nil then return nil; end
+			end
+			return t;
+		end
+		function s.rawsend(t) return write(t); end
+		function s.send(t)
+			if t.name then t = s.filter("stanzas/out", t); end
+			if t then return s.rawsend(t); end
+			return true;
+		end
+	end
 	env.sessions[s.full_jid] = s;
+	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
+	env.bare["alice@localhost"].sessions[resource] = s;
 	return s;
 end
 
@@ -173,6 +203,112 @@ describe("mod_minimix shim", function()
 		assert.equal(0, #T.got);
 		assert.equal("alice@localhost/laptop", L.got[1].attr.to);
 		assert.equal("alice@localhost", msg.attr.to, "the original stanza is restored");
+	end);
+
+	describe("sends the room's stanza", function()
+		-- Same element: name, attributes, children in order, text.
+		local function same_xml(a, b)
+			if type(a) == "string" or type(b) == "string" then return a == b; end
+			if a.name ~= b.name or #a ~= #b then return false; end
+			for k, v in pairs(a.attr) do if b.attr[k] ~= v then return false; end end
+			for k, v in pairs(b.attr) do if a.attr[k] ~= v then return false; end end
+			for i = 1, #a do if not same_xml(a[i], b[i]) then return false; end end
+			return true;
+		end
+		local function joined(...)
+			for i, s in ipairs({ ... }) do
+				fire(env, "pre-presence/full", s, join("j" .. i));
+				if i == 1 then fire(env, "presence/bare", nil, room_presence("alice", { 110 })); end
+				s.got, s.wire = {}, {};
+			end
+		end
+		local function room_message()
+			return st.message({ from = "room@muc.example/bob", to = "alice@localhost", type = "groupchat",
+					id = "m'1", ["xml:lang"] = "en" })
+				:text_tag("body", "1 < 2 & \"3\" > 'x'")
+				:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = "s1" }):up();
+		end
+		local function as_sent_to(stanza, jid)
+			local copy = st.clone(stanza);
+			copy.attr.to = jid;
+			return copy;
+		end
+
+		it("serialized once, each session's copy addressed to it", function()
+			local O = new_session(env, "o'neil & <co>");
+			joined(P, L, O);
+			local msg = room_message();
+			local mt = getmetatable(msg);
+			local tostring_orig, serialized = mt.__tostring, 0;
+			mt.__tostring = function(t) serialized = serialized + 1; return tostring_orig(t); end
+			local ok, err = pcall(fire, env, "message/bare", nil, msg);
+			mt.__tostring = tostring_orig;
+			assert(ok, err);
+			assert.equal(1, serialized, "one serialization for three sessions");
+			for _, s in ipairs({ P, L, O }) do
+				assert.equal(1, #s.got);
+				assert.is_true(same_xml(as_sent_to(msg, s.full_jid), s.got[1]), s.wire[1]);
+			end
+			assert.equal("alice@localhost/o'neil & <co>", O.got[1].attr.to);
+			assert.equal("alice@localhost", msg.attr.to, "the original stanza is restored");
+		end);
+
+		it("as the filters hand it back: a copy, or nothing", function()
+			local Q = new_session(env, "queued");
+			joined(P, Q);
+			-- mod_websocket hands back a copy with its namespace
+			local copy;
+			P.filters[1] = function(t)
+				copy = st.clone(t);
+				copy.attr.xmlns = "jabber:client";
+				return copy;
+			end;
+			-- mod_smacks while hibernating: queues a copy, sends nothing
+			local queued;
+			Q.filters[1] = function(t) queued = st.clone(t); return nil; end;
+			local msg = room_message();
+			fire(env, "message/bare", nil, msg);
+			assert.equal(tostring(copy), P.wire[1], "the filter's copy as it is");
+			assert.equal("jabber:client", P.got[1].attr.xmlns);
+			assert.equal(P.full_jid, P.got[1].attr.to);
+			assert.equal(0, #Q.wire);
+			assert.is_true(same_xml(as_sent_to(msg, Q.full_jid), queued));
+		end);
+
+		it("as a filter changed it in place", function()
+			joined(L);
+			L.filters[1] = function(t)
+				t:tag("marked", { xmlns = "urn:example:mark" }):up();
+				t.attr.type = "normal";
+				return t;
+			end;
+			fire(env, "message/bare", nil, room_message());
+			assert.truthy(L.got[1]:get_child("marked", "urn:example:mark"), L.wire[1]);
+			assert.equal("normal", L.got[1].attr.type);
+			assert.equal(L.full_jid, L.got[1].attr.to);
+		end);
+
+		it("through session.send where a session has no rawsend (BOSH)", function()
+			local B = new_session(env, "bosh", "bosh");
+			joined(P, B);
+			local msg = room_message();
+			fire(env, "message/bare", nil, msg);
+			assert.is_true(same_xml(as_sent_to(msg, B.full_jid), B.got[1]), B.wire[1]);
+			assert.is_true(same_xml(as_sent_to(msg, P.full_jid), P.got[1]), P.wire[1]);
+		end);
+
+		it("serialized anew once a stanza object changes between accounts", function()
+			joined(P);
+			local msg = room_message();
+			fire(env, "message/bare", nil, msg);
+			msg:tag("edited", { xmlns = "urn:example:edit" }):up();
+			msg.attr.id = "m2";
+			fire(env, "message/bare", nil, msg);
+			assert.equal(2, #P.got);
+			assert.is_nil(P.got[1]:get_child("edited", "urn:example:edit"));
+			assert.truthy(P.got[2]:get_child("edited", "urn:example:edit"), P.wire[2]);
+			assert.equal("m2", P.got[2].attr.id);
+		end);
 	end);
 
 	it("lets traffic from other entities pass untouched", function()

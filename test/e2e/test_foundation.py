@@ -13,6 +13,8 @@ account-level behaviours fail.
 Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
+import re
+
 import pytest
 
 from .clients import P, from_room, join_room, create_room
@@ -503,6 +505,70 @@ def test_vanished_smacks_session_causes_no_bounce(prosody_factory, other):
             check_join_sequence(seq, room, "alice", ["bob"], "Bounce", l.jid, history=None)
             await bob.assert_nothing(P(name="presence", frm=room + "/alice"), since=mb,
                                      what="a presence of alice at bob (she never left)")
+    run(env, scenario)
+
+
+SMACKS_PROBE = (
+    '> (function() local s = prosody.full_sessions["alice@localhost/phone"]; '
+    'if not s then return "GONE" end; local q = s.outgoing_stanza_queue; '
+    'local t = { "COUNT=" .. (q:count_acked() + q:count_unacked()) .. ";", '
+    '"HIBERNATING=" .. tostring(s.hibernating ~= nil) .. ";" }; '
+    'for _, x in ipairs(q:table()) do local b = x:get_child_text("body"); '
+    'if b then t[#t+1] = "QUEUED[" .. x.attr.to .. "|" .. b .. "]" end end; '
+    'return table.concat(t, " ") end)()')
+
+
+def test_stream_management_counts_and_queues_every_forked_copy(prosody_factory):
+    """XEP-0198 4 and 5: the copies a session gets of room traffic pass
+    through Prosody's outgoing stanza filters like any stanza sent to it,
+    however the module writes them.  mod_smacks counts each one (its count
+    equals the stanzas the client received since <enabled/>, which the
+    client acknowledges), and while the session hibernates it queues them,
+    addressed to that session, for a resumption."""
+    env = prosody_factory(smacks_hibernation_time=60, admin_shell=True)
+
+    def probe():
+        out = env.shell(SMACKS_PROBE)
+        assert "GONE" not in out, out
+        count = int(re.search(r"COUNT=(\d+);", out).group(1))
+        hibernating = re.search(r"HIBERNATING=(\w+);", out).group(1) == "true"
+        return count, hibernating, re.findall(r"QUEUED\[([^|\]]*)\|([^\]]*)\]", out)
+
+    async def scenario(w):
+        room = w.room("counted")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone", subject="Counted")
+        p = await w.connect("alice", "phone", sm=True)
+        l = await w.connect("alice", "laptop")
+        await join_room(p, room, "alice")
+        await join_room(l, room, "alice")
+        mp, ml = p.mark(), l.mark()
+        for i in range(5):
+            bob.groupchat(room, "counted %d" % i)
+        for i in range(5):
+            await p.wait_for(P(name="message", body="counted %d" % i), since=mp)
+            await l.wait_for(P(name="message", body="counted %d" % i), since=ml)
+        await w.quiet()
+        count, hibernating, _ = probe()
+        assert not hibernating
+        assert count == p._sm_h, "mod_smacks counted %d stanzas, the phone received %d:\n%s" % (
+            count, p._sm_h, p.transcript(mp))
+
+        await p.abort()
+        for _ in range(100):
+            if probe()[1]:
+                break
+            await w.quiet(0.1)
+        else:
+            raise AssertionError("the phone's session never hibernated")
+        ml = l.mark()
+        for i in range(3):
+            bob.groupchat(room, "queued %d" % i)
+            await l.wait_for(P(name="message", body="queued %d" % i), since=ml)
+        _, hibernating, queued = probe()
+        assert hibernating
+        assert [q for q in queued if q[1].startswith("queued")] == [
+            (p.jid, "queued %d" % i) for i in range(3)], queued
     run(env, scenario)
 
 
