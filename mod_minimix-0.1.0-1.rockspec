@@ -24,6 +24,7 @@ dependencies = {
 }
 external_dependencies = {
 	IDN2 = { header = "idn2.h", library = "idn2" },
+	XXHASH = { header = "xxhash.h" }, -- header-only use: nothing to link
 }
 build = {
 	type = "builtin",
@@ -31,6 +32,8 @@ build = {
 		minimix = {
 			sources = { "minimix.c", "lua_bindings.c" },
 			libraries = { "idn2" },
+			incdirs = { "$(IDN2_INCDIR)", "$(XXHASH_INCDIR)" },
+			libdirs = { "$(IDN2_LIBDIR)" },
 		},
 		mod_minimix = "mod_minimix.lua",
 	},

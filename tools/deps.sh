@@ -10,6 +10,7 @@ pkg-config
 lua5.4
 liblua5.4-dev
 libidn2-dev
+libxxhash-dev
 check
 valgrind
 prosody
