@@ -369,56 +369,90 @@ int main(int argc, char **argv)
 	report("rss_per_membership", "RSS per membership, after joins",
 		(vmrss_bytes() - rss0) / M, "B");
 
-	/* ---- fan-out: a room message to each local account ---- */
+	/* ---- fan-out: a room message to each local account ----
+	 * Cold: every room in turn, so that a membership's data has left the
+	 * caches by the time its next message comes (as in a busy server).
+	 * Hot: one room's accounts again and again (the decision's own cost).
+	 * Both with the payload (kept for catch-up, as the shim passes it) and
+	 * without (routing alone), each pass on its own. */
 	{
-		double with_ns = 0, bare_ns = 0, warm_ns = 0;
-		long seq = 0, calls = 0, warm_calls = 0;
+		double with_ns = 0, bare_ns = 0, warm_ns = 0, hot_ns = 0, hot_bare_ns = 0;
+		long seq = 0, calls = 0, warm_calls = 0, hot_calls = 0, expected = 0;
+		const long hot_rounds = 2000;
 		size_t delivered = 0;
+		int pass;
 		mm_message m;
-		/* round -1 warms up: each membership's first message allocates its
+		/* pass 0 warms up: each membership's first message allocates its
 		 * catch-up ring; it is reported apart */
-		for (r = -1; r < rounds; r++) {
-			for (ri = 0; ri < nrooms; ri++) {
-				g = (long)ri / J;
-				char *pl = message_payload(rooms[ri], ++seq);
+		for (pass = 0; pass <= 2; pass++) {
+			long nr = pass == 0 ? 1 : rounds;
+			for (r = 0; r < nr; r++) {
+				for (ri = 0; ri < nrooms; ri++) {
+					char sid[32];
+					char *pl = pass == 2 ? NULL : message_payload(rooms[ri], ++seq);
+					g = (long)ri / J;
+					snprintf(sid, sizeof sid, "sid-%ld", seq);
+					memset(&m, 0, sizeof m);
+					m.type = MM_MSG_GROUPCHAT;
+					m.has_body = 1;
+					m.id = "m";
+					m.stanza_id = pl ? sid : NULL;
+					m.stamp = 1e9 + (double)seq;
+					m.payload = pl;
+					t = now_ns();
+					for (a = g * S; a < g * S + S; a++) {
+						mm_room_message(s, accounts[a], rooms[ri], "sender", &m, &d);
+						delivered += d.n;
+					}
+					t = now_ns() - t;
+					if (pass == 0) {
+						warm_ns += t;
+						warm_calls += S;
+					} else if (pass == 1) {
+						with_ns += t;
+						calls += S;
+					} else {
+						bare_ns += t;
+					}
+					expected += S;
+					free(pl);
+				}
+				mm_take_dirty(s, 1, NULL, NULL);
+			}
+		}
+		/* hot: the first room's accounts, over and over */
+		for (pass = 1; pass <= 2; pass++) {
+			for (r = 0; r < hot_rounds; r++) {
 				char sid[32];
+				char *pl = pass == 2 ? NULL : message_payload(rooms[0], ++seq);
 				snprintf(sid, sizeof sid, "sid-%ld", seq);
 				memset(&m, 0, sizeof m);
 				m.type = MM_MSG_GROUPCHAT;
 				m.has_body = 1;
 				m.id = "m";
-				m.stanza_id = sid;
+				m.stanza_id = pl ? sid : NULL;
 				m.stamp = 1e9 + (double)seq;
 				m.payload = pl;
 				t = now_ns();
-				for (a = g * S; a < g * S + S; a++) {
-					mm_room_message(s, accounts[a], rooms[ri], "sender", &m, &d);
+				for (a = 0; a < S; a++) {
+					mm_room_message(s, accounts[a], rooms[0], "sender", &m, &d);
 					delivered += d.n;
 				}
-				if (r < 0) {
-					warm_ns += now_ns() - t;
-					warm_calls += S;
-					free(pl);
-					continue;
+				t = now_ns() - t;
+				if (pass == 1) {
+					hot_ns += t;
+					hot_calls += S;
+				} else {
+					hot_bare_ns += t;
 				}
-				with_ns += now_ns() - t;
-				calls += S;
-				/* the same again without a payload: routing alone */
-				m.payload = NULL;
-				m.stanza_id = NULL;
-				t = now_ns();
-				for (a = g * S; a < g * S + S; a++) {
-					mm_room_message(s, accounts[a], rooms[ri], "sender", &m, &d);
-					delivered += d.n;
-				}
-				bare_ns += now_ns() - t;
+				expected += S;
 				free(pl);
 			}
 			mm_take_dirty(s, 1, NULL, NULL);
 		}
-		if (delivered != (size_t)(calls * 2 + warm_calls) * (size_t)D) {
+		if (delivered != (size_t)expected * (size_t)D) {
 			fprintf(stderr, "bench_core: %zu deliveries, expected %ld\n", delivered,
-				(calls * 2 + warm_calls) * D);
+				expected * D);
 			return 1;
 		}
 		report("fanout_ns", "fan-out decision per account per message "
@@ -429,6 +463,10 @@ int main(int argc, char **argv)
 			warm_ns / warm_calls, "ns");
 		report("fanout_bare_ns", "fan-out decision per account, no payload (routing only)",
 			bare_ns / calls, "ns");
+		report("fanout_hot_ns", "  the same in one room, data in cache: with payload",
+			hot_ns / hot_calls, "ns");
+		report("fanout_hot_bare_ns", "  ... routing only",
+			hot_bare_ns / hot_calls, "ns");
 		report("bytes_per_membership_hist", "heap per membership, with catch-up history",
 			(heap_bytes() - h0) / M, "B");
 	}
