@@ -23,6 +23,11 @@
 
 typedef struct box {
 	mm_state *state;
+	/* the last payload text of a room event, held in the core's pool; the
+	 * Lua string itself is the userdata's user value, so that its address
+	 * names that text for as long as it is held */
+	mm_payload *held;
+	const char *held_text;
 } box;
 
 static mm_state *check_state(lua_State *L)
@@ -185,8 +190,10 @@ static int l_new(lua_State *L)
 		lim.history_default = opt_limit(L, 1, "history_default");
 	}
 	/* box first, with its metatable, so a failure below cannot leak */
-	b = lua_newuserdatauv(L, sizeof *b, 0);
+	b = lua_newuserdatauv(L, sizeof *b, 1);
 	b->state = NULL;
+	b->held = NULL;
+	b->held_text = NULL;
 	luaL_setmetatable(L, STATE_MT);
 	b->state = mm_state_new(&lim);
 	if (b->state == NULL)
@@ -199,6 +206,8 @@ static int l_close(lua_State *L)
 	box *b = luaL_checkudata(L, 1, STATE_MT);
 	mm_state_free(b->state);
 	b->state = NULL;
+	b->held = NULL; /* freed with the state */
+	b->held_text = NULL;
 	return 0;
 }
 
@@ -341,6 +350,39 @@ static int l_session_gone(lua_State *L)
 
 /* ---- events from rooms -------------------------------------------------- */
 
+/* The handle of the table's payload text (at index t).  A room's stanza
+ * reaches every local account in turn with the same Lua string: the first
+ * call holds its text in the core's pool, the following ones find it by
+ * the string's address.  NULL (the core then looks the text up itself)
+ * for a missing payload, one with a NUL, or when memory is short. */
+static const mm_payload *held_payload(lua_State *L, int t)
+{
+	box *b = luaL_checkudata(L, 1, STATE_MT);
+	const char *text;
+	mm_payload *p;
+	size_t len;
+	lua_getfield(L, t, "payload");
+	if (lua_type(L, -1) != LUA_TSTRING) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	text = lua_tolstring(L, -1, &len);
+	if (text == b->held_text) {
+		lua_pop(L, 1);
+		return b->held;
+	}
+	p = mm_payload_hold(b->state, text, len);
+	if (p == NULL) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	mm_payload_release(b->state, b->held);
+	b->held = p;
+	b->held_text = text;
+	lua_setiuservalue(L, 1, 1); /* keeps the string: pops it */
+	return p;
+}
+
 /* Optional string field of the table at index t; NULL when absent. */
 static const char *opt_field(lua_State *L, int t, const char *key)
 {
@@ -408,6 +450,7 @@ static int l_room_presence(lua_State *L)
 	p.destroyed = bool_field(L, 5, "destroyed");
 	p.id = opt_field(L, 5, "id");
 	p.payload = opt_field(L, 5, "payload");
+	p.payload_handle = held_payload(L, 5);
 	err = mm_room_presence(s, account, room, nick, &p, &d);
 	return push_result(L, err, &d);
 }
@@ -440,6 +483,7 @@ static int l_room_message(lua_State *L)
 	m.stamp = num_field(L, 5, "stamp", 0);
 	m.delayed = bool_field(L, 5, "delayed");
 	m.payload = opt_field(L, 5, "payload");
+	m.payload_handle = held_payload(L, 5);
 	err = mm_room_message(s, account, room, nick, &m, &d);
 	return push_result(L, err, &d);
 }

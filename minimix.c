@@ -457,12 +457,12 @@ static size_t payload_refs(const mm_node *n)
 	return (size_t)(uintptr_t)n->value;
 }
 
-/* Find or prepare the pooled copy of payload.  Returns the existing node
- * (not yet referenced) or a fresh unlinked node (*fresh = 1); NULL on
- * allocation failure.  Commit with payload_ref(). */
-static mm_node *payload_prepare(mm_state *s, const char *payload, int *fresh)
+/* Find or prepare the pooled copy of payload (len bytes).  Returns the
+ * existing node (not yet referenced) or a fresh unlinked node (*fresh = 1);
+ * NULL on allocation failure.  Commit with payload_ref(). */
+static mm_node *payload_prepare_len(mm_state *s, const char *payload, size_t len,
+		int *fresh)
 {
-	size_t len = strlen(payload);
 	mm_node *n;
 	*fresh = 0;
 	/* a room message reaches every local account in turn: the same text
@@ -478,6 +478,18 @@ static mm_node *payload_prepare(mm_state *s, const char *payload, int *fresh)
 	n = node_new(payload, len, (void *)(uintptr_t)0);
 	*fresh = n != NULL;
 	return n;
+}
+
+/* The same for a call's payload: its handle when the caller holds one. */
+static mm_node *payload_prepare(mm_state *s, const char *payload,
+		const mm_payload *handle, int *fresh)
+{
+	if (handle) {
+		*fresh = 0;
+		/* mm_payload is the pool's node under an opaque name */
+		return (mm_node *)(uintptr_t)handle;
+	}
+	return payload_prepare_len(s, payload, strlen(payload), fresh);
 }
 
 static void payload_unref(mm_state *s, mm_node *n);
@@ -520,19 +532,39 @@ static void payload_unref(mm_state *s, mm_node *n)
 
 /* Replace *slot with a reference to payload (NULL payload: keep *slot).
  * Returns 0 on allocation failure, leaving *slot untouched. */
-static int payload_set(mm_state *s, mm_node **slot, const char *payload)
+static int payload_set(mm_state *s, mm_node **slot, const char *payload,
+		const mm_payload *handle)
 {
 	int fresh;
 	mm_node *n;
 	if (payload == NULL)
 		return 1;
-	n = payload_prepare(s, payload, &fresh);
+	n = payload_prepare(s, payload, handle, &fresh);
 	if (n == NULL)
 		return 0;
 	payload_ref(s, n, fresh);
 	payload_unref(s, *slot);
 	*slot = n;
 	return 1;
+}
+
+mm_payload *mm_payload_hold(mm_state *s, const char *text, size_t len)
+{
+	int fresh;
+	mm_node *n;
+	if (s == NULL || text == NULL || memchr(text, '\0', len) != NULL)
+		return NULL;
+	n = payload_prepare_len(s, text, len, &fresh);
+	if (n == NULL)
+		return NULL;
+	payload_ref(s, n, fresh);
+	return (mm_payload *)(void *)n;
+}
+
+void mm_payload_release(mm_state *s, mm_payload *p)
+{
+	if (s != NULL && p != NULL)
+		payload_unref(s, (mm_node *)(void *)p);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -1733,7 +1765,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		return dec_finish(s, out, 0, 0);
 	if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
 		goto nomem;
-	if (p->payload && (pn = payload_prepare(s, p->payload, &fresh)) == NULL)
+	if (p->payload && (pn = payload_prepare(s, p->payload, p->payload_handle, &fresh)) == NULL)
 		goto nomem;
 	for (i = 0; i < m->nsessions; i++) {
 		const mm_session *ss = &m->sessions[i];
@@ -1919,12 +1951,12 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			}
 		} else if (on) {
 			mm_node *slot = on->value;
-			if (!payload_set(s, &slot, p->payload))
+			if (!payload_set(s, &slot, p->payload, p->payload_handle))
 				return dec_finish(s, out, 0, 0);
 			on->value = slot;
 		} else if (p->payload && m->occupants.count < s->limits.max_occupants) {
 			int fresh;
-			mm_node *pn = payload_prepare(s, p->payload, &fresh);
+			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
 			mm_node *nn = pn && map_ready(&m->occupants)
 				? node_new(nick, strlen(nick), pn) : NULL;
 			if (nn == NULL) {
@@ -1964,7 +1996,7 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 				return 0;
 		}
 	}
-	pn = payload_prepare(s, msg->payload, &fresh);
+	pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
 	if (pn == NULL) {
 		free(id);
 		return 0;
@@ -2063,7 +2095,7 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		}
 		deliver_all_ref(s, m, &ok);
 		if (ok && msg->has_subject && !msg->has_body
-				&& !payload_set(s, &m->subject, msg->payload))
+				&& !payload_set(s, &m->subject, msg->payload, msg->payload_handle))
 			ok = 0;
 		if (ok && msg->has_body && msg->payload)
 			ok = hist_push(s, account, m, msg);
@@ -2617,7 +2649,8 @@ void mm_state_free(mm_state *s)
 	map_clear(&s->iqs, iq_free_value, NULL);
 	map_clear(&s->dirty, NULL, NULL);
 	map_clear(&s->accounts, account_free, s);
-	/* every payload was released with its membership */
+	/* every payload was released with its membership, but for the ones
+	 * a caller still holds */
 	map_clear(&s->payloads, NULL, NULL);
 	free(s->dec.actions);
 	for (c = s->dec.chunks; c != NULL; c = next) {

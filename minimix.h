@@ -95,6 +95,20 @@ void mm_state_free(mm_state *state);
 /* The limits in force (defaults filled in). */
 const mm_limits *mm_state_limits(const mm_state *state);
 
+/*
+ * Serialized stanzas are pooled: each distinct text is held once however
+ * many memberships keep it.  A caller that passes the same text to many
+ * calls (a room's stanza reaches every local account in turn) can hold it
+ * once and pass the handle with the text (the payload_handle fields below):
+ * the core then takes the pooled copy without looking the text up.  The
+ * text is `len` bytes without NUL.  Returns NULL on allocation failure; the
+ * handle stays valid until released, or until the state is freed.
+ */
+typedef struct mm_payload mm_payload;
+mm_payload *mm_payload_hold(mm_state *state, const char *text, size_t len);
+/* Let go of a handle from mm_payload_hold().  NULL is accepted. */
+void mm_payload_release(mm_state *state, mm_payload *payload);
+
 /* ---- decisions ---------------------------------------------------------- */
 
 typedef enum mm_op {
@@ -395,6 +409,8 @@ typedef struct mm_presence {
 	const char *id;          /* stanza id or NULL */
 	/* serialized stanza without 'to', or NULL; kept for replay when cached */
 	const char *payload;
+	/* optional: a handle holding exactly that text (mm_payload_hold) */
+	const mm_payload *payload_handle;
 } mm_presence;
 
 /*
@@ -436,6 +452,8 @@ typedef struct mm_message {
 	/* serialized stanza without 'to', or NULL; needed to cache a subject and
 	 * to keep groupchat messages for catch-up */
 	const char *payload;
+	/* optional: a handle holding exactly that text (mm_payload_hold) */
+	const mm_payload *payload_handle;
 } mm_message;
 
 /*

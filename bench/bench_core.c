@@ -400,10 +400,13 @@ int main(int argc, char **argv)
 					m.stamp = 1e9 + (double)seq;
 					m.payload = pl;
 					t = now_ns();
+					/* held once per message, as the binding does */
+					m.payload_handle = pl ? mm_payload_hold(s, pl, strlen(pl)) : NULL;
 					for (a = g * S; a < g * S + S; a++) {
 						mm_room_message(s, accounts[a], rooms[ri], "sender", &m, &d);
 						delivered += d.n;
 					}
+					mm_payload_release(s, (mm_payload *)m.payload_handle);
 					t = now_ns() - t;
 					if (pass == 0) {
 						warm_ns += t;
@@ -434,10 +437,12 @@ int main(int argc, char **argv)
 				m.stamp = 1e9 + (double)seq;
 				m.payload = pl;
 				t = now_ns();
+				m.payload_handle = pl ? mm_payload_hold(s, pl, strlen(pl)) : NULL;
 				for (a = 0; a < S; a++) {
 					mm_room_message(s, accounts[a], rooms[0], "sender", &m, &d);
 					delivered += d.n;
 				}
+				mm_payload_release(s, (mm_payload *)m.payload_handle);
 				t = now_ns() - t;
 				if (pass == 1) {
 					hot_ns += t;

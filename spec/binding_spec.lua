@@ -166,6 +166,42 @@ describe("minimix.state decisions", function()
 		assert.has_error(function() s:take_dirty(3) end);
 	end);
 
+	it("keeps a room's stanza once for every account that gets it, whatever string carries it", function()
+		local t = minimix.new();
+		local body = '<message from="r@c/bob" type="groupchat"><body>' .. string.rep("x", 64) .. "</body></message>";
+		for _, account in ipairs({ "a@h", "b@h" }) do
+			t:join(account, "p", "r@c", account:sub(1, 1), "j");
+			t:room_presence(account, "r@c", account:sub(1, 1), { codes = { 110 }, payload = SELF });
+		end
+		local before = t:stats().payloads;
+		-- the same string for both accounts, then an equal text in another string
+		local copy = body:sub(1, 40) .. body:sub(41);
+		for _, text in ipairs({ body, body, copy }) do
+			for _, account in ipairs({ "a@h", "b@h" }) do
+				local handled, actions = t:room_message(account, "r@c", "bob",
+					{ type = "groupchat", body = true, stamp = 1, payload = text });
+				assert.is_true(handled);
+				assert.same({ "deliver" }, ops(actions));
+			end
+		end
+		assert.equal(before + 1, t:stats().payloads);
+		local _, actions = t:join("a@h", "l", "r@c", "a", "j2", nil, nil, nil, { maxstanzas = 3 });
+		local replayed = 0;
+		for _, a in ipairs(actions) do
+			if a.op == "replay" and a.payload == body then replayed = replayed + 1; end
+		end
+		assert.equal(3, replayed);
+		-- gone with the memberships, but for the last text the state holds
+		t:account_leave("a@h", "r@c");
+		t:room_presence("a@h", "r@c", "a", { type = "unavailable", codes = { 110 } });
+		t:account_leave("b@h", "r@c");
+		t:room_presence("b@h", "r@c", "b", { type = "unavailable", codes = { 110 } });
+		assert.equal(0, t:stats().memberships);
+		assert.is_true(t:stats().payloads <= 1);
+		t:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true, payload = "<message/>" });
+		t:close();
+	end);
+
 	it("lists memberships and stats", function()
 		s:join("a@h", "p", "r@c", "alice", nil, "secret");
 		local list = s:memberships("a@h");

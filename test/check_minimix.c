@@ -1878,6 +1878,73 @@ START_TEST(test_inspect_stats)
 }
 END_TEST
 
+/* A held payload handle stands for its text: every account that gets the
+ * room's stanza with the handle keeps the same pooled copy, later sessions
+ * get that text, and releasing the handle leaves the holders' copies. */
+START_TEST(test_payload_handles)
+{
+	static const char text[] = P_BODY;
+	mm_payload *h, *again;
+	mm_presence p;
+	mm_message m;
+	mm_stats s0;
+	size_t i, replays = 0, bob = 0;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	s0 = stats();
+
+	ck_assert_ptr_null(mm_payload_hold(st, "a\0b", 3));
+	ck_assert_ptr_null(mm_payload_hold(NULL, text, strlen(text)));
+	h = mm_payload_hold(st, text, strlen(text));
+	ck_assert_ptr_nonnull(h);
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 1);
+	again = mm_payload_hold(st, text, strlen(text));
+	ck_assert_ptr_eq(again, h);
+	mm_payload_release(st, again);
+	mm_payload_release(st, NULL);
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 1);
+
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.has_body = 1;
+	m.stamp = T_MSG;
+	m.payload = text;
+	m.payload_handle = h;
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(mm_room_message(st, ACC2, ROOM, "bob", &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+
+	/* an occupant's presence with a handle is cached the same way */
+	mm_payload_release(st, h);
+	h = mm_payload_hold(st, P_BOB, strlen(P_BOB));
+	p = presence(MM_PRES_AVAILABLE, 0, NULL, P_BOB);
+	p.payload_handle = h;
+	ck_assert_int_eq(mm_room_presence(st, ACC, ROOM, "bob", &p, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	mm_payload_release(st, h);
+	/* held by the two histories and the occupant cache alone now */
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	for (i = 0; i < d.n; i++) {
+		if (d.actions[i].op != MM_OP_REPLAY)
+			continue;
+		if (strcmp(d.actions[i].payload, text) == 0)
+			replays++;
+		if (strcmp(d.actions[i].payload, P_BOB) == 0)
+			bob++;
+	}
+	ck_assert_uint_eq(replays, 1);
+	ck_assert_uint_eq(bob, 1);
+
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* Payloads are interned: accounts in one room share each presence. */
 START_TEST(test_inspect_payloads_interned)
 {
@@ -5407,6 +5474,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_inspect_stats);
 	tcase_add_test(tc, test_inspect_membership_state);
 	tcase_add_test(tc, test_inspect_payloads_interned);
+	tcase_add_test(tc, test_payload_handles);
 	tcase_add_test(tc, test_inspect_account_memberships);
 	tcase_add_test(tc, test_inspect_membership_sessions);
 
