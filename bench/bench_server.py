@@ -410,13 +410,17 @@ async def cycles(mode, D):
             if c in (10, CYCLES // 2, CYCLES) and c not in marks:
                 await settle(pid)
                 marks[c] = (await sender.probe(), memory(pid)[0])
-        first = min(marks)
+        first, half = min(marks), CYCLES // 2
         return {
             "mode": mode, "accounts": CA, "sessions": D, "cycles": CYCLES,
             "marks": {str(k): {"lua": v[0], "rss": v[1]} for k, v in sorted(marks.items())},
             "lua_growth": marks[CYCLES][0] - marks[first][0],
             "rss_growth": marks[CYCLES][1] - marks[first][1],
             "from_cycle": first,
+            # once bounded caches (the shim's parsed-stanza cache) are full
+            "lua_growth_second_half": marks[CYCLES][0] - marks[half][0],
+            "rss_growth_second_half": marks[CYCLES][1] - marks[half][1],
+            "half_cycle": half,
         }
     finally:
         await close_all(groups)
@@ -520,11 +524,14 @@ def main():
     if "cycles" in SCENARIOS:
         print()
         print("Join/leave cycles: %d accounts x %d sessions, %d cycles" % (CA, D, CYCLES))
-        print("  mode     Lua heap growth   RSS growth   (from cycle 10 to %d)" % CYCLES)
+        print("  mode     Lua heap growth   RSS growth   (from cycle 10 to %d; from %d to %d)" % (
+            CYCLES, CYCLES // 2, CYCLES))
     for mode in (("plain", "module") if "cycles" in SCENARIOS else ()):
         res = asyncio.run(cycles(mode, D))
         results["cycles"].append(res)
-        print("  %-7s %13d B %10d B" % (mode, res["lua_growth"], res["rss_growth"]))
+        print("  %-7s %13d B %10d B   %13d B %10d B" % (
+            mode, res["lua_growth"], res["rss_growth"],
+            res["lua_growth_second_half"], res["rss_growth_second_half"]))
 
     results["seconds"] = time.monotonic() - t_start
     print("\n(%.0f s)" % results["seconds"])

@@ -181,11 +181,13 @@ def server_tables(s):
         out.append("")
         c0 = s["cycles"][0]
         out.append("Join/leave cycles: %d accounts × %d sessions join and leave a room %d times; "
-                   "growth from cycle %d to the last: %s." % (
+                   "growth from cycle %d to the last (and over the second half, from cycle %s): %s." % (
                        c0["accounts"], c0["sessions"], c0["cycles"], c0["from_cycle"],
-                       "; ".join("%s Lua heap %s, RSS %s" % (
+                       c0.get("half_cycle", "?"),
+                       "; ".join("%s Lua heap %s (%s), RSS %s (%s)" % (
                            "plain MUC" if r["mode"] == "plain" else "mod_minimix",
-                           fmt(r["lua_growth"], "B"), fmt(r["rss_growth"], "B"))
+                           fmt(r["lua_growth"], "B"), fmt(r.get("lua_growth_second_half", 0), "B"),
+                           fmt(r["rss_growth"], "B"), fmt(r.get("rss_growth_second_half", 0), "B"))
                            for r in s["cycles"])))
     return out
 
