@@ -97,6 +97,8 @@ def core_tables(c, b, l):
         ("— a later session, replayed from the cache", "join_later_ns", "ns"),
         ("fan-out decision, per account per message", "fanout_bare_ns", "ns"),
         ("fan-out decision, keeping the message for catch-up", "fanout_ns", "ns"),
+        ("— the same in one room, data in cache: routing", "fanout_hot_bare_ns", "ns"),
+        ("— the same in one room, data in cache: keeping the message", "fanout_hot_ns", "ns"),
         ("occupant presence per account: new (cached)", "presence_new_ns", "ns"),
         ("occupant presence per account: changed", "presence_update_ns", "ns"),
         ("occupant presence per account: unavailable", "presence_gone_ns", "ns"),
