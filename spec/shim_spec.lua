@@ -8,7 +8,7 @@ local MUC_USER = MUC .. "#user";
 
 -- A fake module environment: records hooks, sends and logs.
 local function load_shim(options)
-	local env = { hooks = {}, sent = {}, logs = {}, sessions = {}, bare = {} };
+	local env = { hooks = {}, sent = {}, logs = {}, bare = {} };
 	local module = {
 		host = "localhost";
 		path = "./mod_minimix.lua";
@@ -88,7 +88,7 @@ local function load_shim(options)
 	end
 	local g = setmetatable({
 		module = module;
-		prosody = { full_sessions = env.sessions, bare_sessions = env.bare };
+		prosody = { bare_sessions = env.bare };
 	}, { __index = _G });
 	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
 	chunk();
@@ -129,7 +129,6 @@ local function new_session(env, resource, shape)
 			return true;
 		end
 	end
-	env.sessions[s.full_jid] = s;
 	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
 	env.bare["alice@localhost"].sessions[resource] = s;
 	return s;
@@ -499,11 +498,12 @@ describe("mod_minimix shim", function()
 	it("detaches a session that goes away and keeps the account in", function()
 		fire(env, "pre-presence/full", P, join("j1"));
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
-		env.sessions[P.full_jid] = nil;
+		env.bare["alice@localhost"].sessions[P.resource] = nil;
 		env.hooks["resource-unbind"].fn({ session = P });
-		env.sent = {};
+		env.sent, P.got = {}, {};
 		local msg = st.message({ from = "room@muc.example/bob", to = "alice@localhost", type = "groupchat" });
 		assert.is_true(fire(env, "message/bare", nil, msg), "still the account's room");
 		assert.equal(0, #env.sent);
+		assert.equal(0, #P.got);
 	end);
 end);
