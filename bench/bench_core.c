@@ -214,6 +214,38 @@ static char *message_payload(const char *room, long seq)
 		room, seq, seq, seq, seq, room);
 }
 
+/* Message number seq of room reaches accounts first .. first+count-1, with
+ * its payload (held once for them all, as the binding does) or without
+ * (routing alone).  Returns the time taken; adds the deliveries. */
+static double fanout_message(mm_state *s, const char *room, long first, long count,
+		long seq, int with_payload, size_t *delivered)
+{
+	char sid[32];
+	char *pl = with_payload ? message_payload(room, seq) : NULL;
+	mm_message m;
+	mm_decision d;
+	double t;
+	long a;
+	snprintf(sid, sizeof sid, "sid-%ld", seq);
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.has_body = 1;
+	m.id = "m";
+	m.stanza_id = pl ? sid : NULL;
+	m.stamp = 1e9 + (double)seq;
+	m.payload = pl;
+	t = now_ns();
+	m.payload_handle = pl ? mm_payload_hold(s, pl, strlen(pl)) : NULL;
+	for (a = first; a < first + count; a++) {
+		mm_room_message(s, accounts[a], room, "sender", &m, &d);
+		*delivered += d.n;
+	}
+	mm_payload_release(s, (mm_payload *)m.payload_handle);
+	t = now_ns() - t;
+	free(pl);
+	return t;
+}
+
 /* One full membership life: join by every session, traffic, leave. */
 static void cycle(mm_state *s, long first, long count, long D, long occ)
 {
@@ -381,33 +413,15 @@ int main(int argc, char **argv)
 		const long hot_rounds = 2000;
 		size_t delivered = 0;
 		int pass;
-		mm_message m;
 		/* pass 0 warms up: each membership's first message allocates its
 		 * catch-up ring; it is reported apart */
 		for (pass = 0; pass <= 2; pass++) {
 			long nr = pass == 0 ? 1 : rounds;
 			for (r = 0; r < nr; r++) {
 				for (ri = 0; ri < nrooms; ri++) {
-					char sid[32];
-					char *pl = pass == 2 ? NULL : message_payload(rooms[ri], ++seq);
 					g = (long)ri / J;
-					snprintf(sid, sizeof sid, "sid-%ld", seq);
-					memset(&m, 0, sizeof m);
-					m.type = MM_MSG_GROUPCHAT;
-					m.has_body = 1;
-					m.id = "m";
-					m.stanza_id = pl ? sid : NULL;
-					m.stamp = 1e9 + (double)seq;
-					m.payload = pl;
-					t = now_ns();
-					/* held once per message, as the binding does */
-					m.payload_handle = pl ? mm_payload_hold(s, pl, strlen(pl)) : NULL;
-					for (a = g * S; a < g * S + S; a++) {
-						mm_room_message(s, accounts[a], rooms[ri], "sender", &m, &d);
-						delivered += d.n;
-					}
-					mm_payload_release(s, (mm_payload *)m.payload_handle);
-					t = now_ns() - t;
+					t = fanout_message(s, rooms[ri], g * S, S, ++seq, pass < 2,
+						&delivered);
 					if (pass == 0) {
 						warm_ns += t;
 						warm_calls += S;
@@ -418,7 +432,6 @@ int main(int argc, char **argv)
 						bare_ns += t;
 					}
 					expected += S;
-					free(pl);
 				}
 				mm_take_dirty(s, 1, NULL, NULL);
 			}
@@ -426,24 +439,7 @@ int main(int argc, char **argv)
 		/* hot: the first room's accounts, over and over */
 		for (pass = 1; pass <= 2; pass++) {
 			for (r = 0; r < hot_rounds; r++) {
-				char sid[32];
-				char *pl = pass == 2 ? NULL : message_payload(rooms[0], ++seq);
-				snprintf(sid, sizeof sid, "sid-%ld", seq);
-				memset(&m, 0, sizeof m);
-				m.type = MM_MSG_GROUPCHAT;
-				m.has_body = 1;
-				m.id = "m";
-				m.stanza_id = pl ? sid : NULL;
-				m.stamp = 1e9 + (double)seq;
-				m.payload = pl;
-				t = now_ns();
-				m.payload_handle = pl ? mm_payload_hold(s, pl, strlen(pl)) : NULL;
-				for (a = 0; a < S; a++) {
-					mm_room_message(s, accounts[a], rooms[0], "sender", &m, &d);
-					delivered += d.n;
-				}
-				mm_payload_release(s, (mm_payload *)m.payload_handle);
-				t = now_ns() - t;
+				t = fanout_message(s, rooms[0], 0, S, ++seq, pass == 1, &delivered);
 				if (pass == 1) {
 					hot_ns += t;
 					hot_calls += S;
@@ -451,7 +447,6 @@ int main(int argc, char **argv)
 					hot_bare_ns += t;
 				}
 				expected += S;
-				free(pl);
 			}
 			mm_take_dirty(s, 1, NULL, NULL);
 		}
