@@ -962,6 +962,44 @@ START_TEST(test_fork_private_message)
 }
 END_TEST
 
+/*
+ * §7.5: a private message from an occupant is for the sessions that are in
+ * the room.  A session whose join is still in progress (the account joins,
+ * joins again, or leaves and will join anew) gets none: it has not seen the
+ * room's join sequence yet.
+ */
+START_TEST(test_fork_private_message_joined_only)
+{
+	/* the account joins: R1 asked, R2 waits with it */
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	room_msg(ACC, ROOM, "bob", MM_MSG_CHAT, 0, "pm1", P_BODY);
+	expect_n(&d, 1, 0);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	room_msg(ACC, ROOM, "bob", MM_MSG_CHAT, 0, "pm2", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+
+	/* the account joins again by itself (333): both wait again */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	room_msg(ACC, ROOM, "bob", MM_MSG_NORMAL, 0, "pm3", P_BODY);
+	expect_n(&d, 1, 0);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	room_msg(ACC, ROOM, "bob", MM_MSG_NORMAL, 0, "pm4", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+
+	/* the last sessions leave, and R3 joins while the account leaves: it
+	 * waits for the next join, and the private message is nobody's */
+	session_leave(ACC, R2, ROOM, "l2");
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	ck_assert_int_eq(session_state(ACC, ROOM, R3), 0);
+	room_msg(ACC, ROOM, "bob", MM_MSG_CHAT, 0, "pm5", P_BODY);
+	expect_n(&d, 1, 0);
+}
+END_TEST
+
 START_TEST(test_fork_delivery_failed)
 {
 	mm_err e;
@@ -5426,6 +5464,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_fork_no_membership_not_handled);
 	tcase_add_test(tc, test_fork_normal_headline_from_room_not_handled);
 	tcase_add_test(tc, test_fork_private_message);
+	tcase_add_test(tc, test_fork_private_message_joined_only);
 	tcase_add_test(tc, test_fork_delivery_failed);
 
 	tc = tcase(s, "occupants", setup_default);
