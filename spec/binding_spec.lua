@@ -90,6 +90,56 @@ describe("minimix.state decisions", function()
 		assert.equal("jid-malformed", condition2);
 	end);
 
+	-- Every refusal the binding can produce, with its stable token and the
+	-- stanza error the shim sends (RFC 6120 8.3); the state is unchanged.
+	-- (no-memory cannot be provoked from Lua; the Check suite pins it.)
+	describe("refusals", function()
+		local function refused(want, ok, token, condition, etype, text)
+			assert.is_nil(ok);
+			assert.same(want, { token, condition, etype });
+			assert.is_string(text);
+			assert.is_true(#text > 0);
+		end
+
+		it("room-limit", function()
+			s:join("a@h", "p", "r@c", "alice");
+			refused({ "room-limit", "resource-constraint", "wait" }, s:join("a@h", "p", "r2@c", "alice"));
+			refused({ "room-limit", "resource-constraint", "wait" }, s:restore("a@h", "r2@c", "alice"));
+			assert.is_nil(s:member("a@h", "r2@c"));
+		end);
+
+		it("invalid", function()
+			refused({ "invalid", "jid-malformed", "modify" }, s:join("a@h", "p", "r@c", ""));
+			refused({ "invalid", "jid-malformed", "modify" }, s:join("a@h", "p", "r@c", string.rep("n", 1024)));
+			refused({ "invalid", "jid-malformed", "modify" }, s:restore("a@h", "not a room", "alice"));
+			assert.equal(0, s:stats().memberships);
+		end);
+
+		it("session-limit", function()
+			local t <close> = minimix.new({ max_sessions = 1 });
+			t:join("a@h", "p", "r@c", "alice");
+			refused({ "session-limit", "resource-constraint", "wait" }, t:join("a@h", "l", "r@c", "alice"));
+			assert.equal(1, t:stats().sessions);
+		end);
+
+		it("iq-limit", function()
+			local t <close> = minimix.new({ max_iqs = 1 });
+			t:join("a@h", "p", "r@c", "alice");
+			t:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = SELF });
+			assert.is_true((t:iq_out("a@h", "p", "r@c", "bob", "q1", nil, false, 0)));
+			refused({ "iq-limit", "resource-constraint", "wait" }, t:iq_out("a@h", "p", "r@c", "bob", "q2", nil, false, 0));
+			assert.equal(1, t:stats().iqs);
+		end);
+
+		it("password-required", function()
+			s:join("a@h", "p", "r@c", "alice", "j1", "secret");
+			s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = SELF });
+			refused({ "password-required", "not-authorized", "auth" }, s:join("a@h", "l", "r@c", "alice", "j2"));
+			refused({ "password-required", "not-authorized", "auth" }, s:join("a@h", "l", "r@c", "alice", "j3", "wrong"));
+			assert.same({ { resource = "p", joined = true } }, s:sessions("a@h", "r@c"));
+		end);
+	end);
+
 	it("passes traffic that is not the module's", function()
 		local handled, actions = s:room_message("a@h", "x@c", "bob", { type = "groupchat", body = true });
 		assert.is_false(handled);

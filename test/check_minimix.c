@@ -1869,6 +1869,53 @@ START_TEST(test_errors_distinct_and_stable)
 }
 END_TEST
 
+/*
+ * Every error's token, condition and type, pinned: the tokens are the
+ * binding's stable API (and the refusal metric's label), the conditions
+ * and types what a refused client reads (RFC 6120 8.3).  A new error must
+ * be added here.
+ */
+START_TEST(test_errors_pinned)
+{
+	static const struct {
+		mm_err err;
+		const char *token, *condition, *type;
+	} want[] = {
+		{ MM_OK, "ok", "undefined-condition", "cancel" },
+		{ MM_ENOMEM, "no-memory", "resource-constraint", "wait" },
+		{ MM_EINVAL, "invalid", "jid-malformed", "modify" },
+		{ MM_EROOMLIMIT, "room-limit", "resource-constraint", "wait" },
+		{ MM_ESESSIONLIMIT, "session-limit", "resource-constraint", "wait" },
+		{ MM_EIQLIMIT, "iq-limit", "resource-constraint", "wait" },
+		{ MM_EPASSWORD, "password-required", "not-authorized", "auth" },
+		/* out of range */
+		{ MM_ERR_COUNT, "unknown", "undefined-condition", "cancel" },
+		{ (mm_err)-1, "unknown", "undefined-condition", "cancel" },
+	};
+	size_t i, known = 0;
+
+	for (i = 0; i < sizeof want / sizeof want[0]; i++) {
+		const char *type = NULL, *cond;
+
+		ck_assert_msg(mm_strerror(want[i].err) != NULL, "mm_strerror(%d)",
+				(int)want[i].err);
+		ck_assert_msg(str_eq(mm_errtoken(want[i].err), want[i].token),
+				"mm_errtoken(%d) = %s, want %s", (int)want[i].err,
+				nn(mm_errtoken(want[i].err)), want[i].token);
+		cond = mm_errcondition(want[i].err, &type);
+		ck_assert_msg(str_eq(cond, want[i].condition) && str_eq(type,
+				want[i].type), "mm_errcondition(%d) = %s/%s, want %s/%s",
+				(int)want[i].err, nn(cond), nn(type), want[i].condition,
+				want[i].type);
+		/* a NULL type pointer is allowed */
+		ck_assert_pstr_eq(mm_errcondition(want[i].err, NULL), want[i].condition);
+		if ((unsigned)want[i].err < (unsigned)MM_ERR_COUNT)
+			known++;
+	}
+	ck_assert_uint_eq(known, MM_ERR_COUNT);
+}
+END_TEST
+
 START_TEST(test_status_bit)
 {
 	ck_assert_uint_eq(mm_status_bit(110), MM_STATUS_110);
@@ -5507,6 +5554,7 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "errors", setup_default);
 	tcase_add_test(tc, test_errors_never_null);
 	tcase_add_test(tc, test_errors_distinct_and_stable);
+	tcase_add_test(tc, test_errors_pinned);
 	tcase_add_test(tc, test_status_bit);
 
 	tc = tcase(s, "inspection", setup_default);
