@@ -49,11 +49,16 @@ local function load_shim(options)
 	function module:log(level, fmt, ...)
 		env.logs[#env.logs+1] = { level, fmt:format(...) };
 	end
+	-- Prosody's default priority is 0; each event is hooked once
+	env.hooked = {};
 	function module:hook(name, fn, prio)
 		env.hooks[name] = { fn = fn, prio = prio or 0 };
+		env.hooked[name] = (env.hooked[name] or 0) + 1;
 	end
 	env.stored = {};
-	function module:open_store(name)
+	function module:open_store(name, kind)
+		-- the bookmarks' archive, read at start: a driver that cannot list users
+		if name == "pep_urn:xmpp:bookmarks:1" and kind == "archive" then return {}; end
 		assert(name == "minimix");
 		return {
 			get = function(_, user) return env.stored[user]; end;
@@ -75,12 +80,15 @@ local function load_shim(options)
 		env.metrics[#env.metrics+1] = m;
 		return m;
 	end
-	function module:hook_global(name, fn)
-		env.hooks["global:" .. name] = { fn = fn };
+	function module:hook_global(name, fn, prio)
+		env.hooks["global:" .. name] = { fn = fn, prio = prio or 0 };
+		env.hooked["global:" .. name] = (env.hooked["global:" .. name] or 0) + 1;
 	end
+	-- Timers run on a mocked clock (see advance); a callback returning a
+	-- number runs again that many seconds later, as in Prosody.
+	env.clock, env.timers = 1700000000, {};
 	function module:add_timer(delay, fn)
-		env.timers = env.timers or {};
-		env.timers[#env.timers+1] = { delay = delay, fn = fn };
+		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn };
 	end
 	function module:send(stanza)
 		env.sent[#env.sent+1] = st.clone(stanza);
@@ -91,7 +99,11 @@ local function load_shim(options)
 		prosody = { bare_sessions = env.bare };
 	}, { __index = _G });
 	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
-	chunk();
+	local util_time = package.loaded["util.time"];
+	package.loaded["util.time"] = { now = function() return env.clock; end };
+	local ok, err = pcall(chunk);
+	package.loaded["util.time"] = util_time;
+	assert(ok, err);
 	env.module = module;
 	return env;
 end
@@ -132,6 +144,26 @@ local function new_session(env, resource, shape)
 	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
 	env.bare["alice@localhost"].sessions[resource] = s;
 	return s;
+end
+
+-- Let `seconds` pass on the mocked clock (0: a turn of the main loop):
+-- every timer that falls due runs, in the order of its time.
+local function advance(env, seconds)
+	local target = env.clock + seconds;
+	while true do
+		local next_i;
+		for i, t in ipairs(env.timers) do
+			if t.due <= target and (not next_i or t.due < env.timers[next_i].due) then next_i = i; end
+		end
+		if not next_i then break; end
+		local t = table.remove(env.timers, next_i);
+		env.clock = math.max(env.clock, t.due);
+		local again = t.fn(env.clock);
+		if type(again) == "number" then
+			env.timers[#env.timers+1] = { due = env.clock + again, fn = t.fn };
+		end
+	end
+	env.clock = target;
 end
 
 local function fire(env, name, origin, stanza)
@@ -332,6 +364,67 @@ describe("mod_minimix shim", function()
 		local codes = {};
 		for s in L.got[2]:get_child("x", MUC_USER):childtags("status") do codes[#codes+1] = s.attr.code; end
 		assert.same({ "110", "210" }, codes);
+	end);
+
+	describe("an IQ the room never answers", function()
+		local STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas";
+		before_each(function()
+			env = load_shim({ minimix_iq_timeout = 10 });
+			P = new_session(env, "phone");
+			L = new_session(env, "laptop");
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			fire(env, "pre-presence/full", L, join("j2"));
+			advance(env, 0);
+			env.sent, P.got, L.got = {}, {}, {};
+		end);
+
+		local function ask(id)
+			assert.is_true(fire(env, "pre-iq/full", P, st.iq({ to = "room@muc.example/bob", type = "get", id = id })
+				:tag("query", { xmlns = "urn:example:unanswered" }):up()));
+			local sent = env.sent[#env.sent];
+			assert.equal("iq", sent.name);
+			assert.equal("alice@localhost", sent.attr.from);
+			assert.equal("room@muc.example/bob", sent.attr.to);
+			return sent.attr.id;
+		end
+
+		local function timed_out(stanza, id)
+			assert.equal("iq", stanza.name);
+			assert.equal("error", stanza.attr.type);
+			assert.equal(id, stanza.attr.id);
+			assert.equal("room@muc.example/bob", stanza.attr.from);
+			assert.equal("alice@localhost/phone", stanza.attr.to);
+			local etype, condition = stanza:get_error();
+			assert.equal("wait", etype);
+			assert.equal("remote-server-timeout", condition);
+			assert.truthy(stanza:get_child("error"):get_child(condition, STANZAS));
+		end
+
+		it("fails with remote-server-timeout to the asking session, every time", function()
+			local module_id = ask("q1");
+			advance(env, 5);
+			assert.equal(0, #P.got, "not before minimix_iq_timeout");
+			advance(env, 60);
+			assert.equal(1, #P.got);
+			timed_out(P.got[1], "q1");
+			assert.equal(0, #L.got);
+			-- a late answer is nobody's any more
+			local late = st.iq({ from = "room@muc.example/bob", to = "alice@localhost", type = "result", id = module_id });
+			assert.is_nil(fire(env, "iq/bare", nil, late));
+			assert.equal(1, #P.got);
+
+			-- the next unanswered IQ times out as well (the clock keeps ticking)
+			ask("q2");
+			advance(env, 60);
+			assert.equal(2, #P.got);
+			timed_out(P.got[2], "q2");
+			ask("q3");
+			advance(env, 3600);
+			assert.equal(3, #P.got);
+			timed_out(P.got[3], "q3");
+			assert.equal(0, #L.got);
+		end);
 	end);
 
 	it("sends a refusal from the core to the asking session only", function()

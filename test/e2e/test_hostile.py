@@ -413,6 +413,49 @@ def test_iq_limit_refuses_the_extra_iq_of_that_session(prosody_factory):
     run(env, scenario)
 
 
+def test_unanswered_iq_times_out_at_the_asking_session(prosody_factory):
+    """RFC 6120 8.3.3.16 and the README's IQ timeout: an IQ a session sent
+    through the account to an occupant (whose client never answers it) fails
+    after minimix_iq_timeout with an IQ error remote-server-timeout (type
+    wait) from the JID it went to, with the session's own id, at that session
+    only; and so does the next one (the expiry keeps running).  An answer
+    after the timeout reaches nobody."""
+    env = prosody_factory(host_options={"minimix_iq_timeout": 1})
+
+    async def scenario(w):
+        room = w.room("timeout")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        ignore_iqs(bob)
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        await join_room(p, room, "alice")
+        await join_room(l, room, "alice")
+        to_bob = room + "/bob"
+
+        mb, mp, ml = bob.mark(), p.mark(), l.mark()
+        for n in (1, 2):
+            id = "p-timeout-%d" % n
+            m = bob.mark()
+            hold_iq(p, to_bob, id=id)
+            held = await bob.wait_for(P(name="iq", type="get", frm=room + "/alice"), since=m,
+                                      what="P's IQ %d at bob" % n)
+            err = await p.wait_for(P(name="iq", id=id), since=mp, timeout=30,
+                                   what="the timeout of IQ %d" % n)
+            assert err.type == "error" and err.error == ("wait", "remote-server-timeout"), err
+            assert err.frm == to_bob and err.to == p.jid, err
+            # too late: the answer goes nowhere
+            bob.send("<iq type='result' to='%s' id='%s'/>" % (held.frm, held.id))
+        await w.quiet()
+        for n in (1, 2):
+            got = p.matching(P(name="iq", id="p-timeout-%d" % n), since=mp)
+            assert len(got) == 1 and got[0].type == "error", p.transcript(mp)
+        assert not l.matching(P(name="iq"), since=ml), l.transcript(ml)
+        assert len(bob.matching(P(name="iq", type="get"), since=mb)) == 2, bob.transcript(mb)
+        await fork_still_works(bob, room, [p, l], "after the timeouts")
+    run(env, scenario)
+
+
 def test_bookmarks_beyond_the_room_limit_are_refused(prosody_factory):
     """minimix_max_rooms also bounds the rooms XEP-0402 bookmarks with
     autojoin make the account join: a bookmark beyond the limit is not
