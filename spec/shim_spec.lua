@@ -192,13 +192,39 @@ describe("mod_minimix shim", function()
 		L = new_session(env, "laptop");
 	end);
 
-	it("hooks outgoing room traffic before mod_presence and incoming before mod_message", function()
-		assert.equal(0.5, env.hooks["pre-presence/full"].prio);
-		assert.equal(0.5, env.hooks["pre-message/bare"].prio);
-		assert.equal(10, env.hooks["presence/bare"].prio);
-		assert.equal(10, env.hooks["message/bare"].prio);
-		assert.is_function(env.hooks["resource-unbind"].fn);
-		assert.is_function(env.hooks["delivery/failure"].fn);
+	it("hooks every event once, at the priority its neighbours need", function()
+		local want = {
+			-- a session's room traffic: after mod_blocklist (100) and
+			-- mod_vcard_legacy (1) had their say, before mod_presence (0),
+			-- mod_mam (0) and mod_carbons (-0.5) take it for the session's own
+			["pre-presence/full"] = 0.5;
+			["pre-presence/bare"] = 0.5;
+			["pre-message/bare"] = 0.5;
+			["pre-message/full"] = 0.5;
+			["pre-iq/bare"] = 0.5;
+			["pre-iq/full"] = 0.5;
+			-- rooms' traffic to the account: after mod_blocklist (100),
+			-- before mod_presence (0), mod_mam (0), mod_carbons (-0.5) and
+			-- mod_message (-1) hand it to every session, or bounce it
+			["presence/bare"] = 10;
+			["message/bare"] = 10;
+			["iq/bare"] = 10;
+			-- before mod_smacks (0) bounces a fork it could not deliver
+			["delivery/failure"] = 10;
+			-- notifications: the order among their handlers does not matter
+			["resource-unbind"] = 0;
+			["s2sout-destroyed"] = 0;
+			["s2sin-destroyed"] = 0;
+			["s2sout-established"] = 0;
+			["s2sin-established"] = 0;
+			["global:server-stopping"] = 0;
+			["global:stats-update"] = 0;
+		};
+		local got, hooked = {}, {};
+		for name, h in pairs(env.hooks) do got[name] = h.prio; end
+		for name in pairs(want) do hooked[name] = 1; end
+		assert.same(want, got);
+		assert.same(hooked, env.hooked, "each event hooked once");
 	end);
 
 	it("records the join before routing it, and routes it from the bare JID", function()
