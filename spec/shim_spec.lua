@@ -453,6 +453,39 @@ describe("mod_minimix shim", function()
 		end);
 	end);
 
+	it("replays messages with a XEP-0203 delay from the room, stamped when the room sent them", function()
+		local DELAY = "urn:xmpp:delay";
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		-- from the room's own history, with the room's delay
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "h1" }):text_tag("body", "old")
+			:tag("delay", { xmlns = DELAY, from = "room@muc.example", stamp = "2020-01-02T03:04:05Z" }):up());
+		-- live, at the mocked clock: 1700000000
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m1" }):text_tag("body", "new"));
+		assert.is_nil(P.got[#P.got]:get_child("delay", DELAY), "live messages go out as they came");
+		env.clock = env.clock + 100;
+		fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { maxstanzas = "5" }):up():up());
+		local bodies = {};
+		for _, m in ipairs(L.got) do
+			if m.name == "message" then
+				bodies[#bodies+1] = m:get_child_text("body");
+				local delays = {};
+				for d in m:childtags("delay", DELAY) do delays[#delays+1] = d; end
+				assert.equal(1, #delays, tostring(m));
+				assert.equal("room@muc.example", delays[1].attr.from);
+				if m.attr.id == "h1" then
+					assert.equal("2020-01-02T03:04:05Z", delays[1].attr.stamp);
+				else
+					assert.equal("2023-11-14T22:13:20Z", delays[1].attr.stamp);
+				end
+			end
+		end
+		assert.same({ "old", "new" }, bodies);
+	end);
+
 	it("sends a refusal from the core to the asking session only", function()
 		env = load_shim({ minimix_max_rooms = 1 });
 		P = new_session(env, "phone");

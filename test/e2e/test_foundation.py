@@ -13,11 +13,13 @@ account-level behaviours fail.
 Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
+import datetime
 import re
+import time
 
 import pytest
 
-from .clients import P, from_room, join_room, create_room
+from .clients import P, from_room, join_room, create_room, NS_DELAY
 from .world import run
 
 ALICE = "alice@localhost"
@@ -297,6 +299,60 @@ def test_later_session_gets_cached_state_without_a_second_join(prosody):
         check_join_sequence(seq, room, "alice", ["bob", "carol"], "Later", t.jid, history=None)
         await bob.assert_nothing(P(name="presence", frm=room + "/alice"), since=mb,
                                  what="a presence of alice at bob (third join)")
+    run(prosody, scenario)
+
+
+def delay_stamps(msg, room):
+    """The XEP-0203 delays of a message: exactly one, from the room; returns
+    its stamp as seconds since 1970."""
+    delays = msg.xml.findall("{%s}delay" % NS_DELAY)
+    assert len(delays) == 1, "want one <delay/>: %s" % msg
+    assert delays[0].get("from") == room, "delay not from the room: %s" % msg
+    stamp = datetime.datetime.strptime(delays[0].get("stamp"), "%Y-%m-%dT%H:%M:%SZ")
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def test_later_session_gets_history_it_asks_for_with_delay(prosody):
+    """XEP-0045 7.2.15 (discussion history: <history maxstanzas/> limits
+    it, each message carries a XEP-0203 delay from the room with the time
+    the room got it) for sessions joining after the account: the messages
+    said since the account joined come with a delay the module adds, from
+    the room JID, stamped when the room sent them; a message that came from
+    the room's own history keeps the room's delay, and gets no second one."""
+    async def scenario(w):
+        room = w.room("catchup")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone", subject="Catch-up")
+        bob.groupchat(room, "before")
+        p = await w.connect("alice", "phone")
+        _, seq = await join_room(p, room, "alice")
+        check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", p.jid, history=["before"])
+        before = [s for s in seq if s.body == "before"][0]
+        room_stamp = delay_stamps(before, room)
+
+        said_from = int(time.time())
+        mp = p.mark()
+        for body in ("one", "two", "three"):
+            bob.groupchat(room, body)
+            live = await p.wait_for(P(name="message", body=body), since=mp)
+            assert not live.has_delay, live
+        said_until = time.time()
+
+        l = await w.connect("alice", "laptop")
+        _, seq = await join_room(l, room, "alice", history={"maxstanzas": 2})
+        check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", l.jid,
+                            history=["two", "three"])
+        t = await w.connect("alice", "tablet")
+        _, seq = await join_room(t, room, "alice", history={"maxstanzas": 10})
+        check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", t.jid,
+                            history=["before", "one", "two", "three"])
+        for m in messages(seq)[:-1]:
+            stamp = delay_stamps(m, room)
+            if m.body == "before":
+                assert stamp == room_stamp, "the room's delay changed: %s" % m
+            else:
+                assert said_from <= stamp <= said_until, \
+                    "delay not when the room sent it (%s..%s): %s" % (said_from, said_until, m)
     run(prosody, scenario)
 
 
