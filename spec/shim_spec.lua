@@ -25,8 +25,10 @@ local function load_shim(options)
 		return v;
 	end
 	env.pep = { services = {} };
+	-- every account has a PEP service (mod_pep makes one on demand)
+	local empty_service = { get_items = function() return true, {}; end };
 	function env.pep.get_pep_service(username)
-		return env.pep.services[username];
+		return env.pep.services[username] or empty_service;
 	end
 	function module:depends(name)
 		if name == "pep" then return env.pep; end
@@ -484,6 +486,31 @@ describe("mod_minimix shim", function()
 			end
 		end
 		assert.same({ "old", "new" }, bodies);
+	end);
+
+	it("stores memberships as soon as they change, not when the last message seen is written", function()
+		env = load_shim({ minimix_seen_interval = 3600 });
+		P = new_session(env, "phone");
+		fire(env, "pre-presence/full", P, join("j1"));
+		advance(env, 1);
+		assert.is_nil(env.stored.alice, "a join not yet confirmed is not stored");
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		-- a turn of the main loop, no time passing
+		advance(env, 0);
+		assert.same({ ["room@muc.example"] = { nick = "alice" } }, env.stored.alice);
+		-- a message seen waits for the periodic write
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "m1" }):text_tag("body", "hi")
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = "s1" }):up());
+		advance(env, 1);
+		assert.is_nil(env.stored.alice["room@muc.example"].last_id);
+		advance(env, 3600);
+		assert.equal("s1", env.stored.alice["room@muc.example"].last_id);
+		-- the account leaves: forgotten at once
+		fire(env, "pre-presence/full", P, st.presence({ to = "room@muc.example/alice", type = "unavailable" }));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+		advance(env, 0);
+		assert.is_nil(env.stored.alice);
 	end);
 
 	it("sends a refusal from the core to the asking session only", function()

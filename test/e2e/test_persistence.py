@@ -642,6 +642,42 @@ def test_crash_during_traffic_loses_no_membership(prosody_factory, storage):
     run(env, scenario)
 
 
+def test_memberships_are_stored_as_they_change(prosody_factory, storage):
+    """Memberships are written as soon as they change, not with the last
+    message seen (minimix_seen_interval here is an hour): after the account
+    entered two rooms (XEP-0045 7.2) and left one (7.14), a crash (SIGKILL)
+    loses neither; after the restart the account is back in the room it
+    stayed in (seen by a new occupant, joined once) and not in the other."""
+    env = make_env(prosody_factory, storage, host_options={"minimix_seen_interval": 3600})
+
+    async def scenario(w):
+        stay, leave = w.room("stored-stay"), w.room("stored-leave")
+        bob = await w.connect("bob", "desk")
+        for r in (stay, leave):
+            await create_room(bob, r, "bob", whois="anyone", config=PERSISTENT)
+        p = await w.connect("alice", "phone")
+        for r in (stay, leave):
+            await join_room(p, r, "alice")
+        await wait_stored(env, lambda r: set(r) == {stay, leave}, "both rooms once joined")
+        mb = bob.mark()
+        p.leave(leave, "alice")
+        await bob.wait_for(P(name="presence", frm=leave + "/alice", type="unavailable"),
+                           since=mb, what="alice leaving " + leave)
+        await wait_stored(env, lambda r: set(r) == {stay}, "the room left forgotten")
+        await close_all(w)
+        env.kill()
+        env.start()
+        await wait_log(env, r"Joining 1 stored memberships again", "the restore")
+        await wait_log(env, r"%s is in %s" % (re.escape(ALICE), re.escape(stay)),
+                       "alice back in " + stay)
+        others, _ = await observe_occupants(w, stay, res="desk-stay")
+        assert_alice_present(others, stay)
+        others, _ = await observe_occupants(w, leave, res="desk-leave")
+        assert "alice" not in others, "alice is back in the room she had left: %s" % others
+        assert joins_by_room(env, [stay, leave]) == {stay: 1, leave: 0}
+    run(env, scenario)
+
+
 def test_after_a_crash_the_room_is_asked_for_everything_since_the_last_message_seen(
         prosody_factory, storage):
     """The re-join after a crash asks the room for the history since the
