@@ -140,6 +140,15 @@ describe("minimix.state decisions", function()
 		end);
 	end);
 
+	it("keeps the room's stanza-id as the last message seen, not the message id", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = SELF });
+		s:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true, stamp = 5,
+			id = "msg-1", stanza_id = "sid-1", payload = "<message type='groupchat'><body>x</body></message>" });
+		assert.equal("sid-1", s:memberships("a@h")[1].last_id);
+		assert.equal(5, s:memberships("a@h")[1].last_stamp);
+	end);
+
 	it("passes traffic that is not the module's", function()
 		local handled, actions = s:room_message("a@h", "x@c", "bob", { type = "groupchat", body = true });
 		assert.is_false(handled);

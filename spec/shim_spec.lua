@@ -513,6 +513,37 @@ describe("mod_minimix shim", function()
 		assert.is_nil(env.stored.alice);
 	end);
 
+	it("stores the room's stanza-id as the last message seen, not the message's id", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "msg-1" }):text_tag("body", "hi")
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "bob@elsewhere.example", id = "other-1" }):up()
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = "room-1" }):up()
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "alice@localhost", id = "mine-1" }):up());
+		env.hooks["global:server-stopping"].fn({});
+		assert.equal("room-1", env.stored.alice["room@muc.example"].last_id);
+		assert.equal(1700000000, env.stored.alice["room@muc.example"].last_stamp);
+	end);
+
+	it("returns the room's error for a message to the session that sent it, by the message's id", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		env.sent, P.got, L.got = {}, {}, {};
+		assert.is_true(fire(env, "pre-message/bare", L, st.message({ to = "room@muc.example", type = "groupchat", id = "g1" })
+			:text_tag("body", "too fast")));
+		assert.equal("g1", env.sent[1].attr.id);
+		local err = st.message({ from = "room@muc.example", to = "alice@localhost", type = "error", id = "g1" })
+			:tag("error", { type = "wait" }):tag("resource-constraint", { xmlns = "urn:ietf:params:xml:ns:xmpp-stanzas" }):up():up()
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = "g2" }):up();
+		assert.is_true(fire(env, "message/bare", nil, err));
+		assert.equal(0, #P.got);
+		assert.equal(1, #L.got);
+		assert.equal("g1", L.got[1].attr.id);
+		assert.equal("error", L.got[1].attr.type);
+	end);
+
 	it("sends a refusal from the core to the asking session only", function()
 		env = load_shim({ minimix_max_rooms = 1 });
 		P = new_session(env, "phone");

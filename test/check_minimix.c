@@ -4979,6 +4979,55 @@ START_TEST(test_persist_dirty_levels)
 }
 END_TEST
 
+/*
+ * The last message seen is known by the room's XEP-0359 stanza-id, which
+ * the room's history on a re-join carries again; the message's own 'id'
+ * is the sender's and says nothing of it.
+ */
+START_TEST(test_persist_last_id_is_stanza_id)
+{
+	mm_message m;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.id = "msg-id-1";
+	m.stanza_id = "room-sid-1";
+	m.stamp = 100;
+	m.has_body = 1;
+	m.payload = P_M1;
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	ck_assert_str_eq(must_info(ACC, ROOM).last_id, "room-sid-1");
+	/* no stanza-id: the last one known stays */
+	m.id = "msg-id-2";
+	m.stanza_id = NULL;
+	m.stamp = 200;
+	m.payload = P_M2;
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	ck_assert_str_eq(must_info(ACC, ROOM).last_id, "room-sid-1");
+
+	/* after a restart the room's history repeats the message by its
+	 * stanza-id, with another id: it is dropped as seen, and the next is not */
+	reset_state(NULL);
+	restore(ACC, ROOM, "alice", NULL, "room-sid-1", 0);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	m.id = "other-id";
+	m.stanza_id = "room-sid-1";
+	m.delayed = 1;
+	m.stamp = 100;
+	m.payload = P_M1;
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	m.id = "room-sid-1";
+	m.stanza_id = "room-sid-2";
+	m.stamp = 200;
+	m.payload = P_M2;
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, "bob", &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+}
+END_TEST
+
 /* mm_membership_info: last_id/last_stamp and persistent. */
 START_TEST(test_persist_membership_info)
 {
@@ -5655,6 +5704,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_persist_restore_refused);
 	tcase_add_test(tc, test_persist_dirty_levels);
 	tcase_add_test(tc, test_persist_membership_info);
+	tcase_add_test(tc, test_persist_last_id_is_stanza_id);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);
