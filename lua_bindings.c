@@ -626,9 +626,8 @@ static int l_limits(lua_State *L)
 	return 1;
 }
 
-static const char *const mstate_names[] = {"joining", "joined", "leaving"};
-
-/* member(account, room) -> "joining" | "joined" | "leaving" | nil */
+/* member(account, room) -> the state's name ("joining", "joined",
+ * "leaving", "leaving-rejoin", "rejoin-wait", "rejoining") or nil */
 static int l_member(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -638,7 +637,7 @@ static int l_member(lua_State *L)
 	if (ms < 0)
 		lua_pushnil(L);
 	else
-		lua_pushstring(L, mstate_names[ms]);
+		lua_pushstring(L, mm_mstate_name(ms));
 	return 1;
 }
 
@@ -650,7 +649,7 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	set_str(L, "room", info->room);
 	set_str(L, "nick", info->nick);
 	set_str(L, "password", info->password);
-	lua_pushstring(L, mstate_names[info->state]);
+	lua_pushstring(L, mm_mstate_name((int)info->state));
 	lua_setfield(L, -2, "state");
 	set_int(L, "sessions", info->sessions);
 	set_int(L, "occupants", info->occupants);

@@ -69,6 +69,8 @@ typedef struct mm_limits {
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
 	                         * most this many (default 20, as Prosody's MUC) */
+	size_t join_timeout;    /* seconds a join or a leave waits for the room's
+	                         * answer before it is given up (default 60) */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -81,6 +83,7 @@ typedef struct mm_limits {
 #define MM_DEFAULT_REJOIN_DELAY 5
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
+#define MM_DEFAULT_JOIN_TIMEOUT 60
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -108,6 +111,127 @@ typedef struct mm_payload mm_payload;
 mm_payload *mm_payload_hold(mm_state *state, const char *text, size_t len);
 /* Let go of a handle from mm_payload_hold().  NULL is accepted. */
 void mm_payload_release(mm_state *state, mm_payload *payload);
+
+/* ---- the membership lifecycle ------------------------------------------- */
+
+/*
+ * Each membership (an account in a room) is in exactly one of these states;
+ * nothing else about it says where it is in its life.  The states that wait
+ * on someone else have a deadline (see mm_tick()): JOINING, REJOINING,
+ * LEAVING and LEAVING_REJOIN wait join_timeout seconds for the room's
+ * answer, REJOIN_WAIT waits its back-off delay.
+ */
+typedef enum mm_mstate {
+	MM_NONE = -1,       /* no membership: before the first join, after the end */
+	MM_JOINING = 0,     /* a session's join is on its way to the room; a
+	                     * refusal or the timeout ends the membership */
+	MM_JOINED,          /* the account is in the room */
+	MM_LEAVING,         /* the account's leave is on its way */
+	MM_LEAVING_REJOIN,  /* ... and a session asked to join meanwhile: once
+	                     * out, the account joins again as it asked */
+	MM_REJOIN_WAIT,     /* out of the room (332, a failed re-join); an
+	                     * automatic re-join waits for its delay */
+	MM_REJOINING,       /* an automatic re-join is on its way (restart,
+	                     * bookmark, 333, fell out); transient failures and
+	                     * the timeout are tried again later */
+	MM_MSTATE_COUNT
+} mm_mstate;
+
+/* What happens to a membership. */
+typedef enum mm_mevent {
+	MM_EV_JOIN = 0,        /* a session asks to join (mm_session_join) */
+	MM_EV_RESTORE,         /* the account joins by itself (mm_account_restore) */
+	MM_EV_LAST_LEAVE,      /* the last connected session in the room leaves; or
+	                        * the last one waiting to come back leaves or goes */
+	MM_EV_ACCOUNT_LEAVE,   /* a bookmark or a command (mm_account_leave) */
+	MM_EV_SELF,            /* the room's available self-presence */
+	MM_EV_ERROR,           /* the room's error presence, not for a remembered id */
+	MM_EV_ERROR_TRANSIENT, /* ... with a transient condition (see mm_room_presence) */
+	MM_EV_OUT,             /* unavailable self-presence: left, kicked, banned,
+	                        * removed, destroyed */
+	MM_EV_SHUTDOWN,        /* unavailable self-presence with 332 */
+	MM_EV_TECHNICAL,       /* unavailable self-presence with 333 */
+	MM_EV_FELL_OUT,        /* the module's self-ping was answered not-acceptable */
+	MM_EV_TIMEOUT,         /* the state's deadline passed (mm_tick) */
+	MM_EV_COUNT
+} mm_mevent;
+
+/*
+ * The transitions: state x event -> next state.  "-" is refused: the state
+ * stays and nothing is sent (room traffic is dropped, a session's request
+ * is answered as each function says).  Self-loops are listed; they are
+ * transitions like any other.
+ *
+ *                 JOIN        RESTORE    LAST_LEAVE ACCOUNT_LEAVE SELF    ERROR   ERROR_TRANS. OUT     SHUTDOWN    TECHNICAL  FELL_OUT   TIMEOUT
+ * NONE            JOINING     REJOINING  -          -             -       -       -            -       -           -          -          -
+ * JOINING         JOINING     -          LEAVING    LEAVING       JOINED  NONE    NONE         NONE    REJOIN_WAIT REJOINING  -          NONE
+ * JOINED          JOINED      -          LEAVING    LEAVING       JOINED  -       -            NONE    REJOIN_WAIT REJOINING  REJOINING  -
+ * LEAVING         LEAV._REJ.  -          -          -             -       NONE    NONE         NONE    NONE        NONE       -          NONE
+ * LEAVING_REJOIN  LEAV._REJ.  -          LEAVING    LEAVING       -       JOINING JOINING      JOINING JOINING     JOINING    -          JOINING
+ * REJOIN_WAIT     REJOINING   -          NONE       NONE          JOINED  -       -            NONE    REJOIN_WAIT REJOINING  -          REJOINING
+ * REJOINING       REJOINING   -          LEAVING    LEAVING       JOINED  NONE    REJOIN_WAIT  NONE    REJOIN_WAIT REJOINING  -          REJOIN_WAIT
+ *
+ * The actions, by (old state, event, new state):
+ *  - NONE -JOIN-> JOINING: SEND_JOIN of the session's request.
+ *    NONE -RESTORE-> REJOINING: a fresh SEND_JOIN asking for history since
+ *    the last message seen.
+ *  - JOINING, REJOINING -JOIN-> same: the session waits; it is replayed the
+ *    occupants seen so far.  JOINED -JOIN-> JOINED: replay of occupants,
+ *    self-presence, catch-up history, subject.  LEAVING, LEAVING_REJOIN
+ *    -JOIN-> LEAVING_REJOIN: the session waits.  REJOIN_WAIT -JOIN->
+ *    REJOINING: SEND_JOIN of the session's request, now.
+ *  - -LAST_LEAVE-> LEAVING: SEND_AS_ACCOUNT of the session's leave (from
+ *    LEAVING_REJOIN: REFLECT_LEAVE, the account is leaving already).
+ *    REJOIN_WAIT -LAST_LEAVE-> NONE: REFLECT_LEAVE; event "left".
+ *  - -ACCOUNT_LEAVE-> LEAVING: REFLECT_LEAVE to every session, SEND_LEAVE.
+ *    REJOIN_WAIT -ACCOUNT_LEAVE-> NONE: REFLECT_LEAVE to every session;
+ *    event "left".
+ *  - -SELF-> JOINED: DELIVER to every session (those that asked with their
+ *    join's id, and 210 when they asked for another nick); event "joined"
+ *    unless it was JOINED already.
+ *  - JOINING, REJOINING -ERROR-> NONE, JOINING -ERROR_TRANSIENT-> NONE:
+ *    DELIVER the error to each session that asked; event "removed".
+ *    REJOINING -ERROR_TRANSIENT-> REJOIN_WAIT: REJOIN_LATER (informative);
+ *    event "rejoining".
+ *  - -OUT-> NONE: DELIVER to every session; event "removed" with why.
+ *    -SHUTDOWN-> REJOIN_WAIT: DELIVER to every session, REJOIN_LATER;
+ *    -TECHNICAL-> REJOINING: DELIVER to every session, a fresh SEND_JOIN;
+ *    JOINED -FELL_OUT-> REJOINING: REFLECT_LEAVE with 333 to every session,
+ *    a fresh SEND_JOIN.  The three with event "rejoining": the caches go,
+ *    the sessions wait for the join sequence again.
+ *  - LEAVING -(any room answer, TIMEOUT)-> NONE: the leaving sessions get
+ *    their unavailable self-presence (DELIVER of the room's, else
+ *    REFLECT_LEAVE); event "left".  LEAVING_REJOIN -> JOINING: the same,
+ *    then a fresh SEND_JOIN with the nick and password of the first session
+ *    waiting.
+ *  - JOINING -TIMEOUT-> NONE: JOIN_ERROR remote-server-timeout to each
+ *    session that asked; event "removed".  REJOINING -TIMEOUT-> REJOIN_WAIT:
+ *    as a transient error.  REJOIN_WAIT -TIMEOUT-> REJOINING: a fresh
+ *    SEND_JOIN; event "rejoining".
+ */
+
+/*
+ * The table above: the state after `event` in `state` (MM_NONE when the
+ * membership ends), or MM_REFUSED when the event has no transition there
+ * (also for values out of range).
+ */
+#define MM_REFUSED (-2)
+int mm_transition(int state, int event);
+
+/* A short lower-case name of a state ("joining", "rejoin-wait", "none") or
+ * an event ("last-leave"); "?" for values out of range. */
+const char *mm_mstate_name(int state);
+const char *mm_mevent_name(int event);
+
+/*
+ * Observe every transition (tests, fuzzing, debugging): fn gets the
+ * account, the room, the state before, the event and the state after, for
+ * each membership that takes a transition, once the call that causes it
+ * commits.  fn must not call into the state.  NULL stops observing.
+ */
+typedef void (*mm_observer)(const char *account, const char *room, int from,
+		int event, int to, void *ud);
+void mm_state_observe(mm_state *state, mm_observer fn, void *ud);
 
 /* ---- decisions ---------------------------------------------------------- */
 
@@ -579,15 +703,9 @@ size_t mm_take_dirty(mm_state *state, int level,
 
 /* ---- inspection --------------------------------------------------------- */
 
-typedef enum mm_mstate {
-	MM_JOINING = 0,
-	MM_JOINED,
-	MM_LEAVING
-} mm_mstate;
-
 /*
- * The state of the account's membership in room (MM_JOINING, MM_JOINED,
- * MM_LEAVING), or -1 when there is none.  Cheap: callers use it to let
+ * The state of the account's membership in room (mm_mstate), or MM_NONE
+ * (-1) when there is none.  Cheap: callers use it to let
  * traffic that is not the module's pass before doing any work on it.
  */
 int mm_membership_state(const mm_state *state, const char *account,

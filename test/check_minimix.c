@@ -61,12 +61,48 @@
 static mm_state *st;
 static mm_decision d;
 
+/* ---- transitions ---------------------------------------------------------
+ * Every state fixture observes the core's transitions: each must be one the
+ * table allows.  The last ones are kept for the lifecycle tests.
+ */
+struct seen_transition {
+	char room[64];
+	int from, event, to;
+};
+static struct seen_transition obs[32];
+static size_t nseen;
+
+static void observe(const char *account, const char *room, int from,
+		int event, int to, void *ud)
+{
+	(void)ud;
+	(void)account;
+	ck_assert_msg(to != MM_REFUSED && mm_transition(from, event) == to,
+			"%s: %s -%s-> %s is not in the table", room,
+			mm_mstate_name(from), mm_mevent_name(event), mm_mstate_name(to));
+	if (nseen < sizeof obs / sizeof obs[0]) {
+		snprintf(obs[nseen].room, sizeof obs[nseen].room, "%s", room);
+		obs[nseen].from = from;
+		obs[nseen].event = event;
+		obs[nseen].to = to;
+		nseen++;
+	}
+}
+
+static mm_state *new_state(const mm_limits *l)
+{
+	mm_state *s = mm_state_new(l);
+	ck_assert_ptr_nonnull(s);
+	mm_state_observe(s, observe, NULL);
+	nseen = 0;
+	return s;
+}
+
 /* ---- fixtures ----------------------------------------------------------- */
 
 static void setup_default(void)
 {
-	st = mm_state_new(NULL);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(NULL);
 	memset(&d, 0, sizeof d);
 }
 
@@ -86,8 +122,7 @@ static void setup_small(void)
 	mm_limits l;
 
 	small_limits(&l);
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -101,8 +136,7 @@ static void teardown(void)
 static void reset_state(const mm_limits *l)
 {
 	mm_state_free(st);
-	st = mm_state_new(l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(l);
 }
 
 /* ---- decision helpers --------------------------------------------------- */
@@ -1219,7 +1253,7 @@ START_TEST(test_leave_join_while_leaving)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_AS_ACCOUNT, NULL), 0);
 	ck_assert_int_eq(session_state(ACC, ROOM, R2), 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 
 	/* The leave completes: R1 gets its unavailable, the account re-joins. */
 	self_unavailable(ACC, ROOM, "alice", 0, 0, "l1");
@@ -2812,7 +2846,7 @@ START_TEST(test_presence_not_joined_dropped)
 	join(ACC, R3, ROOM, "alice", "j3", NULL);
 	session_pres(ACC, R3, ROOM, "alice", "p5", NULL, NULL);
 	expect_only(&d, MM_OP_DROP, ROOM);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 }
 END_TEST
 
@@ -2873,7 +2907,7 @@ START_TEST(test_carbons_not_while_joining)
 	joined_room(ACC, R1, ROOM, "alice");
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm1");
 	expect_not_handled(&d);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
@@ -3454,7 +3488,7 @@ START_TEST(test_iq_self_ping_rejoin)
 	ck_assert_pstr_eq(join_act->password, "pw");
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 3);
 	ck_assert_str_eq(mi.nick, "alice");
 	expect_all_waiting(ACC, ROOM, 3);
@@ -3541,8 +3575,7 @@ static void setup_rejoin(void)
 
 	memset(&l, 0, sizeof l);
 	l.rejoin_delay = REJOIN_DELAY;
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -3563,7 +3596,8 @@ static void expect_rejoining(size_t nsessions)
 {
 	struct minfo mi = must_info(ACC, ROOM);
 
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_msg(mi.state == MM_REJOINING || mi.state == MM_REJOIN_WAIT,
+			"state %s", mm_mstate_name(mi.state));
 	ck_assert_uint_eq(mi.sessions, nsessions);
 	ck_assert_uint_eq(mi.occupants, 0);
 	ck_assert_int_eq(mi.has_subject, 0);
@@ -3684,7 +3718,7 @@ START_TEST(test_rejoin_explicit_join_while_waiting)
 	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
 	ck_assert_int_eq(a->from_request, 1);
 	ck_assert_pstr_eq(a->nick, "alice");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	/* the delay is over: there is nothing left to send */
 	rejoin_due(ACC, ROOM);
 	expect_not_handled(&d);
@@ -3918,7 +3952,7 @@ START_TEST(test_rejoin_last_leave_while_waiting)
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
 	ck_assert_pstr_eq(a->resource, R2);
 	ck_assert_pstr_eq(a->id, "l2");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	/* the last: it sees itself leave, nothing goes to the room */
 	session_leave(ACC, R1, ROOM, "l1");
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
@@ -3989,7 +4023,7 @@ START_TEST(test_rejoin_sessions_during_wait)
 	/* one session gone: the other still waits */
 	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
 	expect_n(&d, 1, 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -4521,7 +4555,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_msg(a->since == 1234.5, "since %.17g", a->since);
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 0);
 	ck_assert_str_eq(mi.nick, "alice");
 	ck_assert_str_eq(mi.password, "pw");
@@ -4531,7 +4565,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_uint_eq(mi.history, 0);
 	/* joining again by itself: worth keeping */
 	ck_assert_int_eq(mi.persistent, 1);
-	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
 	ck_assert_uint_eq(get_sessions(ACC, ROOM, &(struct slist){ 0 }), 0);
 	s = stats();
 	ck_assert_uint_eq(s.accounts, 1);
@@ -4807,7 +4841,7 @@ START_TEST(test_persist_restore_refused)
 	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
 	expect_event(&d, "rejoining", "remote-server-timeout");
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOIN_WAIT);
 	ck_assert_int_eq(mi.persistent, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -4929,7 +4963,7 @@ START_TEST(test_persist_membership_info)
 	/* joining again by itself (333, 332): still worth keeping */
 	join(ACC, R1, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
@@ -5120,6 +5154,189 @@ START_TEST(test_events_null_for_traffic)
 }
 END_TEST
 
+/* ==== the membership lifecycle ============================================ */
+
+/* The table in minimix.h, cell by cell: what mm_transition() must answer. */
+START_TEST(test_lifecycle_table)
+{
+#define R MM_REFUSED
+#define N MM_NONE
+#define JG MM_JOINING
+#define JD MM_JOINED
+#define LV MM_LEAVING
+#define LR MM_LEAVING_REJOIN
+#define RW MM_REJOIN_WAIT
+#define RJ MM_REJOINING
+	static const int want[MM_MSTATE_COUNT + 1][MM_EV_COUNT] = {
+		/*           JOIN RESTORE LAST ACCT SELF ERR ERR_T OUT SHUT TECH FELL TIME */
+		/* NONE */ { JG,  RJ,     R,   R,   R,   R,  R,    R,  R,   R,   R,   R  },
+		/* JG */   { JG,  R,      LV,  LV,  JD,  N,  N,    N,  RW,  RJ,  R,   N  },
+		/* JD */   { JD,  R,      LV,  LV,  JD,  R,  R,    N,  RW,  RJ,  RJ,  R  },
+		/* LV */   { LR,  R,      R,   R,   R,   N,  N,    N,  N,   N,   R,   N  },
+		/* LR */   { LR,  R,      LV,  LV,  R,   JG, JG,   JG, JG,  JG,  R,   JG },
+		/* RW */   { RJ,  R,      N,   N,   JD,  R,  R,    N,  RW,  RJ,  R,   RJ },
+		/* RJ */   { RJ,  R,      LV,  LV,  JD,  N,  RW,   N,  RW,  RJ,  R,   RW },
+	};
+#undef R
+#undef N
+#undef JG
+#undef JD
+#undef LV
+#undef LR
+#undef RW
+#undef RJ
+	int state, ev;
+
+	for (state = MM_NONE; state < MM_MSTATE_COUNT; state++)
+		for (ev = 0; ev < MM_EV_COUNT; ev++)
+			ck_assert_msg(mm_transition(state, ev) == want[state + 1][ev],
+					"%s x %s: %d, want %d", mm_mstate_name(state),
+					mm_mevent_name(ev), mm_transition(state, ev),
+					want[state + 1][ev]);
+	/* out of range: refused, never a crash */
+	ck_assert_int_eq(mm_transition(MM_MSTATE_COUNT, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(-3, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, MM_EV_COUNT), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, -1), MM_REFUSED);
+	ck_assert_str_eq(mm_mstate_name(MM_NONE), "none");
+	ck_assert_str_eq(mm_mstate_name(MM_REJOIN_WAIT), "rejoin-wait");
+	ck_assert_str_eq(mm_mstate_name(MM_MSTATE_COUNT), "?");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_LAST_LEAVE), "last-leave");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_COUNT), "?");
+}
+END_TEST
+
+/* The observed transitions since the mark, as "from-event->to" strings. */
+static void expect_transitions(size_t mark, const char *const *want, size_t n)
+{
+	size_t i;
+
+	ck_assert_msg(nseen - mark == n, "%zu transitions, want %zu",
+			nseen - mark, n);
+	for (i = 0; i < n; i++) {
+		char got[96];
+		snprintf(got, sizeof got, "%s-%s->%s", mm_mstate_name(obs[mark + i].from),
+				mm_mevent_name(obs[mark + i].event),
+				mm_mstate_name(obs[mark + i].to));
+		ck_assert_str_eq(got, want[i]);
+	}
+}
+
+/* A membership's life goes through the table, one transition per step. */
+START_TEST(test_lifecycle_walk)
+{
+	size_t mark = nseen;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j2", P_SELF);
+	session_leave(ACC, R2, ROOM, "l2");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j3", NULL);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, "x", "forbidden");
+	expect_transitions(mark, (const char *const[]){
+		"none-join->joining", "joining-self->joined",
+		"joined-shutdown->rejoin-wait", "rejoin-wait-timeout->rejoining",
+		"rejoining-error-transient->rejoin-wait",
+		"rejoin-wait-join->rejoining", "rejoining-self->joined",
+		"joined-last-leave->leaving", "leaving-join->leaving-rejoin",
+		"leaving-rejoin-out->joining", "joining-error->none" }, 11);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* Events without a transition change nothing and send nothing. */
+START_TEST(test_lifecycle_refused)
+{
+	mm_presence p;
+	size_t mark;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	mark = nseen;
+	/* JOINED x ERROR: an error nobody asked for is dropped */
+	join_error(ACC, ROOM, NULL, "forbidden");
+	expect_n(&d, 1, 0);
+	/* JOINED x RESTORE: never joined twice */
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expect_not_handled(&d);
+	/* JOINED x TIMEOUT: nothing waits */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* REJOIN_WAIT x ERROR_TRANSIENT: the wait is not doubled or repeated */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	mark = nseen;
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(nseen, mark);
+
+	/* LEAVING x SELF (a join in flight answered first), x ACCOUNT_LEAVE */
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	mark = nseen;
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_uint_eq(nseen, mark);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	p = presence(MM_PRES_UNAVAILABLE, MM_STATUS_110, NULL, NULL);
+	room_pres(ACC, ROOM, "alice", &p);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/*
+ * LEAVING_REJOIN x ACCOUNT_LEAVE -> LEAVING: a session waiting to join again
+ * leaves with the account (it used to be joined again once the room let
+ * the account out).
+ */
+START_TEST(test_lifecycle_account_leave_while_leaving_rejoin)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING_REJOIN);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	ck_assert_pstr_eq(expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM)->resource, R2);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* LEAVING x ERROR -> NONE: the leaving session still learns it is out. */
+START_TEST(test_lifecycle_leave_error_reflects)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join_error(ACC, ROOM, NULL, "forbidden");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(d.event, "left");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -5222,7 +5439,7 @@ START_TEST(test_ping_fell_out_rejoins)
 	ck_assert_int_eq(a->from_request, 0);
 	ck_assert(a->since > 0);
 	ck_assert_pstr_eq(d.event, "rejoining");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_uint_eq(stats().iqs, 0);
 }
 END_TEST
@@ -5568,6 +5785,13 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_persist_restore_refused);
 	tcase_add_test(tc, test_persist_dirty_levels);
 	tcase_add_test(tc, test_persist_membership_info);
+
+	tc = tcase(s, "lifecycle", setup_default);
+	tcase_add_test(tc, test_lifecycle_table);
+	tcase_add_test(tc, test_lifecycle_walk);
+	tcase_add_test(tc, test_lifecycle_refused);
+	tcase_add_test(tc, test_lifecycle_account_leave_while_leaving_rejoin);
+	tcase_add_test(tc, test_lifecycle_leave_error_reflects);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);
