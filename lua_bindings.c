@@ -53,6 +53,8 @@ static const char *const op_names[] = {
 	[MM_OP_SEND_PING] = "send_ping",
 	[MM_OP_PING_LATER] = "ping_later",
 	[MM_OP_DROP] = "drop",
+	[MM_OP_JOIN_ERROR] = "join_error",
+	[MM_OP_EVENT] = "event",
 };
 
 static void set_str(lua_State *L, const char *key, const char *value)
@@ -95,6 +97,8 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "condition", a->condition);
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
+	set_str(L, "event", a->event);
+	set_str(L, "reason", a->reason);
 	push_codes(L, a->add_codes);
 	if (a->delay) {
 		lua_pushinteger(L, (lua_Integer)a->delay);
@@ -188,6 +192,7 @@ static int l_new(lua_State *L)
 		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
 		lim.history_size = opt_limit(L, 1, "history_size");
 		lim.history_default = opt_limit(L, 1, "history_default");
+		lim.join_timeout = opt_limit(L, 1, "join_timeout");
 	}
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 1);
@@ -515,13 +520,28 @@ static int l_room_iq(lua_State *L)
 	return push_result(L, err, &d);
 }
 
-static int l_expire(lua_State *L)
+static int l_tick(lua_State *L)
 {
 	mm_state *s = check_state(L);
 	double now = (double)luaL_checknumber(L, 2);
 	mm_decision d;
-	mm_err err = mm_expire(s, now, &d);
+	mm_err err = mm_tick(s, now, &d);
 	return push_result(L, err, &d);
+}
+
+/* ping_later(host, delay) -> true | nil, token, condition, type, text */
+static int l_ping_later(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *host = luaL_checkstring(L, 2);
+	lua_Integer delay = luaL_checkinteger(L, 3);
+	mm_err err;
+	luaL_argcheck(L, delay >= 0 && delay <= 86400, 3, "delay out of range");
+	err = mm_ping_later(s, host, (unsigned)delay);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ping_due([host], now) */
@@ -533,11 +553,6 @@ static int l_ping_due(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_ping_due(s, host, now, &d);
 	return push_result(L, err, &d);
-}
-
-static int l_rejoin_due(lua_State *L)
-{
-	return account_room_event(L, mm_rejoin_due);
 }
 
 static int l_account_leave(lua_State *L)
@@ -623,6 +638,7 @@ static int l_limits(lua_State *L)
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
+	set_int(L, "join_timeout", lim->join_timeout);
 	return 1;
 }
 
@@ -710,8 +726,8 @@ static const luaL_Reg state_methods[] = {
 	{"room_presence", l_room_presence},
 	{"room_message", l_room_message},
 	{"room_iq", l_room_iq},
-	{"expire", l_expire},
-	{"rejoin_due", l_rejoin_due},
+	{"tick", l_tick},
+	{"ping_later", l_ping_later},
 	{"ping_due", l_ping_due},
 	{"restore", l_restore},
 	{"account_leave", l_account_leave},

@@ -235,6 +235,12 @@ typedef struct mm_membership {
 	char *password; /* or NULL */
 	char *affiliation;
 	mm_mstate state; /* the lifecycle: see the table in minimix.h */
+	const char *account; /* the key of the account's node (stable) */
+	/* a waiting state's deadline (0: starts at the next mm_tick) and its
+	 * length, and the list of waiting memberships it is linked in */
+	double deadline;
+	unsigned wait;
+	struct mm_membership *wprev, *wnext;
 	unsigned retries; /* failed automatic re-joins so far */
 	uint64_t agg_seq; /* seq of the session presence the room shows */
 	char *shown;      /* that presence, or NULL when unknown */
@@ -288,7 +294,16 @@ struct mm_state {
 	const char *dec_event, *dec_reason; /* the decision's event */
 	mm_observer observer;
 	void *observer_ud;
+	double clock;    /* the last mm_tick() time; 0 before the first */
+	struct mm_membership *waiting; /* memberships with a deadline */
+	mm_map pings;    /* host -> mm_pingwait*: pings asked for later */
 };
+
+/* A host whose rooms get a self-ping when the deadline passes. */
+typedef struct mm_pingwait {
+	double deadline; /* 0: starts at the next mm_tick() */
+	unsigned wait;
+} mm_pingwait;
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -465,6 +480,7 @@ void mm_limits_default(mm_limits *l)
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
+	l->join_timeout = MM_DEFAULT_JOIN_TIMEOUT;
 }
 
 /* splitmix64: a fast, well-mixed step; not cryptographic, but with a
@@ -510,6 +526,7 @@ mm_state *mm_state_new(const mm_limits *limits)
 		TAKE(rejoin_delay);
 		TAKE(history_size);
 		TAKE(history_default);
+		TAKE(join_timeout);
 #undef TAKE
 	}
 	s->iq_secret = seed_secret(s);
@@ -760,11 +777,43 @@ static void iqs_forget(mm_state *s, const char *account, const char *room,
 /* Take the transition of the table for ev (the caller checked that there
  * is one, that it does not end the membership, and built its decision:
  * this cannot fail). */
+static unsigned backoff(const mm_state *s, unsigned retries);
+
+static void waiting_unlink(mm_state *s, mm_membership *m)
+{
+	if (m->wprev)
+		m->wprev->wnext = m->wnext;
+	else if (s->waiting == m)
+		s->waiting = m->wnext;
+	if (m->wnext)
+		m->wnext->wprev = m->wprev;
+	m->wprev = m->wnext = NULL;
+}
+
+static int is_waiting_state(int state)
+{
+	return state != MM_JOINED && state != MM_NONE;
+}
+
 static void membership_enter(mm_state *s, const char *account, mm_membership *m,
 		mm_mevent ev)
 {
 	int from = (int)m->state, to = mm_transition(from, (int)ev);
 	m->state = (mm_mstate)to;
+	if (!is_waiting_state(to)) {
+		waiting_unlink(s, m);
+	} else if (from != to || ev != MM_EV_JOIN) {
+		/* a new wait (a session joining a wait does not restart it) */
+		m->wait = to == MM_REJOIN_WAIT ? backoff(s, m->retries)
+			: (unsigned)s->limits.join_timeout;
+		m->deadline = s->clock > 0 ? s->clock + m->wait : 0;
+		if (m->wprev == NULL && s->waiting != m) {
+			m->wnext = s->waiting;
+			if (s->waiting)
+				s->waiting->wprev = m;
+			s->waiting = m;
+		}
+	}
 	if (s->observer)
 		s->observer(account, m->room, from, (int)ev, to, s->observer_ud);
 }
@@ -782,6 +831,7 @@ static void membership_remove(mm_state *s, const char *account, mm_membership *m
 	if (s->observer)
 		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
 			s->observer_ud);
+	waiting_unlink(s, m);
 	iqs_forget(s, account, m->room, NULL);
 	a = an->value;
 	rn = map_find(&a->rooms, m->room);
@@ -1367,6 +1417,7 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	if (new_account)
 		map_link(&s->accounts, anode);
 	map_link(&a->rooms, rnode);
+	m->account = map_find(&s->accounts, account)->key;
 	membership_enter(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
 nomem:
@@ -2249,6 +2300,8 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 	}
 }
 
+static int ping_schedule(mm_state *s, const char *host, unsigned delay);
+
 mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *id, int is_error, const char *condition,
 		mm_decision *out)
@@ -2295,6 +2348,14 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
+	if (!fell_out && q->resource == NULL && m != NULL && is_error
+			&& transient_condition(condition)) {
+		/* mm_tick() asks again; first step of the commit, the only one
+		 * that can fail */
+		const char *at = strchr(room, '@');
+		if (!ping_schedule(s, at ? at + 1 : room, backoff(s, m->ping_retries)))
+			return dec_finish(s, out, 0, 0);
+	}
 	if (q->resource == NULL && m != NULL)
 		m->ping_retries = is_error && transient_condition(condition)
 			? m->ping_retries + 1 : 0;
@@ -2304,61 +2365,6 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		m->retries = 0;
 		membership_enter(s, account, m, MM_EV_FELL_OUT);
 	}
-	return dec_finish(s, out, 1, ok);
-}
-
-mm_err mm_expire(mm_state *s, double now, mm_decision *out)
-{
-	size_t i;
-	int ok = 1;
-
-	dec_reset(s, out);
-	MAP_EACH(&s->iqs, n) {
-		mm_iq *q = n->value;
-		mm_action *a;
-		if (q->deadline > now || q->resource == NULL)
-			continue; /* the module's own pings expire silently */
-		dec_room(s, q->room, &ok);
-		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
-		if (a) {
-			a->account = dec_str(s, q->account, &ok);
-			a->resource = dec_str(s, q->resource, &ok);
-			a->nick = dec_str(s, q->nick, &ok);
-			a->id = dec_str(s, q->orig_id, &ok);
-			a->condition = "remote-server-timeout";
-			a->error_type = "wait";
-		}
-	}
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
-		mm_node *n = s->iqs.buckets[i], *next;
-		for (; n != NULL; n = next) {
-			next = n->next;
-			if (((mm_iq *)n->value)->deadline <= now)
-				iq_forget(s, n);
-		}
-	}
-	return dec_finish(s, out, 1, ok);
-}
-
-mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
-		mm_decision *out)
-{
-	mm_membership *m;
-	int ok = 1;
-
-	dec_reset(s, out);
-	if (!nonempty(account) || !nonempty(room))
-		return MM_EINVAL;
-	m = membership_get(s, account, room);
-	if (m == NULL || m->state != MM_REJOIN_WAIT)
-		return dec_finish(s, out, 0, ok);
-	dec_room(s, room, &ok);
-	act_rejoin(s, m, &ok);
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	membership_enter(s, account, m, MM_EV_TIMEOUT);
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -2626,13 +2632,11 @@ size_t mm_take_dirty(mm_state *s, int level,
 	return c;
 }
 
-mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+/* SEND_PING to each joined membership on host (NULL: all) with no ping of
+ * the module's waiting; the IQs are linked at once, so the caller takes
+ * them back with pings_undo() when its decision fails. */
+static void pings_push(mm_state *s, const char *host, double now, int *ok)
 {
-	int ok = 1;
-	size_t i;
-
-	dec_reset(s, out);
-	/* decide for every membership first; link the new IQs after */
 	MAP_EACH(&s->accounts, an) {
 		mm_account *a = an->value;
 		MAP_EACH(&a->rooms, rn) {
@@ -2640,40 +2644,278 @@ mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
 			const char *at = strchr(m->room, '@');
 			mm_action *act;
 			mm_node *n;
+			if (!*ok)
+				return;
 			if (m->state != MM_JOINED || m->ping_pending)
 				continue;
 			if (host && strcmp(at ? at + 1 : m->room, host) != 0)
 				continue;
 			n = iq_new(s, an->key, m->room, m->nick, NULL, NULL, NULL, 1, now);
 			if (n == NULL) {
-				ok = 0;
-				break;
+				*ok = 0;
+				return;
 			}
-			dec_room(s, m->room, &ok);
-			act = dec_push(s, MM_OP_SEND_PING, &ok);
+			dec_room(s, m->room, ok);
+			act = dec_push(s, MM_OP_SEND_PING, ok);
 			if (act) {
-				act->account = dec_str(s, an->key, &ok);
-				act->nick = dec_str(s, m->nick, &ok);
-				act->id = dec_str(s, n->key, &ok);
+				act->account = dec_str(s, an->key, ok);
+				act->nick = dec_str(s, m->nick, ok);
+				act->id = dec_str(s, n->key, ok);
 			}
 			/* the membership points to nothing: link now, undo on failure */
 			map_link(&s->iqs, n);
 			m->ping_pending = 1;
-			if (!ok)
-				break;
 		}
-		if (!ok)
-			break;
+	}
+}
+
+/* Take back every ping a failed decision made. */
+static void pings_undo(mm_state *s)
+{
+	size_t i;
+	for (i = 0; i < s->dec.n; i++) {
+		const mm_action *act = &s->dec.actions[i];
+		mm_node *n = act->op == MM_OP_SEND_PING && act->id
+			? map_find(&s->iqs, act->id) : NULL;
+		if (n)
+			iq_forget(s, n);
+	}
+}
+
+mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+{
+	int ok = 1;
+
+	dec_reset(s, out);
+	pings_push(s, host, now, &ok);
+	if (!ok) {
+		pings_undo(s);
+		return dec_finish(s, out, 0, 0);
+	}
+	return dec_finish(s, out, 1, ok);
+}
+
+/* Ask mm_tick() to ping host's rooms in delay seconds (the earlier of two
+ * asks wins); 0 on allocation failure, nothing changed. */
+static int ping_schedule(mm_state *s, const char *host, unsigned delay)
+{
+	mm_node *n = map_find(&s->pings, host);
+	mm_pingwait *w;
+	double deadline = s->clock > 0 ? s->clock + delay : 0;
+	if (n) {
+		w = n->value;
+		if (w->deadline == 0 ? delay < w->wait : deadline < w->deadline) {
+			w->wait = delay;
+			w->deadline = deadline;
+		}
+		return 1;
+	}
+	if (!map_ready(&s->pings) || (w = malloc(sizeof *w)) == NULL)
+		return 0;
+	w->wait = delay;
+	w->deadline = deadline;
+	n = node_new(host, strlen(host), w);
+	if (n == NULL) {
+		free(w);
+		return 0;
+	}
+	map_link(&s->pings, n);
+	return 1;
+}
+
+mm_err mm_ping_later(mm_state *s, const char *host, unsigned delay)
+{
+	if (!nonempty(host))
+		return MM_EINVAL;
+	return ping_schedule(s, host, delay) ? MM_OK : MM_ENOMEM;
+}
+
+/* Note what happened to a membership in a decision that spans many. */
+static void act_note(mm_state *s, const char *event, const char *reason, int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_EVENT, ok);
+	if (a) {
+		a->event = event; /* static */
+		a->reason = dec_str(s, reason, ok);
+	}
+}
+
+/* A membership whose deadline passed, with what its transition needs. */
+typedef struct mm_due {
+	mm_membership *m;
+	char *nick, *password; /* LEAVING_REJOIN: the join of the first waiter */
+} mm_due;
+
+/* Build the timeout's actions for m (see the table); 0: no memory. */
+static int timeout_prepare(mm_state *s, mm_due *due, int *ok)
+{
+	mm_membership *m = due->m;
+	size_t i, first = s->dec.n;
+	const char *account;
+	dec_room(s, m->room, ok);
+	switch (m->state) {
+	case MM_JOINING:
+		for (i = 0; i < m->nsessions; i++) {
+			const mm_session *ss = &m->sessions[i];
+			mm_action *a;
+			if (ss->state != SS_ASKED)
+				continue;
+			a = dec_push(s, MM_OP_JOIN_ERROR, ok);
+			if (a) {
+				a->resource = dec_str(s, ss->resource, ok);
+				a->nick = dec_str(s, ss->nick, ok);
+				a->id = dec_str(s, ss->join_id, ok);
+				a->condition = "remote-server-timeout";
+				a->error_type = "wait";
+			}
+		}
+		act_note(s, "removed", "remote-server-timeout", ok);
+		break;
+	case MM_REJOINING:
+		act_rejoin_later(s, backoff(s, m->retries + 1), ok);
+		act_note(s, "rejoining", "remote-server-timeout", ok);
+		break;
+	case MM_REJOIN_WAIT:
+		act_rejoin(s, m, ok);
+		break;
+	case MM_LEAVING:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		break;
+	case MM_LEAVING_REJOIN:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		for (i = 0; i < m->nsessions; i++)
+			if (m->sessions[i].state != SS_LEAVING)
+				break;
+		if (i == m->nsessions || (due->nick = str_dup(m->sessions[i].nick)) == NULL
+				|| !dup_opt(m->sessions[i].password, &due->password))
+			*ok = 0;
+		else
+			act_send_join(s, due->nick, due->password, ok);
+		break;
+	default:
+		break;
+	}
+	account = dec_str(s, m->account, ok);
+	for (i = first; *ok && i < s->dec.n; i++)
+		s->dec.actions[i].account = account;
+	return *ok;
+}
+
+/* Take the timeout's transition for due (prepared); cannot fail. */
+static void timeout_commit(mm_state *s, mm_due *due)
+{
+	mm_membership *m = due->m;
+	const char *account = m->account;
+	size_t i;
+	switch (m->state) {
+	case MM_JOINING:
+	case MM_LEAVING:
+		mark_dirty(s, account, 2);
+		membership_remove(s, account, m, MM_EV_TIMEOUT);
+		return;
+	case MM_REJOINING:
+		m->retries++;
+		break;
+	case MM_LEAVING_REJOIN:
+		mark_dirty(s, account, 2);
+		for (i = m->nsessions; i-- > 0;)
+			if (m->sessions[i].state == SS_LEAVING)
+				session_detach(s, account, m, &m->sessions[i]);
+		membership_clear_cache(s, m);
+		free(m->nick);
+		m->nick = due->nick;
+		free(m->password);
+		m->password = due->password;
+		due->nick = due->password = NULL;
+		break;
+	default:
+		break;
+	}
+	membership_enter(s, account, m, MM_EV_TIMEOUT);
+}
+
+mm_err mm_tick(mm_state *s, double now, mm_decision *out)
+{
+	mm_membership *m;
+	mm_due *due = NULL;
+	size_t i, ndue = 0;
+	int ok = 1;
+
+	dec_reset(s, out);
+	s->clock = now;
+	/* IQs unanswered for iq_timeout */
+	MAP_EACH(&s->iqs, n) {
+		mm_iq *q = n->value;
+		mm_action *a;
+		if (q->deadline > now || q->resource == NULL)
+			continue; /* the module's own pings expire silently */
+		dec_room(s, q->room, &ok);
+		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
+		if (a) {
+			a->account = dec_str(s, q->account, &ok);
+			a->resource = dec_str(s, q->resource, &ok);
+			a->nick = dec_str(s, q->nick, &ok);
+			a->id = dec_str(s, q->orig_id, &ok);
+			a->condition = "remote-server-timeout";
+			a->error_type = "wait";
+		}
+	}
+	/* waiting states whose deadline passed; a wait entered before the
+	 * first tick starts now */
+	for (m = s->waiting; m != NULL; m = m->wnext) {
+		if (m->deadline == 0)
+			m->deadline = now + m->wait;
+		if (m->deadline <= now)
+			ndue++;
+	}
+	if (ndue && (due = calloc(ndue, sizeof *due)) == NULL)
+		ok = 0;
+	for (i = 0, m = s->waiting; ok && m != NULL; m = m->wnext)
+		if (m->deadline <= now) {
+			due[i].m = m;
+			timeout_prepare(s, &due[i++], &ok);
+		}
+	/* hosts whose rooms get a self-ping now */
+	MAP_EACH(&s->pings, pn) {
+		mm_pingwait *w = pn->value;
+		if (w->deadline == 0)
+			w->deadline = now + w->wait;
+		if (ok && w->deadline <= now)
+			pings_push(s, pn->key, now, &ok);
 	}
 	if (!ok) {
-		/* take back every ping this call made */
-		for (i = 0; i < s->dec.n; i++) {
-			const mm_action *act = &s->dec.actions[i];
-			mm_node *n = act->id ? map_find(&s->iqs, act->id) : NULL;
-			if (act->op == MM_OP_SEND_PING && n)
+		pings_undo(s);
+		for (i = 0; i < ndue; i++) {
+			free(due[i].nick);
+			free(due[i].password);
+		}
+		free(due);
+		return dec_finish(s, out, 0, 0);
+	}
+	/* commit */
+	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
+		mm_node *n = s->iqs.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_iq *)n->value)->deadline <= now)
 				iq_forget(s, n);
 		}
-		return dec_finish(s, out, 0, 0);
+	}
+	for (i = 0; i < ndue; i++)
+		timeout_commit(s, &due[i]);
+	free(due);
+	for (i = 0; s->pings.count && i < s->pings.nbuckets; i++) {
+		mm_node *n = s->pings.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_pingwait *)n->value)->deadline <= now) {
+				free(n->value);
+				map_unlink(&s->pings, n);
+				free(n);
+			}
+		}
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2767,6 +3009,12 @@ static void iq_free_value(void *value, void *ud)
 	iq_free(value);
 }
 
+static void free_value(void *value, void *ud)
+{
+	(void)ud;
+	free(value);
+}
+
 static void account_free(void *value, void *ud)
 {
 	mm_state *s = ud;
@@ -2788,6 +3036,7 @@ void mm_state_free(mm_state *s)
 		return;
 	map_clear(&s->iqs, iq_free_value, NULL);
 	map_clear(&s->dirty, NULL, NULL);
+	map_clear(&s->pings, free_value, NULL);
 	map_clear(&s->accounts, account_free, s);
 	/* every payload was released with its membership, but for the ones
 	 * a caller still holds */

@@ -262,8 +262,8 @@ typedef enum mm_op {
 	 */
 	MM_OP_SEND_PRESENCE,
 	/*
-	 * Ask again later: after `delay` seconds call mm_rejoin_due() for `room`
-	 * (an automatic re-join waits for the room to come back).
+	 * Nothing to carry out (for logs): an automatic re-join waits `delay`
+	 * seconds for the room to come back; mm_tick() sends it when due.
 	 */
 	MM_OP_REJOIN_LATER,
 	/*
@@ -304,12 +304,24 @@ typedef enum mm_op {
 	 */
 	MM_OP_SEND_PING,
 	/*
-	 * The module's ping could not reach the room (the server-to-server link
-	 * is down): after `delay` seconds call mm_ping_due() for the room's host.
+	 * Nothing to carry out (for logs): the module's ping could not reach
+	 * the room (the server-to-server link is down); mm_tick() pings the
+	 * room's host again after `delay` seconds.
 	 */
 	MM_OP_PING_LATER,
 	/* Swallow the session's stanza: it must reach neither room nor peers. */
-	MM_OP_DROP
+	MM_OP_DROP,
+	/*
+	 * Send session `resource` a presence error (`condition`, `error_type`)
+	 * from room/`nick` with `id`: its join was never answered.
+	 */
+	MM_OP_JOIN_ERROR,
+	/*
+	 * Something happened to the membership of `account` in `room`, as
+	 * mm_decision.event says for decisions about one membership: `event`,
+	 * `reason`.  In decisions that span many (mm_tick).
+	 */
+	MM_OP_EVENT
 } mm_op;
 
 /* Status codes the core adds to copies (bit set). */
@@ -319,21 +331,23 @@ typedef enum mm_op {
 typedef struct mm_action {
 	mm_op op;
 	const char *room;        /* the room the action concerns; always set */
-	const char *account;     /* IQ_ERROR, SEND_PING: the account (those
-	                          * decisions span many); NULL elsewhere: the
-	                          * event's account */
+	const char *account;     /* the account, in decisions that span many
+	                          * (mm_tick, mm_ping_due); NULL elsewhere:
+	                          * the call's account */
 	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE,
-	                          * CARBON, IQ_ERROR) */
+	                          * CARBON, IQ_ERROR, JOIN_ERROR) */
 	const char *nick;        /* occupant nick in the room (SEND_JOIN,
 	                          * SEND_PRESENCE, REFLECT_LEAVE, IQ_ERROR) */
 	const char *payload;     /* REPLAY, SEND_PRESENCE: serialized stanza */
 	const char *id;          /* id for this copy, or NULL (see each op) */
 	const char *password;    /* SEND_JOIN: room password or NULL */
-	const char *condition;   /* IQ_ERROR: defined condition */
-	const char *error_type;  /* IQ_ERROR: cancel, modify, wait, auth */
+	const char *condition;   /* IQ_ERROR, JOIN_ERROR: defined condition */
+	const char *error_type;  /* IQ_ERROR, JOIN_ERROR: cancel, modify, wait, auth */
 	const char *affiliation; /* REFLECT_LEAVE */
+	const char *event;       /* EVENT: as mm_decision.event */
+	const char *reason;      /* EVENT: as mm_decision.reason, or NULL */
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
-	unsigned delay;          /* REJOIN_LATER: seconds */
+	unsigned delay;          /* REJOIN_LATER, PING_LATER: seconds */
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
 	double stamp;            /* REPLAY: catch-up message time (seconds) or 0 */
 	double since;            /* SEND_JOIN (fresh): ask the room for history
@@ -625,18 +639,32 @@ mm_err mm_ping_due(mm_state *state, const char *host, double now,
 		mm_decision *out);
 
 /*
- * Time passed: IQs unanswered for iq_timeout seconds fail with IQ_ERROR
- * (remote-server-timeout) to their sessions and are forgotten.  Always
- * handled.
+ * Time passed; call it every second or so, with the caller's clock in
+ * seconds.  Every deadline is the core's, so that one repeating call keeps
+ * them all (a module reload keeps the state, and with it every deadline):
+ *  - IQs unanswered for iq_timeout seconds fail with IQ_ERROR
+ *    (remote-server-timeout) to their sessions and are forgotten;
+ *  - memberships whose waiting state's deadline passed take their
+ *    TIMEOUT transition (see the table): a join the room never answered
+ *    fails with JOIN_ERROR remote-server-timeout to the sessions that asked
+ *    and the membership ends; an unanswered leave completes; a re-join
+ *    whose delay is over is sent (SEND_JOIN); an unanswered re-join waits
+ *    and is tried again;
+ *  - hosts asked for with mm_ping_later() (or after a ping that could not
+ *    reach a room) get their self-pings (SEND_PING).
+ * Actions carry their `account`; what happened to each membership comes
+ * as EVENT actions.  A wait entered before the first call counts from the
+ * first call.  Always handled.
  */
-mm_err mm_expire(mm_state *state, double now, mm_decision *out);
+mm_err mm_tick(mm_state *state, double now, mm_decision *out);
 
 /*
- * The delay of a REJOIN_LATER is over: SEND_JOIN when the membership still
- * waits for its automatic re-join, nothing otherwise.
+ * Ping the rooms on `host` (as mm_ping_due(host)) from the mm_tick() that
+ * comes `delay` seconds from now; the earlier of two asks wins.  For a
+ * server-to-server link that went down or came back.  Errors: MM_EINVAL
+ * (empty host), MM_ENOMEM.
  */
-mm_err mm_rejoin_due(mm_state *state, const char *account, const char *room,
-		mm_decision *out);
+mm_err mm_ping_later(mm_state *state, const char *host, unsigned delay);
 
 /*
  * A stanza built from room traffic could not be delivered to a session of

@@ -72,7 +72,7 @@ static void check_decision(mm_err err, const mm_decision *d)
 			fail("action without room");
 		if ((a->op == MM_OP_DELIVER || a->op == MM_OP_REPLAY
 				|| a->op == MM_OP_REFLECT_LEAVE || a->op == MM_OP_CARBON
-				|| a->op == MM_OP_IQ_ERROR) && a->resource == NULL)
+				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR) && a->resource == NULL)
 			fail("delivery without a session");
 		if (a->op == MM_OP_REPLAY && a->payload == NULL)
 			fail("replay without payload");
@@ -280,11 +280,14 @@ static void step(mm_state *st, struct input *in, double *now)
 		break;
 	}
 	case 13:
-		*now += take(in);
-		err = mm_expire(st, *now, &d);
+		/* time passes: up to about an hour, so every wait can end */
+		*now += take(in) * (take(in) & 1 ? 16 : 1);
+		err = mm_tick(st, *now, &d);
 		break;
 	case 14:
-		err = mm_rejoin_due(st, acc, room, &d);
+		err = mm_ping_later(st, take(in) & 1 ? "muc.example.org" : "elsewhere.example",
+			take(in) % 8);
+		memset(&d, 0, sizeof d);
 		break;
 	default:
 		if ((take(in) & 3) == 0) {
@@ -322,7 +325,7 @@ static void drain(mm_state *st)
 	for (a = 0; a < 2; a++)
 		for (r = 0; r < 3; r++)
 			mm_room_presence(st, accounts[a], rooms[r], "x", &p, &d);
-	mm_expire(st, 1e18, &d);
+	mm_tick(st, 1e18, &d);
 	check_transitions(st);
 	mm_take_dirty(st, 1, NULL, NULL);
 	mm_state_stats(st, &s);
@@ -350,6 +353,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.history_size = 3;
 	lim.history_default = 2;
 	lim.max_nick_bytes = 8;
+	lim.join_timeout = 30;
+	lim.rejoin_delay = 2;
 	st = mm_state_new(&lim);
 	if (st == NULL)
 		return 0;

@@ -134,6 +134,22 @@ local function new_session(env, resource, shape)
 	return s;
 end
 
+-- A clock the specs move: the shim reads util.time.now.
+local clock = { t = 1000 };
+package.loaded["util.time"] = { now = function() return clock.t; end };
+
+-- The repeating timer that asks the core what is due.
+local function tick_timer(env)
+	local found;
+	for _, t in ipairs(env.timers or {}) do
+		if t.delay == 1 then
+			assert.is_nil(found, "one tick timer");
+			found = t;
+		end
+	end
+	return assert(found, "a tick timer");
+end
+
 local function fire(env, name, origin, stanza)
 	return env.hooks[name].fn({ origin = origin, stanza = stanza });
 end
@@ -477,9 +493,81 @@ describe("mod_minimix shim", function()
 			assert.matches("room@muc.example as alice %(joined%): 1 session", mine.info);
 			env.sent, P.got = {}, {};
 			local done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
-			assert.equal("Left 1 room(s)", done.info);
+			-- the room has not answered the leave
+			assert.equal("Left 0 room(s); leaving 1 more: the rooms have not confirmed yet", done.info);
 			assert.equal("unavailable", env.sent[1].attr.type);
 			assert.equal("unavailable", P.got[1].attr.type, "the joined session sees itself leave");
+			-- a room that answers at once (a local MUC)
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+			fire(env, "pre-presence/full", P, join("j2"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			env.on_send = function(stanza)
+				if stanza.attr.type == "unavailable" then
+					fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+				end
+			end;
+			done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
+			assert.equal("Left 1 room(s)", done.info);
+		end);
+	end);
+
+	describe("deadlines", function()
+		-- timers with a delay (a 0 s timer batches the storage writes)
+		local function delayed(e)
+			local n = 0;
+			for _, t in ipairs(e.timers) do
+				if t.delay > 0 then n = n + 1; end
+			end
+			return n;
+		end
+
+		it("are the core's: one repeating timer, none per action", function()
+			local timers = delayed(env);
+			local tick = tick_timer(env);
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- a shutdown: the re-join waits 5 s
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			assert.equal(timers, delayed(env), "no timer of its own for the re-join");
+			env.sent = {};
+			assert.equal(1, tick.fn());
+			clock.t = clock.t + 5;
+			assert.equal(1, tick.fn(), "it repeats");
+			assert.equal(1, #env.sent);
+			assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+			assert.truthy(env.sent[1]:get_child("x", MUC), "the re-join");
+		end);
+
+		it("survive a reload: the new instance's timer fires the old core's waits", function()
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			tick_timer(env).fn(); -- the wait starts
+			local saved = env.module.save();
+			env.module.unload();
+			local env2 = load_shim();
+			env2.bare = env.bare;
+			env2.module.restore(saved);
+			clock.t = clock.t + 5;
+			tick_timer(env2).fn();
+			assert.equal(1, #env2.sent, "the re-join, from the new instance");
+			assert.truthy(env2.sent[1]:get_child("x", MUC));
+		end);
+
+		it("fail a join the room never answers with remote-server-timeout", function()
+			local env2 = load_shim({ minimix_join_timeout = 3, minimix_bookmarks = false });
+			local S = new_session(env2, "phone");
+			local tick = tick_timer(env2);
+			tick.fn();
+			fire(env2, "pre-presence/full", S, join("j1"));
+			S.got = {};
+			clock.t = clock.t + 3;
+			tick.fn();
+			assert.equal(1, #S.got);
+			assert.equal("error", S.got[1].attr.type);
+			assert.equal("j1", S.got[1].attr.id);
+			assert.equal("room@muc.example/alice", S.got[1].attr.from);
+			assert.equal("remote-server-timeout", select(2, S.got[1]:get_error()));
 		end);
 	end);
 

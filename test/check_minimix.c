@@ -157,6 +157,8 @@ static const char *op_name(mm_op op)
 	case MM_OP_SEND_PING: return "SEND_PING";
 	case MM_OP_PING_LATER: return "PING_LATER";
 	case MM_OP_DROP: return "DROP";
+	case MM_OP_JOIN_ERROR: return "JOIN_ERROR";
+	case MM_OP_EVENT: return "EVENT";
 	}
 	return "?";
 }
@@ -2328,14 +2330,40 @@ static void room_iq(const char *acc, const char *room, const char *nick,
 
 static void expire(double now)
 {
-	mm_err e = mm_expire(st, now, &d);
-	ck_assert_msg(e == MM_OK, "expire: %s", mm_strerror(e));
+	mm_err e = mm_tick(st, now, &d);
+	ck_assert_msg(e == MM_OK, "tick: %s", mm_strerror(e));
 }
 
+/* The tests' clock for the ticks below. */
+static double tnow;
+
+/* Keep only the decision's actions for acc in room (ticks span many
+ * memberships), without EVENT notes; not handled when none is left. */
+static mm_action kept[64];
+static void keep_only(const char *acc, const char *room)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < d.n && n < sizeof kept / sizeof kept[0]; i++)
+		if (str_eq(d.actions[i].room, room) && str_eq(d.actions[i].account, acc)
+				&& d.actions[i].op != MM_OP_EVENT) {
+			kept[n] = d.actions[i];
+			kept[n++].account = NULL; /* as in a decision about one */
+		}
+	d.n = n;
+	d.actions = n ? kept : NULL;
+	d.handled = n > 0;
+	d.event = d.reason = NULL;
+}
+
+/* Time passes until any re-join delay is over (at most an hour): what
+ * does acc's membership in room do?  The first tick starts the waits
+ * entered before any tick. */
 static void rejoin_due(const char *acc, const char *room)
 {
-	mm_err e = mm_rejoin_due(st, acc, room, &d);
-	ck_assert_msg(e == MM_OK, "rejoin due: %s", mm_strerror(e));
+	expire(tnow += 1);
+	expire(tnow += 3601);
+	keep_only(acc, room);
 }
 
 static void room_msg_q(const char *acc, const char *room, const char *nick,
@@ -2365,17 +2393,18 @@ static void join_error(const char *acc, const char *room, const char *id,
 }
 
 /*
- * "room: the room the action concerns; always set"; "account: IQ_ERROR: the
- * account ...; NULL elsewhere".
+ * "room: the room the action concerns; always set"; "account: the account,
+ * in decisions that span many (mm_tick, mm_ping_due); NULL elsewhere".
  */
 static void expect_room_all(const mm_decision *dd, const char *room)
 {
 	size_t i;
 
 	for (i = 0; i < dd->n; i++) {
+		mm_op op = dd->actions[i].op;
 		ck_assert_msg(str_eq(dd->actions[i].room, room),
 				"action %zu not about %s: %s", i, room, describe(dd));
-		if (dd->actions[i].op != MM_OP_IQ_ERROR)
+		if (op != MM_OP_IQ_ERROR && op != MM_OP_SEND_PING && op != MM_OP_SEND_JOIN)
 			ck_assert_msg(dd->actions[i].account == NULL,
 					"action %zu names an account: %s", i, describe(dd));
 	}
@@ -3575,6 +3604,7 @@ static void setup_rejoin(void)
 
 	memset(&l, 0, sizeof l);
 	l.rejoin_delay = REJOIN_DELAY;
+	l.join_timeout = 1000000; /* the re-joins here wait for ever */
 	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
@@ -3669,11 +3699,15 @@ START_TEST(test_rejoin_332_later)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	expect_rejoining(2);
 
-	/* not for another room or account */
-	rejoin_due(ACC, ROOM2);
+	/* nothing before the delay is over */
+	expire(tnow += 1);
+	expire(tnow += REJOIN_DELAY - 1);
+	keep_only(ACC, ROOM);
 	expect_not_handled(&d);
-	rejoin_due(ACC2, ROOM);
-	expect_not_handled(&d);
+	expire(tnow += 1);
+	keep_only(ACC, ROOM);
+	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
 
 	rejoin_due(ACC, ROOM);
 	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
@@ -5337,6 +5371,184 @@ START_TEST(test_lifecycle_leave_error_reflects)
 }
 END_TEST
 
+/* ==== deadlines: every waiting state ends ================================== */
+
+#define T0 5000.0
+
+/* Actions of one op in the (whole) decision. */
+static const mm_action *tick_action(mm_op op, const char *resource)
+{
+	return find_action(&d, op, resource);
+}
+
+/* A join the room never answers fails after join_timeout, with
+ * remote-server-timeout to each session that asked; the membership is
+ * freed and no longer counts against max_rooms. */
+START_TEST(test_timeout_join_unanswered)
+{
+	mm_limits l;
+	const mm_action *a;
+
+	memset(&l, 0, sizeof l);
+	l.max_rooms = 1;
+	reset_state(&l);
+	expire(T0);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0 + 30);
+	join(ACC, R2, ROOM, "ally", "j2", NULL); /* does not restart the wait */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "k1", NULL,
+			&d), MM_EROOMLIMIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_uint_eq(count_op(&d, MM_OP_JOIN_ERROR, NULL), 2);
+	a = tick_action(MM_OP_JOIN_ERROR, R1);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->room, ROOM);
+	ck_assert_pstr_eq(a->id, "j1");
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->condition, "remote-server-timeout");
+	ck_assert_pstr_eq(a->error_type, "wait");
+	a = tick_action(MM_OP_JOIN_ERROR, R2);
+	ck_assert_pstr_eq(a->id, "j2");
+	ck_assert_pstr_eq(a->nick, "ally");
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "removed");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+	expect_empty_state();
+	ck_assert_uint_eq(mm_take_dirty(st, 2, NULL, NULL), 1);
+	/* the room limit counts it no more */
+	join(ACC, R1, ROOM2, "alice", "k1", NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	/* a late answer finds nothing */
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_not_handled(&d);
+}
+END_TEST
+
+/* An answered join has no deadline; nor has a joined membership. */
+START_TEST(test_timeout_join_answered)
+{
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	expire(T0 + 100000);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
+/* A leave the room never answers completes: the leaving session gets its
+ * unavailable self-presence, the membership ends ("left"). */
+START_TEST(test_timeout_leave_unanswered)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REFLECT_LEAVE, R1);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(tick_action(MM_OP_EVENT, NULL)->event, "left");
+	expect_empty_state();
+}
+END_TEST
+
+/* LEAVING_REJOIN -TIMEOUT-> JOINING: the leaver is out, the waiter's join
+ * goes out. */
+START_TEST(test_timeout_leaving_rejoin)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "ally", "j2", "pw");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_ptr_nonnull(tick_action(MM_OP_REFLECT_LEAVE, R1));
+	a = tick_action(MM_OP_SEND_JOIN, NULL);
+	ck_assert_pstr_eq(a->nick, "ally");
+	ck_assert_pstr_eq(a->password, "pw");
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	ck_assert_str_eq(must_info(ACC, ROOM).nick, "ally");
+	/* a new wait: it times out in turn */
+	expire(T0 + 2 * MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_pstr_eq(tick_action(MM_OP_JOIN_ERROR, R2)->id, "j2");
+	expect_empty_state();
+}
+END_TEST
+
+/* An automatic re-join the room never answers waits and is tried again,
+ * as after a transient error; the membership stays. */
+START_TEST(test_timeout_rejoining_retries)
+{
+	const mm_action *a;
+
+	expire(T0);
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REJOIN_LATER, NULL);
+	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "rejoining");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+}
+END_TEST
+
+/* A wait entered before the first tick counts from the first tick. */
+START_TEST(test_timeout_before_first_tick)
+{
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	expect_one(&d, MM_OP_JOIN_ERROR, R1);
+}
+END_TEST
+
+/* mm_ping_later: the host's joined rooms get a self-ping when it is due,
+ * once; other hosts' rooms do not. */
+START_TEST(test_timeout_ping_later)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "r@elsewhere.example", "alice");
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 5), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 9), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "", 5), MM_EINVAL);
+	expire(T0 + 4);
+	expect_n(&d, 1, 0);
+	expire(T0 + 5);
+	a = expect_only(&d, MM_OP_SEND_PING, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_uint_eq(stats().iqs, 1);
+	expire(T0 + 10);
+	expect_n(&d, 1, 0);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -5475,7 +5687,7 @@ START_TEST(test_ping_other_answers_and_expiry)
 
 	ck_assert_int_eq(mm_ping_due(st, NULL, 200, &d), MM_OK);
 	expect_n(&d, 1, 1);
-	ck_assert_int_eq(mm_expire(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
 	expect_n(&d, 1, 0); /* no session asked: nobody hears of it */
 	ck_assert_uint_eq(stats().iqs, 0);
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
@@ -5792,6 +6004,15 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_lifecycle_refused);
 	tcase_add_test(tc, test_lifecycle_account_leave_while_leaving_rejoin);
 	tcase_add_test(tc, test_lifecycle_leave_error_reflects);
+
+	tc = tcase(s, "deadlines", setup_default);
+	tcase_add_test(tc, test_timeout_join_unanswered);
+	tcase_add_test(tc, test_timeout_join_answered);
+	tcase_add_test(tc, test_timeout_leave_unanswered);
+	tcase_add_test(tc, test_timeout_leaving_rejoin);
+	tcase_add_test(tc, test_timeout_rejoining_retries);
+	tcase_add_test(tc, test_timeout_before_first_tick);
+	tcase_add_test(tc, test_timeout_ping_later);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);

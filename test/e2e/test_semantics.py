@@ -970,3 +970,60 @@ def test_password_room_later_session_without_the_password(env):
         await sync(bob, l)
         none_since(l, from_room(room), ml, "room traffic at L")
     run(env, scenario)
+
+
+# ==== deadlines: every state that waits on the room ends ===========================
+
+def test_unanswered_join_times_out(prosody_factory):
+    """XEP-0045 7.2 with a room that never answers the join (its join is
+    held by mod_e2e_muc_control): after minimix_join_timeout the session
+    that asked gets a presence error <remote-server-timeout/> (type wait,
+    RFC 6120 8.3.3.16) with its join's id, from the room JID it joined;
+    the membership is gone, so it no longer counts against
+    minimix_max_rooms (1 here): the account can join another room."""
+    env = make_env(prosody_factory, host_options={"minimix_join_timeout": 2,
+                                                  "minimix_max_rooms": 1})
+
+    async def scenario(w):
+        room, room2 = w.room("silent"), w.room("answers")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        await create_room(bob, room2, "bob", whois="anyone")
+        await control(bob, "hold", room, seconds="3600")
+        p = await w.connect("alice", "phone")
+        mp = p.mark()
+        p.join(room, "alice", id="held-join")
+        err = await p.wait_for(P(name="presence", frm_bare=room, type="error"), since=mp,
+                               what="the timeout of the unanswered join")
+        assert err.id == "held-join", err
+        assert err.frm == room + "/alice", err
+        assert err.error == ("wait", "remote-server-timeout"), err
+        # not one room too many: the silent room's membership is gone
+        await join_room(p, room2, "alice")
+    run(env, scenario)
+
+
+def test_reload_keeps_a_waiting_rejoin(prosody_factory):
+    """module:reload while an automatic re-join waits for its delay (after
+    a removal with 332, system shutdown): the re-join still happens (the
+    room sees the account enter again and the sessions get the join
+    sequence again), from the new instance of the module; Prosody drops
+    the old instance's timers, so the wait lives in the core."""
+    env = make_env(prosody_factory, admin_shell=True,
+                   host_options={"minimix_rejoin_delay": 6})
+
+    async def scenario(w):
+        room, bob, (p,) = await alice_in_room(w, "reload-wait", subject="Back",
+                                              sessions=("phone",))
+        mb, mp = marks(bob, p)
+        assert await control(bob, "remove", room, code="332") == 1
+        u = await p.wait_for(self_unavailable(room, codes={332}), since=mp,
+                             what="the 332 removal")
+        out = env.shell("module:reload('minimix', 'localhost')")
+        assert "reloaded" in out.lower(), "the reload failed:\n" + out
+        seq = await join_sequence_after(p, room, u.index + 1, "the join sequence again")
+        check_join_sequence(seq, room, "alice", ["bob"], "Back", p.jid, history=None)
+        gone = await bob.wait_for(alice_presence(room, type="unavailable"), since=mb)
+        await bob.wait_for(alice_presence(room, type="available"), since=gone.index + 1,
+                           what="alice entering again after the reload, at bob")
+    run(env, scenario)
