@@ -946,9 +946,13 @@ end
 
 -- Sessions come and go ----------------------------------------------------------
 
+-- A session that went without leaving stays out of the rooms' view: when
+-- the room showed its presence, the room now sees the next device's.
 module:hook("resource-unbind", function(event)
 	local account, resource = session_account(event.session);
-	if account then core:session_gone(account, resource); end
+	if account then
+		perform({ account = account }, core:session_gone(account, resource));
+	end
 end);
 
 -- mod_smacks reports stanzas it could not deliver before it bounces them; a

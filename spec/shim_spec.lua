@@ -583,6 +583,19 @@ describe("mod_minimix shim", function()
 		assert.is_nil(env.hooks["delivery/failure"].fn({ session = P, stanza = other }));
 	end);
 
+	it("shows the room the next device's presence when the one it showed goes", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"):text_tag("show", "away"));
+		env.sent = {};
+		env.bare["alice@localhost"].sessions[P.resource] = nil;
+		env.hooks["resource-unbind"].fn({ session = P });
+		assert.equal(1, #env.sent);
+		assert.equal("alice@localhost", env.sent[1].attr.from);
+		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+		assert.equal("away", env.sent[1]:get_child_text("show"));
+	end);
+
 	it("detaches a session that goes away and keeps the account in", function()
 		fire(env, "pre-presence/full", P, join("j1"));
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));

@@ -785,6 +785,34 @@ def test_room_sees_the_most_available_session(env):
     run(env, scenario)
 
 
+def test_vanished_device_hands_the_presence_to_the_next(env):
+    """XEP-0045 7.7 with the account as the occupant: the laptop (available)
+    and the phone (away) are joined and the room shows the laptop's
+    presence; the laptop's connection drops without a leave (no stream
+    management to resume it): the room now sees the account away, the
+    phone's presence (no departure: 7.14 is for the last device); and a
+    later update from the phone reaches the room."""
+    async def scenario(w):
+        room, bob, (l,) = await alice_in_room(w, "vanish", sessions=("laptop",))
+        p = await w.connect("alice", "phone")
+        mp = p.mark()
+        p.join(room, "alice", id="p-away-join", extra="<show>away</show>")
+        await p.collect(subject_message(room), since=mp, what="P's join sequence")
+        await sync(p, bob)
+        mb = bob.mark()
+        await l.abort()
+        away = await bob.wait_for(alice_presence(room), since=mb,
+                                  what="alice's presence once the laptop is gone")
+        assert away.type is None and show_of(away) == "away", away
+        p.presence_update(room, "alice", show="dnd")
+        dnd = await bob.wait_for(alice_presence(room), since=away.index + 1,
+                                 what="the phone's next update")
+        assert dnd.type is None and show_of(dnd) == "dnd", dnd
+        await sync(p, bob)
+        assert len(bob.matching(alice_presence(room), since=mb)) == 2, bob.transcript(mb)
+    run(env, scenario)
+
+
 def test_equal_sessions_latest_wins_and_same_text_is_silent(env):
     """XEP-0045 7.7 with the account as the occupant, among sessions of the
     same availability: the latest update is what the room shows; a session
