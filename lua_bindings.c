@@ -353,6 +353,20 @@ static int l_session_gone(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+/* session_reachable(account, resource, reachable) -> true | nil, token, ... */
+static int l_session_reachable(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	int reachable = lua_toboolean(L, 4);
+	mm_err err = mm_session_reachable(s, account, resource, reachable);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* ---- events from rooms -------------------------------------------------- */
 
 /* The handle of the table's payload text (at index t).  A room's stanza
@@ -723,6 +737,7 @@ static const luaL_Reg state_methods[] = {
 	{"message_out", l_message_out},
 	{"iq_out", l_iq_out},
 	{"session_gone", l_session_gone},
+	{"session_reachable", l_session_reachable},
 	{"room_presence", l_room_presence},
 	{"room_message", l_room_message},
 	{"room_iq", l_room_iq},

@@ -209,6 +209,9 @@ typedef struct mm_session {
 	size_t niqs;    /* its IQs awaiting an answer */
 	int rank;       /* availability of that presence: 0 (chat) .. 4 (xa) */
 	ss_state state;
+	/* its client is away (stream management keeps it hibernating): it
+	 * cannot hold the account in a room the user left elsewhere */
+	int unreachable;
 	/* its <history/> request, for the catch-up replay */
 	struct {
 		int requested;
@@ -1539,6 +1542,38 @@ static size_t active_sessions(const mm_membership *m)
 	return c;
 }
 
+/* Sessions in the room, other than ss, whose client is connected. */
+static size_t connected_others(const mm_membership *m, const mm_session *ss)
+{
+	size_t i, c = 0;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING
+				&& !m->sessions[i].unreachable)
+			c++;
+	return c;
+}
+
+/* The account leaves with the last connected session: the others, whose
+ * clients are away, get their unavailable self-presence (stream management
+ * delivers it when they come back). */
+static void reflect_unreachable(mm_state *s, const mm_membership *m,
+		const mm_session *ss, int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING)
+			act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, ok);
+}
+
+static void detach_unreachable(mm_state *s, const char *account,
+		mm_membership *m)
+{
+	size_t i;
+	for (i = m->nsessions; i-- > 0;)
+		if (m->sessions[i].state != SS_LEAVING && m->sessions[i].unreachable)
+			session_detach(s, account, m, &m->sessions[i]);
+}
+
 mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 		const char *room, const char *id, mm_decision *out)
 {
@@ -1559,7 +1594,7 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	if (ss->state == SS_LEAVING)
 		return dec_finish(s, out, 1, ok); /* already on its way out */
 
-	if (active_sessions(m) > 1 || leaving(m)) {
+	if (connected_others(m, ss) > 0 || leaving(m)) {
 		/* others stay in (or the account is leaving already): only this
 		 * session sees itself leave */
 		int last = m->state == MM_LEAVING_REJOIN && active_sessions(m) == 1;
@@ -1579,15 +1614,19 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	if (mm_transition(m->state, MM_EV_LAST_LEAVE) == MM_NONE) {
 		/* the account is out, waiting to join again: nothing to leave */
 		act_reflect_leave(s, m, resource, id, 0, &ok);
+		reflect_unreachable(s, m, ss, &ok);
 		return membership_end(s, account, m, out, ok, MM_EV_LAST_LEAVE,
 			"left", NULL);
 	}
 
-	/* last one: the account leaves; the room's answer goes to this session */
+	/* last connected one: the account leaves; the room's answer goes to
+	 * this session */
 	act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	reflect_unreachable(s, m, ss, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
 	ss->state = SS_LEAVING;
+	detach_unreachable(s, account, m);
 	membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 	return dec_finish(s, out, 1, ok);
 }
@@ -1794,6 +1833,23 @@ mm_err mm_session_gone(mm_state *s, const char *account, const char *resource,
 		}
 	}
 	return dec_finish(s, out, 1, ok);
+}
+
+mm_err mm_session_reachable(mm_state *s, const char *account,
+		const char *resource, int reachable)
+{
+	mm_account *a;
+	if (!nonempty(account) || !nonempty(resource))
+		return MM_EINVAL;
+	a = account_get(s, account);
+	if (a == NULL)
+		return MM_OK;
+	MAP_EACH(&a->rooms, n) {
+		mm_session *ss = session_find(n->value, resource);
+		if (ss)
+			ss->unreachable = !reachable;
+	}
+	return MM_OK;
 }
 
 /* ---- events from rooms --------------------------------------------------- */

@@ -435,10 +435,13 @@ mm_err mm_session_join_req(mm_state *state, const char *account,
  * when the session is not in the account's membership of that room.  With
  * other sessions still in: REFLECT_LEAVE to this session only (and
  * SEND_PRESENCE when the room showed this session's presence and the next
- * one differs).  Last session: SEND_AS_ACCOUNT (the account leaves); the
- * room's unavailable self-presence is later delivered to this session and
- * the membership ends.  Last session while an automatic re-join waits for
- * its delay (the account is out): REFLECT_LEAVE and the membership ends.
+ * one differs).  Last session whose client is connected (see
+ * mm_session_reachable()): SEND_AS_ACCOUNT (the account leaves), and
+ * REFLECT_LEAVE to each other session, which is detached; the room's
+ * unavailable self-presence is later delivered to this session and the
+ * membership ends.  Last session while an automatic re-join waits for its
+ * delay (the account is out): REFLECT_LEAVE (to the others too) and the
+ * membership ends.
  */
 mm_err mm_session_leave(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *id,
@@ -512,6 +515,19 @@ mm_err mm_session_iq(mm_state *state, const char *account,
  */
 mm_err mm_session_gone(mm_state *state, const char *account,
 		const char *resource, mm_decision *out);
+
+/*
+ * Session `resource` of `account` lost its connection but may come back
+ * (reachable 0: stream management keeps it hibernating), or came back
+ * (reachable 1).  Such a session stays in its rooms and keeps its room
+ * traffic (queued for it), but cannot hold the account in a room: when the
+ * last connected session leaves, the account leaves (see
+ * mm_session_leave()).  A dropped connection without a leave keeps the
+ * account in, as ever.  A new session is reachable.  Errors: MM_EINVAL
+ * (empty JIDs).
+ */
+mm_err mm_session_reachable(mm_state *state, const char *account,
+		const char *resource, int reachable);
 
 /* ---- events from rooms -------------------------------------------------- */
 

@@ -955,6 +955,18 @@ module:hook("resource-unbind", function(event)
 	end
 end);
 
+-- A session that stream management keeps hibernating cannot hold the
+-- account in a room the user left from the last connected device; what
+-- the core sends it meanwhile is queued and delivered when it resumes.
+module:hook("smacks-hibernation-start", function(event)
+	local account, resource = session_account(event.origin);
+	if account then core:session_reachable(account, resource, false); end
+end);
+module:hook("smacks-hibernation-end", function(event)
+	local account, resource = session_account(event.resumed or event.origin);
+	if account then core:session_reachable(account, resource, true); end
+end);
+
 -- mod_smacks reports stanzas it could not deliver before it bounces them; a
 -- forked room stanza must never bounce back to the room (Prosody's MUC, and
 -- others, kick occupants whose messages bounce).

@@ -294,6 +294,9 @@ static void step(mm_state *st, struct input *in, double *now)
 			err = mm_ping_due(st, take(in) & 1 ? "muc.example.org" : NULL, *now, &d);
 		} else if ((take(in) & 3) == 0) {
 			err = mm_account_leave(st, acc, room, &d);
+		} else if ((take(in) & 3) == 0) {
+			err = mm_session_reachable(st, acc, res, take(in) & 1);
+			memset(&d, 0, sizeof d);
 		} else if (take(in) & 1) {
 			err = mm_account_restore(st, acc, room, *nick ? nick : "x",
 				take(in) & 1 ? "pw" : NULL, id, (double)take(in), &d);

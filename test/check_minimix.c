@@ -5549,6 +5549,62 @@ START_TEST(test_timeout_ping_later)
 }
 END_TEST
 
+/* ==== sessions whose client is away (stream management hibernation) ========= */
+
+/*
+ * The laptop hibernates; the phone, the last connected session, leaves: the
+ * account leaves, and the laptop gets its unavailable self-presence now
+ * (delivered when it resumes) and is detached: no ghost.
+ */
+START_TEST(test_unreachable_last_connected_leave)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	a = expect_one(&d, MM_OP_REFLECT_LEAVE, R2);
+	ck_assert_ptr_null(a->id);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REFLECT_LEAVE, R1), 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_empty_state();
+}
+END_TEST
+
+/* A session that came back holds the account in again; a session that
+ * merely dropped (gone, no hibernation) never counted. */
+START_TEST(test_unreachable_resumed_counts)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 1), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+	/* unknown sessions and accounts change nothing */
+	ck_assert_int_eq(mm_session_reachable(st, ACC2, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, "", 0), MM_EINVAL);
+	ck_assert_int_eq(mm_session_reachable(st, NULL, R1, 0), MM_EINVAL);
+}
+END_TEST
+
+/* The last session dropped without a leave: the account stays, as ever. */
+START_TEST(test_unreachable_no_leave_keeps_account)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R1, 0), MM_OK);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m1", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -6013,6 +6069,11 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_timeout_rejoining_retries);
 	tcase_add_test(tc, test_timeout_before_first_tick);
 	tcase_add_test(tc, test_timeout_ping_later);
+
+	tc = tcase(s, "unreachable", setup_default);
+	tcase_add_test(tc, test_unreachable_last_connected_leave);
+	tcase_add_test(tc, test_unreachable_resumed_counts);
+	tcase_add_test(tc, test_unreachable_no_leave_keeps_account);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);

@@ -1055,3 +1055,44 @@ def test_reload_keeps_a_waiting_rejoin(prosody_factory):
         await bob.wait_for(alice_presence(room, type="available"), since=gone.index + 1,
                            what="alice entering again after the reload, at bob")
     run(env, scenario)
+
+
+# ==== sessions that stream management keeps hibernating ===========================
+
+HIBERNATION_PROBE = (
+    '> (function() local s = prosody.full_sessions["alice@localhost/phone"]; '
+    'if not s then return "GONE" end; local t = { "HIBERNATING=" .. tostring(s.hibernating ~= nil) .. ";" }; '
+    'for _, x in ipairs(s.outgoing_stanza_queue:table()) do '
+    'if x.name == "presence" and x.attr.type == "unavailable" then '
+    't[#t+1] = "UNAVAILABLE[" .. tostring(x.attr.from) .. "]" end end; '
+    'return table.concat(t, " ") end)()')
+
+
+def test_last_connected_device_leave_is_the_accounts(prosody_factory):
+    """XEP-0045 7.14 (exiting a room) with the account as the occupant: the
+    phone's client is killed while XEP-0198 keeps its session hibernating;
+    the laptop, the last connected device, leaves: the room sees the
+    account leave (the hibernating phone does not hold it in), and the
+    phone's session holds its own unavailable self-presence from the room,
+    queued by stream management for when it resumes."""
+    env = make_env(prosody_factory, admin_shell=True, smacks_hibernation_time=120)
+
+    async def scenario(w):
+        room, bob, (p, l) = await alice_in_room(w, "hibernate", sessions=("phone", "laptop"))
+        await p.enable_sm()
+        await p.abort()
+        for _ in range(100):
+            out = env.shell(HIBERNATION_PROBE)
+            if "HIBERNATING=true" in out:
+                break
+            await w.quiet(0.1)
+        else:
+            raise AssertionError("the phone never hibernated:\n" + out)
+        mb, ml = marks(bob, l)
+        l.leave(room, "alice", id="l-leave")
+        await l.wait_for(self_unavailable(room), since=ml, what="the laptop's leave")
+        await bob.wait_for(alice_presence(room, type="unavailable"), since=mb,
+                           what="alice leaving, at bob")
+        out = env.shell(HIBERNATION_PROBE)
+        assert "UNAVAILABLE[%s/alice]" % room in out, out
+    run(env, scenario)
