@@ -65,7 +65,7 @@ static void set_str(lua_State *L, const char *key, const char *value)
 	}
 }
 
-static void push_codes(lua_State *L, unsigned codes)
+static void push_codes(lua_State *L, unsigned codes, const char *field)
 {
 	int i = 0;
 	if (codes == 0)
@@ -79,7 +79,11 @@ static void push_codes(lua_State *L, unsigned codes)
 		lua_pushinteger(L, 333);
 		lua_rawseti(L, -2, ++i);
 	}
-	lua_setfield(L, -2, "codes");
+	if (codes & MM_CODE_201) {
+		lua_pushinteger(L, 201);
+		lua_rawseti(L, -2, ++i);
+	}
+	lua_setfield(L, -2, field);
 }
 
 static void push_action(lua_State *L, const mm_action *a)
@@ -99,7 +103,8 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "affiliation", a->affiliation);
 	set_str(L, "event", a->event);
 	set_str(L, "reason", a->reason);
-	push_codes(L, a->add_codes);
+	push_codes(L, a->add_codes, "codes");
+	push_codes(L, a->drop_codes, "drop_codes");
 	if (a->delay) {
 		lua_pushinteger(L, (lua_Integer)a->delay);
 		lua_setfield(L, -2, "delay");

@@ -1233,6 +1233,9 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		if (!str_eq(to->nick, m->nick))
 			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
+		/* the first session's news is not this one's */
+		if (*ok)
+			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
 	}
 	replay_history(s, m, to, ok);
 	if (m->subject)

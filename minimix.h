@@ -275,7 +275,8 @@ typedef enum mm_op {
 	MM_OP_DELIVER,
 	/*
 	 * Deliver a cached stanza (`payload`, serialized XML without a 'to') to
-	 * session `resource`.  `add_codes` as for MM_OP_DELIVER.  `stamp` > 0
+	 * session `resource`, without the status codes in `drop_codes`.
+	 * `add_codes` as for MM_OP_DELIVER.  `stamp` > 0
 	 * marks a catch-up message: it goes out with a XEP-0203 delay from the
 	 * room with that time, unless it carries one from the room already.
 	 */
@@ -327,6 +328,7 @@ typedef enum mm_op {
 /* Status codes the core adds to copies (bit set). */
 #define MM_CODE_210 0x2u /* the service assigned or changed the nick */
 #define MM_CODE_333 0x4u /* removed: technical problem (the account fell out) */
+#define MM_CODE_201 0x8u /* room created (drop_codes only) */
 
 typedef struct mm_action {
 	mm_op op;
@@ -347,6 +349,12 @@ typedef struct mm_action {
 	const char *event;       /* EVENT: as mm_decision.event */
 	const char *reason;      /* EVENT: as mm_decision.reason, or NULL */
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
+	/* REPLAY: status codes to remove from the copy before add_codes are
+	 * added (MM_CODE_* bits): the cached self-presence told the first
+	 * session news that is not a later session's (201: the room was
+	 * created, locked; 210: the nick the service gave that session).
+	 * What describes the room now (100, 170, ...) stays. */
+	unsigned drop_codes;
 	unsigned delay;          /* REJOIN_LATER, PING_LATER: seconds */
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
 	double stamp;            /* REPLAY: catch-up message time (seconds) or 0 */

@@ -246,13 +246,26 @@ end
 
 -- Send to one session of the account.  A session that is gone gets nothing
 -- and nothing bounces: a bounce to the room would get the account kicked.
-local function to_session(account, resource, stanza, id, codes)
+-- Without the status codes that were another session's news.
+local function drop_codes(stanza, codes)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	if not x then return; end
+	local drop = {};
+	for _, code in ipairs(codes) do drop[tostring(code)] = true; end
+	x:maptags(function(tag)
+		if tag.name == "status" and drop[tag.attr.code] then return nil; end
+		return tag;
+	end);
+end
+
+local function to_session(account, resource, stanza, id, codes, dropped)
 	local user = bare_sessions[account];
 	local session = user and user.sessions[resource];
 	if not session then return; end
-	if codes then
+	if codes or dropped then
 		stanza = st.clone(stanza);
-		add_codes(stanza, codes);
+		if dropped then drop_codes(stanza, dropped); end
+		if codes then add_codes(stanza, codes); end
 	end
 	-- re-address, send, restore: as Prosody's MUC does for its occupants
 	local old_to, old_id = stanza.attr.to, stanza.attr.id;
@@ -393,7 +406,7 @@ function perform(ctx, handled, actions, event, reason, text)
 					cached:tag("delay", { xmlns = xmlns_delay, from = room,
 						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
 				end
-				to_session(account, a.resource, cached, a.id, a.codes);
+				to_session(account, a.resource, cached, a.id, a.codes, a.drop_codes);
 			end
 		elseif op == "send_join" then
 			if a.from_request then

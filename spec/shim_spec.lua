@@ -350,6 +350,23 @@ describe("mod_minimix shim", function()
 		assert.same({ "110", "210" }, codes);
 	end);
 
+	it("replays the self-presence to a later session without the first one's news", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110, 201, 210, 100 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		local self;
+		for _, s in ipairs(L.got) do
+			if s.attr.from == "room@muc.example/alice" then self = s; end
+		end
+		assert.truthy(self, "the self-presence");
+		local codes = {};
+		for status in self:get_child("x", MUC_USER):childtags("status") do
+			codes[#codes+1] = status.attr.code;
+		end
+		table.sort(codes);
+		assert.same({ "100", "110" }, codes);
+	end);
+
 	it("sends a refusal from the core to the asking session only", function()
 		env = load_shim({ minimix_max_rooms = 1 });
 		P = new_session(env, "phone");

@@ -5605,6 +5605,28 @@ START_TEST(test_unreachable_no_leave_keeps_account)
 }
 END_TEST
 
+/* ==== a later session gets its own news only ================================ */
+
+/* The cached self-presence carried 201 (room created) and 210 for the
+ * first session: a later session's replay drops both (and gets 210 of its
+ * own when its nick differs); the other codes stay. */
+START_TEST(test_later_session_own_news)
+{
+	const mm_action *a;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", MM_STATUS_201 | MM_STATUS_210, "j1", P_SELF);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R2);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, 0);
+	join(ACC, R3, ROOM, "ally", "j3", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R3);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, MM_CODE_210);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -6074,6 +6096,9 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_unreachable_last_connected_leave);
 	tcase_add_test(tc, test_unreachable_resumed_counts);
 	tcase_add_test(tc, test_unreachable_no_leave_keeps_account);
+
+	tc = tcase(s, "own news", setup_default);
+	tcase_add_test(tc, test_later_session_own_news);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);

@@ -1096,3 +1096,31 @@ def test_last_connected_device_leave_is_the_accounts(prosody_factory):
         out = env.shell(HIBERNATION_PROBE)
         assert "UNAVAILABLE[%s/alice]" % room in out, out
     run(env, scenario)
+
+
+# ==== later devices get their own news only ======================================
+
+def test_later_device_gets_no_room_created_status(env):
+    """XEP-0045 10.1.1 (creating a room: the creator's self-presence has
+    status 201, the room is locked until configured) with the account as
+    the occupant: the phone's join creates the room and the phone gets 201;
+    the laptop joining later gets its self-presence (110) without 201,
+    which was the phone's news (a client would offer it to configure a
+    locked room)."""
+    async def scenario(w):
+        room = w.room("fresh")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        mp = p.mark()
+        p.join(room, "alice", id="create-1")
+        first = await p.wait_for(P(name="presence", frm=room + "/alice", codes={110}),
+                                 since=mp, what="the creator's self-presence")
+        assert 201 in first.codes, first
+        ml = l.mark()
+        l.join(room, "alice", id="later-1")
+        later = await l.wait_for(P(name="presence", frm=room + "/alice", codes={110}),
+                                 since=ml, what="the later device's self-presence")
+        assert later.id == "later-1", later
+        assert 201 not in later.codes, later
+        assert 210 not in later.codes, later
+    run(env, scenario)
