@@ -322,8 +322,6 @@ static const struct {
 		"resource-constraint", "wait"},
 	[MM_EIQLIMIT] = {"too many queries awaiting an answer", "iq-limit",
 		"resource-constraint", "wait"},
-	[MM_EPASSWORD] = {"a password is required to enter this room", "password-required",
-		"not-authorized", "auth"},
 };
 
 static int err_known(mm_err err)
@@ -1468,10 +1466,6 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	ss = session_find(m, resource);
 	if (ss == NULL && m->nsessions >= s->limits.max_sessions)
 		return MM_ESESSIONLIMIT;
-	/* the room let the account in with a password: a device without it
-	 * gets what the room would tell it */
-	if (m->password && !leaving(m) && !str_eq(req->password, m->password))
-		return MM_EPASSWORD;
 	if (!session_init(s, &fresh, resource, req))
 		return MM_ENOMEM;
 	if (ss == NULL && !sessions_reserve(m)) {

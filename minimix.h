@@ -36,7 +36,6 @@ typedef enum mm_err {
 	MM_EROOMLIMIT,    /* the account is in max_rooms rooms already */
 	MM_ESESSIONLIMIT, /* the membership has max_sessions sessions already */
 	MM_EIQLIMIT,      /* the session has max_iqs IQs awaiting an answer */
-	MM_EPASSWORD,     /* the room has a password this join did not give */
 	MM_ERR_COUNT
 } mm_err;
 
@@ -423,9 +422,10 @@ typedef struct mm_join {
  *    leave completes.
  *
  * Errors: MM_EINVAL (empty nick, nick longer than max_nick_bytes, empty
- * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_EPASSWORD (the account joined
- * with a password and this later join does not carry the same one: as the
- * room would answer a session of its own, §7.2.6), MM_ENOMEM.  On error
+ * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_ENOMEM.  The account is the
+ * occupant: once it is in a password-protected room, a later session needs
+ * no password (the room's check was the account's); the membership keeps
+ * the password it joined with for its automatic re-joins.  On error
  * nothing is recorded; the caller answers the session with
  * mm_errcondition().
  */
