@@ -53,6 +53,8 @@ static const char *const op_names[] = {
 	[MM_OP_SEND_PING] = "send_ping",
 	[MM_OP_PING_LATER] = "ping_later",
 	[MM_OP_DROP] = "drop",
+	[MM_OP_JOIN_ERROR] = "join_error",
+	[MM_OP_EVENT] = "event",
 };
 
 static void set_str(lua_State *L, const char *key, const char *value)
@@ -63,7 +65,7 @@ static void set_str(lua_State *L, const char *key, const char *value)
 	}
 }
 
-static void push_codes(lua_State *L, unsigned codes)
+static void push_codes(lua_State *L, unsigned codes, const char *field)
 {
 	int i = 0;
 	if (codes == 0)
@@ -77,7 +79,11 @@ static void push_codes(lua_State *L, unsigned codes)
 		lua_pushinteger(L, 333);
 		lua_rawseti(L, -2, ++i);
 	}
-	lua_setfield(L, -2, "codes");
+	if (codes & MM_CODE_201) {
+		lua_pushinteger(L, 201);
+		lua_rawseti(L, -2, ++i);
+	}
+	lua_setfield(L, -2, field);
 }
 
 static void push_action(lua_State *L, const mm_action *a)
@@ -95,7 +101,10 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "condition", a->condition);
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
-	push_codes(L, a->add_codes);
+	set_str(L, "event", a->event);
+	set_str(L, "reason", a->reason);
+	push_codes(L, a->add_codes, "codes");
+	push_codes(L, a->drop_codes, "drop_codes");
 	if (a->delay) {
 		lua_pushinteger(L, (lua_Integer)a->delay);
 		lua_setfield(L, -2, "delay");
@@ -188,6 +197,7 @@ static int l_new(lua_State *L)
 		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
 		lim.history_size = opt_limit(L, 1, "history_size");
 		lim.history_default = opt_limit(L, 1, "history_default");
+		lim.join_timeout = opt_limit(L, 1, "join_timeout");
 	}
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 1);
@@ -346,6 +356,20 @@ static int l_session_gone(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_session_gone(s, account, resource, &d);
 	return push_result(L, err, &d);
+}
+
+/* session_reachable(account, resource, reachable) -> true | nil, token, ... */
+static int l_session_reachable(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	int reachable = lua_toboolean(L, 4);
+	mm_err err = mm_session_reachable(s, account, resource, reachable);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ---- events from rooms -------------------------------------------------- */
@@ -515,13 +539,28 @@ static int l_room_iq(lua_State *L)
 	return push_result(L, err, &d);
 }
 
-static int l_expire(lua_State *L)
+static int l_tick(lua_State *L)
 {
 	mm_state *s = check_state(L);
 	double now = (double)luaL_checknumber(L, 2);
 	mm_decision d;
-	mm_err err = mm_expire(s, now, &d);
+	mm_err err = mm_tick(s, now, &d);
 	return push_result(L, err, &d);
+}
+
+/* ping_later(host, delay) -> true | nil, token, condition, type, text */
+static int l_ping_later(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *host = luaL_checkstring(L, 2);
+	lua_Integer delay = luaL_checkinteger(L, 3);
+	mm_err err;
+	luaL_argcheck(L, delay >= 0 && delay <= 86400, 3, "delay out of range");
+	err = mm_ping_later(s, host, (unsigned)delay);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ping_due([host], now) */
@@ -533,11 +572,6 @@ static int l_ping_due(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_ping_due(s, host, now, &d);
 	return push_result(L, err, &d);
-}
-
-static int l_rejoin_due(lua_State *L)
-{
-	return account_room_event(L, mm_rejoin_due);
 }
 
 static int l_account_leave(lua_State *L)
@@ -623,12 +657,12 @@ static int l_limits(lua_State *L)
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
+	set_int(L, "join_timeout", lim->join_timeout);
 	return 1;
 }
 
-static const char *const mstate_names[] = {"joining", "joined", "leaving"};
-
-/* member(account, room) -> "joining" | "joined" | "leaving" | nil */
+/* member(account, room) -> the state's name ("joining", "joined",
+ * "leaving", "leaving-rejoin", "rejoin-wait", "rejoining") or nil */
 static int l_member(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -638,7 +672,7 @@ static int l_member(lua_State *L)
 	if (ms < 0)
 		lua_pushnil(L);
 	else
-		lua_pushstring(L, mstate_names[ms]);
+		lua_pushstring(L, mm_mstate_name(ms));
 	return 1;
 }
 
@@ -650,7 +684,7 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	set_str(L, "room", info->room);
 	set_str(L, "nick", info->nick);
 	set_str(L, "password", info->password);
-	lua_pushstring(L, mstate_names[info->state]);
+	lua_pushstring(L, mm_mstate_name((int)info->state));
 	lua_setfield(L, -2, "state");
 	set_int(L, "sessions", info->sessions);
 	set_int(L, "occupants", info->occupants);
@@ -708,11 +742,12 @@ static const luaL_Reg state_methods[] = {
 	{"message_out", l_message_out},
 	{"iq_out", l_iq_out},
 	{"session_gone", l_session_gone},
+	{"session_reachable", l_session_reachable},
 	{"room_presence", l_room_presence},
 	{"room_message", l_room_message},
 	{"room_iq", l_room_iq},
-	{"expire", l_expire},
-	{"rejoin_due", l_rejoin_due},
+	{"tick", l_tick},
+	{"ping_later", l_ping_later},
 	{"ping_due", l_ping_due},
 	{"restore", l_restore},
 	{"account_leave", l_account_leave},

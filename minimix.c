@@ -191,6 +191,14 @@ typedef struct mm_decisionbuf {
 
 /* ---- the state ---------------------------------------------------------- */
 
+/* Where a session is, in its membership. */
+typedef enum ss_state {
+	SS_WAITING = 0, /* waits for the account's automatic (re-)join */
+	SS_ASKED,       /* its own join awaits the room's answer */
+	SS_JOINED,      /* completed its join */
+	SS_LEAVING      /* asked to leave; awaits the room's answer */
+} ss_state;
+
 typedef struct mm_session {
 	char *resource;
 	char *nick;     /* the nick this session asked for */
@@ -200,9 +208,10 @@ typedef struct mm_session {
 	uint64_t seq;   /* when that presence was set: state-wide counter */
 	size_t niqs;    /* its IQs awaiting an answer */
 	int rank;       /* availability of that presence: 0 (chat) .. 4 (xa) */
-	unsigned joined : 1;  /* completed its join (else waits for the account) */
-	unsigned leaving : 1; /* asked to leave; awaits the room's answer */
-	unsigned asked : 1;   /* its own join awaits the room's answer */
+	ss_state state;
+	/* its client is away (stream management keeps it hibernating): it
+	 * cannot hold the account in a room the user left elsewhere */
+	int unreachable;
 	/* its <history/> request, for the catch-up replay */
 	struct {
 		int requested;
@@ -228,10 +237,13 @@ typedef struct mm_membership {
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
 	char *affiliation;
-	mm_mstate state;
-	int rejoin;      /* leaving, with sessions waiting to join again */
-	int auto_rejoin; /* joining again by itself (332, 333, fell out) */
-	int rejoin_wait; /* ... and waits for mm_rejoin_due() to send the join */
+	mm_mstate state; /* the lifecycle: see the table in minimix.h */
+	const char *account; /* the key of the account's node (stable) */
+	/* a waiting state's deadline (0: starts at the next mm_tick) and its
+	 * length, and the list of waiting memberships it is linked in */
+	double deadline;
+	unsigned wait;
+	struct mm_membership *wprev, *wnext;
 	unsigned retries; /* failed automatic re-joins so far */
 	uint64_t agg_seq; /* seq of the session presence the room shows */
 	char *shown;      /* that presence, or NULL when unknown */
@@ -250,7 +262,10 @@ typedef struct mm_membership {
 	size_t last_id_cap; /* bytes allocated for it */
 	int seen_dirty;   /* the account is marked for a newer last message */
 	double last_stamp;
-	int restoring;    /* joining again after a restart: skip what was seen */
+	/* not the lifecycle: a filter on the room's history after a re-join,
+	 * which repeats what the account saw; on until the first live message
+	 * or the subject */
+	int skip_seen;
 	int ping_pending; /* the module's own self-ping awaits an answer */
 	unsigned ping_retries; /* its pings that could not reach the room */
 } mm_membership;
@@ -280,7 +295,18 @@ struct mm_state {
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
 	const char *dec_event, *dec_reason; /* the decision's event */
+	mm_observer observer;
+	void *observer_ud;
+	double clock;    /* the last mm_tick() time; 0 before the first */
+	struct mm_membership *waiting; /* memberships with a deadline */
+	mm_map pings;    /* host -> mm_pingwait*: pings asked for later */
 };
+
+/* A host whose rooms get a self-ping when the deadline passes. */
+typedef struct mm_pingwait {
+	double deadline; /* 0: starts at the next mm_tick() */
+	unsigned wait;
+} mm_pingwait;
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -296,8 +322,6 @@ static const struct {
 		"resource-constraint", "wait"},
 	[MM_EIQLIMIT] = {"too many queries awaiting an answer", "iq-limit",
 		"resource-constraint", "wait"},
-	[MM_EPASSWORD] = {"a password is required to enter this room", "password-required",
-		"not-authorized", "auth"},
 };
 
 static int err_known(mm_err err)
@@ -342,6 +366,71 @@ unsigned mm_status_bit(int code)
 	case 333: return MM_STATUS_333;
 	default: return 0;
 	}
+}
+
+/* ---- the membership lifecycle --------------------------------------------
+ * The table of minimix.h, as data: rows are states (MM_NONE first), columns
+ * events.  Every lifecycle change goes through membership_enter() or
+ * membership_remove(), which take the transition from here.
+ */
+#define R MM_REFUSED
+#define N MM_NONE
+#define JG MM_JOINING
+#define JD MM_JOINED
+#define LV MM_LEAVING
+#define LR MM_LEAVING_REJOIN
+#define RW MM_REJOIN_WAIT
+#define RJ MM_REJOINING
+static const signed char transitions[MM_MSTATE_COUNT + 1][MM_EV_COUNT] = {
+	/*               JOIN RESTORE LAST ACCT SELF ERR ERR_T OUT SHUT TECH FELL TIME */
+	/* NONE */     { JG,  RJ,     R,   R,   R,   R,  R,    R,  R,   R,   R,   R  },
+	/* JOINING */  { JG,  R,      LV,  LV,  JD,  N,  N,    N,  RW,  RJ,  R,   N  },
+	/* JOINED */   { JD,  R,      LV,  LV,  JD,  R,  R,    N,  RW,  RJ,  RJ,  R  },
+	/* LEAVING */  { LR,  R,      R,   R,   R,   N,  N,    N,  N,   N,   R,   N  },
+	/* LEAV_REJ */ { LR,  R,      LV,  LV,  R,   JG, JG,   JG, JG,  JG,  R,   JG },
+	/* REJ_WAIT */ { RJ,  R,      N,   N,   JD,  R,  R,    N,  RW,  RJ,  R,   RJ },
+	/* REJOINING */{ RJ,  R,      LV,  LV,  JD,  N,  RW,   N,  RW,  RJ,  R,   RW },
+};
+#undef R
+#undef N
+#undef JG
+#undef JD
+#undef LV
+#undef LR
+#undef RW
+#undef RJ
+
+int mm_transition(int state, int event)
+{
+	if (state < MM_NONE || state >= MM_MSTATE_COUNT || event < 0
+			|| event >= MM_EV_COUNT)
+		return MM_REFUSED;
+	return transitions[state + 1][event];
+}
+
+const char *mm_mstate_name(int state)
+{
+	static const char *const names[] = {"none", "joining", "joined",
+		"leaving", "leaving-rejoin", "rejoin-wait", "rejoining"};
+	if (state < MM_NONE || state >= MM_MSTATE_COUNT)
+		return "?";
+	return names[state + 1];
+}
+
+const char *mm_mevent_name(int event)
+{
+	static const char *const names[] = {"join", "restore", "last-leave",
+		"account-leave", "self", "error", "error-transient", "out",
+		"shutdown", "technical", "fell-out", "timeout"};
+	if (event < 0 || event >= MM_EV_COUNT)
+		return "?";
+	return names[event];
+}
+
+void mm_state_observe(mm_state *s, mm_observer fn, void *ud)
+{
+	s->observer = fn;
+	s->observer_ud = ud;
 }
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -392,6 +481,7 @@ void mm_limits_default(mm_limits *l)
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
+	l->join_timeout = MM_DEFAULT_JOIN_TIMEOUT;
 }
 
 /* splitmix64: a fast, well-mixed step; not cryptographic, but with a
@@ -437,6 +527,7 @@ mm_state *mm_state_new(const mm_limits *limits)
 		TAKE(rejoin_delay);
 		TAKE(history_size);
 		TAKE(history_default);
+		TAKE(join_timeout);
 #undef TAKE
 	}
 	s->iq_secret = seed_secret(s);
@@ -684,14 +775,64 @@ static void session_remove(mm_membership *m, mm_session *ss)
 static void iqs_forget(mm_state *s, const char *account, const char *room,
 		const char *resource);
 
-/* Remove and free a membership; frees the account when it was its last. */
-static void membership_remove(mm_state *s, const char *account, mm_membership *m)
+/* Take the transition of the table for ev (the caller checked that there
+ * is one, that it does not end the membership, and built its decision:
+ * this cannot fail). */
+static unsigned backoff(const mm_state *s, unsigned retries);
+
+static void waiting_unlink(mm_state *s, mm_membership *m)
+{
+	if (m->wprev)
+		m->wprev->wnext = m->wnext;
+	else if (s->waiting == m)
+		s->waiting = m->wnext;
+	if (m->wnext)
+		m->wnext->wprev = m->wprev;
+	m->wprev = m->wnext = NULL;
+}
+
+static int is_waiting_state(int state)
+{
+	return state != MM_JOINED && state != MM_NONE;
+}
+
+static void membership_enter(mm_state *s, const char *account, mm_membership *m,
+		mm_mevent ev)
+{
+	int from = (int)m->state, to = mm_transition(from, (int)ev);
+	m->state = (mm_mstate)to;
+	if (!is_waiting_state(to)) {
+		waiting_unlink(s, m);
+	} else if (from != to || ev != MM_EV_JOIN) {
+		/* a new wait (a session joining a wait does not restart it) */
+		m->wait = to == MM_REJOIN_WAIT ? backoff(s, m->retries)
+			: (unsigned)s->limits.join_timeout;
+		m->deadline = s->clock > 0 ? s->clock + m->wait : 0;
+		if (m->wprev == NULL && s->waiting != m) {
+			m->wnext = s->waiting;
+			if (s->waiting)
+				s->waiting->wprev = m;
+			s->waiting = m;
+		}
+	}
+	if (s->observer)
+		s->observer(account, m->room, from, (int)ev, to, s->observer_ud);
+}
+
+/* The membership ends by the table's transition for ev: remove and free
+ * it; frees the account when it was its last. */
+static void membership_remove(mm_state *s, const char *account, mm_membership *m,
+		mm_mevent ev)
 {
 	mm_node *an = map_find(&s->accounts, account);
 	mm_account *a;
 	mm_node *rn;
 	if (an == NULL)
 		return;
+	if (s->observer)
+		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
+			s->observer_ud);
+	waiting_unlink(s, m);
 	iqs_forget(s, account, m->room, NULL);
 	a = an->value;
 	rn = map_find(&a->rooms, m->room);
@@ -1024,7 +1165,7 @@ static void deliver_all(mm_state *s, const mm_membership *m, int *ok)
 {
 	size_t i;
 	for (i = 0; i < m->nsessions; i++)
-		if (!m->sessions[i].leaving)
+		if (m->sessions[i].state != SS_LEAVING)
 			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
 }
 
@@ -1036,7 +1177,7 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 	size_t i;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_action *a;
-		if (m->sessions[i].leaving)
+		if (m->sessions[i].state == SS_LEAVING)
 			continue;
 		a = dec_push(s, MM_OP_DELIVER, ok);
 		if (a)
@@ -1090,6 +1231,9 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		if (!str_eq(to->nick, m->nick))
 			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
+		/* the first session's news is not this one's */
+		if (*ok)
+			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
 	}
 	replay_history(s, m, to, ok);
 	if (m->subject)
@@ -1120,7 +1264,7 @@ static mm_session *best_session(mm_membership *m, const mm_session *skip)
 	size_t i;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
-		if (ss == skip || ss->leaving || !ss->joined)
+		if (ss == skip || ss->state != SS_JOINED)
 			continue;
 		if (best == NULL || ss->rank < best->rank
 				|| (ss->rank == best->rank && ss->seq > best->seq))
@@ -1183,7 +1327,7 @@ static int session_init(mm_state *s, mm_session *ss, const char *resource,
 	ss->nick = str_dup(req->nick);
 	ss->rank = show_rank(req->show);
 	ss->seq = s->seq + 1;
-	ss->asked = 1;
+	ss->state = SS_ASKED;
 	ss->hist.requested = req->history.requested;
 	ss->hist.maxstanzas = req->history.requested ? req->history.maxstanzas : -1;
 	ss->hist.maxchars = req->history.requested ? req->history.maxchars : -1;
@@ -1211,10 +1355,20 @@ mm_err mm_session_join(mm_state *s, const char *account, const char *resource,
 	return mm_session_join_req(s, account, resource, room, &req, out);
 }
 
-/* A brand-new membership for a first join. */
+/* Is the account on its way out (LEAVING or LEAVING_REJOIN)? */
+static int leaving(const mm_membership *m)
+{
+	return m->state == MM_LEAVING || m->state == MM_LEAVING_REJOIN;
+}
+
+/*
+ * A brand-new membership (NONE -ev-> JOINING or REJOINING): a session's
+ * join (ev MM_EV_JOIN, resource set) or the account's own (MM_EV_RESTORE,
+ * resource NULL: a fresh join, no session).
+ */
 static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 		const char *resource, const char *room, const mm_join *req,
-		mm_decision *out)
+		mm_mevent ev, mm_decision *out)
 {
 	mm_membership *m;
 	mm_node *anode = NULL, *rnode = NULL;
@@ -1226,14 +1380,18 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	m = calloc(1, sizeof *m);
 	if (m == NULL)
 		return MM_ENOMEM;
-	m->state = MM_JOINING;
+	m->state = MM_NONE;
 	m->room = str_dup(room);
 	m->nick = str_dup(req->nick);
+	/* the account's own join carries a plain presence */
 	if (m->room == NULL || m->nick == NULL || !dup_opt(req->password, &m->password)
-			|| !dup_opt(req->presence, &m->shown)
-			|| !sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
+			|| !dup_opt(resource ? req->presence : "", &m->shown))
 		goto nomem;
-	m->nsessions = 1;
+	if (resource) {
+		if (!sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
+			goto nomem;
+		m->nsessions = 1;
+	}
 	if (new_account) {
 		a = calloc(1, sizeof *a);
 		if (a == NULL)
@@ -1251,16 +1409,20 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	if (act) {
 		act->nick = dec_str(s, req->nick, &ok);
 		act->password = dec_str(s, req->password, &ok);
-		act->from_request = 1;
+		act->from_request = resource != NULL;
 	}
 	if (!ok)
 		goto nomem;
 	/* commit: nothing below can fail */
-	s->seq++;
-	m->agg_seq = m->sessions[0].seq; /* the join carries the first presence */
+	if (resource) {
+		s->seq++;
+		m->agg_seq = m->sessions[0].seq; /* the join carries the first presence */
+	}
 	if (new_account)
 		map_link(&s->accounts, anode);
 	map_link(&a->rooms, rnode);
+	m->account = map_find(&s->accounts, account)->key;
+	membership_enter(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
 nomem:
 	free(rnode);
@@ -1298,23 +1460,19 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	a = account_get(s, account);
 	m = a ? map_get(&a->rooms, room) : NULL;
 	if (m == NULL)
-		return join_first(s, account, a, resource, room, req, out);
+		return join_first(s, account, a, resource, room, req, MM_EV_JOIN, out);
 
+	/* every state takes a join (see the table) */
 	ss = session_find(m, resource);
 	if (ss == NULL && m->nsessions >= s->limits.max_sessions)
 		return MM_ESESSIONLIMIT;
-	/* the room let the account in with a password: a device without it
-	 * gets what the room would tell it */
-	if (m->password && m->state != MM_LEAVING && !str_eq(req->password, m->password))
-		return MM_EPASSWORD;
 	if (!session_init(s, &fresh, resource, req))
 		return MM_ENOMEM;
 	if (ss == NULL && !sessions_reserve(m)) {
 		session_free_fields(&fresh);
 		return MM_ENOMEM;
 	}
-	fresh.joined = m->state == MM_JOINED;
-	fresh.asked = m->state != MM_JOINED;
+	fresh.state = m->state == MM_JOINED ? SS_JOINED : SS_ASKED;
 	if (ss) {
 		/* it joins again: a full resync; it keeps its place, its IQs and
 		 * the presence the room knows from it */
@@ -1326,7 +1484,7 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		ss->presence = NULL;
 	}
 	/* build the decision against the new session, then attach it */
-	if (m->state != MM_LEAVING)
+	if (!leaving(m))
 		replay_room(s, m, &fresh, &ok);
 	if (ss == NULL && m->state == MM_JOINED && fresh.presence) {
 		/* a more available device (or as available, and newer) leads */
@@ -1335,7 +1493,7 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		if (leads)
 			show_presence(s, m, &fresh, &shown, &ok);
 	}
-	if (m->rejoin_wait) {
+	if (m->state == MM_REJOIN_WAIT) {
 		/* an automatic re-join waits for its delay: this session asks now */
 		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
 		if (act) {
@@ -1357,29 +1515,60 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	s->seq++;
 	if (leads)
 		commit_shown(m, fresh.seq, shown);
-	if (m->state == MM_LEAVING)
-		m->rejoin = 1;
-	m->rejoin_wait = 0;
 	if (ss) {
 		session_free_fields(ss);
 		*ss = fresh;
 	} else {
 		m->sessions[m->nsessions++] = fresh;
 	}
+	membership_enter(s, account, m, MM_EV_JOIN);
 	return dec_finish(s, out, 1, ok);
 }
 
 static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
-		mm_decision *out, int ok, const char *event, const char *condition);
+		mm_decision *out, int ok, mm_mevent ev, const char *event,
+		const char *condition);
 
 /* Number of sessions that are in the room from their client's view. */
 static size_t active_sessions(const mm_membership *m)
 {
 	size_t i, c = 0;
 	for (i = 0; i < m->nsessions; i++)
-		if (!m->sessions[i].leaving)
+		if (m->sessions[i].state != SS_LEAVING)
 			c++;
 	return c;
+}
+
+/* Sessions in the room, other than ss, whose client is connected. */
+static size_t connected_others(const mm_membership *m, const mm_session *ss)
+{
+	size_t i, c = 0;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING
+				&& !m->sessions[i].unreachable)
+			c++;
+	return c;
+}
+
+/* The account leaves with the last connected session: the others, whose
+ * clients are away, get their unavailable self-presence (stream management
+ * delivers it when they come back). */
+static void reflect_unreachable(mm_state *s, const mm_membership *m,
+		const mm_session *ss, int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING)
+			act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, ok);
+}
+
+static void detach_unreachable(mm_state *s, const char *account,
+		mm_membership *m)
+{
+	size_t i;
+	for (i = m->nsessions; i-- > 0;)
+		if (m->sessions[i].state != SS_LEAVING && m->sessions[i].unreachable)
+			session_detach(s, account, m, &m->sessions[i]);
 }
 
 mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
@@ -1399,11 +1588,13 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	if (ss == NULL)
 		return dec_finish(s, out, 0, ok);
 	dec_room(s, room, &ok);
-	if (ss->leaving)
+	if (ss->state == SS_LEAVING)
 		return dec_finish(s, out, 1, ok); /* already on its way out */
 
-	if (active_sessions(m) > 1 || m->state == MM_LEAVING) {
-		/* others stay in: only this session sees itself leave */
+	if (connected_others(m, ss) > 0 || leaving(m)) {
+		/* others stay in (or the account is leaving already): only this
+		 * session sees itself leave */
+		int last = m->state == MM_LEAVING_REJOIN && active_sessions(m) == 1;
 		act_reflect_leave(s, m, resource, id, 0, &ok);
 		agg = handover(s, m, ss, &shown, &ok);
 		if (!ok) {
@@ -1412,24 +1603,28 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 		}
 		commit_shown(m, agg, shown);
 		session_detach(s, account, m, ss);
-		if (m->state == MM_LEAVING && active_sessions(m) == 0)
-			m->rejoin = 0;
+		if (last) /* nobody waits to come back: just leave */
+			membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 		return dec_finish(s, out, 1, ok);
 	}
 
-	if (m->rejoin_wait) {
+	if (mm_transition(m->state, MM_EV_LAST_LEAVE) == MM_NONE) {
 		/* the account is out, waiting to join again: nothing to leave */
 		act_reflect_leave(s, m, resource, id, 0, &ok);
-		return membership_end(s, account, m, out, ok, "left", NULL);
+		reflect_unreachable(s, m, ss, &ok);
+		return membership_end(s, account, m, out, ok, MM_EV_LAST_LEAVE,
+			"left", NULL);
 	}
 
-	/* last one: the account leaves; the room's answer goes to this session */
+	/* last connected one: the account leaves; the room's answer goes to
+	 * this session */
 	act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	reflect_unreachable(s, m, ss, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	ss->leaving = 1;
-	m->state = MM_LEAVING;
-	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
+	ss->state = SS_LEAVING;
+	detach_unreachable(s, account, m);
+	membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -1440,7 +1635,7 @@ static mm_session *joined_session(mm_state *s, const char *account,
 	mm_membership *m = membership_get(s, account, room);
 	mm_session *ss = m ? session_find(m, resource) : NULL;
 	*mp = m;
-	if (ss == NULL || !ss->joined || ss->leaving || m->state != MM_JOINED)
+	if (ss == NULL || ss->state != SS_JOINED || m->state != MM_JOINED)
 		return NULL;
 	return ss;
 }
@@ -1543,7 +1738,7 @@ mm_err mm_session_message(mm_state *s, const char *account,
 		 * as XEP-0280 carbons of what this one sent */
 		for (i = 0; i < m->nsessions; i++) {
 			const mm_session *o = &m->sessions[i];
-			if (o != ss && o->joined && !o->leaving) {
+			if (o != ss && o->state == SS_JOINED) {
 				mm_action *a = dec_push(s, MM_OP_CARBON, &ok);
 				if (a)
 					a->resource = dec_str(s, o->resource, &ok);
@@ -1625,33 +1820,50 @@ mm_err mm_session_gone(mm_state *s, const char *account, const char *resource,
 		mm_membership *m = n->value;
 		mm_session *ss = session_find(m, resource);
 		if (ss) {
+			int waited = ss->state != SS_LEAVING;
 			commit_shown(m, m->next_agg, m->next_shown);
 			m->next_shown = NULL;
 			session_detach(s, account, m, ss);
-			if (m->state == MM_LEAVING && active_sessions(m) == 0)
-				m->rejoin = 0;
+			/* nobody waits to come back any more: just leave */
+			if (m->state == MM_LEAVING_REJOIN && waited && active_sessions(m) == 0)
+				membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 		}
 	}
 	return dec_finish(s, out, 1, ok);
 }
 
+mm_err mm_session_reachable(mm_state *s, const char *account,
+		const char *resource, int reachable)
+{
+	mm_account *a;
+	if (!nonempty(account) || !nonempty(resource))
+		return MM_EINVAL;
+	a = account_get(s, account);
+	if (a == NULL)
+		return MM_OK;
+	MAP_EACH(&a->rooms, n) {
+		mm_session *ss = session_find(n->value, resource);
+		if (ss)
+			ss->unreachable = !reachable;
+	}
+	return MM_OK;
+}
+
 /* ---- events from rooms --------------------------------------------------- */
 
-/* Join again as the account: caches go, sessions wait for the sequence. */
+/* Join again as the account: caches go, sessions wait for the sequence.
+ * The caller takes the transition. */
 static void membership_restart(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	membership_clear_cache(s, m);
 	free(m->shown);
 	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
-	m->state = MM_JOINING;
-	m->auto_rejoin = 1;
 	/* the room's history on the re-join repeats what the account saw */
-	m->restoring = m->last_id != NULL || m->last_stamp > 0;
+	m->skip_seen = m->last_id != NULL || m->last_stamp > 0;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
-		ss->joined = 0;
-		ss->asked = 0;
+		ss->state = SS_WAITING;
 		free(ss->join_id);
 		ss->join_id = NULL;
 	}
@@ -1683,21 +1895,24 @@ static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
 		a->delay = delay;
 }
 
-/* The membership ended (left, kicked, banned, destroyed, failed join).
- * With sessions waiting to come back, the account joins again. */
+/*
+ * The membership takes the transition for ev out of a state that waited on
+ * the room, to MM_NONE (it ends) or, from LEAVING_REJOIN, to JOINING: the
+ * account joins again as the first session waiting asked.
+ */
 static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
-		mm_decision *out, int ok, const char *event, const char *condition)
+		mm_decision *out, int ok, mm_mevent ev, const char *event,
+		const char *condition)
 {
 	size_t i;
 	act_event(s, event, condition, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	mark_dirty(s, account, 2);
-	if (m->state == MM_LEAVING && m->rejoin) {
+	if (mm_transition(m->state, ev) == MM_JOINING) {
 		mm_session *first = NULL;
 		char *nick, *pw = NULL;
 		for (i = 0; i < m->nsessions; i++)
-			if (!m->sessions[i].leaving) {
+			if (m->sessions[i].state != SS_LEAVING) {
 				first = &m->sessions[i];
 				break;
 			}
@@ -1713,19 +1928,20 @@ static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
 			return dec_finish(s, out, 0, 0);
 		}
 		/* commit: drop leavers and caches, join again as the waiters asked */
+		mark_dirty(s, account, 2);
 		for (i = m->nsessions; i-- > 0;)
-			if (m->sessions[i].leaving)
+			if (m->sessions[i].state == SS_LEAVING)
 				session_detach(s, account, m, &m->sessions[i]);
 		membership_clear_cache(s, m);
 		free(m->nick);
 		m->nick = nick;
 		free(m->password);
 		m->password = pw;
-		m->state = MM_JOINING;
-		m->rejoin = 0;
+		membership_enter(s, account, m, ev);
 		return dec_finish(s, out, 1, ok);
 	}
-	membership_remove(s, account, m);
+	mark_dirty(s, account, 2);
+	membership_remove(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -1757,7 +1973,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 {
 	char *nn = NULL, *aff = NULL;
 	mm_node *pn = NULL;
-	int fresh = 0, ok = 1;
+	int fresh = 0, ok = 1, completes = m->state != MM_JOINED;
 	size_t i;
 
 	/* a self-presence from the room's own JID leaves the nick alone */
@@ -1772,7 +1988,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		unsigned codes = 0;
 		const char *id = NULL;
 		const char *accnick = nn ? nn : m->nick;
-		if (m->state == MM_JOINING && ss->asked) {
+		if (completes && ss->state == SS_ASKED) {
 			/* completes every waiter's join, each with its own id */
 			id = ss->join_id;
 			if (!(p->status & MM_STATUS_210) && !str_eq(ss->nick, accnick))
@@ -1780,7 +1996,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		}
 		act_deliver(s, ss->resource, id, codes, &ok);
 	}
-	if (m->state == MM_JOINING)
+	if (completes)
 		act_event(s, "joined", NULL, &ok);
 	if (!ok)
 		goto nomem;
@@ -1798,16 +2014,13 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		free(m->affiliation);
 		m->affiliation = aff;
 	}
-	if (m->state == MM_JOINING) {
+	if (completes) {
 		mark_dirty(s, account, 2);
-		m->state = MM_JOINED;
-		m->auto_rejoin = m->rejoin_wait = 0;
 		m->retries = 0;
-		for (i = 0; i < m->nsessions; i++) {
-			m->sessions[i].joined = 1;
-			m->sessions[i].asked = 0;
-		}
+		for (i = 0; i < m->nsessions; i++)
+			m->sessions[i].state = SS_JOINED;
 	}
+	membership_enter(s, account, m, MM_EV_SELF);
 	return dec_finish(s, out, 1, ok);
 nomem:
 	if (fresh)
@@ -1817,26 +2030,51 @@ nomem:
 	return dec_finish(s, out, 0, 0);
 }
 
-/* The room answered a join with an error. */
+/* The leaving sessions learn that they are out: the room's own answer
+ * (deliver set) or their unavailable self-presence. */
+static void leavers_out(mm_state *s, const mm_membership *m, int deliver,
+		int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++) {
+		if (m->sessions[i].state != SS_LEAVING)
+			continue;
+		if (deliver)
+			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
+		else
+			act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, ok);
+	}
+}
+
+/* The room answered a join (or a leave) with an error. */
 static mm_err join_failed(mm_state *s, const char *account, mm_membership *m,
 		const mm_presence *p, mm_decision *out, int ok)
 {
 	size_t i;
-	if (m->auto_rejoin && transient_condition(p->condition)) {
+	mm_mevent ev = transient_condition(p->condition) ? MM_EV_ERROR_TRANSIENT
+		: MM_EV_ERROR;
+	int next = mm_transition(m->state, ev);
+	if (next == MM_REFUSED)
+		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
+	if (leaving(m)) {
+		leavers_out(s, m, 0, &ok);
+		return membership_end(s, account, m, out, ok, ev, "left", NULL);
+	}
+	if (next == MM_REJOIN_WAIT) {
 		/* the room may come back: try again later, each time later */
 		act_event(s, "rejoining", p->condition, &ok);
 		act_rejoin_later(s, backoff(s, m->retries + 1), &ok);
 		if (!ok)
 			return dec_finish(s, out, 0, ok);
 		m->retries++;
-		m->rejoin_wait = 1;
+		membership_enter(s, account, m, ev);
 		return dec_finish(s, out, 1, ok);
 	}
 	/* each session that asked gets the answer, with its own id */
 	for (i = 0; i < m->nsessions; i++)
-		if (m->sessions[i].asked)
+		if (m->sessions[i].state == SS_ASKED)
 			act_deliver(s, m->sessions[i].resource, m->sessions[i].join_id, 0, &ok);
-	return membership_end(s, account, m, out, ok, "removed",
+	return membership_end(s, account, m, out, ok, ev, "removed",
 		p->condition ? p->condition : "undefined-condition");
 }
 
@@ -1860,7 +2098,6 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		const char *nick, const mm_presence *p, mm_decision *out)
 {
 	mm_membership *m;
-	size_t i;
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -1879,21 +2116,19 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 				pending_free(pd);
 			return dec_finish(s, out, 1, ok);
 		}
-		if (m->state == MM_JOINING)
-			return join_failed(s, account, m, p, out, ok);
-		if (m->state == MM_LEAVING)
-			return membership_end(s, account, m, out, ok, "left", NULL);
-		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
+		return join_failed(s, account, m, p, out, ok);
 	}
 
 	if (p->status & MM_STATUS_110) {
+		mm_mevent ev;
+		int next;
 		if (p->type != MM_PRES_UNAVAILABLE) {
-			if (m->state == MM_LEAVING) /* a join in flight answered first */
+			/* refused while leaving: a join in flight answered first */
+			if (mm_transition(m->state, MM_EV_SELF) == MM_REFUSED)
 				return dec_finish(s, out, 1, ok);
 			return self_available(s, account, m, nick, p, out);
 		}
-		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick)
-				&& m->state != MM_LEAVING) {
+		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick) && !leaving(m)) {
 			char *nn = str_dup(p->new_nick);
 			if (nn == NULL)
 				return dec_finish(s, out, 0, 0);
@@ -1907,36 +2142,38 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mark_dirty(s, account, 2);
 			return dec_finish(s, out, 1, ok);
 		}
-		/* left, kicked, banned, removed, destroyed: the end */
-		if (m->state == MM_LEAVING) {
-			for (i = 0; i < m->nsessions; i++)
-				if (m->sessions[i].leaving)
-					act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
-			return membership_end(s, account, m, out, ok, "left", NULL);
-		}
-		deliver_all(s, m, &ok);
+		/* left, kicked, banned, removed, destroyed: the end; shut down or
+		 * a technical problem: the account comes back */
+		ev = MM_EV_OUT;
 		if ((p->status & (MM_STATUS_332 | MM_STATUS_333)) && !p->destroyed
 				&& !(p->status & (MM_STATUS_301 | MM_STATUS_307
-						| MM_STATUS_321 | MM_STATUS_322))) {
-			/* shut down or a technical problem: the account comes back */
-			int later = (p->status & MM_STATUS_332) != 0;
-			act_event(s, "rejoining", later ? "system-shutdown" : "technical-problem", &ok);
-			if (later)
-				act_rejoin_later(s, backoff(s, 0), &ok);
-			else
-				act_rejoin(s, m, &ok);
-			if (!ok)
-				return dec_finish(s, out, 0, ok);
-			membership_restart(s, m);
-			m->retries = 0;
-			m->rejoin_wait = later;
-			return dec_finish(s, out, 1, ok);
+						| MM_STATUS_321 | MM_STATUS_322)))
+			ev = (p->status & MM_STATUS_332) ? MM_EV_SHUTDOWN : MM_EV_TECHNICAL;
+		if (leaving(m)) {
+			leavers_out(s, m, 1, &ok);
+			return membership_end(s, account, m, out, ok, ev, "left", NULL);
 		}
-		return membership_end(s, account, m, out, ok, "removed", removal_reason(p));
+		deliver_all(s, m, &ok);
+		next = mm_transition(m->state, ev);
+		if (next == MM_NONE)
+			return membership_end(s, account, m, out, ok, ev, "removed",
+				removal_reason(p));
+		act_event(s, "rejoining", ev == MM_EV_SHUTDOWN ? "system-shutdown"
+			: "technical-problem", &ok);
+		if (next == MM_REJOIN_WAIT)
+			act_rejoin_later(s, backoff(s, 0), &ok);
+		else
+			act_rejoin(s, m, &ok);
+		if (!ok)
+			return dec_finish(s, out, 0, ok);
+		membership_restart(s, m);
+		m->retries = 0;
+		membership_enter(s, account, m, ev);
+		return dec_finish(s, out, 1, ok);
 	}
 
 	/* another occupant (or the room itself) */
-	if (m->state == MM_LEAVING)
+	if (leaving(m))
 		return dec_finish(s, out, 1, ok);
 	deliver_all_ref(s, m, &ok);
 	if (!ok || nick == NULL)
@@ -2080,13 +2317,13 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		return dec_finish(s, out, 1, ok); /* unclaimed errors: drop */
 	}
 	case MM_MSG_GROUPCHAT:
-		if (m->state == MM_LEAVING)
+		if (leaving(m))
 			return dec_finish(s, out, 1, ok);
-		if (m->restoring) {
+		if (m->skip_seen) {
 			/* back after a restart: the room's history up to the last
 			 * message seen is old news; the subject ends the history */
 			if (!msg->delayed || (msg->has_subject && !msg->has_body)) {
-				m->restoring = 0;
+				m->skip_seen = 0;
 			} else if ((msg->stanza_id && m->last_id
 					&& strcmp(msg->stanza_id, m->last_id) == 0)
 					|| (m->last_stamp > 0 && msg->stamp < m->last_stamp)) {
@@ -2110,11 +2347,13 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			return dec_finish(s, out, 0, ok);
 		/* a private message from an occupant (§7.5) */
 		for (i = 0; i < m->nsessions; i++)
-			if (m->sessions[i].joined && !m->sessions[i].leaving)
+			if (m->sessions[i].state == SS_JOINED)
 				act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
 		return dec_finish(s, out, 1, ok);
 	}
 }
+
+static int ping_schedule(mm_state *s, const char *host, unsigned delay);
 
 mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *id, int is_error, const char *condition,
@@ -2141,12 +2380,12 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		act_deliver(s, q->resource, q->orig_id, 0, &ok);
 	fell_out = q->self_ping && is_error && condition
 		&& strcmp(condition, "not-acceptable") == 0
-		&& m != NULL && m->state == MM_JOINED;
+		&& m != NULL && mm_transition(m->state, MM_EV_FELL_OUT) != MM_REFUSED;
 	if (fell_out) {
 		/* XEP-0410: the room no longer knows the account; every session
 		 * learns it, and the account joins again */
 		for (i = 0; i < m->nsessions; i++)
-			if (!m->sessions[i].leaving)
+			if (m->sessions[i].state != SS_LEAVING)
 				act_reflect_leave(s, m, m->sessions[i].resource, NULL,
 					MM_CODE_333, &ok);
 		act_event(s, "rejoining", "not-acceptable", &ok);
@@ -2162,6 +2401,14 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
+	if (!fell_out && q->resource == NULL && m != NULL && is_error
+			&& transient_condition(condition)) {
+		/* mm_tick() asks again; first step of the commit, the only one
+		 * that can fail */
+		const char *at = strchr(room, '@');
+		if (!ping_schedule(s, at ? at + 1 : room, backoff(s, m->ping_retries)))
+			return dec_finish(s, out, 0, 0);
+	}
 	if (q->resource == NULL && m != NULL)
 		m->ping_retries = is_error && transient_condition(condition)
 			? m->ping_retries + 1 : 0;
@@ -2169,62 +2416,8 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	if (fell_out) {
 		membership_restart(s, m);
 		m->retries = 0;
+		membership_enter(s, account, m, MM_EV_FELL_OUT);
 	}
-	return dec_finish(s, out, 1, ok);
-}
-
-mm_err mm_expire(mm_state *s, double now, mm_decision *out)
-{
-	size_t i;
-	int ok = 1;
-
-	dec_reset(s, out);
-	MAP_EACH(&s->iqs, n) {
-		mm_iq *q = n->value;
-		mm_action *a;
-		if (q->deadline > now || q->resource == NULL)
-			continue; /* the module's own pings expire silently */
-		dec_room(s, q->room, &ok);
-		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
-		if (a) {
-			a->account = dec_str(s, q->account, &ok);
-			a->resource = dec_str(s, q->resource, &ok);
-			a->nick = dec_str(s, q->nick, &ok);
-			a->id = dec_str(s, q->orig_id, &ok);
-			a->condition = "remote-server-timeout";
-			a->error_type = "wait";
-		}
-	}
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
-		mm_node *n = s->iqs.buckets[i], *next;
-		for (; n != NULL; n = next) {
-			next = n->next;
-			if (((mm_iq *)n->value)->deadline <= now)
-				iq_forget(s, n);
-		}
-	}
-	return dec_finish(s, out, 1, ok);
-}
-
-mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
-		mm_decision *out)
-{
-	mm_membership *m;
-	int ok = 1;
-
-	dec_reset(s, out);
-	if (!nonempty(account) || !nonempty(room))
-		return MM_EINVAL;
-	m = membership_get(s, account, room);
-	if (m == NULL || !m->rejoin_wait)
-		return dec_finish(s, out, 0, ok);
-	dec_room(s, room, &ok);
-	act_rejoin(s, m, &ok);
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	m->rejoin_wait = 0;
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -2392,32 +2585,32 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	if (strchr(norm, '/') || !strchr(norm, '@'))
 		return MM_EINVAL; /* a room is node@domain */
 	room = norm;
+	/* never join twice: RESTORE is refused but from NONE */
 	if (membership_get(s, account, room) != NULL)
-		return dec_finish(s, out, 0, ok); /* never join twice */
+		return dec_finish(s, out, 0, ok);
 	if (!dup_opt(last_id, &id))
 		return MM_ENOMEM;
-	/* a first join with its session taken away again */
 	memset(&req, 0, sizeof req);
 	req.nick = nick;
 	req.password = password;
-	err = mm_session_join_req(s, account, "\x01restore", room, &req, out);
+	dec_room(s, room, &ok);
+	if (!ok) {
+		free(id);
+		return dec_finish(s, out, 0, ok);
+	}
+	err = join_first(s, account, account_get(s, account), NULL, room, &req,
+		MM_EV_RESTORE, out);
 	if (err != MM_OK) {
 		free(id);
 		return err;
 	}
 	m = membership_get(s, account, room);
-	session_free_fields(&m->sessions[0]);
-	m->nsessions = 0;
-	free(m->shown);
-	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
-	m->auto_rejoin = 1;
-	m->restoring = 1;
+	m->skip_seen = 1;
 	m->last_id = id;
 	m->last_id_cap = id ? strlen(id) + 1 : 0;
 	m->last_stamp = last_stamp;
 	/* the decision is a fresh join asking for what was said meanwhile */
 	a = &s->dec.actions[0];
-	a->from_request = 0;
 	a->since = last_stamp > 0 ? last_stamp : 0;
 	return dec_finish(s, out, 1, ok);
 }
@@ -2428,7 +2621,7 @@ mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
 	mm_membership *m;
 	mm_action *act;
 	size_t i;
-	int ok = 1;
+	int ok = 1, next;
 
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(room))
@@ -2437,25 +2630,30 @@ mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
 	if (m == NULL)
 		return dec_finish(s, out, 0, ok);
 	dec_room(s, room, &ok);
-	if (m->state == MM_LEAVING)
-		return dec_finish(s, out, 1, ok);
+	next = mm_transition(m->state, MM_EV_ACCOUNT_LEAVE);
+	if (next == MM_REFUSED)
+		return dec_finish(s, out, 1, ok); /* on its way out already */
 	for (i = 0; i < m->nsessions; i++) {
-		if (m->sessions[i].leaving)
+		if (m->sessions[i].state == SS_LEAVING)
 			continue;
 		act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, &ok);
 	}
-	if (m->rejoin_wait)
-		return membership_end(s, account, m, out, ok, "left", NULL);
-	act = dec_push(s, MM_OP_SEND_LEAVE, &ok);
-	if (act)
-		act->nick = dec_str(s, m->nick, &ok);
+	if (next == MM_NONE)
+		return membership_end(s, account, m, out, ok, MM_EV_ACCOUNT_LEAVE,
+			"left", NULL);
+	if (!leaving(m)) {
+		act = dec_push(s, MM_OP_SEND_LEAVE, &ok);
+		if (act)
+			act->nick = dec_str(s, m->nick, &ok);
+	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	/* commit: nobody waits for the room's answer but the account */
+	/* commit: nobody waits for the room's answer but the account (and
+	 * sessions that asked to leave before) */
 	for (i = m->nsessions; i-- > 0;)
-		session_detach(s, account, m, &m->sessions[i]);
-	m->state = MM_LEAVING;
-	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
+		if (m->sessions[i].state != SS_LEAVING)
+			session_detach(s, account, m, &m->sessions[i]);
+	membership_enter(s, account, m, MM_EV_ACCOUNT_LEAVE);
 	mark_dirty(s, account, 2); /* no longer persistent */
 	return dec_finish(s, out, 1, ok);
 }
@@ -2487,13 +2685,11 @@ size_t mm_take_dirty(mm_state *s, int level,
 	return c;
 }
 
-mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+/* SEND_PING to each joined membership on host (NULL: all) with no ping of
+ * the module's waiting; the IQs are linked at once, so the caller takes
+ * them back with pings_undo() when its decision fails. */
+static void pings_push(mm_state *s, const char *host, double now, int *ok)
 {
-	int ok = 1;
-	size_t i;
-
-	dec_reset(s, out);
-	/* decide for every membership first; link the new IQs after */
 	MAP_EACH(&s->accounts, an) {
 		mm_account *a = an->value;
 		MAP_EACH(&a->rooms, rn) {
@@ -2501,40 +2697,278 @@ mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
 			const char *at = strchr(m->room, '@');
 			mm_action *act;
 			mm_node *n;
+			if (!*ok)
+				return;
 			if (m->state != MM_JOINED || m->ping_pending)
 				continue;
 			if (host && strcmp(at ? at + 1 : m->room, host) != 0)
 				continue;
 			n = iq_new(s, an->key, m->room, m->nick, NULL, NULL, NULL, 1, now);
 			if (n == NULL) {
-				ok = 0;
-				break;
+				*ok = 0;
+				return;
 			}
-			dec_room(s, m->room, &ok);
-			act = dec_push(s, MM_OP_SEND_PING, &ok);
+			dec_room(s, m->room, ok);
+			act = dec_push(s, MM_OP_SEND_PING, ok);
 			if (act) {
-				act->account = dec_str(s, an->key, &ok);
-				act->nick = dec_str(s, m->nick, &ok);
-				act->id = dec_str(s, n->key, &ok);
+				act->account = dec_str(s, an->key, ok);
+				act->nick = dec_str(s, m->nick, ok);
+				act->id = dec_str(s, n->key, ok);
 			}
 			/* the membership points to nothing: link now, undo on failure */
 			map_link(&s->iqs, n);
 			m->ping_pending = 1;
-			if (!ok)
-				break;
 		}
-		if (!ok)
-			break;
+	}
+}
+
+/* Take back every ping a failed decision made. */
+static void pings_undo(mm_state *s)
+{
+	size_t i;
+	for (i = 0; i < s->dec.n; i++) {
+		const mm_action *act = &s->dec.actions[i];
+		mm_node *n = act->op == MM_OP_SEND_PING && act->id
+			? map_find(&s->iqs, act->id) : NULL;
+		if (n)
+			iq_forget(s, n);
+	}
+}
+
+mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+{
+	int ok = 1;
+
+	dec_reset(s, out);
+	pings_push(s, host, now, &ok);
+	if (!ok) {
+		pings_undo(s);
+		return dec_finish(s, out, 0, 0);
+	}
+	return dec_finish(s, out, 1, ok);
+}
+
+/* Ask mm_tick() to ping host's rooms in delay seconds (the earlier of two
+ * asks wins); 0 on allocation failure, nothing changed. */
+static int ping_schedule(mm_state *s, const char *host, unsigned delay)
+{
+	mm_node *n = map_find(&s->pings, host);
+	mm_pingwait *w;
+	double deadline = s->clock > 0 ? s->clock + delay : 0;
+	if (n) {
+		w = n->value;
+		if (w->deadline == 0 ? delay < w->wait : deadline < w->deadline) {
+			w->wait = delay;
+			w->deadline = deadline;
+		}
+		return 1;
+	}
+	if (!map_ready(&s->pings) || (w = malloc(sizeof *w)) == NULL)
+		return 0;
+	w->wait = delay;
+	w->deadline = deadline;
+	n = node_new(host, strlen(host), w);
+	if (n == NULL) {
+		free(w);
+		return 0;
+	}
+	map_link(&s->pings, n);
+	return 1;
+}
+
+mm_err mm_ping_later(mm_state *s, const char *host, unsigned delay)
+{
+	if (!nonempty(host))
+		return MM_EINVAL;
+	return ping_schedule(s, host, delay) ? MM_OK : MM_ENOMEM;
+}
+
+/* Note what happened to a membership in a decision that spans many. */
+static void act_note(mm_state *s, const char *event, const char *reason, int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_EVENT, ok);
+	if (a) {
+		a->event = event; /* static */
+		a->reason = dec_str(s, reason, ok);
+	}
+}
+
+/* A membership whose deadline passed, with what its transition needs. */
+typedef struct mm_due {
+	mm_membership *m;
+	char *nick, *password; /* LEAVING_REJOIN: the join of the first waiter */
+} mm_due;
+
+/* Build the timeout's actions for m (see the table); 0: no memory. */
+static int timeout_prepare(mm_state *s, mm_due *due, int *ok)
+{
+	mm_membership *m = due->m;
+	size_t i, first = s->dec.n;
+	const char *account;
+	dec_room(s, m->room, ok);
+	switch (m->state) {
+	case MM_JOINING:
+		for (i = 0; i < m->nsessions; i++) {
+			const mm_session *ss = &m->sessions[i];
+			mm_action *a;
+			if (ss->state != SS_ASKED)
+				continue;
+			a = dec_push(s, MM_OP_JOIN_ERROR, ok);
+			if (a) {
+				a->resource = dec_str(s, ss->resource, ok);
+				a->nick = dec_str(s, ss->nick, ok);
+				a->id = dec_str(s, ss->join_id, ok);
+				a->condition = "remote-server-timeout";
+				a->error_type = "wait";
+			}
+		}
+		act_note(s, "removed", "remote-server-timeout", ok);
+		break;
+	case MM_REJOINING:
+		act_rejoin_later(s, backoff(s, m->retries + 1), ok);
+		act_note(s, "rejoining", "remote-server-timeout", ok);
+		break;
+	case MM_REJOIN_WAIT:
+		act_rejoin(s, m, ok);
+		break;
+	case MM_LEAVING:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		break;
+	case MM_LEAVING_REJOIN:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		for (i = 0; i < m->nsessions; i++)
+			if (m->sessions[i].state != SS_LEAVING)
+				break;
+		if (i == m->nsessions || (due->nick = str_dup(m->sessions[i].nick)) == NULL
+				|| !dup_opt(m->sessions[i].password, &due->password))
+			*ok = 0;
+		else
+			act_send_join(s, due->nick, due->password, ok);
+		break;
+	default:
+		break;
+	}
+	account = dec_str(s, m->account, ok);
+	for (i = first; *ok && i < s->dec.n; i++)
+		s->dec.actions[i].account = account;
+	return *ok;
+}
+
+/* Take the timeout's transition for due (prepared); cannot fail. */
+static void timeout_commit(mm_state *s, mm_due *due)
+{
+	mm_membership *m = due->m;
+	const char *account = m->account;
+	size_t i;
+	switch (m->state) {
+	case MM_JOINING:
+	case MM_LEAVING:
+		mark_dirty(s, account, 2);
+		membership_remove(s, account, m, MM_EV_TIMEOUT);
+		return;
+	case MM_REJOINING:
+		m->retries++;
+		break;
+	case MM_LEAVING_REJOIN:
+		mark_dirty(s, account, 2);
+		for (i = m->nsessions; i-- > 0;)
+			if (m->sessions[i].state == SS_LEAVING)
+				session_detach(s, account, m, &m->sessions[i]);
+		membership_clear_cache(s, m);
+		free(m->nick);
+		m->nick = due->nick;
+		free(m->password);
+		m->password = due->password;
+		due->nick = due->password = NULL;
+		break;
+	default:
+		break;
+	}
+	membership_enter(s, account, m, MM_EV_TIMEOUT);
+}
+
+mm_err mm_tick(mm_state *s, double now, mm_decision *out)
+{
+	mm_membership *m;
+	mm_due *due = NULL;
+	size_t i, ndue = 0;
+	int ok = 1;
+
+	dec_reset(s, out);
+	s->clock = now;
+	/* IQs unanswered for iq_timeout */
+	MAP_EACH(&s->iqs, n) {
+		mm_iq *q = n->value;
+		mm_action *a;
+		if (q->deadline > now || q->resource == NULL)
+			continue; /* the module's own pings expire silently */
+		dec_room(s, q->room, &ok);
+		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
+		if (a) {
+			a->account = dec_str(s, q->account, &ok);
+			a->resource = dec_str(s, q->resource, &ok);
+			a->nick = dec_str(s, q->nick, &ok);
+			a->id = dec_str(s, q->orig_id, &ok);
+			a->condition = "remote-server-timeout";
+			a->error_type = "wait";
+		}
+	}
+	/* waiting states whose deadline passed; a wait entered before the
+	 * first tick starts now */
+	for (m = s->waiting; m != NULL; m = m->wnext) {
+		if (m->deadline == 0)
+			m->deadline = now + m->wait;
+		if (m->deadline <= now)
+			ndue++;
+	}
+	if (ndue && (due = calloc(ndue, sizeof *due)) == NULL)
+		ok = 0;
+	for (i = 0, m = s->waiting; ok && m != NULL; m = m->wnext)
+		if (m->deadline <= now) {
+			due[i].m = m;
+			timeout_prepare(s, &due[i++], &ok);
+		}
+	/* hosts whose rooms get a self-ping now */
+	MAP_EACH(&s->pings, pn) {
+		mm_pingwait *w = pn->value;
+		if (w->deadline == 0)
+			w->deadline = now + w->wait;
+		if (ok && w->deadline <= now)
+			pings_push(s, pn->key, now, &ok);
 	}
 	if (!ok) {
-		/* take back every ping this call made */
-		for (i = 0; i < s->dec.n; i++) {
-			const mm_action *act = &s->dec.actions[i];
-			mm_node *n = act->id ? map_find(&s->iqs, act->id) : NULL;
-			if (act->op == MM_OP_SEND_PING && n)
+		pings_undo(s);
+		for (i = 0; i < ndue; i++) {
+			free(due[i].nick);
+			free(due[i].password);
+		}
+		free(due);
+		return dec_finish(s, out, 0, 0);
+	}
+	/* commit */
+	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
+		mm_node *n = s->iqs.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_iq *)n->value)->deadline <= now)
 				iq_forget(s, n);
 		}
-		return dec_finish(s, out, 0, 0);
+	}
+	for (i = 0; i < ndue; i++)
+		timeout_commit(s, &due[i]);
+	free(due);
+	for (i = 0; s->pings.count && i < s->pings.nbuckets; i++) {
+		mm_node *n = s->pings.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_pingwait *)n->value)->deadline <= now) {
+				free(n->value);
+				map_unlink(&s->pings, n);
+				free(n);
+			}
+		}
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2595,8 +3029,8 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.history = m->hist_count;
 		info.last_id = m->last_id;
 		info.last_stamp = m->last_stamp;
-		info.persistent = m->state == MM_JOINED
-			|| (m->state == MM_JOINING && m->auto_rejoin);
+		info.persistent = m->state == MM_JOINED || m->state == MM_REJOINING
+			|| m->state == MM_REJOIN_WAIT;
 		c++;
 		if (fn && fn(&info, ud))
 			return c;
@@ -2613,7 +3047,8 @@ size_t mm_membership_sessions(const mm_state *s, const char *account,
 	if (m == NULL)
 		return 0;
 	for (i = 0; i < m->nsessions; i++) {
-		if (fn && fn(m->sessions[i].resource, m->sessions[i].joined, ud))
+		if (fn && fn(m->sessions[i].resource,
+				m->sessions[i].state == SS_JOINED, ud))
 			return i + 1;
 	}
 	return m->nsessions;
@@ -2625,6 +3060,12 @@ static void iq_free_value(void *value, void *ud)
 {
 	(void)ud;
 	iq_free(value);
+}
+
+static void free_value(void *value, void *ud)
+{
+	(void)ud;
+	free(value);
 }
 
 static void account_free(void *value, void *ud)
@@ -2648,6 +3089,7 @@ void mm_state_free(mm_state *s)
 		return;
 	map_clear(&s->iqs, iq_free_value, NULL);
 	map_clear(&s->dirty, NULL, NULL);
+	map_clear(&s->pings, free_value, NULL);
 	map_clear(&s->accounts, account_free, s);
 	/* every payload was released with its membership, but for the ones
 	 * a caller still holds */

@@ -47,6 +47,7 @@ local limits = {
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
+	join_timeout = limit_option("minimix_join_timeout", 60);
 };
 
 -- How often the last message seen per room is written (memberships
@@ -245,13 +246,26 @@ end
 
 -- Send to one session of the account.  A session that is gone gets nothing
 -- and nothing bounces: a bounce to the room would get the account kicked.
-local function to_session(account, resource, stanza, id, codes)
+-- Without the status codes that were another session's news.
+local function drop_codes(stanza, codes)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	if not x then return; end
+	local drop = {};
+	for _, code in ipairs(codes) do drop[tostring(code)] = true; end
+	x:maptags(function(tag)
+		if tag.name == "status" and drop[tag.attr.code] then return nil; end
+		return tag;
+	end);
+end
+
+local function to_session(account, resource, stanza, id, codes, dropped)
 	local user = bare_sessions[account];
 	local session = user and user.sessions[resource];
 	if not session then return; end
-	if codes then
+	if codes or dropped then
 		stanza = st.clone(stanza);
-		add_codes(stanza, codes);
+		if dropped then drop_codes(stanza, dropped); end
+		if codes then add_codes(stanza, codes); end
 	end
 	-- re-address, send, restore: as Prosody's MUC does for its occupants
 	local old_to, old_id = stanza.attr.to, stanza.attr.id;
@@ -292,14 +306,7 @@ local function occupant_jid(room, nick)
 	return room;
 end
 
-local perform, ping_host_later;
-
--- An automatic re-join waits: ask the core again when the delay is over.
-local function rejoin_later(account, room, delay)
-	module:add_timer(delay, function()
-		perform({ account = account, room = room }, core:rejoin_due(account, room));
-	end);
-end
+local perform;
 
 -- Persistence ---------------------------------------------------------------
 
@@ -345,6 +352,20 @@ local event_log = {
 	rejoining = "%s joins %s again (%s)";
 };
 
+-- Something happened to a membership: count, log, persist, bookmarks.
+local function note_event(account, room, event, reason)
+	metric_events:with_labels(event):add(1);
+	if reason then
+		module:log("info", event_log[event], account, room, reason);
+	else
+		module:log("info", event_log[event], account, room);
+	end
+	membership_changed();
+	if (event == "left" or event == "removed") and bookmark_follows then
+		bookmark_follows(account, room);
+	end
+end
+
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
 -- The core's results: handled, actions, event, reason; or on a refusal
@@ -361,18 +382,7 @@ function perform(ctx, handled, actions, event, reason, text)
 		end
 		return true;
 	end
-	if event then
-		metric_events:with_labels(event):add(1);
-		if reason then
-			module:log("info", event_log[event], ctx.account, ctx.room, reason);
-		else
-			module:log("info", event_log[event], ctx.account, ctx.room);
-		end
-		membership_changed();
-		if (event == "left" or event == "removed") and bookmark_follows then
-			bookmark_follows(ctx.account, ctx.room);
-		end
-	end
+	if event then note_event(ctx.account, ctx.room, event, reason); end
 	if not handled then return nil; end
 	if not actions then return true; end
 	local stanza = ctx.stanza;
@@ -396,7 +406,7 @@ function perform(ctx, handled, actions, event, reason, text)
 					cached:tag("delay", { xmlns = xmlns_delay, from = room,
 						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
 				end
-				to_session(account, a.resource, cached, a.id, a.codes);
+				to_session(account, a.resource, cached, a.id, a.codes, a.drop_codes);
 			end
 		elseif op == "send_join" then
 			if a.from_request then
@@ -426,7 +436,17 @@ function perform(ctx, handled, actions, event, reason, text)
 				module:send(pres);
 			end
 		elseif op == "rejoin_later" then
-			rejoin_later(account, room, a.delay);
+			module:log("debug", "%s joins %s again in %ds", account, room, a.delay);
+		elseif op == "event" then
+			note_event(account, room, a.event, a.reason);
+		elseif op == "join_error" then
+			-- the join was never answered: what the room would have said
+			to_session(account, a.resource, st.presence({ type = "error", id = a.id,
+					from = occupant_jid(room, a.nick) })
+				:tag("x", { xmlns = xmlns_muc }):up()
+				:tag("error", { type = a.error_type })
+					:tag(a.condition, { xmlns = xmlns_stanzas }):up()
+				:up());
 		elseif op == "reflect_leave" then
 			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })
@@ -449,7 +469,8 @@ function perform(ctx, handled, actions, event, reason, text)
 					to = occupant_jid(room, a.nick) })
 				:tag("ping", { xmlns = xmlns_ping }):up());
 		elseif op == "ping_later" then
-			ping_host_later(room:match("@(.*)$") or room, a.delay);
+			module:log("debug", "Pinging the rooms on %s again in %ds",
+				room:match("@(.*)$") or room, a.delay);
 		elseif op == "iq_error" then
 			to_session(account, a.resource, st.iq({ type = "error", id = a.id,
 					from = occupant_jid(room, a.nick) })
@@ -624,10 +645,15 @@ module:hook("presence/bare", incoming_presence, 10);
 module:hook("message/bare", incoming_message, 10);
 module:hook("iq/bare", incoming_iq, 10);
 
--- Unanswered IQs fail after minimix_iq_timeout seconds.
-module:add_timer(5, function()
-	perform({}, core:expire(now()));
-	return 5;
+-- Every deadline is the core's (unanswered IQs, joins and leaves, re-join
+-- delays, pings asked for later): one repeating timer asks what is due.
+-- Each module instance starts its own; a reload hands the core, and with it
+-- every deadline, to the new instance, while Prosody drops the old one's
+-- timers.
+local tick_interval = 1;
+module:add_timer(tick_interval, function()
+	perform({}, core:tick(now()));
+	return tick_interval;
 end);
 
 -- Is the account still in its rooms?  Rooms drop occupants whose traffic
@@ -638,11 +664,12 @@ module:add_timer(ping_interval, function()
 	return ping_interval;
 end);
 
-function ping_host_later(remote, delay)
+local function ping_host_later(remote, delay)
 	if not remote then return; end
-	module:add_timer(delay, function()
-		perform({}, core:ping_due(remote, now()));
-	end);
+	local ok, err = core:ping_later(remote, delay);
+	if not ok then
+		module:log("warn", "Could not plan pinging the rooms on %s: %s", remote, err);
+	end
 end
 -- A link that fell: ask soon (a failed ask comes back as "ping_later").
 -- A link that came back up after that: the room may have dropped the
@@ -843,14 +870,31 @@ local function command_account(data)
 	return username .. "@" .. host;
 end
 
+-- The account leaves rooms; how many it left at once, and how many it is
+-- leaving (the room has not confirmed yet: it will within
+-- minimix_join_timeout).
 local function leave_rooms(account, rooms)
-	local left = 0;
+	local left, leaving = 0, 0;
 	for _, room in ipairs(rooms) do
 		if perform({ account = account, room = room }, core:account_leave(account, room)) then
-			left = left + 1;
+			-- a local room answers from inside the send
+			if core:member(account, room) then
+				leaving = leaving + 1;
+			else
+				left = left + 1;
+			end
 		end
 	end
-	return left;
+	return left, leaving;
+end
+
+local function leave_text(left, leaving, room)
+	if room then
+		if left > 0 then return "Left " .. room; end
+		return "Leaving " .. room .. ": the room has not confirmed yet";
+	end
+	if leaving == 0 then return ("Left %d room(s)"):format(left); end
+	return ("Left %d room(s); leaving %d more: the rooms have not confirmed yet"):format(left, leaving);
 end
 
 local leave_form = dataforms.new({
@@ -880,10 +924,11 @@ module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#l
 		if err or not fields.room then
 			return { status = "completed", error = { message = "Choose a room to leave." } };
 		end
-		if leave_rooms(account, { fields.room }) == 0 then
+		local left, leaving = leave_rooms(account, { fields.room });
+		if left + leaving == 0 then
 			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
 		end
-		return { status = "completed", info = "Left " .. fields.room };
+		return { status = "completed", info = leave_text(left, leaving, fields.room) };
 	end, "local_user"));
 
 module:provides("adhoc", adhoc_new("Group chats: leave all", "urn:xmpp:minimix#leave-all",
@@ -891,8 +936,7 @@ module:provides("adhoc", adhoc_new("Group chats: leave all", "urn:xmpp:minimix#l
 		local account = command_account(data);
 		local rooms = {};
 		for _, m in ipairs(core:memberships(account)) do rooms[#rooms+1] = m.room; end
-		local left = leave_rooms(account, rooms);
-		return { status = "completed", info = ("Left %d room(s)"):format(left) };
+		return { status = "completed", info = leave_text(leave_rooms(account, rooms)) };
 	end, "local_user"));
 
 -- For operators, from Prosody's admin shell (prosodyctl shell):
@@ -905,17 +949,35 @@ end
 function leave(account, room) -- luacheck: ignore 131
 	local norm = minimix.normalize_jid(room);
 	if not norm then return "Not a room JID: " .. tostring(room); end
-	if leave_rooms(account, { norm }) == 0 then
+	local left, leaving = leave_rooms(account, { norm });
+	if left + leaving == 0 then
 		return account .. " is not in " .. norm;
 	end
-	return account .. " leaves " .. norm;
+	if left > 0 then return account .. " leaves " .. norm; end
+	return account .. " is leaving " .. norm .. ": the room has not confirmed yet";
 end
 
 -- Sessions come and go ----------------------------------------------------------
 
+-- A session that went without leaving stays out of the rooms' view: when
+-- the room showed its presence, the room now sees the next device's.
 module:hook("resource-unbind", function(event)
 	local account, resource = session_account(event.session);
-	if account then core:session_gone(account, resource); end
+	if account then
+		perform({ account = account }, core:session_gone(account, resource));
+	end
+end);
+
+-- A session that stream management keeps hibernating cannot hold the
+-- account in a room the user left from the last connected device; what
+-- the core sends it meanwhile is queued and delivered when it resumes.
+module:hook("smacks-hibernation-start", function(event)
+	local account, resource = session_account(event.origin);
+	if account then core:session_reachable(account, resource, false); end
+end);
+module:hook("smacks-hibernation-end", function(event)
+	local account, resource = session_account(event.resumed or event.origin);
+	if account then core:session_reachable(account, resource, true); end
 end);
 
 -- mod_smacks reports stanzas it could not deliver before it bounces them; a

@@ -90,7 +90,7 @@ local function load_shim(options)
 	-- number runs again that many seconds later, as in Prosody.
 	env.clock, env.timers = 1700000000, {};
 	function module:add_timer(delay, fn)
-		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn };
+		env.timers[#env.timers+1] = { due = env.clock + delay, delay = delay, fn = fn };
 	end
 	function module:send(stanza)
 		env.sent[#env.sent+1] = st.clone(stanza);
@@ -162,10 +162,22 @@ local function advance(env, seconds)
 		env.clock = math.max(env.clock, t.due);
 		local again = t.fn(env.clock);
 		if type(again) == "number" then
-			env.timers[#env.timers+1] = { due = env.clock + again, fn = t.fn };
+			env.timers[#env.timers+1] = { due = env.clock + again, delay = again, fn = t.fn };
 		end
 	end
 	env.clock = target;
+end
+
+-- The repeating timer that asks the core what is due (every second).
+local function tick_timer(env)
+	local found;
+	for _, t in ipairs(env.timers) do
+		if t.delay == 1 then
+			assert.is_nil(found, "one tick timer");
+			found = t;
+		end
+	end
+	return assert(found, "a tick timer");
 end
 
 local function fire(env, name, origin, stanza)
@@ -219,6 +231,8 @@ describe("mod_minimix shim", function()
 			["s2sin-destroyed"] = 0;
 			["s2sout-established"] = 0;
 			["s2sin-established"] = 0;
+			["smacks-hibernation-start"] = 0;
+			["smacks-hibernation-end"] = 0;
 			["global:server-stopping"] = 0;
 			["global:stats-update"] = 0;
 		};
@@ -544,6 +558,23 @@ describe("mod_minimix shim", function()
 		assert.equal("error", L.got[1].attr.type);
 	end);
 
+	it("replays the self-presence to a later session without the first one's news", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110, 201, 210, 100 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		local self;
+		for _, s in ipairs(L.got) do
+			if s.attr.from == "room@muc.example/alice" then self = s; end
+		end
+		assert.truthy(self, "the self-presence");
+		local codes = {};
+		for status in self:get_child("x", MUC_USER):childtags("status") do
+			codes[#codes+1] = status.attr.code;
+		end
+		table.sort(codes);
+		assert.same({ "100", "110" }, codes);
+	end);
+
 	it("sends a refusal from the core to the asking session only", function()
 		env = load_shim({ minimix_max_rooms = 1 });
 		P = new_session(env, "phone");
@@ -687,9 +718,81 @@ describe("mod_minimix shim", function()
 			assert.matches("room@muc.example as alice %(joined%): 1 session", mine.info);
 			env.sent, P.got = {}, {};
 			local done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
-			assert.equal("Left 1 room(s)", done.info);
+			-- the room has not answered the leave
+			assert.equal("Left 0 room(s); leaving 1 more: the rooms have not confirmed yet", done.info);
 			assert.equal("unavailable", env.sent[1].attr.type);
 			assert.equal("unavailable", P.got[1].attr.type, "the joined session sees itself leave");
+			-- a room that answers at once (a local MUC)
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+			fire(env, "pre-presence/full", P, join("j2"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			env.on_send = function(stanza)
+				if stanza.attr.type == "unavailable" then
+					fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+				end
+			end;
+			done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
+			assert.equal("Left 1 room(s)", done.info);
+		end);
+	end);
+
+	describe("deadlines", function()
+		-- timers with a delay (a 0 s timer batches the storage writes)
+		local function delayed(e)
+			local n = 0;
+			for _, t in ipairs(e.timers) do
+				if t.delay > 0 then n = n + 1; end
+			end
+			return n;
+		end
+
+		it("are the core's: one repeating timer, none per action", function()
+			local timers = delayed(env);
+			local tick = tick_timer(env);
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- a shutdown: the re-join waits 5 s
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			assert.equal(timers, delayed(env), "no timer of its own for the re-join");
+			env.sent = {};
+			assert.equal(1, tick.fn());
+			env.clock = env.clock + 5;
+			assert.equal(1, tick.fn(), "it repeats");
+			assert.equal(1, #env.sent);
+			assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+			assert.truthy(env.sent[1]:get_child("x", MUC), "the re-join");
+		end);
+
+		it("survive a reload: the new instance's timer fires the old core's waits", function()
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			tick_timer(env).fn(); -- the wait starts
+			local saved = env.module.save();
+			env.module.unload();
+			local env2 = load_shim();
+			env2.bare = env.bare;
+			env2.module.restore(saved);
+			env2.clock = env2.clock + 5;
+			tick_timer(env2).fn();
+			assert.equal(1, #env2.sent, "the re-join, from the new instance");
+			assert.truthy(env2.sent[1]:get_child("x", MUC));
+		end);
+
+		it("fail a join the room never answers with remote-server-timeout", function()
+			local env2 = load_shim({ minimix_join_timeout = 3, minimix_bookmarks = false });
+			local S = new_session(env2, "phone");
+			local tick = tick_timer(env2);
+			tick.fn();
+			fire(env2, "pre-presence/full", S, join("j1"));
+			S.got = {};
+			env2.clock = env2.clock + 3;
+			tick.fn();
+			assert.equal(1, #S.got);
+			assert.equal("error", S.got[1].attr.type);
+			assert.equal("j1", S.got[1].attr.id);
+			assert.equal("room@muc.example/alice", S.got[1].attr.from);
+			assert.equal("remote-server-timeout", select(2, S.got[1]:get_error()));
 		end);
 	end);
 
@@ -703,6 +806,19 @@ describe("mod_minimix shim", function()
 		assert.is_true(env.hooks["delivery/failure"].fn({ session = P, stanza = failed }));
 		local other = st.message({ from = "bob@localhost/x", to = "alice@localhost/phone", type = "chat" });
 		assert.is_nil(env.hooks["delivery/failure"].fn({ session = P, stanza = other }));
+	end);
+
+	it("shows the room the next device's presence when the one it showed goes", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"):text_tag("show", "away"));
+		env.sent = {};
+		env.bare["alice@localhost"].sessions[P.resource] = nil;
+		env.hooks["resource-unbind"].fn({ session = P });
+		assert.equal(1, #env.sent);
+		assert.equal("alice@localhost", env.sent[1].attr.from);
+		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+		assert.equal("away", env.sent[1]:get_child_text("show"));
 	end);
 
 	it("detaches a session that goes away and keeps the account in", function()

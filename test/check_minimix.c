@@ -61,12 +61,48 @@
 static mm_state *st;
 static mm_decision d;
 
+/* ---- transitions ---------------------------------------------------------
+ * Every state fixture observes the core's transitions: each must be one the
+ * table allows.  The last ones are kept for the lifecycle tests.
+ */
+struct seen_transition {
+	char room[64];
+	int from, event, to;
+};
+static struct seen_transition obs[32];
+static size_t nseen;
+
+static void observe(const char *account, const char *room, int from,
+		int event, int to, void *ud)
+{
+	(void)ud;
+	(void)account;
+	ck_assert_msg(to != MM_REFUSED && mm_transition(from, event) == to,
+			"%s: %s -%s-> %s is not in the table", room,
+			mm_mstate_name(from), mm_mevent_name(event), mm_mstate_name(to));
+	if (nseen < sizeof obs / sizeof obs[0]) {
+		snprintf(obs[nseen].room, sizeof obs[nseen].room, "%s", room);
+		obs[nseen].from = from;
+		obs[nseen].event = event;
+		obs[nseen].to = to;
+		nseen++;
+	}
+}
+
+static mm_state *new_state(const mm_limits *l)
+{
+	mm_state *s = mm_state_new(l);
+	ck_assert_ptr_nonnull(s);
+	mm_state_observe(s, observe, NULL);
+	nseen = 0;
+	return s;
+}
+
 /* ---- fixtures ----------------------------------------------------------- */
 
 static void setup_default(void)
 {
-	st = mm_state_new(NULL);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(NULL);
 	memset(&d, 0, sizeof d);
 }
 
@@ -86,8 +122,7 @@ static void setup_small(void)
 	mm_limits l;
 
 	small_limits(&l);
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -101,8 +136,7 @@ static void teardown(void)
 static void reset_state(const mm_limits *l)
 {
 	mm_state_free(st);
-	st = mm_state_new(l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(l);
 }
 
 /* ---- decision helpers --------------------------------------------------- */
@@ -123,6 +157,8 @@ static const char *op_name(mm_op op)
 	case MM_OP_SEND_PING: return "SEND_PING";
 	case MM_OP_PING_LATER: return "PING_LATER";
 	case MM_OP_DROP: return "DROP";
+	case MM_OP_JOIN_ERROR: return "JOIN_ERROR";
+	case MM_OP_EVENT: return "EVENT";
 	}
 	return "?";
 }
@@ -981,7 +1017,7 @@ START_TEST(test_fork_private_message_joined_only)
 
 	/* the account joins again by itself (333): both wait again */
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	room_msg(ACC, ROOM, "bob", MM_MSG_NORMAL, 0, "pm3", P_BODY);
 	expect_n(&d, 1, 0);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
@@ -1257,7 +1293,7 @@ START_TEST(test_leave_join_while_leaving)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_AS_ACCOUNT, NULL), 0);
 	ck_assert_int_eq(session_state(ACC, ROOM, R2), 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 
 	/* The leave completes: R1 gets its unavailable, the account re-joins. */
 	self_unavailable(ACC, ROOM, "alice", 0, 0, "l1");
@@ -1887,7 +1923,6 @@ START_TEST(test_errors_pinned)
 		{ MM_EROOMLIMIT, "room-limit", "resource-constraint", "wait" },
 		{ MM_ESESSIONLIMIT, "session-limit", "resource-constraint", "wait" },
 		{ MM_EIQLIMIT, "iq-limit", "resource-constraint", "wait" },
-		{ MM_EPASSWORD, "password-required", "not-authorized", "auth" },
 		/* out of range */
 		{ MM_ERR_COUNT, "unknown", "undefined-condition", "cancel" },
 		{ (mm_err)-1, "unknown", "undefined-condition", "cancel" },
@@ -2379,14 +2414,40 @@ static void room_iq(const char *acc, const char *room, const char *nick,
 
 static void expire(double now)
 {
-	mm_err e = mm_expire(st, now, &d);
-	ck_assert_msg(e == MM_OK, "expire: %s", mm_strerror(e));
+	mm_err e = mm_tick(st, now, &d);
+	ck_assert_msg(e == MM_OK, "tick: %s", mm_strerror(e));
 }
 
+/* The tests' clock for the ticks below. */
+static double tnow;
+
+/* Keep only the decision's actions for acc in room (ticks span many
+ * memberships), without EVENT notes; not handled when none is left. */
+static mm_action kept[64];
+static void keep_only(const char *acc, const char *room)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < d.n && n < sizeof kept / sizeof kept[0]; i++)
+		if (str_eq(d.actions[i].room, room) && str_eq(d.actions[i].account, acc)
+				&& d.actions[i].op != MM_OP_EVENT) {
+			kept[n] = d.actions[i];
+			kept[n++].account = NULL; /* as in a decision about one */
+		}
+	d.n = n;
+	d.actions = n ? kept : NULL;
+	d.handled = n > 0;
+	d.event = d.reason = NULL;
+}
+
+/* Time passes until any re-join delay is over (at most an hour): what
+ * does acc's membership in room do?  The first tick starts the waits
+ * entered before any tick. */
 static void rejoin_due(const char *acc, const char *room)
 {
-	mm_err e = mm_rejoin_due(st, acc, room, &d);
-	ck_assert_msg(e == MM_OK, "rejoin due: %s", mm_strerror(e));
+	expire(tnow += 1);
+	expire(tnow += 3601);
+	keep_only(acc, room);
 }
 
 static void room_msg_q(const char *acc, const char *room, const char *nick,
@@ -2416,17 +2477,18 @@ static void join_error(const char *acc, const char *room, const char *id,
 }
 
 /*
- * "room: the room the action concerns; always set"; "account: IQ_ERROR: the
- * account ...; NULL elsewhere".
+ * "room: the room the action concerns; always set"; "account: the account,
+ * in decisions that span many (mm_tick, mm_ping_due); NULL elsewhere".
  */
 static void expect_room_all(const mm_decision *dd, const char *room)
 {
 	size_t i;
 
 	for (i = 0; i < dd->n; i++) {
+		mm_op op = dd->actions[i].op;
 		ck_assert_msg(str_eq(dd->actions[i].room, room),
 				"action %zu not about %s: %s", i, room, describe(dd));
-		if (dd->actions[i].op != MM_OP_IQ_ERROR)
+		if (op != MM_OP_IQ_ERROR && op != MM_OP_SEND_PING && op != MM_OP_SEND_JOIN)
 			ck_assert_msg(dd->actions[i].account == NULL,
 					"action %zu names an account: %s", i, describe(dd));
 	}
@@ -2897,7 +2959,7 @@ START_TEST(test_presence_not_joined_dropped)
 	join(ACC, R3, ROOM, "alice", "j3", NULL);
 	session_pres(ACC, R3, ROOM, "alice", "p5", NULL, NULL);
 	expect_only(&d, MM_OP_DROP, ROOM);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 }
 END_TEST
 
@@ -2958,7 +3020,7 @@ START_TEST(test_carbons_not_while_joining)
 	joined_room(ACC, R1, ROOM, "alice");
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm1");
 	expect_not_handled(&d);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
@@ -3539,7 +3601,7 @@ START_TEST(test_iq_self_ping_rejoin)
 	ck_assert_pstr_eq(join_act->password, "pw");
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 3);
 	ck_assert_str_eq(mi.nick, "alice");
 	expect_all_waiting(ACC, ROOM, 3);
@@ -3626,8 +3688,8 @@ static void setup_rejoin(void)
 
 	memset(&l, 0, sizeof l);
 	l.rejoin_delay = REJOIN_DELAY;
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	l.join_timeout = 1000000; /* the re-joins here wait for ever */
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -3648,7 +3710,8 @@ static void expect_rejoining(size_t nsessions)
 {
 	struct minfo mi = must_info(ACC, ROOM);
 
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_msg(mi.state == MM_REJOINING || mi.state == MM_REJOIN_WAIT,
+			"state %s", mm_mstate_name(mi.state));
 	ck_assert_uint_eq(mi.sessions, nsessions);
 	ck_assert_uint_eq(mi.occupants, 0);
 	ck_assert_int_eq(mi.has_subject, 0);
@@ -3720,11 +3783,15 @@ START_TEST(test_rejoin_332_later)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	expect_rejoining(2);
 
-	/* not for another room or account */
-	rejoin_due(ACC, ROOM2);
+	/* nothing before the delay is over */
+	expire(tnow += 1);
+	expire(tnow += REJOIN_DELAY - 1);
+	keep_only(ACC, ROOM);
 	expect_not_handled(&d);
-	rejoin_due(ACC2, ROOM);
-	expect_not_handled(&d);
+	expire(tnow += 1);
+	keep_only(ACC, ROOM);
+	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
 
 	rejoin_due(ACC, ROOM);
 	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
@@ -3769,7 +3836,7 @@ START_TEST(test_rejoin_explicit_join_while_waiting)
 	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
 	ck_assert_int_eq(a->from_request, 1);
 	ck_assert_pstr_eq(a->nick, "alice");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	/* the delay is over: there is nothing left to send */
 	rejoin_due(ACC, ROOM);
 	expect_not_handled(&d);
@@ -4003,7 +4070,7 @@ START_TEST(test_rejoin_last_leave_while_waiting)
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
 	ck_assert_pstr_eq(a->resource, R2);
 	ck_assert_pstr_eq(a->id, "l2");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	/* the last: it sees itself leave, nothing goes to the room */
 	session_leave(ACC, R1, ROOM, "l1");
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
@@ -4074,7 +4141,7 @@ START_TEST(test_rejoin_sessions_during_wait)
 	/* one session gone: the other still waits */
 	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
 	expect_n(&d, 1, 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -4606,7 +4673,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_msg(a->since == 1234.5, "since %.17g", a->since);
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 0);
 	ck_assert_str_eq(mi.nick, "alice");
 	ck_assert_str_eq(mi.password, "pw");
@@ -4616,7 +4683,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_uint_eq(mi.history, 0);
 	/* joining again by itself: worth keeping */
 	ck_assert_int_eq(mi.persistent, 1);
-	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
 	ck_assert_uint_eq(get_sessions(ACC, ROOM, &(struct slist){ 0 }), 0);
 	s = stats();
 	ck_assert_uint_eq(s.accounts, 1);
@@ -4892,7 +4959,7 @@ START_TEST(test_persist_restore_refused)
 	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
 	expect_event(&d, "rejoining", "remote-server-timeout");
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOIN_WAIT);
 	ck_assert_int_eq(mi.persistent, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -5063,7 +5130,7 @@ START_TEST(test_persist_membership_info)
 	/* joining again by itself (333, 332): still worth keeping */
 	join(ACC, R1, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
@@ -5254,6 +5321,445 @@ START_TEST(test_events_null_for_traffic)
 }
 END_TEST
 
+/* ==== the membership lifecycle ============================================ */
+
+/* The table in minimix.h, cell by cell: what mm_transition() must answer. */
+START_TEST(test_lifecycle_table)
+{
+#define R MM_REFUSED
+#define N MM_NONE
+#define JG MM_JOINING
+#define JD MM_JOINED
+#define LV MM_LEAVING
+#define LR MM_LEAVING_REJOIN
+#define RW MM_REJOIN_WAIT
+#define RJ MM_REJOINING
+	static const int want[MM_MSTATE_COUNT + 1][MM_EV_COUNT] = {
+		/*           JOIN RESTORE LAST ACCT SELF ERR ERR_T OUT SHUT TECH FELL TIME */
+		/* NONE */ { JG,  RJ,     R,   R,   R,   R,  R,    R,  R,   R,   R,   R  },
+		/* JG */   { JG,  R,      LV,  LV,  JD,  N,  N,    N,  RW,  RJ,  R,   N  },
+		/* JD */   { JD,  R,      LV,  LV,  JD,  R,  R,    N,  RW,  RJ,  RJ,  R  },
+		/* LV */   { LR,  R,      R,   R,   R,   N,  N,    N,  N,   N,   R,   N  },
+		/* LR */   { LR,  R,      LV,  LV,  R,   JG, JG,   JG, JG,  JG,  R,   JG },
+		/* RW */   { RJ,  R,      N,   N,   JD,  R,  R,    N,  RW,  RJ,  R,   RJ },
+		/* RJ */   { RJ,  R,      LV,  LV,  JD,  N,  RW,   N,  RW,  RJ,  R,   RW },
+	};
+#undef R
+#undef N
+#undef JG
+#undef JD
+#undef LV
+#undef LR
+#undef RW
+#undef RJ
+	int state, ev;
+
+	for (state = MM_NONE; state < MM_MSTATE_COUNT; state++)
+		for (ev = 0; ev < MM_EV_COUNT; ev++)
+			ck_assert_msg(mm_transition(state, ev) == want[state + 1][ev],
+					"%s x %s: %d, want %d", mm_mstate_name(state),
+					mm_mevent_name(ev), mm_transition(state, ev),
+					want[state + 1][ev]);
+	/* out of range: refused, never a crash */
+	ck_assert_int_eq(mm_transition(MM_MSTATE_COUNT, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(-3, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, MM_EV_COUNT), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, -1), MM_REFUSED);
+	ck_assert_str_eq(mm_mstate_name(MM_NONE), "none");
+	ck_assert_str_eq(mm_mstate_name(MM_REJOIN_WAIT), "rejoin-wait");
+	ck_assert_str_eq(mm_mstate_name(MM_MSTATE_COUNT), "?");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_LAST_LEAVE), "last-leave");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_COUNT), "?");
+}
+END_TEST
+
+/* The observed transitions since the mark, as "from-event->to" strings. */
+static void expect_transitions(size_t mark, const char *const *want, size_t n)
+{
+	size_t i;
+
+	ck_assert_msg(nseen - mark == n, "%zu transitions, want %zu",
+			nseen - mark, n);
+	for (i = 0; i < n; i++) {
+		char got[96];
+		snprintf(got, sizeof got, "%s-%s->%s", mm_mstate_name(obs[mark + i].from),
+				mm_mevent_name(obs[mark + i].event),
+				mm_mstate_name(obs[mark + i].to));
+		ck_assert_str_eq(got, want[i]);
+	}
+}
+
+/* A membership's life goes through the table, one transition per step. */
+START_TEST(test_lifecycle_walk)
+{
+	size_t mark = nseen;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j2", P_SELF);
+	session_leave(ACC, R2, ROOM, "l2");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j3", NULL);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, "x", "forbidden");
+	expect_transitions(mark, (const char *const[]){
+		"none-join->joining", "joining-self->joined",
+		"joined-shutdown->rejoin-wait", "rejoin-wait-timeout->rejoining",
+		"rejoining-error-transient->rejoin-wait",
+		"rejoin-wait-join->rejoining", "rejoining-self->joined",
+		"joined-last-leave->leaving", "leaving-join->leaving-rejoin",
+		"leaving-rejoin-out->joining", "joining-error->none" }, 11);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* Events without a transition change nothing and send nothing. */
+START_TEST(test_lifecycle_refused)
+{
+	mm_presence p;
+	size_t mark;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	mark = nseen;
+	/* JOINED x ERROR: an error nobody asked for is dropped */
+	join_error(ACC, ROOM, NULL, "forbidden");
+	expect_n(&d, 1, 0);
+	/* JOINED x RESTORE: never joined twice */
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expect_not_handled(&d);
+	/* JOINED x TIMEOUT: nothing waits */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* REJOIN_WAIT x ERROR_TRANSIENT: the wait is not doubled or repeated */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	mark = nseen;
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(nseen, mark);
+
+	/* LEAVING x SELF (a join in flight answered first), x ACCOUNT_LEAVE */
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	mark = nseen;
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_uint_eq(nseen, mark);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	p = presence(MM_PRES_UNAVAILABLE, MM_STATUS_110, NULL, NULL);
+	room_pres(ACC, ROOM, "alice", &p);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/*
+ * LEAVING_REJOIN x ACCOUNT_LEAVE -> LEAVING: a session waiting to join again
+ * leaves with the account (it used to be joined again once the room let
+ * the account out).
+ */
+START_TEST(test_lifecycle_account_leave_while_leaving_rejoin)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING_REJOIN);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	ck_assert_pstr_eq(expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM)->resource, R2);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* LEAVING x ERROR -> NONE: the leaving session still learns it is out. */
+START_TEST(test_lifecycle_leave_error_reflects)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join_error(ACC, ROOM, NULL, "forbidden");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(d.event, "left");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* ==== deadlines: every waiting state ends ================================== */
+
+#define T0 5000.0
+
+/* Actions of one op in the (whole) decision. */
+static const mm_action *tick_action(mm_op op, const char *resource)
+{
+	return find_action(&d, op, resource);
+}
+
+/* A join the room never answers fails after join_timeout, with
+ * remote-server-timeout to each session that asked; the membership is
+ * freed and no longer counts against max_rooms. */
+START_TEST(test_timeout_join_unanswered)
+{
+	mm_limits l;
+	const mm_action *a;
+
+	memset(&l, 0, sizeof l);
+	l.max_rooms = 1;
+	reset_state(&l);
+	expire(T0);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0 + 30);
+	join(ACC, R2, ROOM, "ally", "j2", NULL); /* does not restart the wait */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "k1", NULL,
+			&d), MM_EROOMLIMIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_uint_eq(count_op(&d, MM_OP_JOIN_ERROR, NULL), 2);
+	a = tick_action(MM_OP_JOIN_ERROR, R1);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->room, ROOM);
+	ck_assert_pstr_eq(a->id, "j1");
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->condition, "remote-server-timeout");
+	ck_assert_pstr_eq(a->error_type, "wait");
+	a = tick_action(MM_OP_JOIN_ERROR, R2);
+	ck_assert_pstr_eq(a->id, "j2");
+	ck_assert_pstr_eq(a->nick, "ally");
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "removed");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+	expect_empty_state();
+	ck_assert_uint_eq(mm_take_dirty(st, 2, NULL, NULL), 1);
+	/* the room limit counts it no more */
+	join(ACC, R1, ROOM2, "alice", "k1", NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	/* a late answer finds nothing */
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_not_handled(&d);
+}
+END_TEST
+
+/* An answered join has no deadline; nor has a joined membership. */
+START_TEST(test_timeout_join_answered)
+{
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	expire(T0 + 100000);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
+/* A leave the room never answers completes: the leaving session gets its
+ * unavailable self-presence, the membership ends ("left"). */
+START_TEST(test_timeout_leave_unanswered)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REFLECT_LEAVE, R1);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(tick_action(MM_OP_EVENT, NULL)->event, "left");
+	expect_empty_state();
+}
+END_TEST
+
+/* LEAVING_REJOIN -TIMEOUT-> JOINING: the leaver is out, the waiter's join
+ * goes out. */
+START_TEST(test_timeout_leaving_rejoin)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "ally", "j2", "pw");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_ptr_nonnull(tick_action(MM_OP_REFLECT_LEAVE, R1));
+	a = tick_action(MM_OP_SEND_JOIN, NULL);
+	ck_assert_pstr_eq(a->nick, "ally");
+	ck_assert_pstr_eq(a->password, "pw");
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	ck_assert_str_eq(must_info(ACC, ROOM).nick, "ally");
+	/* a new wait: it times out in turn */
+	expire(T0 + 2 * MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_pstr_eq(tick_action(MM_OP_JOIN_ERROR, R2)->id, "j2");
+	expect_empty_state();
+}
+END_TEST
+
+/* An automatic re-join the room never answers waits and is tried again,
+ * as after a transient error; the membership stays. */
+START_TEST(test_timeout_rejoining_retries)
+{
+	const mm_action *a;
+
+	expire(T0);
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REJOIN_LATER, NULL);
+	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "rejoining");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+}
+END_TEST
+
+/* A wait entered before the first tick counts from the first tick. */
+START_TEST(test_timeout_before_first_tick)
+{
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	expect_one(&d, MM_OP_JOIN_ERROR, R1);
+}
+END_TEST
+
+/* mm_ping_later: the host's joined rooms get a self-ping when it is due,
+ * once; other hosts' rooms do not. */
+START_TEST(test_timeout_ping_later)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "r@elsewhere.example", "alice");
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 5), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 9), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "", 5), MM_EINVAL);
+	expire(T0 + 4);
+	expect_n(&d, 1, 0);
+	expire(T0 + 5);
+	a = expect_only(&d, MM_OP_SEND_PING, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_uint_eq(stats().iqs, 1);
+	expire(T0 + 10);
+	expect_n(&d, 1, 0);
+}
+END_TEST
+
+/* ==== sessions whose client is away (stream management hibernation) ========= */
+
+/*
+ * The laptop hibernates; the phone, the last connected session, leaves: the
+ * account leaves, and the laptop gets its unavailable self-presence now
+ * (delivered when it resumes) and is detached: no ghost.
+ */
+START_TEST(test_unreachable_last_connected_leave)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	a = expect_one(&d, MM_OP_REFLECT_LEAVE, R2);
+	ck_assert_ptr_null(a->id);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REFLECT_LEAVE, R1), 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_empty_state();
+}
+END_TEST
+
+/* A session that came back holds the account in again; a session that
+ * merely dropped (gone, no hibernation) never counted. */
+START_TEST(test_unreachable_resumed_counts)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 1), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+	/* unknown sessions and accounts change nothing */
+	ck_assert_int_eq(mm_session_reachable(st, ACC2, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, "", 0), MM_EINVAL);
+	ck_assert_int_eq(mm_session_reachable(st, NULL, R1, 0), MM_EINVAL);
+}
+END_TEST
+
+/* The last session dropped without a leave: the account stays, as ever. */
+START_TEST(test_unreachable_no_leave_keeps_account)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R1, 0), MM_OK);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m1", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
+/* ==== a later session gets its own news only ================================ */
+
+/* The cached self-presence carried 201 (room created) and 210 for the
+ * first session: a later session's replay drops both (and gets 210 of its
+ * own when its nick differs); the other codes stay. */
+START_TEST(test_later_session_own_news)
+{
+	const mm_action *a;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", MM_STATUS_201 | MM_STATUS_210, "j1", P_SELF);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R2);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, 0);
+	join(ACC, R3, ROOM, "ally", "j3", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R3);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, MM_CODE_210);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -5356,7 +5862,7 @@ START_TEST(test_ping_fell_out_rejoins)
 	ck_assert_int_eq(a->from_request, 0);
 	ck_assert(a->since > 0);
 	ck_assert_pstr_eq(d.event, "rejoining");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_uint_eq(stats().iqs, 0);
 }
 END_TEST
@@ -5392,7 +5898,7 @@ START_TEST(test_ping_other_answers_and_expiry)
 
 	ck_assert_int_eq(mm_ping_due(st, NULL, 200, &d), MM_OK);
 	expect_n(&d, 1, 1);
-	ck_assert_int_eq(mm_expire(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
 	expect_n(&d, 1, 0); /* no session asked: nobody hears of it */
 	ck_assert_uint_eq(stats().iqs, 0);
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
@@ -5512,25 +6018,22 @@ START_TEST(test_account_leave_while_out)
 }
 END_TEST
 
-/* §7.2.6: a later device must give the password the account joined with. */
+/* The account is the occupant: a later device joins a password-protected
+ * room the account is in without the password (or with another one); the
+ * account keeps the password it joined with for its automatic re-joins. */
 START_TEST(test_join_password_later_session)
 {
-	mm_err e;
 	populate_pw();
-	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", NULL, &d);
-	ck_assert_int_eq(e, MM_EPASSWORD);
-	expect_n(&d, 0, 0);
-	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", "wrong", &d);
-	ck_assert_int_eq(e, MM_EPASSWORD);
-	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
-	{
-		const char *type;
-		ck_assert_str_eq(mm_errcondition(MM_EPASSWORD, &type), "not-authorized");
-		ck_assert_str_eq(type, "auth");
-	}
-	join(ACC, R3, ROOM, "alice", "j3", "pw");
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 3);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	session_leave(ACC, R3, ROOM, "l3");
+	join(ACC, R3, ROOM, "alice", "j3", "wrong");
 	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 3);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 3);
+	ck_assert_str_eq(must_info(ACC, ROOM).password, "pw");
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SEND_JOIN, NULL)->password, "pw");
 }
 END_TEST
 
@@ -5705,6 +6208,30 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_persist_dirty_levels);
 	tcase_add_test(tc, test_persist_membership_info);
 	tcase_add_test(tc, test_persist_last_id_is_stanza_id);
+
+	tc = tcase(s, "lifecycle", setup_default);
+	tcase_add_test(tc, test_lifecycle_table);
+	tcase_add_test(tc, test_lifecycle_walk);
+	tcase_add_test(tc, test_lifecycle_refused);
+	tcase_add_test(tc, test_lifecycle_account_leave_while_leaving_rejoin);
+	tcase_add_test(tc, test_lifecycle_leave_error_reflects);
+
+	tc = tcase(s, "deadlines", setup_default);
+	tcase_add_test(tc, test_timeout_join_unanswered);
+	tcase_add_test(tc, test_timeout_join_answered);
+	tcase_add_test(tc, test_timeout_leave_unanswered);
+	tcase_add_test(tc, test_timeout_leaving_rejoin);
+	tcase_add_test(tc, test_timeout_rejoining_retries);
+	tcase_add_test(tc, test_timeout_before_first_tick);
+	tcase_add_test(tc, test_timeout_ping_later);
+
+	tc = tcase(s, "unreachable", setup_default);
+	tcase_add_test(tc, test_unreachable_last_connected_leave);
+	tcase_add_test(tc, test_unreachable_resumed_counts);
+	tcase_add_test(tc, test_unreachable_no_leave_keeps_account);
+
+	tc = tcase(s, "own news", setup_default);
+	tcase_add_test(tc, test_later_session_own_news);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);
