@@ -45,7 +45,7 @@ test/check_minimix: test/check_minimix.c minimix.o minimix.h
 	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS) $(IDN_LIBS)
 
 # The Check suite again, under AddressSanitizer and UndefinedBehaviorSanitizer.
-SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN = -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all
 test/check_minimix_asan: test/check_minimix.c minimix.c minimix.h
 	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS) $(IDN_LIBS)
 

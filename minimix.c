@@ -17,9 +17,12 @@
  */
 #include "minimix.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <idn2.h>
@@ -274,8 +277,6 @@ struct mm_state {
 	mm_node *last_payload; /* the last one interned (held by a reference) */
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
-	uint64_t iq_counter;
-	uint64_t iq_secret; /* makes module-owned IQ ids unguessable */
 	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
@@ -394,60 +395,159 @@ void mm_limits_default(mm_limits *l)
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 }
 
-/* splitmix64: a fast, well-mixed step; not cryptographic, but with a
- * secret seed an occupant cannot predict the next id. */
-static uint64_t mix64(uint64_t x)
+/*
+ * Fill buf with len bytes from the kernel's CSPRNG: getrandom(2), else
+ * /dev/urandom.  0 when neither gives them: the caller then fails rather
+ * than make something guessable.
+ */
+static int random_bytes(void *buf, size_t len)
 {
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
+	unsigned char *p = buf;
+	size_t got = 0;
+	FILE *f;
+	while (got < len) {
+		ssize_t n = getrandom(p + got, len - got, 0);
+		if (n > 0)
+			got += (size_t)n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			break;
+	}
+	if (got == len)
+		return 1;
+	f = fopen("/dev/urandom", "rb");
+	if (f == NULL)
+		return 0;
+	got = fread(p, 1, len, f) == len ? len : 0;
+	fclose(f);
+	return got == len;
 }
 
-static uint64_t seed_secret(const void *salt)
+static void limits_take(mm_limits *to, const mm_limits *from)
 {
-	uint64_t seed = 0;
-	FILE *f = fopen("/dev/urandom", "rb");
-	if (f) {
-		if (fread(&seed, sizeof seed, 1, f) != 1)
-			seed = 0;
-		fclose(f);
-	}
-	/* without /dev/urandom: the clock and an address, still varied */
-	return mix64(seed ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)salt);
+	mm_limits_default(to);
+	if (from == NULL)
+		return;
+#define TAKE(f) if (from->f) to->f = from->f
+	TAKE(max_rooms);
+	TAKE(max_sessions);
+	TAKE(max_occupants);
+	TAKE(max_pending);
+	TAKE(max_nick_bytes);
+	TAKE(max_iqs);
+	TAKE(iq_timeout);
+	TAKE(rejoin_delay);
+	TAKE(history_size);
+	TAKE(history_default);
+#undef TAKE
 }
 
 mm_state *mm_state_new(const mm_limits *limits)
 {
 	mm_state *s = calloc(1, sizeof *s);
-	mm_limits d;
 	if (s == NULL)
 		return NULL;
-	mm_limits_default(&d);
-	s->limits = d;
-	if (limits) {
-#define TAKE(f) if (limits->f) s->limits.f = limits->f
-		TAKE(max_rooms);
-		TAKE(max_sessions);
-		TAKE(max_occupants);
-		TAKE(max_pending);
-		TAKE(max_nick_bytes);
-		TAKE(max_iqs);
-		TAKE(iq_timeout);
-		TAKE(rejoin_delay);
-		TAKE(history_size);
-		TAKE(history_default);
-#undef TAKE
+	limits_take(&s->limits, limits);
+	if (hash_seed == 0) {
+		uint64_t seed = 0;
+		/* without the CSPRNG: the clock and an address, still varied */
+		if (!random_bytes(&seed, sizeof seed))
+			seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
+		hash_seed = seed | 1;
 	}
-	s->iq_secret = seed_secret(s);
-	if (hash_seed == 0)
-		hash_seed = seed_secret(&hash_seed) | 1;
 	return s;
 }
 
 const mm_limits *mm_state_limits(const mm_state *s)
 {
 	return &s->limits;
+}
+
+static void payload_unref(mm_state *s, mm_node *n);
+static void pending_free(mm_pending *p);
+
+/* Move a membership's rings to arrays of the new sizes (NULL: that ring
+ * keeps its size), keeping the newest entries.  Cannot fail. */
+static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
+		mm_hist *hist, mm_pending *pending)
+{
+	size_t i, keep, oldcap;
+	if (hist) {
+		oldcap = s->limits.history_size;
+		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
+		for (i = 0; i < m->hist_count - keep; i++)
+			payload_unref(s, m->hist[(m->hist_head + i) % oldcap].payload);
+		for (i = 0; i < keep; i++)
+			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
+		free(m->hist);
+		m->hist = hist;
+		m->hist_head = 0;
+		m->hist_count = keep;
+	}
+	if (pending) {
+		oldcap = s->limits.max_pending;
+		keep = m->npending < nl->max_pending ? m->npending : nl->max_pending;
+		/* the oldest of the npending written is at pending_next - npending */
+		for (i = 0; i < m->npending; i++) {
+			mm_pending *p = &m->pending[(m->pending_next + oldcap - m->npending + i) % oldcap];
+			if (i < m->npending - keep)
+				pending_free(p);
+			else
+				pending[i - (m->npending - keep)] = *p;
+		}
+		free(m->pending);
+		m->pending = pending;
+		m->npending = keep;
+		m->pending_next = keep % nl->max_pending;
+	}
+}
+
+mm_err mm_state_set_limits(mm_state *s, const mm_limits *limits)
+{
+	mm_limits nl;
+	void **bufs = NULL;
+	size_t n = 0, i = 0;
+	int hist_changes, pending_changes;
+
+	limits_take(&nl, limits);
+	hist_changes = nl.history_size != s->limits.history_size;
+	pending_changes = nl.max_pending != s->limits.max_pending;
+	if (hist_changes || pending_changes) {
+		/* every new ring first, so that a failure changes nothing */
+		MAP_EACH(&s->accounts, an)
+			n += ((mm_account *)an->value)->rooms.count;
+		bufs = calloc(2 * n + 1, sizeof *bufs);
+		if (bufs == NULL)
+			return MM_ENOMEM;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				mm_membership *m = rn->value;
+				int ok = 1;
+				if (hist_changes && m->hist)
+					ok = (bufs[i] = calloc(nl.history_size, sizeof(mm_hist))) != NULL;
+				if (ok && pending_changes && m->pending)
+					ok = (bufs[i + 1] = calloc(nl.max_pending, sizeof(mm_pending))) != NULL;
+				i += 2;
+				if (!ok) {
+					for (i = 0; i < 2 * n; i++)
+						free(bufs[i]);
+					free(bufs);
+					return MM_ENOMEM;
+				}
+			}
+		}
+		i = 0;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				rings_resize(s, rn->value, &nl, bufs[i], bufs[i + 1]);
+				i += 2;
+			}
+		}
+		free(bufs);
+	}
+	s->limits = nl;
+	return MM_OK;
 }
 
 /* ---- payload pool ------------------------------------------------------- */
@@ -784,18 +884,26 @@ static mm_node *iq_new(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *resource, const char *orig_id,
 		const char *queryid, int self_ping, double now)
 {
-	char key[48];
+	static const char hex[] = "0123456789abcdef";
+	unsigned char rnd[16];
+	char key[4 + 2 * sizeof rnd + 1] = "mmx-";
 	mm_node *n = NULL;
-	mm_iq *q = calloc(1, sizeof *q);
+	mm_iq *q;
+	size_t i;
+	if (!random_bytes(rnd, sizeof rnd))
+		return NULL;
+	for (i = 0; i < sizeof rnd; i++) {
+		key[4 + 2 * i] = hex[rnd[i] >> 4];
+		key[5 + 2 * i] = hex[rnd[i] & 15];
+	}
+	key[sizeof key - 1] = '\0';
+	q = calloc(1, sizeof *q);
 	if (q == NULL)
 		return NULL;
 	q->account = str_dup(account);
 	q->room = str_dup(room);
 	q->deadline = now + (double)s->limits.iq_timeout;
 	q->self_ping = self_ping;
-	s->iq_counter++;
-	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
-		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
 	if (q->account && q->room && dup_opt(resource, &q->resource)
 			&& dup_opt(orig_id, &q->orig_id) && dup_opt(nick, &q->nick)
 			&& dup_opt(queryid, &q->queryid) && map_ready(&s->iqs))
@@ -2226,6 +2334,31 @@ mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
 		return dec_finish(s, out, 0, ok);
 	m->rejoin_wait = 0;
 	return dec_finish(s, out, 1, ok);
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+/* A count a client sent: NaN absent (-1), negative nothing (0), and no
+ * conversion of a double a long cannot hold. */
+static long client_count(double v)
+{
+	if (v != v)
+		return -1;
+	if (v <= 0)
+		return 0;
+	if (v >= (double)LONG_MAX)
+		return LONG_MAX;
+	return (long)v;
+}
+
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since)
+{
+	req->history.requested = 1;
+	req->history.maxstanzas = client_count(maxstanzas);
+	req->history.maxchars = client_count(maxchars);
+	req->history.seconds = seconds != seconds ? -1 : seconds < 0 ? 0 : seconds;
+	req->history.since = since != since ? -1 : since;
 }
 
 /* ---- JIDs ----------------------------------------------------------------- */

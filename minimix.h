@@ -94,6 +94,16 @@ mm_state *mm_state_new(const mm_limits *limits);
 void mm_state_free(mm_state *state);
 /* The limits in force (defaults filled in). */
 const mm_limits *mm_state_limits(const mm_state *state);
+/*
+ * Change the limits of a state in use (a reloaded configuration); zero
+ * fields mean the defaults, as for mm_state_new().  A smaller
+ * history_size keeps each membership's newest messages, a smaller
+ * max_pending its newest stanza ids; a lower max_rooms, max_sessions,
+ * max_occupants or max_iqs refuses what would go beyond it from now on and
+ * keeps what is there.  The other limits apply to what comes next.
+ * Errors: MM_ENOMEM, with the state as it was.
+ */
+mm_err mm_state_set_limits(mm_state *state, const mm_limits *limits);
 
 /*
  * Serialized stanzas are pooled: each distinct text is held once however
@@ -259,6 +269,17 @@ typedef struct mm_join {
 	} history;
 	double now;           /* the caller's clock (seconds), for `seconds` */
 } mm_join;
+
+/*
+ * Fill req->history from a client's <history/> (XEP-0045 7.2.14), numbers
+ * as the client sent them: any double, infinities included.  NaN: no such
+ * attribute.  A negative maxstanzas, maxchars or seconds asks for nothing,
+ * as Prosody's MUC reads it (0); maxstanzas and maxchars are truncated and
+ * at most LONG_MAX; since is kept as given (negative: everything).  Sets
+ * req->history.requested.  No conversion in it is undefined.
+ */
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since);
 
 /*
  * Session `resource` of `account` sent a MUC join (presence with the MUC
@@ -478,7 +499,8 @@ mm_err mm_room_message(mm_state *state, const char *account,
  * (is_error 1, `condition`) with `id` to the account.  When the id is one the
  * module gave an IQ of a session of this account to this very JID (room,
  * or room/nick): DELIVER to that session with its original id.  The ids
- * carry a per-state secret, so an occupant cannot guess them.  A self-ping answered not-acceptable
+ * are 128 random bits each, from the kernel's CSPRNG (getrandom(2)): an
+ * occupant that sees some cannot guess others.  A self-ping answered not-acceptable
  * also makes the account re-join: each session gets an unavailable
  * self-presence with 333 (REFLECT_LEAVE) and waits for the join sequence
  * again (SEND_JOIN).  Not handled otherwise.

@@ -111,19 +111,37 @@ end
 local minimix = load_native();
 local core = minimix.new(limits);
 
+-- Remote domains whose server-to-server link went down, so that the account
+-- asks its rooms there again once the link is back.  Bounded: beyond
+-- links_lost_size domains the one lost longest ago is forgotten (its rooms
+-- are still pinged every minimix_ping_interval).
+local links_lost_size = 1024;
+local links_lost = new_cache(links_lost_size);
+
 -- Reload keeps memberships and sessions: the old core is handed over, and
--- the rooms see nothing of it.
+-- the rooms see nothing of it; the configuration's limits, changed or not,
+-- apply to it.  The lost links are handed over too.
 local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
-	return { core = core };
+	return { core = core, links_lost = links_lost };
 end
 
 function module.restore(data)
 	if data and data.core then
+		local ok, err = data.core:set_limits(limits);
+		if not ok then
+			module:log("warn", "Could not apply the new limits: %s", err);
+		end
 		core:close();
 		core = data.core;
 		reloaded = true;
+	end
+	if data and data.links_lost then
+		-- oldest first, so that the order of forgetting stays
+		local lost = {};
+		for remote in data.links_lost:items() do lost[#lost+1] = remote; end
+		for i = #lost, 1, -1 do links_lost:set(lost[i], true); end
 	end
 end
 
@@ -647,15 +665,14 @@ end
 -- A link that fell: ask soon (a failed ask comes back as "ping_later").
 -- A link that came back up after that: the room may have dropped the
 -- account meanwhile, ask again.  A first link needs no asking.
-local links_lost = {};
 local function link_down(remote)
 	if not remote then return; end
-	links_lost[remote] = true;
+	links_lost:set(remote, true);
 	ping_host_later(remote, 5);
 end
 local function link_up(remote)
-	if not remote or not links_lost[remote] then return; end
-	links_lost[remote] = nil;
+	if not remote or not links_lost:get(remote) then return; end
+	links_lost:set(remote, nil);
 	ping_host_later(remote, 1);
 end
 module:hook("s2sout-destroyed", function(event) link_down(event.session.to_host); end);

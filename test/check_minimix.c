@@ -14,6 +14,8 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
+#include <limits.h>
 #include <string.h>
 
 #include <check.h>
@@ -3013,55 +3015,102 @@ START_TEST(test_iq_spoofed_answers)
 END_TEST
 
 /*
- * Module-owned ids look like "mmx-<counter>-<16 hex digits>": a counter
- * (hex digits) and a value derived from a per-state secret.
+ * Module-owned ids look like "mmx-<32 hex digits>": 128 bits from the
+ * kernel's CSPRNG and nothing else.
  */
-static int is_module_id(const char *id, char tail[17])
+static int is_module_id(const char *id, char tail[33])
 {
-	const char *p;
 	size_t n;
 
 	if (strncmp(id, "mmx-", 4) != 0)
 		return 0;
-	p = id + 4;
-	for (n = 0; strchr("0123456789abcdef", p[n]) && p[n] != '\0'; n++)
+	for (n = 0; id[4 + n] != '\0' && strchr("0123456789abcdef", id[4 + n]); n++)
 		;
-	if (n == 0 || p[n] != '-')
+	if (n != 32 || id[4 + n] != '\0')
 		return 0;
-	p += n + 1;
-	for (n = 0; p[n] != '\0' && strchr("0123456789abcdef", p[n]); n++)
-		;
-	if (n != 16 || p[n] != '\0')
-		return 0;
-	memcpy(tail, p, 17);
+	memcpy(tail, id + 4, 33);
 	return 1;
 }
 
+/* x ^= x >> k, undone */
+static uint64_t unxorshift(uint64_t y, unsigned k)
+{
+	uint64_t x = y;
+	unsigned i;
+
+	for (i = 0; i < 64 / k + 1; i++)
+		x = y ^ (x >> k);
+	return x;
+}
+
+/* the inverse of an odd number modulo 2^64 (Newton's iteration) */
+static uint64_t inverse64(uint64_t a)
+{
+	uint64_t x = a;
+	int i;
+
+	for (i = 0; i < 6; i++)
+		x *= 2 - a * x;
+	return x;
+}
+
+/* splitmix64's finalizer, and its inverse: what an observer of one id
+ * "mmx-<counter>-<mix(secret ^ counter)>" could compute */
+static uint64_t splitmix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static uint64_t unsplitmix(uint64_t y)
+{
+	uint64_t x = unxorshift(y, 31);
+	x = unxorshift(x * inverse64(0x94d049bb133111ebull), 27);
+	x = unxorshift(x * inverse64(0xbf58476d1ce4e5b9ull), 30);
+	return x - 0x9e3779b97f4a7c15ull;
+}
+
 /*
- * "The ids carry a per-state secret, so an occupant cannot guess them":
- * every id has the shape, no two are alike, another state (restarted
- * server) makes other ids for the same history of calls, and an id with
- * the right counter but a guessed tail is nobody's answer.
+ * "The id is 128 random bits from the kernel's CSPRNG, nothing else: one
+ * id tells nothing of another": every id has the shape and no two are
+ * alike; an observer who reads one id and knows how ids used to be made
+ * (a counter and a reversible mix of a secret) cannot predict the next
+ * one; another state (restarted server) makes other ids; a guessed id is
+ * nobody's answer.
  */
 START_TEST(test_iq_id_secret)
 {
-	char ids[4][64], tails[4][17], other[64], tail[17];
+	char ids[4][64], tails[4][33], other[64], tail[33];
 	size_t i, j;
 	const mm_action *a;
 
+	ck_assert_uint_eq(unsplitmix(splitmix(0x123456789abcdefull)), 0x123456789abcdefull);
 	joined_room(ACC, R1, ROOM, "alice");
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 4; i++)
 		sent_iq(ACC, R1, ROOM, i % 2 ? "bob" : NULL, "q", NULL, i == 3,
 				100, ids[i], sizeof ids[i]);
-		ck_assert_msg(is_module_id(ids[i], tails[i]),
-				"id %s is not mmx-<counter>-<16 hex>", ids[i]);
+	/* the attack on counter-and-secret ids: recover the secret from the
+	 * first id, predict the second */
+	{
+		unsigned long long counter, mixed;
+		char predicted[64];
+
+		if (sscanf(ids[0], "mmx-%llx-%llx", &counter, &mixed) == 2) {
+			uint64_t secret = unsplitmix(mixed) ^ counter;
+			snprintf(predicted, sizeof predicted, "mmx-%llx-%016llx", counter + 1,
+				(unsigned long long)splitmix(secret ^ (counter + 1)));
+			ck_assert_msg(strcmp(predicted, ids[1]) != 0,
+				"the id %s after %s was predicted from it", ids[1], ids[0]);
+		}
 	}
 	for (i = 0; i < 4; i++)
-		for (j = i + 1; j < 4; j++) {
+		ck_assert_msg(is_module_id(ids[i], tails[i]),
+				"id %s is not mmx-<32 hex>", ids[i]);
+	for (i = 0; i < 4; i++)
+		for (j = i + 1; j < 4; j++)
 			ck_assert_str_ne(ids[i], ids[j]);
-			/* not a constant: the secret part changes with the counter */
-			ck_assert_str_ne(tails[i], tails[j]);
-		}
 
 	/* a fresh state, the same calls: other ids */
 	reset_state(NULL);
@@ -3069,11 +3118,10 @@ START_TEST(test_iq_id_secret)
 	sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, other, sizeof other);
 	ck_assert(is_module_id(other, tail));
 	ck_assert_str_ne(other, ids[0]);
-	ck_assert_str_ne(tail, tails[0]);
 	/* the first state's id is no answer here */
 	room_iq(ACC, ROOM, NULL, ids[0], 0, NULL);
 	expect_not_handled(&d);
-	/* nor is the right counter with a guessed tail */
+	/* nor is a guessed one */
 	{
 		char guess[64];
 		size_t len = strlen(other);
@@ -3082,11 +3130,8 @@ START_TEST(test_iq_id_secret)
 		guess[len - 1] = guess[len - 1] == '0' ? '1' : '0';
 		room_iq(ACC, ROOM, NULL, guess, 0, NULL);
 		expect_not_handled(&d);
-		memcpy(guess + len - 16, "0000000000000000", 16);
-		if (strcmp(guess, other) != 0) {
-			room_iq(ACC, ROOM, NULL, guess, 0, NULL);
-			expect_not_handled(&d);
-		}
+		room_iq(ACC, ROOM, NULL, "mmx-00000000000000000000000000000000", 0, NULL);
+		expect_not_handled(&d);
 	}
 	ck_assert_uint_eq(stats().iqs, 1);
 	room_iq(ACC, ROOM, NULL, other, 0, NULL);
@@ -4207,6 +4252,91 @@ START_TEST(test_history_ring_bounded)
 }
 END_TEST
 
+/*
+ * mm_state_set_limits: "A smaller history_size keeps each membership's
+ * newest messages, a smaller max_pending its newest stanza ids; a lower
+ * max_rooms ... refuses what would go beyond it from now on and keeps what
+ * is there."  Lowering then raising again corrupts nothing (ASan and
+ * valgrind watch the rings), and the payloads of dropped messages go.
+ */
+START_TEST(test_limits_set_in_use)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	mm_limits l;
+	mm_stats s0;
+	mm_message m;
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	s0 = stats();
+	/* the ring wraps before the change: head not at 0 */
+	memset(&l, 0, sizeof l);
+	l.history_size = 4;
+	l.max_pending = 4;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	for (i = 0; i < 5; i++)
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+	for (i = 0; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, id);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+
+	memset(&l, 0, sizeof l);
+	l.history_size = 2;
+	l.max_pending = 2;
+	l.max_rooms = 1;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_pending, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_sessions, MM_DEFAULT_MAX_SESSIONS);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* m1..m3 dropped: their payloads are freed */
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 600), five + 3, 2, NULL);
+	/* the two newest ids still route their errors; older ones are gone */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_ERROR;
+	m.id = "m3";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	ck_assert_uint_eq(d.n, 0);
+	for (i = 4; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		m.id = id;
+		ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+		expect_n(&d, 1, 1);
+		expect_one(&d, MM_OP_DELIVER, R1);
+	}
+	/* the lower room limit: what is there stays, a second room is refused */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "x", NULL, &d),
+			MM_EROOMLIMIT);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* grow again: the ring keeps its two and takes more */
+	ck_assert_int_eq(mm_state_set_limits(st, NULL), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, MM_DEFAULT_HISTORY_SIZE);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "m7");
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 800),
+			(const struct hmsg[]){ { P_M4, 400 }, { P_M5, 500 }, { P_M1, 700 } }, 3, NULL);
+	m.id = "m7";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	expect_one(&d, MM_OP_DELIVER, R1);
+
+	/* the end frees everything */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* A join without <history/> gets at most history_default messages. */
 START_TEST(test_history_default)
 {
@@ -4252,6 +4382,64 @@ START_TEST(test_history_default)
 	expect_catchup(R2, four + 1, 3, NULL);
 	/* a <history/> may ask for more than the default */
 	expect_catchup(join_dev(1, 4, NONE, NONE, NONE, 500), four, 4, NULL);
+}
+END_TEST
+
+/*
+ * mm_join_history: "numbers as the client sent them: any double,
+ * infinities included.  NaN: no such attribute.  A negative maxstanzas,
+ * maxchars or seconds asks for nothing ... maxstanzas and maxchars are
+ * truncated and at most LONG_MAX ... No conversion in it is undefined"
+ * (the UBSan build checks that last part), and a join with such numbers
+ * replays what they ask for.
+ */
+START_TEST(test_history_client_numbers)
+{
+	const double inf = HUGE_VAL, nan = NAN;
+	mm_join r;
+	mm_err e;
+
+	memset(&r, 0, sizeof r);
+	mm_join_history(&r, inf, 1e300, inf, inf);
+	ck_assert_int_eq(r.history.requested, 1);
+	ck_assert(r.history.maxstanzas == LONG_MAX);
+	ck_assert(r.history.maxchars == LONG_MAX);
+	ck_assert(r.history.seconds == inf);
+	ck_assert(r.history.since == inf);
+	mm_join_history(&r, -inf, -1e300, -5, -inf);
+	ck_assert_int_eq(r.history.maxstanzas, 0);
+	ck_assert_int_eq(r.history.maxchars, 0);
+	ck_assert(r.history.seconds == 0);
+	ck_assert(r.history.since == -inf);
+	mm_join_history(&r, nan, nan, nan, nan);
+	ck_assert_int_eq(r.history.maxstanzas, -1);
+	ck_assert_int_eq(r.history.maxchars, -1);
+	ck_assert(r.history.seconds < 0);
+	ck_assert(r.history.since < 0);
+	mm_join_history(&r, 2.9, 9.22e18, 1.5, 100);
+	ck_assert_int_eq(r.history.maxstanzas, 2);
+	ck_assert(r.history.maxchars > 0);
+	ck_assert(r.history.seconds == 1.5);
+	ck_assert(r.history.since == 100);
+
+	four_messages();
+	r.nick = "alice";
+	r.now = 500;
+	/* everything asked for: all four */
+	mm_join_history(&r, inf, inf, inf, nan);
+	e = mm_session_join_req(st, ACC, "inf", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("inf", four, 4, NULL);
+	/* a negative count: nothing */
+	mm_join_history(&r, -1, nan, nan, nan);
+	e = mm_session_join_req(st, ACC, "neg", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("neg", NULL, 0, NULL);
+	/* since infinitely long ago: everything */
+	mm_join_history(&r, nan, nan, nan, -inf);
+	e = mm_session_join_req(st, ACC, "past", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("past", four, 4, NULL);
 }
 END_TEST
 
@@ -5549,6 +5737,8 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_history_ring_bounded);
 	tcase_add_test(tc, test_history_default);
 	tcase_add_test(tc, test_history_maxstanzas);
+	tcase_add_test(tc, test_history_client_numbers);
+	tcase_add_test(tc, test_limits_set_in_use);
 	tcase_add_test(tc, test_history_maxchars);
 	tcase_add_test(tc, test_history_seconds);
 	tcase_add_test(tc, test_history_since);
