@@ -875,7 +875,7 @@ def test_a_hostile_room_cannot_steer_traffic(prosody_factory):
                                    what="P's IQ at the service")
         assert asked.frm == ALICE and asked.id != "p-asks-mallory", asked
         for frm, id in ((r2 + "/mallory", asked.id), (r1 + "/o1", asked.id), (r1, asked.id),
-                        (r1 + "/alice", asked.id), (r1 + "/mallory", "mmx-1-0000000000000000"),
+                        (r1 + "/alice", asked.id), (r1 + "/mallory", "mmx-00000000000000000000000000000000"),
                         (r1 + "/mallory", "p-asks-mallory")):
             svc.send("<iq type='result' from='%s' to='%s' id='%s'/>" % (frm, ALICE, id))
         svc.send("<message from='%s/mallory' to='%s' type='groupchat' id='r1-mark'>"
@@ -915,6 +915,64 @@ def test_a_hostile_room_cannot_steer_traffic(prosody_factory):
         await create_room(bob, room, "bob", whois="anyone")
         await join_room(p, room, "alice")
         await fork_still_works(bob, room, [p], "after the hostile room")
+    run(env, scenario)
+
+
+def test_unknown_message_types_pass_as_normal(prosody_factory):
+    """RFC 6121 5.2.2: a message of a type the recipient does not know
+    (type='Chat', type='x-foo') is handled as type normal, and the README's
+    "anything the module does not understand passes through unchanged".
+    From a joined session: to the room itself it passes on as it is (the
+    room gets it from the session, type kept); to an occupant it is a
+    private message (XEP-0045 7.5), sent from the account; to a user it is
+    delivered as usual.  From the room: an occupant's is a private message
+    to the joined session, the room's own is delivered by the server.
+    Nothing is lost and the server logs no error."""
+    env = prosody_factory(external_components={EVIL: EVIL_SECRET})
+
+    async def scenario(w):
+        svc = HostileService(env)
+        w.clients.append(svc)
+        await svc.connect()
+        r1 = "r1@" + EVIL
+        p = await w.connect("alice", "phone")
+        bob = await w.connect("bob", "desk")
+        ms, mp = svc.mark(), p.mark()
+        p.join(r1, "alice", id="odd-join")
+        await svc.wait_for(P(name="presence", frm=ALICE, to=r1 + "/alice"), since=ms,
+                           what="the account's join at the service")
+        svc.send("<presence from='%s/alice' to='%s' id='odd-join'><x xmlns='http://jabber.org/"
+                 "protocol/muc#user'><item affiliation='none' role='participant'/>"
+                 "<status code='110'/></x></presence>" % (r1, ALICE))
+        await p.wait_for(P(name="presence", frm=r1 + "/alice", codes={110}), since=mp)
+
+        ms, mb, mp = svc.mark(), bob.mark(), p.mark()
+        p.message(r1, "to the room", type="Chat", id="odd-room")
+        p.message(r1 + "/mallory", "to an occupant", type="x-foo", id="odd-pm")
+        p.message(bob.jid, "to a user", type="Chat", id="odd-user")
+        got = await svc.wait_for(P(name="message", id="odd-room"), since=ms,
+                                 what="the odd message at the room")
+        assert got.type == "Chat" and got.body == "to the room" and got.frm == p.jid, got
+        got = await svc.wait_for(P(name="message", id="odd-pm"), since=ms,
+                                 what="the odd private message at the room")
+        assert got.frm == ALICE and got.to == r1 + "/mallory", got
+        assert got.body == "to an occupant", got
+        got = await bob.wait_for(P(name="message", id="odd-user"), since=mb,
+                                 what="the odd message at bob")
+        assert got.body == "to a user" and got.type == "Chat", got
+
+        svc.send("<message from='%s/mallory' to='%s' type='x-foo' id='odd-in-pm'>"
+                 "<body>from an occupant</body></message>" % (r1, ALICE))
+        svc.send("<message from='%s' to='%s' type='Chat' id='odd-in-room'>"
+                 "<body>from the room</body></message>" % (r1, ALICE))
+        got = await p.wait_for(P(name="message", id="odd-in-pm"), since=mp,
+                               what="the occupant's odd message at P")
+        assert got.body == "from an occupant" and got.to == p.jid, got
+        got = await p.wait_for(P(name="message", id="odd-in-room"), since=mp,
+                               what="the room's odd message at P")
+        assert got.body == "from the room", got
+        await w.quiet()
+        assert len(p.matching(P(name="message", id="odd-in-pm"), since=mp)) == 1, p.transcript(mp)
     run(env, scenario)
 
 
@@ -969,11 +1027,11 @@ def test_forged_iq_answers_are_not_delivered(prosody):
             bob.send(x)
         # carol, through the room: the room routes it from room/carol with
         # the id of P's IQ to bob
-        for guess in (bob_iq_id, "mmx-1-0000000000000000"):
+        for guess in (bob_iq_id, "mmx-00000000000000000000000000000000"):
             carol.send("<iq type='result' to='%s/alice' id='%s'/>"
                        % (room, room_iq_id(carol.jid, guess, digest)))
         # bob, through the other room: it arrives from other/bob
-        for guess in (bob_iq_id, "mmx-1-0000000000000000"):
+        for guess in (bob_iq_id, "mmx-00000000000000000000000000000000"):
             bob.send("<iq type='result' to='%s/alice' id='%s'/>"
                      % (other, room_iq_id(bob.jid, guess, other_digest)))
         # the same construction for carol's own IQ is her genuine answer
