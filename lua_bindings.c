@@ -189,6 +189,9 @@ static void read_limits(lua_State *L, int t, mm_limits *lim)
 	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
 	lim->history_size = opt_limit(L, t, "history_size");
 	lim->history_default = opt_limit(L, t, "history_default");
+	lim->max_membership_bytes = opt_limit(L, t, "max_membership_bytes");
+	lim->max_account_bytes = opt_limit(L, t, "max_account_bytes");
+	lim->max_cache_bytes = opt_limit(L, t, "max_cache_bytes");
 }
 
 static int l_new(lua_State *L)
@@ -631,6 +634,7 @@ static int l_stats(lua_State *L)
 	set_int(L, "occupants", st.occupants);
 	set_int(L, "payloads", st.payloads);
 	set_int(L, "payload_bytes", st.payload_bytes);
+	set_int(L, "cached_bytes", st.cached_bytes);
 	set_int(L, "iqs", st.iqs);
 	return 1;
 }
@@ -649,6 +653,9 @@ static int l_limits(lua_State *L)
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
+	set_int(L, "max_membership_bytes", lim->max_membership_bytes);
+	set_int(L, "max_account_bytes", lim->max_account_bytes);
+	set_int(L, "max_cache_bytes", lim->max_cache_bytes);
 	return 1;
 }
 
@@ -683,6 +690,7 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	lua_pushboolean(L, info->has_subject);
 	lua_setfield(L, -2, "has_subject");
 	set_int(L, "history", info->history);
+	set_int(L, "bytes", info->bytes);
 	set_str(L, "last_id", info->last_id);
 	if (info->last_stamp > 0) {
 		lua_pushnumber(L, (lua_Number)info->last_stamp);

@@ -39,6 +39,9 @@
 typedef struct mm_node {
 	struct mm_node *next;
 	uint32_t hash;
+	/* payload pool: how many cache entries (occupant, self, subject,
+	 * catch-up) hold it; in the padding after hash, so free elsewhere */
+	uint32_t aux;
 	size_t len;
 	void *value;
 	char key[]; /* NUL-terminated */
@@ -68,6 +71,7 @@ static mm_node *node_new(const char *key, size_t len, void *value)
 		return NULL;
 	n->next = NULL;
 	n->hash = hash_bytes(key, len);
+	n->aux = 0;
 	n->len = len;
 	n->value = value;
 	memcpy(n->key, key, len);
@@ -226,7 +230,11 @@ typedef struct mm_hist {
 	double stamp;
 } mm_hist;
 
+struct mm_account;
+
 typedef struct mm_membership {
+	struct mm_account *owner; /* the account it belongs to */
+	size_t bytes;     /* payload bytes its caches hold (shared ones too) */
 	char *room;
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
@@ -260,6 +268,7 @@ typedef struct mm_membership {
 
 typedef struct mm_account {
 	mm_map rooms; /* room -> mm_membership* */
+	size_t bytes; /* payload bytes its memberships' caches hold */
 } mm_account;
 
 /* An IQ a session sent through the account, awaiting the room's answer. */
@@ -274,6 +283,7 @@ struct mm_state {
 	mm_map accounts; /* bare JID -> mm_account* */
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of which cache entries hold (aux > 0) */
 	mm_node *last_payload; /* the last one interned (held by a reference) */
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
@@ -393,6 +403,9 @@ void mm_limits_default(mm_limits *l)
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
+	l->max_membership_bytes = MM_DEFAULT_MAX_MEMBERSHIP_BYTES;
+	l->max_account_bytes = MM_DEFAULT_MAX_ACCOUNT_BYTES;
+	l->max_cache_bytes = MM_DEFAULT_MAX_CACHE_BYTES;
 }
 
 /*
@@ -440,6 +453,9 @@ static void limits_take(mm_limits *to, const mm_limits *from)
 	TAKE(rejoin_delay);
 	TAKE(history_size);
 	TAKE(history_default);
+	TAKE(max_membership_bytes);
+	TAKE(max_account_bytes);
+	TAKE(max_cache_bytes);
 #undef TAKE
 }
 
@@ -464,7 +480,7 @@ const mm_limits *mm_state_limits(const mm_state *s)
 	return &s->limits;
 }
 
-static void payload_unref(mm_state *s, mm_node *n);
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n);
 static void pending_free(mm_pending *p);
 
 /* Move a membership's rings to arrays of the new sizes (NULL: that ring
@@ -477,7 +493,7 @@ static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
 		oldcap = s->limits.history_size;
 		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
 		for (i = 0; i < m->hist_count - keep; i++)
-			payload_unref(s, m->hist[(m->hist_head + i) % oldcap].payload);
+			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
 		for (i = 0; i < keep; i++)
 			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
 		free(m->hist);
@@ -630,24 +646,6 @@ static void payload_unref(mm_state *s, mm_node *n)
 	}
 }
 
-/* Replace *slot with a reference to payload (NULL payload: keep *slot).
- * Returns 0 on allocation failure, leaving *slot untouched. */
-static int payload_set(mm_state *s, mm_node **slot, const char *payload,
-		const mm_payload *handle)
-{
-	int fresh;
-	mm_node *n;
-	if (payload == NULL)
-		return 1;
-	n = payload_prepare(s, payload, handle, &fresh);
-	if (n == NULL)
-		return 0;
-	payload_ref(s, n, fresh);
-	payload_unref(s, *slot);
-	*slot = n;
-	return 1;
-}
-
 mm_payload *mm_payload_hold(mm_state *s, const char *text, size_t len)
 {
 	int fresh;
@@ -665,6 +663,59 @@ void mm_payload_release(mm_state *s, mm_payload *p)
 {
 	if (s != NULL && p != NULL)
 		payload_unref(s, (mm_node *)(void *)p);
+}
+
+/* ---- caches: bounded in bytes ---------------------------------------------
+ * A membership's caches (occupants, self, subject, catch-up) hold pooled
+ * payloads.  Each reference counts its bytes against the membership and
+ * its account (a text shared by two memberships counts for both), and a
+ * text any cache holds counts once against the state (cached_bytes).
+ */
+
+/* Count a reference to n the caller took as an entry of m's caches. */
+static void cache_count(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n->aux++ == 0)
+		s->cached_bytes += n->len;
+	m->bytes += n->len;
+	if (m->owner)
+		m->owner->bytes += n->len;
+}
+
+/* Make pool node n (fresh: not yet in the pool) an entry of m's caches. */
+static void cache_take(mm_state *s, mm_membership *m, mm_node *n, int fresh)
+{
+	payload_ref(s, n, fresh);
+	cache_count(s, m, n);
+}
+
+/* The reverse of cache_take(); NULL is accepted. */
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n == NULL)
+		return;
+	if (--n->aux == 0)
+		s->cached_bytes -= n->len;
+	m->bytes -= n->len;
+	if (m->owner)
+		m->owner->bytes -= n->len;
+	payload_unref(s, n);
+}
+
+/* Whether m may cache n within the byte limits once `freed` bytes of its
+ * own entries went. */
+static int cache_fits(const mm_state *s, const mm_membership *m,
+		const mm_node *n, size_t freed)
+{
+	const mm_limits *l = &s->limits;
+	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
+		return 0;
+	if (m->owner && (n->len > l->max_account_bytes
+			|| m->owner->bytes - freed > l->max_account_bytes - n->len))
+		return 0;
+	/* a text some cache holds already costs the state nothing more */
+	return n->aux > 0 || (n->len <= l->max_cache_bytes
+		&& s->cached_bytes <= l->max_cache_bytes - n->len);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -685,18 +736,15 @@ static void pending_free(mm_pending *p)
 	p->id = p->resource = NULL;
 }
 
-static void occupant_unref(void *value, void *ud)
-{
-	payload_unref(ud, value);
-}
-
 /* Drop the room state the account learnt by joining (occupants, self,
  * subject).  The catch-up history stays: it is what the account saw. */
 static void membership_clear_cache(mm_state *s, mm_membership *m)
 {
-	map_clear(&m->occupants, occupant_unref, s);
-	payload_unref(s, m->self);
-	payload_unref(s, m->subject);
+	MAP_EACH(&m->occupants, n)
+		cache_drop(s, m, n->value);
+	map_clear(&m->occupants, NULL, NULL);
+	cache_drop(s, m, m->self);
+	cache_drop(s, m, m->subject);
 	m->self = m->subject = NULL;
 }
 
@@ -704,7 +752,7 @@ static void hist_clear(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	for (i = 0; i < m->hist_count; i++)
-		payload_unref(s, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
+		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
 	free(m->hist);
 	m->hist = NULL;
 	m->hist_head = m->hist_count = 0;
@@ -1369,6 +1417,7 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	if (new_account)
 		map_link(&s->accounts, anode);
 	map_link(&a->rooms, rnode);
+	m->owner = a;
 	return dec_finish(s, out, 1, ok);
 nomem:
 	free(rnode);
@@ -1894,8 +1943,9 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		goto nomem;
 	/* commit */
 	if (pn) {
-		payload_ref(s, pn, fresh);
-		payload_unref(s, m->self);
+		/* always kept: a later session's join needs it */
+		cache_take(s, m, pn, fresh);
+		cache_drop(s, m, m->self);
 		m->self = pn;
 	}
 	if (nn) {
@@ -2053,29 +2103,49 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		mm_node *on = map_find(&m->occupants, nick);
 		if (p->type == MM_PRES_UNAVAILABLE) {
 			if (on) {
-				payload_unref(s, on->value);
+				cache_drop(s, m, on->value);
 				map_unlink(&m->occupants, on);
 				free(on);
 			}
-		} else if (on) {
-			mm_node *slot = on->value;
-			if (!payload_set(s, &slot, p->payload, p->payload_handle))
+		} else if (on && p->payload) {
+			int fresh;
+			mm_node *old = on->value;
+			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			on->value = slot;
+			if (pn != old && cache_fits(s, m, pn, old->len)) {
+				cache_take(s, m, pn, fresh);
+				on->value = pn;
+			} else if (pn != old) {
+				/* beyond the byte limits: better no entry than a stale one */
+				if (fresh)
+					free(pn);
+				map_unlink(&m->occupants, on);
+				free(on);
+			}
+			if (pn != old)
+				cache_drop(s, m, old);
 		} else if (p->payload && m->occupants.count < s->limits.max_occupants) {
 			int fresh;
 			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
-			mm_node *nn = pn && map_ready(&m->occupants)
-				? node_new(nick, strlen(nick), pn) : NULL;
-			if (nn == NULL) {
-				if (fresh)
-					free(pn);
+			mm_node *nn;
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
+			if (cache_fits(s, m, pn, 0)) {
+				nn = map_ready(&m->occupants) ? node_new(nick, strlen(nick), pn) : NULL;
+				if (nn == NULL) {
+					if (fresh)
+						free(pn);
+					return dec_finish(s, out, 0, 0);
+				}
+				cache_take(s, m, pn, fresh);
+				map_link(&m->occupants, nn);
+			} else if (fresh) {
+				free(pn);
 			}
-			payload_ref(s, pn, fresh);
-			map_link(&m->occupants, nn);
 		}
-		/* past max_occupants the presence is still delivered, not cached */
+		/* past max_occupants or the byte limits the presence is still
+		 * delivered, not cached */
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2109,18 +2179,26 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		free(id);
 		return 0;
 	}
+	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	if (m->hist_count == cap) {
-		/* full: the oldest goes */
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, 0))) {
+		/* full, or beyond the byte limits: the oldest goes */
 		slot = &m->hist[m->hist_head];
-		payload_unref(s, slot->payload);
+		cache_drop(s, m, slot->payload);
 		m->hist_head = (m->hist_head + 1) % cap;
 		m->hist_count--;
 	}
-	slot = &m->hist[(m->hist_head + m->hist_count) % cap];
-	slot->payload = pn;
-	slot->stamp = msg->stamp;
-	m->hist_count++;
+	if (cache_fits(s, m, pn, 0)) {
+		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
+		slot->payload = pn;
+		slot->stamp = msg->stamp;
+		m->hist_count++;
+		cache_count(s, m, pn);
+	} else {
+		/* too big even alone: not kept (and the emptied ring leaves no
+		 * gap in what later sessions get); it still counts as seen */
+		payload_unref(s, pn);
+	}
 	if (msg->stanza_id) {
 		size_t len = strlen(msg->stanza_id) + 1;
 		if (id) {
@@ -2202,9 +2280,18 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			}
 		}
 		deliver_all_ref(s, m, &ok);
-		if (ok && msg->has_subject && !msg->has_body
-				&& !payload_set(s, &m->subject, msg->payload, msg->payload_handle))
-			ok = 0;
+		if (ok && msg->has_subject && !msg->has_body && msg->payload) {
+			/* always kept: it ends a later session's join sequence */
+			int fresh;
+			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
+			if (pn == NULL) {
+				ok = 0;
+			} else if (pn != m->subject) {
+				cache_take(s, m, pn, fresh);
+				cache_drop(s, m, m->subject);
+				m->subject = pn;
+			}
+		}
 		if (ok && msg->has_body && msg->payload)
 			ok = hist_push(s, account, m, msg);
 		return dec_finish(s, out, 1, ok);
@@ -2705,6 +2792,7 @@ void mm_state_stats(const mm_state *s, mm_stats *st)
 	}
 	st->payloads = s->payloads.count;
 	st->payload_bytes = s->payload_bytes;
+	st->cached_bytes = s->cached_bytes;
 	st->iqs = s->iqs.count;
 }
 
@@ -2726,6 +2814,7 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.occupants = m->occupants.count;
 		info.has_subject = m->subject != NULL;
 		info.history = m->hist_count;
+		info.bytes = m->bytes;
 		info.last_id = m->last_id;
 		info.last_stamp = m->last_stamp;
 		info.persistent = m->state == MM_JOINED

@@ -69,6 +69,21 @@ typedef struct mm_limits {
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
 	                         * most this many (default 20, as Prosody's MUC) */
+	/*
+	 * Bytes of serialized stanzas the caches (occupants, self-presence,
+	 * subject, catch-up) may hold: per membership, per account (over its
+	 * memberships; a text two memberships share counts for each), and
+	 * over the whole state (each distinct text once).  Beyond them an
+	 * occupant presence is not cached (a changed one loses its entry
+	 * rather than go stale) and the catch-up ring drops its oldest
+	 * messages to make room, keeping none when even an empty ring would
+	 * not do.  The self-presence and the subject are always kept (a later
+	 * session's join needs them) and count like the rest.  Live traffic
+	 * is delivered whatever the caches keep.
+	 */
+	size_t max_membership_bytes; /* default 4 MiB */
+	size_t max_account_bytes;    /* default 16 MiB */
+	size_t max_cache_bytes;      /* default 256 MiB */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -81,6 +96,9 @@ typedef struct mm_limits {
 #define MM_DEFAULT_REJOIN_DELAY 5
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
+#define MM_DEFAULT_MAX_MEMBERSHIP_BYTES ((size_t)4 << 20)
+#define MM_DEFAULT_MAX_ACCOUNT_BYTES ((size_t)16 << 20)
+#define MM_DEFAULT_MAX_CACHE_BYTES ((size_t)256 << 20)
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -622,6 +640,8 @@ typedef struct mm_stats {
 	size_t occupants;    /* cached occupant entries */
 	size_t payloads;     /* distinct interned payloads */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of those, bytes some cache holds (against
+	                      * max_cache_bytes) */
 	size_t iqs;          /* IQs awaiting an answer */
 } mm_stats;
 
@@ -636,6 +656,7 @@ typedef struct mm_membership_info {
 	size_t occupants;
 	int has_subject;
 	size_t history;        /* messages held for catch-up */
+	size_t bytes;          /* payload bytes its caches hold */
 	const char *last_id;   /* stanza-id of the last room message seen, or NULL */
 	double last_stamp;     /* the newest room message time seen (seconds), or 0 */
 	/* worth keeping across a restart: joined, or joining again by itself */

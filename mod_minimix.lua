@@ -47,7 +47,14 @@ local limits = {
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
+	-- bytes of room stanzas cached for later sessions (see README)
+	max_membership_bytes = limit_option("minimix_max_membership_bytes", 4 * 1024 * 1024);
+	max_account_bytes = limit_option("minimix_max_account_bytes", 16 * 1024 * 1024);
+	max_cache_bytes = limit_option("minimix_max_cache_bytes", 256 * 1024 * 1024);
 };
+
+-- Text bytes of the cached stanzas kept parsed for replay (below).
+local parsed_max_bytes = limit_option("minimix_max_parsed_bytes", 512 * 1024);
 
 -- How often the last message seen per room is written (memberships
 -- themselves are written as soon as they change).
@@ -192,12 +199,24 @@ end
 -- text once (the copies are re-addressed, never changed in place).  A
 -- parsed presence weighs about 1.7 KB of Lua heap: 256 of them bound the
 -- cache near 450 KB, and cover the occupants of most rooms a device joins.
-local parsed = new_cache(256);
+-- The texts are bounded in bytes too (minimix_max_parsed_bytes), so that a
+-- room's large stanzas cannot fill the heap; one larger than that is parsed
+-- for each replay and not kept.
+local parsed_bytes = 0;
+local parsed = new_cache(256, function(payload) parsed_bytes = parsed_bytes - #payload; end);
 local function parse_cached(payload)
 	local stanza = parsed:get(payload);
 	if not stanza then
 		stanza = xml_parse(payload);
-		if stanza then parsed:set(payload, stanza); end
+		if stanza and #payload <= parsed_max_bytes then
+			parsed:set(payload, stanza);
+			parsed_bytes = parsed_bytes + #payload;
+			while parsed_bytes > parsed_max_bytes do
+				local oldest = parsed:tail();
+				parsed:set(oldest, nil); -- a removal: no eviction callback
+				parsed_bytes = parsed_bytes - #oldest;
+			end
+		end
 	end
 	return stanza;
 end

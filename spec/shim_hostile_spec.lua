@@ -81,6 +81,31 @@ describe("mod_minimix lost server-to-server links", function()
 	end);
 end);
 
+describe("mod_minimix replaying large stanzas", function()
+	it("keeps what it parsed for replay bounded in bytes (minimix_max_parsed_bytes)", function()
+		local env = load_shim({ minimix_max_parsed_bytes = 64 * 1024 });
+		local P = new_session(env, "phone");
+		local L = new_session(env, "laptop");
+		fire(env, "pre-presence/full", P, join(ROOM .. "/alice", "j1"));
+		for i = 1, 50 do
+			fire(env, "presence/bare", nil, st.presence({ from = ROOM .. "/o" .. i, to = "alice@localhost" })
+				:text_tag("status", ("%05d"):format(i):rep(4000))
+				:tag("x", { xmlns = MUC_USER }):tag("item", { affiliation = "none", role = "participant" }):up():up());
+		end
+		fire(env, "presence/bare", nil, self_presence(ROOM, "alice"));
+		P.got, P.wire = {}, {};
+		collectgarbage(); collectgarbage();
+		local before = collectgarbage("count");
+		fire(env, "pre-presence/full", L, join(ROOM .. "/alice", "j2"));
+		assert.equal(51, #L.got, "every occupant and the self-presence replayed");
+		L.got, L.wire = {}, {};
+		collectgarbage(); collectgarbage();
+		local grown = collectgarbage("count") - before;
+		-- 50 texts of 20 KB, parsed: over 2 MB when all are kept
+		assert.is_true(grown < 512, ("the replay left %.0f KB behind"):format(grown));
+	end);
+end);
+
 describe("mod_minimix with random stanzas", function()
 	-- A small deterministic generator, so that a failure can be replayed.
 	local seed = tonumber(os.getenv("MINIMIX_SPEC_SEED")) or 20240611;

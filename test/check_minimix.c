@@ -461,6 +461,7 @@ struct minfo {
 	size_t occupants;
 	int has_subject;
 	size_t history;
+	size_t bytes;
 	char last_id[128];
 	int has_last_id;
 	double last_stamp;
@@ -488,6 +489,7 @@ static int info_cb(const mm_membership_info *info, void *ud)
 	mi->occupants = info->occupants;
 	mi->has_subject = info->has_subject;
 	mi->history = info->history;
+	mi->bytes = info->bytes;
 	copy_str(mi->last_id, sizeof mi->last_id, info->last_id);
 	mi->has_last_id = info->last_id != NULL;
 	mi->last_stamp = info->last_stamp;
@@ -594,6 +596,7 @@ static void expect_empty_state(void)
 	ck_assert_uint_eq(s.occupants, 0);
 	ck_assert_uint_eq(s.payloads, 0);
 	ck_assert_uint_eq(s.payload_bytes, 0);
+	ck_assert_uint_eq(s.cached_bytes, 0);
 }
 
 static void expect_same_stats(const mm_stats *a, const mm_stats *b)
@@ -4208,6 +4211,180 @@ static void expect_event(const mm_decision *dd, const char *event,
 			nn(event), nn(reason), describe(dd));
 }
 
+/* ==== bytes =============================================================== */
+
+#define LEN(p) (sizeof(p) - 1)
+#define DIGITS70 \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"
+#define P_BIG(nick) P_PRES(nick, "<status>" DIGITS70 DIGITS70 DIGITS70 \
+	"</status>")
+
+/* Sum of the account's memberships' bytes. */
+static int bytes_cb(const mm_membership_info *info, void *ud)
+{
+	*(size_t *)ud += info->bytes;
+	return 0;
+}
+
+static size_t account_bytes(const char *acc)
+{
+	size_t sum = 0;
+
+	mm_account_memberships(st, acc, bytes_cb, &sum);
+	return sum;
+}
+
+/*
+ * max_membership_bytes: "the catch-up ring drops its oldest messages to
+ * make room"; "an occupant presence is not cached (a changed one loses its
+ * entry rather than go stale)"; "the self-presence and the subject are
+ * always kept ... and count like the rest"; "live traffic is delivered
+ * whatever the caches keep".
+ */
+START_TEST(test_bytes_membership)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	ck_assert_uint_eq(mm_state_limits(st)->max_membership_bytes, limit);
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	for (i = 0; i < 5; i++) {
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	ck_assert_uint_eq(stats().cached_bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, five + 2, 3, NULL);
+
+	/* full: a new occupant is delivered, not cached */
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+
+	/* the subject is kept all the same; the ring makes room for it */
+	subject_msg(ACC, ROOM, P_SUBJECT, 600, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_lt(must_info(ACC, ROOM).history, 3);
+
+	/* room for an occupant again once the ring is gone; a changed
+	 * presence that does not fit loses the entry */
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = LEN(P_SELF) + LEN(P_BOB) + LEN(P_BOB) / 2;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	occupant(ACC, ROOM, "bob", P_BOB);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	occupant(ACC, ROOM, "bob", P_BIG("bob"));
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	occupant(ACC, ROOM, "bob", P_BOB_AWAY);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_replay_hist(&d, R2, (const char *const[]){ P_BOB_AWAY }, 1, P_SELF, 0,
+			NULL, 0, NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_account_bytes: over the account's memberships; another account is
+ * bounded on its own.
+ */
+START_TEST(test_bytes_account)
+{
+	const size_t limit = 2 * LEN(P_SELF) + 4 * LEN(P_M1);
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_account_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	for (i = 0; i < 6; i++) {
+		hist_msg(ACC, ROOM, P_M1, NULL, 100 + (double)i, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(account_bytes(ACC), limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+	/* the other room of the account finds the account full: nothing kept */
+	hist_msg(ACC, ROOM2, P_M2, NULL, 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 0);
+	ck_assert_uint_eq(account_bytes(ACC), limit);
+	/* another account keeps its own */
+	hist_msg(ACC2, ROOM2, P_M2, NULL, 200, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM2).history, 1);
+	/* the account's memberships' bytes go with them */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	ck_assert_uint_eq(account_bytes(ACC), LEN(P_SELF));
+	hist_msg(ACC, ROOM2, P_M2, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 1);
+	self_unavailable(ACC, ROOM2, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM2, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_cache_bytes: over the whole state, each distinct text once; a text
+ * a cache holds already costs nothing more, so another account of the
+ * same room shares it; deliveries go on.
+ */
+START_TEST(test_bytes_state)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1);
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_cache_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	hist_msg(ACC, ROOM, P_M1, NULL, 100, 0);
+	hist_msg(ACC, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* the same texts for the other account: shared, kept */
+	hist_msg(ACC2, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC2, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 2);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* a new text: the ring drops its oldest for it while that frees bytes */
+	hist_msg(ACC, ROOM, P_M4, NULL, 400, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	/* an occupant beyond the budget: delivered, not cached */
+	occupant(ACC2, ROOM, "carol", P_CAROL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).occupants, 0);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* ==== history ============================================================= */
 
 /* history_size bounds the ring; the oldest message goes first. */
@@ -5732,6 +5909,11 @@ static Suite *minimix_suite(void)
 			(int)N_REJOIN_REMOVAL);
 	tcase_add_test(tc, test_rejoin_sessions_during_wait);
 	tcase_add_test(tc, test_rejoin_last_leave_while_waiting);
+
+	tc = tcase(s, "bytes", setup_default);
+	tcase_add_test(tc, test_bytes_membership);
+	tcase_add_test(tc, test_bytes_account);
+	tcase_add_test(tc, test_bytes_state);
 
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);

@@ -976,6 +976,95 @@ def test_unknown_message_types_pass_as_normal(prosody_factory):
     run(env, scenario)
 
 
+def rss_bytes(pid):
+    """The resident set of a process (VmRSS in /proc/<pid>/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+# What a hostile room may make the module cache for one membership, and what
+# the server may grow by beyond it while it parses and forwards the flood
+# (Lua garbage not yet collected, allocator slack): a bound, not a timing.
+CACHE_BUDGET = 2 * 1024 * 1024
+RSS_MARGIN = 24 * 1024 * 1024
+
+
+def test_a_hostile_room_cannot_fill_the_memory(prosody_factory):
+    """The README's "Memory is bounded" in bytes: a room service (here a
+    component the test drives) that sends 600 occupant presences and 50
+    messages of 100 KB each to an account in it (the s2s stanza size limit
+    is 512 KB) makes the module cache at most minimix_max_membership_bytes
+    (and _account_ and _cache_bytes) of them: Prosody's resident memory
+    grows by less than that budget plus a fixed margin, where the unbounded
+    caches held over 60 MB.  The account keeps working: a device joining
+    later gets the bounded replay and its self-presence (XEP-0045 7.2.3),
+    then live room messages (7.4)."""
+    env = prosody_factory(host_options={"minimix_max_membership_bytes": CACHE_BUDGET,
+                                        "minimix_max_account_bytes": CACHE_BUDGET,
+                                        "minimix_max_cache_bytes": CACHE_BUDGET},
+                          external_components={EVIL: EVIL_SECRET})
+    big = "x" * (100 * 1024)
+
+    async def scenario(w):
+        svc = HostileService(env)
+        w.clients.append(svc)
+        await svc.connect()
+        r1 = "r1@" + EVIL
+        p = await w.connect("alice", "phone")
+        # the account joins by bookmark: no session gets the flood live
+        ms, mp = svc.mark(), p.mark()
+        p.iq(None, "set", bookmark(r1, "alice"), id="bm-evil")
+        await p.wait_for(P(name="iq", id="bm-evil", type="result"), since=mp)
+        await svc.wait_for(P(name="presence", frm=ALICE, to=r1 + "/alice"), since=ms,
+                           what="the bookmark's join at the service")
+        svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
+                 "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
+                 "</x></presence>" % (r1, ALICE))
+        svc.send("<message from='%s' to='%s' type='groupchat'><subject>Evil</subject>"
+                 "</message>" % (r1, ALICE))
+
+        async def settled(tag):
+            # the server handles one connection's stanzas in order: its answer
+            # to this IQ comes after everything sent before it
+            m = svc.mark()
+            svc.send("<iq type='get' from='%s' to='localhost' id='%s'><query xmlns='%s'/></iq>"
+                     % (r1, tag, NS_DISCO_INFO))
+            await svc.wait_for(P(name="iq", id=tag), since=m, timeout=120,
+                               what="the server to catch up (%s)" % tag)
+
+        await settled("before")
+        await w.quiet()
+        before = rss_bytes(env.proc.pid)
+        for i in range(600):
+            svc.send("<presence from='%s/o%d' to='%s'><x xmlns='http://jabber.org/protocol/"
+                     "muc#user'><item affiliation='none' role='participant'/></x>"
+                     "<status>%d%s</status></presence>" % (r1, i, ALICE, i, big))
+        for i in range(50):
+            svc.send("<message from='%s/o%d' to='%s' type='groupchat' id='flood-%d'>"
+                     "<body>%d%s</body></message>" % (r1, i, ALICE, i, i, big))
+        await settled("after")
+        after = rss_bytes(env.proc.pid)
+        grown = after - before
+        assert grown < CACHE_BUDGET + RSS_MARGIN, \
+            "the server grew by %.1f MB (budget %.1f MB + margin %.1f MB)" % (
+                grown / 2**20, CACHE_BUDGET / 2**20, RSS_MARGIN / 2**20)
+
+        # the account works on: a device joins, gets a bounded replay, then traffic
+        mp = p.mark()
+        _, seq = await join_room(p, r1, "alice", id="after-flood")
+        assert [s.id for s in seq if 110 in s.codes] == ["after-flood"], seq
+        replayed = [s for s in seq if s.name == "presence" and 110 not in s.codes]
+        assert 0 < len(replayed) <= CACHE_BUDGET // len(big), len(replayed)
+        svc.send("<message from='%s/o1' to='%s' type='groupchat' id='after'>"
+                 "<body>still here</body></message>" % (r1, ALICE))
+        got = await p.wait_for(P(name="message", id="after"), since=mp)
+        assert got.body == "still here" and got.to == p.jid, got
+    run(env, scenario)
+
+
 # ---- 4. forged IQ answers ------------------------------------------------------------
 
 def test_forged_iq_answers_are_not_delivered(prosody):
