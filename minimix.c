@@ -25,7 +25,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include <idn2.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unicode/usprep.h>
+#include <unicode/ustring.h>
 /* header-only: the hash is inlined into the map lookups */
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -2452,141 +2455,142 @@ void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
 
 #define JID_PART_MAX 1023
 
-/* Well-formed UTF-8 of 1..JID_PART_MAX bytes, without control characters. */
-static int part_ok(const char *p, size_t len)
+/*
+ * What Prosody's router does to a JID part (util.encodings built on ICU,
+ * as Debian's Prosody is): the ICU stringprep profile, unassigned code
+ * points allowed, at most JID_PART_MAX bytes in and out.  Writes the
+ * result, NUL-terminated, to out (JID_PART_MAX + 1 bytes); returns its
+ * length or -1 when the part is refused.  Profiles are opened once.
+ */
+static int part_prep(UStringPrepProfileType type, const char *in, size_t len,
+		char *out)
 {
-	size_t i = 0, n, k;
+	static UStringPrepProfile *profiles[3];
+	static const UStringPrepProfileType types[3] = {
+		USPREP_RFC3491_NAMEPREP, USPREP_RFC3920_NODEPREP,
+		USPREP_RFC3920_RESOURCEPREP
+	};
+	UChar u[JID_PART_MAX + 1], prepped[JID_PART_MAX + 1];
+	int32_t ulen = 0, plen, olen = 0;
+	UErrorCode err = U_ZERO_ERROR;
+	UStringPrepProfile *profile = NULL;
+	size_t k;
+
 	if (len == 0 || len > JID_PART_MAX)
-		return 0;
-	while (i < len) {
-		unsigned char c = (unsigned char)p[i];
-		if (c < 0x20 || c == 0x7f)
-			return 0;
-		if (c < 0x80) {
-			i++;
+		return -1;
+	for (k = 0; k < 3; k++) {
+		if (types[k] != type)
 			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf)
-			n = 1;
-		else if (c >= 0xe0 && c <= 0xef)
-			n = 2;
-		else if (c >= 0xf0 && c <= 0xf4)
-			n = 3;
-		else
-			return 0;
-		if (len - i <= n)
-			return 0; /* truncated sequence */
-		for (k = 1; k <= n; k++)
-			if (((unsigned char)p[i + k] & 0xc0) != 0x80)
-				return 0;
-		i += n + 1;
+		if (profiles[k] == NULL)
+			profiles[k] = usprep_openByType(type, &err);
+		profile = profiles[k];
 	}
-	return 1;
+	if (profile == NULL || U_FAILURE(err))
+		return -1;
+	u_strFromUTF8(u, JID_PART_MAX + 1, &ulen, in, (int32_t)len, &err);
+	if (U_FAILURE(err))
+		return -1;
+	plen = usprep_prepare(profile, u, ulen, prepped, JID_PART_MAX + 1,
+		USPREP_ALLOW_UNASSIGNED, NULL, &err);
+	if (U_FAILURE(err))
+		return -1;
+	u_strToUTF8(out, JID_PART_MAX + 1, &olen, prepped, plen, &err);
+	if (U_FAILURE(err) || olen <= 0 || olen > JID_PART_MAX)
+		return -1;
+	out[olen] = '\0';
+	return (int)olen;
 }
 
-static int is_ip_literal(const char *d, size_t len)
+/*
+ * An IP literal, strictly: "[...]" holding an IPv6 address, or a name of
+ * digits and dots only, which must then be an IPv4 address (no DNS name is
+ * all digits: RFC 1123 2.1, RFC 3696 2).  1: a valid literal; 0: not a
+ * literal; -1: a malformed one.
+ */
+static int ip_literal(const char *d, size_t len)
 {
-	size_t i, dots = 0;
-	if (len >= 2 && d[0] == '[' && d[len - 1] == ']')
-		return 1;
-	for (i = 0; i < len; i++) {
-		if (d[i] == '.')
-			dots++;
-		else if (d[i] < '0' || d[i] > '9')
-			return 0;
+	unsigned char buf[16];
+	char tmp[64];
+	size_t i;
+	if (len > 0 && (d[0] == '[' || d[len - 1] == ']')) {
+		if (len < 3 || d[0] != '[' || d[len - 1] != ']' || len - 2 >= sizeof tmp)
+			return -1;
+		memcpy(tmp, d + 1, len - 2);
+		tmp[len - 2] = '\0';
+		return inet_pton(AF_INET6, tmp, buf) == 1 ? 1 : -1;
 	}
-	return dots == 3;
+	for (i = 0; i < len; i++)
+		if (d[i] != '.' && (d[i] < '0' || d[i] > '9'))
+			return 0;
+	if (len >= sizeof tmp)
+		return -1;
+	memcpy(tmp, d, len);
+	tmp[len] = '\0';
+	return inet_pton(AF_INET, tmp, buf) == 1 ? 1 : -1;
 }
 
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize)
 {
-	const char *slash, *at, *dom, *dom_end;
-	char *domain = NULL, *ascii = NULL, *uni = NULL, *res = NULL;
-	size_t nodelen = 0, domlen, reslen = 0, need, i;
-	mm_err err = MM_EINVAL;
+	const char *at, *host, *host_end, *slash;
+	char node[JID_PART_MAX + 1], domain[JID_PART_MAX + 1], res[JID_PART_MAX + 1];
+	int nodelen = -1, domlen, reslen = -1, ip;
+	size_t len, need, i, hl;
 
 	if (jid == NULL || out == NULL)
 		return MM_EINVAL;
-	slash = strchr(jid, '/');
-	at = memchr(jid, '@', slash ? (size_t)(slash - jid) : strlen(jid));
-	dom = at ? at + 1 : jid;
-	dom_end = slash ? slash : jid + strlen(jid);
-	if (at) {
-		nodelen = (size_t)(at - jid);
-		if (!part_ok(jid, nodelen))
-			return MM_EINVAL;
-		for (i = 0; i < nodelen; i++)
-			if (strchr("\"&'/:<>@ ", jid[i]))
-				return MM_EINVAL; /* RFC 7622 3.3.1 */
-	}
-	if (slash) {
-		reslen = strlen(slash + 1);
-		if (!part_ok(slash + 1, reslen))
-			return MM_EINVAL;
-	}
-	domlen = (size_t)(dom_end - dom);
-	if (domlen > 0 && dom[domlen - 1] == '.')
-		domlen--;
-	if (!part_ok(dom, domlen))
-		return MM_EINVAL;
-	domain = malloc(domlen + 1);
-	if (domain == NULL)
-		return MM_ENOMEM;
-	memcpy(domain, dom, domlen);
-	domain[domlen] = '\0';
-	if (is_ip_literal(domain, domlen)) {
-		for (i = 0; i < domlen; i++)
-			if (domain[i] >= 'A' && domain[i] <= 'Z')
-				domain[i] = (char)(domain[i] - 'A' + 'a');
-		res = domain;
-		domain = NULL;
-	} else {
-		/* ASCII in a domain: letters, digits, hyphens, dots (and the
-		 * underscores some hosts carry); libidn2 would drop or map others */
-		for (i = 0; i < domlen; i++) {
-			unsigned char c = (unsigned char)domain[i];
-			if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-					|| (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-				goto done;
+	/* split as util.jid.split does: node@host/resource, node and host
+	 * without '@' or '/', a resource of at least one character */
+	len = strlen(jid);
+	at = NULL;
+	for (i = 0; i < len && jid[i] != '/'; i++)
+		if (jid[i] == '@') {
+			at = jid + i;
+			break;
 		}
-		if (idn2_lookup_u8((const uint8_t *)domain, (uint8_t **)&ascii,
-				IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL
-				| IDN2_USE_STD3_ASCII_RULES) != IDN2_OK)
-			goto done;
-		if (idn2_to_unicode_8z8z(ascii, &uni, 0) != IDN2_OK)
-			goto done;
-		res = uni;
-		uni = NULL;
+	if (at == jid)
+		return MM_EINVAL;
+	host = at ? at + 1 : jid;
+	for (host_end = host; *host_end && *host_end != '@' && *host_end != '/'; host_end++)
+		;
+	if (host_end == host || *host_end == '@')
+		return MM_EINVAL;
+	slash = *host_end == '/' ? host_end : NULL;
+	if (slash && slash[1] == '\0')
+		return MM_EINVAL;
+	hl = (size_t)(host_end - host);
+	if (hl == 1 && host[0] == '.')
+		return MM_EINVAL;
+	if (host[hl - 1] == '.')
+		hl--; /* the empty root label */
+	domlen = part_prep(USPREP_RFC3491_NAMEPREP, host, hl, domain);
+	if (domlen < 0)
+		return MM_EINVAL;
+	if (at && (nodelen = part_prep(USPREP_RFC3920_NODEPREP, jid,
+			(size_t)(at - jid), node)) < 0)
+		return MM_EINVAL;
+	if (slash && (reslen = part_prep(USPREP_RFC3920_RESOURCEPREP, slash + 1,
+			strlen(slash + 1), res)) < 0)
+		return MM_EINVAL;
+	/* stricter than the router, never different: IP literals must be
+	 * addresses, and ASCII in a domain name is letters, digits, hyphens,
+	 * dots (and the underscores some hosts carry) */
+	ip = ip_literal(domain, (size_t)domlen);
+	if (ip < 0)
+		return MM_EINVAL;
+	for (i = 0; ip == 0 && i < (size_t)domlen; i++) {
+		unsigned char c = (unsigned char)domain[i];
+		if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+				|| c == '-' || c == '_' || c == '.'))
+			return MM_EINVAL;
 	}
-	if (!part_ok(res, strlen(res)))
-		goto done;
-	need = nodelen + (at ? 1 : 0) + strlen(res) + (slash ? 1 + reslen : 0) + 1;
-	if (need > outsize) {
-		err = MM_ENOMEM;
-		goto done;
-	}
-	/* write: node (lower-cased ASCII), domain, resource as given */
-	for (i = 0; i < nodelen; i++) {
-		char c = jid[i];
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-	}
-	if (at)
-		out[nodelen++] = '@';
-	memcpy(out + nodelen, res, strlen(res));
-	nodelen += strlen(res);
-	if (slash) {
-		out[nodelen++] = '/';
-		memcpy(out + nodelen, slash + 1, reslen);
-		nodelen += reslen;
-	}
-	out[nodelen] = '\0';
-	err = MM_OK;
-done:
-	free(domain);
-	idn2_free(ascii);
-	idn2_free(uni);
-	free(res); /* from malloc, or from libidn2, which allocates with malloc */
-	return err;
+	need = (nodelen >= 0 ? (size_t)nodelen + 1 : 0) + (size_t)domlen
+		+ (reslen >= 0 ? (size_t)reslen + 1 : 0) + 1;
+	if (need > outsize)
+		return MM_ENOMEM;
+	snprintf(out, outsize, "%s%s%s%s%s", nodelen >= 0 ? node : "",
+		nodelen >= 0 ? "@" : "", domain, reslen >= 0 ? "/" : "",
+		reslen >= 0 ? res : "");
+	return MM_OK;
 }
 
 mm_err mm_account_restore(mm_state *s, const char *account, const char *room,

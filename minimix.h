@@ -567,17 +567,20 @@ mm_err mm_delivery_failed(mm_state *state, const char *account,
 
 /*
  * Normalise a JID that did not pass Prosody's router (bookmark items,
- * ad-hoc command input, stored data), so that one room under two spellings
- * is one membership.  The domain goes through IDNA2008 with UTS #46
- * non-transitional mapping (libidn2), must then be letters, digits,
- * hyphens and underscores in its ASCII form, and comes out as lower-case
- * Unicode, as Prosody's nameprep gives it for the same name; a trailing
- * dot goes;
- * IP literals stay.  The localpart is lower-cased (ASCII) and refused when
- * it holds a character RFC 7622 forbids there; each part is 1 to 1023
- * bytes of UTF-8.  Writes the result, NUL-terminated, to out (outsize
- * bytes).  Errors: MM_EINVAL (malformed: answer jid-malformed), MM_ENOMEM
- * (also when out is too small).  out is untouched on error.
+ * ad-hoc command input, stored data) exactly as the router prepares JIDs,
+ * so that one room under two spellings is one membership and the room's
+ * answers find it: split as util.jid.split does, a trailing dot of the
+ * domain dropped, then the domain through nameprep, the localpart through
+ * nodeprep, the resource through resourceprep: ICU's stringprep profiles
+ * with unassigned code points allowed, as Prosody's util.encodings on ICU
+ * does (Debian's build); each part 1 to 1023 bytes of UTF-8 before and
+ * after.  Stricter than the router in two refusals only: an IP literal
+ * must be an address ("[...]" an IPv6 address, a domain of digits and
+ * dots an IPv4 address), and ASCII in a domain name must be letters,
+ * digits, hyphens, dots or underscores.  Writes the result, NUL-terminated,
+ * to out (outsize bytes).  Errors: MM_EINVAL (malformed: answer
+ * jid-malformed), MM_ENOMEM (also when out is too small).  out is untouched
+ * on error.
  */
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize);
 

@@ -7,6 +7,7 @@
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
+local jid_prep = require "util.jid".prep;
 local xml_parse = require "util.xml".parse;
 local new_cache = require "util.cache".new;
 local now = require "util.time".now;
@@ -166,6 +167,19 @@ local function session_account(origin)
 		return nil;
 	end
 	return origin.username .. "@" .. origin.host, origin.resource;
+end
+
+-- A room JID that did not pass the router (a bookmark, a command, stored
+-- data): prepared exactly as the router prepares JIDs, so that the answers
+-- the room sends match it, then checked by the core (an IP literal must be
+-- an address).  nil when it is not a room JID (node@domain).
+local function prep_room(jid)
+	local prepped = type(jid) == "string" and jid_prep(jid);
+	local room = prepped and minimix.normalize_jid(prepped);
+	if not room or not room:find("@", 1, true) or room:find("/", 1, true) then
+		return nil;
+	end
+	return room;
 end
 
 local function split_room(to)
@@ -728,7 +742,9 @@ function restore_all()
 	for username in store:users() do
 		local account = username .. "@" .. module.host;
 		local rooms = store:get(username) or {};
-		for room, rec in pairs(rooms) do
+		for stored, rec in pairs(rooms) do
+			-- stored by an older version, or by hand: prepared as the router does
+			local room = prep_room(stored) or stored;
 			local ctx = { account = account, room = room };
 			local handled = perform(ctx, core:restore(account, room, rec.nick,
 				rec.password, rec.last_id, rec.last_stamp));
@@ -763,8 +779,8 @@ local bookmarked = {};
 
 local function bookmark_changed(username, room_jid, item)
 	local account = username .. "@" .. module.host;
-	local room = minimix.normalize_jid(room_jid or "");
-	if not room or room:find("/", 1, true) then
+	local room = prep_room(room_jid);
+	if not room then
 		module:log("debug", "Ignoring a bookmark of %s for %q: not a room JID", account, room_jid);
 		return;
 	end
@@ -773,7 +789,7 @@ local function bookmark_changed(username, room_jid, item)
 	local rooms = bookmarked[account] or {};
 	bookmarked[account] = rooms;
 	if autojoin then
-		rooms[room] = true;
+		rooms[room] = room_jid; -- the item's own id, for bookmark_follows
 		perform(ctx, core:restore(account, room, nick or username, password));
 	else
 		rooms[room] = nil;
@@ -819,6 +835,9 @@ if use_bookmarks then
 
 	function bookmark_follows(account, room)
 		local username = jid_split(account);
+		-- the item as the client named it (the room is the prepared JID)
+		local id = bookmarked[account] and bookmarked[account][room];
+		if type(id) == "string" then room = id; end
 		local service = mod_pep.get_pep_service(username);
 		local ok, items = service:get_items(xmlns_bookmarks, true, room);
 		local item = ok and items and items[room];
@@ -913,9 +932,11 @@ module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#l
 				values = { room = rooms } } }, "leave";
 		end
 		local fields, err = leave_form:data(data.form);
-		if err or not fields.room then
+		local room = not err and prep_room(fields.room);
+		if not room then
 			return { status = "completed", error = { message = "Choose a room to leave." } };
 		end
+		fields.room = room;
 		if leave_rooms(account, { fields.room }) == 0 then
 			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
 		end
@@ -939,7 +960,7 @@ function memberships(account) -- luacheck: ignore 131
 end
 
 function leave(account, room) -- luacheck: ignore 131
-	local norm = minimix.normalize_jid(room);
+	local norm = prep_room(room);
 	if not norm then return "Not a room JID: " .. tostring(room); end
 	if leave_rooms(account, { norm }) == 0 then
 		return account .. " is not in " .. norm;

@@ -5647,8 +5647,13 @@ START_TEST(test_jid_normalize_spellings)
 	/* one room, several spellings */
 	ck_assert_pstr_eq(norm("Room@Conference.Example.ORG"), "room@conference.example.org");
 	ck_assert_pstr_eq(norm("room@conference.example.org."), "room@conference.example.org");
-	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nameprep: an A-label stays as it is */
+	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@xn--bcher-kva.example");
 	ck_assert_pstr_eq(norm("room@B\xc3\x9c" "CHER.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nodeprep: NFKC and case folding, not ASCII only */
+	ck_assert_pstr_eq(norm("\xc3\x84rger@muc.example"), "\xc3\xa4rger@muc.example");
+	ck_assert_pstr_eq(norm("\xef\xbc\xa1\xef\xbc\xa2@muc.example"), "ab@muc.example");
+	ck_assert_pstr_eq(norm("stra\xc3\x9f" "e@muc.example"), "strasse@muc.example");
 	/* resources are kept as they are */
 	ck_assert_pstr_eq(norm("room@muc.example/Nick Name"), "room@muc.example/Nick Name");
 	ck_assert_pstr_eq(norm("muc.example"), "muc.example");
@@ -5669,6 +5674,12 @@ START_TEST(test_jid_normalize_malformed)
 	ck_assert_ptr_null(norm("room@mu c.example"));
 	ck_assert_ptr_null(norm("room@muc\x01.example"));
 	ck_assert_ptr_null(norm("room@\xc3(.example")); /* broken UTF-8 */
+	/* IP literals are addresses */
+	ck_assert_ptr_null(norm("room@1.2.3.999"));
+	ck_assert_ptr_null(norm("room@1.2.3"));
+	ck_assert_ptr_null(norm("room@[zz]"));
+	ck_assert_ptr_null(norm("room@[::1"));
+	ck_assert_pstr_eq(norm("room@[2001:DB8::1]"), "room@[2001:db8::1]");
 	memset(big, 'a', sizeof big - 1);
 	big[sizeof big - 1] = '\0';
 	big[1030] = '@';
