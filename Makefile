@@ -22,7 +22,8 @@ PREFIX ?= /usr/local
 INST_LUADIR ?= $(PREFIX)/lib/prosody/modules
 INST_LIBDIR ?= $(INST_LUADIR)
 
-IDN_LIBS = $(shell $(PKG_CONFIG) --libs libidn2 2>/dev/null || echo -lidn2)
+# Prosody's own stringprep (util.encodings on ICU): the core prepares JIDs with it.
+JID_LIBS = $(shell $(PKG_CONFIG) --libs icu-uc 2>/dev/null || echo -licuuc -licudata)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 
@@ -38,23 +39,23 @@ lua_bindings.o: lua_bindings.c minimix.h
 	$(CC) $(WARN) $(CFLAGS) $(PIC) -I$(LUA_INCDIR) -c lua_bindings.c -o $@
 
 minimix.so: minimix.o lua_bindings.o
-	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ minimix.o lua_bindings.o $(IDN_LIBS)
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ minimix.o lua_bindings.o $(JID_LIBS)
 
 # The Check suite links the core alone.
 test/check_minimix: test/check_minimix.c minimix.o minimix.h
-	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS) $(IDN_LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS) $(JID_LIBS)
 
 # The Check suite again, under AddressSanitizer and UndefinedBehaviorSanitizer.
-SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN = -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all
 test/check_minimix_asan: test/check_minimix.c minimix.c minimix.h
-	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS) $(IDN_LIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS) $(JID_LIBS)
 
 # libFuzzer harness (clang): random operation sequences, invariants checked
 # after every step.  FUZZ_SECONDS bounds a run; make check runs a short one.
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 fuzz/fuzz_core: fuzz/fuzz_core.c minimix.c minimix.h
-	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. -o $@ fuzz/fuzz_core.c minimix.c $(IDN_LIBS)
+	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. -o $@ fuzz/fuzz_core.c minimix.c $(JID_LIBS)
 
 fuzz: fuzz/fuzz_core
 	mkdir -p fuzz/corpus
@@ -85,7 +86,7 @@ run: deps
 # Benchmarks (README "Performance"; sizes in bench/README.md): they print
 # tables and save them in bench/results/, and never assert.
 bench/bench_core: bench/bench_core.c minimix.o minimix.h
-	$(CC) $(WARN) $(CFLAGS) -I. -o $@ bench/bench_core.c minimix.o $(IDN_LIBS)
+	$(CC) $(WARN) $(CFLAGS) -I. -o $@ bench/bench_core.c minimix.o $(JID_LIBS)
 
 bench: deps
 	$(MAKE) all bench/bench_core

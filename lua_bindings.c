@@ -6,6 +6,7 @@
  * library: misuse raises; an expected refusal from the core returns
  * nil, token, condition, error_type, text.
  */
+#include <math.h>
 #include <string.h>
 
 #include <lua.h>
@@ -180,25 +181,34 @@ static size_t opt_limit(lua_State *L, int t, const char *key)
 	return (size_t)v;
 }
 
+/* The limits in the options table at index t (absent ones: 0, default). */
+static void read_limits(lua_State *L, int t, mm_limits *lim)
+{
+	memset(lim, 0, sizeof *lim);
+	if (lua_isnoneornil(L, t))
+		return;
+	luaL_checktype(L, t, LUA_TTABLE);
+	lim->max_rooms = opt_limit(L, t, "max_rooms");
+	lim->max_sessions = opt_limit(L, t, "max_sessions");
+	lim->max_occupants = opt_limit(L, t, "max_occupants");
+	lim->max_pending = opt_limit(L, t, "max_pending");
+	lim->max_nick_bytes = opt_limit(L, t, "max_nick_bytes");
+	lim->max_iqs = opt_limit(L, t, "max_iqs");
+	lim->iq_timeout = opt_limit(L, t, "iq_timeout");
+	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
+	lim->history_size = opt_limit(L, t, "history_size");
+	lim->history_default = opt_limit(L, t, "history_default");
+	lim->join_timeout = opt_limit(L, t, "join_timeout");
+	lim->max_membership_bytes = opt_limit(L, t, "max_membership_bytes");
+	lim->max_account_bytes = opt_limit(L, t, "max_account_bytes");
+	lim->max_cache_bytes = opt_limit(L, t, "max_cache_bytes");
+}
+
 static int l_new(lua_State *L)
 {
 	mm_limits lim;
 	box *b;
-	memset(&lim, 0, sizeof lim);
-	if (!lua_isnoneornil(L, 1)) {
-		luaL_checktype(L, 1, LUA_TTABLE);
-		lim.max_rooms = opt_limit(L, 1, "max_rooms");
-		lim.max_sessions = opt_limit(L, 1, "max_sessions");
-		lim.max_occupants = opt_limit(L, 1, "max_occupants");
-		lim.max_pending = opt_limit(L, 1, "max_pending");
-		lim.max_nick_bytes = opt_limit(L, 1, "max_nick_bytes");
-		lim.max_iqs = opt_limit(L, 1, "max_iqs");
-		lim.iq_timeout = opt_limit(L, 1, "iq_timeout");
-		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
-		lim.history_size = opt_limit(L, 1, "history_size");
-		lim.history_default = opt_limit(L, 1, "history_default");
-		lim.join_timeout = opt_limit(L, 1, "join_timeout");
-	}
+	read_limits(L, 1, &lim);
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 1);
 	b->state = NULL;
@@ -208,6 +218,20 @@ static int l_new(lua_State *L)
 	b->state = mm_state_new(&lim);
 	if (b->state == NULL)
 		return luaL_error(L, "not enough memory for a minimix.state");
+	return 1;
+}
+
+/* set_limits(opts) -> true | nil, token, ...: a reloaded configuration */
+static int l_set_limits(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	mm_limits lim;
+	mm_err err;
+	read_limits(L, 2, &lim);
+	err = mm_state_set_limits(s, &lim);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
 	return 1;
 }
 
@@ -271,12 +295,11 @@ static int l_join(lua_State *L)
 	req.show = luaL_optstring(L, 8, NULL);
 	req.presence = luaL_optstring(L, 9, NULL);
 	if (!lua_isnoneornil(L, 10)) {
+		/* numbers as the client sent them: the core clamps them */
 		luaL_checktype(L, 10, LUA_TTABLE);
-		req.history.requested = 1;
-		req.history.maxstanzas = (long)num_field(L, 10, "maxstanzas", -1);
-		req.history.maxchars = (long)num_field(L, 10, "maxchars", -1);
-		req.history.seconds = num_field(L, 10, "seconds", -1);
-		req.history.since = num_field(L, 10, "since", -1);
+		mm_join_history(&req, num_field(L, 10, "maxstanzas", NAN),
+			num_field(L, 10, "maxchars", NAN), num_field(L, 10, "seconds", NAN),
+			num_field(L, 10, "since", NAN));
 	}
 	req.now = (double)luaL_optnumber(L, 11, 0);
 	err = mm_session_join_req(s, account, resource, room, &req, &d);
@@ -333,6 +356,18 @@ static const char *const msg_types[] = {
 	"normal", "chat", "groupchat", "headline", "error", NULL
 };
 
+/* A message type as a stanza carries it (NULL: absent).  A type the
+ * binding does not know is "normal" (RFC 6121 5.2.2): it comes from the
+ * network and must not raise. */
+static mm_msg_type msg_type_of(const char *type)
+{
+	int i;
+	for (i = 0; type && msg_types[i]; i++)
+		if (strcmp(type, msg_types[i]) == 0)
+			return (mm_msg_type)i;
+	return MM_MSG_NORMAL;
+}
+
 static int l_message_out(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -340,11 +375,11 @@ static int l_message_out(lua_State *L)
 	const char *resource = luaL_checkstring(L, 3);
 	const char *room = luaL_checkstring(L, 4);
 	const char *nick = luaL_optstring(L, 5, NULL);
-	int type = luaL_checkoption(L, 6, "normal", msg_types);
+	mm_msg_type type = msg_type_of(luaL_optstring(L, 6, NULL));
 	const char *id = luaL_optstring(L, 7, NULL);
 	mm_decision d;
 	mm_err err = mm_session_message(s, account, resource, room, nick,
-		(mm_msg_type)type, id, &d);
+		type, id, &d);
 	return push_result(L, err, &d);
 }
 
@@ -407,21 +442,20 @@ static const mm_payload *held_payload(lua_State *L, int t)
 	return p;
 }
 
-/* Optional string field of the table at index t; NULL when absent. */
+/*
+ * Optional string field of the table at index t; NULL when absent.  The
+ * value stays on the stack (one slot, nil included) so that the string
+ * lives as long as the caller needs it: the table may hand out a fresh
+ * string on each access (__index), which nothing else would keep alive.
+ */
 static const char *opt_field(lua_State *L, int t, const char *key)
 {
-	const char *v;
 	lua_getfield(L, t, key);
-	if (lua_isnil(L, -1)) {
-		lua_pop(L, 1);
+	if (lua_isnil(L, -1))
 		return NULL;
-	}
 	if (lua_type(L, -1) != LUA_TSTRING)
 		luaL_error(L, "field '%s' must be a string", key);
-	v = lua_tostring(L, -1);
-	/* the table keeps the string alive while the call runs */
-	lua_pop(L, 1);
-	return v;
+	return lua_tostring(L, -1);
 }
 
 static int bool_field(lua_State *L, int t, const char *key)
@@ -448,6 +482,7 @@ static int l_room_presence(lua_State *L)
 	int i;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
+	luaL_checkstack(L, 16, NULL); /* the fields stay on the stack */
 	memset(&p, 0, sizeof p);
 	type = opt_field(L, 5, "type");
 	for (i = 0; type && pres_types[i]; i++)
@@ -488,17 +523,11 @@ static int l_room_message(lua_State *L)
 	mm_message m;
 	mm_decision d;
 	mm_err err;
-	const char *type;
-	int i;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
+	luaL_checkstack(L, 16, NULL); /* the fields stay on the stack */
 	memset(&m, 0, sizeof m);
-	type = opt_field(L, 5, "type");
-	for (i = 0; type && msg_types[i]; i++)
-		if (strcmp(type, msg_types[i]) == 0)
-			break;
-	luaL_argcheck(L, type == NULL || msg_types[i] != NULL, 5, "invalid message type");
-	m.type = type ? (mm_msg_type)i : MM_MSG_NORMAL;
+	m.type = msg_type_of(opt_field(L, 5, "type"));
 	m.has_subject = bool_field(L, 5, "subject");
 	m.has_body = bool_field(L, 5, "body");
 	m.id = opt_field(L, 5, "id");
@@ -639,6 +668,7 @@ static int l_stats(lua_State *L)
 	set_int(L, "occupants", st.occupants);
 	set_int(L, "payloads", st.payloads);
 	set_int(L, "payload_bytes", st.payload_bytes);
+	set_int(L, "cached_bytes", st.cached_bytes);
 	set_int(L, "iqs", st.iqs);
 	return 1;
 }
@@ -658,6 +688,9 @@ static int l_limits(lua_State *L)
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
 	set_int(L, "join_timeout", lim->join_timeout);
+	set_int(L, "max_membership_bytes", lim->max_membership_bytes);
+	set_int(L, "max_account_bytes", lim->max_account_bytes);
+	set_int(L, "max_cache_bytes", lim->max_cache_bytes);
 	return 1;
 }
 
@@ -691,6 +724,7 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	lua_pushboolean(L, info->has_subject);
 	lua_setfield(L, -2, "has_subject");
 	set_int(L, "history", info->history);
+	set_int(L, "bytes", info->bytes);
 	set_str(L, "last_id", info->last_id);
 	if (info->last_stamp > 0) {
 		lua_pushnumber(L, (lua_Number)info->last_stamp);
@@ -756,6 +790,7 @@ static const luaL_Reg state_methods[] = {
 	{"member", l_member},
 	{"stats", l_stats},
 	{"limits", l_limits},
+	{"set_limits", l_set_limits},
 	{"memberships", l_memberships},
 	{"sessions", l_sessions},
 	{"close", l_close},

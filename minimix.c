@@ -17,12 +17,18 @@
  */
 #include "minimix.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
-#include <idn2.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unicode/usprep.h>
+#include <unicode/ustring.h>
 /* header-only: the hash is inlined into the map lookups */
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -36,6 +42,9 @@
 typedef struct mm_node {
 	struct mm_node *next;
 	uint32_t hash;
+	/* payload pool: how many cache entries (occupant, self, subject,
+	 * catch-up) hold it; in the padding after hash, so free elsewhere */
+	uint32_t aux;
 	size_t len;
 	void *value;
 	char key[]; /* NUL-terminated */
@@ -65,6 +74,7 @@ static mm_node *node_new(const char *key, size_t len, void *value)
 		return NULL;
 	n->next = NULL;
 	n->hash = hash_bytes(key, len);
+	n->aux = 0;
 	n->len = len;
 	n->value = value;
 	memcpy(n->key, key, len);
@@ -232,7 +242,11 @@ typedef struct mm_hist {
 	double stamp;
 } mm_hist;
 
+struct mm_account;
+
 typedef struct mm_membership {
+	struct mm_account *owner; /* the account it belongs to */
+	size_t bytes;     /* payload bytes its caches hold (shared ones too) */
 	char *room;
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
@@ -272,6 +286,7 @@ typedef struct mm_membership {
 
 typedef struct mm_account {
 	mm_map rooms; /* room -> mm_membership* */
+	size_t bytes; /* payload bytes its memberships' caches hold */
 } mm_account;
 
 /* An IQ a session sent through the account, awaiting the room's answer. */
@@ -286,11 +301,10 @@ struct mm_state {
 	mm_map accounts; /* bare JID -> mm_account* */
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of which cache entries hold (aux > 0) */
 	mm_node *last_payload; /* the last one interned (held by a reference) */
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
-	uint64_t iq_counter;
-	uint64_t iq_secret; /* makes module-owned IQ ids unguessable */
 	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
@@ -482,63 +496,168 @@ void mm_limits_default(mm_limits *l)
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 	l->join_timeout = MM_DEFAULT_JOIN_TIMEOUT;
+	l->max_membership_bytes = MM_DEFAULT_MAX_MEMBERSHIP_BYTES;
+	l->max_account_bytes = MM_DEFAULT_MAX_ACCOUNT_BYTES;
+	l->max_cache_bytes = MM_DEFAULT_MAX_CACHE_BYTES;
 }
 
-/* splitmix64: a fast, well-mixed step; not cryptographic, but with a
- * secret seed an occupant cannot predict the next id. */
-static uint64_t mix64(uint64_t x)
+/*
+ * Fill buf with len bytes from the kernel's CSPRNG: getrandom(2), else
+ * /dev/urandom.  0 when neither gives them: the caller then fails rather
+ * than make something guessable.
+ */
+static int random_bytes(void *buf, size_t len)
 {
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-static uint64_t seed_secret(const void *salt)
-{
-	uint64_t seed = 0;
-	FILE *f = fopen("/dev/urandom", "rb");
-	if (f) {
-		if (fread(&seed, sizeof seed, 1, f) != 1)
-			seed = 0;
-		fclose(f);
+	unsigned char *p = buf;
+	size_t got = 0;
+	FILE *f;
+	while (got < len) {
+		ssize_t n = getrandom(p + got, len - got, 0);
+		if (n > 0)
+			got += (size_t)n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			break;
 	}
-	/* without /dev/urandom: the clock and an address, still varied */
-	return mix64(seed ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)salt);
+	if (got == len)
+		return 1;
+	f = fopen("/dev/urandom", "rb");
+	if (f == NULL)
+		return 0;
+	got = fread(p, 1, len, f) == len ? len : 0;
+	fclose(f);
+	return got == len;
+}
+
+static void limits_take(mm_limits *to, const mm_limits *from)
+{
+	mm_limits_default(to);
+	if (from == NULL)
+		return;
+#define TAKE(f) if (from->f) to->f = from->f
+	TAKE(max_rooms);
+	TAKE(max_sessions);
+	TAKE(max_occupants);
+	TAKE(max_pending);
+	TAKE(max_nick_bytes);
+	TAKE(max_iqs);
+	TAKE(iq_timeout);
+	TAKE(rejoin_delay);
+	TAKE(history_size);
+	TAKE(history_default);
+	TAKE(join_timeout);
+	TAKE(max_membership_bytes);
+	TAKE(max_account_bytes);
+	TAKE(max_cache_bytes);
+#undef TAKE
 }
 
 mm_state *mm_state_new(const mm_limits *limits)
 {
 	mm_state *s = calloc(1, sizeof *s);
-	mm_limits d;
 	if (s == NULL)
 		return NULL;
-	mm_limits_default(&d);
-	s->limits = d;
-	if (limits) {
-#define TAKE(f) if (limits->f) s->limits.f = limits->f
-		TAKE(max_rooms);
-		TAKE(max_sessions);
-		TAKE(max_occupants);
-		TAKE(max_pending);
-		TAKE(max_nick_bytes);
-		TAKE(max_iqs);
-		TAKE(iq_timeout);
-		TAKE(rejoin_delay);
-		TAKE(history_size);
-		TAKE(history_default);
-		TAKE(join_timeout);
-#undef TAKE
+	limits_take(&s->limits, limits);
+	if (hash_seed == 0) {
+		uint64_t seed = 0;
+		/* without the CSPRNG: the clock and an address, still varied */
+		if (!random_bytes(&seed, sizeof seed))
+			seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
+		hash_seed = seed | 1;
 	}
-	s->iq_secret = seed_secret(s);
-	if (hash_seed == 0)
-		hash_seed = seed_secret(&hash_seed) | 1;
 	return s;
 }
 
 const mm_limits *mm_state_limits(const mm_state *s)
 {
 	return &s->limits;
+}
+
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n);
+static void pending_free(mm_pending *p);
+
+/* Move a membership's rings to arrays of the new sizes (NULL: that ring
+ * keeps its size), keeping the newest entries.  Cannot fail. */
+static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
+		mm_hist *hist, mm_pending *pending)
+{
+	size_t i, keep, oldcap;
+	if (hist) {
+		oldcap = s->limits.history_size;
+		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
+		for (i = 0; i < m->hist_count - keep; i++)
+			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
+		for (i = 0; i < keep; i++)
+			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
+		free(m->hist);
+		m->hist = hist;
+		m->hist_head = 0;
+		m->hist_count = keep;
+	}
+	if (pending) {
+		oldcap = s->limits.max_pending;
+		keep = m->npending < nl->max_pending ? m->npending : nl->max_pending;
+		/* the oldest of the npending written is at pending_next - npending */
+		for (i = 0; i < m->npending; i++) {
+			mm_pending *p = &m->pending[(m->pending_next + oldcap - m->npending + i) % oldcap];
+			if (i < m->npending - keep)
+				pending_free(p);
+			else
+				pending[i - (m->npending - keep)] = *p;
+		}
+		free(m->pending);
+		m->pending = pending;
+		m->npending = keep;
+		m->pending_next = keep % nl->max_pending;
+	}
+}
+
+mm_err mm_state_set_limits(mm_state *s, const mm_limits *limits)
+{
+	mm_limits nl;
+	void **bufs = NULL;
+	size_t n = 0, i = 0;
+	int hist_changes, pending_changes;
+
+	limits_take(&nl, limits);
+	hist_changes = nl.history_size != s->limits.history_size;
+	pending_changes = nl.max_pending != s->limits.max_pending;
+	if (hist_changes || pending_changes) {
+		/* every new ring first, so that a failure changes nothing */
+		MAP_EACH(&s->accounts, an)
+			n += ((mm_account *)an->value)->rooms.count;
+		bufs = calloc(2 * n + 1, sizeof *bufs);
+		if (bufs == NULL)
+			return MM_ENOMEM;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				mm_membership *m = rn->value;
+				int ok = 1;
+				if (hist_changes && m->hist)
+					ok = (bufs[i] = calloc(nl.history_size, sizeof(mm_hist))) != NULL;
+				if (ok && pending_changes && m->pending)
+					ok = (bufs[i + 1] = calloc(nl.max_pending, sizeof(mm_pending))) != NULL;
+				i += 2;
+				if (!ok) {
+					for (i = 0; i < 2 * n; i++)
+						free(bufs[i]);
+					free(bufs);
+					return MM_ENOMEM;
+				}
+			}
+		}
+		i = 0;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				rings_resize(s, rn->value, &nl, bufs[i], bufs[i + 1]);
+				i += 2;
+			}
+		}
+		free(bufs);
+	}
+	s->limits = nl;
+	return MM_OK;
 }
 
 /* ---- payload pool ------------------------------------------------------- */
@@ -621,24 +740,6 @@ static void payload_unref(mm_state *s, mm_node *n)
 	}
 }
 
-/* Replace *slot with a reference to payload (NULL payload: keep *slot).
- * Returns 0 on allocation failure, leaving *slot untouched. */
-static int payload_set(mm_state *s, mm_node **slot, const char *payload,
-		const mm_payload *handle)
-{
-	int fresh;
-	mm_node *n;
-	if (payload == NULL)
-		return 1;
-	n = payload_prepare(s, payload, handle, &fresh);
-	if (n == NULL)
-		return 0;
-	payload_ref(s, n, fresh);
-	payload_unref(s, *slot);
-	*slot = n;
-	return 1;
-}
-
 mm_payload *mm_payload_hold(mm_state *s, const char *text, size_t len)
 {
 	int fresh;
@@ -656,6 +757,59 @@ void mm_payload_release(mm_state *s, mm_payload *p)
 {
 	if (s != NULL && p != NULL)
 		payload_unref(s, (mm_node *)(void *)p);
+}
+
+/* ---- caches: bounded in bytes ---------------------------------------------
+ * A membership's caches (occupants, self, subject, catch-up) hold pooled
+ * payloads.  Each reference counts its bytes against the membership and
+ * its account (a text shared by two memberships counts for both), and a
+ * text any cache holds counts once against the state (cached_bytes).
+ */
+
+/* Count a reference to n the caller took as an entry of m's caches. */
+static void cache_count(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n->aux++ == 0)
+		s->cached_bytes += n->len;
+	m->bytes += n->len;
+	if (m->owner)
+		m->owner->bytes += n->len;
+}
+
+/* Make pool node n (fresh: not yet in the pool) an entry of m's caches. */
+static void cache_take(mm_state *s, mm_membership *m, mm_node *n, int fresh)
+{
+	payload_ref(s, n, fresh);
+	cache_count(s, m, n);
+}
+
+/* The reverse of cache_take(); NULL is accepted. */
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n == NULL)
+		return;
+	if (--n->aux == 0)
+		s->cached_bytes -= n->len;
+	m->bytes -= n->len;
+	if (m->owner)
+		m->owner->bytes -= n->len;
+	payload_unref(s, n);
+}
+
+/* Whether m may cache n within the byte limits once `freed` bytes of its
+ * own entries went. */
+static int cache_fits(const mm_state *s, const mm_membership *m,
+		const mm_node *n, size_t freed)
+{
+	const mm_limits *l = &s->limits;
+	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
+		return 0;
+	if (m->owner && (n->len > l->max_account_bytes
+			|| m->owner->bytes - freed > l->max_account_bytes - n->len))
+		return 0;
+	/* a text some cache holds already costs the state nothing more */
+	return n->aux > 0 || (n->len <= l->max_cache_bytes
+		&& s->cached_bytes <= l->max_cache_bytes - n->len);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -676,18 +830,15 @@ static void pending_free(mm_pending *p)
 	p->id = p->resource = NULL;
 }
 
-static void occupant_unref(void *value, void *ud)
-{
-	payload_unref(ud, value);
-}
-
 /* Drop the room state the account learnt by joining (occupants, self,
  * subject).  The catch-up history stays: it is what the account saw. */
 static void membership_clear_cache(mm_state *s, mm_membership *m)
 {
-	map_clear(&m->occupants, occupant_unref, s);
-	payload_unref(s, m->self);
-	payload_unref(s, m->subject);
+	MAP_EACH(&m->occupants, n)
+		cache_drop(s, m, n->value);
+	map_clear(&m->occupants, NULL, NULL);
+	cache_drop(s, m, m->self);
+	cache_drop(s, m, m->subject);
 	m->self = m->subject = NULL;
 }
 
@@ -695,7 +846,7 @@ static void hist_clear(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	for (i = 0; i < m->hist_count; i++)
-		payload_unref(s, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
+		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
 	free(m->hist);
 	m->hist = NULL;
 	m->hist_head = m->hist_count = 0;
@@ -925,18 +1076,26 @@ static mm_node *iq_new(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *resource, const char *orig_id,
 		const char *queryid, int self_ping, double now)
 {
-	char key[48];
+	static const char hex[] = "0123456789abcdef";
+	unsigned char rnd[16];
+	char key[4 + 2 * sizeof rnd + 1] = "mmx-";
 	mm_node *n = NULL;
-	mm_iq *q = calloc(1, sizeof *q);
+	mm_iq *q;
+	size_t i;
+	if (!random_bytes(rnd, sizeof rnd))
+		return NULL;
+	for (i = 0; i < sizeof rnd; i++) {
+		key[4 + 2 * i] = hex[rnd[i] >> 4];
+		key[5 + 2 * i] = hex[rnd[i] & 15];
+	}
+	key[sizeof key - 1] = '\0';
+	q = calloc(1, sizeof *q);
 	if (q == NULL)
 		return NULL;
 	q->account = str_dup(account);
 	q->room = str_dup(room);
 	q->deadline = now + (double)s->limits.iq_timeout;
 	q->self_ping = self_ping;
-	s->iq_counter++;
-	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
-		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
 	if (q->account && q->room && dup_opt(resource, &q->resource)
 			&& dup_opt(orig_id, &q->orig_id) && dup_opt(nick, &q->nick)
 			&& dup_opt(queryid, &q->queryid) && map_ready(&s->iqs))
@@ -1421,6 +1580,7 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	if (new_account)
 		map_link(&s->accounts, anode);
 	map_link(&a->rooms, rnode);
+	m->owner = a;
 	m->account = map_find(&s->accounts, account)->key;
 	membership_enter(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
@@ -2002,8 +2162,9 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		goto nomem;
 	/* commit */
 	if (pn) {
-		payload_ref(s, pn, fresh);
-		payload_unref(s, m->self);
+		/* always kept: a later session's join needs it */
+		cache_take(s, m, pn, fresh);
+		cache_drop(s, m, m->self);
 		m->self = pn;
 	}
 	if (nn) {
@@ -2182,29 +2343,49 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		mm_node *on = map_find(&m->occupants, nick);
 		if (p->type == MM_PRES_UNAVAILABLE) {
 			if (on) {
-				payload_unref(s, on->value);
+				cache_drop(s, m, on->value);
 				map_unlink(&m->occupants, on);
 				free(on);
 			}
-		} else if (on) {
-			mm_node *slot = on->value;
-			if (!payload_set(s, &slot, p->payload, p->payload_handle))
+		} else if (on && p->payload) {
+			int fresh;
+			mm_node *old = on->value;
+			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			on->value = slot;
+			if (pn != old && cache_fits(s, m, pn, old->len)) {
+				cache_take(s, m, pn, fresh);
+				on->value = pn;
+			} else if (pn != old) {
+				/* beyond the byte limits: better no entry than a stale one */
+				if (fresh)
+					free(pn);
+				map_unlink(&m->occupants, on);
+				free(on);
+			}
+			if (pn != old)
+				cache_drop(s, m, old);
 		} else if (p->payload && m->occupants.count < s->limits.max_occupants) {
 			int fresh;
 			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
-			mm_node *nn = pn && map_ready(&m->occupants)
-				? node_new(nick, strlen(nick), pn) : NULL;
-			if (nn == NULL) {
-				if (fresh)
-					free(pn);
+			mm_node *nn;
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
+			if (cache_fits(s, m, pn, 0)) {
+				nn = map_ready(&m->occupants) ? node_new(nick, strlen(nick), pn) : NULL;
+				if (nn == NULL) {
+					if (fresh)
+						free(pn);
+					return dec_finish(s, out, 0, 0);
+				}
+				cache_take(s, m, pn, fresh);
+				map_link(&m->occupants, nn);
+			} else if (fresh) {
+				free(pn);
 			}
-			payload_ref(s, pn, fresh);
-			map_link(&m->occupants, nn);
 		}
-		/* past max_occupants the presence is still delivered, not cached */
+		/* past max_occupants or the byte limits the presence is still
+		 * delivered, not cached */
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2238,18 +2419,26 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		free(id);
 		return 0;
 	}
+	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	if (m->hist_count == cap) {
-		/* full: the oldest goes */
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, 0))) {
+		/* full, or beyond the byte limits: the oldest goes */
 		slot = &m->hist[m->hist_head];
-		payload_unref(s, slot->payload);
+		cache_drop(s, m, slot->payload);
 		m->hist_head = (m->hist_head + 1) % cap;
 		m->hist_count--;
 	}
-	slot = &m->hist[(m->hist_head + m->hist_count) % cap];
-	slot->payload = pn;
-	slot->stamp = msg->stamp;
-	m->hist_count++;
+	if (cache_fits(s, m, pn, 0)) {
+		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
+		slot->payload = pn;
+		slot->stamp = msg->stamp;
+		m->hist_count++;
+		cache_count(s, m, pn);
+	} else {
+		/* too big even alone: not kept (and the emptied ring leaves no
+		 * gap in what later sessions get); it still counts as seen */
+		payload_unref(s, pn);
+	}
 	if (msg->stanza_id) {
 		size_t len = strlen(msg->stanza_id) + 1;
 		if (id) {
@@ -2331,9 +2520,18 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			}
 		}
 		deliver_all_ref(s, m, &ok);
-		if (ok && msg->has_subject && !msg->has_body
-				&& !payload_set(s, &m->subject, msg->payload, msg->payload_handle))
-			ok = 0;
+		if (ok && msg->has_subject && !msg->has_body && msg->payload) {
+			/* always kept: it ends a later session's join sequence */
+			int fresh;
+			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
+			if (pn == NULL) {
+				ok = 0;
+			} else if (pn != m->subject) {
+				cache_take(s, m, pn, fresh);
+				cache_drop(s, m, m->subject);
+				m->subject = pn;
+			}
+		}
 		if (ok && msg->has_body && msg->payload)
 			ok = hist_push(s, account, m, msg);
 		return dec_finish(s, out, 1, ok);
@@ -2421,145 +2619,171 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, 1, ok);
 }
 
+/* ---- requests ------------------------------------------------------------ */
+
+/* A count a client sent: NaN absent (-1), negative nothing (0), and no
+ * conversion of a double a long cannot hold. */
+static long client_count(double v)
+{
+	if (v != v)
+		return -1;
+	if (v <= 0)
+		return 0;
+	if (v >= (double)LONG_MAX)
+		return LONG_MAX;
+	return (long)v;
+}
+
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since)
+{
+	req->history.requested = 1;
+	req->history.maxstanzas = client_count(maxstanzas);
+	req->history.maxchars = client_count(maxchars);
+	req->history.seconds = seconds != seconds ? -1 : seconds < 0 ? 0 : seconds;
+	req->history.since = since != since ? -1 : since;
+}
+
 /* ---- JIDs ----------------------------------------------------------------- */
 
 #define JID_PART_MAX 1023
 
-/* Well-formed UTF-8 of 1..JID_PART_MAX bytes, without control characters. */
-static int part_ok(const char *p, size_t len)
+/*
+ * What Prosody's router does to a JID part (util.encodings built on ICU,
+ * as Debian's Prosody is): the ICU stringprep profile, unassigned code
+ * points allowed, at most JID_PART_MAX bytes in and out.  Writes the
+ * result, NUL-terminated, to out (JID_PART_MAX + 1 bytes); returns its
+ * length or -1 when the part is refused.  Profiles are opened once.
+ */
+static int part_prep(UStringPrepProfileType type, const char *in, size_t len,
+		char *out)
 {
-	size_t i = 0, n, k;
+	static UStringPrepProfile *profiles[3];
+	static const UStringPrepProfileType types[3] = {
+		USPREP_RFC3491_NAMEPREP, USPREP_RFC3920_NODEPREP,
+		USPREP_RFC3920_RESOURCEPREP
+	};
+	UChar u[JID_PART_MAX + 1], prepped[JID_PART_MAX + 1];
+	int32_t ulen = 0, plen, olen = 0;
+	UErrorCode err = U_ZERO_ERROR;
+	UStringPrepProfile *profile = NULL;
+	size_t k;
+
 	if (len == 0 || len > JID_PART_MAX)
-		return 0;
-	while (i < len) {
-		unsigned char c = (unsigned char)p[i];
-		if (c < 0x20 || c == 0x7f)
-			return 0;
-		if (c < 0x80) {
-			i++;
+		return -1;
+	for (k = 0; k < 3; k++) {
+		if (types[k] != type)
 			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf)
-			n = 1;
-		else if (c >= 0xe0 && c <= 0xef)
-			n = 2;
-		else if (c >= 0xf0 && c <= 0xf4)
-			n = 3;
-		else
-			return 0;
-		if (len - i <= n)
-			return 0; /* truncated sequence */
-		for (k = 1; k <= n; k++)
-			if (((unsigned char)p[i + k] & 0xc0) != 0x80)
-				return 0;
-		i += n + 1;
+		if (profiles[k] == NULL)
+			profiles[k] = usprep_openByType(type, &err);
+		profile = profiles[k];
 	}
-	return 1;
+	if (profile == NULL || U_FAILURE(err))
+		return -1;
+	u_strFromUTF8(u, JID_PART_MAX + 1, &ulen, in, (int32_t)len, &err);
+	if (U_FAILURE(err))
+		return -1;
+	plen = usprep_prepare(profile, u, ulen, prepped, JID_PART_MAX + 1,
+		USPREP_ALLOW_UNASSIGNED, NULL, &err);
+	if (U_FAILURE(err))
+		return -1;
+	u_strToUTF8(out, JID_PART_MAX + 1, &olen, prepped, plen, &err);
+	if (U_FAILURE(err) || olen <= 0 || olen > JID_PART_MAX)
+		return -1;
+	out[olen] = '\0';
+	return (int)olen;
 }
 
-static int is_ip_literal(const char *d, size_t len)
+/*
+ * An IP literal, strictly: "[...]" holding an IPv6 address, or a name of
+ * digits and dots only, which must then be an IPv4 address (no DNS name is
+ * all digits: RFC 1123 2.1, RFC 3696 2).  1: a valid literal; 0: not a
+ * literal; -1: a malformed one.
+ */
+static int ip_literal(const char *d, size_t len)
 {
-	size_t i, dots = 0;
-	if (len >= 2 && d[0] == '[' && d[len - 1] == ']')
-		return 1;
-	for (i = 0; i < len; i++) {
-		if (d[i] == '.')
-			dots++;
-		else if (d[i] < '0' || d[i] > '9')
-			return 0;
+	unsigned char buf[16];
+	char tmp[64];
+	size_t i;
+	if (len > 0 && (d[0] == '[' || d[len - 1] == ']')) {
+		if (len < 3 || d[0] != '[' || d[len - 1] != ']' || len - 2 >= sizeof tmp)
+			return -1;
+		memcpy(tmp, d + 1, len - 2);
+		tmp[len - 2] = '\0';
+		return inet_pton(AF_INET6, tmp, buf) == 1 ? 1 : -1;
 	}
-	return dots == 3;
+	for (i = 0; i < len; i++)
+		if (d[i] != '.' && (d[i] < '0' || d[i] > '9'))
+			return 0;
+	if (len >= sizeof tmp)
+		return -1;
+	memcpy(tmp, d, len);
+	tmp[len] = '\0';
+	return inet_pton(AF_INET, tmp, buf) == 1 ? 1 : -1;
 }
 
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize)
 {
-	const char *slash, *at, *dom, *dom_end;
-	char *domain = NULL, *ascii = NULL, *uni = NULL, *res = NULL;
-	size_t nodelen = 0, domlen, reslen = 0, need, i;
-	mm_err err = MM_EINVAL;
+	const char *at, *host, *host_end, *slash;
+	char node[JID_PART_MAX + 1], domain[JID_PART_MAX + 1], res[JID_PART_MAX + 1];
+	int nodelen = -1, domlen, reslen = -1, ip;
+	size_t len, need, i, hl;
 
 	if (jid == NULL || out == NULL)
 		return MM_EINVAL;
-	slash = strchr(jid, '/');
-	at = memchr(jid, '@', slash ? (size_t)(slash - jid) : strlen(jid));
-	dom = at ? at + 1 : jid;
-	dom_end = slash ? slash : jid + strlen(jid);
-	if (at) {
-		nodelen = (size_t)(at - jid);
-		if (!part_ok(jid, nodelen))
-			return MM_EINVAL;
-		for (i = 0; i < nodelen; i++)
-			if (strchr("\"&'/:<>@ ", jid[i]))
-				return MM_EINVAL; /* RFC 7622 3.3.1 */
-	}
-	if (slash) {
-		reslen = strlen(slash + 1);
-		if (!part_ok(slash + 1, reslen))
-			return MM_EINVAL;
-	}
-	domlen = (size_t)(dom_end - dom);
-	if (domlen > 0 && dom[domlen - 1] == '.')
-		domlen--;
-	if (!part_ok(dom, domlen))
-		return MM_EINVAL;
-	domain = malloc(domlen + 1);
-	if (domain == NULL)
-		return MM_ENOMEM;
-	memcpy(domain, dom, domlen);
-	domain[domlen] = '\0';
-	if (is_ip_literal(domain, domlen)) {
-		for (i = 0; i < domlen; i++)
-			if (domain[i] >= 'A' && domain[i] <= 'Z')
-				domain[i] = (char)(domain[i] - 'A' + 'a');
-		res = domain;
-		domain = NULL;
-	} else {
-		/* ASCII in a domain: letters, digits, hyphens, dots (and the
-		 * underscores some hosts carry); libidn2 would drop or map others */
-		for (i = 0; i < domlen; i++) {
-			unsigned char c = (unsigned char)domain[i];
-			if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-					|| (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-				goto done;
+	/* split as util.jid.split does: node@host/resource, node and host
+	 * without '@' or '/', a resource of at least one character */
+	len = strlen(jid);
+	at = NULL;
+	for (i = 0; i < len && jid[i] != '/'; i++)
+		if (jid[i] == '@') {
+			at = jid + i;
+			break;
 		}
-		if (idn2_lookup_u8((const uint8_t *)domain, (uint8_t **)&ascii,
-				IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL
-				| IDN2_USE_STD3_ASCII_RULES) != IDN2_OK)
-			goto done;
-		if (idn2_to_unicode_8z8z(ascii, &uni, 0) != IDN2_OK)
-			goto done;
-		res = uni;
-		uni = NULL;
+	if (at == jid)
+		return MM_EINVAL;
+	host = at ? at + 1 : jid;
+	for (host_end = host; *host_end && *host_end != '@' && *host_end != '/'; host_end++)
+		;
+	if (host_end == host || *host_end == '@')
+		return MM_EINVAL;
+	slash = *host_end == '/' ? host_end : NULL;
+	if (slash && slash[1] == '\0')
+		return MM_EINVAL;
+	hl = (size_t)(host_end - host);
+	if (hl == 1 && host[0] == '.')
+		return MM_EINVAL;
+	if (host[hl - 1] == '.')
+		hl--; /* the empty root label */
+	domlen = part_prep(USPREP_RFC3491_NAMEPREP, host, hl, domain);
+	if (domlen < 0)
+		return MM_EINVAL;
+	if (at && (nodelen = part_prep(USPREP_RFC3920_NODEPREP, jid,
+			(size_t)(at - jid), node)) < 0)
+		return MM_EINVAL;
+	if (slash && (reslen = part_prep(USPREP_RFC3920_RESOURCEPREP, slash + 1,
+			strlen(slash + 1), res)) < 0)
+		return MM_EINVAL;
+	/* stricter than the router, never different: IP literals must be
+	 * addresses, and ASCII in a domain name is letters, digits, hyphens,
+	 * dots (and the underscores some hosts carry) */
+	ip = ip_literal(domain, (size_t)domlen);
+	if (ip < 0)
+		return MM_EINVAL;
+	for (i = 0; ip == 0 && i < (size_t)domlen; i++) {
+		unsigned char c = (unsigned char)domain[i];
+		if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+				|| c == '-' || c == '_' || c == '.'))
+			return MM_EINVAL;
 	}
-	if (!part_ok(res, strlen(res)))
-		goto done;
-	need = nodelen + (at ? 1 : 0) + strlen(res) + (slash ? 1 + reslen : 0) + 1;
-	if (need > outsize) {
-		err = MM_ENOMEM;
-		goto done;
-	}
-	/* write: node (lower-cased ASCII), domain, resource as given */
-	for (i = 0; i < nodelen; i++) {
-		char c = jid[i];
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-	}
-	if (at)
-		out[nodelen++] = '@';
-	memcpy(out + nodelen, res, strlen(res));
-	nodelen += strlen(res);
-	if (slash) {
-		out[nodelen++] = '/';
-		memcpy(out + nodelen, slash + 1, reslen);
-		nodelen += reslen;
-	}
-	out[nodelen] = '\0';
-	err = MM_OK;
-done:
-	free(domain);
-	idn2_free(ascii);
-	idn2_free(uni);
-	free(res); /* from malloc, or from libidn2, which allocates with malloc */
-	return err;
+	need = (nodelen >= 0 ? (size_t)nodelen + 1 : 0) + (size_t)domlen
+		+ (reslen >= 0 ? (size_t)reslen + 1 : 0) + 1;
+	if (need > outsize)
+		return MM_ENOMEM;
+	snprintf(out, outsize, "%s%s%s%s%s", nodelen >= 0 ? node : "",
+		nodelen >= 0 ? "@" : "", domain, reslen >= 0 ? "/" : "",
+		reslen >= 0 ? res : "");
+	return MM_OK;
 }
 
 mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
@@ -2763,6 +2987,8 @@ static int ping_schedule(mm_state *s, const char *host, unsigned delay)
 		}
 		return 1;
 	}
+	if (s->pings.count >= MM_MAX_PING_HOSTS)
+		return 1; /* dropped: the periodic pings cover its rooms */
 	if (!map_ready(&s->pings) || (w = malloc(sizeof *w)) == NULL)
 		return 0;
 	w->wait = delay;
@@ -3006,6 +3232,7 @@ void mm_state_stats(const mm_state *s, mm_stats *st)
 	}
 	st->payloads = s->payloads.count;
 	st->payload_bytes = s->payload_bytes;
+	st->cached_bytes = s->cached_bytes;
 	st->iqs = s->iqs.count;
 }
 
@@ -3027,6 +3254,7 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.occupants = m->occupants.count;
 		info.has_subject = m->subject != NULL;
 		info.history = m->hist_count;
+		info.bytes = m->bytes;
 		info.last_id = m->last_id;
 		info.last_stamp = m->last_stamp;
 		info.persistent = m->state == MM_JOINED || m->state == MM_REJOINING

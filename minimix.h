@@ -70,6 +70,21 @@ typedef struct mm_limits {
 	                         * most this many (default 20, as Prosody's MUC) */
 	size_t join_timeout;    /* seconds a join or a leave waits for the room's
 	                         * answer before it is given up (default 60) */
+	/*
+	 * Bytes of serialized stanzas the caches (occupants, self-presence,
+	 * subject, catch-up) may hold: per membership, per account (over its
+	 * memberships; a text two memberships share counts for each), and
+	 * over the whole state (each distinct text once).  Beyond them an
+	 * occupant presence is not cached (a changed one loses its entry
+	 * rather than go stale) and the catch-up ring drops its oldest
+	 * messages to make room, keeping none when even an empty ring would
+	 * not do.  The self-presence and the subject are always kept (a later
+	 * session's join needs them) and count like the rest.  Live traffic
+	 * is delivered whatever the caches keep.
+	 */
+	size_t max_membership_bytes; /* default 4 MiB */
+	size_t max_account_bytes;    /* default 16 MiB */
+	size_t max_cache_bytes;      /* default 256 MiB */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -83,6 +98,9 @@ typedef struct mm_limits {
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
 #define MM_DEFAULT_JOIN_TIMEOUT 60
+#define MM_DEFAULT_MAX_MEMBERSHIP_BYTES ((size_t)4 << 20)
+#define MM_DEFAULT_MAX_ACCOUNT_BYTES ((size_t)16 << 20)
+#define MM_DEFAULT_MAX_CACHE_BYTES ((size_t)256 << 20)
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -96,6 +114,16 @@ mm_state *mm_state_new(const mm_limits *limits);
 void mm_state_free(mm_state *state);
 /* The limits in force (defaults filled in). */
 const mm_limits *mm_state_limits(const mm_state *state);
+/*
+ * Change the limits of a state in use (a reloaded configuration); zero
+ * fields mean the defaults, as for mm_state_new().  A smaller
+ * history_size keeps each membership's newest messages, a smaller
+ * max_pending its newest stanza ids; a lower max_rooms, max_sessions,
+ * max_occupants or max_iqs refuses what would go beyond it from now on and
+ * keeps what is there.  The other limits apply to what comes next.
+ * Errors: MM_ENOMEM, with the state as it was.
+ */
+mm_err mm_state_set_limits(mm_state *state, const mm_limits *limits);
 
 /*
  * Serialized stanzas are pooled: each distinct text is held once however
@@ -406,6 +434,17 @@ typedef struct mm_join {
 } mm_join;
 
 /*
+ * Fill req->history from a client's <history/> (XEP-0045 7.2.14), numbers
+ * as the client sent them: any double, infinities included.  NaN: no such
+ * attribute.  A negative maxstanzas, maxchars or seconds asks for nothing,
+ * as Prosody's MUC reads it (0); maxstanzas and maxchars are truncated and
+ * at most LONG_MAX; since is kept as given (negative: everything).  Sets
+ * req->history.requested.  No conversion in it is undefined.
+ */
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since);
+
+/*
  * Session `resource` of `account` sent a MUC join (presence with the MUC
  * <x/>) to room/nick.  `id` is the stanza id or NULL; `password` the room
  * password from the join or NULL.
@@ -640,7 +679,8 @@ mm_err mm_room_message(mm_state *state, const char *account,
  * (is_error 1, `condition`) with `id` to the account.  When the id is one the
  * module gave an IQ of a session of this account to this very JID (room,
  * or room/nick): DELIVER to that session with its original id.  The ids
- * carry a per-state secret, so an occupant cannot guess them.  A self-ping answered not-acceptable
+ * are 128 random bits each, from the kernel's CSPRNG (getrandom(2)): an
+ * occupant that sees some cannot guess others.  A self-ping answered not-acceptable
  * also makes the account re-join: each session gets an unavailable
  * self-presence with 333 (REFLECT_LEAVE) and waits for the join sequence
  * again (SEND_JOIN).  Not handled otherwise.
@@ -685,9 +725,13 @@ mm_err mm_tick(mm_state *state, double now, mm_decision *out);
 /*
  * Ping the rooms on `host` (as mm_ping_due(host)) from the mm_tick() that
  * comes `delay` seconds from now; the earlier of two asks wins.  For a
- * server-to-server link that went down or came back.  Errors: MM_EINVAL
- * (empty host), MM_ENOMEM.
+ * server-to-server link that went down or came back.  At most
+ * MM_MAX_PING_HOSTS hosts wait at once: an ask for another host beyond
+ * them is dropped (MM_OK), and the periodic pings (mm_ping_due(NULL))
+ * check its rooms instead, so that links to many domains falling at once
+ * cannot grow the state.  Errors: MM_EINVAL (empty host), MM_ENOMEM.
  */
+#define MM_MAX_PING_HOSTS 1024
 mm_err mm_ping_later(mm_state *state, const char *host, unsigned delay);
 
 /*
@@ -703,17 +747,20 @@ mm_err mm_delivery_failed(mm_state *state, const char *account,
 
 /*
  * Normalise a JID that did not pass Prosody's router (bookmark items,
- * ad-hoc command input, stored data), so that one room under two spellings
- * is one membership.  The domain goes through IDNA2008 with UTS #46
- * non-transitional mapping (libidn2), must then be letters, digits,
- * hyphens and underscores in its ASCII form, and comes out as lower-case
- * Unicode, as Prosody's nameprep gives it for the same name; a trailing
- * dot goes;
- * IP literals stay.  The localpart is lower-cased (ASCII) and refused when
- * it holds a character RFC 7622 forbids there; each part is 1 to 1023
- * bytes of UTF-8.  Writes the result, NUL-terminated, to out (outsize
- * bytes).  Errors: MM_EINVAL (malformed: answer jid-malformed), MM_ENOMEM
- * (also when out is too small).  out is untouched on error.
+ * ad-hoc command input, stored data) exactly as the router prepares JIDs,
+ * so that one room under two spellings is one membership and the room's
+ * answers find it: split as util.jid.split does, a trailing dot of the
+ * domain dropped, then the domain through nameprep, the localpart through
+ * nodeprep, the resource through resourceprep: ICU's stringprep profiles
+ * with unassigned code points allowed, as Prosody's util.encodings on ICU
+ * does (Debian's build); each part 1 to 1023 bytes of UTF-8 before and
+ * after.  Stricter than the router in two refusals only: an IP literal
+ * must be an address ("[...]" an IPv6 address, a domain of digits and
+ * dots an IPv4 address), and ASCII in a domain name must be letters,
+ * digits, hyphens, dots or underscores.  Writes the result, NUL-terminated,
+ * to out (outsize bytes).  Errors: MM_EINVAL (malformed: answer
+ * jid-malformed), MM_ENOMEM (also when out is too small).  out is untouched
+ * on error.
  */
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize);
 
@@ -770,6 +817,8 @@ typedef struct mm_stats {
 	size_t occupants;    /* cached occupant entries */
 	size_t payloads;     /* distinct interned payloads */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of those, bytes some cache holds (against
+	                      * max_cache_bytes) */
 	size_t iqs;          /* IQs awaiting an answer */
 } mm_stats;
 
@@ -784,6 +833,7 @@ typedef struct mm_membership_info {
 	size_t occupants;
 	int has_subject;
 	size_t history;        /* messages held for catch-up */
+	size_t bytes;          /* payload bytes its caches hold */
 	const char *last_id;   /* stanza-id of the last room message seen, or NULL */
 	double last_stamp;     /* the newest room message time seen (seconds), or 0 */
 	/* worth keeping across a restart: joined, or joining again by itself */

@@ -7,6 +7,7 @@
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
+local jid_prep = require "util.jid".prep;
 local xml_parse = require "util.xml".parse;
 local new_cache = require "util.cache".new;
 local now = require "util.time".now;
@@ -48,7 +49,14 @@ local limits = {
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
 	join_timeout = limit_option("minimix_join_timeout", 60);
+	-- bytes of room stanzas cached for later sessions (see README)
+	max_membership_bytes = limit_option("minimix_max_membership_bytes", 4 * 1024 * 1024);
+	max_account_bytes = limit_option("minimix_max_account_bytes", 16 * 1024 * 1024);
+	max_cache_bytes = limit_option("minimix_max_cache_bytes", 256 * 1024 * 1024);
 };
+
+-- Text bytes of the cached stanzas kept parsed for replay (below).
+local parsed_max_bytes = limit_option("minimix_max_parsed_bytes", 512 * 1024);
 
 -- How often the last message seen per room is written (memberships
 -- themselves are written as soon as they change).
@@ -112,19 +120,37 @@ end
 local minimix = load_native();
 local core = minimix.new(limits);
 
+-- Remote domains whose server-to-server link went down, so that the account
+-- asks its rooms there again once the link is back.  Bounded: beyond
+-- links_lost_size domains the one lost longest ago is forgotten (its rooms
+-- are still pinged every minimix_ping_interval).
+local links_lost_size = 1024;
+local links_lost = new_cache(links_lost_size);
+
 -- Reload keeps memberships and sessions: the old core is handed over, and
--- the rooms see nothing of it.
+-- the rooms see nothing of it; the configuration's limits, changed or not,
+-- apply to it.  The lost links are handed over too.
 local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
-	return { core = core };
+	return { core = core, links_lost = links_lost };
 end
 
 function module.restore(data)
 	if data and data.core then
+		local ok, err = data.core:set_limits(limits);
+		if not ok then
+			module:log("warn", "Could not apply the new limits: %s", err);
+		end
 		core:close();
 		core = data.core;
 		reloaded = true;
+	end
+	if data and data.links_lost then
+		-- oldest first, so that the order of forgetting stays
+		local lost = {};
+		for remote in data.links_lost:items() do lost[#lost+1] = remote; end
+		for i = #lost, 1, -1 do links_lost:set(lost[i], true); end
 	end
 end
 
@@ -142,6 +168,19 @@ local function session_account(origin)
 		return nil;
 	end
 	return origin.username .. "@" .. origin.host, origin.resource;
+end
+
+-- A room JID that did not pass the router (a bookmark, a command, stored
+-- data): prepared exactly as the router prepares JIDs, so that the answers
+-- the room sends match it, then checked by the core (an IP literal must be
+-- an address).  nil when it is not a room JID (node@domain).
+local function prep_room(jid)
+	local prepped = type(jid) == "string" and jid_prep(jid);
+	local room = prepped and minimix.normalize_jid(prepped);
+	if not room or not room:find("@", 1, true) or room:find("/", 1, true) then
+		return nil;
+	end
+	return room;
 end
 
 local function split_room(to)
@@ -175,12 +214,24 @@ end
 -- text once (the copies are re-addressed, never changed in place).  A
 -- parsed presence weighs about 1.7 KB of Lua heap: 256 of them bound the
 -- cache near 450 KB, and cover the occupants of most rooms a device joins.
-local parsed = new_cache(256);
+-- The texts are bounded in bytes too (minimix_max_parsed_bytes), so that a
+-- room's large stanzas cannot fill the heap; one larger than that is parsed
+-- for each replay and not kept.
+local parsed_bytes = 0;
+local parsed = new_cache(256, function(payload) parsed_bytes = parsed_bytes - #payload; end);
 local function parse_cached(payload)
 	local stanza = parsed:get(payload);
 	if not stanza then
 		stanza = xml_parse(payload);
-		if stanza then parsed:set(payload, stanza); end
+		if stanza and #payload <= parsed_max_bytes then
+			parsed:set(payload, stanza);
+			parsed_bytes = parsed_bytes + #payload;
+			while parsed_bytes > parsed_max_bytes do
+				local oldest = parsed:tail();
+				parsed:set(oldest, nil); -- a removal: no eviction callback
+				parsed_bytes = parsed_bytes - #oldest;
+			end
+		end
 	end
 	return stanza;
 end
@@ -674,15 +725,14 @@ end
 -- A link that fell: ask soon (a failed ask comes back as "ping_later").
 -- A link that came back up after that: the room may have dropped the
 -- account meanwhile, ask again.  A first link needs no asking.
-local links_lost = {};
 local function link_down(remote)
 	if not remote then return; end
-	links_lost[remote] = true;
+	links_lost:set(remote, true);
 	ping_host_later(remote, 5);
 end
 local function link_up(remote)
-	if not remote or not links_lost[remote] then return; end
-	links_lost[remote] = nil;
+	if not remote or not links_lost:get(remote) then return; end
+	links_lost:set(remote, nil);
 	ping_host_later(remote, 1);
 end
 module:hook("s2sout-destroyed", function(event) link_down(event.session.to_host); end);
@@ -719,7 +769,9 @@ function restore_all()
 	for username in store:users() do
 		local account = username .. "@" .. module.host;
 		local rooms = store:get(username) or {};
-		for room, rec in pairs(rooms) do
+		for stored, rec in pairs(rooms) do
+			-- stored by an older version, or by hand: prepared as the router does
+			local room = prep_room(stored) or stored;
 			local ctx = { account = account, room = room };
 			local handled = perform(ctx, core:restore(account, room, rec.nick,
 				rec.password, rec.last_id, rec.last_stamp));
@@ -754,8 +806,8 @@ local bookmarked = {};
 
 local function bookmark_changed(username, room_jid, item)
 	local account = username .. "@" .. module.host;
-	local room = minimix.normalize_jid(room_jid or "");
-	if not room or room:find("/", 1, true) then
+	local room = prep_room(room_jid);
+	if not room then
 		module:log("debug", "Ignoring a bookmark of %s for %q: not a room JID", account, room_jid);
 		return;
 	end
@@ -764,7 +816,7 @@ local function bookmark_changed(username, room_jid, item)
 	local rooms = bookmarked[account] or {};
 	bookmarked[account] = rooms;
 	if autojoin then
-		rooms[room] = true;
+		rooms[room] = room_jid; -- the item's own id, for bookmark_follows
 		perform(ctx, core:restore(account, room, nick or username, password));
 	else
 		rooms[room] = nil;
@@ -810,6 +862,9 @@ if use_bookmarks then
 
 	function bookmark_follows(account, room)
 		local username = jid_split(account);
+		-- the item as the client named it (the room is the prepared JID)
+		local id = bookmarked[account] and bookmarked[account][room];
+		if type(id) == "string" then room = id; end
 		local service = mod_pep.get_pep_service(username);
 		local ok, items = service:get_items(xmlns_bookmarks, true, room);
 		local item = ok and items and items[room];
@@ -921,9 +976,11 @@ module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#l
 				values = { room = rooms } } }, "leave";
 		end
 		local fields, err = leave_form:data(data.form);
-		if err or not fields.room then
+		local room = not err and prep_room(fields.room);
+		if not room then
 			return { status = "completed", error = { message = "Choose a room to leave." } };
 		end
+		fields.room = room;
 		local left, leaving = leave_rooms(account, { fields.room });
 		if left + leaving == 0 then
 			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
@@ -947,7 +1004,7 @@ function memberships(account) -- luacheck: ignore 131
 end
 
 function leave(account, room) -- luacheck: ignore 131
-	local norm = minimix.normalize_jid(room);
+	local norm = prep_room(room);
 	if not norm then return "Not a room JID: " .. tostring(room); end
 	local left, leaving = leave_rooms(account, { norm });
 	if left + leaving == 0 then

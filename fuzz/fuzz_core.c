@@ -188,6 +188,8 @@ static void check_state(const mm_state *st)
 		fail("account count");
 	if (s.memberships > 2 * 3)
 		fail("more memberships than rooms");
+	if (s.cached_bytes > s.payload_bytes)
+		fail("more bytes cached than pooled");
 }
 
 static void step(mm_state *st, struct input *in, double *now)
@@ -285,6 +287,28 @@ static void step(mm_state *st, struct input *in, double *now)
 		err = mm_tick(st, *now, &d);
 		break;
 	case 14:
+		if ((take(in) & 7) == 0) {
+			/* a reloaded configuration: rings and byte budgets change */
+			mm_limits lim;
+			memset(&lim, 0, sizeof lim);
+			lim.max_rooms = 1 + (take(in) & 3);
+			lim.max_sessions = 1 + (take(in) & 3);
+			lim.max_occupants = 1 + (take(in) & 3);
+			lim.max_pending = 1 + (take(in) & 3);
+			lim.max_iqs = 2;
+			lim.history_size = 1 + (take(in) & 3);
+			lim.history_default = 2;
+			lim.max_nick_bytes = 8;
+			lim.join_timeout = 30;
+			lim.rejoin_delay = 2;
+			lim.max_membership_bytes = 64 + 64 * (take(in) & 7);
+			lim.max_account_bytes = 128 + 64 * (take(in) & 7);
+			lim.max_cache_bytes = 128 + 128 * (take(in) & 7);
+			err = mm_state_set_limits(st, &lim);
+			d.handled = 0;
+			d.n = 0;
+			break;
+		}
 		err = mm_ping_later(st, take(in) & 1 ? "muc.example.org" : "elsewhere.example",
 			take(in) % 8);
 		memset(&d, 0, sizeof d);
@@ -333,7 +357,7 @@ static void drain(mm_state *st)
 	mm_take_dirty(st, 1, NULL, NULL);
 	mm_state_stats(st, &s);
 	if (s.accounts || s.memberships || s.sessions || s.occupants || s.payloads
-			|| s.payload_bytes || s.iqs)
+			|| s.payload_bytes || s.cached_bytes || s.iqs)
 		fail("state not empty after everything left");
 }
 
@@ -358,6 +382,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.max_nick_bytes = 8;
 	lim.join_timeout = 30;
 	lim.rejoin_delay = 2;
+	lim.max_membership_bytes = 400; /* a few payloads: the fuzzer hits them */
+	lim.max_account_bytes = 600;
+	lim.max_cache_bytes = 500;
 	st = mm_state_new(&lim);
 	if (st == NULL)
 		return 0;

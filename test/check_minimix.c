@@ -14,6 +14,8 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
+#include <limits.h>
 #include <string.h>
 
 #include <check.h>
@@ -495,6 +497,7 @@ struct minfo {
 	size_t occupants;
 	int has_subject;
 	size_t history;
+	size_t bytes;
 	char last_id[128];
 	int has_last_id;
 	double last_stamp;
@@ -522,6 +525,7 @@ static int info_cb(const mm_membership_info *info, void *ud)
 	mi->occupants = info->occupants;
 	mi->has_subject = info->has_subject;
 	mi->history = info->history;
+	mi->bytes = info->bytes;
 	copy_str(mi->last_id, sizeof mi->last_id, info->last_id);
 	mi->has_last_id = info->last_id != NULL;
 	mi->last_stamp = info->last_stamp;
@@ -628,6 +632,7 @@ static void expect_empty_state(void)
 	ck_assert_uint_eq(s.occupants, 0);
 	ck_assert_uint_eq(s.payloads, 0);
 	ck_assert_uint_eq(s.payload_bytes, 0);
+	ck_assert_uint_eq(s.cached_bytes, 0);
 }
 
 static void expect_same_stats(const mm_stats *a, const mm_stats *b)
@@ -3160,55 +3165,102 @@ START_TEST(test_iq_spoofed_answers)
 END_TEST
 
 /*
- * Module-owned ids look like "mmx-<counter>-<16 hex digits>": a counter
- * (hex digits) and a value derived from a per-state secret.
+ * Module-owned ids look like "mmx-<32 hex digits>": 128 bits from the
+ * kernel's CSPRNG and nothing else.
  */
-static int is_module_id(const char *id, char tail[17])
+static int is_module_id(const char *id, char tail[33])
 {
-	const char *p;
 	size_t n;
 
 	if (strncmp(id, "mmx-", 4) != 0)
 		return 0;
-	p = id + 4;
-	for (n = 0; strchr("0123456789abcdef", p[n]) && p[n] != '\0'; n++)
+	for (n = 0; id[4 + n] != '\0' && strchr("0123456789abcdef", id[4 + n]); n++)
 		;
-	if (n == 0 || p[n] != '-')
+	if (n != 32 || id[4 + n] != '\0')
 		return 0;
-	p += n + 1;
-	for (n = 0; p[n] != '\0' && strchr("0123456789abcdef", p[n]); n++)
-		;
-	if (n != 16 || p[n] != '\0')
-		return 0;
-	memcpy(tail, p, 17);
+	memcpy(tail, id + 4, 33);
 	return 1;
 }
 
+/* x ^= x >> k, undone */
+static uint64_t unxorshift(uint64_t y, unsigned k)
+{
+	uint64_t x = y;
+	unsigned i;
+
+	for (i = 0; i < 64 / k + 1; i++)
+		x = y ^ (x >> k);
+	return x;
+}
+
+/* the inverse of an odd number modulo 2^64 (Newton's iteration) */
+static uint64_t inverse64(uint64_t a)
+{
+	uint64_t x = a;
+	int i;
+
+	for (i = 0; i < 6; i++)
+		x *= 2 - a * x;
+	return x;
+}
+
+/* splitmix64's finalizer, and its inverse: what an observer of one id
+ * "mmx-<counter>-<mix(secret ^ counter)>" could compute */
+static uint64_t splitmix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static uint64_t unsplitmix(uint64_t y)
+{
+	uint64_t x = unxorshift(y, 31);
+	x = unxorshift(x * inverse64(0x94d049bb133111ebull), 27);
+	x = unxorshift(x * inverse64(0xbf58476d1ce4e5b9ull), 30);
+	return x - 0x9e3779b97f4a7c15ull;
+}
+
 /*
- * "The ids carry a per-state secret, so an occupant cannot guess them":
- * every id has the shape, no two are alike, another state (restarted
- * server) makes other ids for the same history of calls, and an id with
- * the right counter but a guessed tail is nobody's answer.
+ * "The id is 128 random bits from the kernel's CSPRNG, nothing else: one
+ * id tells nothing of another": every id has the shape and no two are
+ * alike; an observer who reads one id and knows how ids used to be made
+ * (a counter and a reversible mix of a secret) cannot predict the next
+ * one; another state (restarted server) makes other ids; a guessed id is
+ * nobody's answer.
  */
 START_TEST(test_iq_id_secret)
 {
-	char ids[4][64], tails[4][17], other[64], tail[17];
+	char ids[4][64], tails[4][33], other[64], tail[33];
 	size_t i, j;
 	const mm_action *a;
 
+	ck_assert_uint_eq(unsplitmix(splitmix(0x123456789abcdefull)), 0x123456789abcdefull);
 	joined_room(ACC, R1, ROOM, "alice");
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 4; i++)
 		sent_iq(ACC, R1, ROOM, i % 2 ? "bob" : NULL, "q", NULL, i == 3,
 				100, ids[i], sizeof ids[i]);
-		ck_assert_msg(is_module_id(ids[i], tails[i]),
-				"id %s is not mmx-<counter>-<16 hex>", ids[i]);
+	/* the attack on counter-and-secret ids: recover the secret from the
+	 * first id, predict the second */
+	{
+		unsigned long long counter, mixed;
+		char predicted[64];
+
+		if (sscanf(ids[0], "mmx-%llx-%llx", &counter, &mixed) == 2) {
+			uint64_t secret = unsplitmix(mixed) ^ counter;
+			snprintf(predicted, sizeof predicted, "mmx-%llx-%016llx", counter + 1,
+				(unsigned long long)splitmix(secret ^ (counter + 1)));
+			ck_assert_msg(strcmp(predicted, ids[1]) != 0,
+				"the id %s after %s was predicted from it", ids[1], ids[0]);
+		}
 	}
 	for (i = 0; i < 4; i++)
-		for (j = i + 1; j < 4; j++) {
+		ck_assert_msg(is_module_id(ids[i], tails[i]),
+				"id %s is not mmx-<32 hex>", ids[i]);
+	for (i = 0; i < 4; i++)
+		for (j = i + 1; j < 4; j++)
 			ck_assert_str_ne(ids[i], ids[j]);
-			/* not a constant: the secret part changes with the counter */
-			ck_assert_str_ne(tails[i], tails[j]);
-		}
 
 	/* a fresh state, the same calls: other ids */
 	reset_state(NULL);
@@ -3216,11 +3268,10 @@ START_TEST(test_iq_id_secret)
 	sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, other, sizeof other);
 	ck_assert(is_module_id(other, tail));
 	ck_assert_str_ne(other, ids[0]);
-	ck_assert_str_ne(tail, tails[0]);
 	/* the first state's id is no answer here */
 	room_iq(ACC, ROOM, NULL, ids[0], 0, NULL);
 	expect_not_handled(&d);
-	/* nor is the right counter with a guessed tail */
+	/* nor is a guessed one */
 	{
 		char guess[64];
 		size_t len = strlen(other);
@@ -3229,11 +3280,8 @@ START_TEST(test_iq_id_secret)
 		guess[len - 1] = guess[len - 1] == '0' ? '1' : '0';
 		room_iq(ACC, ROOM, NULL, guess, 0, NULL);
 		expect_not_handled(&d);
-		memcpy(guess + len - 16, "0000000000000000", 16);
-		if (strcmp(guess, other) != 0) {
-			room_iq(ACC, ROOM, NULL, guess, 0, NULL);
-			expect_not_handled(&d);
-		}
+		room_iq(ACC, ROOM, NULL, "mmx-00000000000000000000000000000000", 0, NULL);
+		expect_not_handled(&d);
 	}
 	ck_assert_uint_eq(stats().iqs, 1);
 	room_iq(ACC, ROOM, NULL, other, 0, NULL);
@@ -4315,6 +4363,180 @@ static void expect_event(const mm_decision *dd, const char *event,
 			nn(event), nn(reason), describe(dd));
 }
 
+/* ==== bytes =============================================================== */
+
+#define LEN(p) (sizeof(p) - 1)
+#define DIGITS70 \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"
+#define P_BIG(nick) P_PRES(nick, "<status>" DIGITS70 DIGITS70 DIGITS70 \
+	"</status>")
+
+/* Sum of the account's memberships' bytes. */
+static int bytes_cb(const mm_membership_info *info, void *ud)
+{
+	*(size_t *)ud += info->bytes;
+	return 0;
+}
+
+static size_t account_bytes(const char *acc)
+{
+	size_t sum = 0;
+
+	mm_account_memberships(st, acc, bytes_cb, &sum);
+	return sum;
+}
+
+/*
+ * max_membership_bytes: "the catch-up ring drops its oldest messages to
+ * make room"; "an occupant presence is not cached (a changed one loses its
+ * entry rather than go stale)"; "the self-presence and the subject are
+ * always kept ... and count like the rest"; "live traffic is delivered
+ * whatever the caches keep".
+ */
+START_TEST(test_bytes_membership)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	ck_assert_uint_eq(mm_state_limits(st)->max_membership_bytes, limit);
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	for (i = 0; i < 5; i++) {
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	ck_assert_uint_eq(stats().cached_bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, five + 2, 3, NULL);
+
+	/* full: a new occupant is delivered, not cached */
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+
+	/* the subject is kept all the same; the ring makes room for it */
+	subject_msg(ACC, ROOM, P_SUBJECT, 600, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_lt(must_info(ACC, ROOM).history, 3);
+
+	/* room for an occupant again once the ring is gone; a changed
+	 * presence that does not fit loses the entry */
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = LEN(P_SELF) + LEN(P_BOB) + LEN(P_BOB) / 2;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	occupant(ACC, ROOM, "bob", P_BOB);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	occupant(ACC, ROOM, "bob", P_BIG("bob"));
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	occupant(ACC, ROOM, "bob", P_BOB_AWAY);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_replay_hist(&d, R2, (const char *const[]){ P_BOB_AWAY }, 1, P_SELF, 0,
+			NULL, 0, NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_account_bytes: over the account's memberships; another account is
+ * bounded on its own.
+ */
+START_TEST(test_bytes_account)
+{
+	const size_t limit = 2 * LEN(P_SELF) + 4 * LEN(P_M1);
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_account_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	for (i = 0; i < 6; i++) {
+		hist_msg(ACC, ROOM, P_M1, NULL, 100 + (double)i, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(account_bytes(ACC), limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+	/* the other room of the account finds the account full: nothing kept */
+	hist_msg(ACC, ROOM2, P_M2, NULL, 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 0);
+	ck_assert_uint_eq(account_bytes(ACC), limit);
+	/* another account keeps its own */
+	hist_msg(ACC2, ROOM2, P_M2, NULL, 200, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM2).history, 1);
+	/* the account's memberships' bytes go with them */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	ck_assert_uint_eq(account_bytes(ACC), LEN(P_SELF));
+	hist_msg(ACC, ROOM2, P_M2, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 1);
+	self_unavailable(ACC, ROOM2, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM2, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_cache_bytes: over the whole state, each distinct text once; a text
+ * a cache holds already costs nothing more, so another account of the
+ * same room shares it; deliveries go on.
+ */
+START_TEST(test_bytes_state)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1);
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_cache_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	hist_msg(ACC, ROOM, P_M1, NULL, 100, 0);
+	hist_msg(ACC, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* the same texts for the other account: shared, kept */
+	hist_msg(ACC2, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC2, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 2);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* a new text: the ring drops its oldest for it while that frees bytes */
+	hist_msg(ACC, ROOM, P_M4, NULL, 400, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	/* an occupant beyond the budget: delivered, not cached */
+	occupant(ACC2, ROOM, "carol", P_CAROL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).occupants, 0);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* ==== history ============================================================= */
 
 /* history_size bounds the ring; the oldest message goes first. */
@@ -4354,6 +4576,91 @@ START_TEST(test_history_ring_bounded)
 	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
 
 	/* the membership's end frees the ring */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * mm_state_set_limits: "A smaller history_size keeps each membership's
+ * newest messages, a smaller max_pending its newest stanza ids; a lower
+ * max_rooms ... refuses what would go beyond it from now on and keeps what
+ * is there."  Lowering then raising again corrupts nothing (ASan and
+ * valgrind watch the rings), and the payloads of dropped messages go.
+ */
+START_TEST(test_limits_set_in_use)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	mm_limits l;
+	mm_stats s0;
+	mm_message m;
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	s0 = stats();
+	/* the ring wraps before the change: head not at 0 */
+	memset(&l, 0, sizeof l);
+	l.history_size = 4;
+	l.max_pending = 4;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	for (i = 0; i < 5; i++)
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+	for (i = 0; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, id);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+
+	memset(&l, 0, sizeof l);
+	l.history_size = 2;
+	l.max_pending = 2;
+	l.max_rooms = 1;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_pending, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_sessions, MM_DEFAULT_MAX_SESSIONS);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* m1..m3 dropped: their payloads are freed */
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 600), five + 3, 2, NULL);
+	/* the two newest ids still route their errors; older ones are gone */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_ERROR;
+	m.id = "m3";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	ck_assert_uint_eq(d.n, 0);
+	for (i = 4; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		m.id = id;
+		ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+		expect_n(&d, 1, 1);
+		expect_one(&d, MM_OP_DELIVER, R1);
+	}
+	/* the lower room limit: what is there stays, a second room is refused */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "x", NULL, &d),
+			MM_EROOMLIMIT);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* grow again: the ring keeps its two and takes more */
+	ck_assert_int_eq(mm_state_set_limits(st, NULL), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, MM_DEFAULT_HISTORY_SIZE);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "m7");
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 800),
+			(const struct hmsg[]){ { P_M4, 400 }, { P_M5, 500 }, { P_M1, 700 } }, 3, NULL);
+	m.id = "m7";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	expect_one(&d, MM_OP_DELIVER, R1);
+
+	/* the end frees everything */
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
 	expect_empty_state();
 }
@@ -4404,6 +4711,64 @@ START_TEST(test_history_default)
 	expect_catchup(R2, four + 1, 3, NULL);
 	/* a <history/> may ask for more than the default */
 	expect_catchup(join_dev(1, 4, NONE, NONE, NONE, 500), four, 4, NULL);
+}
+END_TEST
+
+/*
+ * mm_join_history: "numbers as the client sent them: any double,
+ * infinities included.  NaN: no such attribute.  A negative maxstanzas,
+ * maxchars or seconds asks for nothing ... maxstanzas and maxchars are
+ * truncated and at most LONG_MAX ... No conversion in it is undefined"
+ * (the UBSan build checks that last part), and a join with such numbers
+ * replays what they ask for.
+ */
+START_TEST(test_history_client_numbers)
+{
+	const double inf = HUGE_VAL, nan = NAN;
+	mm_join r;
+	mm_err e;
+
+	memset(&r, 0, sizeof r);
+	mm_join_history(&r, inf, 1e300, inf, inf);
+	ck_assert_int_eq(r.history.requested, 1);
+	ck_assert(r.history.maxstanzas == LONG_MAX);
+	ck_assert(r.history.maxchars == LONG_MAX);
+	ck_assert(r.history.seconds == inf);
+	ck_assert(r.history.since == inf);
+	mm_join_history(&r, -inf, -1e300, -5, -inf);
+	ck_assert_int_eq(r.history.maxstanzas, 0);
+	ck_assert_int_eq(r.history.maxchars, 0);
+	ck_assert(r.history.seconds == 0);
+	ck_assert(r.history.since == -inf);
+	mm_join_history(&r, nan, nan, nan, nan);
+	ck_assert_int_eq(r.history.maxstanzas, -1);
+	ck_assert_int_eq(r.history.maxchars, -1);
+	ck_assert(r.history.seconds < 0);
+	ck_assert(r.history.since < 0);
+	mm_join_history(&r, 2.9, 9.22e18, 1.5, 100);
+	ck_assert_int_eq(r.history.maxstanzas, 2);
+	ck_assert(r.history.maxchars > 0);
+	ck_assert(r.history.seconds == 1.5);
+	ck_assert(r.history.since == 100);
+
+	four_messages();
+	r.nick = "alice";
+	r.now = 500;
+	/* everything asked for: all four */
+	mm_join_history(&r, inf, inf, inf, nan);
+	e = mm_session_join_req(st, ACC, "inf", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("inf", four, 4, NULL);
+	/* a negative count: nothing */
+	mm_join_history(&r, -1, nan, nan, nan);
+	e = mm_session_join_req(st, ACC, "neg", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("neg", NULL, 0, NULL);
+	/* since infinitely long ago: everything */
+	mm_join_history(&r, nan, nan, nan, -inf);
+	e = mm_session_join_req(st, ACC, "past", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("past", four, 4, NULL);
 }
 END_TEST
 
@@ -5682,6 +6047,32 @@ START_TEST(test_timeout_ping_later)
 }
 END_TEST
 
+/* mm_ping_later: links to many domains falling at once cannot grow the
+ * state: past MM_MAX_PING_HOSTS waiting hosts an ask is dropped, and the
+ * hosts already waiting still get their pings. */
+START_TEST(test_timeout_ping_later_bounded)
+{
+	char host[64];
+	size_t i;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "r@late.example", "alice");
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 5), MM_OK);
+	for (i = 1; i < MM_MAX_PING_HOSTS; i++) {
+		snprintf(host, sizeof host, "d%zu.example", i);
+		ck_assert_int_eq(mm_ping_later(st, host, 5), MM_OK);
+	}
+	ck_assert_int_eq(mm_ping_later(st, "late.example", 5), MM_OK);
+	expire(T0 + 5);
+	expect_only(&d, MM_OP_SEND_PING, ROOM);
+	/* the waits were taken: there is room for new asks again */
+	ck_assert_int_eq(mm_ping_later(st, "late.example", 1), MM_OK);
+	expire(T0 + 6);
+	expect_only(&d, MM_OP_SEND_PING, "r@late.example");
+}
+END_TEST
+
 /* ==== sessions whose client is away (stream management hibernation) ========= */
 
 /*
@@ -5922,8 +6313,13 @@ START_TEST(test_jid_normalize_spellings)
 	/* one room, several spellings */
 	ck_assert_pstr_eq(norm("Room@Conference.Example.ORG"), "room@conference.example.org");
 	ck_assert_pstr_eq(norm("room@conference.example.org."), "room@conference.example.org");
-	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nameprep: an A-label stays as it is */
+	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@xn--bcher-kva.example");
 	ck_assert_pstr_eq(norm("room@B\xc3\x9c" "CHER.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nodeprep: NFKC and case folding, not ASCII only */
+	ck_assert_pstr_eq(norm("\xc3\x84rger@muc.example"), "\xc3\xa4rger@muc.example");
+	ck_assert_pstr_eq(norm("\xef\xbc\xa1\xef\xbc\xa2@muc.example"), "ab@muc.example");
+	ck_assert_pstr_eq(norm("stra\xc3\x9f" "e@muc.example"), "strasse@muc.example");
 	/* resources are kept as they are */
 	ck_assert_pstr_eq(norm("room@muc.example/Nick Name"), "room@muc.example/Nick Name");
 	ck_assert_pstr_eq(norm("muc.example"), "muc.example");
@@ -5944,6 +6340,12 @@ START_TEST(test_jid_normalize_malformed)
 	ck_assert_ptr_null(norm("room@mu c.example"));
 	ck_assert_ptr_null(norm("room@muc\x01.example"));
 	ck_assert_ptr_null(norm("room@\xc3(.example")); /* broken UTF-8 */
+	/* IP literals are addresses */
+	ck_assert_ptr_null(norm("room@1.2.3.999"));
+	ck_assert_ptr_null(norm("room@1.2.3"));
+	ck_assert_ptr_null(norm("room@[zz]"));
+	ck_assert_ptr_null(norm("room@[::1"));
+	ck_assert_pstr_eq(norm("room@[2001:DB8::1]"), "room@[2001:db8::1]");
 	memset(big, 'a', sizeof big - 1);
 	big[sizeof big - 1] = '\0';
 	big[1030] = '@';
@@ -6184,10 +6586,17 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_rejoin_sessions_during_wait);
 	tcase_add_test(tc, test_rejoin_last_leave_while_waiting);
 
+	tc = tcase(s, "bytes", setup_default);
+	tcase_add_test(tc, test_bytes_membership);
+	tcase_add_test(tc, test_bytes_account);
+	tcase_add_test(tc, test_bytes_state);
+
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);
 	tcase_add_test(tc, test_history_default);
 	tcase_add_test(tc, test_history_maxstanzas);
+	tcase_add_test(tc, test_history_client_numbers);
+	tcase_add_test(tc, test_limits_set_in_use);
 	tcase_add_test(tc, test_history_maxchars);
 	tcase_add_test(tc, test_history_seconds);
 	tcase_add_test(tc, test_history_since);
@@ -6224,6 +6633,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_timeout_rejoining_retries);
 	tcase_add_test(tc, test_timeout_before_first_tick);
 	tcase_add_test(tc, test_timeout_ping_later);
+	tcase_add_test(tc, test_timeout_ping_later_bounded);
 
 	tc = tcase(s, "unreachable", setup_default);
 	tcase_add_test(tc, test_unreachable_last_connected_leave);

@@ -9,7 +9,7 @@ make
 pkg-config
 lua5.4
 liblua5.4-dev
-libidn2-dev
+libicu-dev
 libxxhash-dev
 check
 valgrind

@@ -760,3 +760,46 @@ def test_adhoc_commands_act_on_the_callers_account_only(prosody):
         rooms = await list_rooms(p)
         assert set(rooms) == {room} and rooms[room]["sessions"] == 1, rooms
     run(prosody, scenario)
+
+
+def test_bookmark_jids_are_prepared_as_the_router_prepares_them(prosody):
+    """RFC 7622 3.2/3.3 and the README's "one JID normalisation": a bookmark
+    names its room as the client wrote it (XEP-0402 item id), here
+    'Ärger@conference.localhost' and the full-width
+    'ｆｕｌｌ@ｃｏｎｆｅｒｅｎｃｅ.ｌｏｃａｌｈｏｓｔ'; the account's membership
+    is the room as Prosody's router prepares the JID (nodeprep, nameprep):
+    'ärger@…' and 'full@conference.localhost'.  So the room's answers find
+    it: each join completes (XEP-0045 7.2.3) and the list shows one joined
+    membership per room, and a session that joins the router-prepared JID
+    attaches to it, with no second join in the room."""
+    async def scenario(w):
+        bob = await w.connect("bob", "desk")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        cases = (("Ärger@conference.localhost", "ärger@conference.localhost"),
+                 ("ｆｕｌｌ@ｃｏｎｆｅｒｅｎｃｅ.ｌｏｃａｌｈｏｓｔ", "full@conference.localhost"))
+        for written, room in cases:
+            await create_room(bob, room, "bob", whois="anyone", subject="Prepared")
+            mb = bob.mark()
+            await publish_bookmark(p, written, True, nick="Ali")
+            await exactly_once(bob, joined_at(room, "Ali"), since=mb,
+                               what="alice entering %s by bookmark, at bob" % room)
+        for _ in range(50):
+            rooms = await list_rooms(p)
+            if all(rooms.get(room, {}).get("state") == "joined" for _, room in cases):
+                break
+            await w.quiet(0.2)
+        assert set(rooms) == {room for _, room in cases}, rooms
+        assert all(r["state"] == "joined" for r in rooms.values()), rooms
+
+        for _, room in cases:
+            mb, ml = bob.mark(), l.mark()
+            _, seq = await join_room(l, room, "Ali", id="prepared-join")
+            assert [s.id for s in seq if s.is_self_presence] == ["prepared-join"], \
+                l.transcript(ml)
+            await bob.assert_nothing(P(name="presence", frm=room + "/Ali"), since=mb,
+                                     what="a second join of alice in %s" % room)
+        rooms = await list_rooms(p)
+        assert set(rooms) == {room for _, room in cases}, rooms
+        assert all(r["sessions"] == 1 for r in rooms.values()), rooms
+    run(prosody, scenario)
