@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from .prosody_env import ProsodyEnv, CHECKOUT
+from .prosody_env import ProsodyEnv, CHECKOUT, PROSODY, PROSODY_VERSION
 from .world import USERS
 
 PLAIN = os.environ.get("MINIMIX_E2E_PLAIN", "") not in ("", "0")
@@ -34,7 +34,8 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_report_header(config):
     mode = "plain MUC (MINIMIX_E2E_PLAIN)" if PLAIN else "mod_minimix from " + PLUGIN_DIR
-    return "minimix e2e: " + mode
+    return "minimix e2e: %s; Prosody %s (%s)" % (
+        mode, "0.12" if PROSODY_VERSION == 12 else PROSODY_VERSION, PROSODY)
 
 
 @pytest.fixture
