@@ -6,13 +6,23 @@ local xml_parse = require "util.xml".parse;
 local MUC = "http://jabber.org/protocol/muc";
 local MUC_USER = MUC .. "#user";
 
--- A fake module environment: records hooks, sends and logs.
-local function load_shim(options)
-	local env = { hooks = {}, sent = {}, logs = {}, bare = {} };
+-- A fake module environment: records hooks, sends and logs.  prosody13:
+-- the module API of Prosody 13 (version, roles, shell-command items).
+local function load_shim(options, prosody13)
+	local env = { hooks = {}, sent = {}, logs = {}, bare = {}, items = {}, permissions = {} };
 	local module = {
 		host = "localhost";
 		path = "./mod_minimix.lua";
 	};
+	function module:add_item(kind, item)
+		env.items[#env.items+1] = { kind = kind, item = item };
+	end
+	if prosody13 then
+		function module:default_permission(role, permission)
+			env.permissions[permission] = role;
+		end
+		function module:may() return true; end
+	end
 	function module:get_option_number(name, default)
 		local v = (options or {})[name];
 		if v == nil then return default; end
@@ -88,7 +98,7 @@ local function load_shim(options)
 	end
 	local g = setmetatable({
 		module = module;
-		prosody = { bare_sessions = env.bare };
+		prosody = { bare_sessions = env.bare, version = prosody13 and "13.0.1" or "0.12.3" };
 	}, { __index = _G });
 	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
 	chunk();
@@ -481,6 +491,33 @@ describe("mod_minimix shim", function()
 			assert.equal("unavailable", env.sent[1].attr.type);
 			assert.equal("unavailable", P.got[1].attr.type, "the joined session sees itself leave");
 		end);
+	end);
+
+	it("asks what the running Prosody offers: 13's roles and shell, 0.12's neither", function()
+		local function commands(e)
+			local out = {};
+			for _, p in ipairs(e.provided) do out[p.item.node] = p.item.permission; end
+			return out;
+		end
+		local function shell(e)
+			local out = {};
+			for _, i in ipairs(e.items) do
+				if i.kind == "shell-command" then out[#out+1] = i.item.section .. ":" .. i.item.name; end
+			end
+			table.sort(out);
+			return out;
+		end
+		assert.same({ ["urn:xmpp:minimix#list"] = "local_user", ["urn:xmpp:minimix#leave"] = "local_user",
+			["urn:xmpp:minimix#leave-all"] = "local_user" }, commands(env));
+		assert.same({}, shell(env));
+		assert.same({}, env.permissions);
+		local e13 = load_shim(nil, true);
+		assert.same({ ["urn:xmpp:minimix#list"] = "check", ["urn:xmpp:minimix#leave"] = "check",
+			["urn:xmpp:minimix#leave-all"] = "check" }, commands(e13));
+		assert.same({ ["adhoc:urn:xmpp:minimix#list"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave-all"] = "prosody:guest" }, e13.permissions);
+		assert.same({ "minimix:leave", "minimix:memberships", "minimix:state" }, shell(e13));
 	end);
 
 	it("never lets a session's bounce or a failed fork reach the room", function()

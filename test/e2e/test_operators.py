@@ -13,6 +13,7 @@ effect on a room is checked from bob's side.
 """
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from .clients import P, join_room, create_room
-from .prosody_env import CHECKOUT, free_port
+from .prosody_env import CHECKOUT, PROSODY_VERSION, free_port
 from .world import run
 
 ALICE = "alice@localhost"
@@ -169,9 +170,10 @@ async def wait_log(w, env, count, what, tries=50):
     raise AssertionError("%s: localhost:minimix info lines:\n%s" % (what, "\n".join(lines)))
 
 
-async def shell(env, command):
+async def shell(env, *command, check=True):
     """`prosodyctl shell` (ProsodyEnv.shell) without blocking the clients."""
-    return await asyncio.get_running_loop().run_in_executor(None, env.shell, command)
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(env.shell, *command, check=check))
 
 
 def module_call(function, *args):
@@ -463,4 +465,80 @@ def test_admin_shell_memberships_and_leave(prosody_factory):
         assert "The account is in no rooms." in out, out
         out = await shell(env, module_call("leave", ALICE, room))
         assert "%s is not in %s" % (ALICE, room) in out, out
+    run(env, scenario)
+
+
+@needs_module
+@pytest.mark.skipif(PROSODY_VERSION < 13, reason="Prosody 13's admin shell takes commands "
+                    "from modules; on 0.12 the module-table functions serve (test above)")
+def test_admin_shell_commands_on_prosody_13(prosody_factory):
+    """Prosody 13: mod_minimix adds the admin shell section "minimix"
+    (module:add_item("shell-command")), run as `prosodyctl shell minimix
+    <command> <args>`: `memberships <jid>` lists each room with nick,
+    sessions joined and their resources; `state <host>` counts accounts in
+    rooms, memberships, joined sessions and waiting IQs (as the state
+    gauges do); `leave <jid> <room>` makes the account exit (XEP-0045
+    7.14): bob sees alice leave, each joined session gets its unavailable
+    self-presence (110), the other room stays; then memberships and state
+    show one room less, and a second leave fails (non-zero exit) saying
+    the account is not in the room.  An account of another host, a JID
+    that is no room and a host without the module are refused; `help
+    minimix` lists the three commands."""
+    env = prosody_factory(admin_shell=True)
+
+    async def scenario(w):
+        room, room2 = w.room("shell13"), w.room("shell13-b")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        await create_room(bob, room2, "bob", whois="anyone")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        await join_room(p, room, "alice")
+        await join_room(l, room, "alice")
+        await join_room(p, room2, "ali")
+
+        out = await shell(env, "minimix", "memberships", ALICE)
+        assert re.search(r"^%s as alice \(joined\): 2 session\(s\) joined, \d+ message\(s\) "
+                         r"held for catch-up; sessions: laptop, phone$" % re.escape(room),
+                         out, re.M), out
+        assert re.search(r"^%s as ali \(joined\): 1 session\(s\) joined, .*; sessions: phone$"
+                         % re.escape(room2), out, re.M), out
+        assert "%s is in 2 room(s)" % ALICE in out, out
+        out = await shell(env, "minimix", "memberships", "carol@localhost")
+        assert "carol@localhost is in 0 room(s)" in out, out
+        out = await shell(env, "minimix", "state", "localhost")
+        assert "1 account(s) in rooms, 2 membership(s), 3 session(s) joined, 0 IQ(s)" in out, out
+
+        mb, mp, ml = bob.mark(), p.mark(), l.mark()
+        out = await shell(env, "minimix", "leave", ALICE, room)
+        assert "%s leaves %s" % (ALICE, room) in out, out
+        gone = await bob.wait_for(P(name="presence", frm=room + "/alice", type="unavailable"),
+                                  since=mb, what="alice leaving, at bob")
+        assert 110 not in gone.codes and gone.item.get("jid") == ALICE, gone
+        for c, m in ((p, mp), (l, ml)):
+            u = await c.wait_for(P(name="presence", frm=room + "/alice", type="unavailable",
+                                   codes={110}), since=m, what="unavailable at " + c.name)
+            assert u.to == c.jid, u
+        await w.quiet()
+        assert not bob.matching(P(name="presence", frm=room2 + "/ali"), since=mb), \
+            bob.transcript(mb)
+
+        out = await shell(env, "minimix", "memberships", ALICE)
+        assert room + " " not in out and "%s as ali" % room2 in out, out
+        assert "%s is in 1 room(s)" % ALICE in out, out
+        out = await shell(env, "minimix", "state", "localhost")
+        assert "1 account(s) in rooms, 1 membership(s), 1 session(s) joined" in out, out
+
+        rc, out = await shell(env, "minimix", "leave", ALICE, room, check=False)
+        assert rc != 0 and "%s is not in %s" % (ALICE, room) in out, (rc, out)
+        rc, out = await shell(env, "minimix", "leave", ALICE, room2 + "/ali", check=False)
+        assert rc != 0 and "Not a room JID" in out, (rc, out)
+        rc, out = await shell(env, "minimix", "memberships", "bob@plain.localhost", check=False)
+        assert rc != 0 and "not available on plain.localhost" in out, (rc, out)
+        rc, out = await shell(env, "minimix", "memberships", "localhost", check=False)
+        assert rc != 0 and "Not an account of localhost" in out, (rc, out)
+
+        out = await shell(env, "help minimix")
+        for usage in ("memberships <jid>", "leave <jid> <room>", "state <host>"):
+            assert "minimix " + usage in out, out
     run(env, scenario)
