@@ -40,10 +40,11 @@ def pytest_report_header(config):
 
 @pytest.fixture
 def prosody_factory(request):
-    """make(**ProsodyEnv options) -> a started ProsodyEnv with the users."""
+    """make(**ProsodyEnv options) -> a started ProsodyEnv with the users
+    (start=False: configured, not started)."""
     envs = []
 
-    def make(**kw):
+    def make(start=True, **kw):
         kw.setdefault("minimix", not PLAIN)
         kw.setdefault("plugin_paths", [PLUGIN_DIR])
         kw.setdefault("spy", True)
@@ -52,7 +53,8 @@ def prosody_factory(request):
         for user, password in USERS.items():
             env.add_user(user, password, env.domain)
             env.add_user(user, password, env.plain_domain)
-        env.start()
+        if start:
+            env.start()
         return env
 
     yield make

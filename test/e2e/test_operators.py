@@ -25,13 +25,13 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from .clients import P, join_room, create_room
-from .prosody_env import CHECKOUT, PROSODY_VERSION, free_port
+from .prosody_env import CHECKOUT, PROSODY13_DIR, PROSODY_VERSION, free_port
 from .world import run
 
 ALICE = "alice@localhost"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 
-# Prosody 0.12's OpenMetrics renders module:metric("counter", "deliveries")
+# Prosody's OpenMetrics (0.12 and 13) renders module:metric("counter", "deliveries")
 # of mod_minimix as prosody_mod_minimix__deliveries_total{host="localhost"}
 # ('/' in "prosody_mod_minimix/deliveries" becomes "__").
 METRIC = "prosody_mod_minimix__"
@@ -71,6 +71,13 @@ def loaded_libraries(env):
     """Paths of the shared objects mapped into the running Prosody."""
     with open("/proc/%d/maps" % env.proc.pid) as f:
         return {line.split()[-1] for line in f if line.rstrip().endswith(".so")}
+
+
+def from_checkout(libs):
+    """The libraries of the checkout among libs (not Prosody 13's own,
+    which tools/prosody13.sh unpacks inside the checkout)."""
+    return sorted(x for x in libs if x.startswith(CHECKOUT + os.sep)
+                  and not x.startswith(PROSODY13_DIR + os.sep))
 
 
 def same_file(a, b):
@@ -188,8 +195,8 @@ def module_call(function, *args):
 def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     """README, Installing (LuaRocks): `luarocks --lua-version=5.4 make --tree
     <installer_plugin_path>` from a checkout installs
-    share/lua/5.4/mod_minimix.lua and lib/lua/5.4/minimix.so; Prosody 0.12
-    with installer_plugin_path set to that tree and no plugin path at the
+    share/lua/5.4/mod_minimix.lua and lib/lua/5.4/minimix.so; Prosody (0.12
+    and 13) with installer_plugin_path set to that tree and no plugin path at the
     checkout finds the module and the module finds its library in the
     tree; a two-session join then forks bob's message to both sessions
     (XEP-0045 7.4).  The build happens in a copy: the checkout's own build
@@ -224,10 +231,59 @@ def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     libs = loaded_libraries(env)
     assert os.path.realpath(lib) in libs, "minimix.so of the tree is not loaded: %s" % sorted(
         x for x in libs if "minimix" in x)
-    assert not [x for x in libs if x.startswith(CHECKOUT)], sorted(libs)
+    assert not from_checkout(libs), from_checkout(libs)
 
     async def scenario(w):
         await fork_check(w, "installed-rock")
+    run(env, scenario)
+
+
+@needs_module
+def test_prosodyctl_install_of_a_binary_rock(prosody_factory, tmp_path):
+    """README, Installing (prosodyctl install): a binary rock built from a
+    checkout with `luarocks --lua-version=5.4 make --pack-binary-rock`,
+    installed with `prosodyctl --config <cfg> install <absolute path of the
+    .rock>` (prosodyctl changes to the data directory first, and the
+    rockspec's git+file://. source cannot be fetched, hence the packed
+    rock), lands in installer_plugin_path; Prosody (0.12 and 13) with no
+    plugin path at the checkout then loads the module and its library from
+    that tree, and a two-session join forks (XEP-0045 7.4).  Prosody 13.0.1
+    exits 0 even when LuaRocks failed, so the tree is checked, not only
+    the exit status."""
+    before = build_products()
+    src = copy_tracked_sources(str(tmp_path / "src"))
+    res = subprocess.run(["luarocks", "--lua-version=5.4", "make", "--pack-binary-rock",
+                          "mod_minimix-0.1.0-1.rockspec"], cwd=src, capture_output=True,
+                         timeout=300)
+    assert res.returncode == 0, "luarocks make --pack-binary-rock failed:\n%s%s" % (
+        res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace"))
+    rocks = [f for f in os.listdir(src) if f.startswith("mod_minimix-0.1.0-1.")
+             and f.endswith(".rock")]
+    assert len(rocks) == 1, os.listdir(src)
+    rock = os.path.join(src, rocks[0])
+    assert build_products() == before, "the checkout's build products changed"
+
+    tree = str(tmp_path / "tree")
+    env = prosody_factory(installer_plugin_path=tree, plugin_paths=[], spy=False,
+                          admin_shell=True, start=False)
+    rc, out = env.prosodyctl("install", rock)
+    lua = os.path.join(tree, "share", "lua", "5.4", "mod_minimix.lua")
+    lib = os.path.join(tree, "lib", "lua", "5.4", "minimix.so")
+    assert rc == 0 and os.path.isfile(lua) and os.path.isfile(lib), \
+        "prosodyctl install exited %s:\n%s" % (rc, out)
+    assert same_file(lua, os.path.join(CHECKOUT, "mod_minimix.lua"))
+    rc, out = env.prosodyctl("list")
+    assert "mod_minimix" in out, "prosodyctl list (exit %s):\n%s" % (rc, out)
+
+    env.start()
+    out = env.shell('> hosts["localhost"].modules.minimix.module.path')
+    assert lua in out, "mod_minimix was loaded from elsewhere: %s" % out
+    libs = loaded_libraries(env)
+    assert os.path.realpath(lib) in libs, sorted(x for x in libs if "minimix" in x)
+    assert not from_checkout(libs), from_checkout(libs)
+
+    async def scenario(w):
+        await fork_check(w, "prosodyctl-rock")
     run(env, scenario)
 
 
@@ -419,7 +475,7 @@ def test_log_one_info_line_per_account_event_none_per_message(prosody):
 def test_admin_shell_memberships_and_leave(prosody_factory):
     """mod_minimix.lua's shell functions, run with `prosodyctl --config <cfg>
     shell '> hosts["localhost"].modules.minimix.memberships("alice@localhost")'`
-    (Prosody 0.12: a line starting with '>' is Lua): memberships lists
+    (a line starting with '>' is Lua, on 0.12 and 13): memberships lists
     the account's room with nick and sessions; leave(account, room) makes
     the account exit (XEP-0045 7.14): bob sees alice leave, each joined
     session gets its unavailable self-presence (110); afterwards the list
