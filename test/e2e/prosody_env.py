@@ -68,6 +68,10 @@ def _major():
 
 # 12 (0.12) or 13: what tests of version-dependent behaviour ask.
 PROSODY_VERSION = _major()
+# Demo/test accounts: user -> password.  Each exists on both VirtualHosts:
+# "localhost" (mod_minimix) and "plain.localhost" (never mod_minimix).
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+
 # Storage setups (ProsodyEnv(storage=...)).
 STORAGES = ("internal", "sqlite", "postgres")
 DOMAIN = "localhost"
