@@ -772,9 +772,13 @@ def test_adhoc_commands_follow_roles_on_prosody_13(prosody_factory):
     minimix#leave-all" } } (alice is prosody:registered, which inherits
     from prosody:guest), alice's disco#items of the commands node lacks
     #leave-all and running it is forbidden (XEP-0050 4.4), nothing leaves:
-    bob sees alice stay; #list still works and shows the room."""
+    bob sees alice stay; #list still works and shows the room.  A role can
+    reach further than 0.12's "local user": carol@plain.localhost, listed in
+    `admins`, is prosody:admin on localhost too, yet the commands act only
+    on accounts of localhost, so hers are forbidden (XEP-0050 4.4)."""
     env = prosody_factory(host_options={
-        "remove_permissions": {"prosody:guest": ["adhoc:" + LEAVE_ALL]}})
+        "remove_permissions": {"prosody:guest": ["adhoc:" + LEAVE_ALL]}},
+        global_options={"admins": ["carol@plain.localhost"]})
 
     async def scenario(w):
         room = w.room("cmd-roles")
@@ -796,4 +800,9 @@ def test_adhoc_commands_follow_roles_on_prosody_13(prosody_factory):
         await bob.assert_nothing(P(frm=room + "/alice"), since=mb, what="alice leaving")
         rooms = await list_rooms(p)
         assert set(rooms) == {room} and rooms[room]["sessions"] == 1, rooms
+
+        remote = await w.connect("carol", "remote", host="plain.localhost")
+        for node in (LIST, LEAVE, LEAVE_ALL):
+            res, out = await adhoc(remote, node)
+            assert res.type == "error" and res.error == ("auth", "forbidden"), res
     run(env, scenario)
