@@ -19,6 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR="$ROOT/.prosody13"
 WANT=${PROSODY13_VERSION:-13.0.1-1~bpo12+1}
 
+# shellcheck disable=SC1091
 CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 [ -n "$CODENAME" ] || CODENAME=bookworm
 SUITE="$CODENAME-backports"

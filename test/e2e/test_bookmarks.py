@@ -785,7 +785,9 @@ def test_adhoc_commands_follow_roles_on_prosody_13(prosody_factory):
         bob = await w.connect("bob", "desk")
         await create_room(bob, room, "bob", whois="anyone")
         p = await w.connect("alice", "phone")
+        mb = bob.mark()
         await join_room(p, room, "alice")
+        await bob.wait_for(joined_at(room, "alice"), since=mb, what="alice entering, at bob")
         mb = bob.mark()
 
         m = p.mark()
