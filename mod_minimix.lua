@@ -27,6 +27,41 @@ local xmlns_delay = "urn:xmpp:delay";
 local xmlns_bookmarks = "urn:xmpp:bookmarks:1";
 local xmlns_sid = "urn:xmpp:sid:0";
 
+-- What the running Prosody offers (0.12 or 13): the one place that tells
+-- them apart.  Code below asks this table, never a version.
+local offers = {
+	-- 13: roles and permissions (module:default_permission, module:may),
+	-- which ad-hoc commands are checked against; 0.12 has neither, its
+	-- ad-hoc commands are for "local_user"s.
+	roles = type(module.default_permission) == "function" and type(module.may) == "function";
+	-- 13: mod_admin_shell takes commands from modules ("shell-command"
+	-- items); 0.12's shell only runs Lua lines against the module table.
+	-- Both came with 13.0: its version says so, and a build without a
+	-- version number ("hg:…") is told by its roles API.
+	shell_commands = false;
+	-- 13: util.datetime writes fractions of a second, and 13's MUC stamps
+	-- its history with them; 0.12's takes whole seconds only (a fraction
+	-- is an error there).
+	fractional_stamps = false;
+};
+do
+	local major = tonumber(tostring(prosody.version or ""):match("^(%d+)%."));
+	if major then
+		offers.shell_commands = major >= 13;
+	else
+		offers.shell_commands = offers.roles;
+	end
+	local ok, text = pcall(datetime.datetime, 0.5);
+	offers.fractional_stamps = ok and type(text) == "string" and text:find(".", 1, true) ~= nil;
+end
+
+-- A XEP-0082 stamp as the running Prosody writes them: a catch-up stamp in
+-- whole seconds would sort before the room's own stamps of that second.
+local function stamp_text(t)
+	if offers.fractional_stamps then return datetime.datetime(t); end
+	return datetime.datetime(math.floor(t));
+end
+
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
 	local v = module:get_option_number(name, default);
@@ -455,7 +490,7 @@ function perform(ctx, handled, actions, event, reason, text)
 					cached = st.clone(cached);
 					-- catch-up: when the room said it (XEP-0203)
 					cached:tag("delay", { xmlns = xmlns_delay, from = room,
-						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
+						stamp = stamp_text(a.stamp) }):up();
 				end
 				to_session(account, a.resource, cached, a.id, a.codes, a.drop_codes);
 			end
@@ -471,7 +506,7 @@ function perform(ctx, handled, actions, event, reason, text)
 				end
 				if a.since then
 					join:tag("history", { xmlns = xmlns_muc,
-						since = datetime.datetime(math.floor(a.since)) }):up();
+						since = stamp_text(a.since) }):up();
 				end
 				module:send(join:up());
 			end
@@ -907,23 +942,56 @@ end);
 
 local adhoc_new = module:require("adhoc").new;
 local dataforms = require "util.dataforms";
+local jid_bare = require "util.jid".bare;
 module:depends("adhoc");
 
-local function memberships_text(account)
+-- Who may run a command.  13: the permission "adhoc:<node>", which every
+-- role of a local account has by default (prosody:guest and up, so that
+-- anonymous accounts may too, as on 0.12); an operator's role settings can
+-- take it away.  0.12: any user of this host ("local_user").
+local function adhoc_permission(node)
+	if not offers.roles then return "local_user"; end
+	module:default_permission("prosody:guest", "adhoc:" .. node);
+	return "check";
+end
+
+-- One membership per line: room, nick, state, sessions joined and what is
+-- held for catch-up; with_resources: and the joined sessions' resources.
+local function memberships_lines(account, with_resources)
 	local lines = {};
 	for _, m in ipairs(core:memberships(account)) do
-		lines[#lines+1] = ("%s as %s (%s): %d session(s) joined, %d message(s) held for catch-up")
+		local line = ("%s as %s (%s): %d session(s) joined, %d message(s) held for catch-up")
 			:format(m.room, m.nick, m.state, m.sessions, m.history);
+		if with_resources then
+			local joined = {};
+			for _, s in ipairs(core:sessions(account, m.room)) do
+				if s.joined then joined[#joined+1] = s.resource; end
+			end
+			table.sort(joined);
+			line = line .. "; sessions: " .. (#joined > 0 and table.concat(joined, ", ") or "none");
+		end
+		lines[#lines+1] = line;
 	end
 	table.sort(lines);
+	return lines;
+end
+
+local function memberships_text(account)
+	local lines = memberships_lines(account);
 	if #lines == 0 then return "The account is in no rooms."; end
 	return table.concat(lines, "\n");
 end
 
+-- The account running a command: only this host's (13's roles could let
+-- an admin of another host through).
 local function command_account(data)
 	local username, host = jid_split(data.from);
+	if not username or host ~= module.host then return nil; end
 	return username .. "@" .. host;
 end
+
+local not_local = { status = "error", error = { type = "auth", condition = "forbidden",
+	text = "Only accounts of this server have group chats here" } };
 
 -- The account leaves rooms; how many it left at once, and how many it is
 -- leaving (the room has not confirmed yet: it will within
@@ -960,12 +1028,15 @@ local leave_form = dataforms.new({
 
 module:provides("adhoc", adhoc_new("Group chats: list", "urn:xmpp:minimix#list",
 	function(_, data)
-		return { status = "completed", info = memberships_text(command_account(data)) };
-	end, "local_user"));
+		local account = command_account(data);
+		if not account then return not_local; end
+		return { status = "completed", info = memberships_text(account) };
+	end, adhoc_permission("urn:xmpp:minimix#list")));
 
 module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#leave",
 	function(_, data, state)
 		local account = command_account(data);
+		if not account then return not_local; end
 		if data.action == "cancel" then return { status = "canceled" }; end
 		if not state then
 			local rooms = {};
@@ -986,32 +1057,103 @@ module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#l
 			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
 		end
 		return { status = "completed", info = leave_text(left, leaving, fields.room) };
-	end, "local_user"));
+	end, adhoc_permission("urn:xmpp:minimix#leave")));
 
 module:provides("adhoc", adhoc_new("Group chats: leave all", "urn:xmpp:minimix#leave-all",
 	function(_, data)
 		local account = command_account(data);
+		if not account then return not_local; end
 		local rooms = {};
 		for _, m in ipairs(core:memberships(account)) do rooms[#rooms+1] = m.room; end
 		return { status = "completed", info = leave_text(leave_rooms(account, rooms)) };
-	end, "local_user"));
+	end, adhoc_permission("urn:xmpp:minimix#leave-all")));
 
--- For operators, from Prosody's admin shell (prosodyctl shell):
+-- For operators, from Prosody's admin shell (prosodyctl shell) -----------------------
+
+-- An account of this host, as Prosody prepares JIDs; nil for anything else.
+local function operator_account(jid)
+	local account = jid_bare(jid_prep(tostring(jid or "")) or "");
+	if not account or select(2, jid_split(account)) ~= module.host
+		or not jid_split(account) then
+		return nil;
+	end
+	return account;
+end
+
+-- ok, text
+local function operator_leave(jid, room)
+	local account = operator_account(jid);
+	if not account then return false, "Not an account of " .. module.host .. ": " .. tostring(jid); end
+	local norm = prep_room(room);
+	if not norm then return false, "Not a room JID: " .. tostring(room); end
+	local left, leaving = leave_rooms(account, { norm });
+	if left + leaving == 0 then
+		return false, account .. " is not in " .. norm;
+	end
+	if left > 0 then return true, account .. " leaves " .. norm; end
+	return true, account .. " is leaving " .. norm .. ": the room has not confirmed yet";
+end
+
+local function state_text()
+	local stats = core:stats();
+	return ("%d account(s) in rooms, %d membership(s), %d session(s) joined, %d IQ(s) waiting for a room")
+		:format(stats.accounts, stats.memberships, stats.sessions, stats.iqs);
+end
+
+-- 0.12 (and 13): Lua lines reaching the module table:
 --   > hosts["example.com"].modules.minimix.memberships("user@example.com")
 --   > hosts["example.com"].modules.minimix.leave("user@example.com", "room@muc.example.com")
+--   > hosts["example.com"].modules.minimix.state()
 function memberships(account) -- luacheck: ignore 131
-	return memberships_text(account);
+	return memberships_text(operator_account(account) or tostring(account));
 end
 
 function leave(account, room) -- luacheck: ignore 131
-	local norm = prep_room(room);
-	if not norm then return "Not a room JID: " .. tostring(room); end
-	local left, leaving = leave_rooms(account, { norm });
-	if left + leaving == 0 then
-		return account .. " is not in " .. norm;
-	end
-	if left > 0 then return account .. " leaves " .. norm; end
-	return account .. " is leaving " .. norm .. ": the room has not confirmed yet";
+	return select(2, operator_leave(account, room));
+end
+
+function state() -- luacheck: ignore 131
+	return state_text();
+end
+
+-- 13: commands of their own section, e.g. `prosodyctl shell minimix
+-- memberships user@example.com` or, in the shell, minimix:memberships("user@example.com").
+if offers.shell_commands then
+	local section, section_desc = "minimix", "Accounts in group chats (mod_minimix)";
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "memberships";
+		desc = "List an account's rooms, with the sessions joined to each";
+		args = { { name = "jid", type = "string" } };
+		host_selector = "jid";
+		handler = function(self, jid)
+			local account = operator_account(jid);
+			if not account then return false, "Not an account of " .. module.host .. ": " .. tostring(jid); end
+			local lines = memberships_lines(account, true);
+			for _, line in ipairs(lines) do self.session.print(line); end
+			return true, ("%s is in %d room(s)"):format(account, #lines);
+		end;
+	});
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "leave";
+		desc = "Make an account leave a room (every session of it)";
+		args = { { name = "jid", type = "string" }, { name = "room", type = "string" } };
+		host_selector = "jid";
+		handler = function(_, jid, room)
+			return operator_leave(jid, room);
+		end;
+	});
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "state";
+		desc = "Count the host's accounts in rooms, memberships, joined sessions and waiting IQs";
+		args = { { name = "host", type = "string" } };
+		host_selector = "host";
+		handler = function()
+			return true, state_text();
+		end;
+	});
 end
 
 -- Sessions come and go ----------------------------------------------------------

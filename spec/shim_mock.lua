@@ -6,11 +6,14 @@ local xml_parse = require "util.xml".parse;
 
 -- A fake module environment: records hooks, sends and logs.
 local function load_shim(options, env_hook)
-	local env = { hooks = {}, sent = {}, logs = {}, bare = {} };
+	local env = { hooks = {}, sent = {}, logs = {}, bare = {}, items = {}, permissions = {} };
 	local module = {
 		host = "localhost";
 		path = "./mod_minimix.lua";
 	};
+	function module:add_item(kind, item)
+		env.items[#env.items+1] = { kind = kind, item = item };
+	end
 	function module:get_option_number(name, default)
 		local v = (options or {})[name];
 		if v == nil then return default; end
@@ -96,7 +99,7 @@ local function load_shim(options, env_hook)
 	end
 	local g = setmetatable({
 		module = module;
-		prosody = { bare_sessions = env.bare };
+		prosody = { bare_sessions = env.bare, version = "0.12.3" };
 	}, { __index = _G });
 	if env_hook then env_hook(env, module, g); end
 	env.g = g;
@@ -181,6 +184,16 @@ local function tick_timer(env)
 	return found;
 end
 
+-- An env_hook for load_shim: the module API of Prosody 13 (its version,
+-- roles and permissions; shell-command items are recorded either way).
+local function prosody13(env, module, g)
+	function module:default_permission(role, permission)
+		env.permissions[permission] = role;
+	end
+	function module:may() return true; end
+	g.prosody.version = "13.0.1";
+end
+
 local function fire(env, name, origin, stanza)
 	return env.hooks[name].fn({ origin = origin, stanza = stanza });
 end
@@ -191,4 +204,5 @@ return {
 	fire = fire;
 	advance = advance;
 	tick_timer = tick_timer;
+	prosody13 = prosody13;
 };

@@ -8,6 +8,7 @@ local MUC_USER = MUC .. "#user";
 local mock = require "shim_mock";
 local load_shim, new_session, fire = mock.load_shim, mock.new_session, mock.fire;
 local advance, tick_timer = mock.advance, mock.tick_timer;
+local prosody13 = mock.prosody13;
 
 local function join(id, nick)
 	return st.presence({ to = "room@muc.example/" .. (nick or "alice"), id = id })
@@ -619,6 +620,33 @@ describe("mod_minimix shim", function()
 			assert.equal("room@muc.example/alice", S.got[1].attr.from);
 			assert.equal("remote-server-timeout", select(2, S.got[1]:get_error()));
 		end);
+	end);
+
+	it("asks what the running Prosody offers: 13's roles and shell, 0.12's neither", function()
+		local function commands(e)
+			local out = {};
+			for _, p in ipairs(e.provided) do out[p.item.node] = p.item.permission; end
+			return out;
+		end
+		local function shell(e)
+			local out = {};
+			for _, i in ipairs(e.items) do
+				if i.kind == "shell-command" then out[#out+1] = i.item.section .. ":" .. i.item.name; end
+			end
+			table.sort(out);
+			return out;
+		end
+		assert.same({ ["urn:xmpp:minimix#list"] = "local_user", ["urn:xmpp:minimix#leave"] = "local_user",
+			["urn:xmpp:minimix#leave-all"] = "local_user" }, commands(env));
+		assert.same({}, shell(env));
+		assert.same({}, env.permissions);
+		local e13 = load_shim(nil, prosody13);
+		assert.same({ ["urn:xmpp:minimix#list"] = "check", ["urn:xmpp:minimix#leave"] = "check",
+			["urn:xmpp:minimix#leave-all"] = "check" }, commands(e13));
+		assert.same({ ["adhoc:urn:xmpp:minimix#list"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave-all"] = "prosody:guest" }, e13.permissions);
+		assert.same({ "minimix:leave", "minimix:memberships", "minimix:state" }, shell(e13));
 	end);
 
 	it("never lets a session's bounce or a failed fork reach the room", function()

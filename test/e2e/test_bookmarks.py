@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from .clients import P, from_room, join_room, create_room, NS_DATA
+from .prosody_env import PROSODY_VERSION
 from .world import run
 
 ALICE = "alice@localhost"
@@ -803,3 +804,50 @@ def test_bookmark_jids_are_prepared_as_the_router_prepares_them(prosody):
         assert set(rooms) == {room for _, room in cases}, rooms
         assert all(r["sessions"] == 1 for r in rooms.values()), rooms
     run(prosody, scenario)
+
+
+@pytest.mark.skipif(PROSODY_VERSION < 13, reason="roles and permissions are Prosody 13's; "
+                    "0.12 lets any local user run the commands")
+def test_adhoc_commands_follow_roles_on_prosody_13(prosody_factory):
+    """Prosody 13: each command is the permission adhoc:<node>, which every
+    local role has by default, so that the operator's role settings decide:
+    with remove_permissions = { ["prosody:guest"] = { "adhoc:urn:xmpp:
+    minimix#leave-all" } } (alice is prosody:registered, which inherits
+    from prosody:guest), alice's disco#items of the commands node lacks
+    #leave-all and running it is forbidden (XEP-0050 4.4), nothing leaves:
+    bob sees alice stay; #list still works and shows the room.  A role can
+    reach further than 0.12's "local user": carol@plain.localhost, listed in
+    `admins`, is prosody:admin on localhost too, yet the commands act only
+    on accounts of localhost, so hers are forbidden (XEP-0050 4.4)."""
+    env = prosody_factory(host_options={
+        "remove_permissions": {"prosody:guest": ["adhoc:" + LEAVE_ALL]}},
+        global_options={"admins": ["carol@plain.localhost"]})
+
+    async def scenario(w):
+        room = w.room("cmd-roles")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        p = await w.connect("alice", "phone")
+        mb = bob.mark()
+        await join_room(p, room, "alice")
+        await bob.wait_for(joined_at(room, "alice"), since=mb, what="alice entering, at bob")
+        mb = bob.mark()
+
+        m = p.mark()
+        id = p.iq("localhost", "get", "<query xmlns='http://jabber.org/protocol/disco#items' "
+                  "node='%s'/>" % NS_COMMANDS)
+        res = await p.wait_for(P(name="iq", id=id), since=m, what="the commands")
+        nodes = {i.get("node") for i in res.xml.iter("{http://jabber.org/protocol/disco#items}item")}
+        assert LIST in nodes and LEAVE in nodes and LEAVE_ALL not in nodes, res
+
+        res, out = await adhoc(p, LEAVE_ALL)
+        assert res.type == "error" and res.error == ("auth", "forbidden"), res
+        await bob.assert_nothing(P(frm=room + "/alice"), since=mb, what="alice leaving")
+        rooms = await list_rooms(p)
+        assert set(rooms) == {room} and rooms[room]["sessions"] == 1, rooms
+
+        remote = await w.connect("carol", "remote", host="plain.localhost")
+        for node in (LIST, LEAVE, LEAVE_ALL):
+            res, out = await adhoc(remote, node)
+            assert res.type == "error" and res.error == ("auth", "forbidden"), res
+    run(env, scenario)
