@@ -17,6 +17,7 @@ import warnings
 import pytest
 
 from .prosody_env import ProsodyEnv, CHECKOUT
+from .storages import STORAGES, PostgresServer, lua_module_missing
 from .world import USERS
 
 PLAIN = os.environ.get("MINIMIX_E2E_PLAIN", "") not in ("", "0")
@@ -81,3 +82,34 @@ def prosody_factory(request):
 @pytest.fixture
 def prosody(prosody_factory):
     return prosody_factory()
+
+
+# ---- storage setups (storages.py) --------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    pg = PostgresServer()
+    reason = pg.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request):
+    """ProsodyEnv keywords for one storage setup (and the PostgreSQL server,
+    as env.pg, for reading the store back)."""
+    name = request.param
+    if name == "internal":
+        return {"storage": "internal"}
+    missing = lua_module_missing("dbd.sqlite3" if name == "sqlite" else "dbd.postgresql")
+    if missing:
+        pytest.skip("lua-dbi-%s is not installed for Lua 5.4 (%s)"
+                    % ("sqlite3" if name == "sqlite" else "postgresql", missing))
+    if name == "sqlite":
+        return {"storage": "sqlite"}
+    pg = request.getfixturevalue("postgres_server")
+    db = pg.create_database()
+    return {"storage": "postgres", "sql": pg.sql_settings(db), "_pg": pg}
