@@ -180,16 +180,18 @@ local function delay_stamp(stanza, room)
 	return nil;
 end
 
+-- Returns the kind ("subject", "sid" or "digest") and the key.
 local function dedupe_key(stanza, room)
 	local subject = stanza:get_child("subject");
 	if subject then
-		return "s" .. sha1((stanza.attr.from or "") .. "\0" .. subject:get_text(), true);
+		return "subject", sha1((stanza.attr.from or "") .. "\0" .. subject:get_text(), true);
 	end
 	for sid in stanza:childtags("stanza-id", xmlns_sid) do
-		if sid.attr.by == room and sid.attr.id then return sid.attr.id, true; end
+		if sid.attr.by == room and sid.attr.id then return "sid", sid.attr.id; end
 	end
-	return "#" .. sha1(table.concat({ stanza.attr.from or "", stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
-		stanza:get_child_text("body") or "" }, "\0"), true), false;
+	return "digest", "#" .. sha1(table.concat({ stanza.attr.from or "",
+		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
+		stanza:get_child_text("body") or "" }, "\0"), true);
 end
 
 local log_store = enabled and module:open_store("minimix_log", "archive");
@@ -244,8 +246,8 @@ local function prime(room, r)
 	local keys, subject = {}, nil;
 	local read_ok, err = pcall(function()
 		for _, item in iter do
-			local k = dedupe_key(item, room);
-			if k:sub(1, 1) == "s" then
+			local kind, k = dedupe_key(item, room);
+			if kind == "subject" then
 				subject = subject or k;
 			else
 				keys[#keys+1] = k;
@@ -264,13 +266,14 @@ local function prime(room, r)
 	r.primed = true;
 end
 
-local function seen(r, key)
-	if key:sub(1, 1) == "s" then return r.subject == key; end
+-- (stanza-ids and digests share the cache: a digest is "#" and 40 hex digits)
+local function seen(r, kind, key)
+	if kind == "subject" then return r.subject == key; end
 	return r.ids:get(key) ~= nil;
 end
 
-local function remember(r, key)
-	if key:sub(1, 1) == "s" then r.subject = key; else r.ids:set(key, true); end
+local function remember(r, kind, key)
+	if kind == "subject" then r.subject = key; else r.ids:set(key, true); end
 end
 
 local lib = {};
@@ -280,20 +283,20 @@ local lib = {};
 -- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
 function lib.message(account, room, nick, stanza, m)
 	local r = room_state(room);
-	local key, is_sid = dedupe_key(stanza, room);
+	local kind, key = dedupe_key(stanza, room);
 	-- whole seconds: the SQL driver's column is an integer
 	local when = math.floor(m.stamp);
-	local new = not seen(r, key);
+	local new = not seen(r, kind, key);
 	if new and m.delayed and not r.primed then
 		prime(room, r);
-		new = not seen(r, key);
+		new = not seen(r, kind, key);
 	end
 	if new then
-		remember(r, key);
+		remember(r, kind, key);
 		if log_writer then
 			local value = st.clone(stanza);
 			value.attr.to = nil;
-			log_writer.push({ user = room, key = keyed and is_sid and key or nil, value = value,
+			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
 				when = when, with = nick or room });
 		end
 	end
