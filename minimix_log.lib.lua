@@ -40,6 +40,11 @@ local function parse_duration(value)
 	return tonumber(n) * (multipliers[m] or 1);
 end
 
+-- drivers' errors can end in a newline (libpq's do)
+local function oneline(err)
+	return (tostring(err):gsub("%s+", " "):gsub(" $", ""));
+end
+
 local function positive_option(name, default)
 	local v = module:get_option_number(name, default);
 	if v < 0 or v ~= v then
@@ -91,8 +96,8 @@ local function new_writer(kind, store, on_quota)
 			on_quota(e.user);
 			ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
 		end
-		if not ok then return nil, tostring(ret), true; end -- raised: this entry is the problem
-		if not ret then return nil, tostring(err or "unknown error"), err == "quota-limit"; end
+		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
+		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
 		return true;
 	end
 
@@ -282,8 +287,12 @@ local lib = {};
 -- nick (nil for the room itself), the stanza as the room sent it, and the
 -- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
 function lib.message(account, room, nick, stanza, m)
-	local r = room_state(room);
 	local kind, key = dedupe_key(stanza, room);
+	if kind == "subject" and not nick and stanza:get_child_text("subject") == "" then
+		-- what a room without a subject says on each join: no change
+		return;
+	end
+	local r = room_state(room);
 	-- whole seconds: the SQL driver's column is an integer
 	local when = math.floor(m.stamp);
 	local new = not seen(r, kind, key);

@@ -239,8 +239,12 @@ describe("room log", function()
 		-- a later join: the room sends the subject again, with a delay
 		deliver(env, "carol@localhost", msg("dan", nil, nil, { subject = "Lunch", stamp = "2023-11-14T22:13:20Z" }), true);
 		deliver(env, "alice@localhost", msg("eve", nil, nil, { subject = "Dinner" }));
+		-- a room without a subject sends an empty one from itself on each join
+		deliver(env, "alice@localhost", msg(nil, nil, nil, { subject = "" }));
+		-- a subject cleared by an occupant is a change
+		deliver(env, "alice@localhost", msg("eve", nil, nil, { subject = "" }));
 		advance(env, 1);
-		assert.same({ "subject:Lunch", "subject:Dinner" }, logged(env));
+		assert.same({ "subject:Lunch", "subject:Dinner", "subject:" }, logged(env));
 		assert.equal("dan", env.stores.minimix_log.items[1].with);
 	end);
 
