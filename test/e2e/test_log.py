@@ -26,10 +26,7 @@ What is proven:
 """
 
 import asyncio
-import os
 import re
-import sqlite3
-import subprocess
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -37,7 +34,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from .clients import P, join_room, create_room, NS_SID
-from .prosody_env import _encode_node, free_port
+from .prosody_env import free_port
+from .storages import archive_entries
 from .world import run
 
 ALICE = "alice@localhost"
@@ -60,86 +58,8 @@ def make_env(prosody_factory, storage, **kw):
 
 # ---- reading the log store back -------------------------------------------------
 
-_LUA_LIST = r"""
-local room = ROOM
-local items = {}
-local f = assert(loadfile(PATH, "t", { item = function(t) items[#items+1] = t end }))
-f()
-for _, t in ipairs(items) do
-  local body, subject, sid = "\2", "\2", "\2"
-  for _, c in ipairs(t) do
-    if type(c) == "table" then
-      if c.name == "body" then body = c[1] or ""
-      elseif c.name == "subject" then subject = c[1] or ""
-      elseif c.name == "stanza-id" and c.attr.by == room then sid = c.attr.id end
-    end
-  end
-  io.write(t.key, "\31", tostring(t.when), "\31", t.with or "", "\31", body, "\31", subject,
-           "\31", sid, "\31", t.attr.to or "", "\30")
-end
-"""
-
-
-def _entry(key, when, with_, body, subject, sid, to):
-    nul = lambda v: None if v in (None, "\2") else v
-    return {"key": key, "when": float(when), "with": with_, "body": nul(body),
-            "subject": nul(subject), "sid": nul(sid), "to": to or None}
-
-
-def _from_xml(key, when, with_, value, room):
-    x = ET.fromstring(value)
-    body = subject = sid = None
-    for c in x:
-        tag = c.tag.split("}")[-1]
-        if tag == "body":
-            body = c.text or ""
-        elif tag == "subject":
-            subject = c.text or ""
-        elif tag == "stanza-id" and c.get("by") == room:
-            sid = c.get("id")
-    return _entry(key, when, with_, body, subject, sid, x.get("to"))
-
-
-def archive_entries(env, user, store, room=None):
-    """The items of an archive store of localhost for user (a room JID for
-    the room log, a localpart for mod_mam's store), in order, read from the
-    storage itself: [{key, when, with, body, subject, sid, to}]."""
-    room = room or user
-    if env.storage == "internal":
-        path = os.path.join(env.data_dir, "localhost", store, _encode_node(user) + ".list")
-        if not os.path.exists(path):
-            return []
-        script = _LUA_LIST.replace("ROOM", repr(room)).replace("PATH", repr(path))
-        res = subprocess.run(["lua5.4", "-e", script], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise AssertionError("cannot read %s: %s" % (path, res.stderr))
-        return [_entry(*row.split("\x1f")) for row in res.stdout.split("\x1e") if row]
-    query = ('SELECT "key", "when", "with", "value" FROM "prosodyarchive" WHERE "host" = %s '
-             'AND "user" = %s AND "store" = %s ORDER BY "sort_id"')
-    if env.storage == "sqlite":
-        if not os.path.exists(env.sqlite_path):
-            return []
-        for _ in range(50):
-            try:
-                db = sqlite3.connect("file:%s?mode=ro" % env.sqlite_path, uri=True, timeout=5)
-                try:
-                    rows = db.execute(query % ("?", "?", "?"), ("localhost", user, store)).fetchall()
-                finally:
-                    db.close()
-                break
-            except sqlite3.OperationalError as e:
-                if "no such table" in str(e):
-                    return []
-                time.sleep(0.1)
-        else:
-            raise AssertionError("cannot read %s" % env.sqlite_path)
-    else:
-        rows = env.pg.query(env.sql["database"], query % (":'v1'", ":'v2'", ":'v3'") + ";",
-                            "localhost", user, store)
-    return [_from_xml(k, w, wi, v, room) for k, w, wi, v in rows]
-
-
 def log_entries(env, room):
+    """The room log of room on localhost (storages.archive_entries)."""
     return archive_entries(env, room, "minimix_log")
 
 
