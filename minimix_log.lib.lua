@@ -286,7 +286,7 @@ local lib = {};
 -- A room message an account received: account (bare JID), room (bare),
 -- nick (nil for the room itself), the stanza as the room sent it, and the
 -- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
-function lib.message(account, room, nick, stanza, m)
+local function message(account, room, nick, stanza, m)
 	local kind, key = dedupe_key(stanza, room);
 	if kind == "subject" and not nick and stanza:get_child_text("subject") == "" then
 		-- what a room without a subject says on each join: no change
@@ -320,6 +320,17 @@ function lib.message(account, room, nick, stanza, m)
 			value.attr.to = account;
 			mam_writer.push({ user = username, value = value, when = when, with = room });
 		end
+	end
+end
+
+-- Delivery never fails because of the log: an error in here is logged
+-- (the first ten) and the message goes on to the sessions.
+local errors_logged = 0;
+function lib.message(...)
+	local ok, err = pcall(message, ...);
+	if not ok and errors_logged < 10 then
+		errors_logged = errors_logged + 1;
+		module:log("error", "The room log could not take a message: %s", tostring(err));
 	end
 end
 

@@ -177,6 +177,11 @@ local function deliver(env, account, stanza, delayed)
 	env.lib.message(account, ROOM, nick, stanza, { stamp = env.clock + 0.25, delayed = delayed or false });
 end
 
+-- The same, with what the shim read of it broken: no time.
+local function deliver_broken(env, account, stanza)
+	env.lib.message(account, ROOM, "dan", stanza, { delayed = false });
+end
+
 local function logged(env)
 	local out = {};
 	for _, it in ipairs(env.stores.minimix_log.items) do
@@ -314,6 +319,15 @@ describe("room log", function()
 		assert.equal(100, env.stores.minimix_log:count(ROOM));
 		assert.equal("m101", logged(env)[100]);
 		assert.equal(0, env.metrics.log_dropped.by.log.total);
+	end);
+
+	it("lets delivery go on when something in it fails", function()
+		local env = load_log();
+		assert.has_no.errors(function() deliver_broken(env, "alice@localhost", msg("dan", "one", "sid-1")); end);
+		assert.equal(1, count_logs(env, "error", "could not take a message"));
+		deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+		advance(env, 1);
+		assert.same({ "two" }, logged(env));
 	end);
 
 	describe("when the store fails", function()
