@@ -286,8 +286,21 @@ local lib = {};
 -- A room message an account received: account (bare JID), room (bare),
 -- nick (nil for the room itself), the stanza as the room sent it, and the
 -- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
+-- A local room hands over one stanza object for all its local accounts,
+-- changing only 'to': its key is worked out once.
+local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil };
+
 local function message(account, room, nick, stanza, m)
-	local kind, key = dedupe_key(stanza, room);
+	local kind, key;
+	if stanza == last.stanza and room == last.room and stanza.attr.from == last.from
+		and stanza.attr.id == last.id and #stanza.tags == last.tags then
+		kind, key = last.kind, last.key;
+	else
+		kind, key = dedupe_key(stanza, room);
+		last.stanza, last.room, last.from, last.id, last.tags = stanza, room, stanza.attr.from,
+			stanza.attr.id, #stanza.tags;
+		last.kind, last.key = kind, key;
+	end
 	if kind == "subject" and not nick and stanza:get_child_text("subject") == "" then
 		-- what a room without a subject says on each join: no change
 		return;
