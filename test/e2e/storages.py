@@ -226,13 +226,17 @@ def archive_entries(env, user, store, room=None, host="localhost"):
             return []
         for _ in range(50):
             try:
-                db = sqlite3.connect("file:%s?mode=ro" % env.sqlite_path, uri=True, timeout=5)
+                db = sqlite3.connect("file:%s?mode=ro&nolock=1" % env.sqlite_path, uri=True,
+                                     timeout=5)
                 try:
                     rows = db.execute(query % ("?", "?", "?"), (host, user, store)).fetchall()
                 finally:
                     db.close()
                 break
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
+                # read without locks (nolock=1): a lock of ours would make
+                # Prosody's commit fail (it sets no busy timeout and does
+                # not roll back); a read torn by a write is tried again
                 if "no such table" in str(e):
                     return []
                 time.sleep(0.1)
