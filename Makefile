@@ -22,11 +22,12 @@ PREFIX ?= /usr/local
 INST_LUADIR ?= $(PREFIX)/lib/prosody/modules
 INST_LIBDIR ?= $(INST_LUADIR)
 
-IDN_LIBS = $(shell $(PKG_CONFIG) --libs libidn2 2>/dev/null || echo -lidn2)
+# Prosody's own stringprep (util.encodings on ICU): the core prepares JIDs with it.
+JID_LIBS = $(shell $(PKG_CONFIG) --libs icu-uc 2>/dev/null || echo -licuuc -licudata)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 
-.PHONY: all check deps unit spec e2e bench install clean run fuzz
+.PHONY: all check deps unit spec e2e bench install clean distclean run fuzz
 
 all: minimix.so
 
@@ -38,23 +39,23 @@ lua_bindings.o: lua_bindings.c minimix.h
 	$(CC) $(WARN) $(CFLAGS) $(PIC) -I$(LUA_INCDIR) -c lua_bindings.c -o $@
 
 minimix.so: minimix.o lua_bindings.o
-	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ minimix.o lua_bindings.o $(IDN_LIBS)
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ minimix.o lua_bindings.o $(JID_LIBS)
 
 # The Check suite links the core alone.
 test/check_minimix: test/check_minimix.c minimix.o minimix.h
-	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS) $(IDN_LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.o $(CHECK_LIBS) $(JID_LIBS)
 
 # The Check suite again, under AddressSanitizer and UndefinedBehaviorSanitizer.
-SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN = -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all
 test/check_minimix_asan: test/check_minimix.c minimix.c minimix.h
-	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS) $(IDN_LIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) $(CHECK_CFLAGS) -I. -o $@ test/check_minimix.c minimix.c $(CHECK_LIBS) $(JID_LIBS)
 
 # libFuzzer harness (clang): random operation sequences, invariants checked
 # after every step.  FUZZ_SECONDS bounds a run; make check runs a short one.
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 fuzz/fuzz_core: fuzz/fuzz_core.c minimix.c minimix.h
-	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. -o $@ fuzz/fuzz_core.c minimix.c $(IDN_LIBS)
+	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. -o $@ fuzz/fuzz_core.c minimix.c $(JID_LIBS)
 
 fuzz: fuzz/fuzz_core
 	mkdir -p fuzz/corpus
@@ -63,8 +64,9 @@ fuzz: fuzz/fuzz_core
 deps:
 	sh tools/deps.sh
 
-# The README's test command: installs what is missing, builds, runs every
-# suite, and ends with one line "N passed, N failed".
+# The README's test command: installs what is missing (Prosody 13.0 beside
+# the system's 0.12 included), builds, runs every suite (the end-to-end ones
+# on both Prosody versions), and ends with one line "N passed, N failed".
 check: deps
 	$(MAKE) all test/check_minimix test/check_minimix_asan fuzz/fuzz_core
 	$(PYTHON) test/run_suites.py
@@ -78,14 +80,17 @@ spec: minimix.so
 e2e: minimix.so
 	$(PYTHON) -m pytest -q test/e2e
 
-run: deps
+# The demo needs only what running needs (not the test tools); with
+# MINIMIX_PROSODY=13 it runs on Prosody 13.0 (tools/prosody13.sh).
+run:
+	sh tools/deps.sh $(if $(filter 13,$(MINIMIX_PROSODY)),run13,run)
 	$(MAKE) all
 	$(PYTHON) test/e2e/run_server.py
 
 # Benchmarks (README "Performance"; sizes in bench/README.md): they print
 # tables and save them in bench/results/, and never assert.
 bench/bench_core: bench/bench_core.c minimix.o minimix.h
-	$(CC) $(WARN) $(CFLAGS) -I. -o $@ bench/bench_core.c minimix.o $(IDN_LIBS)
+	$(CC) $(WARN) $(CFLAGS) -I. -o $@ bench/bench_core.c minimix.o $(JID_LIBS)
 
 bench: deps
 	$(MAKE) all bench/bench_core
@@ -105,3 +110,7 @@ install: minimix.so
 clean:
 	rm -f *.o minimix.so test/check_minimix test/check_minimix_asan fuzz/fuzz_core bench/bench_core
 	rm -rf test/e2e/__pycache__ .pytest_cache
+
+# Prosody 13.0 unpacked by tools/prosody13.sh (make check fetches it again).
+distclean: clean
+	rm -rf .prosody13

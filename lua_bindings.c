@@ -6,6 +6,7 @@
  * library: misuse raises; an expected refusal from the core returns
  * nil, token, condition, error_type, text.
  */
+#include <math.h>
 #include <string.h>
 
 #include <lua.h>
@@ -53,6 +54,8 @@ static const char *const op_names[] = {
 	[MM_OP_SEND_PING] = "send_ping",
 	[MM_OP_PING_LATER] = "ping_later",
 	[MM_OP_DROP] = "drop",
+	[MM_OP_JOIN_ERROR] = "join_error",
+	[MM_OP_EVENT] = "event",
 };
 
 static void set_str(lua_State *L, const char *key, const char *value)
@@ -63,7 +66,7 @@ static void set_str(lua_State *L, const char *key, const char *value)
 	}
 }
 
-static void push_codes(lua_State *L, unsigned codes)
+static void push_codes(lua_State *L, unsigned codes, const char *field)
 {
 	int i = 0;
 	if (codes == 0)
@@ -77,7 +80,11 @@ static void push_codes(lua_State *L, unsigned codes)
 		lua_pushinteger(L, 333);
 		lua_rawseti(L, -2, ++i);
 	}
-	lua_setfield(L, -2, "codes");
+	if (codes & MM_CODE_201) {
+		lua_pushinteger(L, 201);
+		lua_rawseti(L, -2, ++i);
+	}
+	lua_setfield(L, -2, field);
 }
 
 static void push_action(lua_State *L, const mm_action *a)
@@ -95,7 +102,10 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "condition", a->condition);
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
-	push_codes(L, a->add_codes);
+	set_str(L, "event", a->event);
+	set_str(L, "reason", a->reason);
+	push_codes(L, a->add_codes, "codes");
+	push_codes(L, a->drop_codes, "drop_codes");
 	if (a->delay) {
 		lua_pushinteger(L, (lua_Integer)a->delay);
 		lua_setfield(L, -2, "delay");
@@ -171,24 +181,34 @@ static size_t opt_limit(lua_State *L, int t, const char *key)
 	return (size_t)v;
 }
 
+/* The limits in the options table at index t (absent ones: 0, default). */
+static void read_limits(lua_State *L, int t, mm_limits *lim)
+{
+	memset(lim, 0, sizeof *lim);
+	if (lua_isnoneornil(L, t))
+		return;
+	luaL_checktype(L, t, LUA_TTABLE);
+	lim->max_rooms = opt_limit(L, t, "max_rooms");
+	lim->max_sessions = opt_limit(L, t, "max_sessions");
+	lim->max_occupants = opt_limit(L, t, "max_occupants");
+	lim->max_pending = opt_limit(L, t, "max_pending");
+	lim->max_nick_bytes = opt_limit(L, t, "max_nick_bytes");
+	lim->max_iqs = opt_limit(L, t, "max_iqs");
+	lim->iq_timeout = opt_limit(L, t, "iq_timeout");
+	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
+	lim->history_size = opt_limit(L, t, "history_size");
+	lim->history_default = opt_limit(L, t, "history_default");
+	lim->join_timeout = opt_limit(L, t, "join_timeout");
+	lim->max_membership_bytes = opt_limit(L, t, "max_membership_bytes");
+	lim->max_account_bytes = opt_limit(L, t, "max_account_bytes");
+	lim->max_cache_bytes = opt_limit(L, t, "max_cache_bytes");
+}
+
 static int l_new(lua_State *L)
 {
 	mm_limits lim;
 	box *b;
-	memset(&lim, 0, sizeof lim);
-	if (!lua_isnoneornil(L, 1)) {
-		luaL_checktype(L, 1, LUA_TTABLE);
-		lim.max_rooms = opt_limit(L, 1, "max_rooms");
-		lim.max_sessions = opt_limit(L, 1, "max_sessions");
-		lim.max_occupants = opt_limit(L, 1, "max_occupants");
-		lim.max_pending = opt_limit(L, 1, "max_pending");
-		lim.max_nick_bytes = opt_limit(L, 1, "max_nick_bytes");
-		lim.max_iqs = opt_limit(L, 1, "max_iqs");
-		lim.iq_timeout = opt_limit(L, 1, "iq_timeout");
-		lim.rejoin_delay = opt_limit(L, 1, "rejoin_delay");
-		lim.history_size = opt_limit(L, 1, "history_size");
-		lim.history_default = opt_limit(L, 1, "history_default");
-	}
+	read_limits(L, 1, &lim);
 	/* box first, with its metatable, so a failure below cannot leak */
 	b = lua_newuserdatauv(L, sizeof *b, 1);
 	b->state = NULL;
@@ -198,6 +218,20 @@ static int l_new(lua_State *L)
 	b->state = mm_state_new(&lim);
 	if (b->state == NULL)
 		return luaL_error(L, "not enough memory for a minimix.state");
+	return 1;
+}
+
+/* set_limits(opts) -> true | nil, token, ...: a reloaded configuration */
+static int l_set_limits(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	mm_limits lim;
+	mm_err err;
+	read_limits(L, 2, &lim);
+	err = mm_state_set_limits(s, &lim);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
 	return 1;
 }
 
@@ -261,12 +295,11 @@ static int l_join(lua_State *L)
 	req.show = luaL_optstring(L, 8, NULL);
 	req.presence = luaL_optstring(L, 9, NULL);
 	if (!lua_isnoneornil(L, 10)) {
+		/* numbers as the client sent them: the core clamps them */
 		luaL_checktype(L, 10, LUA_TTABLE);
-		req.history.requested = 1;
-		req.history.maxstanzas = (long)num_field(L, 10, "maxstanzas", -1);
-		req.history.maxchars = (long)num_field(L, 10, "maxchars", -1);
-		req.history.seconds = num_field(L, 10, "seconds", -1);
-		req.history.since = num_field(L, 10, "since", -1);
+		mm_join_history(&req, num_field(L, 10, "maxstanzas", NAN),
+			num_field(L, 10, "maxchars", NAN), num_field(L, 10, "seconds", NAN),
+			num_field(L, 10, "since", NAN));
 	}
 	req.now = (double)luaL_optnumber(L, 11, 0);
 	err = mm_session_join_req(s, account, resource, room, &req, &d);
@@ -323,6 +356,18 @@ static const char *const msg_types[] = {
 	"normal", "chat", "groupchat", "headline", "error", NULL
 };
 
+/* A message type as a stanza carries it (NULL: absent).  A type the
+ * binding does not know is "normal" (RFC 6121 5.2.2): it comes from the
+ * network and must not raise. */
+static mm_msg_type msg_type_of(const char *type)
+{
+	int i;
+	for (i = 0; type && msg_types[i]; i++)
+		if (strcmp(type, msg_types[i]) == 0)
+			return (mm_msg_type)i;
+	return MM_MSG_NORMAL;
+}
+
 static int l_message_out(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -330,11 +375,11 @@ static int l_message_out(lua_State *L)
 	const char *resource = luaL_checkstring(L, 3);
 	const char *room = luaL_checkstring(L, 4);
 	const char *nick = luaL_optstring(L, 5, NULL);
-	int type = luaL_checkoption(L, 6, "normal", msg_types);
+	mm_msg_type type = msg_type_of(luaL_optstring(L, 6, NULL));
 	const char *id = luaL_optstring(L, 7, NULL);
 	mm_decision d;
 	mm_err err = mm_session_message(s, account, resource, room, nick,
-		(mm_msg_type)type, id, &d);
+		type, id, &d);
 	return push_result(L, err, &d);
 }
 
@@ -346,6 +391,20 @@ static int l_session_gone(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_session_gone(s, account, resource, &d);
 	return push_result(L, err, &d);
+}
+
+/* session_reachable(account, resource, reachable) -> true | nil, token, ... */
+static int l_session_reachable(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *resource = luaL_checkstring(L, 3);
+	int reachable = lua_toboolean(L, 4);
+	mm_err err = mm_session_reachable(s, account, resource, reachable);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ---- events from rooms -------------------------------------------------- */
@@ -383,21 +442,20 @@ static const mm_payload *held_payload(lua_State *L, int t)
 	return p;
 }
 
-/* Optional string field of the table at index t; NULL when absent. */
+/*
+ * Optional string field of the table at index t; NULL when absent.  The
+ * value stays on the stack (one slot, nil included) so that the string
+ * lives as long as the caller needs it: the table may hand out a fresh
+ * string on each access (__index), which nothing else would keep alive.
+ */
 static const char *opt_field(lua_State *L, int t, const char *key)
 {
-	const char *v;
 	lua_getfield(L, t, key);
-	if (lua_isnil(L, -1)) {
-		lua_pop(L, 1);
+	if (lua_isnil(L, -1))
 		return NULL;
-	}
 	if (lua_type(L, -1) != LUA_TSTRING)
 		luaL_error(L, "field '%s' must be a string", key);
-	v = lua_tostring(L, -1);
-	/* the table keeps the string alive while the call runs */
-	lua_pop(L, 1);
-	return v;
+	return lua_tostring(L, -1);
 }
 
 static int bool_field(lua_State *L, int t, const char *key)
@@ -424,6 +482,7 @@ static int l_room_presence(lua_State *L)
 	int i;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
+	luaL_checkstack(L, 16, NULL); /* the fields stay on the stack */
 	memset(&p, 0, sizeof p);
 	type = opt_field(L, 5, "type");
 	for (i = 0; type && pres_types[i]; i++)
@@ -464,17 +523,11 @@ static int l_room_message(lua_State *L)
 	mm_message m;
 	mm_decision d;
 	mm_err err;
-	const char *type;
-	int i;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
+	luaL_checkstack(L, 16, NULL); /* the fields stay on the stack */
 	memset(&m, 0, sizeof m);
-	type = opt_field(L, 5, "type");
-	for (i = 0; type && msg_types[i]; i++)
-		if (strcmp(type, msg_types[i]) == 0)
-			break;
-	luaL_argcheck(L, type == NULL || msg_types[i] != NULL, 5, "invalid message type");
-	m.type = type ? (mm_msg_type)i : MM_MSG_NORMAL;
+	m.type = msg_type_of(opt_field(L, 5, "type"));
 	m.has_subject = bool_field(L, 5, "subject");
 	m.has_body = bool_field(L, 5, "body");
 	m.id = opt_field(L, 5, "id");
@@ -515,13 +568,28 @@ static int l_room_iq(lua_State *L)
 	return push_result(L, err, &d);
 }
 
-static int l_expire(lua_State *L)
+static int l_tick(lua_State *L)
 {
 	mm_state *s = check_state(L);
 	double now = (double)luaL_checknumber(L, 2);
 	mm_decision d;
-	mm_err err = mm_expire(s, now, &d);
+	mm_err err = mm_tick(s, now, &d);
 	return push_result(L, err, &d);
+}
+
+/* ping_later(host, delay) -> true | nil, token, condition, type, text */
+static int l_ping_later(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *host = luaL_checkstring(L, 2);
+	lua_Integer delay = luaL_checkinteger(L, 3);
+	mm_err err;
+	luaL_argcheck(L, delay >= 0 && delay <= 86400, 3, "delay out of range");
+	err = mm_ping_later(s, host, (unsigned)delay);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ping_due([host], now) */
@@ -533,11 +601,6 @@ static int l_ping_due(lua_State *L)
 	mm_decision d;
 	mm_err err = mm_ping_due(s, host, now, &d);
 	return push_result(L, err, &d);
-}
-
-static int l_rejoin_due(lua_State *L)
-{
-	return account_room_event(L, mm_rejoin_due);
 }
 
 static int l_account_leave(lua_State *L)
@@ -605,6 +668,7 @@ static int l_stats(lua_State *L)
 	set_int(L, "occupants", st.occupants);
 	set_int(L, "payloads", st.payloads);
 	set_int(L, "payload_bytes", st.payload_bytes);
+	set_int(L, "cached_bytes", st.cached_bytes);
 	set_int(L, "iqs", st.iqs);
 	return 1;
 }
@@ -623,12 +687,15 @@ static int l_limits(lua_State *L)
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
+	set_int(L, "join_timeout", lim->join_timeout);
+	set_int(L, "max_membership_bytes", lim->max_membership_bytes);
+	set_int(L, "max_account_bytes", lim->max_account_bytes);
+	set_int(L, "max_cache_bytes", lim->max_cache_bytes);
 	return 1;
 }
 
-static const char *const mstate_names[] = {"joining", "joined", "leaving"};
-
-/* member(account, room) -> "joining" | "joined" | "leaving" | nil */
+/* member(account, room) -> the state's name ("joining", "joined",
+ * "leaving", "leaving-rejoin", "rejoin-wait", "rejoining") or nil */
 static int l_member(lua_State *L)
 {
 	mm_state *s = check_state(L);
@@ -638,7 +705,7 @@ static int l_member(lua_State *L)
 	if (ms < 0)
 		lua_pushnil(L);
 	else
-		lua_pushstring(L, mstate_names[ms]);
+		lua_pushstring(L, mm_mstate_name(ms));
 	return 1;
 }
 
@@ -650,13 +717,14 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	set_str(L, "room", info->room);
 	set_str(L, "nick", info->nick);
 	set_str(L, "password", info->password);
-	lua_pushstring(L, mstate_names[info->state]);
+	lua_pushstring(L, mm_mstate_name((int)info->state));
 	lua_setfield(L, -2, "state");
 	set_int(L, "sessions", info->sessions);
 	set_int(L, "occupants", info->occupants);
 	lua_pushboolean(L, info->has_subject);
 	lua_setfield(L, -2, "has_subject");
 	set_int(L, "history", info->history);
+	set_int(L, "bytes", info->bytes);
 	set_str(L, "last_id", info->last_id);
 	if (info->last_stamp > 0) {
 		lua_pushnumber(L, (lua_Number)info->last_stamp);
@@ -708,11 +776,12 @@ static const luaL_Reg state_methods[] = {
 	{"message_out", l_message_out},
 	{"iq_out", l_iq_out},
 	{"session_gone", l_session_gone},
+	{"session_reachable", l_session_reachable},
 	{"room_presence", l_room_presence},
 	{"room_message", l_room_message},
 	{"room_iq", l_room_iq},
-	{"expire", l_expire},
-	{"rejoin_due", l_rejoin_due},
+	{"tick", l_tick},
+	{"ping_later", l_ping_later},
 	{"ping_due", l_ping_due},
 	{"restore", l_restore},
 	{"account_leave", l_account_leave},
@@ -721,6 +790,7 @@ static const luaL_Reg state_methods[] = {
 	{"member", l_member},
 	{"stats", l_stats},
 	{"limits", l_limits},
+	{"set_limits", l_set_limits},
 	{"memberships", l_memberships},
 	{"sessions", l_sessions},
 	{"close", l_close},

@@ -17,12 +17,18 @@
  */
 #include "minimix.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
-#include <idn2.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unicode/usprep.h>
+#include <unicode/ustring.h>
 /* header-only: the hash is inlined into the map lookups */
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -36,6 +42,9 @@
 typedef struct mm_node {
 	struct mm_node *next;
 	uint32_t hash;
+	/* payload pool: how many cache entries (occupant, self, subject,
+	 * catch-up) hold it; in the padding after hash, so free elsewhere */
+	uint32_t aux;
 	size_t len;
 	void *value;
 	char key[]; /* NUL-terminated */
@@ -65,6 +74,7 @@ static mm_node *node_new(const char *key, size_t len, void *value)
 		return NULL;
 	n->next = NULL;
 	n->hash = hash_bytes(key, len);
+	n->aux = 0;
 	n->len = len;
 	n->value = value;
 	memcpy(n->key, key, len);
@@ -191,6 +201,14 @@ typedef struct mm_decisionbuf {
 
 /* ---- the state ---------------------------------------------------------- */
 
+/* Where a session is, in its membership. */
+typedef enum ss_state {
+	SS_WAITING = 0, /* waits for the account's automatic (re-)join */
+	SS_ASKED,       /* its own join awaits the room's answer */
+	SS_JOINED,      /* completed its join */
+	SS_LEAVING      /* asked to leave; awaits the room's answer */
+} ss_state;
+
 typedef struct mm_session {
 	char *resource;
 	char *nick;     /* the nick this session asked for */
@@ -200,9 +218,10 @@ typedef struct mm_session {
 	uint64_t seq;   /* when that presence was set: state-wide counter */
 	size_t niqs;    /* its IQs awaiting an answer */
 	int rank;       /* availability of that presence: 0 (chat) .. 4 (xa) */
-	unsigned joined : 1;  /* completed its join (else waits for the account) */
-	unsigned leaving : 1; /* asked to leave; awaits the room's answer */
-	unsigned asked : 1;   /* its own join awaits the room's answer */
+	ss_state state;
+	/* its client is away (stream management keeps it hibernating): it
+	 * cannot hold the account in a room the user left elsewhere */
+	int unreachable;
 	/* its <history/> request, for the catch-up replay */
 	struct {
 		int requested;
@@ -223,15 +242,22 @@ typedef struct mm_hist {
 	double stamp;
 } mm_hist;
 
+struct mm_account;
+
 typedef struct mm_membership {
+	struct mm_account *owner; /* the account it belongs to */
+	size_t bytes;     /* payload bytes its caches hold (shared ones too) */
 	char *room;
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
 	char *affiliation;
-	mm_mstate state;
-	int rejoin;      /* leaving, with sessions waiting to join again */
-	int auto_rejoin; /* joining again by itself (332, 333, fell out) */
-	int rejoin_wait; /* ... and waits for mm_rejoin_due() to send the join */
+	mm_mstate state; /* the lifecycle: see the table in minimix.h */
+	const char *account; /* the key of the account's node (stable) */
+	/* a waiting state's deadline (0: starts at the next mm_tick) and its
+	 * length, and the list of waiting memberships it is linked in */
+	double deadline;
+	unsigned wait;
+	struct mm_membership *wprev, *wnext;
 	unsigned retries; /* failed automatic re-joins so far */
 	uint64_t agg_seq; /* seq of the session presence the room shows */
 	char *shown;      /* that presence, or NULL when unknown */
@@ -250,13 +276,17 @@ typedef struct mm_membership {
 	size_t last_id_cap; /* bytes allocated for it */
 	int seen_dirty;   /* the account is marked for a newer last message */
 	double last_stamp;
-	int restoring;    /* joining again after a restart: skip what was seen */
+	/* not the lifecycle: a filter on the room's history after a re-join,
+	 * which repeats what the account saw; on until the first live message
+	 * or the subject */
+	int skip_seen;
 	int ping_pending; /* the module's own self-ping awaits an answer */
 	unsigned ping_retries; /* its pings that could not reach the room */
 } mm_membership;
 
 typedef struct mm_account {
 	mm_map rooms; /* room -> mm_membership* */
+	size_t bytes; /* payload bytes its memberships' caches hold */
 } mm_account;
 
 /* An IQ a session sent through the account, awaiting the room's answer. */
@@ -271,16 +301,26 @@ struct mm_state {
 	mm_map accounts; /* bare JID -> mm_account* */
 	mm_map payloads; /* serialized stanza -> refcount (as uintptr_t) */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of which cache entries hold (aux > 0) */
 	mm_node *last_payload; /* the last one interned (held by a reference) */
 	mm_map iqs;      /* module-owned IQ id -> mm_iq* */
 	mm_map dirty;    /* account -> level (uintptr_t) to persist */
-	uint64_t iq_counter;
-	uint64_t iq_secret; /* makes module-owned IQ ids unguessable */
 	uint64_t seq;    /* orders session presences */
 	mm_decisionbuf dec;
 	const char *dec_room; /* arena copy: the room of the actions pushed now */
 	const char *dec_event, *dec_reason; /* the decision's event */
+	mm_observer observer;
+	void *observer_ud;
+	double clock;    /* the last mm_tick() time; 0 before the first */
+	struct mm_membership *waiting; /* memberships with a deadline */
+	mm_map pings;    /* host -> mm_pingwait*: pings asked for later */
 };
+
+/* A host whose rooms get a self-ping when the deadline passes. */
+typedef struct mm_pingwait {
+	double deadline; /* 0: starts at the next mm_tick() */
+	unsigned wait;
+} mm_pingwait;
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -296,8 +336,6 @@ static const struct {
 		"resource-constraint", "wait"},
 	[MM_EIQLIMIT] = {"too many queries awaiting an answer", "iq-limit",
 		"resource-constraint", "wait"},
-	[MM_EPASSWORD] = {"a password is required to enter this room", "password-required",
-		"not-authorized", "auth"},
 };
 
 static int err_known(mm_err err)
@@ -342,6 +380,71 @@ unsigned mm_status_bit(int code)
 	case 333: return MM_STATUS_333;
 	default: return 0;
 	}
+}
+
+/* ---- the membership lifecycle --------------------------------------------
+ * The table of minimix.h, as data: rows are states (MM_NONE first), columns
+ * events.  Every lifecycle change goes through membership_enter() or
+ * membership_remove(), which take the transition from here.
+ */
+#define R MM_REFUSED
+#define N MM_NONE
+#define JG MM_JOINING
+#define JD MM_JOINED
+#define LV MM_LEAVING
+#define LR MM_LEAVING_REJOIN
+#define RW MM_REJOIN_WAIT
+#define RJ MM_REJOINING
+static const signed char transitions[MM_MSTATE_COUNT + 1][MM_EV_COUNT] = {
+	/*               JOIN RESTORE LAST ACCT SELF ERR ERR_T OUT SHUT TECH FELL TIME */
+	/* NONE */     { JG,  RJ,     R,   R,   R,   R,  R,    R,  R,   R,   R,   R  },
+	/* JOINING */  { JG,  R,      LV,  LV,  JD,  N,  N,    N,  RW,  RJ,  R,   N  },
+	/* JOINED */   { JD,  R,      LV,  LV,  JD,  R,  R,    N,  RW,  RJ,  RJ,  R  },
+	/* LEAVING */  { LR,  R,      R,   R,   R,   N,  N,    N,  N,   N,   R,   N  },
+	/* LEAV_REJ */ { LR,  R,      LV,  LV,  R,   JG, JG,   JG, JG,  JG,  R,   JG },
+	/* REJ_WAIT */ { RJ,  R,      N,   N,   JD,  R,  R,    N,  RW,  RJ,  R,   RJ },
+	/* REJOINING */{ RJ,  R,      LV,  LV,  JD,  N,  RW,   N,  RW,  RJ,  R,   RW },
+};
+#undef R
+#undef N
+#undef JG
+#undef JD
+#undef LV
+#undef LR
+#undef RW
+#undef RJ
+
+int mm_transition(int state, int event)
+{
+	if (state < MM_NONE || state >= MM_MSTATE_COUNT || event < 0
+			|| event >= MM_EV_COUNT)
+		return MM_REFUSED;
+	return transitions[state + 1][event];
+}
+
+const char *mm_mstate_name(int state)
+{
+	static const char *const names[] = {"none", "joining", "joined",
+		"leaving", "leaving-rejoin", "rejoin-wait", "rejoining"};
+	if (state < MM_NONE || state >= MM_MSTATE_COUNT)
+		return "?";
+	return names[state + 1];
+}
+
+const char *mm_mevent_name(int event)
+{
+	static const char *const names[] = {"join", "restore", "last-leave",
+		"account-leave", "self", "error", "error-transient", "out",
+		"shutdown", "technical", "fell-out", "timeout"};
+	if (event < 0 || event >= MM_EV_COUNT)
+		return "?";
+	return names[event];
+}
+
+void mm_state_observe(mm_state *s, mm_observer fn, void *ud)
+{
+	s->observer = fn;
+	s->observer_ud = ud;
 }
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -392,62 +495,169 @@ void mm_limits_default(mm_limits *l)
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
+	l->join_timeout = MM_DEFAULT_JOIN_TIMEOUT;
+	l->max_membership_bytes = MM_DEFAULT_MAX_MEMBERSHIP_BYTES;
+	l->max_account_bytes = MM_DEFAULT_MAX_ACCOUNT_BYTES;
+	l->max_cache_bytes = MM_DEFAULT_MAX_CACHE_BYTES;
 }
 
-/* splitmix64: a fast, well-mixed step; not cryptographic, but with a
- * secret seed an occupant cannot predict the next id. */
-static uint64_t mix64(uint64_t x)
+/*
+ * Fill buf with len bytes from the kernel's CSPRNG: getrandom(2), else
+ * /dev/urandom.  0 when neither gives them: the caller then fails rather
+ * than make something guessable.
+ */
+static int random_bytes(void *buf, size_t len)
 {
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-static uint64_t seed_secret(const void *salt)
-{
-	uint64_t seed = 0;
-	FILE *f = fopen("/dev/urandom", "rb");
-	if (f) {
-		if (fread(&seed, sizeof seed, 1, f) != 1)
-			seed = 0;
-		fclose(f);
+	unsigned char *p = buf;
+	size_t got = 0;
+	FILE *f;
+	while (got < len) {
+		ssize_t n = getrandom(p + got, len - got, 0);
+		if (n > 0)
+			got += (size_t)n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			break;
 	}
-	/* without /dev/urandom: the clock and an address, still varied */
-	return mix64(seed ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)salt);
+	if (got == len)
+		return 1;
+	f = fopen("/dev/urandom", "rb");
+	if (f == NULL)
+		return 0;
+	got = fread(p, 1, len, f) == len ? len : 0;
+	fclose(f);
+	return got == len;
+}
+
+static void limits_take(mm_limits *to, const mm_limits *from)
+{
+	mm_limits_default(to);
+	if (from == NULL)
+		return;
+#define TAKE(f) if (from->f) to->f = from->f
+	TAKE(max_rooms);
+	TAKE(max_sessions);
+	TAKE(max_occupants);
+	TAKE(max_pending);
+	TAKE(max_nick_bytes);
+	TAKE(max_iqs);
+	TAKE(iq_timeout);
+	TAKE(rejoin_delay);
+	TAKE(history_size);
+	TAKE(history_default);
+	TAKE(join_timeout);
+	TAKE(max_membership_bytes);
+	TAKE(max_account_bytes);
+	TAKE(max_cache_bytes);
+#undef TAKE
 }
 
 mm_state *mm_state_new(const mm_limits *limits)
 {
 	mm_state *s = calloc(1, sizeof *s);
-	mm_limits d;
 	if (s == NULL)
 		return NULL;
-	mm_limits_default(&d);
-	s->limits = d;
-	if (limits) {
-#define TAKE(f) if (limits->f) s->limits.f = limits->f
-		TAKE(max_rooms);
-		TAKE(max_sessions);
-		TAKE(max_occupants);
-		TAKE(max_pending);
-		TAKE(max_nick_bytes);
-		TAKE(max_iqs);
-		TAKE(iq_timeout);
-		TAKE(rejoin_delay);
-		TAKE(history_size);
-		TAKE(history_default);
-#undef TAKE
+	limits_take(&s->limits, limits);
+	if (hash_seed == 0) {
+		uint64_t seed = 0;
+		/* without the CSPRNG: the clock and an address, still varied */
+		if (!random_bytes(&seed, sizeof seed))
+			seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
+		hash_seed = seed | 1;
 	}
-	s->iq_secret = seed_secret(s);
-	if (hash_seed == 0)
-		hash_seed = seed_secret(&hash_seed) | 1;
 	return s;
 }
 
 const mm_limits *mm_state_limits(const mm_state *s)
 {
 	return &s->limits;
+}
+
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n);
+static void pending_free(mm_pending *p);
+
+/* Move a membership's rings to arrays of the new sizes (NULL: that ring
+ * keeps its size), keeping the newest entries.  Cannot fail. */
+static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
+		mm_hist *hist, mm_pending *pending)
+{
+	size_t i, keep, oldcap;
+	if (hist) {
+		oldcap = s->limits.history_size;
+		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
+		for (i = 0; i < m->hist_count - keep; i++)
+			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
+		for (i = 0; i < keep; i++)
+			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
+		free(m->hist);
+		m->hist = hist;
+		m->hist_head = 0;
+		m->hist_count = keep;
+	}
+	if (pending) {
+		oldcap = s->limits.max_pending;
+		keep = m->npending < nl->max_pending ? m->npending : nl->max_pending;
+		/* the oldest of the npending written is at pending_next - npending */
+		for (i = 0; i < m->npending; i++) {
+			mm_pending *p = &m->pending[(m->pending_next + oldcap - m->npending + i) % oldcap];
+			if (i < m->npending - keep)
+				pending_free(p);
+			else
+				pending[i - (m->npending - keep)] = *p;
+		}
+		free(m->pending);
+		m->pending = pending;
+		m->npending = keep;
+		m->pending_next = keep % nl->max_pending;
+	}
+}
+
+mm_err mm_state_set_limits(mm_state *s, const mm_limits *limits)
+{
+	mm_limits nl;
+	void **bufs = NULL;
+	size_t n = 0, i = 0;
+	int hist_changes, pending_changes;
+
+	limits_take(&nl, limits);
+	hist_changes = nl.history_size != s->limits.history_size;
+	pending_changes = nl.max_pending != s->limits.max_pending;
+	if (hist_changes || pending_changes) {
+		/* every new ring first, so that a failure changes nothing */
+		MAP_EACH(&s->accounts, an)
+			n += ((mm_account *)an->value)->rooms.count;
+		bufs = calloc(2 * n + 1, sizeof *bufs);
+		if (bufs == NULL)
+			return MM_ENOMEM;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				mm_membership *m = rn->value;
+				int ok = 1;
+				if (hist_changes && m->hist)
+					ok = (bufs[i] = calloc(nl.history_size, sizeof(mm_hist))) != NULL;
+				if (ok && pending_changes && m->pending)
+					ok = (bufs[i + 1] = calloc(nl.max_pending, sizeof(mm_pending))) != NULL;
+				i += 2;
+				if (!ok) {
+					for (i = 0; i < 2 * n; i++)
+						free(bufs[i]);
+					free(bufs);
+					return MM_ENOMEM;
+				}
+			}
+		}
+		i = 0;
+		MAP_EACH(&s->accounts, an) {
+			MAP_EACH(&((mm_account *)an->value)->rooms, rn) {
+				rings_resize(s, rn->value, &nl, bufs[i], bufs[i + 1]);
+				i += 2;
+			}
+		}
+		free(bufs);
+	}
+	s->limits = nl;
+	return MM_OK;
 }
 
 /* ---- payload pool ------------------------------------------------------- */
@@ -530,24 +740,6 @@ static void payload_unref(mm_state *s, mm_node *n)
 	}
 }
 
-/* Replace *slot with a reference to payload (NULL payload: keep *slot).
- * Returns 0 on allocation failure, leaving *slot untouched. */
-static int payload_set(mm_state *s, mm_node **slot, const char *payload,
-		const mm_payload *handle)
-{
-	int fresh;
-	mm_node *n;
-	if (payload == NULL)
-		return 1;
-	n = payload_prepare(s, payload, handle, &fresh);
-	if (n == NULL)
-		return 0;
-	payload_ref(s, n, fresh);
-	payload_unref(s, *slot);
-	*slot = n;
-	return 1;
-}
-
 mm_payload *mm_payload_hold(mm_state *s, const char *text, size_t len)
 {
 	int fresh;
@@ -565,6 +757,59 @@ void mm_payload_release(mm_state *s, mm_payload *p)
 {
 	if (s != NULL && p != NULL)
 		payload_unref(s, (mm_node *)(void *)p);
+}
+
+/* ---- caches: bounded in bytes ---------------------------------------------
+ * A membership's caches (occupants, self, subject, catch-up) hold pooled
+ * payloads.  Each reference counts its bytes against the membership and
+ * its account (a text shared by two memberships counts for both), and a
+ * text any cache holds counts once against the state (cached_bytes).
+ */
+
+/* Count a reference to n the caller took as an entry of m's caches. */
+static void cache_count(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n->aux++ == 0)
+		s->cached_bytes += n->len;
+	m->bytes += n->len;
+	if (m->owner)
+		m->owner->bytes += n->len;
+}
+
+/* Make pool node n (fresh: not yet in the pool) an entry of m's caches. */
+static void cache_take(mm_state *s, mm_membership *m, mm_node *n, int fresh)
+{
+	payload_ref(s, n, fresh);
+	cache_count(s, m, n);
+}
+
+/* The reverse of cache_take(); NULL is accepted. */
+static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
+{
+	if (n == NULL)
+		return;
+	if (--n->aux == 0)
+		s->cached_bytes -= n->len;
+	m->bytes -= n->len;
+	if (m->owner)
+		m->owner->bytes -= n->len;
+	payload_unref(s, n);
+}
+
+/* Whether m may cache n within the byte limits once `freed` bytes of its
+ * own entries went. */
+static int cache_fits(const mm_state *s, const mm_membership *m,
+		const mm_node *n, size_t freed)
+{
+	const mm_limits *l = &s->limits;
+	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
+		return 0;
+	if (m->owner && (n->len > l->max_account_bytes
+			|| m->owner->bytes - freed > l->max_account_bytes - n->len))
+		return 0;
+	/* a text some cache holds already costs the state nothing more */
+	return n->aux > 0 || (n->len <= l->max_cache_bytes
+		&& s->cached_bytes <= l->max_cache_bytes - n->len);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -585,18 +830,15 @@ static void pending_free(mm_pending *p)
 	p->id = p->resource = NULL;
 }
 
-static void occupant_unref(void *value, void *ud)
-{
-	payload_unref(ud, value);
-}
-
 /* Drop the room state the account learnt by joining (occupants, self,
  * subject).  The catch-up history stays: it is what the account saw. */
 static void membership_clear_cache(mm_state *s, mm_membership *m)
 {
-	map_clear(&m->occupants, occupant_unref, s);
-	payload_unref(s, m->self);
-	payload_unref(s, m->subject);
+	MAP_EACH(&m->occupants, n)
+		cache_drop(s, m, n->value);
+	map_clear(&m->occupants, NULL, NULL);
+	cache_drop(s, m, m->self);
+	cache_drop(s, m, m->subject);
 	m->self = m->subject = NULL;
 }
 
@@ -604,7 +846,7 @@ static void hist_clear(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	for (i = 0; i < m->hist_count; i++)
-		payload_unref(s, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
+		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
 	free(m->hist);
 	m->hist = NULL;
 	m->hist_head = m->hist_count = 0;
@@ -684,14 +926,64 @@ static void session_remove(mm_membership *m, mm_session *ss)
 static void iqs_forget(mm_state *s, const char *account, const char *room,
 		const char *resource);
 
-/* Remove and free a membership; frees the account when it was its last. */
-static void membership_remove(mm_state *s, const char *account, mm_membership *m)
+/* Take the transition of the table for ev (the caller checked that there
+ * is one, that it does not end the membership, and built its decision:
+ * this cannot fail). */
+static unsigned backoff(const mm_state *s, unsigned retries);
+
+static void waiting_unlink(mm_state *s, mm_membership *m)
+{
+	if (m->wprev)
+		m->wprev->wnext = m->wnext;
+	else if (s->waiting == m)
+		s->waiting = m->wnext;
+	if (m->wnext)
+		m->wnext->wprev = m->wprev;
+	m->wprev = m->wnext = NULL;
+}
+
+static int is_waiting_state(int state)
+{
+	return state != MM_JOINED && state != MM_NONE;
+}
+
+static void membership_enter(mm_state *s, const char *account, mm_membership *m,
+		mm_mevent ev)
+{
+	int from = (int)m->state, to = mm_transition(from, (int)ev);
+	m->state = (mm_mstate)to;
+	if (!is_waiting_state(to)) {
+		waiting_unlink(s, m);
+	} else if (from != to || ev != MM_EV_JOIN) {
+		/* a new wait (a session joining a wait does not restart it) */
+		m->wait = to == MM_REJOIN_WAIT ? backoff(s, m->retries)
+			: (unsigned)s->limits.join_timeout;
+		m->deadline = s->clock > 0 ? s->clock + m->wait : 0;
+		if (m->wprev == NULL && s->waiting != m) {
+			m->wnext = s->waiting;
+			if (s->waiting)
+				s->waiting->wprev = m;
+			s->waiting = m;
+		}
+	}
+	if (s->observer)
+		s->observer(account, m->room, from, (int)ev, to, s->observer_ud);
+}
+
+/* The membership ends by the table's transition for ev: remove and free
+ * it; frees the account when it was its last. */
+static void membership_remove(mm_state *s, const char *account, mm_membership *m,
+		mm_mevent ev)
 {
 	mm_node *an = map_find(&s->accounts, account);
 	mm_account *a;
 	mm_node *rn;
 	if (an == NULL)
 		return;
+	if (s->observer)
+		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
+			s->observer_ud);
+	waiting_unlink(s, m);
 	iqs_forget(s, account, m->room, NULL);
 	a = an->value;
 	rn = map_find(&a->rooms, m->room);
@@ -784,18 +1076,26 @@ static mm_node *iq_new(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *resource, const char *orig_id,
 		const char *queryid, int self_ping, double now)
 {
-	char key[48];
+	static const char hex[] = "0123456789abcdef";
+	unsigned char rnd[16];
+	char key[4 + 2 * sizeof rnd + 1] = "mmx-";
 	mm_node *n = NULL;
-	mm_iq *q = calloc(1, sizeof *q);
+	mm_iq *q;
+	size_t i;
+	if (!random_bytes(rnd, sizeof rnd))
+		return NULL;
+	for (i = 0; i < sizeof rnd; i++) {
+		key[4 + 2 * i] = hex[rnd[i] >> 4];
+		key[5 + 2 * i] = hex[rnd[i] & 15];
+	}
+	key[sizeof key - 1] = '\0';
+	q = calloc(1, sizeof *q);
 	if (q == NULL)
 		return NULL;
 	q->account = str_dup(account);
 	q->room = str_dup(room);
 	q->deadline = now + (double)s->limits.iq_timeout;
 	q->self_ping = self_ping;
-	s->iq_counter++;
-	snprintf(key, sizeof key, "mmx-%llx-%016llx", (unsigned long long)s->iq_counter,
-		(unsigned long long)mix64(s->iq_secret ^ s->iq_counter));
 	if (q->account && q->room && dup_opt(resource, &q->resource)
 			&& dup_opt(orig_id, &q->orig_id) && dup_opt(nick, &q->nick)
 			&& dup_opt(queryid, &q->queryid) && map_ready(&s->iqs))
@@ -1024,7 +1324,7 @@ static void deliver_all(mm_state *s, const mm_membership *m, int *ok)
 {
 	size_t i;
 	for (i = 0; i < m->nsessions; i++)
-		if (!m->sessions[i].leaving)
+		if (m->sessions[i].state != SS_LEAVING)
 			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
 }
 
@@ -1036,7 +1336,7 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 	size_t i;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_action *a;
-		if (m->sessions[i].leaving)
+		if (m->sessions[i].state == SS_LEAVING)
 			continue;
 		a = dec_push(s, MM_OP_DELIVER, ok);
 		if (a)
@@ -1090,6 +1390,9 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		if (!str_eq(to->nick, m->nick))
 			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
+		/* the first session's news is not this one's */
+		if (*ok)
+			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
 	}
 	replay_history(s, m, to, ok);
 	if (m->subject)
@@ -1120,7 +1423,7 @@ static mm_session *best_session(mm_membership *m, const mm_session *skip)
 	size_t i;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
-		if (ss == skip || ss->leaving || !ss->joined)
+		if (ss == skip || ss->state != SS_JOINED)
 			continue;
 		if (best == NULL || ss->rank < best->rank
 				|| (ss->rank == best->rank && ss->seq > best->seq))
@@ -1183,7 +1486,7 @@ static int session_init(mm_state *s, mm_session *ss, const char *resource,
 	ss->nick = str_dup(req->nick);
 	ss->rank = show_rank(req->show);
 	ss->seq = s->seq + 1;
-	ss->asked = 1;
+	ss->state = SS_ASKED;
 	ss->hist.requested = req->history.requested;
 	ss->hist.maxstanzas = req->history.requested ? req->history.maxstanzas : -1;
 	ss->hist.maxchars = req->history.requested ? req->history.maxchars : -1;
@@ -1211,10 +1514,20 @@ mm_err mm_session_join(mm_state *s, const char *account, const char *resource,
 	return mm_session_join_req(s, account, resource, room, &req, out);
 }
 
-/* A brand-new membership for a first join. */
+/* Is the account on its way out (LEAVING or LEAVING_REJOIN)? */
+static int leaving(const mm_membership *m)
+{
+	return m->state == MM_LEAVING || m->state == MM_LEAVING_REJOIN;
+}
+
+/*
+ * A brand-new membership (NONE -ev-> JOINING or REJOINING): a session's
+ * join (ev MM_EV_JOIN, resource set) or the account's own (MM_EV_RESTORE,
+ * resource NULL: a fresh join, no session).
+ */
 static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 		const char *resource, const char *room, const mm_join *req,
-		mm_decision *out)
+		mm_mevent ev, mm_decision *out)
 {
 	mm_membership *m;
 	mm_node *anode = NULL, *rnode = NULL;
@@ -1226,14 +1539,18 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	m = calloc(1, sizeof *m);
 	if (m == NULL)
 		return MM_ENOMEM;
-	m->state = MM_JOINING;
+	m->state = MM_NONE;
 	m->room = str_dup(room);
 	m->nick = str_dup(req->nick);
+	/* the account's own join carries a plain presence */
 	if (m->room == NULL || m->nick == NULL || !dup_opt(req->password, &m->password)
-			|| !dup_opt(req->presence, &m->shown)
-			|| !sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
+			|| !dup_opt(resource ? req->presence : "", &m->shown))
 		goto nomem;
-	m->nsessions = 1;
+	if (resource) {
+		if (!sessions_reserve(m) || !session_init(s, &m->sessions[0], resource, req))
+			goto nomem;
+		m->nsessions = 1;
+	}
 	if (new_account) {
 		a = calloc(1, sizeof *a);
 		if (a == NULL)
@@ -1251,16 +1568,21 @@ static mm_err join_first(mm_state *s, const char *account, mm_account *a,
 	if (act) {
 		act->nick = dec_str(s, req->nick, &ok);
 		act->password = dec_str(s, req->password, &ok);
-		act->from_request = 1;
+		act->from_request = resource != NULL;
 	}
 	if (!ok)
 		goto nomem;
 	/* commit: nothing below can fail */
-	s->seq++;
-	m->agg_seq = m->sessions[0].seq; /* the join carries the first presence */
+	if (resource) {
+		s->seq++;
+		m->agg_seq = m->sessions[0].seq; /* the join carries the first presence */
+	}
 	if (new_account)
 		map_link(&s->accounts, anode);
 	map_link(&a->rooms, rnode);
+	m->owner = a;
+	m->account = map_find(&s->accounts, account)->key;
+	membership_enter(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
 nomem:
 	free(rnode);
@@ -1298,23 +1620,19 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	a = account_get(s, account);
 	m = a ? map_get(&a->rooms, room) : NULL;
 	if (m == NULL)
-		return join_first(s, account, a, resource, room, req, out);
+		return join_first(s, account, a, resource, room, req, MM_EV_JOIN, out);
 
+	/* every state takes a join (see the table) */
 	ss = session_find(m, resource);
 	if (ss == NULL && m->nsessions >= s->limits.max_sessions)
 		return MM_ESESSIONLIMIT;
-	/* the room let the account in with a password: a device without it
-	 * gets what the room would tell it */
-	if (m->password && m->state != MM_LEAVING && !str_eq(req->password, m->password))
-		return MM_EPASSWORD;
 	if (!session_init(s, &fresh, resource, req))
 		return MM_ENOMEM;
 	if (ss == NULL && !sessions_reserve(m)) {
 		session_free_fields(&fresh);
 		return MM_ENOMEM;
 	}
-	fresh.joined = m->state == MM_JOINED;
-	fresh.asked = m->state != MM_JOINED;
+	fresh.state = m->state == MM_JOINED ? SS_JOINED : SS_ASKED;
 	if (ss) {
 		/* it joins again: a full resync; it keeps its place, its IQs and
 		 * the presence the room knows from it */
@@ -1326,7 +1644,7 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		ss->presence = NULL;
 	}
 	/* build the decision against the new session, then attach it */
-	if (m->state != MM_LEAVING)
+	if (!leaving(m))
 		replay_room(s, m, &fresh, &ok);
 	if (ss == NULL && m->state == MM_JOINED && fresh.presence) {
 		/* a more available device (or as available, and newer) leads */
@@ -1335,7 +1653,7 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		if (leads)
 			show_presence(s, m, &fresh, &shown, &ok);
 	}
-	if (m->rejoin_wait) {
+	if (m->state == MM_REJOIN_WAIT) {
 		/* an automatic re-join waits for its delay: this session asks now */
 		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
 		if (act) {
@@ -1357,29 +1675,60 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	s->seq++;
 	if (leads)
 		commit_shown(m, fresh.seq, shown);
-	if (m->state == MM_LEAVING)
-		m->rejoin = 1;
-	m->rejoin_wait = 0;
 	if (ss) {
 		session_free_fields(ss);
 		*ss = fresh;
 	} else {
 		m->sessions[m->nsessions++] = fresh;
 	}
+	membership_enter(s, account, m, MM_EV_JOIN);
 	return dec_finish(s, out, 1, ok);
 }
 
 static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
-		mm_decision *out, int ok, const char *event, const char *condition);
+		mm_decision *out, int ok, mm_mevent ev, const char *event,
+		const char *condition);
 
 /* Number of sessions that are in the room from their client's view. */
 static size_t active_sessions(const mm_membership *m)
 {
 	size_t i, c = 0;
 	for (i = 0; i < m->nsessions; i++)
-		if (!m->sessions[i].leaving)
+		if (m->sessions[i].state != SS_LEAVING)
 			c++;
 	return c;
+}
+
+/* Sessions in the room, other than ss, whose client is connected. */
+static size_t connected_others(const mm_membership *m, const mm_session *ss)
+{
+	size_t i, c = 0;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING
+				&& !m->sessions[i].unreachable)
+			c++;
+	return c;
+}
+
+/* The account leaves with the last connected session: the others, whose
+ * clients are away, get their unavailable self-presence (stream management
+ * delivers it when they come back). */
+static void reflect_unreachable(mm_state *s, const mm_membership *m,
+		const mm_session *ss, int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++)
+		if (&m->sessions[i] != ss && m->sessions[i].state != SS_LEAVING)
+			act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, ok);
+}
+
+static void detach_unreachable(mm_state *s, const char *account,
+		mm_membership *m)
+{
+	size_t i;
+	for (i = m->nsessions; i-- > 0;)
+		if (m->sessions[i].state != SS_LEAVING && m->sessions[i].unreachable)
+			session_detach(s, account, m, &m->sessions[i]);
 }
 
 mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
@@ -1399,11 +1748,13 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 	if (ss == NULL)
 		return dec_finish(s, out, 0, ok);
 	dec_room(s, room, &ok);
-	if (ss->leaving)
+	if (ss->state == SS_LEAVING)
 		return dec_finish(s, out, 1, ok); /* already on its way out */
 
-	if (active_sessions(m) > 1 || m->state == MM_LEAVING) {
-		/* others stay in: only this session sees itself leave */
+	if (connected_others(m, ss) > 0 || leaving(m)) {
+		/* others stay in (or the account is leaving already): only this
+		 * session sees itself leave */
+		int last = m->state == MM_LEAVING_REJOIN && active_sessions(m) == 1;
 		act_reflect_leave(s, m, resource, id, 0, &ok);
 		agg = handover(s, m, ss, &shown, &ok);
 		if (!ok) {
@@ -1412,24 +1763,28 @@ mm_err mm_session_leave(mm_state *s, const char *account, const char *resource,
 		}
 		commit_shown(m, agg, shown);
 		session_detach(s, account, m, ss);
-		if (m->state == MM_LEAVING && active_sessions(m) == 0)
-			m->rejoin = 0;
+		if (last) /* nobody waits to come back: just leave */
+			membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 		return dec_finish(s, out, 1, ok);
 	}
 
-	if (m->rejoin_wait) {
+	if (mm_transition(m->state, MM_EV_LAST_LEAVE) == MM_NONE) {
 		/* the account is out, waiting to join again: nothing to leave */
 		act_reflect_leave(s, m, resource, id, 0, &ok);
-		return membership_end(s, account, m, out, ok, "left", NULL);
+		reflect_unreachable(s, m, ss, &ok);
+		return membership_end(s, account, m, out, ok, MM_EV_LAST_LEAVE,
+			"left", NULL);
 	}
 
-	/* last one: the account leaves; the room's answer goes to this session */
+	/* last connected one: the account leaves; the room's answer goes to
+	 * this session */
 	act_simple(s, MM_OP_SEND_AS_ACCOUNT, &ok);
+	reflect_unreachable(s, m, ss, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	ss->leaving = 1;
-	m->state = MM_LEAVING;
-	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
+	ss->state = SS_LEAVING;
+	detach_unreachable(s, account, m);
+	membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -1440,7 +1795,7 @@ static mm_session *joined_session(mm_state *s, const char *account,
 	mm_membership *m = membership_get(s, account, room);
 	mm_session *ss = m ? session_find(m, resource) : NULL;
 	*mp = m;
-	if (ss == NULL || !ss->joined || ss->leaving || m->state != MM_JOINED)
+	if (ss == NULL || ss->state != SS_JOINED || m->state != MM_JOINED)
 		return NULL;
 	return ss;
 }
@@ -1543,7 +1898,7 @@ mm_err mm_session_message(mm_state *s, const char *account,
 		 * as XEP-0280 carbons of what this one sent */
 		for (i = 0; i < m->nsessions; i++) {
 			const mm_session *o = &m->sessions[i];
-			if (o != ss && o->joined && !o->leaving) {
+			if (o != ss && o->state == SS_JOINED) {
 				mm_action *a = dec_push(s, MM_OP_CARBON, &ok);
 				if (a)
 					a->resource = dec_str(s, o->resource, &ok);
@@ -1625,33 +1980,50 @@ mm_err mm_session_gone(mm_state *s, const char *account, const char *resource,
 		mm_membership *m = n->value;
 		mm_session *ss = session_find(m, resource);
 		if (ss) {
+			int waited = ss->state != SS_LEAVING;
 			commit_shown(m, m->next_agg, m->next_shown);
 			m->next_shown = NULL;
 			session_detach(s, account, m, ss);
-			if (m->state == MM_LEAVING && active_sessions(m) == 0)
-				m->rejoin = 0;
+			/* nobody waits to come back any more: just leave */
+			if (m->state == MM_LEAVING_REJOIN && waited && active_sessions(m) == 0)
+				membership_enter(s, account, m, MM_EV_LAST_LEAVE);
 		}
 	}
 	return dec_finish(s, out, 1, ok);
 }
 
+mm_err mm_session_reachable(mm_state *s, const char *account,
+		const char *resource, int reachable)
+{
+	mm_account *a;
+	if (!nonempty(account) || !nonempty(resource))
+		return MM_EINVAL;
+	a = account_get(s, account);
+	if (a == NULL)
+		return MM_OK;
+	MAP_EACH(&a->rooms, n) {
+		mm_session *ss = session_find(n->value, resource);
+		if (ss)
+			ss->unreachable = !reachable;
+	}
+	return MM_OK;
+}
+
 /* ---- events from rooms --------------------------------------------------- */
 
-/* Join again as the account: caches go, sessions wait for the sequence. */
+/* Join again as the account: caches go, sessions wait for the sequence.
+ * The caller takes the transition. */
 static void membership_restart(mm_state *s, mm_membership *m)
 {
 	size_t i;
 	membership_clear_cache(s, m);
 	free(m->shown);
 	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
-	m->state = MM_JOINING;
-	m->auto_rejoin = 1;
 	/* the room's history on the re-join repeats what the account saw */
-	m->restoring = m->last_id != NULL || m->last_stamp > 0;
+	m->skip_seen = m->last_id != NULL || m->last_stamp > 0;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
-		ss->joined = 0;
-		ss->asked = 0;
+		ss->state = SS_WAITING;
 		free(ss->join_id);
 		ss->join_id = NULL;
 	}
@@ -1683,21 +2055,24 @@ static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
 		a->delay = delay;
 }
 
-/* The membership ended (left, kicked, banned, destroyed, failed join).
- * With sessions waiting to come back, the account joins again. */
+/*
+ * The membership takes the transition for ev out of a state that waited on
+ * the room, to MM_NONE (it ends) or, from LEAVING_REJOIN, to JOINING: the
+ * account joins again as the first session waiting asked.
+ */
 static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
-		mm_decision *out, int ok, const char *event, const char *condition)
+		mm_decision *out, int ok, mm_mevent ev, const char *event,
+		const char *condition)
 {
 	size_t i;
 	act_event(s, event, condition, &ok);
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	mark_dirty(s, account, 2);
-	if (m->state == MM_LEAVING && m->rejoin) {
+	if (mm_transition(m->state, ev) == MM_JOINING) {
 		mm_session *first = NULL;
 		char *nick, *pw = NULL;
 		for (i = 0; i < m->nsessions; i++)
-			if (!m->sessions[i].leaving) {
+			if (m->sessions[i].state != SS_LEAVING) {
 				first = &m->sessions[i];
 				break;
 			}
@@ -1713,19 +2088,20 @@ static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
 			return dec_finish(s, out, 0, 0);
 		}
 		/* commit: drop leavers and caches, join again as the waiters asked */
+		mark_dirty(s, account, 2);
 		for (i = m->nsessions; i-- > 0;)
-			if (m->sessions[i].leaving)
+			if (m->sessions[i].state == SS_LEAVING)
 				session_detach(s, account, m, &m->sessions[i]);
 		membership_clear_cache(s, m);
 		free(m->nick);
 		m->nick = nick;
 		free(m->password);
 		m->password = pw;
-		m->state = MM_JOINING;
-		m->rejoin = 0;
+		membership_enter(s, account, m, ev);
 		return dec_finish(s, out, 1, ok);
 	}
-	membership_remove(s, account, m);
+	mark_dirty(s, account, 2);
+	membership_remove(s, account, m, ev);
 	return dec_finish(s, out, 1, ok);
 }
 
@@ -1757,7 +2133,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 {
 	char *nn = NULL, *aff = NULL;
 	mm_node *pn = NULL;
-	int fresh = 0, ok = 1;
+	int fresh = 0, ok = 1, completes = m->state != MM_JOINED;
 	size_t i;
 
 	/* a self-presence from the room's own JID leaves the nick alone */
@@ -1772,7 +2148,7 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		unsigned codes = 0;
 		const char *id = NULL;
 		const char *accnick = nn ? nn : m->nick;
-		if (m->state == MM_JOINING && ss->asked) {
+		if (completes && ss->state == SS_ASKED) {
 			/* completes every waiter's join, each with its own id */
 			id = ss->join_id;
 			if (!(p->status & MM_STATUS_210) && !str_eq(ss->nick, accnick))
@@ -1780,14 +2156,15 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		}
 		act_deliver(s, ss->resource, id, codes, &ok);
 	}
-	if (m->state == MM_JOINING)
+	if (completes)
 		act_event(s, "joined", NULL, &ok);
 	if (!ok)
 		goto nomem;
 	/* commit */
 	if (pn) {
-		payload_ref(s, pn, fresh);
-		payload_unref(s, m->self);
+		/* always kept: a later session's join needs it */
+		cache_take(s, m, pn, fresh);
+		cache_drop(s, m, m->self);
 		m->self = pn;
 	}
 	if (nn) {
@@ -1798,16 +2175,13 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		free(m->affiliation);
 		m->affiliation = aff;
 	}
-	if (m->state == MM_JOINING) {
+	if (completes) {
 		mark_dirty(s, account, 2);
-		m->state = MM_JOINED;
-		m->auto_rejoin = m->rejoin_wait = 0;
 		m->retries = 0;
-		for (i = 0; i < m->nsessions; i++) {
-			m->sessions[i].joined = 1;
-			m->sessions[i].asked = 0;
-		}
+		for (i = 0; i < m->nsessions; i++)
+			m->sessions[i].state = SS_JOINED;
 	}
+	membership_enter(s, account, m, MM_EV_SELF);
 	return dec_finish(s, out, 1, ok);
 nomem:
 	if (fresh)
@@ -1817,26 +2191,51 @@ nomem:
 	return dec_finish(s, out, 0, 0);
 }
 
-/* The room answered a join with an error. */
+/* The leaving sessions learn that they are out: the room's own answer
+ * (deliver set) or their unavailable self-presence. */
+static void leavers_out(mm_state *s, const mm_membership *m, int deliver,
+		int *ok)
+{
+	size_t i;
+	for (i = 0; i < m->nsessions; i++) {
+		if (m->sessions[i].state != SS_LEAVING)
+			continue;
+		if (deliver)
+			act_deliver(s, m->sessions[i].resource, NULL, 0, ok);
+		else
+			act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, ok);
+	}
+}
+
+/* The room answered a join (or a leave) with an error. */
 static mm_err join_failed(mm_state *s, const char *account, mm_membership *m,
 		const mm_presence *p, mm_decision *out, int ok)
 {
 	size_t i;
-	if (m->auto_rejoin && transient_condition(p->condition)) {
+	mm_mevent ev = transient_condition(p->condition) ? MM_EV_ERROR_TRANSIENT
+		: MM_EV_ERROR;
+	int next = mm_transition(m->state, ev);
+	if (next == MM_REFUSED)
+		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
+	if (leaving(m)) {
+		leavers_out(s, m, 0, &ok);
+		return membership_end(s, account, m, out, ok, ev, "left", NULL);
+	}
+	if (next == MM_REJOIN_WAIT) {
 		/* the room may come back: try again later, each time later */
 		act_event(s, "rejoining", p->condition, &ok);
 		act_rejoin_later(s, backoff(s, m->retries + 1), &ok);
 		if (!ok)
 			return dec_finish(s, out, 0, ok);
 		m->retries++;
-		m->rejoin_wait = 1;
+		membership_enter(s, account, m, ev);
 		return dec_finish(s, out, 1, ok);
 	}
 	/* each session that asked gets the answer, with its own id */
 	for (i = 0; i < m->nsessions; i++)
-		if (m->sessions[i].asked)
+		if (m->sessions[i].state == SS_ASKED)
 			act_deliver(s, m->sessions[i].resource, m->sessions[i].join_id, 0, &ok);
-	return membership_end(s, account, m, out, ok, "removed",
+	return membership_end(s, account, m, out, ok, ev, "removed",
 		p->condition ? p->condition : "undefined-condition");
 }
 
@@ -1860,7 +2259,6 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		const char *nick, const mm_presence *p, mm_decision *out)
 {
 	mm_membership *m;
-	size_t i;
 	int ok = 1;
 
 	dec_reset(s, out);
@@ -1879,21 +2277,19 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 				pending_free(pd);
 			return dec_finish(s, out, 1, ok);
 		}
-		if (m->state == MM_JOINING)
-			return join_failed(s, account, m, p, out, ok);
-		if (m->state == MM_LEAVING)
-			return membership_end(s, account, m, out, ok, "left", NULL);
-		return dec_finish(s, out, 1, ok); /* nobody asked: drop */
+		return join_failed(s, account, m, p, out, ok);
 	}
 
 	if (p->status & MM_STATUS_110) {
+		mm_mevent ev;
+		int next;
 		if (p->type != MM_PRES_UNAVAILABLE) {
-			if (m->state == MM_LEAVING) /* a join in flight answered first */
+			/* refused while leaving: a join in flight answered first */
+			if (mm_transition(m->state, MM_EV_SELF) == MM_REFUSED)
 				return dec_finish(s, out, 1, ok);
 			return self_available(s, account, m, nick, p, out);
 		}
-		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick)
-				&& m->state != MM_LEAVING) {
+		if ((p->status & MM_STATUS_303) && nonempty(p->new_nick) && !leaving(m)) {
 			char *nn = str_dup(p->new_nick);
 			if (nn == NULL)
 				return dec_finish(s, out, 0, 0);
@@ -1907,36 +2303,38 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mark_dirty(s, account, 2);
 			return dec_finish(s, out, 1, ok);
 		}
-		/* left, kicked, banned, removed, destroyed: the end */
-		if (m->state == MM_LEAVING) {
-			for (i = 0; i < m->nsessions; i++)
-				if (m->sessions[i].leaving)
-					act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
-			return membership_end(s, account, m, out, ok, "left", NULL);
-		}
-		deliver_all(s, m, &ok);
+		/* left, kicked, banned, removed, destroyed: the end; shut down or
+		 * a technical problem: the account comes back */
+		ev = MM_EV_OUT;
 		if ((p->status & (MM_STATUS_332 | MM_STATUS_333)) && !p->destroyed
 				&& !(p->status & (MM_STATUS_301 | MM_STATUS_307
-						| MM_STATUS_321 | MM_STATUS_322))) {
-			/* shut down or a technical problem: the account comes back */
-			int later = (p->status & MM_STATUS_332) != 0;
-			act_event(s, "rejoining", later ? "system-shutdown" : "technical-problem", &ok);
-			if (later)
-				act_rejoin_later(s, backoff(s, 0), &ok);
-			else
-				act_rejoin(s, m, &ok);
-			if (!ok)
-				return dec_finish(s, out, 0, ok);
-			membership_restart(s, m);
-			m->retries = 0;
-			m->rejoin_wait = later;
-			return dec_finish(s, out, 1, ok);
+						| MM_STATUS_321 | MM_STATUS_322)))
+			ev = (p->status & MM_STATUS_332) ? MM_EV_SHUTDOWN : MM_EV_TECHNICAL;
+		if (leaving(m)) {
+			leavers_out(s, m, 1, &ok);
+			return membership_end(s, account, m, out, ok, ev, "left", NULL);
 		}
-		return membership_end(s, account, m, out, ok, "removed", removal_reason(p));
+		deliver_all(s, m, &ok);
+		next = mm_transition(m->state, ev);
+		if (next == MM_NONE)
+			return membership_end(s, account, m, out, ok, ev, "removed",
+				removal_reason(p));
+		act_event(s, "rejoining", ev == MM_EV_SHUTDOWN ? "system-shutdown"
+			: "technical-problem", &ok);
+		if (next == MM_REJOIN_WAIT)
+			act_rejoin_later(s, backoff(s, 0), &ok);
+		else
+			act_rejoin(s, m, &ok);
+		if (!ok)
+			return dec_finish(s, out, 0, ok);
+		membership_restart(s, m);
+		m->retries = 0;
+		membership_enter(s, account, m, ev);
+		return dec_finish(s, out, 1, ok);
 	}
 
 	/* another occupant (or the room itself) */
-	if (m->state == MM_LEAVING)
+	if (leaving(m))
 		return dec_finish(s, out, 1, ok);
 	deliver_all_ref(s, m, &ok);
 	if (!ok || nick == NULL)
@@ -1945,29 +2343,49 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		mm_node *on = map_find(&m->occupants, nick);
 		if (p->type == MM_PRES_UNAVAILABLE) {
 			if (on) {
-				payload_unref(s, on->value);
+				cache_drop(s, m, on->value);
 				map_unlink(&m->occupants, on);
 				free(on);
 			}
-		} else if (on) {
-			mm_node *slot = on->value;
-			if (!payload_set(s, &slot, p->payload, p->payload_handle))
+		} else if (on && p->payload) {
+			int fresh;
+			mm_node *old = on->value;
+			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			on->value = slot;
+			if (pn != old && cache_fits(s, m, pn, old->len)) {
+				cache_take(s, m, pn, fresh);
+				on->value = pn;
+			} else if (pn != old) {
+				/* beyond the byte limits: better no entry than a stale one */
+				if (fresh)
+					free(pn);
+				map_unlink(&m->occupants, on);
+				free(on);
+			}
+			if (pn != old)
+				cache_drop(s, m, old);
 		} else if (p->payload && m->occupants.count < s->limits.max_occupants) {
 			int fresh;
 			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
-			mm_node *nn = pn && map_ready(&m->occupants)
-				? node_new(nick, strlen(nick), pn) : NULL;
-			if (nn == NULL) {
-				if (fresh)
-					free(pn);
+			mm_node *nn;
+			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
+			if (cache_fits(s, m, pn, 0)) {
+				nn = map_ready(&m->occupants) ? node_new(nick, strlen(nick), pn) : NULL;
+				if (nn == NULL) {
+					if (fresh)
+						free(pn);
+					return dec_finish(s, out, 0, 0);
+				}
+				cache_take(s, m, pn, fresh);
+				map_link(&m->occupants, nn);
+			} else if (fresh) {
+				free(pn);
 			}
-			payload_ref(s, pn, fresh);
-			map_link(&m->occupants, nn);
 		}
-		/* past max_occupants the presence is still delivered, not cached */
+		/* past max_occupants or the byte limits the presence is still
+		 * delivered, not cached */
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2001,18 +2419,26 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		free(id);
 		return 0;
 	}
+	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	if (m->hist_count == cap) {
-		/* full: the oldest goes */
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, 0))) {
+		/* full, or beyond the byte limits: the oldest goes */
 		slot = &m->hist[m->hist_head];
-		payload_unref(s, slot->payload);
+		cache_drop(s, m, slot->payload);
 		m->hist_head = (m->hist_head + 1) % cap;
 		m->hist_count--;
 	}
-	slot = &m->hist[(m->hist_head + m->hist_count) % cap];
-	slot->payload = pn;
-	slot->stamp = msg->stamp;
-	m->hist_count++;
+	if (cache_fits(s, m, pn, 0)) {
+		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
+		slot->payload = pn;
+		slot->stamp = msg->stamp;
+		m->hist_count++;
+		cache_count(s, m, pn);
+	} else {
+		/* too big even alone: not kept (and the emptied ring leaves no
+		 * gap in what later sessions get); it still counts as seen */
+		payload_unref(s, pn);
+	}
 	if (msg->stanza_id) {
 		size_t len = strlen(msg->stanza_id) + 1;
 		if (id) {
@@ -2080,13 +2506,13 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		return dec_finish(s, out, 1, ok); /* unclaimed errors: drop */
 	}
 	case MM_MSG_GROUPCHAT:
-		if (m->state == MM_LEAVING)
+		if (leaving(m))
 			return dec_finish(s, out, 1, ok);
-		if (m->restoring) {
+		if (m->skip_seen) {
 			/* back after a restart: the room's history up to the last
 			 * message seen is old news; the subject ends the history */
 			if (!msg->delayed || (msg->has_subject && !msg->has_body)) {
-				m->restoring = 0;
+				m->skip_seen = 0;
 			} else if ((msg->stanza_id && m->last_id
 					&& strcmp(msg->stanza_id, m->last_id) == 0)
 					|| (m->last_stamp > 0 && msg->stamp < m->last_stamp)) {
@@ -2094,9 +2520,18 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			}
 		}
 		deliver_all_ref(s, m, &ok);
-		if (ok && msg->has_subject && !msg->has_body
-				&& !payload_set(s, &m->subject, msg->payload, msg->payload_handle))
-			ok = 0;
+		if (ok && msg->has_subject && !msg->has_body && msg->payload) {
+			/* always kept: it ends a later session's join sequence */
+			int fresh;
+			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
+			if (pn == NULL) {
+				ok = 0;
+			} else if (pn != m->subject) {
+				cache_take(s, m, pn, fresh);
+				cache_drop(s, m, m->subject);
+				m->subject = pn;
+			}
+		}
 		if (ok && msg->has_body && msg->payload)
 			ok = hist_push(s, account, m, msg);
 		return dec_finish(s, out, 1, ok);
@@ -2110,11 +2545,13 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			return dec_finish(s, out, 0, ok);
 		/* a private message from an occupant (§7.5) */
 		for (i = 0; i < m->nsessions; i++)
-			if (m->sessions[i].joined && !m->sessions[i].leaving)
+			if (m->sessions[i].state == SS_JOINED)
 				act_deliver(s, m->sessions[i].resource, NULL, 0, &ok);
 		return dec_finish(s, out, 1, ok);
 	}
 }
+
+static int ping_schedule(mm_state *s, const char *host, unsigned delay);
 
 mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		const char *nick, const char *id, int is_error, const char *condition,
@@ -2141,12 +2578,12 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 		act_deliver(s, q->resource, q->orig_id, 0, &ok);
 	fell_out = q->self_ping && is_error && condition
 		&& strcmp(condition, "not-acceptable") == 0
-		&& m != NULL && m->state == MM_JOINED;
+		&& m != NULL && mm_transition(m->state, MM_EV_FELL_OUT) != MM_REFUSED;
 	if (fell_out) {
 		/* XEP-0410: the room no longer knows the account; every session
 		 * learns it, and the account joins again */
 		for (i = 0; i < m->nsessions; i++)
-			if (!m->sessions[i].leaving)
+			if (m->sessions[i].state != SS_LEAVING)
 				act_reflect_leave(s, m, m->sessions[i].resource, NULL,
 					MM_CODE_333, &ok);
 		act_event(s, "rejoining", "not-acceptable", &ok);
@@ -2162,6 +2599,14 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
+	if (!fell_out && q->resource == NULL && m != NULL && is_error
+			&& transient_condition(condition)) {
+		/* mm_tick() asks again; first step of the commit, the only one
+		 * that can fail */
+		const char *at = strchr(room, '@');
+		if (!ping_schedule(s, at ? at + 1 : room, backoff(s, m->ping_retries)))
+			return dec_finish(s, out, 0, 0);
+	}
 	if (q->resource == NULL && m != NULL)
 		m->ping_retries = is_error && transient_condition(condition)
 			? m->ping_retries + 1 : 0;
@@ -2169,204 +2614,176 @@ mm_err mm_room_iq(mm_state *s, const char *account, const char *room,
 	if (fell_out) {
 		membership_restart(s, m);
 		m->retries = 0;
+		membership_enter(s, account, m, MM_EV_FELL_OUT);
 	}
 	return dec_finish(s, out, 1, ok);
 }
 
-mm_err mm_expire(mm_state *s, double now, mm_decision *out)
-{
-	size_t i;
-	int ok = 1;
+/* ---- requests ------------------------------------------------------------ */
 
-	dec_reset(s, out);
-	MAP_EACH(&s->iqs, n) {
-		mm_iq *q = n->value;
-		mm_action *a;
-		if (q->deadline > now || q->resource == NULL)
-			continue; /* the module's own pings expire silently */
-		dec_room(s, q->room, &ok);
-		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
-		if (a) {
-			a->account = dec_str(s, q->account, &ok);
-			a->resource = dec_str(s, q->resource, &ok);
-			a->nick = dec_str(s, q->nick, &ok);
-			a->id = dec_str(s, q->orig_id, &ok);
-			a->condition = "remote-server-timeout";
-			a->error_type = "wait";
-		}
-	}
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
-		mm_node *n = s->iqs.buckets[i], *next;
-		for (; n != NULL; n = next) {
-			next = n->next;
-			if (((mm_iq *)n->value)->deadline <= now)
-				iq_forget(s, n);
-		}
-	}
-	return dec_finish(s, out, 1, ok);
+/* A count a client sent: NaN absent (-1), negative nothing (0), and no
+ * conversion of a double a long cannot hold. */
+static long client_count(double v)
+{
+	if (v != v)
+		return -1;
+	if (v <= 0)
+		return 0;
+	if (v >= (double)LONG_MAX)
+		return LONG_MAX;
+	return (long)v;
 }
 
-mm_err mm_rejoin_due(mm_state *s, const char *account, const char *room,
-		mm_decision *out)
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since)
 {
-	mm_membership *m;
-	int ok = 1;
-
-	dec_reset(s, out);
-	if (!nonempty(account) || !nonempty(room))
-		return MM_EINVAL;
-	m = membership_get(s, account, room);
-	if (m == NULL || !m->rejoin_wait)
-		return dec_finish(s, out, 0, ok);
-	dec_room(s, room, &ok);
-	act_rejoin(s, m, &ok);
-	if (!ok)
-		return dec_finish(s, out, 0, ok);
-	m->rejoin_wait = 0;
-	return dec_finish(s, out, 1, ok);
+	req->history.requested = 1;
+	req->history.maxstanzas = client_count(maxstanzas);
+	req->history.maxchars = client_count(maxchars);
+	req->history.seconds = seconds != seconds ? -1 : seconds < 0 ? 0 : seconds;
+	req->history.since = since != since ? -1 : since;
 }
 
 /* ---- JIDs ----------------------------------------------------------------- */
 
 #define JID_PART_MAX 1023
 
-/* Well-formed UTF-8 of 1..JID_PART_MAX bytes, without control characters. */
-static int part_ok(const char *p, size_t len)
+/*
+ * What Prosody's router does to a JID part (util.encodings built on ICU,
+ * as Debian's Prosody is): the ICU stringprep profile, unassigned code
+ * points allowed, at most JID_PART_MAX bytes in and out.  Writes the
+ * result, NUL-terminated, to out (JID_PART_MAX + 1 bytes); returns its
+ * length or -1 when the part is refused.  Profiles are opened once.
+ */
+static int part_prep(UStringPrepProfileType type, const char *in, size_t len,
+		char *out)
 {
-	size_t i = 0, n, k;
+	static UStringPrepProfile *profiles[3];
+	static const UStringPrepProfileType types[3] = {
+		USPREP_RFC3491_NAMEPREP, USPREP_RFC3920_NODEPREP,
+		USPREP_RFC3920_RESOURCEPREP
+	};
+	UChar u[JID_PART_MAX + 1], prepped[JID_PART_MAX + 1];
+	int32_t ulen = 0, plen, olen = 0;
+	UErrorCode err = U_ZERO_ERROR;
+	UStringPrepProfile *profile = NULL;
+	size_t k;
+
 	if (len == 0 || len > JID_PART_MAX)
-		return 0;
-	while (i < len) {
-		unsigned char c = (unsigned char)p[i];
-		if (c < 0x20 || c == 0x7f)
-			return 0;
-		if (c < 0x80) {
-			i++;
+		return -1;
+	for (k = 0; k < 3; k++) {
+		if (types[k] != type)
 			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf)
-			n = 1;
-		else if (c >= 0xe0 && c <= 0xef)
-			n = 2;
-		else if (c >= 0xf0 && c <= 0xf4)
-			n = 3;
-		else
-			return 0;
-		if (len - i <= n)
-			return 0; /* truncated sequence */
-		for (k = 1; k <= n; k++)
-			if (((unsigned char)p[i + k] & 0xc0) != 0x80)
-				return 0;
-		i += n + 1;
+		if (profiles[k] == NULL)
+			profiles[k] = usprep_openByType(type, &err);
+		profile = profiles[k];
 	}
-	return 1;
+	if (profile == NULL || U_FAILURE(err))
+		return -1;
+	u_strFromUTF8(u, JID_PART_MAX + 1, &ulen, in, (int32_t)len, &err);
+	if (U_FAILURE(err))
+		return -1;
+	plen = usprep_prepare(profile, u, ulen, prepped, JID_PART_MAX + 1,
+		USPREP_ALLOW_UNASSIGNED, NULL, &err);
+	if (U_FAILURE(err))
+		return -1;
+	u_strToUTF8(out, JID_PART_MAX + 1, &olen, prepped, plen, &err);
+	if (U_FAILURE(err) || olen <= 0 || olen > JID_PART_MAX)
+		return -1;
+	out[olen] = '\0';
+	return (int)olen;
 }
 
-static int is_ip_literal(const char *d, size_t len)
+/*
+ * An IP literal, strictly: "[...]" holding an IPv6 address, or a name of
+ * digits and dots only, which must then be an IPv4 address (no DNS name is
+ * all digits: RFC 1123 2.1, RFC 3696 2).  1: a valid literal; 0: not a
+ * literal; -1: a malformed one.
+ */
+static int ip_literal(const char *d, size_t len)
 {
-	size_t i, dots = 0;
-	if (len >= 2 && d[0] == '[' && d[len - 1] == ']')
-		return 1;
-	for (i = 0; i < len; i++) {
-		if (d[i] == '.')
-			dots++;
-		else if (d[i] < '0' || d[i] > '9')
-			return 0;
+	unsigned char buf[16];
+	char tmp[64];
+	size_t i;
+	if (len > 0 && (d[0] == '[' || d[len - 1] == ']')) {
+		if (len < 3 || d[0] != '[' || d[len - 1] != ']' || len - 2 >= sizeof tmp)
+			return -1;
+		memcpy(tmp, d + 1, len - 2);
+		tmp[len - 2] = '\0';
+		return inet_pton(AF_INET6, tmp, buf) == 1 ? 1 : -1;
 	}
-	return dots == 3;
+	for (i = 0; i < len; i++)
+		if (d[i] != '.' && (d[i] < '0' || d[i] > '9'))
+			return 0;
+	if (len >= sizeof tmp)
+		return -1;
+	memcpy(tmp, d, len);
+	tmp[len] = '\0';
+	return inet_pton(AF_INET, tmp, buf) == 1 ? 1 : -1;
 }
 
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize)
 {
-	const char *slash, *at, *dom, *dom_end;
-	char *domain = NULL, *ascii = NULL, *uni = NULL, *res = NULL;
-	size_t nodelen = 0, domlen, reslen = 0, need, i;
-	mm_err err = MM_EINVAL;
+	const char *at, *host, *host_end, *slash;
+	char node[JID_PART_MAX + 1], domain[JID_PART_MAX + 1], res[JID_PART_MAX + 1];
+	int nodelen = -1, domlen, reslen = -1, ip;
+	size_t len, need, i, hl;
 
 	if (jid == NULL || out == NULL)
 		return MM_EINVAL;
-	slash = strchr(jid, '/');
-	at = memchr(jid, '@', slash ? (size_t)(slash - jid) : strlen(jid));
-	dom = at ? at + 1 : jid;
-	dom_end = slash ? slash : jid + strlen(jid);
-	if (at) {
-		nodelen = (size_t)(at - jid);
-		if (!part_ok(jid, nodelen))
-			return MM_EINVAL;
-		for (i = 0; i < nodelen; i++)
-			if (strchr("\"&'/:<>@ ", jid[i]))
-				return MM_EINVAL; /* RFC 7622 3.3.1 */
-	}
-	if (slash) {
-		reslen = strlen(slash + 1);
-		if (!part_ok(slash + 1, reslen))
-			return MM_EINVAL;
-	}
-	domlen = (size_t)(dom_end - dom);
-	if (domlen > 0 && dom[domlen - 1] == '.')
-		domlen--;
-	if (!part_ok(dom, domlen))
-		return MM_EINVAL;
-	domain = malloc(domlen + 1);
-	if (domain == NULL)
-		return MM_ENOMEM;
-	memcpy(domain, dom, domlen);
-	domain[domlen] = '\0';
-	if (is_ip_literal(domain, domlen)) {
-		for (i = 0; i < domlen; i++)
-			if (domain[i] >= 'A' && domain[i] <= 'Z')
-				domain[i] = (char)(domain[i] - 'A' + 'a');
-		res = domain;
-		domain = NULL;
-	} else {
-		/* ASCII in a domain: letters, digits, hyphens, dots (and the
-		 * underscores some hosts carry); libidn2 would drop or map others */
-		for (i = 0; i < domlen; i++) {
-			unsigned char c = (unsigned char)domain[i];
-			if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-					|| (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-				goto done;
+	/* split as util.jid.split does: node@host/resource, node and host
+	 * without '@' or '/', a resource of at least one character */
+	len = strlen(jid);
+	at = NULL;
+	for (i = 0; i < len && jid[i] != '/'; i++)
+		if (jid[i] == '@') {
+			at = jid + i;
+			break;
 		}
-		if (idn2_lookup_u8((const uint8_t *)domain, (uint8_t **)&ascii,
-				IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL
-				| IDN2_USE_STD3_ASCII_RULES) != IDN2_OK)
-			goto done;
-		if (idn2_to_unicode_8z8z(ascii, &uni, 0) != IDN2_OK)
-			goto done;
-		res = uni;
-		uni = NULL;
+	if (at == jid)
+		return MM_EINVAL;
+	host = at ? at + 1 : jid;
+	for (host_end = host; *host_end && *host_end != '@' && *host_end != '/'; host_end++)
+		;
+	if (host_end == host || *host_end == '@')
+		return MM_EINVAL;
+	slash = *host_end == '/' ? host_end : NULL;
+	if (slash && slash[1] == '\0')
+		return MM_EINVAL;
+	hl = (size_t)(host_end - host);
+	if (hl == 1 && host[0] == '.')
+		return MM_EINVAL;
+	if (host[hl - 1] == '.')
+		hl--; /* the empty root label */
+	domlen = part_prep(USPREP_RFC3491_NAMEPREP, host, hl, domain);
+	if (domlen < 0)
+		return MM_EINVAL;
+	if (at && (nodelen = part_prep(USPREP_RFC3920_NODEPREP, jid,
+			(size_t)(at - jid), node)) < 0)
+		return MM_EINVAL;
+	if (slash && (reslen = part_prep(USPREP_RFC3920_RESOURCEPREP, slash + 1,
+			strlen(slash + 1), res)) < 0)
+		return MM_EINVAL;
+	/* stricter than the router, never different: IP literals must be
+	 * addresses, and ASCII in a domain name is letters, digits, hyphens,
+	 * dots (and the underscores some hosts carry) */
+	ip = ip_literal(domain, (size_t)domlen);
+	if (ip < 0)
+		return MM_EINVAL;
+	for (i = 0; ip == 0 && i < (size_t)domlen; i++) {
+		unsigned char c = (unsigned char)domain[i];
+		if (c < 0x80 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+				|| c == '-' || c == '_' || c == '.'))
+			return MM_EINVAL;
 	}
-	if (!part_ok(res, strlen(res)))
-		goto done;
-	need = nodelen + (at ? 1 : 0) + strlen(res) + (slash ? 1 + reslen : 0) + 1;
-	if (need > outsize) {
-		err = MM_ENOMEM;
-		goto done;
-	}
-	/* write: node (lower-cased ASCII), domain, resource as given */
-	for (i = 0; i < nodelen; i++) {
-		char c = jid[i];
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-	}
-	if (at)
-		out[nodelen++] = '@';
-	memcpy(out + nodelen, res, strlen(res));
-	nodelen += strlen(res);
-	if (slash) {
-		out[nodelen++] = '/';
-		memcpy(out + nodelen, slash + 1, reslen);
-		nodelen += reslen;
-	}
-	out[nodelen] = '\0';
-	err = MM_OK;
-done:
-	free(domain);
-	idn2_free(ascii);
-	idn2_free(uni);
-	free(res); /* from malloc, or from libidn2, which allocates with malloc */
-	return err;
+	need = (nodelen >= 0 ? (size_t)nodelen + 1 : 0) + (size_t)domlen
+		+ (reslen >= 0 ? (size_t)reslen + 1 : 0) + 1;
+	if (need > outsize)
+		return MM_ENOMEM;
+	snprintf(out, outsize, "%s%s%s%s%s", nodelen >= 0 ? node : "",
+		nodelen >= 0 ? "@" : "", domain, reslen >= 0 ? "/" : "",
+		reslen >= 0 ? res : "");
+	return MM_OK;
 }
 
 mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
@@ -2392,32 +2809,32 @@ mm_err mm_account_restore(mm_state *s, const char *account, const char *room,
 	if (strchr(norm, '/') || !strchr(norm, '@'))
 		return MM_EINVAL; /* a room is node@domain */
 	room = norm;
+	/* never join twice: RESTORE is refused but from NONE */
 	if (membership_get(s, account, room) != NULL)
-		return dec_finish(s, out, 0, ok); /* never join twice */
+		return dec_finish(s, out, 0, ok);
 	if (!dup_opt(last_id, &id))
 		return MM_ENOMEM;
-	/* a first join with its session taken away again */
 	memset(&req, 0, sizeof req);
 	req.nick = nick;
 	req.password = password;
-	err = mm_session_join_req(s, account, "\x01restore", room, &req, out);
+	dec_room(s, room, &ok);
+	if (!ok) {
+		free(id);
+		return dec_finish(s, out, 0, ok);
+	}
+	err = join_first(s, account, account_get(s, account), NULL, room, &req,
+		MM_EV_RESTORE, out);
 	if (err != MM_OK) {
 		free(id);
 		return err;
 	}
 	m = membership_get(s, account, room);
-	session_free_fields(&m->sessions[0]);
-	m->nsessions = 0;
-	free(m->shown);
-	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
-	m->auto_rejoin = 1;
-	m->restoring = 1;
+	m->skip_seen = 1;
 	m->last_id = id;
 	m->last_id_cap = id ? strlen(id) + 1 : 0;
 	m->last_stamp = last_stamp;
 	/* the decision is a fresh join asking for what was said meanwhile */
 	a = &s->dec.actions[0];
-	a->from_request = 0;
 	a->since = last_stamp > 0 ? last_stamp : 0;
 	return dec_finish(s, out, 1, ok);
 }
@@ -2428,7 +2845,7 @@ mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
 	mm_membership *m;
 	mm_action *act;
 	size_t i;
-	int ok = 1;
+	int ok = 1, next;
 
 	dec_reset(s, out);
 	if (!nonempty(account) || !nonempty(room))
@@ -2437,25 +2854,30 @@ mm_err mm_account_leave(mm_state *s, const char *account, const char *room,
 	if (m == NULL)
 		return dec_finish(s, out, 0, ok);
 	dec_room(s, room, &ok);
-	if (m->state == MM_LEAVING)
-		return dec_finish(s, out, 1, ok);
+	next = mm_transition(m->state, MM_EV_ACCOUNT_LEAVE);
+	if (next == MM_REFUSED)
+		return dec_finish(s, out, 1, ok); /* on its way out already */
 	for (i = 0; i < m->nsessions; i++) {
-		if (m->sessions[i].leaving)
+		if (m->sessions[i].state == SS_LEAVING)
 			continue;
 		act_reflect_leave(s, m, m->sessions[i].resource, NULL, 0, &ok);
 	}
-	if (m->rejoin_wait)
-		return membership_end(s, account, m, out, ok, "left", NULL);
-	act = dec_push(s, MM_OP_SEND_LEAVE, &ok);
-	if (act)
-		act->nick = dec_str(s, m->nick, &ok);
+	if (next == MM_NONE)
+		return membership_end(s, account, m, out, ok, MM_EV_ACCOUNT_LEAVE,
+			"left", NULL);
+	if (!leaving(m)) {
+		act = dec_push(s, MM_OP_SEND_LEAVE, &ok);
+		if (act)
+			act->nick = dec_str(s, m->nick, &ok);
+	}
 	if (!ok)
 		return dec_finish(s, out, 0, ok);
-	/* commit: nobody waits for the room's answer but the account */
+	/* commit: nobody waits for the room's answer but the account (and
+	 * sessions that asked to leave before) */
 	for (i = m->nsessions; i-- > 0;)
-		session_detach(s, account, m, &m->sessions[i]);
-	m->state = MM_LEAVING;
-	m->rejoin = m->rejoin_wait = m->auto_rejoin = 0;
+		if (m->sessions[i].state != SS_LEAVING)
+			session_detach(s, account, m, &m->sessions[i]);
+	membership_enter(s, account, m, MM_EV_ACCOUNT_LEAVE);
 	mark_dirty(s, account, 2); /* no longer persistent */
 	return dec_finish(s, out, 1, ok);
 }
@@ -2487,13 +2909,11 @@ size_t mm_take_dirty(mm_state *s, int level,
 	return c;
 }
 
-mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+/* SEND_PING to each joined membership on host (NULL: all) with no ping of
+ * the module's waiting; the IQs are linked at once, so the caller takes
+ * them back with pings_undo() when its decision fails. */
+static void pings_push(mm_state *s, const char *host, double now, int *ok)
 {
-	int ok = 1;
-	size_t i;
-
-	dec_reset(s, out);
-	/* decide for every membership first; link the new IQs after */
 	MAP_EACH(&s->accounts, an) {
 		mm_account *a = an->value;
 		MAP_EACH(&a->rooms, rn) {
@@ -2501,40 +2921,280 @@ mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
 			const char *at = strchr(m->room, '@');
 			mm_action *act;
 			mm_node *n;
+			if (!*ok)
+				return;
 			if (m->state != MM_JOINED || m->ping_pending)
 				continue;
 			if (host && strcmp(at ? at + 1 : m->room, host) != 0)
 				continue;
 			n = iq_new(s, an->key, m->room, m->nick, NULL, NULL, NULL, 1, now);
 			if (n == NULL) {
-				ok = 0;
-				break;
+				*ok = 0;
+				return;
 			}
-			dec_room(s, m->room, &ok);
-			act = dec_push(s, MM_OP_SEND_PING, &ok);
+			dec_room(s, m->room, ok);
+			act = dec_push(s, MM_OP_SEND_PING, ok);
 			if (act) {
-				act->account = dec_str(s, an->key, &ok);
-				act->nick = dec_str(s, m->nick, &ok);
-				act->id = dec_str(s, n->key, &ok);
+				act->account = dec_str(s, an->key, ok);
+				act->nick = dec_str(s, m->nick, ok);
+				act->id = dec_str(s, n->key, ok);
 			}
 			/* the membership points to nothing: link now, undo on failure */
 			map_link(&s->iqs, n);
 			m->ping_pending = 1;
-			if (!ok)
-				break;
 		}
-		if (!ok)
-			break;
+	}
+}
+
+/* Take back every ping a failed decision made. */
+static void pings_undo(mm_state *s)
+{
+	size_t i;
+	for (i = 0; i < s->dec.n; i++) {
+		const mm_action *act = &s->dec.actions[i];
+		mm_node *n = act->op == MM_OP_SEND_PING && act->id
+			? map_find(&s->iqs, act->id) : NULL;
+		if (n)
+			iq_forget(s, n);
+	}
+}
+
+mm_err mm_ping_due(mm_state *s, const char *host, double now, mm_decision *out)
+{
+	int ok = 1;
+
+	dec_reset(s, out);
+	pings_push(s, host, now, &ok);
+	if (!ok) {
+		pings_undo(s);
+		return dec_finish(s, out, 0, 0);
+	}
+	return dec_finish(s, out, 1, ok);
+}
+
+/* Ask mm_tick() to ping host's rooms in delay seconds (the earlier of two
+ * asks wins); 0 on allocation failure, nothing changed. */
+static int ping_schedule(mm_state *s, const char *host, unsigned delay)
+{
+	mm_node *n = map_find(&s->pings, host);
+	mm_pingwait *w;
+	double deadline = s->clock > 0 ? s->clock + delay : 0;
+	if (n) {
+		w = n->value;
+		if (w->deadline == 0 ? delay < w->wait : deadline < w->deadline) {
+			w->wait = delay;
+			w->deadline = deadline;
+		}
+		return 1;
+	}
+	if (s->pings.count >= MM_MAX_PING_HOSTS)
+		return 1; /* dropped: the periodic pings cover its rooms */
+	if (!map_ready(&s->pings) || (w = malloc(sizeof *w)) == NULL)
+		return 0;
+	w->wait = delay;
+	w->deadline = deadline;
+	n = node_new(host, strlen(host), w);
+	if (n == NULL) {
+		free(w);
+		return 0;
+	}
+	map_link(&s->pings, n);
+	return 1;
+}
+
+mm_err mm_ping_later(mm_state *s, const char *host, unsigned delay)
+{
+	if (!nonempty(host))
+		return MM_EINVAL;
+	return ping_schedule(s, host, delay) ? MM_OK : MM_ENOMEM;
+}
+
+/* Note what happened to a membership in a decision that spans many. */
+static void act_note(mm_state *s, const char *event, const char *reason, int *ok)
+{
+	mm_action *a = dec_push(s, MM_OP_EVENT, ok);
+	if (a) {
+		a->event = event; /* static */
+		a->reason = dec_str(s, reason, ok);
+	}
+}
+
+/* A membership whose deadline passed, with what its transition needs. */
+typedef struct mm_due {
+	mm_membership *m;
+	char *nick, *password; /* LEAVING_REJOIN: the join of the first waiter */
+} mm_due;
+
+/* Build the timeout's actions for m (see the table); 0: no memory. */
+static int timeout_prepare(mm_state *s, mm_due *due, int *ok)
+{
+	mm_membership *m = due->m;
+	size_t i, first = s->dec.n;
+	const char *account;
+	dec_room(s, m->room, ok);
+	switch (m->state) {
+	case MM_JOINING:
+		for (i = 0; i < m->nsessions; i++) {
+			const mm_session *ss = &m->sessions[i];
+			mm_action *a;
+			if (ss->state != SS_ASKED)
+				continue;
+			a = dec_push(s, MM_OP_JOIN_ERROR, ok);
+			if (a) {
+				a->resource = dec_str(s, ss->resource, ok);
+				a->nick = dec_str(s, ss->nick, ok);
+				a->id = dec_str(s, ss->join_id, ok);
+				a->condition = "remote-server-timeout";
+				a->error_type = "wait";
+			}
+		}
+		act_note(s, "removed", "remote-server-timeout", ok);
+		break;
+	case MM_REJOINING:
+		act_rejoin_later(s, backoff(s, m->retries + 1), ok);
+		act_note(s, "rejoining", "remote-server-timeout", ok);
+		break;
+	case MM_REJOIN_WAIT:
+		act_rejoin(s, m, ok);
+		break;
+	case MM_LEAVING:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		break;
+	case MM_LEAVING_REJOIN:
+		leavers_out(s, m, 0, ok);
+		act_note(s, "left", NULL, ok);
+		for (i = 0; i < m->nsessions; i++)
+			if (m->sessions[i].state != SS_LEAVING)
+				break;
+		if (i == m->nsessions || (due->nick = str_dup(m->sessions[i].nick)) == NULL
+				|| !dup_opt(m->sessions[i].password, &due->password))
+			*ok = 0;
+		else
+			act_send_join(s, due->nick, due->password, ok);
+		break;
+	default:
+		break;
+	}
+	account = dec_str(s, m->account, ok);
+	for (i = first; *ok && i < s->dec.n; i++)
+		s->dec.actions[i].account = account;
+	return *ok;
+}
+
+/* Take the timeout's transition for due (prepared); cannot fail. */
+static void timeout_commit(mm_state *s, mm_due *due)
+{
+	mm_membership *m = due->m;
+	const char *account = m->account;
+	size_t i;
+	switch (m->state) {
+	case MM_JOINING:
+	case MM_LEAVING:
+		mark_dirty(s, account, 2);
+		membership_remove(s, account, m, MM_EV_TIMEOUT);
+		return;
+	case MM_REJOINING:
+		m->retries++;
+		break;
+	case MM_LEAVING_REJOIN:
+		mark_dirty(s, account, 2);
+		for (i = m->nsessions; i-- > 0;)
+			if (m->sessions[i].state == SS_LEAVING)
+				session_detach(s, account, m, &m->sessions[i]);
+		membership_clear_cache(s, m);
+		free(m->nick);
+		m->nick = due->nick;
+		free(m->password);
+		m->password = due->password;
+		due->nick = due->password = NULL;
+		break;
+	default:
+		break;
+	}
+	membership_enter(s, account, m, MM_EV_TIMEOUT);
+}
+
+mm_err mm_tick(mm_state *s, double now, mm_decision *out)
+{
+	mm_membership *m;
+	mm_due *due = NULL;
+	size_t i, ndue = 0;
+	int ok = 1;
+
+	dec_reset(s, out);
+	s->clock = now;
+	/* IQs unanswered for iq_timeout */
+	MAP_EACH(&s->iqs, n) {
+		mm_iq *q = n->value;
+		mm_action *a;
+		if (q->deadline > now || q->resource == NULL)
+			continue; /* the module's own pings expire silently */
+		dec_room(s, q->room, &ok);
+		a = dec_push(s, MM_OP_IQ_ERROR, &ok);
+		if (a) {
+			a->account = dec_str(s, q->account, &ok);
+			a->resource = dec_str(s, q->resource, &ok);
+			a->nick = dec_str(s, q->nick, &ok);
+			a->id = dec_str(s, q->orig_id, &ok);
+			a->condition = "remote-server-timeout";
+			a->error_type = "wait";
+		}
+	}
+	/* waiting states whose deadline passed; a wait entered before the
+	 * first tick starts now */
+	for (m = s->waiting; m != NULL; m = m->wnext) {
+		if (m->deadline == 0)
+			m->deadline = now + m->wait;
+		if (m->deadline <= now)
+			ndue++;
+	}
+	if (ndue && (due = calloc(ndue, sizeof *due)) == NULL)
+		ok = 0;
+	for (i = 0, m = s->waiting; ok && m != NULL; m = m->wnext)
+		if (m->deadline <= now) {
+			due[i].m = m;
+			timeout_prepare(s, &due[i++], &ok);
+		}
+	/* hosts whose rooms get a self-ping now */
+	MAP_EACH(&s->pings, pn) {
+		mm_pingwait *w = pn->value;
+		if (w->deadline == 0)
+			w->deadline = now + w->wait;
+		if (ok && w->deadline <= now)
+			pings_push(s, pn->key, now, &ok);
 	}
 	if (!ok) {
-		/* take back every ping this call made */
-		for (i = 0; i < s->dec.n; i++) {
-			const mm_action *act = &s->dec.actions[i];
-			mm_node *n = act->id ? map_find(&s->iqs, act->id) : NULL;
-			if (act->op == MM_OP_SEND_PING && n)
+		pings_undo(s);
+		for (i = 0; i < ndue; i++) {
+			free(due[i].nick);
+			free(due[i].password);
+		}
+		free(due);
+		return dec_finish(s, out, 0, 0);
+	}
+	/* commit */
+	for (i = 0; s->iqs.count && i < s->iqs.nbuckets; i++) {
+		mm_node *n = s->iqs.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_iq *)n->value)->deadline <= now)
 				iq_forget(s, n);
 		}
-		return dec_finish(s, out, 0, 0);
+	}
+	for (i = 0; i < ndue; i++)
+		timeout_commit(s, &due[i]);
+	free(due);
+	for (i = 0; s->pings.count && i < s->pings.nbuckets; i++) {
+		mm_node *n = s->pings.buckets[i], *nx;
+		for (; n != NULL; n = nx) {
+			nx = n->next;
+			if (((mm_pingwait *)n->value)->deadline <= now) {
+				free(n->value);
+				map_unlink(&s->pings, n);
+				free(n);
+			}
+		}
 	}
 	return dec_finish(s, out, 1, ok);
 }
@@ -2572,6 +3232,7 @@ void mm_state_stats(const mm_state *s, mm_stats *st)
 	}
 	st->payloads = s->payloads.count;
 	st->payload_bytes = s->payload_bytes;
+	st->cached_bytes = s->cached_bytes;
 	st->iqs = s->iqs.count;
 }
 
@@ -2593,10 +3254,11 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.occupants = m->occupants.count;
 		info.has_subject = m->subject != NULL;
 		info.history = m->hist_count;
+		info.bytes = m->bytes;
 		info.last_id = m->last_id;
 		info.last_stamp = m->last_stamp;
-		info.persistent = m->state == MM_JOINED
-			|| (m->state == MM_JOINING && m->auto_rejoin);
+		info.persistent = m->state == MM_JOINED || m->state == MM_REJOINING
+			|| m->state == MM_REJOIN_WAIT;
 		c++;
 		if (fn && fn(&info, ud))
 			return c;
@@ -2613,7 +3275,8 @@ size_t mm_membership_sessions(const mm_state *s, const char *account,
 	if (m == NULL)
 		return 0;
 	for (i = 0; i < m->nsessions; i++) {
-		if (fn && fn(m->sessions[i].resource, m->sessions[i].joined, ud))
+		if (fn && fn(m->sessions[i].resource,
+				m->sessions[i].state == SS_JOINED, ud))
 			return i + 1;
 	}
 	return m->nsessions;
@@ -2625,6 +3288,12 @@ static void iq_free_value(void *value, void *ud)
 {
 	(void)ud;
 	iq_free(value);
+}
+
+static void free_value(void *value, void *ud)
+{
+	(void)ud;
+	free(value);
 }
 
 static void account_free(void *value, void *ud)
@@ -2648,6 +3317,7 @@ void mm_state_free(mm_state *s)
 		return;
 	map_clear(&s->iqs, iq_free_value, NULL);
 	map_clear(&s->dirty, NULL, NULL);
+	map_clear(&s->pings, free_value, NULL);
 	map_clear(&s->accounts, account_free, s);
 	/* every payload was released with its membership, but for the ones
 	 * a caller still holds */

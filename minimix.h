@@ -36,7 +36,6 @@ typedef enum mm_err {
 	MM_EROOMLIMIT,    /* the account is in max_rooms rooms already */
 	MM_ESESSIONLIMIT, /* the membership has max_sessions sessions already */
 	MM_EIQLIMIT,      /* the session has max_iqs IQs awaiting an answer */
-	MM_EPASSWORD,     /* the room has a password this join did not give */
 	MM_ERR_COUNT
 } mm_err;
 
@@ -69,6 +68,23 @@ typedef struct mm_limits {
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
 	                         * most this many (default 20, as Prosody's MUC) */
+	size_t join_timeout;    /* seconds a join or a leave waits for the room's
+	                         * answer before it is given up (default 60) */
+	/*
+	 * Bytes of serialized stanzas the caches (occupants, self-presence,
+	 * subject, catch-up) may hold: per membership, per account (over its
+	 * memberships; a text two memberships share counts for each), and
+	 * over the whole state (each distinct text once).  Beyond them an
+	 * occupant presence is not cached (a changed one loses its entry
+	 * rather than go stale) and the catch-up ring drops its oldest
+	 * messages to make room, keeping none when even an empty ring would
+	 * not do.  The self-presence and the subject are always kept (a later
+	 * session's join needs them) and count like the rest.  Live traffic
+	 * is delivered whatever the caches keep.
+	 */
+	size_t max_membership_bytes; /* default 4 MiB */
+	size_t max_account_bytes;    /* default 16 MiB */
+	size_t max_cache_bytes;      /* default 256 MiB */
 } mm_limits;
 
 #define MM_DEFAULT_MAX_ROOMS 256
@@ -81,6 +97,10 @@ typedef struct mm_limits {
 #define MM_DEFAULT_REJOIN_DELAY 5
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
+#define MM_DEFAULT_JOIN_TIMEOUT 60
+#define MM_DEFAULT_MAX_MEMBERSHIP_BYTES ((size_t)4 << 20)
+#define MM_DEFAULT_MAX_ACCOUNT_BYTES ((size_t)16 << 20)
+#define MM_DEFAULT_MAX_CACHE_BYTES ((size_t)256 << 20)
 
 /* Fill *limits with the defaults. */
 void mm_limits_default(mm_limits *limits);
@@ -94,6 +114,16 @@ mm_state *mm_state_new(const mm_limits *limits);
 void mm_state_free(mm_state *state);
 /* The limits in force (defaults filled in). */
 const mm_limits *mm_state_limits(const mm_state *state);
+/*
+ * Change the limits of a state in use (a reloaded configuration); zero
+ * fields mean the defaults, as for mm_state_new().  A smaller
+ * history_size keeps each membership's newest messages, a smaller
+ * max_pending its newest stanza ids; a lower max_rooms, max_sessions,
+ * max_occupants or max_iqs refuses what would go beyond it from now on and
+ * keeps what is there.  The other limits apply to what comes next.
+ * Errors: MM_ENOMEM, with the state as it was.
+ */
+mm_err mm_state_set_limits(mm_state *state, const mm_limits *limits);
 
 /*
  * Serialized stanzas are pooled: each distinct text is held once however
@@ -108,6 +138,127 @@ typedef struct mm_payload mm_payload;
 mm_payload *mm_payload_hold(mm_state *state, const char *text, size_t len);
 /* Let go of a handle from mm_payload_hold().  NULL is accepted. */
 void mm_payload_release(mm_state *state, mm_payload *payload);
+
+/* ---- the membership lifecycle ------------------------------------------- */
+
+/*
+ * Each membership (an account in a room) is in exactly one of these states;
+ * nothing else about it says where it is in its life.  The states that wait
+ * on someone else have a deadline (see mm_tick()): JOINING, REJOINING,
+ * LEAVING and LEAVING_REJOIN wait join_timeout seconds for the room's
+ * answer, REJOIN_WAIT waits its back-off delay.
+ */
+typedef enum mm_mstate {
+	MM_NONE = -1,       /* no membership: before the first join, after the end */
+	MM_JOINING = 0,     /* a session's join is on its way to the room; a
+	                     * refusal or the timeout ends the membership */
+	MM_JOINED,          /* the account is in the room */
+	MM_LEAVING,         /* the account's leave is on its way */
+	MM_LEAVING_REJOIN,  /* ... and a session asked to join meanwhile: once
+	                     * out, the account joins again as it asked */
+	MM_REJOIN_WAIT,     /* out of the room (332, a failed re-join); an
+	                     * automatic re-join waits for its delay */
+	MM_REJOINING,       /* an automatic re-join is on its way (restart,
+	                     * bookmark, 333, fell out); transient failures and
+	                     * the timeout are tried again later */
+	MM_MSTATE_COUNT
+} mm_mstate;
+
+/* What happens to a membership. */
+typedef enum mm_mevent {
+	MM_EV_JOIN = 0,        /* a session asks to join (mm_session_join) */
+	MM_EV_RESTORE,         /* the account joins by itself (mm_account_restore) */
+	MM_EV_LAST_LEAVE,      /* the last connected session in the room leaves; or
+	                        * the last one waiting to come back leaves or goes */
+	MM_EV_ACCOUNT_LEAVE,   /* a bookmark or a command (mm_account_leave) */
+	MM_EV_SELF,            /* the room's available self-presence */
+	MM_EV_ERROR,           /* the room's error presence, not for a remembered id */
+	MM_EV_ERROR_TRANSIENT, /* ... with a transient condition (see mm_room_presence) */
+	MM_EV_OUT,             /* unavailable self-presence: left, kicked, banned,
+	                        * removed, destroyed */
+	MM_EV_SHUTDOWN,        /* unavailable self-presence with 332 */
+	MM_EV_TECHNICAL,       /* unavailable self-presence with 333 */
+	MM_EV_FELL_OUT,        /* the module's self-ping was answered not-acceptable */
+	MM_EV_TIMEOUT,         /* the state's deadline passed (mm_tick) */
+	MM_EV_COUNT
+} mm_mevent;
+
+/*
+ * The transitions: state x event -> next state.  "-" is refused: the state
+ * stays and nothing is sent (room traffic is dropped, a session's request
+ * is answered as each function says).  Self-loops are listed; they are
+ * transitions like any other.
+ *
+ *                 JOIN        RESTORE    LAST_LEAVE ACCOUNT_LEAVE SELF    ERROR   ERROR_TRANS. OUT     SHUTDOWN    TECHNICAL  FELL_OUT   TIMEOUT
+ * NONE            JOINING     REJOINING  -          -             -       -       -            -       -           -          -          -
+ * JOINING         JOINING     -          LEAVING    LEAVING       JOINED  NONE    NONE         NONE    REJOIN_WAIT REJOINING  -          NONE
+ * JOINED          JOINED      -          LEAVING    LEAVING       JOINED  -       -            NONE    REJOIN_WAIT REJOINING  REJOINING  -
+ * LEAVING         LEAV._REJ.  -          -          -             -       NONE    NONE         NONE    NONE        NONE       -          NONE
+ * LEAVING_REJOIN  LEAV._REJ.  -          LEAVING    LEAVING       -       JOINING JOINING      JOINING JOINING     JOINING    -          JOINING
+ * REJOIN_WAIT     REJOINING   -          NONE       NONE          JOINED  -       -            NONE    REJOIN_WAIT REJOINING  -          REJOINING
+ * REJOINING       REJOINING   -          LEAVING    LEAVING       JOINED  NONE    REJOIN_WAIT  NONE    REJOIN_WAIT REJOINING  -          REJOIN_WAIT
+ *
+ * The actions, by (old state, event, new state):
+ *  - NONE -JOIN-> JOINING: SEND_JOIN of the session's request.
+ *    NONE -RESTORE-> REJOINING: a fresh SEND_JOIN asking for history since
+ *    the last message seen.
+ *  - JOINING, REJOINING -JOIN-> same: the session waits; it is replayed the
+ *    occupants seen so far.  JOINED -JOIN-> JOINED: replay of occupants,
+ *    self-presence, catch-up history, subject.  LEAVING, LEAVING_REJOIN
+ *    -JOIN-> LEAVING_REJOIN: the session waits.  REJOIN_WAIT -JOIN->
+ *    REJOINING: SEND_JOIN of the session's request, now.
+ *  - -LAST_LEAVE-> LEAVING: SEND_AS_ACCOUNT of the session's leave (from
+ *    LEAVING_REJOIN: REFLECT_LEAVE, the account is leaving already).
+ *    REJOIN_WAIT -LAST_LEAVE-> NONE: REFLECT_LEAVE; event "left".
+ *  - -ACCOUNT_LEAVE-> LEAVING: REFLECT_LEAVE to every session, SEND_LEAVE.
+ *    REJOIN_WAIT -ACCOUNT_LEAVE-> NONE: REFLECT_LEAVE to every session;
+ *    event "left".
+ *  - -SELF-> JOINED: DELIVER to every session (those that asked with their
+ *    join's id, and 210 when they asked for another nick); event "joined"
+ *    unless it was JOINED already.
+ *  - JOINING, REJOINING -ERROR-> NONE, JOINING -ERROR_TRANSIENT-> NONE:
+ *    DELIVER the error to each session that asked; event "removed".
+ *    REJOINING -ERROR_TRANSIENT-> REJOIN_WAIT: REJOIN_LATER (informative);
+ *    event "rejoining".
+ *  - -OUT-> NONE: DELIVER to every session; event "removed" with why.
+ *    -SHUTDOWN-> REJOIN_WAIT: DELIVER to every session, REJOIN_LATER;
+ *    -TECHNICAL-> REJOINING: DELIVER to every session, a fresh SEND_JOIN;
+ *    JOINED -FELL_OUT-> REJOINING: REFLECT_LEAVE with 333 to every session,
+ *    a fresh SEND_JOIN.  The three with event "rejoining": the caches go,
+ *    the sessions wait for the join sequence again.
+ *  - LEAVING -(any room answer, TIMEOUT)-> NONE: the leaving sessions get
+ *    their unavailable self-presence (DELIVER of the room's, else
+ *    REFLECT_LEAVE); event "left".  LEAVING_REJOIN -> JOINING: the same,
+ *    then a fresh SEND_JOIN with the nick and password of the first session
+ *    waiting.
+ *  - JOINING -TIMEOUT-> NONE: JOIN_ERROR remote-server-timeout to each
+ *    session that asked; event "removed".  REJOINING -TIMEOUT-> REJOIN_WAIT:
+ *    as a transient error.  REJOIN_WAIT -TIMEOUT-> REJOINING: a fresh
+ *    SEND_JOIN; event "rejoining".
+ */
+
+/*
+ * The table above: the state after `event` in `state` (MM_NONE when the
+ * membership ends), or MM_REFUSED when the event has no transition there
+ * (also for values out of range).
+ */
+#define MM_REFUSED (-2)
+int mm_transition(int state, int event);
+
+/* A short lower-case name of a state ("joining", "rejoin-wait", "none") or
+ * an event ("last-leave"); "?" for values out of range. */
+const char *mm_mstate_name(int state);
+const char *mm_mevent_name(int event);
+
+/*
+ * Observe every transition (tests, fuzzing, debugging): fn gets the
+ * account, the room, the state before, the event and the state after, for
+ * each membership that takes a transition, once the call that causes it
+ * commits.  fn must not call into the state.  NULL stops observing.
+ */
+typedef void (*mm_observer)(const char *account, const char *room, int from,
+		int event, int to, void *ud);
+void mm_state_observe(mm_state *state, mm_observer fn, void *ud);
 
 /* ---- decisions ---------------------------------------------------------- */
 
@@ -138,8 +289,8 @@ typedef enum mm_op {
 	 */
 	MM_OP_SEND_PRESENCE,
 	/*
-	 * Ask again later: after `delay` seconds call mm_rejoin_due() for `room`
-	 * (an automatic re-join waits for the room to come back).
+	 * Nothing to carry out (for logs): an automatic re-join waits `delay`
+	 * seconds for the room to come back; mm_tick() sends it when due.
 	 */
 	MM_OP_REJOIN_LATER,
 	/*
@@ -151,7 +302,8 @@ typedef enum mm_op {
 	MM_OP_DELIVER,
 	/*
 	 * Deliver a cached stanza (`payload`, serialized XML without a 'to') to
-	 * session `resource`.  `add_codes` as for MM_OP_DELIVER.  `stamp` > 0
+	 * session `resource`, without the status codes in `drop_codes`.
+	 * `add_codes` as for MM_OP_DELIVER.  `stamp` > 0
 	 * marks a catch-up message: it goes out with a XEP-0203 delay from the
 	 * room with that time, unless it carries one from the room already.
 	 */
@@ -180,36 +332,57 @@ typedef enum mm_op {
 	 */
 	MM_OP_SEND_PING,
 	/*
-	 * The module's ping could not reach the room (the server-to-server link
-	 * is down): after `delay` seconds call mm_ping_due() for the room's host.
+	 * Nothing to carry out (for logs): the module's ping could not reach
+	 * the room (the server-to-server link is down); mm_tick() pings the
+	 * room's host again after `delay` seconds.
 	 */
 	MM_OP_PING_LATER,
 	/* Swallow the session's stanza: it must reach neither room nor peers. */
-	MM_OP_DROP
+	MM_OP_DROP,
+	/*
+	 * Send session `resource` a presence error (`condition`, `error_type`)
+	 * from room/`nick` with `id`: its join was never answered.
+	 */
+	MM_OP_JOIN_ERROR,
+	/*
+	 * Something happened to the membership of `account` in `room`, as
+	 * mm_decision.event says for decisions about one membership: `event`,
+	 * `reason`.  In decisions that span many (mm_tick).
+	 */
+	MM_OP_EVENT
 } mm_op;
 
 /* Status codes the core adds to copies (bit set). */
 #define MM_CODE_210 0x2u /* the service assigned or changed the nick */
 #define MM_CODE_333 0x4u /* removed: technical problem (the account fell out) */
+#define MM_CODE_201 0x8u /* room created (drop_codes only) */
 
 typedef struct mm_action {
 	mm_op op;
 	const char *room;        /* the room the action concerns; always set */
-	const char *account;     /* IQ_ERROR, SEND_PING: the account (those
-	                          * decisions span many); NULL elsewhere: the
-	                          * event's account */
+	const char *account;     /* the account, in decisions that span many
+	                          * (mm_tick, mm_ping_due); NULL elsewhere:
+	                          * the call's account */
 	const char *resource;    /* target session (DELIVER, REPLAY, REFLECT_LEAVE,
-	                          * CARBON, IQ_ERROR) */
+	                          * CARBON, IQ_ERROR, JOIN_ERROR) */
 	const char *nick;        /* occupant nick in the room (SEND_JOIN,
 	                          * SEND_PRESENCE, REFLECT_LEAVE, IQ_ERROR) */
 	const char *payload;     /* REPLAY, SEND_PRESENCE: serialized stanza */
 	const char *id;          /* id for this copy, or NULL (see each op) */
 	const char *password;    /* SEND_JOIN: room password or NULL */
-	const char *condition;   /* IQ_ERROR: defined condition */
-	const char *error_type;  /* IQ_ERROR: cancel, modify, wait, auth */
+	const char *condition;   /* IQ_ERROR, JOIN_ERROR: defined condition */
+	const char *error_type;  /* IQ_ERROR, JOIN_ERROR: cancel, modify, wait, auth */
 	const char *affiliation; /* REFLECT_LEAVE */
+	const char *event;       /* EVENT: as mm_decision.event */
+	const char *reason;      /* EVENT: as mm_decision.reason, or NULL */
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
-	unsigned delay;          /* REJOIN_LATER: seconds */
+	/* REPLAY: status codes to remove from the copy before add_codes are
+	 * added (MM_CODE_* bits): the cached self-presence told the first
+	 * session news that is not a later session's (201: the room was
+	 * created, locked; 210: the nick the service gave that session).
+	 * What describes the room now (100, 170, ...) stays. */
+	unsigned drop_codes;
+	unsigned delay;          /* REJOIN_LATER, PING_LATER: seconds */
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
 	double stamp;            /* REPLAY: catch-up message time (seconds) or 0 */
 	double since;            /* SEND_JOIN (fresh): ask the room for history
@@ -261,6 +434,17 @@ typedef struct mm_join {
 } mm_join;
 
 /*
+ * Fill req->history from a client's <history/> (XEP-0045 7.2.14), numbers
+ * as the client sent them: any double, infinities included.  NaN: no such
+ * attribute.  A negative maxstanzas, maxchars or seconds asks for nothing,
+ * as Prosody's MUC reads it (0); maxstanzas and maxchars are truncated and
+ * at most LONG_MAX; since is kept as given (negative: everything).  Sets
+ * req->history.requested.  No conversion in it is undefined.
+ */
+void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
+		double seconds, double since);
+
+/*
  * Session `resource` of `account` sent a MUC join (presence with the MUC
  * <x/>) to room/nick.  `id` is the stanza id or NULL; `password` the room
  * password from the join or NULL.
@@ -277,9 +461,10 @@ typedef struct mm_join {
  *    leave completes.
  *
  * Errors: MM_EINVAL (empty nick, nick longer than max_nick_bytes, empty
- * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_EPASSWORD (the account joined
- * with a password and this later join does not carry the same one: as the
- * room would answer a session of its own, §7.2.6), MM_ENOMEM.  On error
+ * JIDs), MM_EROOMLIMIT, MM_ESESSIONLIMIT, MM_ENOMEM.  The account is the
+ * occupant: once it is in a password-protected room, a later session needs
+ * no password (the room's check was the account's); the membership keeps
+ * the password it joined with for its automatic re-joins.  On error
  * nothing is recorded; the caller answers the session with
  * mm_errcondition().
  */
@@ -297,10 +482,13 @@ mm_err mm_session_join_req(mm_state *state, const char *account,
  * when the session is not in the account's membership of that room.  With
  * other sessions still in: REFLECT_LEAVE to this session only (and
  * SEND_PRESENCE when the room showed this session's presence and the next
- * one differs).  Last session: SEND_AS_ACCOUNT (the account leaves); the
- * room's unavailable self-presence is later delivered to this session and
- * the membership ends.  Last session while an automatic re-join waits for
- * its delay (the account is out): REFLECT_LEAVE and the membership ends.
+ * one differs).  Last session whose client is connected (see
+ * mm_session_reachable()): SEND_AS_ACCOUNT (the account leaves), and
+ * REFLECT_LEAVE to each other session, which is detached; the room's
+ * unavailable self-presence is later delivered to this session and the
+ * membership ends.  Last session while an automatic re-join waits for its
+ * delay (the account is out): REFLECT_LEAVE (to the others too) and the
+ * membership ends.
  */
 mm_err mm_session_leave(mm_state *state, const char *account,
 		const char *resource, const char *room, const char *id,
@@ -374,6 +562,19 @@ mm_err mm_session_iq(mm_state *state, const char *account,
  */
 mm_err mm_session_gone(mm_state *state, const char *account,
 		const char *resource, mm_decision *out);
+
+/*
+ * Session `resource` of `account` lost its connection but may come back
+ * (reachable 0: stream management keeps it hibernating), or came back
+ * (reachable 1).  Such a session stays in its rooms and keeps its room
+ * traffic (queued for it), but cannot hold the account in a room: when the
+ * last connected session leaves, the account leaves (see
+ * mm_session_leave()).  A dropped connection without a leave keeps the
+ * account in, as ever.  A new session is reachable.  Errors: MM_EINVAL
+ * (empty JIDs).
+ */
+mm_err mm_session_reachable(mm_state *state, const char *account,
+		const char *resource, int reachable);
 
 /* ---- events from rooms -------------------------------------------------- */
 
@@ -478,7 +679,8 @@ mm_err mm_room_message(mm_state *state, const char *account,
  * (is_error 1, `condition`) with `id` to the account.  When the id is one the
  * module gave an IQ of a session of this account to this very JID (room,
  * or room/nick): DELIVER to that session with its original id.  The ids
- * carry a per-state secret, so an occupant cannot guess them.  A self-ping answered not-acceptable
+ * are 128 random bits each, from the kernel's CSPRNG (getrandom(2)): an
+ * occupant that sees some cannot guess others.  A self-ping answered not-acceptable
  * also makes the account re-join: each session gets an unavailable
  * self-presence with 333 (REFLECT_LEAVE) and waits for the join sequence
  * again (SEND_JOIN).  Not handled otherwise.
@@ -501,18 +703,36 @@ mm_err mm_ping_due(mm_state *state, const char *host, double now,
 		mm_decision *out);
 
 /*
- * Time passed: IQs unanswered for iq_timeout seconds fail with IQ_ERROR
- * (remote-server-timeout) to their sessions and are forgotten.  Always
- * handled.
+ * Time passed; call it every second or so, with the caller's clock in
+ * seconds.  Every deadline is the core's, so that one repeating call keeps
+ * them all (a module reload keeps the state, and with it every deadline):
+ *  - IQs unanswered for iq_timeout seconds fail with IQ_ERROR
+ *    (remote-server-timeout) to their sessions and are forgotten;
+ *  - memberships whose waiting state's deadline passed take their
+ *    TIMEOUT transition (see the table): a join the room never answered
+ *    fails with JOIN_ERROR remote-server-timeout to the sessions that asked
+ *    and the membership ends; an unanswered leave completes; a re-join
+ *    whose delay is over is sent (SEND_JOIN); an unanswered re-join waits
+ *    and is tried again;
+ *  - hosts asked for with mm_ping_later() (or after a ping that could not
+ *    reach a room) get their self-pings (SEND_PING).
+ * Actions carry their `account`; what happened to each membership comes
+ * as EVENT actions.  A wait entered before the first call counts from the
+ * first call.  Always handled.
  */
-mm_err mm_expire(mm_state *state, double now, mm_decision *out);
+mm_err mm_tick(mm_state *state, double now, mm_decision *out);
 
 /*
- * The delay of a REJOIN_LATER is over: SEND_JOIN when the membership still
- * waits for its automatic re-join, nothing otherwise.
+ * Ping the rooms on `host` (as mm_ping_due(host)) from the mm_tick() that
+ * comes `delay` seconds from now; the earlier of two asks wins.  For a
+ * server-to-server link that went down or came back.  At most
+ * MM_MAX_PING_HOSTS hosts wait at once: an ask for another host beyond
+ * them is dropped (MM_OK), and the periodic pings (mm_ping_due(NULL))
+ * check its rooms instead, so that links to many domains falling at once
+ * cannot grow the state.  Errors: MM_EINVAL (empty host), MM_ENOMEM.
  */
-mm_err mm_rejoin_due(mm_state *state, const char *account, const char *room,
-		mm_decision *out);
+#define MM_MAX_PING_HOSTS 1024
+mm_err mm_ping_later(mm_state *state, const char *host, unsigned delay);
 
 /*
  * A stanza built from room traffic could not be delivered to a session of
@@ -527,17 +747,20 @@ mm_err mm_delivery_failed(mm_state *state, const char *account,
 
 /*
  * Normalise a JID that did not pass Prosody's router (bookmark items,
- * ad-hoc command input, stored data), so that one room under two spellings
- * is one membership.  The domain goes through IDNA2008 with UTS #46
- * non-transitional mapping (libidn2), must then be letters, digits,
- * hyphens and underscores in its ASCII form, and comes out as lower-case
- * Unicode, as Prosody's nameprep gives it for the same name; a trailing
- * dot goes;
- * IP literals stay.  The localpart is lower-cased (ASCII) and refused when
- * it holds a character RFC 7622 forbids there; each part is 1 to 1023
- * bytes of UTF-8.  Writes the result, NUL-terminated, to out (outsize
- * bytes).  Errors: MM_EINVAL (malformed: answer jid-malformed), MM_ENOMEM
- * (also when out is too small).  out is untouched on error.
+ * ad-hoc command input, stored data) exactly as the router prepares JIDs,
+ * so that one room under two spellings is one membership and the room's
+ * answers find it: split as util.jid.split does, a trailing dot of the
+ * domain dropped, then the domain through nameprep, the localpart through
+ * nodeprep, the resource through resourceprep: ICU's stringprep profiles
+ * with unassigned code points allowed, as Prosody's util.encodings on ICU
+ * does (Debian's build); each part 1 to 1023 bytes of UTF-8 before and
+ * after.  Stricter than the router in two refusals only: an IP literal
+ * must be an address ("[...]" an IPv6 address, a domain of digits and
+ * dots an IPv4 address), and ASCII in a domain name must be letters,
+ * digits, hyphens, dots or underscores.  Writes the result, NUL-terminated,
+ * to out (outsize bytes).  Errors: MM_EINVAL (malformed: answer
+ * jid-malformed), MM_ENOMEM (also when out is too small).  out is untouched
+ * on error.
  */
 mm_err mm_jid_normalize(const char *jid, char *out, size_t outsize);
 
@@ -579,15 +802,9 @@ size_t mm_take_dirty(mm_state *state, int level,
 
 /* ---- inspection --------------------------------------------------------- */
 
-typedef enum mm_mstate {
-	MM_JOINING = 0,
-	MM_JOINED,
-	MM_LEAVING
-} mm_mstate;
-
 /*
- * The state of the account's membership in room (MM_JOINING, MM_JOINED,
- * MM_LEAVING), or -1 when there is none.  Cheap: callers use it to let
+ * The state of the account's membership in room (mm_mstate), or MM_NONE
+ * (-1) when there is none.  Cheap: callers use it to let
  * traffic that is not the module's pass before doing any work on it.
  */
 int mm_membership_state(const mm_state *state, const char *account,
@@ -600,6 +817,8 @@ typedef struct mm_stats {
 	size_t occupants;    /* cached occupant entries */
 	size_t payloads;     /* distinct interned payloads */
 	size_t payload_bytes;
+	size_t cached_bytes; /* of those, bytes some cache holds (against
+	                      * max_cache_bytes) */
 	size_t iqs;          /* IQs awaiting an answer */
 } mm_stats;
 
@@ -614,6 +833,7 @@ typedef struct mm_membership_info {
 	size_t occupants;
 	int has_subject;
 	size_t history;        /* messages held for catch-up */
+	size_t bytes;          /* payload bytes its caches hold */
 	const char *last_id;   /* stanza-id of the last room message seen, or NULL */
 	double last_stamp;     /* the newest room message time seen (seconds), or 0 */
 	/* worth keeping across a restart: joined, or joining again by itself */

@@ -23,7 +23,8 @@ dependencies = {
 	"lua >= 5.4, < 5.5",
 }
 external_dependencies = {
-	IDN2 = { header = "idn2.h", library = "idn2" },
+	-- ICU's stringprep, which Prosody's util.encodings uses too
+	ICU = { header = "unicode/usprep.h", library = "icuuc" },
 	XXHASH = { header = "xxhash.h" }, -- header-only use: nothing to link
 }
 build = {
@@ -31,9 +32,9 @@ build = {
 	modules = {
 		minimix = {
 			sources = { "minimix.c", "lua_bindings.c" },
-			libraries = { "idn2" },
-			incdirs = { "$(IDN2_INCDIR)", "$(XXHASH_INCDIR)" },
-			libdirs = { "$(IDN2_LIBDIR)" },
+			libraries = { "icuuc", "icudata" },
+			incdirs = { "$(ICU_INCDIR)", "$(XXHASH_INCDIR)" },
+			libdirs = { "$(ICU_LIBDIR)" },
 		},
 		mod_minimix = "mod_minimix.lua",
 		-- share/lua/5.4/mod_minimix/minimix_log.lua: where Prosody's

@@ -7,6 +7,7 @@
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
+local jid_prep = require "util.jid".prep;
 local xml_parse = require "util.xml".parse;
 local new_cache = require "util.cache".new;
 local now = require "util.time".now;
@@ -25,6 +26,41 @@ local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_bookmarks = "urn:xmpp:bookmarks:1";
 local xmlns_sid = "urn:xmpp:sid:0";
+
+-- What the running Prosody offers (0.12 or 13): the one place that tells
+-- them apart.  Code below asks this table, never a version.
+local offers = {
+	-- 13: roles and permissions (module:default_permission, module:may),
+	-- which ad-hoc commands are checked against; 0.12 has neither, its
+	-- ad-hoc commands are for "local_user"s.
+	roles = type(module.default_permission) == "function" and type(module.may) == "function";
+	-- 13: mod_admin_shell takes commands from modules ("shell-command"
+	-- items); 0.12's shell only runs Lua lines against the module table.
+	-- Both came with 13.0: its version says so, and a build without a
+	-- version number ("hg:…") is told by its roles API.
+	shell_commands = false;
+	-- 13: util.datetime writes fractions of a second, and 13's MUC stamps
+	-- its history with them; 0.12's takes whole seconds only (a fraction
+	-- is an error there).
+	fractional_stamps = false;
+};
+do
+	local major = tonumber(tostring(prosody.version or ""):match("^(%d+)%."));
+	if major then
+		offers.shell_commands = major >= 13;
+	else
+		offers.shell_commands = offers.roles;
+	end
+	local ok, text = pcall(datetime.datetime, 0.5);
+	offers.fractional_stamps = ok and type(text) == "string" and text:find(".", 1, true) ~= nil;
+end
+
+-- A XEP-0082 stamp as the running Prosody writes them: a catch-up stamp in
+-- whole seconds would sort before the room's own stamps of that second.
+local function stamp_text(t)
+	if offers.fractional_stamps then return datetime.datetime(t); end
+	return datetime.datetime(math.floor(t));
+end
 
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
@@ -47,7 +83,15 @@ local limits = {
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
+	join_timeout = limit_option("minimix_join_timeout", 60);
+	-- bytes of room stanzas cached for later sessions (see README)
+	max_membership_bytes = limit_option("minimix_max_membership_bytes", 4 * 1024 * 1024);
+	max_account_bytes = limit_option("minimix_max_account_bytes", 16 * 1024 * 1024);
+	max_cache_bytes = limit_option("minimix_max_cache_bytes", 256 * 1024 * 1024);
 };
+
+-- Text bytes of the cached stanzas kept parsed for replay (below).
+local parsed_max_bytes = limit_option("minimix_max_parsed_bytes", 512 * 1024);
 
 -- How often the last message seen per room is written (memberships
 -- themselves are written as soon as they change).
@@ -115,19 +159,37 @@ end
 local minimix = load_native();
 local core = minimix.new(limits);
 
+-- Remote domains whose server-to-server link went down, so that the account
+-- asks its rooms there again once the link is back.  Bounded: beyond
+-- links_lost_size domains the one lost longest ago is forgotten (its rooms
+-- are still pinged every minimix_ping_interval).
+local links_lost_size = 1024;
+local links_lost = new_cache(links_lost_size);
+
 -- Reload keeps memberships and sessions: the old core is handed over, and
--- the rooms see nothing of it.
+-- the rooms see nothing of it; the configuration's limits, changed or not,
+-- apply to it.  The lost links are handed over too.
 local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
-	return { core = core };
+	return { core = core, links_lost = links_lost };
 end
 
 function module.restore(data)
 	if data and data.core then
+		local ok, err = data.core:set_limits(limits);
+		if not ok then
+			module:log("warn", "Could not apply the new limits: %s", err);
+		end
 		core:close();
 		core = data.core;
 		reloaded = true;
+	end
+	if data and data.links_lost then
+		-- oldest first, so that the order of forgetting stays
+		local lost = {};
+		for remote in data.links_lost:items() do lost[#lost+1] = remote; end
+		for i = #lost, 1, -1 do links_lost:set(lost[i], true); end
 	end
 end
 
@@ -145,6 +207,19 @@ local function session_account(origin)
 		return nil;
 	end
 	return origin.username .. "@" .. origin.host, origin.resource;
+end
+
+-- A room JID that did not pass the router (a bookmark, a command, stored
+-- data): prepared exactly as the router prepares JIDs, so that the answers
+-- the room sends match it, then checked by the core (an IP literal must be
+-- an address).  nil when it is not a room JID (node@domain).
+local function prep_room(jid)
+	local prepped = type(jid) == "string" and jid_prep(jid);
+	local room = prepped and minimix.normalize_jid(prepped);
+	if not room or not room:find("@", 1, true) or room:find("/", 1, true) then
+		return nil;
+	end
+	return room;
 end
 
 local function split_room(to)
@@ -178,12 +253,24 @@ end
 -- text once (the copies are re-addressed, never changed in place).  A
 -- parsed presence weighs about 1.7 KB of Lua heap: 256 of them bound the
 -- cache near 450 KB, and cover the occupants of most rooms a device joins.
-local parsed = new_cache(256);
+-- The texts are bounded in bytes too (minimix_max_parsed_bytes), so that a
+-- room's large stanzas cannot fill the heap; one larger than that is parsed
+-- for each replay and not kept.
+local parsed_bytes = 0;
+local parsed = new_cache(256, function(payload) parsed_bytes = parsed_bytes - #payload; end);
 local function parse_cached(payload)
 	local stanza = parsed:get(payload);
 	if not stanza then
 		stanza = xml_parse(payload);
-		if stanza then parsed:set(payload, stanza); end
+		if stanza and #payload <= parsed_max_bytes then
+			parsed:set(payload, stanza);
+			parsed_bytes = parsed_bytes + #payload;
+			while parsed_bytes > parsed_max_bytes do
+				local oldest = parsed:tail();
+				parsed:set(oldest, nil); -- a removal: no eviction callback
+				parsed_bytes = parsed_bytes - #oldest;
+			end
+		end
 	end
 	return stanza;
 end
@@ -249,13 +336,26 @@ end
 
 -- Send to one session of the account.  A session that is gone gets nothing
 -- and nothing bounces: a bounce to the room would get the account kicked.
-local function to_session(account, resource, stanza, id, codes)
+-- Without the status codes that were another session's news.
+local function drop_codes(stanza, codes)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	if not x then return; end
+	local drop = {};
+	for _, code in ipairs(codes) do drop[tostring(code)] = true; end
+	x:maptags(function(tag)
+		if tag.name == "status" and drop[tag.attr.code] then return nil; end
+		return tag;
+	end);
+end
+
+local function to_session(account, resource, stanza, id, codes, dropped)
 	local user = bare_sessions[account];
 	local session = user and user.sessions[resource];
 	if not session then return; end
-	if codes then
+	if codes or dropped then
 		stanza = st.clone(stanza);
-		add_codes(stanza, codes);
+		if dropped then drop_codes(stanza, dropped); end
+		if codes then add_codes(stanza, codes); end
 	end
 	-- re-address, send, restore: as Prosody's MUC does for its occupants
 	local old_to, old_id = stanza.attr.to, stanza.attr.id;
@@ -296,14 +396,7 @@ local function occupant_jid(room, nick)
 	return room;
 end
 
-local perform, ping_host_later;
-
--- An automatic re-join waits: ask the core again when the delay is over.
-local function rejoin_later(account, room, delay)
-	module:add_timer(delay, function()
-		perform({ account = account, room = room }, core:rejoin_due(account, room));
-	end);
-end
+local perform;
 
 -- Persistence ---------------------------------------------------------------
 
@@ -349,6 +442,20 @@ local event_log = {
 	rejoining = "%s joins %s again (%s)";
 };
 
+-- Something happened to a membership: count, log, persist, bookmarks.
+local function note_event(account, room, event, reason)
+	metric_events:with_labels(event):add(1);
+	if reason then
+		module:log("info", event_log[event], account, room, reason);
+	else
+		module:log("info", event_log[event], account, room);
+	end
+	membership_changed();
+	if (event == "left" or event == "removed") and bookmark_follows then
+		bookmark_follows(account, room);
+	end
+end
+
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
 -- The core's results: handled, actions, event, reason; or on a refusal
@@ -365,18 +472,7 @@ function perform(ctx, handled, actions, event, reason, text)
 		end
 		return true;
 	end
-	if event then
-		metric_events:with_labels(event):add(1);
-		if reason then
-			module:log("info", event_log[event], ctx.account, ctx.room, reason);
-		else
-			module:log("info", event_log[event], ctx.account, ctx.room);
-		end
-		membership_changed();
-		if (event == "left" or event == "removed") and bookmark_follows then
-			bookmark_follows(ctx.account, ctx.room);
-		end
-	end
+	if event then note_event(ctx.account, ctx.room, event, reason); end
 	if not handled then return nil; end
 	if not actions then return true; end
 	local stanza = ctx.stanza;
@@ -398,9 +494,9 @@ function perform(ctx, handled, actions, event, reason, text)
 					cached = st.clone(cached);
 					-- catch-up: when the room said it (XEP-0203)
 					cached:tag("delay", { xmlns = xmlns_delay, from = room,
-						stamp = datetime.datetime(math.floor(a.stamp)) }):up();
+						stamp = stamp_text(a.stamp) }):up();
 				end
-				to_session(account, a.resource, cached, a.id, a.codes);
+				to_session(account, a.resource, cached, a.id, a.codes, a.drop_codes);
 			end
 		elseif op == "send_join" then
 			if a.from_request then
@@ -414,7 +510,7 @@ function perform(ctx, handled, actions, event, reason, text)
 				end
 				if a.since then
 					join:tag("history", { xmlns = xmlns_muc,
-						since = datetime.datetime(math.floor(a.since)) }):up();
+						since = stamp_text(a.since) }):up();
 				end
 				module:send(join:up());
 			end
@@ -430,7 +526,17 @@ function perform(ctx, handled, actions, event, reason, text)
 				module:send(pres);
 			end
 		elseif op == "rejoin_later" then
-			rejoin_later(account, room, a.delay);
+			module:log("debug", "%s joins %s again in %ds", account, room, a.delay);
+		elseif op == "event" then
+			note_event(account, room, a.event, a.reason);
+		elseif op == "join_error" then
+			-- the join was never answered: what the room would have said
+			to_session(account, a.resource, st.presence({ type = "error", id = a.id,
+					from = occupant_jid(room, a.nick) })
+				:tag("x", { xmlns = xmlns_muc }):up()
+				:tag("error", { type = a.error_type })
+					:tag(a.condition, { xmlns = xmlns_stanzas }):up()
+				:up());
 		elseif op == "reflect_leave" then
 			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })
@@ -453,7 +559,8 @@ function perform(ctx, handled, actions, event, reason, text)
 					to = occupant_jid(room, a.nick) })
 				:tag("ping", { xmlns = xmlns_ping }):up());
 		elseif op == "ping_later" then
-			ping_host_later(room:match("@(.*)$") or room, a.delay);
+			module:log("debug", "Pinging the rooms on %s again in %ds",
+				room:match("@(.*)$") or room, a.delay);
 		elseif op == "iq_error" then
 			to_session(account, a.resource, st.iq({ type = "error", id = a.id,
 					from = occupant_jid(room, a.nick) })
@@ -629,10 +736,15 @@ module:hook("presence/bare", incoming_presence, 10);
 module:hook("message/bare", incoming_message, 10);
 module:hook("iq/bare", incoming_iq, 10);
 
--- Unanswered IQs fail after minimix_iq_timeout seconds.
-module:add_timer(5, function()
-	perform({}, core:expire(now()));
-	return 5;
+-- Every deadline is the core's (unanswered IQs, joins and leaves, re-join
+-- delays, pings asked for later): one repeating timer asks what is due.
+-- Each module instance starts its own; a reload hands the core, and with it
+-- every deadline, to the new instance, while Prosody drops the old one's
+-- timers.
+local tick_interval = 1;
+module:add_timer(tick_interval, function()
+	perform({}, core:tick(now()));
+	return tick_interval;
 end);
 
 -- Is the account still in its rooms?  Rooms drop occupants whose traffic
@@ -643,24 +755,24 @@ module:add_timer(ping_interval, function()
 	return ping_interval;
 end);
 
-function ping_host_later(remote, delay)
+local function ping_host_later(remote, delay)
 	if not remote then return; end
-	module:add_timer(delay, function()
-		perform({}, core:ping_due(remote, now()));
-	end);
+	local ok, err = core:ping_later(remote, delay);
+	if not ok then
+		module:log("warn", "Could not plan pinging the rooms on %s: %s", remote, err);
+	end
 end
 -- A link that fell: ask soon (a failed ask comes back as "ping_later").
 -- A link that came back up after that: the room may have dropped the
 -- account meanwhile, ask again.  A first link needs no asking.
-local links_lost = {};
 local function link_down(remote)
 	if not remote then return; end
-	links_lost[remote] = true;
+	links_lost:set(remote, true);
 	ping_host_later(remote, 5);
 end
 local function link_up(remote)
-	if not remote or not links_lost[remote] then return; end
-	links_lost[remote] = nil;
+	if not remote or not links_lost:get(remote) then return; end
+	links_lost:set(remote, nil);
 	ping_host_later(remote, 1);
 end
 module:hook("s2sout-destroyed", function(event) link_down(event.session.to_host); end);
@@ -697,7 +809,9 @@ function restore_all()
 	for username in store:users() do
 		local account = username .. "@" .. module.host;
 		local rooms = store:get(username) or {};
-		for room, rec in pairs(rooms) do
+		for stored, rec in pairs(rooms) do
+			-- stored by an older version, or by hand: prepared as the router does
+			local room = prep_room(stored) or stored;
 			local ctx = { account = account, room = room };
 			local handled = perform(ctx, core:restore(account, room, rec.nick,
 				rec.password, rec.last_id, rec.last_stamp));
@@ -732,8 +846,8 @@ local bookmarked = {};
 
 local function bookmark_changed(username, room_jid, item)
 	local account = username .. "@" .. module.host;
-	local room = minimix.normalize_jid(room_jid or "");
-	if not room or room:find("/", 1, true) then
+	local room = prep_room(room_jid);
+	if not room then
 		module:log("debug", "Ignoring a bookmark of %s for %q: not a room JID", account, room_jid);
 		return;
 	end
@@ -742,7 +856,7 @@ local function bookmark_changed(username, room_jid, item)
 	local rooms = bookmarked[account] or {};
 	bookmarked[account] = rooms;
 	if autojoin then
-		rooms[room] = true;
+		rooms[room] = room_jid; -- the item's own id, for bookmark_follows
 		perform(ctx, core:restore(account, room, nick or username, password));
 	else
 		rooms[room] = nil;
@@ -788,6 +902,9 @@ if use_bookmarks then
 
 	function bookmark_follows(account, room)
 		local username = jid_split(account);
+		-- the item as the client named it (the room is the prepared JID)
+		local id = bookmarked[account] and bookmarked[account][room];
+		if type(id) == "string" then room = id; end
 		local service = mod_pep.get_pep_service(username);
 		local ok, items = service:get_items(xmlns_bookmarks, true, room);
 		local item = ok and items and items[room];
@@ -830,32 +947,82 @@ end);
 
 local adhoc_new = module:require("adhoc").new;
 local dataforms = require "util.dataforms";
+local jid_bare = require "util.jid".bare;
 module:depends("adhoc");
 
-local function memberships_text(account)
+-- Who may run a command.  13: the permission "adhoc:<node>", which every
+-- role of a local account has by default (prosody:guest and up, so that
+-- anonymous accounts may too, as on 0.12); an operator's role settings can
+-- take it away.  0.12: any user of this host ("local_user").
+local function adhoc_permission(node)
+	if not offers.roles then return "local_user"; end
+	module:default_permission("prosody:guest", "adhoc:" .. node);
+	return "check";
+end
+
+-- One membership per line: room, nick, state, sessions joined and what is
+-- held for catch-up; with_resources: and the joined sessions' resources.
+local function memberships_lines(account, with_resources)
 	local lines = {};
 	for _, m in ipairs(core:memberships(account)) do
-		lines[#lines+1] = ("%s as %s (%s): %d session(s) joined, %d message(s) held for catch-up")
+		local line = ("%s as %s (%s): %d session(s) joined, %d message(s) held for catch-up")
 			:format(m.room, m.nick, m.state, m.sessions, m.history);
+		if with_resources then
+			local joined = {};
+			for _, s in ipairs(core:sessions(account, m.room)) do
+				if s.joined then joined[#joined+1] = s.resource; end
+			end
+			table.sort(joined);
+			line = line .. "; sessions: " .. (#joined > 0 and table.concat(joined, ", ") or "none");
+		end
+		lines[#lines+1] = line;
 	end
 	table.sort(lines);
+	return lines;
+end
+
+local function memberships_text(account)
+	local lines = memberships_lines(account);
 	if #lines == 0 then return "The account is in no rooms."; end
 	return table.concat(lines, "\n");
 end
 
+-- The account running a command: only this host's (13's roles could let
+-- an admin of another host through).
 local function command_account(data)
 	local username, host = jid_split(data.from);
+	if not username or host ~= module.host then return nil; end
 	return username .. "@" .. host;
 end
 
+local not_local = { status = "error", error = { type = "auth", condition = "forbidden",
+	text = "Only accounts of this server have group chats here" } };
+
+-- The account leaves rooms; how many it left at once, and how many it is
+-- leaving (the room has not confirmed yet: it will within
+-- minimix_join_timeout).
 local function leave_rooms(account, rooms)
-	local left = 0;
+	local left, leaving = 0, 0;
 	for _, room in ipairs(rooms) do
 		if perform({ account = account, room = room }, core:account_leave(account, room)) then
-			left = left + 1;
+			-- a local room answers from inside the send
+			if core:member(account, room) then
+				leaving = leaving + 1;
+			else
+				left = left + 1;
+			end
 		end
 	end
-	return left;
+	return left, leaving;
+end
+
+local function leave_text(left, leaving, room)
+	if room then
+		if left > 0 then return "Left " .. room; end
+		return "Leaving " .. room .. ": the room has not confirmed yet";
+	end
+	if leaving == 0 then return ("Left %d room(s)"):format(left); end
+	return ("Left %d room(s); leaving %d more: the rooms have not confirmed yet"):format(left, leaving);
 end
 
 local leave_form = dataforms.new({
@@ -866,12 +1033,15 @@ local leave_form = dataforms.new({
 
 module:provides("adhoc", adhoc_new("Group chats: list", "urn:xmpp:minimix#list",
 	function(_, data)
-		return { status = "completed", info = memberships_text(command_account(data)) };
-	end, "local_user"));
+		local account = command_account(data);
+		if not account then return not_local; end
+		return { status = "completed", info = memberships_text(account) };
+	end, adhoc_permission("urn:xmpp:minimix#list")));
 
 module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#leave",
 	function(_, data, state)
 		local account = command_account(data);
+		if not account then return not_local; end
 		if data.action == "cancel" then return { status = "canceled" }; end
 		if not state then
 			local rooms = {};
@@ -882,45 +1052,136 @@ module:provides("adhoc", adhoc_new("Group chats: leave one", "urn:xmpp:minimix#l
 				values = { room = rooms } } }, "leave";
 		end
 		local fields, err = leave_form:data(data.form);
-		if err or not fields.room then
+		local room = not err and prep_room(fields.room);
+		if not room then
 			return { status = "completed", error = { message = "Choose a room to leave." } };
 		end
-		if leave_rooms(account, { fields.room }) == 0 then
+		fields.room = room;
+		local left, leaving = leave_rooms(account, { fields.room });
+		if left + leaving == 0 then
 			return { status = "completed", error = { message = "The account is not in " .. fields.room } };
 		end
-		return { status = "completed", info = "Left " .. fields.room };
-	end, "local_user"));
+		return { status = "completed", info = leave_text(left, leaving, fields.room) };
+	end, adhoc_permission("urn:xmpp:minimix#leave")));
 
 module:provides("adhoc", adhoc_new("Group chats: leave all", "urn:xmpp:minimix#leave-all",
 	function(_, data)
 		local account = command_account(data);
+		if not account then return not_local; end
 		local rooms = {};
 		for _, m in ipairs(core:memberships(account)) do rooms[#rooms+1] = m.room; end
-		local left = leave_rooms(account, rooms);
-		return { status = "completed", info = ("Left %d room(s)"):format(left) };
-	end, "local_user"));
+		return { status = "completed", info = leave_text(leave_rooms(account, rooms)) };
+	end, adhoc_permission("urn:xmpp:minimix#leave-all")));
 
--- For operators, from Prosody's admin shell (prosodyctl shell):
+-- For operators, from Prosody's admin shell (prosodyctl shell) -----------------------
+
+-- An account of this host, as Prosody prepares JIDs; nil for anything else.
+local function operator_account(jid)
+	local account = jid_bare(jid_prep(tostring(jid or "")) or "");
+	if not account or select(2, jid_split(account)) ~= module.host
+		or not jid_split(account) then
+		return nil;
+	end
+	return account;
+end
+
+-- ok, text
+local function operator_leave(jid, room)
+	local account = operator_account(jid);
+	if not account then return false, "Not an account of " .. module.host .. ": " .. tostring(jid); end
+	local norm = prep_room(room);
+	if not norm then return false, "Not a room JID: " .. tostring(room); end
+	local left, leaving = leave_rooms(account, { norm });
+	if left + leaving == 0 then
+		return false, account .. " is not in " .. norm;
+	end
+	if left > 0 then return true, account .. " leaves " .. norm; end
+	return true, account .. " is leaving " .. norm .. ": the room has not confirmed yet";
+end
+
+local function state_text()
+	local stats = core:stats();
+	return ("%d account(s) in rooms, %d membership(s), %d session(s) joined, %d IQ(s) waiting for a room")
+		:format(stats.accounts, stats.memberships, stats.sessions, stats.iqs);
+end
+
+-- 0.12 (and 13): Lua lines reaching the module table:
 --   > hosts["example.com"].modules.minimix.memberships("user@example.com")
 --   > hosts["example.com"].modules.minimix.leave("user@example.com", "room@muc.example.com")
+--   > hosts["example.com"].modules.minimix.state()
 function memberships(account) -- luacheck: ignore 131
-	return memberships_text(account);
+	return memberships_text(operator_account(account) or tostring(account));
 end
 
 function leave(account, room) -- luacheck: ignore 131
-	local norm = minimix.normalize_jid(room);
-	if not norm then return "Not a room JID: " .. tostring(room); end
-	if leave_rooms(account, { norm }) == 0 then
-		return account .. " is not in " .. norm;
-	end
-	return account .. " leaves " .. norm;
+	return select(2, operator_leave(account, room));
+end
+
+function state() -- luacheck: ignore 131
+	return state_text();
+end
+
+-- 13: commands of their own section, e.g. `prosodyctl shell minimix
+-- memberships user@example.com` or, in the shell, minimix:memberships("user@example.com").
+if offers.shell_commands then
+	local section, section_desc = "minimix", "Accounts in group chats (mod_minimix)";
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "memberships";
+		desc = "List an account's rooms, with the sessions joined to each";
+		args = { { name = "jid", type = "string" } };
+		host_selector = "jid";
+		handler = function(self, jid)
+			local account = operator_account(jid);
+			if not account then return false, "Not an account of " .. module.host .. ": " .. tostring(jid); end
+			local lines = memberships_lines(account, true);
+			for _, line in ipairs(lines) do self.session.print(line); end
+			return true, ("%s is in %d room(s)"):format(account, #lines);
+		end;
+	});
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "leave";
+		desc = "Make an account leave a room (every session of it)";
+		args = { { name = "jid", type = "string" }, { name = "room", type = "string" } };
+		host_selector = "jid";
+		handler = function(_, jid, room)
+			return operator_leave(jid, room);
+		end;
+	});
+	module:add_item("shell-command", {
+		section = section; section_desc = section_desc;
+		name = "state";
+		desc = "Count the host's accounts in rooms, memberships, joined sessions and waiting IQs";
+		args = { { name = "host", type = "string" } };
+		host_selector = "host";
+		handler = function()
+			return true, state_text();
+		end;
+	});
 end
 
 -- Sessions come and go ----------------------------------------------------------
 
+-- A session that went without leaving stays out of the rooms' view: when
+-- the room showed its presence, the room now sees the next device's.
 module:hook("resource-unbind", function(event)
 	local account, resource = session_account(event.session);
-	if account then core:session_gone(account, resource); end
+	if account then
+		perform({ account = account }, core:session_gone(account, resource));
+	end
+end);
+
+-- A session that stream management keeps hibernating cannot hold the
+-- account in a room the user left from the last connected device; what
+-- the core sends it meanwhile is queued and delivered when it resumes.
+module:hook("smacks-hibernation-start", function(event)
+	local account, resource = session_account(event.origin);
+	if account then core:session_reachable(account, resource, false); end
+end);
+module:hook("smacks-hibernation-end", function(event)
+	local account, resource = session_account(event.resumed or event.origin);
+	if account then core:session_reachable(account, resource, true); end
 end);
 
 -- mod_smacks reports stanzas it could not deliver before it bounces them; a

@@ -72,7 +72,7 @@ static void check_decision(mm_err err, const mm_decision *d)
 			fail("action without room");
 		if ((a->op == MM_OP_DELIVER || a->op == MM_OP_REPLAY
 				|| a->op == MM_OP_REFLECT_LEAVE || a->op == MM_OP_CARBON
-				|| a->op == MM_OP_IQ_ERROR) && a->resource == NULL)
+				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR) && a->resource == NULL)
 			fail("delivery without a session");
 		if (a->op == MM_OP_REPLAY && a->payload == NULL)
 			fail("replay without payload");
@@ -119,6 +119,54 @@ static int count_membership(const mm_membership_info *info, void *ud)
 	return 0;
 }
 
+/*
+ * Every transition must be one of the table's, and the states seen through
+ * mm_membership_state() before and after each step must differ only by the
+ * transitions the core reported.
+ */
+#define NACC (sizeof accounts / sizeof accounts[0])
+#define NROOM (sizeof rooms / sizeof rooms[0])
+static int expected[NACC][NROOM];
+
+static size_t index_of(const char *const *arr, size_t n, const char *s)
+{
+	size_t i;
+	for (i = 0; i < n; i++)
+		if (strcmp(arr[i], s) == 0)
+			return i;
+	fail("transition of an unknown account or room");
+	return 0;
+}
+
+static void observe(const char *account, const char *room, int from, int event,
+		int to, void *ud)
+{
+	int *cell = &expected[index_of(accounts, NACC, account)][index_of(rooms, NROOM, room)];
+	(void)ud;
+	if (to == MM_REFUSED || mm_transition(from, event) != to)
+		fail("a transition that is not in the table");
+	if (*cell != from)
+		fail("a transition from a state the membership was not in");
+	*cell = to;
+}
+
+static void snapshot(const mm_state *st)
+{
+	size_t a, r;
+	for (a = 0; a < NACC; a++)
+		for (r = 0; r < NROOM; r++)
+			expected[a][r] = mm_membership_state(st, accounts[a], rooms[r]);
+}
+
+static void check_transitions(const mm_state *st)
+{
+	size_t a, r;
+	for (a = 0; a < NACC; a++)
+		for (r = 0; r < NROOM; r++)
+			if (expected[a][r] != mm_membership_state(st, accounts[a], rooms[r]))
+				fail("a state change without a transition");
+}
+
 static void check_state(const mm_state *st)
 {
 	mm_stats s;
@@ -140,6 +188,8 @@ static void check_state(const mm_state *st)
 		fail("account count");
 	if (s.memberships > 2 * 3)
 		fail("more memberships than rooms");
+	if (s.cached_bytes > s.payload_bytes)
+		fail("more bytes cached than pooled");
 }
 
 static void step(mm_state *st, struct input *in, double *now)
@@ -153,6 +203,7 @@ static void step(mm_state *st, struct input *in, double *now)
 	const char *nick = PICK(nicks, take(in));
 	const char *id = PICK(ids, take(in));
 
+	snapshot(st);
 	switch (op % 16) {
 	case 0: case 1: {
 		mm_join req;
@@ -231,17 +282,45 @@ static void step(mm_state *st, struct input *in, double *now)
 		break;
 	}
 	case 13:
-		*now += take(in);
-		err = mm_expire(st, *now, &d);
+		/* time passes: up to about an hour, so every wait can end */
+		*now += take(in) * (take(in) & 1 ? 16 : 1);
+		err = mm_tick(st, *now, &d);
 		break;
 	case 14:
-		err = mm_rejoin_due(st, acc, room, &d);
+		if ((take(in) & 7) == 0) {
+			/* a reloaded configuration: rings and byte budgets change */
+			mm_limits lim;
+			memset(&lim, 0, sizeof lim);
+			lim.max_rooms = 1 + (take(in) & 3);
+			lim.max_sessions = 1 + (take(in) & 3);
+			lim.max_occupants = 1 + (take(in) & 3);
+			lim.max_pending = 1 + (take(in) & 3);
+			lim.max_iqs = 2;
+			lim.history_size = 1 + (take(in) & 3);
+			lim.history_default = 2;
+			lim.max_nick_bytes = 8;
+			lim.join_timeout = 30;
+			lim.rejoin_delay = 2;
+			lim.max_membership_bytes = 64 + 64 * (take(in) & 7);
+			lim.max_account_bytes = 128 + 64 * (take(in) & 7);
+			lim.max_cache_bytes = 128 + 128 * (take(in) & 7);
+			err = mm_state_set_limits(st, &lim);
+			d.handled = 0;
+			d.n = 0;
+			break;
+		}
+		err = mm_ping_later(st, take(in) & 1 ? "muc.example.org" : "elsewhere.example",
+			take(in) % 8);
+		memset(&d, 0, sizeof d);
 		break;
 	default:
 		if ((take(in) & 3) == 0) {
 			err = mm_ping_due(st, take(in) & 1 ? "muc.example.org" : NULL, *now, &d);
 		} else if ((take(in) & 3) == 0) {
 			err = mm_account_leave(st, acc, room, &d);
+		} else if ((take(in) & 3) == 0) {
+			err = mm_session_reachable(st, acc, res, take(in) & 1);
+			memset(&d, 0, sizeof d);
 		} else if (take(in) & 1) {
 			err = mm_account_restore(st, acc, room, *nick ? nick : "x",
 				take(in) & 1 ? "pw" : NULL, id, (double)take(in), &d);
@@ -252,6 +331,7 @@ static void step(mm_state *st, struct input *in, double *now)
 		break;
 	}
 	check_decision(err, &d);
+	check_transitions(st);
 	check_state(st);
 }
 
@@ -262,6 +342,7 @@ static void drain(mm_state *st)
 	mm_presence p;
 	mm_stats s;
 	size_t a, r, i;
+	snapshot(st);
 	for (a = 0; a < 2; a++)
 		for (i = 0; i < 3; i++)
 			mm_session_gone(st, accounts[a], resources[i], &d);
@@ -271,11 +352,12 @@ static void drain(mm_state *st)
 	for (a = 0; a < 2; a++)
 		for (r = 0; r < 3; r++)
 			mm_room_presence(st, accounts[a], rooms[r], "x", &p, &d);
-	mm_expire(st, 1e18, &d);
+	mm_tick(st, 1e18, &d);
+	check_transitions(st);
 	mm_take_dirty(st, 1, NULL, NULL);
 	mm_state_stats(st, &s);
 	if (s.accounts || s.memberships || s.sessions || s.occupants || s.payloads
-			|| s.payload_bytes || s.iqs)
+			|| s.payload_bytes || s.cached_bytes || s.iqs)
 		fail("state not empty after everything left");
 }
 
@@ -298,9 +380,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.history_size = 3;
 	lim.history_default = 2;
 	lim.max_nick_bytes = 8;
+	lim.join_timeout = 30;
+	lim.rejoin_delay = 2;
+	lim.max_membership_bytes = 400; /* a few payloads: the fuzzer hits them */
+	lim.max_account_bytes = 600;
+	lim.max_cache_bytes = 500;
 	st = mm_state_new(&lim);
 	if (st == NULL)
 		return 0;
+	mm_state_observe(st, observe, NULL);
 	while (in.n > 0 && steps++ < 400)
 		step(st, &in, &now);
 	drain(st);

@@ -1,194 +1,14 @@
 -- Specs for mod_minimix.lua loaded into a mocked Prosody `module`: the shim
 -- turns stanzas into core calls and carries out what the core decides.
 local st = require "util.stanza";
-local xml_parse = require "util.xml".parse;
 
 local MUC = "http://jabber.org/protocol/muc";
 local MUC_USER = MUC .. "#user";
 
--- A fake module environment: records hooks, sends and logs.
-local function load_shim(options)
-	local env = { hooks = {}, sent = {}, logs = {}, bare = {} };
-	local module = {
-		host = "localhost";
-		path = "./mod_minimix.lua";
-	};
-	function module:get_option_number(name, default)
-		local v = (options or {})[name];
-		if v == nil then return default; end
-		return v;
-	end
-	function module:get_host_type() return "local"; end
-	function module:get_option_string(name, default)
-		local v = (options or {})[name];
-		if v == nil then return default; end
-		return tostring(v);
-	end
-	function module:get_option_boolean(name, default)
-		local v = (options or {})[name];
-		if v == nil then return default; end
-		return v;
-	end
-	env.pep = { services = {} };
-	-- every account has a PEP service (mod_pep makes one on demand)
-	local empty_service = { get_items = function() return true, {}; end };
-	function env.pep.get_pep_service(username)
-		return env.pep.services[username] or empty_service;
-	end
-	function module:depends(name)
-		if name == "pep" then return env.pep; end
-		return {};
-	end
-	function module:require(name)
-		if name == "minimix_log" then
-			-- the room log library, in the same environment, as Prosody does
-			return assert(loadfile("./minimix_log.lib.lua", "t", env.g))();
-		end
-		assert(name == "adhoc");
-		return { new = function(title, node, handler, permission)
-			return { name = title, node = node, handler = handler, permission = permission };
-		end };
-	end
-	env.provided = {};
-	function module:provides(kind, item)
-		env.provided[#env.provided+1] = { kind = kind, item = item };
-	end
-	function module:handle_items(kind, added, removed)
-		env.item_handlers = env.item_handlers or {};
-		env.item_handlers[kind] = { added = added, removed = removed };
-	end
-	function module:log(level, fmt, ...)
-		env.logs[#env.logs+1] = { level, fmt:format(...) };
-	end
-	-- Prosody's default priority is 0; each event is hooked once
-	env.hooked = {};
-	function module:hook(name, fn, prio)
-		env.hooks[name] = { fn = fn, prio = prio or 0 };
-		env.hooked[name] = (env.hooked[name] or 0) + 1;
-	end
-	env.stored = {};
-	function module:open_store(name, kind)
-		-- the bookmarks' archive, read at start: a driver that cannot list users
-		if name == "pep_urn:xmpp:bookmarks:1" and kind == "archive" then return {}; end
-		-- the room log: appends are recorded in env.logged
-		if name == "minimix_log" and kind == "archive" then
-			env.logged = {};
-			return { append = function(_, user, key, value, when, with)
-				env.logged[#env.logged+1] = { user = user, key = key, value = value, when = when, with = with };
-				return key or tostring(#env.logged);
-			end };
-		end
-		assert(name == "minimix");
-		return {
-			get = function(_, user) return env.stored[user]; end;
-			set = function(_, user, value) env.stored[user] = value; return true; end;
-			users = function()
-				local list = {};
-				for user in pairs(env.stored) do list[#list+1] = user; end
-				local i = 0;
-				return function() i = i + 1; return list[i]; end;
-			end;
-		};
-	end
-	function module:metric()
-		local m = { values = {} };
-		function m:with_labels() return m; end
-		function m:add(n) m.total = (m.total or 0) + n; end
-		function m:set(v) m.value = v; end
-		env.metrics = env.metrics or {};
-		env.metrics[#env.metrics+1] = m;
-		return m;
-	end
-	function module:hook_global(name, fn, prio)
-		env.hooks["global:" .. name] = { fn = fn, prio = prio or 0 };
-		env.hooked["global:" .. name] = (env.hooked["global:" .. name] or 0) + 1;
-	end
-	-- Timers run on a mocked clock (see advance); a callback returning a
-	-- number runs again that many seconds later, as in Prosody.
-	env.clock, env.timers = 1700000000, {};
-	function module:add_timer(delay, fn)
-		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn };
-	end
-	function module:send(stanza)
-		env.sent[#env.sent+1] = st.clone(stanza);
-		if env.on_send then env.on_send(stanza); end
-	end
-	local g = setmetatable({
-		module = module;
-		prosody = { bare_sessions = env.bare };
-	}, { __index = _G });
-	env.g = g;
-	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
-	local util_time = package.loaded["util.time"];
-	package.loaded["util.time"] = { now = function() return env.clock; end };
-	local ok, err = pcall(chunk);
-	package.loaded["util.time"] = util_time;
-	assert(ok, err);
-	env.module = module;
-	return env;
-end
-
--- A session shaped as Prosody's sessionmanager makes them: send runs the
--- "stanzas/out" filters, then rawsend serializes and writes.  What reaches
--- the wire is parsed back into `got`; `wire` keeps the text.
-local function new_session(env, resource, shape)
-	local s = {
-		type = "c2s", username = "alice", host = "localhost", resource = resource,
-		full_jid = "alice@localhost/" .. resource, got = {}, wire = {}, filters = {},
-	};
-	local function write(t)
-		local text = tostring(t);
-		s.wire[#s.wire+1] = text;
-		s.got[#s.got+1] = assert(xml_parse(text));
-		return true;
-	end
-	if shape == "bosh" then
-		-- mod_bosh: its own send, no rawsend
-		function s.send(stanza) return write(stanza); end
-	else
-		function s.filter(kind, t)
-			assert(kind == "stanzas/out");
-			for _, f in ipairs(s.filters) do
-				t = f(t, s);
-				if t == nil then return nil; end
-			end
-			return t;
-		end
-		function s.rawsend(t) return write(t); end
-		function s.send(t)
-			if t.name then t = s.filter("stanzas/out", t); end
-			if t then return s.rawsend(t); end
-			return true;
-		end
-	end
-	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
-	env.bare["alice@localhost"].sessions[resource] = s;
-	return s;
-end
-
--- Let `seconds` pass on the mocked clock (0: a turn of the main loop):
--- every timer that falls due runs, in the order of its time.
-local function advance(env, seconds)
-	local target = env.clock + seconds;
-	while true do
-		local next_i;
-		for i, t in ipairs(env.timers) do
-			if t.due <= target and (not next_i or t.due < env.timers[next_i].due) then next_i = i; end
-		end
-		if not next_i then break; end
-		local t = table.remove(env.timers, next_i);
-		env.clock = math.max(env.clock, t.due);
-		local again = t.fn(env.clock);
-		if type(again) == "number" then
-			env.timers[#env.timers+1] = { due = env.clock + again, fn = t.fn };
-		end
-	end
-	env.clock = target;
-end
-
-local function fire(env, name, origin, stanza)
-	return env.hooks[name].fn({ origin = origin, stanza = stanza });
-end
+local mock = require "shim_mock";
+local load_shim, new_session, fire = mock.load_shim, mock.new_session, mock.fire;
+local advance, tick_timer = mock.advance, mock.tick_timer;
+local prosody13 = mock.prosody13;
 
 local function join(id, nick)
 	return st.presence({ to = "room@muc.example/" .. (nick or "alice"), id = id })
@@ -237,6 +57,8 @@ describe("mod_minimix shim", function()
 			["s2sin-destroyed"] = 0;
 			["s2sout-established"] = 0;
 			["s2sin-established"] = 0;
+			["smacks-hibernation-start"] = 0;
+			["smacks-hibernation-end"] = 0;
 			["global:server-stopping"] = 0;
 			["global:stats-update"] = 0;
 			-- the room log writes what waits (minimix_log.lib.lua)
@@ -564,6 +386,23 @@ describe("mod_minimix shim", function()
 		assert.equal("error", L.got[1].attr.type);
 	end);
 
+	it("replays the self-presence to a later session without the first one's news", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110, 201, 210, 100 }));
+		fire(env, "pre-presence/full", L, join("j2"));
+		local self;
+		for _, s in ipairs(L.got) do
+			if s.attr.from == "room@muc.example/alice" then self = s; end
+		end
+		assert.truthy(self, "the self-presence");
+		local codes = {};
+		for status in self:get_child("x", MUC_USER):childtags("status") do
+			codes[#codes+1] = status.attr.code;
+		end
+		table.sort(codes);
+		assert.same({ "100", "110" }, codes);
+	end);
+
 	it("sends a refusal from the core to the asking session only", function()
 		env = load_shim({ minimix_max_rooms = 1 });
 		P = new_session(env, "phone");
@@ -707,10 +546,109 @@ describe("mod_minimix shim", function()
 			assert.matches("room@muc.example as alice %(joined%): 1 session", mine.info);
 			env.sent, P.got = {}, {};
 			local done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
-			assert.equal("Left 1 room(s)", done.info);
+			-- the room has not answered the leave
+			assert.equal("Left 0 room(s); leaving 1 more: the rooms have not confirmed yet", done.info);
 			assert.equal("unavailable", env.sent[1].attr.type);
 			assert.equal("unavailable", P.got[1].attr.type, "the joined session sees itself leave");
+			-- a room that answers at once (a local MUC)
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+			fire(env, "pre-presence/full", P, join("j2"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			env.on_send = function(stanza)
+				if stanza.attr.type == "unavailable" then
+					fire(env, "presence/bare", nil, room_presence("alice", { 110 }, { type = "unavailable" }));
+				end
+			end;
+			done = leave_all.handler(leave_all, { from = "alice@localhost/laptop" });
+			assert.equal("Left 1 room(s)", done.info);
 		end);
+	end);
+
+	describe("deadlines", function()
+		-- timers with a delay (a 0 s timer batches the storage writes)
+		local function delayed(e)
+			local n = 0;
+			for _, t in ipairs(e.timers) do
+				if t.delay > 0 then n = n + 1; end
+			end
+			return n;
+		end
+
+		it("are the core's: one repeating timer, none per action", function()
+			local timers = delayed(env);
+			local tick = tick_timer(env);
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- a shutdown: the re-join waits 5 s
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			assert.equal(timers, delayed(env), "no timer of its own for the re-join");
+			env.sent = {};
+			assert.equal(1, tick.fn());
+			env.clock = env.clock + 5;
+			assert.equal(1, tick.fn(), "it repeats");
+			assert.equal(1, #env.sent);
+			assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+			assert.truthy(env.sent[1]:get_child("x", MUC), "the re-join");
+		end);
+
+		it("survive a reload: the new instance's timer fires the old core's waits", function()
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
+			tick_timer(env).fn(); -- the wait starts
+			local saved = env.module.save();
+			env.module.unload();
+			local env2 = load_shim();
+			env2.bare = env.bare;
+			env2.module.restore(saved);
+			env2.clock = env2.clock + 5;
+			tick_timer(env2).fn();
+			assert.equal(1, #env2.sent, "the re-join, from the new instance");
+			assert.truthy(env2.sent[1]:get_child("x", MUC));
+		end);
+
+		it("fail a join the room never answers with remote-server-timeout", function()
+			local env2 = load_shim({ minimix_join_timeout = 3, minimix_bookmarks = false });
+			local S = new_session(env2, "phone");
+			local tick = tick_timer(env2);
+			tick.fn();
+			fire(env2, "pre-presence/full", S, join("j1"));
+			S.got = {};
+			env2.clock = env2.clock + 3;
+			tick.fn();
+			assert.equal(1, #S.got);
+			assert.equal("error", S.got[1].attr.type);
+			assert.equal("j1", S.got[1].attr.id);
+			assert.equal("room@muc.example/alice", S.got[1].attr.from);
+			assert.equal("remote-server-timeout", select(2, S.got[1]:get_error()));
+		end);
+	end);
+
+	it("asks what the running Prosody offers: 13's roles and shell, 0.12's neither", function()
+		local function commands(e)
+			local out = {};
+			for _, p in ipairs(e.provided) do out[p.item.node] = p.item.permission; end
+			return out;
+		end
+		local function shell(e)
+			local out = {};
+			for _, i in ipairs(e.items) do
+				if i.kind == "shell-command" then out[#out+1] = i.item.section .. ":" .. i.item.name; end
+			end
+			table.sort(out);
+			return out;
+		end
+		assert.same({ ["urn:xmpp:minimix#list"] = "local_user", ["urn:xmpp:minimix#leave"] = "local_user",
+			["urn:xmpp:minimix#leave-all"] = "local_user" }, commands(env));
+		assert.same({}, shell(env));
+		assert.same({}, env.permissions);
+		local e13 = load_shim(nil, prosody13);
+		assert.same({ ["urn:xmpp:minimix#list"] = "check", ["urn:xmpp:minimix#leave"] = "check",
+			["urn:xmpp:minimix#leave-all"] = "check" }, commands(e13));
+		assert.same({ ["adhoc:urn:xmpp:minimix#list"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave"] = "prosody:guest",
+			["adhoc:urn:xmpp:minimix#leave-all"] = "prosody:guest" }, e13.permissions);
+		assert.same({ "minimix:leave", "minimix:memberships", "minimix:state" }, shell(e13));
 	end);
 
 	it("never lets a session's bounce or a failed fork reach the room", function()
@@ -723,6 +661,19 @@ describe("mod_minimix shim", function()
 		assert.is_true(env.hooks["delivery/failure"].fn({ session = P, stanza = failed }));
 		local other = st.message({ from = "bob@localhost/x", to = "alice@localhost/phone", type = "chat" });
 		assert.is_nil(env.hooks["delivery/failure"].fn({ session = P, stanza = other }));
+	end);
+
+	it("shows the room the next device's presence when the one it showed goes", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", L, join("j2"):text_tag("show", "away"));
+		env.sent = {};
+		env.bare["alice@localhost"].sessions[P.resource] = nil;
+		env.hooks["resource-unbind"].fn({ session = P });
+		assert.equal(1, #env.sent);
+		assert.equal("alice@localhost", env.sent[1].attr.from);
+		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
+		assert.equal("away", env.sent[1]:get_child_text("show"));
 	end);
 
 	it("detaches a session that goes away and keeps the account in", function()

@@ -14,6 +14,8 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
+#include <limits.h>
 #include <string.h>
 
 #include <check.h>
@@ -61,12 +63,48 @@
 static mm_state *st;
 static mm_decision d;
 
+/* ---- transitions ---------------------------------------------------------
+ * Every state fixture observes the core's transitions: each must be one the
+ * table allows.  The last ones are kept for the lifecycle tests.
+ */
+struct seen_transition {
+	char room[64];
+	int from, event, to;
+};
+static struct seen_transition obs[32];
+static size_t nseen;
+
+static void observe(const char *account, const char *room, int from,
+		int event, int to, void *ud)
+{
+	(void)ud;
+	(void)account;
+	ck_assert_msg(to != MM_REFUSED && mm_transition(from, event) == to,
+			"%s: %s -%s-> %s is not in the table", room,
+			mm_mstate_name(from), mm_mevent_name(event), mm_mstate_name(to));
+	if (nseen < sizeof obs / sizeof obs[0]) {
+		snprintf(obs[nseen].room, sizeof obs[nseen].room, "%s", room);
+		obs[nseen].from = from;
+		obs[nseen].event = event;
+		obs[nseen].to = to;
+		nseen++;
+	}
+}
+
+static mm_state *new_state(const mm_limits *l)
+{
+	mm_state *s = mm_state_new(l);
+	ck_assert_ptr_nonnull(s);
+	mm_state_observe(s, observe, NULL);
+	nseen = 0;
+	return s;
+}
+
 /* ---- fixtures ----------------------------------------------------------- */
 
 static void setup_default(void)
 {
-	st = mm_state_new(NULL);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(NULL);
 	memset(&d, 0, sizeof d);
 }
 
@@ -86,8 +124,7 @@ static void setup_small(void)
 	mm_limits l;
 
 	small_limits(&l);
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -101,8 +138,7 @@ static void teardown(void)
 static void reset_state(const mm_limits *l)
 {
 	mm_state_free(st);
-	st = mm_state_new(l);
-	ck_assert_ptr_nonnull(st);
+	st = new_state(l);
 }
 
 /* ---- decision helpers --------------------------------------------------- */
@@ -123,6 +159,8 @@ static const char *op_name(mm_op op)
 	case MM_OP_SEND_PING: return "SEND_PING";
 	case MM_OP_PING_LATER: return "PING_LATER";
 	case MM_OP_DROP: return "DROP";
+	case MM_OP_JOIN_ERROR: return "JOIN_ERROR";
+	case MM_OP_EVENT: return "EVENT";
 	}
 	return "?";
 }
@@ -459,6 +497,7 @@ struct minfo {
 	size_t occupants;
 	int has_subject;
 	size_t history;
+	size_t bytes;
 	char last_id[128];
 	int has_last_id;
 	double last_stamp;
@@ -486,6 +525,7 @@ static int info_cb(const mm_membership_info *info, void *ud)
 	mi->occupants = info->occupants;
 	mi->has_subject = info->has_subject;
 	mi->history = info->history;
+	mi->bytes = info->bytes;
 	copy_str(mi->last_id, sizeof mi->last_id, info->last_id);
 	mi->has_last_id = info->last_id != NULL;
 	mi->last_stamp = info->last_stamp;
@@ -592,6 +632,7 @@ static void expect_empty_state(void)
 	ck_assert_uint_eq(s.occupants, 0);
 	ck_assert_uint_eq(s.payloads, 0);
 	ck_assert_uint_eq(s.payload_bytes, 0);
+	ck_assert_uint_eq(s.cached_bytes, 0);
 }
 
 static void expect_same_stats(const mm_stats *a, const mm_stats *b)
@@ -981,7 +1022,7 @@ START_TEST(test_fork_private_message_joined_only)
 
 	/* the account joins again by itself (333): both wait again */
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	room_msg(ACC, ROOM, "bob", MM_MSG_NORMAL, 0, "pm3", P_BODY);
 	expect_n(&d, 1, 0);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
@@ -1257,7 +1298,7 @@ START_TEST(test_leave_join_while_leaving)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_AS_ACCOUNT, NULL), 0);
 	ck_assert_int_eq(session_state(ACC, ROOM, R2), 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 
 	/* The leave completes: R1 gets its unavailable, the account re-joins. */
 	self_unavailable(ACC, ROOM, "alice", 0, 0, "l1");
@@ -1887,7 +1928,6 @@ START_TEST(test_errors_pinned)
 		{ MM_EROOMLIMIT, "room-limit", "resource-constraint", "wait" },
 		{ MM_ESESSIONLIMIT, "session-limit", "resource-constraint", "wait" },
 		{ MM_EIQLIMIT, "iq-limit", "resource-constraint", "wait" },
-		{ MM_EPASSWORD, "password-required", "not-authorized", "auth" },
 		/* out of range */
 		{ MM_ERR_COUNT, "unknown", "undefined-condition", "cancel" },
 		{ (mm_err)-1, "unknown", "undefined-condition", "cancel" },
@@ -2379,14 +2419,40 @@ static void room_iq(const char *acc, const char *room, const char *nick,
 
 static void expire(double now)
 {
-	mm_err e = mm_expire(st, now, &d);
-	ck_assert_msg(e == MM_OK, "expire: %s", mm_strerror(e));
+	mm_err e = mm_tick(st, now, &d);
+	ck_assert_msg(e == MM_OK, "tick: %s", mm_strerror(e));
 }
 
+/* The tests' clock for the ticks below. */
+static double tnow;
+
+/* Keep only the decision's actions for acc in room (ticks span many
+ * memberships), without EVENT notes; not handled when none is left. */
+static mm_action kept[64];
+static void keep_only(const char *acc, const char *room)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < d.n && n < sizeof kept / sizeof kept[0]; i++)
+		if (str_eq(d.actions[i].room, room) && str_eq(d.actions[i].account, acc)
+				&& d.actions[i].op != MM_OP_EVENT) {
+			kept[n] = d.actions[i];
+			kept[n++].account = NULL; /* as in a decision about one */
+		}
+	d.n = n;
+	d.actions = n ? kept : NULL;
+	d.handled = n > 0;
+	d.event = d.reason = NULL;
+}
+
+/* Time passes until any re-join delay is over (at most an hour): what
+ * does acc's membership in room do?  The first tick starts the waits
+ * entered before any tick. */
 static void rejoin_due(const char *acc, const char *room)
 {
-	mm_err e = mm_rejoin_due(st, acc, room, &d);
-	ck_assert_msg(e == MM_OK, "rejoin due: %s", mm_strerror(e));
+	expire(tnow += 1);
+	expire(tnow += 3601);
+	keep_only(acc, room);
 }
 
 static void room_msg_q(const char *acc, const char *room, const char *nick,
@@ -2416,17 +2482,18 @@ static void join_error(const char *acc, const char *room, const char *id,
 }
 
 /*
- * "room: the room the action concerns; always set"; "account: IQ_ERROR: the
- * account ...; NULL elsewhere".
+ * "room: the room the action concerns; always set"; "account: the account,
+ * in decisions that span many (mm_tick, mm_ping_due); NULL elsewhere".
  */
 static void expect_room_all(const mm_decision *dd, const char *room)
 {
 	size_t i;
 
 	for (i = 0; i < dd->n; i++) {
+		mm_op op = dd->actions[i].op;
 		ck_assert_msg(str_eq(dd->actions[i].room, room),
 				"action %zu not about %s: %s", i, room, describe(dd));
-		if (dd->actions[i].op != MM_OP_IQ_ERROR)
+		if (op != MM_OP_IQ_ERROR && op != MM_OP_SEND_PING && op != MM_OP_SEND_JOIN)
 			ck_assert_msg(dd->actions[i].account == NULL,
 					"action %zu names an account: %s", i, describe(dd));
 	}
@@ -2897,7 +2964,7 @@ START_TEST(test_presence_not_joined_dropped)
 	join(ACC, R3, ROOM, "alice", "j3", NULL);
 	session_pres(ACC, R3, ROOM, "alice", "p5", NULL, NULL);
 	expect_only(&d, MM_OP_DROP, ROOM);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_LEAVING_REJOIN);
 }
 END_TEST
 
@@ -2958,7 +3025,7 @@ START_TEST(test_carbons_not_while_joining)
 	joined_room(ACC, R1, ROOM, "alice");
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	session_msg(ACC, R1, ROOM, "bob", MM_MSG_CHAT, "pm1");
 	expect_not_handled(&d);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
@@ -3098,55 +3165,102 @@ START_TEST(test_iq_spoofed_answers)
 END_TEST
 
 /*
- * Module-owned ids look like "mmx-<counter>-<16 hex digits>": a counter
- * (hex digits) and a value derived from a per-state secret.
+ * Module-owned ids look like "mmx-<32 hex digits>": 128 bits from the
+ * kernel's CSPRNG and nothing else.
  */
-static int is_module_id(const char *id, char tail[17])
+static int is_module_id(const char *id, char tail[33])
 {
-	const char *p;
 	size_t n;
 
 	if (strncmp(id, "mmx-", 4) != 0)
 		return 0;
-	p = id + 4;
-	for (n = 0; strchr("0123456789abcdef", p[n]) && p[n] != '\0'; n++)
+	for (n = 0; id[4 + n] != '\0' && strchr("0123456789abcdef", id[4 + n]); n++)
 		;
-	if (n == 0 || p[n] != '-')
+	if (n != 32 || id[4 + n] != '\0')
 		return 0;
-	p += n + 1;
-	for (n = 0; p[n] != '\0' && strchr("0123456789abcdef", p[n]); n++)
-		;
-	if (n != 16 || p[n] != '\0')
-		return 0;
-	memcpy(tail, p, 17);
+	memcpy(tail, id + 4, 33);
 	return 1;
 }
 
+/* x ^= x >> k, undone */
+static uint64_t unxorshift(uint64_t y, unsigned k)
+{
+	uint64_t x = y;
+	unsigned i;
+
+	for (i = 0; i < 64 / k + 1; i++)
+		x = y ^ (x >> k);
+	return x;
+}
+
+/* the inverse of an odd number modulo 2^64 (Newton's iteration) */
+static uint64_t inverse64(uint64_t a)
+{
+	uint64_t x = a;
+	int i;
+
+	for (i = 0; i < 6; i++)
+		x *= 2 - a * x;
+	return x;
+}
+
+/* splitmix64's finalizer, and its inverse: what an observer of one id
+ * "mmx-<counter>-<mix(secret ^ counter)>" could compute */
+static uint64_t splitmix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static uint64_t unsplitmix(uint64_t y)
+{
+	uint64_t x = unxorshift(y, 31);
+	x = unxorshift(x * inverse64(0x94d049bb133111ebull), 27);
+	x = unxorshift(x * inverse64(0xbf58476d1ce4e5b9ull), 30);
+	return x - 0x9e3779b97f4a7c15ull;
+}
+
 /*
- * "The ids carry a per-state secret, so an occupant cannot guess them":
- * every id has the shape, no two are alike, another state (restarted
- * server) makes other ids for the same history of calls, and an id with
- * the right counter but a guessed tail is nobody's answer.
+ * "The id is 128 random bits from the kernel's CSPRNG, nothing else: one
+ * id tells nothing of another": every id has the shape and no two are
+ * alike; an observer who reads one id and knows how ids used to be made
+ * (a counter and a reversible mix of a secret) cannot predict the next
+ * one; another state (restarted server) makes other ids; a guessed id is
+ * nobody's answer.
  */
 START_TEST(test_iq_id_secret)
 {
-	char ids[4][64], tails[4][17], other[64], tail[17];
+	char ids[4][64], tails[4][33], other[64], tail[33];
 	size_t i, j;
 	const mm_action *a;
 
+	ck_assert_uint_eq(unsplitmix(splitmix(0x123456789abcdefull)), 0x123456789abcdefull);
 	joined_room(ACC, R1, ROOM, "alice");
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 4; i++)
 		sent_iq(ACC, R1, ROOM, i % 2 ? "bob" : NULL, "q", NULL, i == 3,
 				100, ids[i], sizeof ids[i]);
-		ck_assert_msg(is_module_id(ids[i], tails[i]),
-				"id %s is not mmx-<counter>-<16 hex>", ids[i]);
+	/* the attack on counter-and-secret ids: recover the secret from the
+	 * first id, predict the second */
+	{
+		unsigned long long counter, mixed;
+		char predicted[64];
+
+		if (sscanf(ids[0], "mmx-%llx-%llx", &counter, &mixed) == 2) {
+			uint64_t secret = unsplitmix(mixed) ^ counter;
+			snprintf(predicted, sizeof predicted, "mmx-%llx-%016llx", counter + 1,
+				(unsigned long long)splitmix(secret ^ (counter + 1)));
+			ck_assert_msg(strcmp(predicted, ids[1]) != 0,
+				"the id %s after %s was predicted from it", ids[1], ids[0]);
+		}
 	}
 	for (i = 0; i < 4; i++)
-		for (j = i + 1; j < 4; j++) {
+		ck_assert_msg(is_module_id(ids[i], tails[i]),
+				"id %s is not mmx-<32 hex>", ids[i]);
+	for (i = 0; i < 4; i++)
+		for (j = i + 1; j < 4; j++)
 			ck_assert_str_ne(ids[i], ids[j]);
-			/* not a constant: the secret part changes with the counter */
-			ck_assert_str_ne(tails[i], tails[j]);
-		}
 
 	/* a fresh state, the same calls: other ids */
 	reset_state(NULL);
@@ -3154,11 +3268,10 @@ START_TEST(test_iq_id_secret)
 	sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, other, sizeof other);
 	ck_assert(is_module_id(other, tail));
 	ck_assert_str_ne(other, ids[0]);
-	ck_assert_str_ne(tail, tails[0]);
 	/* the first state's id is no answer here */
 	room_iq(ACC, ROOM, NULL, ids[0], 0, NULL);
 	expect_not_handled(&d);
-	/* nor is the right counter with a guessed tail */
+	/* nor is a guessed one */
 	{
 		char guess[64];
 		size_t len = strlen(other);
@@ -3167,11 +3280,8 @@ START_TEST(test_iq_id_secret)
 		guess[len - 1] = guess[len - 1] == '0' ? '1' : '0';
 		room_iq(ACC, ROOM, NULL, guess, 0, NULL);
 		expect_not_handled(&d);
-		memcpy(guess + len - 16, "0000000000000000", 16);
-		if (strcmp(guess, other) != 0) {
-			room_iq(ACC, ROOM, NULL, guess, 0, NULL);
-			expect_not_handled(&d);
-		}
+		room_iq(ACC, ROOM, NULL, "mmx-00000000000000000000000000000000", 0, NULL);
+		expect_not_handled(&d);
 	}
 	ck_assert_uint_eq(stats().iqs, 1);
 	room_iq(ACC, ROOM, NULL, other, 0, NULL);
@@ -3539,7 +3649,7 @@ START_TEST(test_iq_self_ping_rejoin)
 	ck_assert_pstr_eq(join_act->password, "pw");
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 3);
 	ck_assert_str_eq(mi.nick, "alice");
 	expect_all_waiting(ACC, ROOM, 3);
@@ -3626,8 +3736,8 @@ static void setup_rejoin(void)
 
 	memset(&l, 0, sizeof l);
 	l.rejoin_delay = REJOIN_DELAY;
-	st = mm_state_new(&l);
-	ck_assert_ptr_nonnull(st);
+	l.join_timeout = 1000000; /* the re-joins here wait for ever */
+	st = new_state(&l);
 	memset(&d, 0, sizeof d);
 }
 
@@ -3648,7 +3758,8 @@ static void expect_rejoining(size_t nsessions)
 {
 	struct minfo mi = must_info(ACC, ROOM);
 
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_msg(mi.state == MM_REJOINING || mi.state == MM_REJOIN_WAIT,
+			"state %s", mm_mstate_name(mi.state));
 	ck_assert_uint_eq(mi.sessions, nsessions);
 	ck_assert_uint_eq(mi.occupants, 0);
 	ck_assert_int_eq(mi.has_subject, 0);
@@ -3720,11 +3831,15 @@ START_TEST(test_rejoin_332_later)
 	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
 	expect_rejoining(2);
 
-	/* not for another room or account */
-	rejoin_due(ACC, ROOM2);
+	/* nothing before the delay is over */
+	expire(tnow += 1);
+	expire(tnow += REJOIN_DELAY - 1);
+	keep_only(ACC, ROOM);
 	expect_not_handled(&d);
-	rejoin_due(ACC2, ROOM);
-	expect_not_handled(&d);
+	expire(tnow += 1);
+	keep_only(ACC, ROOM);
+	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
 
 	rejoin_due(ACC, ROOM);
 	expect_fresh_join(expect_only(&d, MM_OP_SEND_JOIN, ROOM));
@@ -3769,7 +3884,7 @@ START_TEST(test_rejoin_explicit_join_while_waiting)
 	a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
 	ck_assert_int_eq(a->from_request, 1);
 	ck_assert_pstr_eq(a->nick, "alice");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	/* the delay is over: there is nothing left to send */
 	rejoin_due(ACC, ROOM);
 	expect_not_handled(&d);
@@ -4003,7 +4118,7 @@ START_TEST(test_rejoin_last_leave_while_waiting)
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
 	ck_assert_pstr_eq(a->resource, R2);
 	ck_assert_pstr_eq(a->id, "l2");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	/* the last: it sees itself leave, nothing goes to the room */
 	session_leave(ACC, R1, ROOM, "l1");
 	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
@@ -4074,7 +4189,7 @@ START_TEST(test_rejoin_sessions_during_wait)
 	/* one session gone: the other still waits */
 	ck_assert_int_eq(mm_session_gone(st, ACC, R2, &d), MM_OK);
 	expect_n(&d, 1, 0);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -4248,6 +4363,180 @@ static void expect_event(const mm_decision *dd, const char *event,
 			nn(event), nn(reason), describe(dd));
 }
 
+/* ==== bytes =============================================================== */
+
+#define LEN(p) (sizeof(p) - 1)
+#define DIGITS70 \
+	"0123456789012345678901234567890123456789012345678901234567890123456789"
+#define P_BIG(nick) P_PRES(nick, "<status>" DIGITS70 DIGITS70 DIGITS70 \
+	"</status>")
+
+/* Sum of the account's memberships' bytes. */
+static int bytes_cb(const mm_membership_info *info, void *ud)
+{
+	*(size_t *)ud += info->bytes;
+	return 0;
+}
+
+static size_t account_bytes(const char *acc)
+{
+	size_t sum = 0;
+
+	mm_account_memberships(st, acc, bytes_cb, &sum);
+	return sum;
+}
+
+/*
+ * max_membership_bytes: "the catch-up ring drops its oldest messages to
+ * make room"; "an occupant presence is not cached (a changed one loses its
+ * entry rather than go stale)"; "the self-presence and the subject are
+ * always kept ... and count like the rest"; "live traffic is delivered
+ * whatever the caches keep".
+ */
+START_TEST(test_bytes_membership)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	ck_assert_uint_eq(mm_state_limits(st)->max_membership_bytes, limit);
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	for (i = 0; i < 5; i++) {
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	ck_assert_uint_eq(stats().cached_bytes, LEN(P_SELF) + 3 * LEN(P_M1));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_catchup(R2, five + 2, 3, NULL);
+
+	/* full: a new occupant is delivered, not cached */
+	occupant(ACC, ROOM, "bob", P_BOB);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+
+	/* the subject is kept all the same; the ring makes room for it */
+	subject_msg(ACC, ROOM, P_SUBJECT, 600, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_lt(must_info(ACC, ROOM).history, 3);
+
+	/* room for an occupant again once the ring is gone; a changed
+	 * presence that does not fit loses the entry */
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = LEN(P_SELF) + LEN(P_BOB) + LEN(P_BOB) / 2;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	occupant(ACC, ROOM, "bob", P_BOB);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	occupant(ACC, ROOM, "bob", P_BIG("bob"));
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF));
+	occupant(ACC, ROOM, "bob", P_BOB_AWAY);
+	ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	expect_replay_hist(&d, R2, (const char *const[]){ P_BOB_AWAY }, 1, P_SELF, 0,
+			NULL, 0, NULL);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_account_bytes: over the account's memberships; another account is
+ * bounded on its own.
+ */
+START_TEST(test_bytes_account)
+{
+	const size_t limit = 2 * LEN(P_SELF) + 4 * LEN(P_M1);
+	mm_limits l;
+	size_t i;
+
+	memset(&l, 0, sizeof l);
+	l.max_account_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	for (i = 0; i < 6; i++) {
+		hist_msg(ACC, ROOM, P_M1, NULL, 100 + (double)i, 0);
+		expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+		ck_assert_uint_le(account_bytes(ACC), limit);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+	/* the other room of the account finds the account full: nothing kept */
+	hist_msg(ACC, ROOM2, P_M2, NULL, 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 0);
+	ck_assert_uint_eq(account_bytes(ACC), limit);
+	/* another account keeps its own */
+	hist_msg(ACC2, ROOM2, P_M2, NULL, 200, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM2).history, 1);
+	/* the account's memberships' bytes go with them */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	ck_assert_uint_eq(account_bytes(ACC), LEN(P_SELF));
+	hist_msg(ACC, ROOM2, P_M2, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM2).history, 1);
+	self_unavailable(ACC, ROOM2, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM2, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * max_cache_bytes: over the whole state, each distinct text once; a text
+ * a cache holds already costs nothing more, so another account of the
+ * same room shares it; deliveries go on.
+ */
+START_TEST(test_bytes_state)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1);
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_cache_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	hist_msg(ACC, ROOM, P_M1, NULL, 100, 0);
+	hist_msg(ACC, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* the same texts for the other account: shared, kept */
+	hist_msg(ACC2, ROOM, P_M2, NULL, 200, 0);
+	hist_msg(ACC2, ROOM, P_M3, NULL, 300, 0);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).history, 2);
+	ck_assert_uint_eq(stats().cached_bytes, limit);
+	/* a new text: the ring drops its oldest for it while that frees bytes */
+	hist_msg(ACC, ROOM, P_M4, NULL, 400, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	/* an occupant beyond the budget: delivered, not cached */
+	occupant(ACC2, ROOM, "carol", P_CAROL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_uint_eq(must_info(ACC2, ROOM).occupants, 0);
+	ck_assert_uint_le(stats().cached_bytes, limit);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* ==== history ============================================================= */
 
 /* history_size bounds the ring; the oldest message goes first. */
@@ -4287,6 +4576,91 @@ START_TEST(test_history_ring_bounded)
 	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
 
 	/* the membership's end frees the ring */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/*
+ * mm_state_set_limits: "A smaller history_size keeps each membership's
+ * newest messages, a smaller max_pending its newest stanza ids; a lower
+ * max_rooms ... refuses what would go beyond it from now on and keeps what
+ * is there."  Lowering then raising again corrupts nothing (ASan and
+ * valgrind watch the rings), and the payloads of dropped messages go.
+ */
+START_TEST(test_limits_set_in_use)
+{
+	static const struct hmsg five[] = {
+		{ P_M1, 100 }, { P_M2, 200 }, { P_M3, 300 }, { P_M4, 400 },
+		{ P_M5, 500 }
+	};
+	mm_limits l;
+	mm_stats s0;
+	mm_message m;
+	size_t i;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	s0 = stats();
+	/* the ring wraps before the change: head not at 0 */
+	memset(&l, 0, sizeof l);
+	l.history_size = 4;
+	l.max_pending = 4;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	for (i = 0; i < 5; i++)
+		hist_msg(ACC, ROOM, five[i].payload, NULL, five[i].stamp, 0);
+	for (i = 0; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, id);
+	}
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 4);
+
+	memset(&l, 0, sizeof l);
+	l.history_size = 2;
+	l.max_pending = 2;
+	l.max_rooms = 1;
+	ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_pending, 2);
+	ck_assert_uint_eq(mm_state_limits(st)->max_sessions, MM_DEFAULT_MAX_SESSIONS);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* m1..m3 dropped: their payloads are freed */
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 600), five + 3, 2, NULL);
+	/* the two newest ids still route their errors; older ones are gone */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_ERROR;
+	m.id = "m3";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	ck_assert_uint_eq(d.n, 0);
+	for (i = 4; i < 6; i++) {
+		char id[8];
+		snprintf(id, sizeof id, "m%zu", i);
+		m.id = id;
+		ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+		expect_n(&d, 1, 1);
+		expect_one(&d, MM_OP_DELIVER, R1);
+	}
+	/* the lower room limit: what is there stays, a second room is refused */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "x", NULL, &d),
+			MM_EROOMLIMIT);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* grow again: the ring keeps its two and takes more */
+	ck_assert_int_eq(mm_state_set_limits(st, NULL), MM_OK);
+	ck_assert_uint_eq(mm_state_limits(st)->history_size, MM_DEFAULT_HISTORY_SIZE);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	hist_msg(ACC, ROOM, P_M1, NULL, 700, 0);
+	session_msg(ACC, R1, ROOM, NULL, MM_MSG_GROUPCHAT, "m7");
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 800),
+			(const struct hmsg[]){ { P_M4, 400 }, { P_M5, 500 }, { P_M1, 700 } }, 3, NULL);
+	m.id = "m7";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM, NULL, &m, &d), MM_OK);
+	expect_one(&d, MM_OP_DELIVER, R1);
+
+	/* the end frees everything */
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
 	expect_empty_state();
 }
@@ -4337,6 +4711,64 @@ START_TEST(test_history_default)
 	expect_catchup(R2, four + 1, 3, NULL);
 	/* a <history/> may ask for more than the default */
 	expect_catchup(join_dev(1, 4, NONE, NONE, NONE, 500), four, 4, NULL);
+}
+END_TEST
+
+/*
+ * mm_join_history: "numbers as the client sent them: any double,
+ * infinities included.  NaN: no such attribute.  A negative maxstanzas,
+ * maxchars or seconds asks for nothing ... maxstanzas and maxchars are
+ * truncated and at most LONG_MAX ... No conversion in it is undefined"
+ * (the UBSan build checks that last part), and a join with such numbers
+ * replays what they ask for.
+ */
+START_TEST(test_history_client_numbers)
+{
+	const double inf = HUGE_VAL, nan = NAN;
+	mm_join r;
+	mm_err e;
+
+	memset(&r, 0, sizeof r);
+	mm_join_history(&r, inf, 1e300, inf, inf);
+	ck_assert_int_eq(r.history.requested, 1);
+	ck_assert(r.history.maxstanzas == LONG_MAX);
+	ck_assert(r.history.maxchars == LONG_MAX);
+	ck_assert(r.history.seconds == inf);
+	ck_assert(r.history.since == inf);
+	mm_join_history(&r, -inf, -1e300, -5, -inf);
+	ck_assert_int_eq(r.history.maxstanzas, 0);
+	ck_assert_int_eq(r.history.maxchars, 0);
+	ck_assert(r.history.seconds == 0);
+	ck_assert(r.history.since == -inf);
+	mm_join_history(&r, nan, nan, nan, nan);
+	ck_assert_int_eq(r.history.maxstanzas, -1);
+	ck_assert_int_eq(r.history.maxchars, -1);
+	ck_assert(r.history.seconds < 0);
+	ck_assert(r.history.since < 0);
+	mm_join_history(&r, 2.9, 9.22e18, 1.5, 100);
+	ck_assert_int_eq(r.history.maxstanzas, 2);
+	ck_assert(r.history.maxchars > 0);
+	ck_assert(r.history.seconds == 1.5);
+	ck_assert(r.history.since == 100);
+
+	four_messages();
+	r.nick = "alice";
+	r.now = 500;
+	/* everything asked for: all four */
+	mm_join_history(&r, inf, inf, inf, nan);
+	e = mm_session_join_req(st, ACC, "inf", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("inf", four, 4, NULL);
+	/* a negative count: nothing */
+	mm_join_history(&r, -1, nan, nan, nan);
+	e = mm_session_join_req(st, ACC, "neg", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("neg", NULL, 0, NULL);
+	/* since infinitely long ago: everything */
+	mm_join_history(&r, nan, nan, nan, -inf);
+	e = mm_session_join_req(st, ACC, "past", ROOM, &r, &d);
+	ck_assert_int_eq(e, MM_OK);
+	expect_catchup("past", four, 4, NULL);
 }
 END_TEST
 
@@ -4606,7 +5038,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_msg(a->since == 1234.5, "since %.17g", a->since);
 
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOINING);
 	ck_assert_uint_eq(mi.sessions, 0);
 	ck_assert_str_eq(mi.nick, "alice");
 	ck_assert_str_eq(mi.password, "pw");
@@ -4616,7 +5048,7 @@ START_TEST(test_persist_restore_sends_join)
 	ck_assert_uint_eq(mi.history, 0);
 	/* joining again by itself: worth keeping */
 	ck_assert_int_eq(mi.persistent, 1);
-	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
 	ck_assert_uint_eq(get_sessions(ACC, ROOM, &(struct slist){ 0 }), 0);
 	s = stats();
 	ck_assert_uint_eq(s.accounts, 1);
@@ -4892,7 +5324,7 @@ START_TEST(test_persist_restore_refused)
 	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
 	expect_event(&d, "rejoining", "remote-server-timeout");
 	mi = must_info(ACC, ROOM);
-	ck_assert_int_eq(mi.state, MM_JOINING);
+	ck_assert_int_eq(mi.state, MM_REJOIN_WAIT);
 	ck_assert_int_eq(mi.persistent, 1);
 	rejoin_due(ACC, ROOM);
 	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
@@ -5063,7 +5495,7 @@ START_TEST(test_persist_membership_info)
 	/* joining again by itself (333, 332): still worth keeping */
 	join(ACC, R1, ROOM, "alice", "j2", NULL);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
 	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
@@ -5254,6 +5686,471 @@ START_TEST(test_events_null_for_traffic)
 }
 END_TEST
 
+/* ==== the membership lifecycle ============================================ */
+
+/* The table in minimix.h, cell by cell: what mm_transition() must answer. */
+START_TEST(test_lifecycle_table)
+{
+#define R MM_REFUSED
+#define N MM_NONE
+#define JG MM_JOINING
+#define JD MM_JOINED
+#define LV MM_LEAVING
+#define LR MM_LEAVING_REJOIN
+#define RW MM_REJOIN_WAIT
+#define RJ MM_REJOINING
+	static const int want[MM_MSTATE_COUNT + 1][MM_EV_COUNT] = {
+		/*           JOIN RESTORE LAST ACCT SELF ERR ERR_T OUT SHUT TECH FELL TIME */
+		/* NONE */ { JG,  RJ,     R,   R,   R,   R,  R,    R,  R,   R,   R,   R  },
+		/* JG */   { JG,  R,      LV,  LV,  JD,  N,  N,    N,  RW,  RJ,  R,   N  },
+		/* JD */   { JD,  R,      LV,  LV,  JD,  R,  R,    N,  RW,  RJ,  RJ,  R  },
+		/* LV */   { LR,  R,      R,   R,   R,   N,  N,    N,  N,   N,   R,   N  },
+		/* LR */   { LR,  R,      LV,  LV,  R,   JG, JG,   JG, JG,  JG,  R,   JG },
+		/* RW */   { RJ,  R,      N,   N,   JD,  R,  R,    N,  RW,  RJ,  R,   RJ },
+		/* RJ */   { RJ,  R,      LV,  LV,  JD,  N,  RW,   N,  RW,  RJ,  R,   RW },
+	};
+#undef R
+#undef N
+#undef JG
+#undef JD
+#undef LV
+#undef LR
+#undef RW
+#undef RJ
+	int state, ev;
+
+	for (state = MM_NONE; state < MM_MSTATE_COUNT; state++)
+		for (ev = 0; ev < MM_EV_COUNT; ev++)
+			ck_assert_msg(mm_transition(state, ev) == want[state + 1][ev],
+					"%s x %s: %d, want %d", mm_mstate_name(state),
+					mm_mevent_name(ev), mm_transition(state, ev),
+					want[state + 1][ev]);
+	/* out of range: refused, never a crash */
+	ck_assert_int_eq(mm_transition(MM_MSTATE_COUNT, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(-3, MM_EV_JOIN), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, MM_EV_COUNT), MM_REFUSED);
+	ck_assert_int_eq(mm_transition(MM_JOINED, -1), MM_REFUSED);
+	ck_assert_str_eq(mm_mstate_name(MM_NONE), "none");
+	ck_assert_str_eq(mm_mstate_name(MM_REJOIN_WAIT), "rejoin-wait");
+	ck_assert_str_eq(mm_mstate_name(MM_MSTATE_COUNT), "?");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_LAST_LEAVE), "last-leave");
+	ck_assert_str_eq(mm_mevent_name(MM_EV_COUNT), "?");
+}
+END_TEST
+
+/* The observed transitions since the mark, as "from-event->to" strings. */
+static void expect_transitions(size_t mark, const char *const *want, size_t n)
+{
+	size_t i;
+
+	ck_assert_msg(nseen - mark == n, "%zu transitions, want %zu",
+			nseen - mark, n);
+	for (i = 0; i < n; i++) {
+		char got[96];
+		snprintf(got, sizeof got, "%s-%s->%s", mm_mstate_name(obs[mark + i].from),
+				mm_mevent_name(obs[mark + i].event),
+				mm_mstate_name(obs[mark + i].to));
+		ck_assert_str_eq(got, want[i]);
+	}
+}
+
+/* A membership's life goes through the table, one transition per step. */
+START_TEST(test_lifecycle_walk)
+{
+	size_t mark = nseen;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	rejoin_due(ACC, ROOM);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	self_pres(ACC, ROOM, "alice", 0, "j2", P_SELF);
+	session_leave(ACC, R2, ROOM, "l2");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j3", NULL);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	join_error(ACC, ROOM, "x", "forbidden");
+	expect_transitions(mark, (const char *const[]){
+		"none-join->joining", "joining-self->joined",
+		"joined-shutdown->rejoin-wait", "rejoin-wait-timeout->rejoining",
+		"rejoining-error-transient->rejoin-wait",
+		"rejoin-wait-join->rejoining", "rejoining-self->joined",
+		"joined-last-leave->leaving", "leaving-join->leaving-rejoin",
+		"leaving-rejoin-out->joining", "joining-error->none" }, 11);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* Events without a transition change nothing and send nothing. */
+START_TEST(test_lifecycle_refused)
+{
+	mm_presence p;
+	size_t mark;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	mark = nseen;
+	/* JOINED x ERROR: an error nobody asked for is dropped */
+	join_error(ACC, ROOM, NULL, "forbidden");
+	expect_n(&d, 1, 0);
+	/* JOINED x RESTORE: never joined twice */
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expect_not_handled(&d);
+	/* JOINED x TIMEOUT: nothing waits */
+	rejoin_due(ACC, ROOM);
+	expect_not_handled(&d);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+
+	/* REJOIN_WAIT x ERROR_TRANSIENT: the wait is not doubled or repeated */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+	mark = nseen;
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(nseen, mark);
+
+	/* LEAVING x SELF (a join in flight answered first), x ACCOUNT_LEAVE */
+	rejoin_due(ACC, ROOM);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	mark = nseen;
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	expect_n(&d, 1, 0);
+	ck_assert_ptr_null(d.event);
+	ck_assert_uint_eq(nseen, mark);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	p = presence(MM_PRES_UNAVAILABLE, MM_STATUS_110, NULL, NULL);
+	room_pres(ACC, ROOM, "alice", &p);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/*
+ * LEAVING_REJOIN x ACCOUNT_LEAVE -> LEAVING: a session waiting to join again
+ * leaves with the account (it used to be joined again once the room let
+ * the account out).
+ */
+START_TEST(test_lifecycle_account_leave_while_leaving_rejoin)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING_REJOIN);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	ck_assert_pstr_eq(expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM)->resource, R2);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	expect_one(&d, MM_OP_DELIVER, R1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* LEAVING x ERROR -> NONE: the leaving session still learns it is out. */
+START_TEST(test_lifecycle_leave_error_reflects)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join_error(ACC, ROOM, NULL, "forbidden");
+	a = expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_pstr_eq(a->resource, R1);
+	ck_assert_pstr_eq(d.event, "left");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* ==== deadlines: every waiting state ends ================================== */
+
+#define T0 5000.0
+
+/* Actions of one op in the (whole) decision. */
+static const mm_action *tick_action(mm_op op, const char *resource)
+{
+	return find_action(&d, op, resource);
+}
+
+/* A join the room never answers fails after join_timeout, with
+ * remote-server-timeout to each session that asked; the membership is
+ * freed and no longer counts against max_rooms. */
+START_TEST(test_timeout_join_unanswered)
+{
+	mm_limits l;
+	const mm_action *a;
+
+	memset(&l, 0, sizeof l);
+	l.max_rooms = 1;
+	reset_state(&l);
+	expire(T0);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0 + 30);
+	join(ACC, R2, ROOM, "ally", "j2", NULL); /* does not restart the wait */
+	ck_assert_int_eq(mm_session_join(st, ACC, R1, ROOM2, "alice", "k1", NULL,
+			&d), MM_EROOMLIMIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_uint_eq(count_op(&d, MM_OP_JOIN_ERROR, NULL), 2);
+	a = tick_action(MM_OP_JOIN_ERROR, R1);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->room, ROOM);
+	ck_assert_pstr_eq(a->id, "j1");
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->condition, "remote-server-timeout");
+	ck_assert_pstr_eq(a->error_type, "wait");
+	a = tick_action(MM_OP_JOIN_ERROR, R2);
+	ck_assert_pstr_eq(a->id, "j2");
+	ck_assert_pstr_eq(a->nick, "ally");
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "removed");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+	expect_empty_state();
+	ck_assert_uint_eq(mm_take_dirty(st, 2, NULL, NULL), 1);
+	/* the room limit counts it no more */
+	join(ACC, R1, ROOM2, "alice", "k1", NULL);
+	expect_one(&d, MM_OP_SEND_JOIN, NULL);
+	/* a late answer finds nothing */
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	expect_not_handled(&d);
+}
+END_TEST
+
+/* An answered join has no deadline; nor has a joined membership. */
+START_TEST(test_timeout_join_answered)
+{
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	expire(T0 + 100000);
+	expect_n(&d, 1, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
+/* A leave the room never answers completes: the leaving session gets its
+ * unavailable self-presence, the membership ends ("left"). */
+START_TEST(test_timeout_leave_unanswered)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REFLECT_LEAVE, R1);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(tick_action(MM_OP_EVENT, NULL)->event, "left");
+	expect_empty_state();
+}
+END_TEST
+
+/* LEAVING_REJOIN -TIMEOUT-> JOINING: the leaver is out, the waiter's join
+ * goes out. */
+START_TEST(test_timeout_leaving_rejoin)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	session_leave(ACC, R1, ROOM, "l1");
+	join(ACC, R2, ROOM, "ally", "j2", "pw");
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_ptr_nonnull(tick_action(MM_OP_REFLECT_LEAVE, R1));
+	a = tick_action(MM_OP_SEND_JOIN, NULL);
+	ck_assert_pstr_eq(a->nick, "ally");
+	ck_assert_pstr_eq(a->password, "pw");
+	ck_assert_int_eq(a->from_request, 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	ck_assert_str_eq(must_info(ACC, ROOM).nick, "ally");
+	/* a new wait: it times out in turn */
+	expire(T0 + 2 * MM_DEFAULT_JOIN_TIMEOUT);
+	ck_assert_pstr_eq(tick_action(MM_OP_JOIN_ERROR, R2)->id, "j2");
+	expect_empty_state();
+}
+END_TEST
+
+/* An automatic re-join the room never answers waits and is tried again,
+ * as after a transient error; the membership stays. */
+START_TEST(test_timeout_rejoining_retries)
+{
+	const mm_action *a;
+
+	expire(T0);
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0,
+			&d), MM_OK);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	a = tick_action(MM_OP_REJOIN_LATER, NULL);
+	ck_assert_uint_eq(a->delay, 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = tick_action(MM_OP_EVENT, NULL);
+	ck_assert_pstr_eq(a->event, "rejoining");
+	ck_assert_pstr_eq(a->reason, "remote-server-timeout");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT + 2 * MM_DEFAULT_REJOIN_DELAY);
+	a = expect_only(&d, MM_OP_SEND_JOIN, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).persistent, 1);
+}
+END_TEST
+
+/* A wait entered before the first tick counts from the first tick. */
+START_TEST(test_timeout_before_first_tick)
+{
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	expire(T0);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT - 1);
+	expect_n(&d, 1, 0);
+	expire(T0 + MM_DEFAULT_JOIN_TIMEOUT);
+	expect_one(&d, MM_OP_JOIN_ERROR, R1);
+}
+END_TEST
+
+/* mm_ping_later: the host's joined rooms get a self-ping when it is due,
+ * once; other hosts' rooms do not. */
+START_TEST(test_timeout_ping_later)
+{
+	const mm_action *a;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "r@elsewhere.example", "alice");
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 5), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 9), MM_OK);
+	ck_assert_int_eq(mm_ping_later(st, "", 5), MM_EINVAL);
+	expire(T0 + 4);
+	expect_n(&d, 1, 0);
+	expire(T0 + 5);
+	a = expect_only(&d, MM_OP_SEND_PING, ROOM);
+	ck_assert_pstr_eq(a->account, ACC);
+	ck_assert_uint_eq(stats().iqs, 1);
+	expire(T0 + 10);
+	expect_n(&d, 1, 0);
+}
+END_TEST
+
+/* mm_ping_later: links to many domains falling at once cannot grow the
+ * state: past MM_MAX_PING_HOSTS waiting hosts an ask is dropped, and the
+ * hosts already waiting still get their pings. */
+START_TEST(test_timeout_ping_later_bounded)
+{
+	char host[64];
+	size_t i;
+
+	expire(T0);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, "r@late.example", "alice");
+	ck_assert_int_eq(mm_ping_later(st, "conference.example.org", 5), MM_OK);
+	for (i = 1; i < MM_MAX_PING_HOSTS; i++) {
+		snprintf(host, sizeof host, "d%zu.example", i);
+		ck_assert_int_eq(mm_ping_later(st, host, 5), MM_OK);
+	}
+	ck_assert_int_eq(mm_ping_later(st, "late.example", 5), MM_OK);
+	expire(T0 + 5);
+	expect_only(&d, MM_OP_SEND_PING, ROOM);
+	/* the waits were taken: there is room for new asks again */
+	ck_assert_int_eq(mm_ping_later(st, "late.example", 1), MM_OK);
+	expire(T0 + 6);
+	expect_only(&d, MM_OP_SEND_PING, "r@late.example");
+}
+END_TEST
+
+/* ==== sessions whose client is away (stream management hibernation) ========= */
+
+/*
+ * The laptop hibernates; the phone, the last connected session, leaves: the
+ * account leaves, and the laptop gets its unavailable self-presence now
+ * (delivered when it resumes) and is detached: no ghost.
+ */
+START_TEST(test_unreachable_last_connected_leave)
+{
+	const mm_action *a;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_one(&d, MM_OP_SEND_AS_ACCOUNT, NULL);
+	a = expect_one(&d, MM_OP_REFLECT_LEAVE, R2);
+	ck_assert_ptr_null(a->id);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REFLECT_LEAVE, R1), 0);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 1);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	expect_empty_state();
+}
+END_TEST
+
+/* A session that came back holds the account in again; a session that
+ * merely dropped (gone, no hibernation) never counted. */
+START_TEST(test_unreachable_resumed_counts)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R2, 1), MM_OK);
+	session_leave(ACC, R1, ROOM, "l1");
+	expect_only(&d, MM_OP_REFLECT_LEAVE, ROOM);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+	/* unknown sessions and accounts change nothing */
+	ck_assert_int_eq(mm_session_reachable(st, ACC2, R2, 0), MM_OK);
+	ck_assert_int_eq(mm_session_reachable(st, ACC, "", 0), MM_EINVAL);
+	ck_assert_int_eq(mm_session_reachable(st, NULL, R1, 0), MM_EINVAL);
+}
+END_TEST
+
+/* The last session dropped without a leave: the account stays, as ever. */
+START_TEST(test_unreachable_no_leave_keeps_account)
+{
+	joined_room(ACC, R1, ROOM, "alice");
+	ck_assert_int_eq(mm_session_reachable(st, ACC, R1, 0), MM_OK);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "m1", P_BODY);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+}
+END_TEST
+
+/* ==== a later session gets its own news only ================================ */
+
+/* The cached self-presence carried 201 (room created) and 210 for the
+ * first session: a later session's replay drops both (and gets 210 of its
+ * own when its nick differs); the other codes stay. */
+START_TEST(test_later_session_own_news)
+{
+	const mm_action *a;
+
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	self_pres(ACC, ROOM, "alice", MM_STATUS_201 | MM_STATUS_210, "j1", P_SELF);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R2);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, 0);
+	join(ACC, R3, ROOM, "ally", "j3", NULL);
+	a = expect_one(&d, MM_OP_REPLAY, R3);
+	ck_assert_uint_eq(a->drop_codes, MM_CODE_201 | MM_CODE_210);
+	ck_assert_uint_eq(a->add_codes, MM_CODE_210);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -5356,7 +6253,7 @@ START_TEST(test_ping_fell_out_rejoins)
 	ck_assert_int_eq(a->from_request, 0);
 	ck_assert(a->since > 0);
 	ck_assert_pstr_eq(d.event, "rejoining");
-	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINING);
+	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
 	ck_assert_uint_eq(stats().iqs, 0);
 }
 END_TEST
@@ -5392,7 +6289,7 @@ START_TEST(test_ping_other_answers_and_expiry)
 
 	ck_assert_int_eq(mm_ping_due(st, NULL, 200, &d), MM_OK);
 	expect_n(&d, 1, 1);
-	ck_assert_int_eq(mm_expire(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 200 + MM_DEFAULT_IQ_TIMEOUT, &d), MM_OK);
 	expect_n(&d, 1, 0); /* no session asked: nobody hears of it */
 	ck_assert_uint_eq(stats().iqs, 0);
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
@@ -5416,8 +6313,13 @@ START_TEST(test_jid_normalize_spellings)
 	/* one room, several spellings */
 	ck_assert_pstr_eq(norm("Room@Conference.Example.ORG"), "room@conference.example.org");
 	ck_assert_pstr_eq(norm("room@conference.example.org."), "room@conference.example.org");
-	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nameprep: an A-label stays as it is */
+	ck_assert_pstr_eq(norm("room@xn--bcher-kva.example"), "room@xn--bcher-kva.example");
 	ck_assert_pstr_eq(norm("room@B\xc3\x9c" "CHER.example"), "room@b\xc3\xbc" "cher.example");
+	/* as Prosody's nodeprep: NFKC and case folding, not ASCII only */
+	ck_assert_pstr_eq(norm("\xc3\x84rger@muc.example"), "\xc3\xa4rger@muc.example");
+	ck_assert_pstr_eq(norm("\xef\xbc\xa1\xef\xbc\xa2@muc.example"), "ab@muc.example");
+	ck_assert_pstr_eq(norm("stra\xc3\x9f" "e@muc.example"), "strasse@muc.example");
 	/* resources are kept as they are */
 	ck_assert_pstr_eq(norm("room@muc.example/Nick Name"), "room@muc.example/Nick Name");
 	ck_assert_pstr_eq(norm("muc.example"), "muc.example");
@@ -5438,6 +6340,12 @@ START_TEST(test_jid_normalize_malformed)
 	ck_assert_ptr_null(norm("room@mu c.example"));
 	ck_assert_ptr_null(norm("room@muc\x01.example"));
 	ck_assert_ptr_null(norm("room@\xc3(.example")); /* broken UTF-8 */
+	/* IP literals are addresses */
+	ck_assert_ptr_null(norm("room@1.2.3.999"));
+	ck_assert_ptr_null(norm("room@1.2.3"));
+	ck_assert_ptr_null(norm("room@[zz]"));
+	ck_assert_ptr_null(norm("room@[::1"));
+	ck_assert_pstr_eq(norm("room@[2001:DB8::1]"), "room@[2001:db8::1]");
 	memset(big, 'a', sizeof big - 1);
 	big[sizeof big - 1] = '\0';
 	big[1030] = '@';
@@ -5512,25 +6420,22 @@ START_TEST(test_account_leave_while_out)
 }
 END_TEST
 
-/* §7.2.6: a later device must give the password the account joined with. */
+/* The account is the occupant: a later device joins a password-protected
+ * room the account is in without the password (or with another one); the
+ * account keeps the password it joined with for its automatic re-joins. */
 START_TEST(test_join_password_later_session)
 {
-	mm_err e;
 	populate_pw();
-	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", NULL, &d);
-	ck_assert_int_eq(e, MM_EPASSWORD);
-	expect_n(&d, 0, 0);
-	e = mm_session_join(st, ACC, R3, ROOM, "alice", "j3", "wrong", &d);
-	ck_assert_int_eq(e, MM_EPASSWORD);
-	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 2);
-	{
-		const char *type;
-		ck_assert_str_eq(mm_errcondition(MM_EPASSWORD, &type), "not-authorized");
-		ck_assert_str_eq(type, "auth");
-	}
-	join(ACC, R3, ROOM, "alice", "j3", "pw");
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 3);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SEND_JOIN, NULL), 0);
+	session_leave(ACC, R3, ROOM, "l3");
+	join(ACC, R3, ROOM, "alice", "j3", "wrong");
 	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 3);
 	ck_assert_uint_eq(must_info(ACC, ROOM).sessions, 3);
+	ck_assert_str_eq(must_info(ACC, ROOM).password, "pw");
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SEND_JOIN, NULL)->password, "pw");
 }
 END_TEST
 
@@ -5681,10 +6586,17 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_rejoin_sessions_during_wait);
 	tcase_add_test(tc, test_rejoin_last_leave_while_waiting);
 
+	tc = tcase(s, "bytes", setup_default);
+	tcase_add_test(tc, test_bytes_membership);
+	tcase_add_test(tc, test_bytes_account);
+	tcase_add_test(tc, test_bytes_state);
+
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);
 	tcase_add_test(tc, test_history_default);
 	tcase_add_test(tc, test_history_maxstanzas);
+	tcase_add_test(tc, test_history_client_numbers);
+	tcase_add_test(tc, test_limits_set_in_use);
 	tcase_add_test(tc, test_history_maxchars);
 	tcase_add_test(tc, test_history_seconds);
 	tcase_add_test(tc, test_history_since);
@@ -5705,6 +6617,31 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_persist_dirty_levels);
 	tcase_add_test(tc, test_persist_membership_info);
 	tcase_add_test(tc, test_persist_last_id_is_stanza_id);
+
+	tc = tcase(s, "lifecycle", setup_default);
+	tcase_add_test(tc, test_lifecycle_table);
+	tcase_add_test(tc, test_lifecycle_walk);
+	tcase_add_test(tc, test_lifecycle_refused);
+	tcase_add_test(tc, test_lifecycle_account_leave_while_leaving_rejoin);
+	tcase_add_test(tc, test_lifecycle_leave_error_reflects);
+
+	tc = tcase(s, "deadlines", setup_default);
+	tcase_add_test(tc, test_timeout_join_unanswered);
+	tcase_add_test(tc, test_timeout_join_answered);
+	tcase_add_test(tc, test_timeout_leave_unanswered);
+	tcase_add_test(tc, test_timeout_leaving_rejoin);
+	tcase_add_test(tc, test_timeout_rejoining_retries);
+	tcase_add_test(tc, test_timeout_before_first_tick);
+	tcase_add_test(tc, test_timeout_ping_later);
+	tcase_add_test(tc, test_timeout_ping_later_bounded);
+
+	tc = tcase(s, "unreachable", setup_default);
+	tcase_add_test(tc, test_unreachable_last_connected_leave);
+	tcase_add_test(tc, test_unreachable_resumed_counts);
+	tcase_add_test(tc, test_unreachable_no_leave_keeps_account);
+
+	tc = tcase(s, "own news", setup_default);
+	tcase_add_test(tc, test_later_session_own_news);
 
 	tc = tcase(s, "events", setup_default);
 	tcase_add_test(tc, test_events_joined_left);

@@ -2,9 +2,12 @@
 """Run every test suite of mod_minimix and sum them up.
 
 Suites: the Check unit tests of the core (plain, under valgrind, and under
-ASan+UBSan), a short libFuzzer run of the core, the busted specs (also under valgrind) of the binding and the shim, and the end-to-end tests against a
-real Prosody (the foundation and semantics ones also with Prosody and the
-module under valgrind).  Each suite's own output is shown as it runs; the last line is
+ASan+UBSan), a short libFuzzer run of the core, the busted specs (also under
+valgrind) of the binding and the shim, and the end-to-end tests against a
+real Prosody, all of them on Prosody 0.12 (the system's) and on Prosody 13.0
+(tools/prosody13.sh), the foundation and semantics ones also with Prosody
+0.12 and the module under valgrind.  Arguments pick suites by a part of
+their name, e.g. `run_suites.py unit spec` or `run_suites.py "Prosody 13"`.  Each suite's own output is shown as it runs; the last line is
 "N passed, N failed" over all suites.  Exit status 1 on any failure, and
 also when a suite could not run or ran no test.
 """
@@ -75,13 +78,16 @@ SUITES = [
      ["valgrind", "-q", "--keep-debuginfo=yes", "--suppressions=test/valgrind.supp",
       "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
       "--error-exitcode=99", "lua5.4", "/usr/bin/busted"], {}, busted_counts),
-    ("end-to-end under valgrind (foundation and semantics, Prosody in memcheck)",
+    ("end-to-end under valgrind (foundation and semantics, Prosody 0.12 in memcheck)",
      [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
       "test/e2e/test_foundation.py", "test/e2e/test_semantics.py"],
-     {"MINIMIX_E2E_VALGRIND": "1"}, pytest_counts),
-    ("end-to-end (pytest, real Prosody)",
-     [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "test/e2e"], {},
-     pytest_counts),
+     {"MINIMIX_E2E_VALGRIND": "1", "MINIMIX_PROSODY": "12"}, pytest_counts),
+    ("end-to-end on Prosody 0.12 (pytest, the system's Prosody)",
+     [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "test/e2e"],
+     {"MINIMIX_PROSODY": "12"}, pytest_counts),
+    ("end-to-end on Prosody 13.0 (pytest, Debian's backport unpacked by tools/prosody13.sh)",
+     [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "test/e2e"],
+     {"MINIMIX_PROSODY": "13"}, pytest_counts),
 ]
 
 

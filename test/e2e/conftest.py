@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from .prosody_env import ProsodyEnv, CHECKOUT
+from .prosody_env import ProsodyEnv, CHECKOUT, PROSODY, PROSODY_VERSION
 from .storages import STORAGES, PostgresServer, lua_module_missing
 from .world import USERS
 
@@ -36,7 +36,8 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_report_header(config):
     mode = "plain MUC (MINIMIX_E2E_PLAIN)" if PLAIN else "mod_minimix from " + PLUGIN_DIR
-    return "minimix e2e: " + mode
+    return "minimix e2e: %s; Prosody %s (%s)" % (
+        mode, "0.12" if PROSODY_VERSION == 12 else PROSODY_VERSION, PROSODY)
 
 
 def without_allowed(lines, patterns):
@@ -57,10 +58,11 @@ def without_allowed(lines, patterns):
 
 @pytest.fixture
 def prosody_factory(request):
-    """make(**ProsodyEnv options) -> a started ProsodyEnv with the users."""
+    """make(**ProsodyEnv options) -> a started ProsodyEnv with the users
+    (start=False: configured, not started)."""
     envs = []
 
-    def make(**kw):
+    def make(start=True, **kw):
         kw.setdefault("minimix", not PLAIN)
         kw.setdefault("plugin_paths", [PLUGIN_DIR])
         kw.setdefault("spy", True)
@@ -69,7 +71,8 @@ def prosody_factory(request):
         for user, password in USERS.items():
             env.add_user(user, password, env.domain)
             env.add_user(user, password, env.plain_domain)
-        env.start()
+        if start:
+            env.start()
         return env
 
     yield make

@@ -1,4 +1,4 @@
-"""A throw-away Prosody 0.12 instance for end-to-end tests.
+"""A throw-away Prosody (0.12 or 13.0) instance for end-to-end tests.
 
     env = ProsodyEnv(minimix=True)       # or minimix=False: plain MUC
     env.add_user("alice", "secret")
@@ -14,13 +14,17 @@ checkout is put first on LUA_CPATH so that `require "minimix"` finds
 ./minimix.so when the shim loads the core that way.
 
 Environment:
+  MINIMIX_PROSODY=13      run Prosody 13.0, unpacked in <checkout>/.prosody13
+                          by tools/prosody13.sh (default: 0.12, the system's
+                          /usr/bin/prosody); PROSODY_VERSION says which runs
   MINIMIX_E2E_DEBUG=1     log at debug level (the log is in env.log_path)
   MINIMIX_E2E_KEEP=1      keep the temp dir after the test (path is printed)
-  PROSODY=/path/prosody   the prosody executable (default /usr/bin/prosody)
-  PROSODYCTL=/path/prosodyctl  for shell() (default /usr/bin/prosodyctl)
+  PROSODY=/path/prosody   the prosody executable (default: by MINIMIX_PROSODY)
+  PROSODYCTL=/path/prosodyctl  for shell() (default: by MINIMIX_PROSODY)
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,8 +33,45 @@ import tempfile
 import time
 
 CHECKOUT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PROSODY = os.environ.get("PROSODY", "/usr/bin/prosody")
-PROSODYCTL = os.environ.get("PROSODYCTL", "/usr/bin/prosodyctl")
+
+# The Prosody under test: the system's 0.12, or 13.0 from tools/prosody13.sh.
+PROSODY13_DIR = os.path.join(CHECKOUT, ".prosody13")
+_VERSIONS = {
+    "12": ("/usr/bin/prosody", "/usr/bin/prosodyctl"),
+    "13": (os.path.join(PROSODY13_DIR, "bin", "prosody"),
+           os.path.join(PROSODY13_DIR, "bin", "prosodyctl")),
+}
+_wanted = os.environ.get("MINIMIX_PROSODY", "") or "12"
+_wanted = {"0.12": "12", "13.0": "13"}.get(_wanted, _wanted)
+if _wanted not in _VERSIONS:
+    raise RuntimeError("MINIMIX_PROSODY must be 12 or 13, not %r"
+                       % os.environ.get("MINIMIX_PROSODY"))
+PROSODY = os.environ.get("PROSODY") or _VERSIONS[_wanted][0]
+PROSODYCTL = os.environ.get("PROSODYCTL") or _VERSIONS[_wanted][1]
+if _wanted == "13" and not os.path.exists(PROSODY):
+    raise RuntimeError("MINIMIX_PROSODY=13: %s is missing; run 'sh tools/prosody13.sh'"
+                       % PROSODY)
+
+
+def _major():
+    """12 or 13: the version of PROSODY, read from the prosody.version of its
+    CFG_SOURCEDIR (0.12.x counts as 12); MINIMIX_PROSODY when unreadable."""
+    try:
+        with open(PROSODY, errors="replace") as f:
+            m = re.search(r"^CFG_SOURCEDIR\s*=\s*'([^']*)'", f.read(4096), re.M)
+        with open(os.path.join(m.group(1), "prosody.version")) as f:
+            first = f.read().strip().split(".")[0]
+    except (OSError, AttributeError):
+        return int(_wanted)
+    return 12 if first == "0" else int(first) if first.isdigit() else int(_wanted)
+
+
+# 12 (0.12) or 13: what tests of version-dependent behaviour ask.
+PROSODY_VERSION = _major()
+# Demo/test accounts: user -> password.  Each exists on both VirtualHosts:
+# "localhost" (mod_minimix) and "plain.localhost" (never mod_minimix).
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+
 # Storage setups (ProsodyEnv(storage=...)).
 STORAGES = ("internal", "sqlite", "postgres")
 DOMAIN = "localhost"
@@ -272,6 +313,11 @@ class ProsodyEnv:
         muc = {
             "restrict_room_creation": False,
             "muc_room_default_history_length": self.muc_history_length,
+            # Prosody 13 gives the users of a host other than the MUC's
+            # parent ("plain.localhost") the role prosody:guest on the MUC,
+            # which may not make a room persistent; as on 0.12, they may.
+            # (0.12 has no roles and ignores the option.)
+            "server_user_role": "prosody:registered",
         }
         if self.spy:
             muc["modules_enabled"] = ["e2e_spy"]
@@ -453,17 +499,29 @@ class ProsodyEnv:
             self._stdout = None
         return rc
 
-    def shell(self, command, timeout=20):
-        """Run one admin shell command (needs admin_shell=True) with
-        `prosodyctl shell`; returns its output.  Fails on a non-zero exit."""
-        if not self.admin_shell:
-            raise ProsodyError("shell() needs ProsodyEnv(admin_shell=True)")
-        cmd = [PROSODYCTL, "--config", self.config_path, "shell", command]
+    def prosodyctl(self, *args, timeout=120):
+        """Run `prosodyctl --config <this config> args...`; returns (exit
+        status, stdout and stderr)."""
+        cmd = [PROSODYCTL, "--config", self.config_path] + list(args)
         res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                              cwd=self.dir, env=self._env(), timeout=timeout)
-        out = res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
-        if res.returncode != 0:
-            raise ProsodyError("%s exited with %s:\n%s" % (" ".join(cmd), res.returncode, out))
+        return res.returncode, (res.stdout.decode(errors="replace")
+                                + res.stderr.decode(errors="replace"))
+
+    def shell(self, *command, timeout=20, check=True):
+        """Run one admin shell command (needs admin_shell=True) with
+        `prosodyctl shell`: one argument is a line of the shell; several
+        are Prosody 13's command form (`prosodyctl shell section command
+        args...`).  Returns its output; check: fail on a non-zero exit
+        (13: a command that failed), else return (exit status, output)."""
+        if not self.admin_shell:
+            raise ProsodyError("shell() needs ProsodyEnv(admin_shell=True)")
+        rc, out = self.prosodyctl("shell", *command, timeout=timeout)
+        if not check:
+            return rc, out
+        if rc != 0:
+            raise ProsodyError("prosodyctl shell %s exited with %s:\n%s"
+                               % (" ".join(command), rc, out))
         return out
 
     def restart(self, timeout=15):

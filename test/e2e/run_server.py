@@ -4,11 +4,14 @@
 Listens for clients on 127.0.0.1 (port 5222, or $MINIMIX_PORT, or --port),
 without TLS; MUC service conference.localhost; demo accounts alice, bob and
 carol on localhost (mod_minimix) and on plain.localhost (no module), with
-the passwords printed at start.  Configuration, data and log live in
-<checkout>/.run/ and survive restarts.  Runs in the foreground until Ctrl-C.
+the passwords printed at start.  New rooms are usable at once (Prosody's
+muc_room_locking is off: no configuration form to submit first).
+Configuration, data and log live in <checkout>/.run/ and survive restarts.
+Runs in the foreground until Ctrl-C.
 
     make run                        # or: /usr/bin/python3 test/e2e/run_server.py
     MINIMIX_PORT=5299 make run
+    MINIMIX_PROSODY=13 make run     # on Prosody 13.0 (tools/prosody13.sh)
     /usr/bin/python3 test/e2e/run_server.py --plain    # plain MUC, no module
     /usr/bin/python3 test/e2e/run_server.py --debug    # debug log
 """
@@ -20,8 +23,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from e2e.prosody_env import ProsodyEnv, CHECKOUT  # noqa: E402
-from e2e.world import USERS  # noqa: E402
+# The harness alone (no XMPP client library): the demo needs only Prosody.
+from e2e.prosody_env import ProsodyEnv, CHECKOUT, PROSODY, PROSODY_VERSION, USERS  # noqa: E402
 
 
 def main(argv=None):
@@ -45,19 +48,26 @@ def main(argv=None):
             sys.exit("run_server: %s missing in %s; run 'make' first (or use --plain)"
                      % (", ".join(missing), CHECKOUT))
 
+    # Rooms are open as soon as they are made: Prosody otherwise locks a new
+    # room until its owner submits the configuration form (XEP-0045 10.1),
+    # which a first-time user's client may not offer.
     env = ProsodyEnv(minimix=not args.plain, port=args.port, workdir=args.dir,
                      debug=args.debug, console_log=True,
-                     smacks_hibernation_time=args.hibernation)
+                     smacks_hibernation_time=args.hibernation,
+                     muc_options={"muc_room_locking": False})
     for user, password in USERS.items():
         env.add_user(user, password, env.domain)
         env.add_user(user, password, env.plain_domain)
 
-    print("Prosody %s mod_minimix from %s" % ("WITHOUT" if args.plain else "with", CHECKOUT))
+    print("Prosody %s (%s) %s mod_minimix from %s" % (
+        "0.12" if PROSODY_VERSION == 12 else PROSODY_VERSION, PROSODY,
+        "WITHOUT" if args.plain else "with", CHECKOUT))
     print("  clients:   127.0.0.1:%d  (no TLS: allow plaintext authentication)" % env.port)
     print("  accounts:  " + ", ".join("%s@%s / %s" % (u, env.domain, p)
                                       for u, p in USERS.items()))
     print("             (the same on %s, a host without the module)" % env.plain_domain)
-    print("  MUC:       %s  (any room, e.g. test@%s)" % (env.muc_domain, env.muc_domain))
+    print("  MUC:       %s  (any room, e.g. test@%s; new rooms are open at once)"
+          % (env.muc_domain, env.muc_domain))
     print("  config:    %s" % env.config_path)
     print("  log:       %s" % env.log_path)
     print("Ctrl-C to stop.", flush=True)

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from .clients import P, from_room, join_room, create_room, NS_DATA
+from .prosody_env import PROSODY_VERSION
 from .world import run
 
 ALICE = "alice@localhost"
@@ -760,3 +761,93 @@ def test_adhoc_commands_act_on_the_callers_account_only(prosody):
         rooms = await list_rooms(p)
         assert set(rooms) == {room} and rooms[room]["sessions"] == 1, rooms
     run(prosody, scenario)
+
+
+def test_bookmark_jids_are_prepared_as_the_router_prepares_them(prosody):
+    """RFC 7622 3.2/3.3 and the README's "one JID normalisation": a bookmark
+    names its room as the client wrote it (XEP-0402 item id), here
+    'Ärger@conference.localhost' and the full-width
+    'ｆｕｌｌ@ｃｏｎｆｅｒｅｎｃｅ.ｌｏｃａｌｈｏｓｔ'; the account's membership
+    is the room as Prosody's router prepares the JID (nodeprep, nameprep):
+    'ärger@…' and 'full@conference.localhost'.  So the room's answers find
+    it: each join completes (XEP-0045 7.2.3) and the list shows one joined
+    membership per room, and a session that joins the router-prepared JID
+    attaches to it, with no second join in the room."""
+    async def scenario(w):
+        bob = await w.connect("bob", "desk")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        cases = (("Ärger@conference.localhost", "ärger@conference.localhost"),
+                 ("ｆｕｌｌ@ｃｏｎｆｅｒｅｎｃｅ.ｌｏｃａｌｈｏｓｔ", "full@conference.localhost"))
+        for written, room in cases:
+            await create_room(bob, room, "bob", whois="anyone", subject="Prepared")
+            mb = bob.mark()
+            await publish_bookmark(p, written, True, nick="Ali")
+            await exactly_once(bob, joined_at(room, "Ali"), since=mb,
+                               what="alice entering %s by bookmark, at bob" % room)
+        for _ in range(50):
+            rooms = await list_rooms(p)
+            if all(rooms.get(room, {}).get("state") == "joined" for _, room in cases):
+                break
+            await w.quiet(0.2)
+        assert set(rooms) == {room for _, room in cases}, rooms
+        assert all(r["state"] == "joined" for r in rooms.values()), rooms
+
+        for _, room in cases:
+            mb, ml = bob.mark(), l.mark()
+            _, seq = await join_room(l, room, "Ali", id="prepared-join")
+            assert [s.id for s in seq if s.is_self_presence] == ["prepared-join"], \
+                l.transcript(ml)
+            await bob.assert_nothing(P(name="presence", frm=room + "/Ali"), since=mb,
+                                     what="a second join of alice in %s" % room)
+        rooms = await list_rooms(p)
+        assert set(rooms) == {room for _, room in cases}, rooms
+        assert all(r["sessions"] == 1 for r in rooms.values()), rooms
+    run(prosody, scenario)
+
+
+@pytest.mark.skipif(PROSODY_VERSION < 13, reason="roles and permissions are Prosody 13's; "
+                    "0.12 lets any local user run the commands")
+def test_adhoc_commands_follow_roles_on_prosody_13(prosody_factory):
+    """Prosody 13: each command is the permission adhoc:<node>, which every
+    local role has by default, so that the operator's role settings decide:
+    with remove_permissions = { ["prosody:guest"] = { "adhoc:urn:xmpp:
+    minimix#leave-all" } } (alice is prosody:registered, which inherits
+    from prosody:guest), alice's disco#items of the commands node lacks
+    #leave-all and running it is forbidden (XEP-0050 4.4), nothing leaves:
+    bob sees alice stay; #list still works and shows the room.  A role can
+    reach further than 0.12's "local user": carol@plain.localhost, listed in
+    `admins`, is prosody:admin on localhost too, yet the commands act only
+    on accounts of localhost, so hers are forbidden (XEP-0050 4.4)."""
+    env = prosody_factory(host_options={
+        "remove_permissions": {"prosody:guest": ["adhoc:" + LEAVE_ALL]}},
+        global_options={"admins": ["carol@plain.localhost"]})
+
+    async def scenario(w):
+        room = w.room("cmd-roles")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        p = await w.connect("alice", "phone")
+        mb = bob.mark()
+        await join_room(p, room, "alice")
+        await bob.wait_for(joined_at(room, "alice"), since=mb, what="alice entering, at bob")
+        mb = bob.mark()
+
+        m = p.mark()
+        id = p.iq("localhost", "get", "<query xmlns='http://jabber.org/protocol/disco#items' "
+                  "node='%s'/>" % NS_COMMANDS)
+        res = await p.wait_for(P(name="iq", id=id), since=m, what="the commands")
+        nodes = {i.get("node") for i in res.xml.iter("{http://jabber.org/protocol/disco#items}item")}
+        assert LIST in nodes and LEAVE in nodes and LEAVE_ALL not in nodes, res
+
+        res, out = await adhoc(p, LEAVE_ALL)
+        assert res.type == "error" and res.error == ("auth", "forbidden"), res
+        await bob.assert_nothing(P(frm=room + "/alice"), since=mb, what="alice leaving")
+        rooms = await list_rooms(p)
+        assert set(rooms) == {room} and rooms[room]["sessions"] == 1, rooms
+
+        remote = await w.connect("carol", "remote", host="plain.localhost")
+        for node in (LIST, LEAVE, LEAVE_ALL):
+            res, out = await adhoc(remote, node)
+            assert res.type == "error" and res.error == ("auth", "forbidden"), res
+    run(env, scenario)

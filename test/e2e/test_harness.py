@@ -1,9 +1,16 @@
 """Checks of the end-to-end harness itself (plain Prosody, no module)."""
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
 
 from .clients import P, join_room, create_room
-from .prosody_env import ProsodyEnv
+from .prosody_env import ProsodyEnv, CHECKOUT, DOMAIN, PLAIN_DOMAIN, MUC_DOMAIN, free_port
 from .world import World, USERS
 
 
@@ -67,3 +74,59 @@ def test_plain_muc_round_trip():
         asyncio.run(scenario())
     finally:
         env.cleanup()
+
+
+def test_demo_server_rooms_are_usable_at_once(tmp_path):
+    """`make run` (test/e2e/run_server.py): the demo server on a port of its
+    own, with the module and the demo accounts.  A room alice@localhost
+    makes by joining it, with no configuration form submitted (as a
+    first-time user's client does), is open at once: bob@plain.localhost
+    joins it right away (a locked room would answer item-not-found,
+    XEP-0045 7.2.3 / 10.1.1) and hears what alice says."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(CHECKOUT, "test", "e2e", "run_server.py"),
+         "--port", str(port), "--dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo server did not listen"
+                time.sleep(0.1)
+        users = {}
+        for u, pw in USERS.items():
+            users[(u, DOMAIN)] = users[(u, PLAIN_DOMAIN)] = pw
+        demo = types.SimpleNamespace(port=port, users=users, domain=DOMAIN,
+                                     muc_domain=MUC_DOMAIN)
+
+        async def scenario():
+            w = World(demo)
+            try:
+                room = w.room("demo-open")
+                alice = await w.connect("alice", "phone")
+                _, seq = await join_room(alice, room, "alice")
+                assert any(201 in s.codes for s in seq if s.is_self_presence), seq
+                bob = await w.connect("bob", "desk")
+                await join_room(bob, room, "bob")
+                m = bob.mark()
+                alice.groupchat(room, "open at once")
+                await bob.wait_for(P(name="message", body="open at once"), since=m)
+            finally:
+                await w.close()
+
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        proc.stdout.close()

@@ -13,6 +13,7 @@ effect on a room is checked from bob's side.
 """
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -24,13 +25,13 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from .clients import P, join_room, create_room
-from .prosody_env import CHECKOUT, free_port
+from .prosody_env import CHECKOUT, PROSODY13_DIR, PROSODY_VERSION, free_port
 from .world import run
 
 ALICE = "alice@localhost"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 
-# Prosody 0.12's OpenMetrics renders module:metric("counter", "deliveries")
+# Prosody's OpenMetrics (0.12 and 13) renders module:metric("counter", "deliveries")
 # of mod_minimix as prosody_mod_minimix__deliveries_total{host="localhost"}
 # ('/' in "prosody_mod_minimix/deliveries" becomes "__").
 METRIC = "prosody_mod_minimix__"
@@ -70,6 +71,13 @@ def loaded_libraries(env):
     """Paths of the shared objects mapped into the running Prosody."""
     with open("/proc/%d/maps" % env.proc.pid) as f:
         return {line.split()[-1] for line in f if line.rstrip().endswith(".so")}
+
+
+def from_checkout(libs):
+    """The libraries of the checkout among libs (not Prosody 13's own,
+    which tools/prosody13.sh unpacks inside the checkout)."""
+    return sorted(x for x in libs if x.startswith(CHECKOUT + os.sep)
+                  and not x.startswith(PROSODY13_DIR + os.sep))
 
 
 def same_file(a, b):
@@ -169,9 +177,10 @@ async def wait_log(w, env, count, what, tries=50):
     raise AssertionError("%s: localhost:minimix info lines:\n%s" % (what, "\n".join(lines)))
 
 
-async def shell(env, command):
+async def shell(env, *command, check=True):
     """`prosodyctl shell` (ProsodyEnv.shell) without blocking the clients."""
-    return await asyncio.get_running_loop().run_in_executor(None, env.shell, command)
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(env.shell, *command, check=check))
 
 
 def module_call(function, *args):
@@ -188,9 +197,9 @@ def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     <installer_plugin_path>` from a checkout installs
     share/lua/5.4/mod_minimix.lua, its room log library
     share/lua/5.4/mod_minimix/minimix_log.lua and lib/lua/5.4/minimix.so;
-    Prosody 0.12 with installer_plugin_path set to that tree and no plugin
-    path at the checkout finds the module, the module finds its libraries
-    in the tree; a two-session join then forks bob's message to both sessions
+    Prosody (0.12 and 13) with installer_plugin_path set to that tree and
+    no plugin path at the checkout finds the module, the module finds its
+    libraries in the tree; a two-session join then forks bob's message to both sessions
     (XEP-0045 7.4).  The build happens in a copy: the checkout's own build
     products are untouched."""
     assert not os.path.exists("/usr/lib/prosody/modules/mod_minimix.lua"), \
@@ -227,10 +236,59 @@ def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     libs = loaded_libraries(env)
     assert os.path.realpath(lib) in libs, "minimix.so of the tree is not loaded: %s" % sorted(
         x for x in libs if "minimix" in x)
-    assert not [x for x in libs if x.startswith(CHECKOUT)], sorted(libs)
+    assert not from_checkout(libs), from_checkout(libs)
 
     async def scenario(w):
         await fork_check(w, "installed-rock")
+    run(env, scenario)
+
+
+@needs_module
+def test_prosodyctl_install_of_a_binary_rock(prosody_factory, tmp_path):
+    """README, Installing (prosodyctl install): a binary rock built from a
+    checkout with `luarocks --lua-version=5.4 make --pack-binary-rock`,
+    installed with `prosodyctl --config <cfg> install <absolute path of the
+    .rock>` (prosodyctl changes to the data directory first, and the
+    rockspec's git+file://. source cannot be fetched, hence the packed
+    rock), lands in installer_plugin_path; Prosody (0.12 and 13) with no
+    plugin path at the checkout then loads the module and its library from
+    that tree, and a two-session join forks (XEP-0045 7.4).  Prosody 13.0.1
+    exits 0 even when LuaRocks failed, so the tree is checked, not only
+    the exit status."""
+    before = build_products()
+    src = copy_tracked_sources(str(tmp_path / "src"))
+    res = subprocess.run(["luarocks", "--lua-version=5.4", "make", "--pack-binary-rock",
+                          "mod_minimix-0.1.0-1.rockspec"], cwd=src, capture_output=True,
+                         timeout=300)
+    assert res.returncode == 0, "luarocks make --pack-binary-rock failed:\n%s%s" % (
+        res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace"))
+    rocks = [f for f in os.listdir(src) if f.startswith("mod_minimix-0.1.0-1.")
+             and f.endswith(".rock")]
+    assert len(rocks) == 1, os.listdir(src)
+    rock = os.path.join(src, rocks[0])
+    assert build_products() == before, "the checkout's build products changed"
+
+    tree = str(tmp_path / "tree")
+    env = prosody_factory(installer_plugin_path=tree, plugin_paths=[], spy=False,
+                          admin_shell=True, start=False)
+    rc, out = env.prosodyctl("install", rock)
+    lua = os.path.join(tree, "share", "lua", "5.4", "mod_minimix.lua")
+    lib = os.path.join(tree, "lib", "lua", "5.4", "minimix.so")
+    assert rc == 0 and os.path.isfile(lua) and os.path.isfile(lib), \
+        "prosodyctl install exited %s:\n%s" % (rc, out)
+    assert same_file(lua, os.path.join(CHECKOUT, "mod_minimix.lua"))
+    rc, out = env.prosodyctl("list")
+    assert "mod_minimix" in out, "prosodyctl list (exit %s):\n%s" % (rc, out)
+
+    env.start()
+    out = env.shell('> hosts["localhost"].modules.minimix.module.path')
+    assert lua in out, "mod_minimix was loaded from elsewhere: %s" % out
+    libs = loaded_libraries(env)
+    assert os.path.realpath(lib) in libs, sorted(x for x in libs if "minimix" in x)
+    assert not from_checkout(libs), from_checkout(libs)
+
+    async def scenario(w):
+        await fork_check(w, "prosodyctl-rock")
     run(env, scenario)
 
 
@@ -423,7 +481,7 @@ def test_log_one_info_line_per_account_event_none_per_message(prosody):
 def test_admin_shell_memberships_and_leave(prosody_factory):
     """mod_minimix.lua's shell functions, run with `prosodyctl --config <cfg>
     shell '> hosts["localhost"].modules.minimix.memberships("alice@localhost")'`
-    (Prosody 0.12: a line starting with '>' is Lua): memberships lists
+    (a line starting with '>' is Lua, on 0.12 and 13): memberships lists
     the account's room with nick and sessions; leave(account, room) makes
     the account exit (XEP-0045 7.14): bob sees alice leave, each joined
     session gets its unavailable self-presence (110); afterwards the list
@@ -469,4 +527,80 @@ def test_admin_shell_memberships_and_leave(prosody_factory):
         assert "The account is in no rooms." in out, out
         out = await shell(env, module_call("leave", ALICE, room))
         assert "%s is not in %s" % (ALICE, room) in out, out
+    run(env, scenario)
+
+
+@needs_module
+@pytest.mark.skipif(PROSODY_VERSION < 13, reason="Prosody 13's admin shell takes commands "
+                    "from modules; on 0.12 the module-table functions serve (test above)")
+def test_admin_shell_commands_on_prosody_13(prosody_factory):
+    """Prosody 13: mod_minimix adds the admin shell section "minimix"
+    (module:add_item("shell-command")), run as `prosodyctl shell minimix
+    <command> <args>`: `memberships <jid>` lists each room with nick,
+    sessions joined and their resources; `state <host>` counts accounts in
+    rooms, memberships, joined sessions and waiting IQs (as the state
+    gauges do); `leave <jid> <room>` makes the account exit (XEP-0045
+    7.14): bob sees alice leave, each joined session gets its unavailable
+    self-presence (110), the other room stays; then memberships and state
+    show one room less, and a second leave fails (non-zero exit) saying
+    the account is not in the room.  An account of another host, a JID
+    that is no room and a host without the module are refused; `help
+    minimix` lists the three commands."""
+    env = prosody_factory(admin_shell=True)
+
+    async def scenario(w):
+        room, room2 = w.room("shell13"), w.room("shell13-b")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        await create_room(bob, room2, "bob", whois="anyone")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        await join_room(p, room, "alice")
+        await join_room(l, room, "alice")
+        await join_room(p, room2, "ali")
+
+        out = await shell(env, "minimix", "memberships", ALICE)
+        assert re.search(r"^%s as alice \(joined\): 2 session\(s\) joined, \d+ message\(s\) "
+                         r"held for catch-up; sessions: laptop, phone$" % re.escape(room),
+                         out, re.M), out
+        assert re.search(r"^%s as ali \(joined\): 1 session\(s\) joined, .*; sessions: phone$"
+                         % re.escape(room2), out, re.M), out
+        assert "%s is in 2 room(s)" % ALICE in out, out
+        out = await shell(env, "minimix", "memberships", "carol@localhost")
+        assert "carol@localhost is in 0 room(s)" in out, out
+        out = await shell(env, "minimix", "state", "localhost")
+        assert "1 account(s) in rooms, 2 membership(s), 3 session(s) joined, 0 IQ(s)" in out, out
+
+        mb, mp, ml = bob.mark(), p.mark(), l.mark()
+        out = await shell(env, "minimix", "leave", ALICE, room)
+        assert "%s leaves %s" % (ALICE, room) in out, out
+        gone = await bob.wait_for(P(name="presence", frm=room + "/alice", type="unavailable"),
+                                  since=mb, what="alice leaving, at bob")
+        assert 110 not in gone.codes and gone.item.get("jid") == ALICE, gone
+        for c, m in ((p, mp), (l, ml)):
+            u = await c.wait_for(P(name="presence", frm=room + "/alice", type="unavailable",
+                                   codes={110}), since=m, what="unavailable at " + c.name)
+            assert u.to == c.jid, u
+        await w.quiet()
+        assert not bob.matching(P(name="presence", frm=room2 + "/ali"), since=mb), \
+            bob.transcript(mb)
+
+        out = await shell(env, "minimix", "memberships", ALICE)
+        assert room + " " not in out and "%s as ali" % room2 in out, out
+        assert "%s is in 1 room(s)" % ALICE in out, out
+        out = await shell(env, "minimix", "state", "localhost")
+        assert "1 account(s) in rooms, 1 membership(s), 1 session(s) joined" in out, out
+
+        rc, out = await shell(env, "minimix", "leave", ALICE, room, check=False)
+        assert rc != 0 and "%s is not in %s" % (ALICE, room) in out, (rc, out)
+        rc, out = await shell(env, "minimix", "leave", ALICE, room2 + "/ali", check=False)
+        assert rc != 0 and "Not a room JID" in out, (rc, out)
+        rc, out = await shell(env, "minimix", "memberships", "bob@plain.localhost", check=False)
+        assert rc != 0 and "not available on plain.localhost" in out, (rc, out)
+        rc, out = await shell(env, "minimix", "memberships", "localhost", check=False)
+        assert rc != 0 and "Not an account of localhost" in out, (rc, out)
+
+        out = await shell(env, "help minimix")
+        for usage in ("memberships <jid>", "leave <jid> <room>", "state <host>"):
+            assert "minimix " + usage in out, out
     run(env, scenario)

@@ -838,6 +838,21 @@ def test_offline_session_catches_up_on_its_next_join(prosody_factory):
 
         await bob.assert_nothing(P(name="presence", frm=room + "/alice"), since=mb,
                                  what="a presence of alice (sessions join from the cache)")
+
+        # The room stamped each message as it took it in, in its own
+        # precision (Prosody 13: fractions of a second), and only then sent
+        # it to the account: no catch-up stamp is older than the room's
+        # stamp of the same message (else a device mixing the room's history
+        # with the catch-up sorts them wrongly).
+        carol = await w.connect("carol", "desk")
+        seq = await join_and_collect(carol, room, "carol", history={"maxstanzas": 20})
+        by_room = {m.body: delay_of(m)[1] for m in join_parts(seq, room, "carol", carol.jid)[2]}
+        assert set(everything) <= set(by_room), by_room
+        for m in history:
+            ours = delay_of(m)[1]
+            assert parse_stamp(ours) >= parse_stamp(by_room[m.body]), \
+                "catch-up stamp %s of %r is older than the room's %s" % (
+                    ours, m.body, by_room[m.body])
     run(env, scenario)
 
 

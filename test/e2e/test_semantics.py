@@ -785,6 +785,34 @@ def test_room_sees_the_most_available_session(env):
     run(env, scenario)
 
 
+def test_vanished_device_hands_the_presence_to_the_next(env):
+    """XEP-0045 7.7 with the account as the occupant: the laptop (available)
+    and the phone (away) are joined and the room shows the laptop's
+    presence; the laptop's connection drops without a leave (no stream
+    management to resume it): the room now sees the account away, the
+    phone's presence (no departure: 7.14 is for the last device); and a
+    later update from the phone reaches the room."""
+    async def scenario(w):
+        room, bob, (l,) = await alice_in_room(w, "vanish", sessions=("laptop",))
+        p = await w.connect("alice", "phone")
+        mp = p.mark()
+        p.join(room, "alice", id="p-away-join", extra="<show>away</show>")
+        await p.collect(subject_message(room), since=mp, what="P's join sequence")
+        await sync(p, bob)
+        mb = bob.mark()
+        await l.abort()
+        away = await bob.wait_for(alice_presence(room), since=mb,
+                                  what="alice's presence once the laptop is gone")
+        assert away.type is None and show_of(away) == "away", away
+        p.presence_update(room, "alice", show="dnd")
+        dnd = await bob.wait_for(alice_presence(room), since=away.index + 1,
+                                 what="the phone's next update")
+        assert dnd.type is None and show_of(dnd) == "dnd", dnd
+        await sync(p, bob)
+        assert len(bob.matching(alice_presence(room), since=mb)) == 2, bob.transcript(mb)
+    run(env, scenario)
+
+
 def test_equal_sessions_latest_wins_and_same_text_is_silent(env):
     """XEP-0045 7.7 with the account as the occupant, among sessions of the
     same availability: the latest update is what the room shows; a session
@@ -943,30 +971,152 @@ def test_password_room_first_join_and_automatic_rejoin(env):
 
 
 def test_password_room_later_session_without_the_password(env):
-    """XEP-0045 7.2.6: "If the room requires a password and the user did
-    not supply one (or the password provided is incorrect), the service
-    MUST deny access to the room": a later session of an account that is
-    in the room, joining without the password, gets <not-authorized/> with
-    its own id, alone; it gets no room traffic; the joined session and the
-    room see nothing.  (Plain Prosody MUC checks every session's join.)"""
+    """XEP-0045 7.2.6 (password-protected room) with the account as the
+    occupant: the room checked the password when the account entered; a
+    later session of the account joining without the password (clients
+    that sync bookmarks often lack it) gets the later-session sequence
+    (7.2.3, self-presence with its own id) and the room's traffic; the
+    room sees nothing of it."""
     async def scenario(w):
         room, bob, (p,) = await alice_in_room(w, "locked-later", sessions=("phone",),
                                               password="s3cret")
         l = await w.connect("alice", "laptop")
-        mb, mp, ml = marks(bob, p, l)
-        l.join(room, "alice", id="no-pw-1")
-        got = await l.wait_for(P(name="presence", frm_bare=room), since=ml,
-                               what="the room's answer to L")
-        assert got.type == "error" and got.error == ("auth", "not-authorized"), \
-            "L joined without the password:\n" + l.transcript(ml)
-        assert got.id == "no-pw-1", got
-        await sync(l, p, bob)
-        assert l.matching(from_room(room), since=ml) == [got], l.transcript(ml)
-        none_since(p, from_room(room), mp, "room traffic at P")
-        none_since(bob, alice_presence(room), mb, "a presence of alice")
         mb, ml = marks(bob, l)
-        bob.groupchat(room, "not for L")
-        await p.wait_for(P(name="message", body="not for L"), since=mp)
-        await sync(bob, l)
-        none_since(l, from_room(room), ml, "room traffic at L")
+        l.join(room, "alice", id="no-pw-1")
+        seq = await join_sequence_after(l, room, ml, "L's join sequence")
+        self_p = check_join_sequence(seq, room, "alice", ["bob"], "", l.jid, history=None)
+        assert self_p.id == "no-pw-1", self_p
+        assert not l.matching(P(name="presence", frm_bare=room, type="error"), since=ml), \
+            l.transcript(ml)
+        await sync(l, bob)
+        none_since(bob, alice_presence(room), mb, "a presence of alice")
+        ml = l.mark()
+        bob.groupchat(room, "for L too")
+        await l.wait_for(P(name="message", body="for L too"), since=ml)
+    run(env, scenario)
+
+
+# ==== deadlines: every state that waits on the room ends ===========================
+
+def test_unanswered_join_times_out(prosody_factory):
+    """XEP-0045 7.2 with a room that never answers the join (its join is
+    held by mod_e2e_muc_control): after minimix_join_timeout the session
+    that asked gets a presence error <remote-server-timeout/> (type wait,
+    RFC 6120 8.3.3.16) with its join's id, from the room JID it joined;
+    the membership is gone, so it no longer counts against
+    minimix_max_rooms (1 here): the account can join another room."""
+    env = make_env(prosody_factory, host_options={"minimix_join_timeout": 2,
+                                                  "minimix_max_rooms": 1})
+
+    async def scenario(w):
+        room, room2 = w.room("silent"), w.room("answers")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        await create_room(bob, room2, "bob", whois="anyone")
+        await control(bob, "hold", room, seconds="3600")
+        p = await w.connect("alice", "phone")
+        mp = p.mark()
+        p.join(room, "alice", id="held-join")
+        err = await p.wait_for(P(name="presence", frm_bare=room, type="error"), since=mp,
+                               what="the timeout of the unanswered join")
+        assert err.id == "held-join", err
+        assert err.frm == room + "/alice", err
+        assert err.error == ("wait", "remote-server-timeout"), err
+        # not one room too many: the silent room's membership is gone
+        await join_room(p, room2, "alice")
+    run(env, scenario)
+
+
+def test_reload_keeps_a_waiting_rejoin(prosody_factory):
+    """module:reload while an automatic re-join waits for its delay (after
+    a removal with 332, system shutdown): the re-join still happens (the
+    room sees the account enter again and the sessions get the join
+    sequence again), from the new instance of the module; Prosody drops
+    the old instance's timers, so the wait lives in the core."""
+    env = make_env(prosody_factory, admin_shell=True,
+                   host_options={"minimix_rejoin_delay": 6})
+
+    async def scenario(w):
+        room, bob, (p,) = await alice_in_room(w, "reload-wait", subject="Back",
+                                              sessions=("phone",))
+        mb, mp = marks(bob, p)
+        assert await control(bob, "remove", room, code="332") == 1
+        u = await p.wait_for(self_unavailable(room, codes={332}), since=mp,
+                             what="the 332 removal")
+        out = env.shell("module:reload('minimix', 'localhost')")
+        assert "reloaded" in out.lower(), "the reload failed:\n" + out
+        seq = await join_sequence_after(p, room, u.index + 1, "the join sequence again")
+        check_join_sequence(seq, room, "alice", ["bob"], "Back", p.jid, history=None)
+        gone = await bob.wait_for(alice_presence(room, type="unavailable"), since=mb)
+        await bob.wait_for(alice_presence(room, type="available"), since=gone.index + 1,
+                           what="alice entering again after the reload, at bob")
+    run(env, scenario)
+
+
+# ==== sessions that stream management keeps hibernating ===========================
+
+HIBERNATION_PROBE = (
+    '> (function() local s = prosody.full_sessions["alice@localhost/phone"]; '
+    'if not s then return "GONE" end; local t = { "HIBERNATING=" .. tostring(s.hibernating ~= nil) .. ";" }; '
+    'for _, x in ipairs(s.outgoing_stanza_queue:table()) do '
+    'if x.name == "presence" and x.attr.type == "unavailable" then '
+    't[#t+1] = "UNAVAILABLE[" .. tostring(x.attr.from) .. "]" end end; '
+    'return table.concat(t, " ") end)()')
+
+
+def test_last_connected_device_leave_is_the_accounts(prosody_factory):
+    """XEP-0045 7.14 (exiting a room) with the account as the occupant: the
+    phone's client is killed while XEP-0198 keeps its session hibernating;
+    the laptop, the last connected device, leaves: the room sees the
+    account leave (the hibernating phone does not hold it in), and the
+    phone's session holds its own unavailable self-presence from the room,
+    queued by stream management for when it resumes."""
+    env = make_env(prosody_factory, admin_shell=True, smacks_hibernation_time=120)
+
+    async def scenario(w):
+        room, bob, (p, l) = await alice_in_room(w, "hibernate", sessions=("phone", "laptop"))
+        await p.enable_sm()
+        await p.abort()
+        for _ in range(100):
+            out = env.shell(HIBERNATION_PROBE)
+            if "HIBERNATING=true" in out:
+                break
+            await w.quiet(0.1)
+        else:
+            raise AssertionError("the phone never hibernated:\n" + out)
+        mb, ml = marks(bob, l)
+        l.leave(room, "alice", id="l-leave")
+        await l.wait_for(self_unavailable(room), since=ml, what="the laptop's leave")
+        await bob.wait_for(alice_presence(room, type="unavailable"), since=mb,
+                           what="alice leaving, at bob")
+        out = env.shell(HIBERNATION_PROBE)
+        assert "UNAVAILABLE[%s/alice]" % room in out, out
+    run(env, scenario)
+
+
+# ==== later devices get their own news only ======================================
+
+def test_later_device_gets_no_room_created_status(env):
+    """XEP-0045 10.1.1 (creating a room: the creator's self-presence has
+    status 201, the room is locked until configured) with the account as
+    the occupant: the phone's join creates the room and the phone gets 201;
+    the laptop joining later gets its self-presence (110) without 201,
+    which was the phone's news (a client would offer it to configure a
+    locked room)."""
+    async def scenario(w):
+        room = w.room("fresh")
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        mp = p.mark()
+        p.join(room, "alice", id="create-1")
+        first = await p.wait_for(P(name="presence", frm=room + "/alice", codes={110}),
+                                 since=mp, what="the creator's self-presence")
+        assert 201 in first.codes, first
+        ml = l.mark()
+        l.join(room, "alice", id="later-1")
+        later = await l.wait_for(P(name="presence", frm=room + "/alice", codes={110}),
+                                 since=ml, what="the later device's self-presence")
+        assert later.id == "later-1", later
+        assert 201 not in later.codes, later
+        assert 210 not in later.codes, later
     run(env, scenario)

@@ -17,9 +17,9 @@ from .clients import Client, QUIET_WINDOW
 
 SCENARIO_TIMEOUT = 90.0
 
-# Demo/test accounts: user -> password.  Each exists on both VirtualHosts:
-# "localhost" (mod_minimix) and "plain.localhost" (never mod_minimix).
-USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+# Demo/test accounts (user -> password), on both VirtualHosts: defined with
+# the harness, which the demo (run_server.py) uses without the clients.
+from .prosody_env import USERS  # noqa: E402
 
 # Where World.connect() puts a user unless told otherwise: alice is the
 # account under test; bob and carol observe from the host without the

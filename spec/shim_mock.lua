@@ -1,0 +1,225 @@
+-- The mocked Prosody module environment the shim's specs load
+-- mod_minimix.lua into: records hooks, sends, logs, timers and the store,
+-- and makes client sessions shaped as Prosody's.
+local st = require "util.stanza";
+local xml_parse = require "util.xml".parse;
+
+-- A fake module environment: records hooks, sends and logs.
+local function load_shim(options, env_hook)
+	local env = { hooks = {}, sent = {}, logs = {}, bare = {}, items = {}, permissions = {} };
+	local module = {
+		host = "localhost";
+		path = "./mod_minimix.lua";
+	};
+	function module:add_item(kind, item)
+		env.items[#env.items+1] = { kind = kind, item = item };
+	end
+	function module:get_option_number(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return v;
+	end
+	function module:get_host_type() return "local"; end
+	function module:get_option_string(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return tostring(v);
+	end
+	function module:get_option_boolean(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return v;
+	end
+	env.pep = { services = {} };
+	-- every account has a PEP service (mod_pep makes one on demand)
+	local empty_service = { get_items = function() return true, {}; end };
+	function env.pep.get_pep_service(username)
+		return env.pep.services[username] or empty_service;
+	end
+	function module:depends(name)
+		if name == "pep" then return env.pep; end
+		return {};
+	end
+	function module:require(name)
+		if name == "minimix_log" then
+			-- the room log library, in the same environment, as Prosody does
+			return assert(loadfile("./minimix_log.lib.lua", "t", env.g))();
+		end
+		assert(name == "adhoc");
+		return { new = function(title, node, handler, permission)
+			return { name = title, node = node, handler = handler, permission = permission };
+		end };
+	end
+	env.provided = {};
+	function module:provides(kind, item)
+		env.provided[#env.provided+1] = { kind = kind, item = item };
+	end
+	function module:handle_items(kind, added, removed)
+		env.item_handlers = env.item_handlers or {};
+		env.item_handlers[kind] = { added = added, removed = removed };
+	end
+	function module:log(level, fmt, ...)
+		env.logs[#env.logs+1] = { level, fmt:format(...) };
+	end
+	-- Prosody's default priority is 0; each event is hooked once
+	env.hooked = {};
+	function module:hook(name, fn, prio)
+		env.hooks[name] = { fn = fn, prio = prio or 0 };
+		env.hooked[name] = (env.hooked[name] or 0) + 1;
+	end
+	env.stored = {};
+	function module:open_store(name, kind)
+		-- the bookmarks' archive, read at start: a driver that cannot list users
+		if name == "pep_urn:xmpp:bookmarks:1" and kind == "archive" then return {}; end
+		-- the room log: appends are recorded in env.logged
+		if name == "minimix_log" and kind == "archive" then
+			env.logged = {};
+			return { append = function(_, user, key, value, when, with)
+				env.logged[#env.logged+1] = { user = user, key = key, value = value, when = when, with = with };
+				return key or tostring(#env.logged);
+			end };
+		end
+		assert(name == "minimix");
+		return {
+			get = function(_, user) return env.stored[user]; end;
+			set = function(_, user, value) env.stored[user] = value; return true; end;
+			users = function()
+				local list = {};
+				for user in pairs(env.stored) do list[#list+1] = user; end
+				local i = 0;
+				return function() i = i + 1; return list[i]; end;
+			end;
+		};
+	end
+	function module:metric()
+		local m = { values = {} };
+		function m:with_labels() return m; end
+		function m:add(n) m.total = (m.total or 0) + n; end
+		function m:set(v) m.value = v; end
+		env.metrics = env.metrics or {};
+		env.metrics[#env.metrics+1] = m;
+		return m;
+	end
+	function module:hook_global(name, fn, prio)
+		env.hooks["global:" .. name] = { fn = fn, prio = prio or 0 };
+		env.hooked["global:" .. name] = (env.hooked["global:" .. name] or 0) + 1;
+	end
+	-- Timers run on a mocked clock (see advance); a callback returning a
+	-- number runs again that many seconds later, as in Prosody.
+	env.clock, env.timers = 1700000000, {};
+	function module:add_timer(delay, fn)
+		env.timers[#env.timers+1] = { due = env.clock + delay, delay = delay, fn = fn };
+	end
+	function module:send(stanza)
+		env.sent[#env.sent+1] = st.clone(stanza);
+		if env.on_send then env.on_send(stanza); end
+	end
+	local g = setmetatable({
+		module = module;
+		prosody = { bare_sessions = env.bare, version = "0.12.3" };
+	}, { __index = _G });
+	if env_hook then env_hook(env, module, g); end
+	env.g = g;
+	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
+	local util_time = package.loaded["util.time"];
+	package.loaded["util.time"] = { now = function() return env.clock; end };
+	local ok, err = pcall(chunk);
+	package.loaded["util.time"] = util_time;
+	assert(ok, err);
+	env.module = module;
+	return env;
+end
+
+-- A session shaped as Prosody's sessionmanager makes them: send runs the
+-- "stanzas/out" filters, then rawsend serializes and writes.  What reaches
+-- the wire is parsed back into `got`; `wire` keeps the text.
+local function new_session(env, resource, shape)
+	local s = {
+		type = "c2s", username = "alice", host = "localhost", resource = resource,
+		full_jid = "alice@localhost/" .. resource, got = {}, wire = {}, filters = {},
+	};
+	local function write(t)
+		local text = tostring(t);
+		s.wire[#s.wire+1] = text;
+		s.got[#s.got+1] = assert(xml_parse(text));
+		return true;
+	end
+	if shape == "bosh" then
+		-- mod_bosh: its own send, no rawsend
+		function s.send(stanza) return write(stanza); end
+	else
+		function s.filter(kind, t)
+			assert(kind == "stanzas/out");
+			for _, f in ipairs(s.filters) do
+				t = f(t, s);
+				if t == nil then return nil; end
+			end
+			return t;
+		end
+		function s.rawsend(t) return write(t); end
+		function s.send(t)
+			if t.name then t = s.filter("stanzas/out", t); end
+			if t then return s.rawsend(t); end
+			return true;
+		end
+	end
+	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
+	env.bare["alice@localhost"].sessions[resource] = s;
+	return s;
+end
+
+-- Let `seconds` pass on the mocked clock (0: a turn of the main loop):
+-- every timer that falls due runs, in the order of its time.
+local function advance(env, seconds)
+	local target = env.clock + seconds;
+	while true do
+		local next_i;
+		for i, t in ipairs(env.timers) do
+			if t.due <= target and (not next_i or t.due < env.timers[next_i].due) then next_i = i; end
+		end
+		if not next_i then break; end
+		local t = table.remove(env.timers, next_i);
+		env.clock = math.max(env.clock, t.due);
+		local again = t.fn(env.clock);
+		if type(again) == "number" then
+			env.timers[#env.timers+1] = { due = env.clock + again, delay = again, fn = t.fn };
+		end
+	end
+	env.clock = target;
+end
+
+-- The repeating timer that asks the core what is due (every second).
+local function tick_timer(env)
+	local found;
+	for _, t in ipairs(env.timers) do
+		if t.delay == 1 then
+			if found then error("more than one tick timer", 2); end
+			found = t;
+		end
+	end
+	if not found then error("no tick timer", 2); end
+	return found;
+end
+
+-- An env_hook for load_shim: the module API of Prosody 13 (its version,
+-- roles and permissions; shell-command items are recorded either way).
+local function prosody13(env, module, g)
+	function module:default_permission(role, permission)
+		env.permissions[permission] = role;
+	end
+	function module:may() return true; end
+	g.prosody.version = "13.0.1";
+end
+
+local function fire(env, name, origin, stanza)
+	return env.hooks[name].fn({ origin = origin, stanza = stanza });
+end
+
+return {
+	load_shim = load_shim;
+	new_session = new_session;
+	fire = fire;
+	advance = advance;
+	tick_timer = tick_timer;
+	prosody13 = prosody13;
+};
