@@ -13,7 +13,8 @@ What is proven:
    store's key on SQL), the sender's nick as 'with', and the message as
    the room sent it; on the internal store, SQLite and PostgreSQL.
 2. No duplicates across a crash: the history the re-joins bring after a
-   kill -9 overlaps what was logged, and nothing is written twice.
+   kill -9 overlaps what was logged, and nothing is written twice.  Writes
+   wait for a flush interval, and a clean shutdown writes what waits.
 3. Retention: entries older than minimix_log_expires_after are deleted by
    the periodic job; each room keeps its latest minimix_log_max_per_room.
 4. Storage faults lose no delivery: with the PostgreSQL server stopped in
@@ -204,6 +205,25 @@ def test_crash_and_rejoin_history_write_nothing_twice(prosody_factory, storage):
         await wait_entries(env, room, has_bodies("after crash"), "the new message")
         await w.quiet(1)
         check_once(log_entries(env, room), room, texts + ["after crash"], subject="Logged")
+    run(env, scenario)
+
+
+def test_what_waits_is_written_at_shutdown(prosody_factory, storage):
+    """Writes wait for minimix_log_flush_interval (here a minute, so that
+    none is due): a clean shutdown writes what waits, in order."""
+    env = make_env(prosody_factory, storage, host_options={"minimix_log_flush_interval": 60000})
+    texts = ["waiting %d" % i for i in range(3)]
+
+    async def scenario(w):
+        room, carol, alice, bob = await two_accounts_in_room(w, "waiting")
+        await say_and_wait(carol, room, alice + [bob], *texts)
+        await w.quiet(1)
+        assert bodies(log_entries(env, room)) == [], "written before the flush interval"
+        await w.close()
+        w.clients.clear()
+        env.stop()
+        assert bodies(log_entries(env, room)) == texts
+        check_once(log_entries(env, room), room, texts, subject="Logged")
     run(env, scenario)
 
 
