@@ -283,13 +283,13 @@ end
 
 local lib = {};
 
--- A room message an account received: account (bare JID), room (bare),
--- nick (nil for the room itself), the stanza as the room sent it, and the
--- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
 -- A local room hands over one stanza object for all its local accounts,
 -- changing only 'to': its key is worked out once.
 local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil };
 
+-- A room message an account received: account (bare JID), room (bare),
+-- nick (nil for the room itself), the stanza as the room sent it, and the
+-- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
 local function message(account, room, nick, stanza, m)
 	local kind, key;
 	if stanza == last.stanza and room == last.room and stanza.attr.from == last.from
