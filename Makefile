@@ -104,6 +104,7 @@ bench: deps
 install: minimix.so
 	install -d $(DESTDIR)$(INST_LUADIR) $(DESTDIR)$(INST_LIBDIR)
 	install -m 644 mod_minimix.lua $(DESTDIR)$(INST_LUADIR)/mod_minimix.lua
+	install -m 644 minimix_log.lib.lua $(DESTDIR)$(INST_LUADIR)/minimix_log.lib.lua
 	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
 
 clean:

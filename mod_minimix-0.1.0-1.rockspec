@@ -37,5 +37,8 @@ build = {
 			libdirs = { "$(ICU_LIBDIR)" },
 		},
 		mod_minimix = "mod_minimix.lua",
+		-- share/lua/5.4/mod_minimix/minimix_log.lua: where Prosody's
+		-- module:require("minimix_log") looks in a LuaRocks tree
+		["mod_minimix.minimix_log"] = "minimix_log.lib.lua",
 	},
 }

@@ -107,6 +107,10 @@ local ping_interval = limit_option("minimix_ping_interval", 300);
 -- Memberships survive restarts here (any storage driver: internal, SQL).
 local store = module:open_store("minimix");
 
+-- The room log, once per room on this host, and the opt-in copy into the
+-- accounts' own archives: minimix_log.lib.lua (README "Room log").
+local roomlog = module:require("minimix_log");
+
 -- Statistics, in Prosody's own views (admin shell, OpenMetrics).
 local metric_deliveries = module:metric("counter", "deliveries", "",
 	"Room stanzas forked to client sessions", {}):with_labels();
@@ -705,6 +709,7 @@ local function incoming_message(event)
 		for sid in stanza:childtags("stanza-id", xmlns_sid) do
 			if sid.attr.by == room then m.stanza_id = sid.attr.id; end
 		end
+		roomlog.message(account, room, nick, stanza, m);
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_message(account, room, nick, m));

@@ -175,11 +175,32 @@ class CallgrindEnv(ProsodyEnv):
         return total, core
 
 
-def start_env(minimix, accounts, callgrind=False):
+# Server setups.  "module" is the module as configured by default: the room
+# log on Prosody's file store.  "nolog" turns the room log off; "sqlite"
+# puts the room log (alone) on mod_storage_sql with SQLite3.
+MODES = {
+    "plain": {"minimix": False},
+    "module": {},
+    "nolog": {"host_options": {"minimix_log": False}},
+    "sqlite": {"storage": "sqlite",
+               "global_options": {"storage": {"accounts": "internal", "minimix_log": "sql"},
+                                  "default_storage": "internal"}},
+}
+# The room log's variants run in the fan-out scenario next to plain MUC and
+# the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
+LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES", "nolog,sqlite").split(",")
+             if m]
+MODE_NAMES = {"plain": "plain MUC", "module": "mod_minimix", "nolog": "without the log",
+              "sqlite": "log on SQLite"}
+
+
+def start_env(mode, accounts, callgrind=False):
     cls = CallgrindEnv if callgrind else ProsodyEnv
-    env = cls(minimix=minimix, plugin_paths=[CHECKOUT, PLUGINS],
+    kw = dict(MODES[mode])
+    kw.setdefault("minimix", True)
+    env = cls(plugin_paths=[CHECKOUT, PLUGINS],
               extra_modules=["bench_probe"], spy=False,
-              muc_options={"muc_room_locking": False})
+              muc_options={"muc_room_locking": False}, **kw)
     for i in range(accounts):
         env.add_user("u%d" % i, PASSWORD)
     env.add_user("sender", PASSWORD, env.plain_domain)
@@ -276,7 +297,7 @@ async def fanout(mode, D, profile=None):
     cg = profile == "callgrind"
     M = CG_M if cg else globals()["M"]
     slow = 60.0 if cg else 1.0  # timeouts stretch under valgrind
-    env = start_env(mode == "module", A, callgrind=cg)
+    env = start_env(mode, A, callgrind=cg)
     pid = env.proc.pid
     room = "bench@%s" % env.muc_domain
     groups = []
@@ -303,6 +324,7 @@ async def fanout(mode, D, profile=None):
         prof = await profile_start(ctl, pid, "%s-D%d" % (mode, D)) if profile == "lua" else None
         if cg:
             env.zero()
+        log0 = log_bytes(env, room)
         me0 = time.process_time()
         cpu0, sch0, t0 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
         busy0 = system_busy()
@@ -324,6 +346,9 @@ async def fanout(mode, D, profile=None):
             if got >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.005)
+        # the room log writes what it queued one flush interval (100 ms)
+        # later: let the last writes into the window, in every mode alike
+        await asyncio.sleep(0.25 * slow)
         cpu1, sch1, t1 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
         busy1, me1 = system_busy(), time.process_time()
         kinstr = await profile_stop(ctl, prof) if profile == "lua" else None
@@ -333,6 +358,10 @@ async def fanout(mode, D, profile=None):
         await asyncio.sleep(0.3)
         got = sum(s.counted for s in everyone)
         rss, hwm = memory(pid)
+        # the room log's writes wait for a flush interval: stop the server
+        # (it writes what waits) before measuring what it wrote
+        env.stop()
+        log1 = log_bytes(env, room)
         return {
             "mode": mode, "accounts": A, "sessions": D, "messages": M, "nicks": NICKS,
             "expected": expected, "delivered": got,
@@ -350,6 +379,7 @@ async def fanout(mode, D, profile=None):
             "lua_instr_per_delivered": kinstr * 1000 / max(got, 1) if kinstr else None,
             "ir": ir, "ir_core": ir_core,
             "ir_per_delivered": ir / max(got, 1) if ir else None,
+            "log_bytes_per_message": (log1 - log0) / M if log1 is not None else None,
         }
     finally:
         await close_all(groups)
@@ -359,7 +389,7 @@ async def fanout(mode, D, profile=None):
 
 
 async def many_rooms(mode):
-    env = start_env(mode == "module", RA)
+    env = start_env(mode, RA)
     pid = env.proc.pid
     groups = []
     sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
@@ -389,7 +419,7 @@ async def many_rooms(mode):
 
 
 async def cycles(mode, D):
-    env = start_env(mode == "module", CA)
+    env = start_env(mode, CA)
     pid = env.proc.pid
     room = "cycle@%s" % env.muc_domain
     groups = []
@@ -430,6 +460,18 @@ async def cycles(mode, D):
 
 # ---- report ----------------------------------------------------------------------
 
+def log_bytes(env, room):
+    """Bytes the room log takes in the storage: the room's file in the file
+    store, the whole database file on SQLite; None without a log."""
+    if env.storage == "sqlite":
+        return os.path.getsize(env.sqlite_path) if os.path.exists(env.sqlite_path) else 0
+    if not env.minimix or env.host_options.get("minimix_log") is False:
+        return None
+    enc = "".join(c if c.isalnum() else "%%%02x" % ord(c) for c in room)
+    path = os.path.join(env.data_dir, "localhost", "minimix_log", enc + ".list")
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
 def mb(b):
     return "%.1f" % (b / 1048576)
 
@@ -448,26 +490,29 @@ def main():
     print("  D  mode     delivered   CPU ms per 1000 delivered:      peak RSS MB")
     print("                            best median (each run)")
     summary = []
+    modes = ["plain", "module"] + LOG_MODES
     for D in (DS if "fanout" in SCENARIOS else []):
-        runs = {"plain": [], "module": []}
+        runs = {m: [] for m in modes}
         for r in range(REPEAT):
-            # alternate the order, so that neither always runs first
-            order = ("plain", "module") if r % 2 == 0 else ("module", "plain")
+            # rotate the order, so that no mode always runs first
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
             for mode in order:
                 res = asyncio.run(fanout(mode, D))
                 res["run"] = r
                 runs[mode].append(res)
                 results["fanout"].append(res)
         best, med = {}, {}
-        for mode in ("plain", "module"):
+        for mode in modes:
             rs = runs[mode]
             best[mode] = min(x["cpu_ms_per_1000"] for x in rs)
             med[mode] = statistics.median(x["cpu_ms_per_1000"] for x in rs)
             ok = all(x["delivered"] == x["expected"] for x in rs)
-            print("  %d  %-7s %10s   %6.1f %6.1f  (%s)   %s" % (
+            written = [x["log_bytes_per_message"] for x in rs if x.get("log_bytes_per_message")]
+            print("  %d  %-7s %10s   %6.1f %6.1f  (%s)   %s%s" % (
                 D, mode, "%d%s" % (rs[0]["delivered"], "" if ok else " INCOMPLETE"),
                 best[mode], med[mode], ", ".join("%.1f" % x["cpu_ms_per_1000"] for x in rs),
-                "/".join(mb(x["peak_rss"]) for x in rs)))
+                "/".join(mb(x["peak_rss"]) for x in rs),
+                "   log: %.0f B per message" % statistics.median(written) if written else ""))
         summary.append({"sessions": D,
                         "plain_ms_per_1000": best["plain"], "module_ms_per_1000": best["module"],
                         "ratio": best["module"] / best["plain"],
@@ -476,7 +521,14 @@ def main():
                         "plain_peak_rss": max(x["peak_rss"] for x in runs["plain"]),
                         "module_peak_rss": max(x["peak_rss"] for x in runs["module"]),
                         "other_busy_s": [round(x["other_busy_s"], 2)
-                                         for m in ("plain", "module") for x in runs[m]]})
+                                         for m in modes for x in runs[m]]})
+        for mode in modes:
+            written = [x["log_bytes_per_message"] for x in runs[mode]
+                       if x.get("log_bytes_per_message")]
+            summary[-1]["modes"] = summary[-1].get("modes", {})
+            summary[-1]["modes"][mode] = {
+                "best": best[mode], "median": med[mode],
+                "log_bytes_per_message": statistics.median(written) if written else None}
         print("     module/plain: %.2f (best runs), %.2f (medians)"
               % (best["module"] / best["plain"], med["module"] / med["plain"]))
         if CALLGRIND:

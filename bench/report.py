@@ -144,17 +144,33 @@ def server_tables(s):
                "load cannot change."
                % (p["accounts"], p["messages"], p["repeat"], p.get("callgrind_messages", "?")))
     out.append("")
-    out.append("| D | | plain MUC | mod_minimix | module / plain |")
-    out.append("|---:|---|---:|---:|---:|")
+    extra = []   # the room log's variants, when measured
+    for row in s.get("fanout_summary", []):
+        extra = [m for m in ("nolog", "sqlite") if m in row.get("modes", {})]
+    names = {"nolog": "module, without the log", "sqlite": "module, log on SQLite"}
+    out.append("| D | | plain MUC | mod_minimix | module / plain |%s" % "".join(
+        " %s |" % names[m] for m in extra))
+    out.append("|---:|---|---:|---:|---:|%s" % ("---:|" * len(extra)))
+
+    def cols(row, key, fmt_):
+        modes = row.get("modes", {})
+        return "".join(" %s |" % (fmt_ % modes[m][key] if modes.get(m, {}).get(key) is not None
+                                  else "") for m in extra)
     for row in s.get("fanout_summary", []):
         D = row["sessions"]
         runs = [r for r in s["fanout"] if r["sessions"] == D and r.get("run") not in
                 ("callgrind", "profiled")]
         ok = all(r["delivered"] == r["expected"] for r in s["fanout"] if r["sessions"] == D)
-        out.append("| %d | CPU per 1000 delivered, best | %.1f ms | %.1f ms | %.2f |" % (
-            D, row["plain_ms_per_1000"], row["module_ms_per_1000"], row["ratio"]))
-        out.append("| | CPU per 1000 delivered, median | %.1f ms | %.1f ms | %.2f |" % (
-            row["plain_median"], row["module_median"], row["ratio_median"]))
+        out.append("| %d | CPU per 1000 delivered, best | %.1f ms | %.1f ms | %.2f |%s" % (
+            D, row["plain_ms_per_1000"], row["module_ms_per_1000"], row["ratio"],
+            cols(row, "best", "%.1f ms")))
+        out.append("| | CPU per 1000 delivered, median | %.1f ms | %.1f ms | %.2f |%s" % (
+            row["plain_median"], row["module_median"], row["ratio_median"],
+            cols(row, "median", "%.1f ms")))
+        module_log = row.get("modes", {}).get("module", {}).get("log_bytes_per_message")
+        if module_log is not None:
+            out.append("| | room log written per message | | %.0f B | |%s" % (
+                module_log, cols(row, "log_bytes_per_message", "%.0f B")))
         if row.get("plain_ir"):
             out.append("| | instructions per delivered message | %.0f k | %.0f k | %.2f |" % (
                 row["plain_ir"] / 1000, row["module_ir"] / 1000, row["ir_ratio"]))

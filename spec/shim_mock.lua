@@ -20,6 +20,11 @@ local function load_shim(options, env_hook)
 		return v;
 	end
 	function module:get_host_type() return "local"; end
+	function module:get_option_string(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return tostring(v);
+	end
 	function module:get_option_boolean(name, default)
 		local v = (options or {})[name];
 		if v == nil then return default; end
@@ -36,6 +41,10 @@ local function load_shim(options, env_hook)
 		return {};
 	end
 	function module:require(name)
+		if name == "minimix_log" then
+			-- the room log library, in the same environment, as Prosody does
+			return assert(loadfile("./minimix_log.lib.lua", "t", env.g))();
+		end
 		assert(name == "adhoc");
 		return { new = function(title, node, handler, permission)
 			return { name = title, node = node, handler = handler, permission = permission };
@@ -62,6 +71,14 @@ local function load_shim(options, env_hook)
 	function module:open_store(name, kind)
 		-- the bookmarks' archive, read at start: a driver that cannot list users
 		if name == "pep_urn:xmpp:bookmarks:1" and kind == "archive" then return {}; end
+		-- the room log: appends are recorded in env.logged
+		if name == "minimix_log" and kind == "archive" then
+			env.logged = {};
+			return { append = function(_, user, key, value, when, with)
+				env.logged[#env.logged+1] = { user = user, key = key, value = value, when = when, with = with };
+				return key or tostring(#env.logged);
+			end };
+		end
 		assert(name == "minimix");
 		return {
 			get = function(_, user) return env.stored[user]; end;

@@ -61,6 +61,8 @@ describe("mod_minimix shim", function()
 			["smacks-hibernation-end"] = 0;
 			["global:server-stopping"] = 0;
 			["global:stats-update"] = 0;
+			-- the room log writes what waits (minimix_log.lib.lua)
+			["global:server-cleanup"] = 0;
 		};
 		local got, hooked = {}, {};
 		for name, h in pairs(env.hooks) do got[name] = h.prio; end

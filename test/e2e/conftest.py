@@ -12,11 +12,13 @@ final shutdown, where it is only a warning.
 """
 
 import os
+import re
 import warnings
 
 import pytest
 
 from .prosody_env import ProsodyEnv, CHECKOUT, PROSODY, PROSODY_VERSION
+from .storages import STORAGES, PostgresServer, lua_module_missing
 from .world import USERS
 
 PLAIN = os.environ.get("MINIMIX_E2E_PLAIN", "") not in ("", "0")
@@ -36,6 +38,22 @@ def pytest_report_header(config):
     mode = "plain MUC (MINIMIX_E2E_PLAIN)" if PLAIN else "mod_minimix from " + PLUGIN_DIR
     return "minimix e2e: %s; Prosody %s (%s)" % (
         mode, "0.12" if PROSODY_VERSION == 12 else PROSODY_VERSION, PROSODY)
+
+
+def without_allowed(lines, patterns):
+    """Error lines (with their continuation lines) but those matching one
+    of patterns: a test that causes errors on purpose (a storage outage)
+    lists them in env.allowed_errors and checks them itself."""
+    out, skip = [], False
+    for line in lines:
+        if line[:1] in ("\t", " "):
+            if not skip:
+                out.append(line)
+            continue
+        skip = any(re.search(p, line) for p in patterns)
+        if not skip:
+            out.append(line)
+    return out
 
 
 @pytest.fixture
@@ -66,7 +84,7 @@ def prosody_factory(request):
         env.stop()
         if failed:
             print(env.tail(80))
-        errors = env.log_errors()
+        errors = without_allowed(env.log_errors(), getattr(env, "allowed_errors", ()))
         if errors:
             problems.append("%s:\n%s" % (env.log_path, "\n".join(errors[:40])))
         memcheck = env.valgrind_errors()
@@ -84,3 +102,34 @@ def prosody_factory(request):
 @pytest.fixture
 def prosody(prosody_factory):
     return prosody_factory()
+
+
+# ---- storage setups (storages.py) --------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    pg = PostgresServer()
+    reason = pg.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request):
+    """ProsodyEnv keywords for one storage setup (and the PostgreSQL server,
+    as env.pg, for reading the store back)."""
+    name = request.param
+    if name == "internal":
+        return {"storage": "internal"}
+    missing = lua_module_missing("dbd.sqlite3" if name == "sqlite" else "dbd.postgresql")
+    if missing:
+        pytest.skip("lua-dbi-%s is not installed for Lua 5.4 (%s)"
+                    % ("sqlite3" if name == "sqlite" else "postgresql", missing))
+    if name == "sqlite":
+        return {"storage": "sqlite"}
+    pg = request.getfixturevalue("postgres_server")
+    db = pg.create_database()
+    return {"storage": "postgres", "sql": pg.sql_settings(db), "_pg": pg}

@@ -31,6 +31,7 @@ import pytest
 from .clients import P, NS_PING, from_room, join_room, create_room
 from .federation_env import Federation, run_federation, ACCOUNT_DOMAIN, UNREACHABLE_DOMAIN
 from .prosody_env import CHECKOUT
+from .storages import archive_entries
 from .test_foundation import check_join_sequence, exactly_once, subject_message
 
 ALICE = "alice@" + ACCOUNT_DOMAIN
@@ -284,6 +285,46 @@ def test_fork_sends_one_copy_per_account_over_the_link(federation):
             "one message from the bare JID, with the client's id, should cross: %s" % out
         back = fed.account.crossed(since=ma, name="message", body="from the phone")
         assert len(back) == 1, "one reflection should cross back: %s" % back
+    run_federation(fed, scenario)
+
+
+def test_room_log_is_written_once_for_two_accounts_over_the_link(federation):
+    """Two accounts of a.test in a room on conference.b.test each get their
+    own copy of every message over the link; the account server's room log
+    (README "Room log") holds each message once.  The room keeps no
+    archive, so its messages carry no stanza-id: the copies are told apart
+    by sender, message id and body."""
+    fed = federation
+
+    async def scenario(w):
+        room = w.room("logged")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone")
+        p = await w.connect("alice", "phone")
+        c = await w.connect("carol", "home", host=ACCOUNT_DOMAIN)
+        await join_room(p, room, "alice")
+        await join_room(c, room, "carol")
+        mp, mc, ma = p.mark(), c.mark(), fed.account.log_mark()
+        texts = ["over the link %d" % i for i in range(3)]
+        for t in texts:
+            bob.groupchat(room, t)
+        for cl, m in ((p, mp), (c, mc)):
+            for t in texts:
+                await exactly_once(cl, P(name="message", body=t), since=m,
+                                   what="%r at %s" % (t, cl.name))
+        copies = fed.account.crossed(since=ma, name="message", body=texts[0])
+        assert sorted(x.to for x in copies) == [ALICE, "carol@" + ACCOUNT_DOMAIN], copies
+        deadline = time.monotonic() + 15
+        while True:
+            got = [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                      host=ACCOUNT_DOMAIN) if e["body"]]
+            if all(t in got for t in texts) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)   # anything written twice would be there by now
+        got = [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                  host=ACCOUNT_DOMAIN) if e["body"]]
+        assert got == texts, "the room log holds %r" % got
     run_federation(fed, scenario)
 
 

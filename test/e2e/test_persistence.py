@@ -24,9 +24,9 @@ What is proven:
    and joined sessions keep receiving and speaking.
 4. Storage: the storage-dependent scenarios run on Prosody's internal
    (file) store, on mod_storage_sql with SQLite3 (lua-dbi-sqlite3), and on
-   mod_storage_sql with a PostgreSQL server that this file starts on
-   loopback for the session (Debian's postgresql; initdb as the postgres
-   system user when run as root, since initdb refuses root).
+   mod_storage_sql with a PostgreSQL server started on loopback for the
+   session (storages.py, fixtures `storage` and `postgres_server` in
+   conftest.py).
 
 Only waiting uses timeouts; the backoff test checks lower bounds on the
 delays between attempts, which the server's timers guarantee.
@@ -34,23 +34,16 @@ delays between attempts, which the server's timers guarantee.
 
 import asyncio
 import datetime
-import glob
 import itertools
 import json
 import os
-import pwd
 import re
-import secrets
-import shutil
 import sqlite3
 import subprocess
-import tempfile
 import time
 
-import pytest
 
 from .clients import P, join_room, create_room, config_form, NS_DELAY, NS_SID, NS_MUC_OWNER
-from .prosody_env import free_port
 from .world import run
 
 ALICE = "alice@localhost"
@@ -62,167 +55,9 @@ PERSISTENT = {"muc#roomconfig_persistentroom": True}
 # The spy (errors reaching rooms) and the room archive, which also keeps
 # the rooms' history across restarts and adds XEP-0359 stanza-ids.
 MUC_MAM = {"modules_enabled": ["e2e_spy", "muc_mam"]}
-STORAGES = ["internal", "sqlite", "postgres"]
-
-_db_names = itertools.count(1)
 
 
-# ---- storage setups -------------------------------------------------------------
-
-def lua_module_missing(name):
-    """None when Lua 5.4 (Prosody's) can require name, else the error."""
-    lua = shutil.which("lua5.4")
-    if lua is None:
-        return "lua5.4 not found"
-    res = subprocess.run([lua, "-e", "require %r" % name], capture_output=True, text=True)
-    if res.returncode != 0:
-        return (res.stderr.strip().splitlines() or ["failed"])[0]
-    return None
-
-
-class PostgresServer:
-    """A throw-away PostgreSQL cluster on 127.0.0.1 (free port), with
-    password (scram-sha-256) authentication over TCP, in a temp dir.
-    As root, initdb/pg_ctl run as the postgres system user."""
-
-    def __init__(self):
-        self.bindir = None
-        for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                        key=lambda p: [int(x) for x in re.findall(r"\d+", p)] or [0]):
-            if os.path.exists(os.path.join(d, "initdb")):
-                self.bindir = d
-        self.user = "minimix"
-        self.password = secrets.token_hex(12)
-        self.port = None
-        self.dir = None
-        self.run_as = None
-
-    def unavailable(self):
-        """Why this machine cannot run the server, or None."""
-        if self.bindir is None:
-            return ("PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) not found: "
-                    "install Debian's postgresql package (tools/deps.sh)")
-        if not shutil.which("psql"):
-            return "psql not found (postgresql-client)"
-        missing = lua_module_missing("dbd.postgresql")
-        if missing:
-            return "lua-dbi-postgresql is not installed for Lua 5.4 (%s)" % missing
-        if os.geteuid() == 0:
-            try:
-                pwd.getpwnam("postgres")
-            except KeyError:
-                return "running as root, and there is no postgres system user to run initdb as"
-            if not shutil.which("runuser"):
-                return "running as root without runuser(1) to switch to the postgres user"
-        return None
-
-    def _cmd(self, args):
-        if self.run_as:
-            return ["runuser", "-u", self.run_as, "--"] + args
-        return args
-
-    def _run(self, args, **kw):
-        res = subprocess.run(self._cmd(args), capture_output=True, text=True, timeout=60, **kw)
-        if res.returncode != 0:
-            raise RuntimeError("%s failed (%s):\n%s%s" % (" ".join(args), res.returncode,
-                                                        res.stdout, res.stderr))
-        return res.stdout
-
-    def start(self):
-        self.dir = tempfile.mkdtemp(prefix="minimix-pg-")
-        if os.geteuid() == 0:
-            self.run_as = "postgres"
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        pwfile = os.path.join(self.dir, "pw")
-        with open(pwfile, "w") as f:
-            f.write(self.password + "\n")
-        if self.run_as:
-            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-        data = os.path.join(self.dir, "data")
-        self._run([os.path.join(self.bindir, "initdb"), "-D", data, "-U", self.user,
-                   "--pwfile", pwfile, "--auth-local=trust", "--auth-host=scram-sha-256",
-                   "-E", "UTF8", "--no-sync"])
-        os.unlink(pwfile)
-        self.port = free_port()
-        self._run([os.path.join(self.bindir, "pg_ctl"), "-D", data, "-l",
-                   os.path.join(self.dir, "postgres.log"), "-w", "-t", "60", "-o",
-                   "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (self.port, self.dir),
-                   "start"])
-        return self
-
-    def stop(self):
-        if self.dir is None:
-            return
-        data = os.path.join(self.dir, "data")
-        try:
-            self._run([os.path.join(self.bindir, "pg_ctl"), "-D", data, "-m", "fast", "-w",
-                       "stop"])
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def _client_env(self):
-        env = dict(os.environ)
-        env["PGPASSWORD"] = self.password
-        return env
-
-    def create_database(self):
-        name = "minimix_%d_%d" % (os.getpid(), next(_db_names))
-        res = subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
-                              name], capture_output=True, text=True, env=self._client_env(),
-                             timeout=60)
-        if res.returncode != 0:
-            raise RuntimeError("createdb %s failed: %s%s" % (name, res.stdout, res.stderr))
-        return name
-
-    def query(self, database, sql, *params):
-        """Rows (lists of strings) of a query; params are passed as psql
-        variables :'v1', :'v2', ..."""
-        args = ["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-R", "\x1e", "-h", "127.0.0.1",
-                "-p", str(self.port), "-U", self.user, "-d", database, "-v", "ON_ERROR_STOP=1"]
-        for i, p in enumerate(params, 1):
-            args += ["-v", "v%d=%s" % (i, p)]
-        res = subprocess.run(args, input=sql, capture_output=True, text=True,
-                             env=self._client_env(), timeout=60)
-        if res.returncode != 0:
-            raise RuntimeError("psql failed: %s" % res.stderr)
-        out = res.stdout.rstrip("\n")
-        return [r.split("\x1f") for r in out.split("\x1e") if r.strip("\n")]
-
-    def sql_settings(self, database):
-        return {"driver": "PostgreSQL", "database": database, "host": "127.0.0.1",
-                "port": self.port, "username": self.user, "password": self.password}
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    pg = PostgresServer()
-    reason = pg.unavailable()
-    if reason:
-        pytest.skip(reason)
-    pg.start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(params=STORAGES)
-def storage(request):
-    """ProsodyEnv keywords for one storage setup (and the PostgreSQL server,
-    as env.pg, for reading the store back)."""
-    name = request.param
-    if name == "internal":
-        return {"storage": "internal"}
-    missing = lua_module_missing("dbd.sqlite3" if name == "sqlite" else "dbd.postgresql")
-    if missing:
-        pytest.skip("lua-dbi-%s is not installed for Lua 5.4 (%s)"
-                    % ("sqlite3" if name == "sqlite" else "postgresql", missing))
-    if name == "sqlite":
-        return {"storage": "sqlite"}
-    pg = request.getfixturevalue("postgres_server")
-    db = pg.create_database()
-    return {"storage": "postgres", "sql": pg.sql_settings(db), "_pg": pg}
-
+# ---- storage setups (storages.py, fixtures in conftest.py) ---------------------
 
 def make_env(prosody_factory, storage, **kw):
     """A started server for this storage setup, with the room archive and a
@@ -278,13 +113,17 @@ def stored_rooms(env, user="alice"):
             return {}
         for attempt in range(50):
             try:
-                db = sqlite3.connect("file:%s?mode=ro" % env.sqlite_path, uri=True, timeout=5)
+                db = sqlite3.connect("file:%s?mode=ro&nolock=1" % env.sqlite_path, uri=True,
+                                     timeout=5)
                 try:
                     rows = db.execute(query % ("?", "?", "?"), ("localhost", user, "minimix")).fetchall()
                 finally:
                     db.close()
                 break
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
+                # read without locks (nolock=1): a lock of ours would make
+                # Prosody's commit fail (it sets no busy timeout and does
+                # not roll back); a read torn by a write is tried again
                 if "no such table" in str(e):
                     return {}
                 time.sleep(0.1)

@@ -1,0 +1,397 @@
+-- mod_minimix's room log: every room message the accounts of this host
+-- receive, written once per room through Prosody's storage API (an archive
+-- store, so the file store, SQLite and PostgreSQL all work), with its
+-- retention, its fault handling and the opt-in copy into each account's
+-- own XEP-0313 archive.  mod_minimix.lua loads it with module:require and
+-- hands it each room message; nothing here decides what reaches a session.
+--
+-- One archive per room: the store's "username" is the room's JID, the item
+-- is the message as the room sent it (without 'to', with its <delay/> and
+-- <stanza-id/>), 'with' is the sender's nick (the room for the room's own
+-- messages), 'when' the time the room said it.
+
+local st = require "util.stanza";
+local new_cache = require "util.cache".new;
+local time = require "util.time";
+local sha1 = require "util.hashes".sha1;
+
+local xmlns_sid = "urn:xmpp:sid:0";
+local xmlns_delay = "urn:xmpp:delay";
+
+-- Rooms whose recent message ids are remembered, and how many ids each: a
+-- room's copies for its local accounts come within moments of each other,
+-- and the history a re-join brings is a room's latest messages.
+local ROOMS, IDS_PER_ROOM = 1024, 128;
+-- (account, message) pairs already copied into the accounts' archives
+local MAM_SEEN = 4096;
+-- How long writes wait after a failure: from 1 s, doubling, at most this.
+local RETRY_MAX = 16;
+
+local day = 86400;
+local multipliers = { d = day, w = day * 7, m = 31 * day, y = 365.2425 * day };
+
+-- "1w", "2d", "3600": seconds, as mod_mam reads archive_expires_after;
+-- "never": nil; anything else: false.
+local function parse_duration(value)
+	value = tostring(value):lower();
+	if value == "never" then return nil; end
+	local n, m = value:match("^%s*(%d+)%s*([dwmy]?)%s*$");
+	if not n then return false; end
+	return tonumber(n) * (multipliers[m] or 1);
+end
+
+-- drivers' errors can end in a newline (libpq's do)
+local function oneline(err)
+	return (tostring(err):gsub("%s+", " "):gsub(" $", ""));
+end
+
+local function positive_option(name, default)
+	local v = module:get_option_number(name, default);
+	if v < 0 or v ~= v then
+		module:log("warn", "%s must not be negative; using %s", name, tostring(default));
+		return default;
+	end
+	return v;
+end
+
+local enabled = module:get_option_boolean("minimix_log", true);
+local in_mam = module:get_option_boolean("minimix_archive_in_mam", false);
+local expires_option = module:get_option_string("minimix_log_expires_after", "1w");
+local expires_after = parse_duration(expires_option);
+if expires_after == false then
+	module:log("error", "Could not read minimix_log_expires_after %q; using one week", expires_option);
+	expires_after = 7 * day;
+end
+local max_per_room = math.max(1, math.floor(positive_option("minimix_log_max_per_room", 10000)));
+local flush_interval = positive_option("minimix_log_flush_interval", 100) / 1000;
+local cleanup_interval = math.max(1, positive_option("minimix_log_cleanup_interval", 3600));
+local queue_max = math.max(1, math.floor(positive_option("minimix_log_queue_max", 10000)));
+
+if not enabled and not in_mam then
+	return { message = function() end, flush = function() end, cleanup = function() end };
+end
+
+local metric_writes = module:metric("counter", "log_writes", "",
+	"Room messages written to the room log and to the accounts' archives", { "store" });
+local metric_failures = module:metric("counter", "log_write_failures", "",
+	"Failed writes to the room log and the accounts' archives (retried)", { "store" });
+local metric_dropped = module:metric("counter", "log_dropped", "",
+	"Room messages given up on: the write queue overflowed during an outage, or the store refused them", { "store" });
+
+-- A write queue per store: written in order on a short timer, and at
+-- shutdown.  A failed write stays at the head and is tried again later
+-- (from 1 s, doubling up to RETRY_MAX s); the first failure of an outage
+-- is logged, the following ones are only counted, and the first success
+-- after them is logged again.  Delivery never waits for any of it.
+local function new_writer(kind, store, on_quota)
+	local w = { kind = kind, store = store, head = 1, tail = 0 };
+	local failing, failures, retry, scheduled = false, 0, 1, false;
+	local m_writes, m_failures, m_dropped = metric_writes:with_labels(kind),
+		metric_failures:with_labels(kind), metric_dropped:with_labels(kind);
+
+	local function write(e)
+		local ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
+		if ok and not ret and err == "quota-limit" and on_quota then
+			-- the store's own per-user limit: make room, as mod_mam does
+			on_quota(e.user);
+			ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
+		end
+		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
+		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
+		return true;
+	end
+
+	local what = kind == "log" and "room log" or "accounts' archives";
+	local overflowed = false;
+	local function drop_head(why, quiet)
+		w[w.head] = nil;
+		w.head = w.head + 1;
+		m_dropped:add(1);
+		if not quiet then
+			module:log("warn", "A room message was not written to the %s: %s", what, why);
+		end
+	end
+
+	local flush;
+	local function schedule(delay)
+		if scheduled then return; end
+		scheduled = true;
+		module:add_timer(delay, function()
+			scheduled = false;
+			flush();
+		end);
+	end
+
+	function flush()
+		while w.head <= w.tail do
+			local e = w[w.head];
+			local ok, err, poison = write(e);
+			if ok then
+				w[w.head] = nil;
+				w.head = w.head + 1;
+				m_writes:add(1);
+				if failing then
+					module:log("info", "Writing to the %s again, after %d failed attempt(s)", what, failures);
+					failing, failures, retry, overflowed = false, 0, 1, false;
+				end
+			elseif poison then
+				-- not the storage being away: this one message cannot be written
+				m_failures:add(1);
+				drop_head(err);
+			else
+				m_failures:add(1);
+				failures = failures + 1;
+				if not failing then
+					failing = true;
+					module:log("error", "Cannot write to the %s (%s); delivery goes on, writes are retried",
+						what, err);
+				end
+				if module.loaded ~= false then
+					schedule(retry);
+					retry = math.min(retry * 2, RETRY_MAX);
+				end
+				return false;
+			end
+		end
+		w.head, w.tail = 1, 0;
+		return true;
+	end
+	w.flush = flush;
+
+	function w.push(e)
+		if w.tail - w.head + 1 >= queue_max then
+			-- an outage outlasting the queue: the oldest message goes
+			drop_head("the write queue is full", overflowed);
+			overflowed = true;
+		end
+		w.tail = w.tail + 1;
+		w[w.tail] = e;
+		if not failing then schedule(flush_interval); end
+	end
+
+	function w.pending() return w.tail - w.head + 1; end
+	function w.failing() return failing; end
+	return w;
+end
+
+-- What makes two copies of a message the same message: the room's
+-- stanza-id; for a subject, who set it and to what; otherwise a digest of
+-- the sender, the message's id (or, without one, the room's delay stamp)
+-- and the body.
+local function delay_stamp(stanza, room)
+	for delay in stanza:childtags("delay", xmlns_delay) do
+		if delay.attr.from == room then return delay.attr.stamp; end
+	end
+	return nil;
+end
+
+-- Returns the kind ("subject", "sid" or "digest") and the key.
+local function dedupe_key(stanza, room)
+	local subject = stanza:get_child("subject");
+	if subject then
+		return "subject", sha1((stanza.attr.from or "") .. "\0" .. subject:get_text(), true);
+	end
+	for sid in stanza:childtags("stanza-id", xmlns_sid) do
+		if sid.attr.by == room and sid.attr.id then return "sid", sid.attr.id; end
+	end
+	return "digest", "#" .. sha1(table.concat({ stanza.attr.from or "",
+		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
+		stanza:get_child_text("body") or "" }, "\0"), true);
+end
+
+local log_store = enabled and module:open_store("minimix_log", "archive");
+-- Appending with a key replaces an item with that key: the SQL driver
+-- does it with an indexed delete, the file store by rewriting the whole
+-- list (tens of ms at a thousand messages).  There the stanza-id stays in
+-- the stored message and the store makes up the key.
+local keyed = true;
+do
+	local ok, sm = pcall(require, "core.storagemanager");
+	local ok2, _, driver_name = false, nil, nil;
+	if ok and sm.get_driver then ok2, _, driver_name = pcall(sm.get_driver, module.host, "minimix_log"); end
+	if ok2 and driver_name == "internal" then keyed = false; end
+end
+
+local function truncate_room(room, keep)
+	local ok, err = pcall(log_store.delete, log_store, room, { truncate = keep });
+	if not ok then module:log("debug", "Could not truncate the log of %s: %s", room, tostring(err)); end
+end
+
+local log_writer = enabled and new_writer("log", log_store, function(room)
+	local quota = log_store.caps and log_store.caps.quota or max_per_room;
+	truncate_room(room, math.floor(math.min(max_per_room, quota) * 0.99));
+end);
+
+local mam_writer = in_mam and new_writer("mam",
+	module:open_store(module:get_option_string("archive_store", "archive"), "archive"));
+local mam_seen = new_cache(MAM_SEEN);
+
+-- Per room: the ids of recent messages (and the latest subject) written
+-- or found in the store; 'primed' once the store's latest were read.
+local rooms = new_cache(ROOMS);
+
+local function room_state(room)
+	local r = rooms:get(room);
+	if not r then
+		r = { ids = new_cache(IDS_PER_ROOM), subject = nil, primed = false };
+		rooms:set(room, r);
+	end
+	return r;
+end
+
+-- After a restart, the history a re-join brings overlaps what was logged:
+-- read the room's latest entries once, before the first delayed message.
+local function prime(room, r)
+	if not log_store then return; end
+	local ok, iter = pcall(log_store.find, log_store, room, { reverse = true, limit = IDS_PER_ROOM });
+	if not ok or not iter then
+		module:log("debug", "Could not read the log of %s: %s", room, tostring(iter));
+		return;
+	end
+	local keys, subject = {}, nil;
+	local read_ok, err = pcall(function()
+		for _, item in iter do
+			local kind, k = dedupe_key(item, room);
+			if kind == "subject" then
+				subject = subject or k;
+			else
+				keys[#keys+1] = k;
+			end
+		end
+	end);
+	if not read_ok then
+		module:log("debug", "Could not read the log of %s: %s", room, tostring(err));
+		return;
+	end
+	-- oldest first: the cache keeps the newest
+	for i = #keys, 1, -1 do
+		if r.ids:get(keys[i]) == nil then r.ids:set(keys[i], true); end
+	end
+	if r.subject == nil then r.subject = subject; end
+	r.primed = true;
+end
+
+-- (stanza-ids and digests share the cache: a digest is "#" and 40 hex digits)
+local function seen(r, kind, key)
+	if kind == "subject" then return r.subject == key; end
+	return r.ids:get(key) ~= nil;
+end
+
+local function remember(r, kind, key)
+	if kind == "subject" then r.subject = key; else r.ids:set(key, true); end
+end
+
+local lib = {};
+
+-- A local room hands over one stanza object for all its local accounts,
+-- changing only 'to': its key is worked out once.
+local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil };
+
+-- A room message an account received: account (bare JID), room (bare),
+-- nick (nil for the room itself), the stanza as the room sent it, and the
+-- shim's reading of it: stamp (the room's delay stamp or now) and delayed.
+local function message(account, room, nick, stanza, m)
+	local kind, key;
+	if stanza == last.stanza and room == last.room and stanza.attr.from == last.from
+		and stanza.attr.id == last.id and #stanza.tags == last.tags then
+		kind, key = last.kind, last.key;
+	else
+		kind, key = dedupe_key(stanza, room);
+		last.stanza, last.room, last.from, last.id, last.tags = stanza, room, stanza.attr.from,
+			stanza.attr.id, #stanza.tags;
+		last.kind, last.key = kind, key;
+	end
+	if kind == "subject" and not nick and stanza:get_child_text("subject") == "" then
+		-- what a room without a subject says on each join: no change
+		return;
+	end
+	local r = room_state(room);
+	-- whole seconds: the SQL driver's column is an integer
+	local when = math.floor(m.stamp);
+	local new = not seen(r, kind, key);
+	if new and m.delayed and not r.primed then
+		prime(room, r);
+		new = not seen(r, kind, key);
+	end
+	if new then
+		remember(r, kind, key);
+		if log_writer then
+			local value = st.clone(stanza);
+			value.attr.to = nil;
+			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
+				when = when, with = nick or room });
+		end
+	end
+	-- the account's own archive: each message with a body once, live or
+	-- new to this host (a re-join's history of what was missed)
+	if mam_writer and stanza:get_child("body") and (new or not m.delayed) then
+		local username = account:match("^([^@]*)@");
+		local seen_key = account .. "\0" .. room .. "\0" .. key;
+		if username and not mam_seen:get(seen_key) then
+			mam_seen:set(seen_key, true);
+			local value = st.clone(stanza);
+			value.attr.to = account;
+			mam_writer.push({ user = username, value = value, when = when, with = room });
+		end
+	end
+end
+
+-- Delivery never fails because of the log: an error in here is logged
+-- (the first ten) and the message goes on to the sessions.
+local errors_logged = 0;
+function lib.message(...)
+	local ok, err = pcall(message, ...);
+	if not ok and errors_logged < 10 then
+		errors_logged = errors_logged + 1;
+		module:log("error", "The room log could not take a message: %s", tostring(err));
+	end
+end
+
+-- Write what waits, now (shutdown).
+function lib.flush()
+	if log_writer then log_writer.flush(); end
+	if mam_writer then mam_writer.flush(); end
+end
+
+-- Retention: entries older than minimix_log_expires_after go, and each
+-- room keeps its latest minimix_log_max_per_room.
+function lib.cleanup()
+	if not log_store or not log_store.users then return; end
+	local list = {};
+	local ok, err = pcall(function()
+		for room in log_store:users() do list[#list+1] = room; end
+	end);
+	if not ok then
+		module:log("debug", "Could not list the room logs: %s", tostring(err));
+		return;
+	end
+	local cut_off = expires_after and time.now() - expires_after;
+	for _, room in ipairs(list) do
+		if cut_off then
+			local deleted, derr = pcall(log_store.delete, log_store, room, { ["end"] = cut_off });
+			if not deleted then
+				module:log("debug", "Could not expire the log of %s: %s", room, tostring(derr));
+			end
+		end
+		truncate_room(room, max_per_room);
+	end
+end
+
+-- For the specs and the admin shell.
+function lib.pending()
+	return log_writer and log_writer.pending() or 0, mam_writer and mam_writer.pending() or 0;
+end
+lib.keyed = keyed;
+lib.parse_duration = parse_duration;
+
+if log_store then
+	module:add_timer(cleanup_interval, function()
+		lib.cleanup();
+		return cleanup_interval;
+	end);
+end
+-- At shutdown, after the sessions and rooms were told (server-stopping),
+-- while the storage still works.
+module:hook_global("server-cleanup", lib.flush);
+
+return lib;

@@ -1,0 +1,426 @@
+-- Specs for the room log (minimix_log.lib.lua) loaded into a mocked Prosody
+-- `module` with fake archive stores: what is written, once, when, and what
+-- happens when the store fails.
+local st = require "util.stanza";
+
+local ROOM = "room@muc.example";
+
+-- A fake archive store: append/find/delete/users as Prosody's drivers,
+-- with switches to fail.
+local function fake_archive()
+	local s = { items = {}, appends = 0, deletes = {} };
+	function s:append(user, key, value, when, with)
+		self.appends = self.appends + 1;
+		if self.raise then error(self.raise); end
+		if self.fail then return nil, self.fail; end
+		if self.quota and #self.items >= self.quota then return nil, "quota-limit"; end
+		if key then
+			for i = #self.items, 1, -1 do
+				if self.items[i].user == user and self.items[i].key == key then table.remove(self.items, i); end
+			end
+		end
+		key = key or ("gen" .. self.appends);
+		self.items[#self.items+1] = { user = user, key = key, value = st.clone(value), when = when, with = with };
+		return key;
+	end
+	function s:find(user, query)
+		local out = {};
+		for _, it in ipairs(self.items) do
+			if it.user == user then out[#out+1] = it; end
+		end
+		if query and query.reverse then
+			local r = {};
+			for i = #out, 1, -1 do r[#r+1] = out[i]; end
+			out = r;
+		end
+		if query and query.limit then
+			for i = #out, query.limit + 1, -1 do out[i] = nil; end
+		end
+		local i = 0;
+		return function()
+			i = i + 1;
+			local it = out[i];
+			if it then return it.key, st.clone(it.value), it.when, it.with; end
+		end;
+	end
+	function s:delete(user, query)
+		self.deletes[#self.deletes+1] = { user = user, query = query };
+		local keep, mine = {}, {};
+		for _, it in ipairs(self.items) do
+			if it.user ~= user then
+				keep[#keep+1] = it;
+			elseif query["end"] and it.when <= query["end"] then -- luacheck: ignore 542
+			else
+				mine[#mine+1] = it;
+			end
+		end
+		if query.truncate and #mine > query.truncate then
+			local cut = {};
+			for i = #mine - query.truncate + 1, #mine do cut[#cut+1] = mine[i]; end
+			mine = cut;
+		end
+		for _, it in ipairs(mine) do keep[#keep+1] = it; end
+		self.items = keep;
+		return true;
+	end
+	function s:users()
+		local seen, list = {}, {};
+		for _, it in ipairs(self.items) do
+			if not seen[it.user] then seen[it.user] = true; list[#list+1] = it.user; end
+		end
+		local i = 0;
+		return function() i = i + 1; return list[i]; end;
+	end
+	function s:count(user)
+		local n = 0;
+		for _, it in ipairs(self.items) do if it.user == user then n = n + 1; end end
+		return n;
+	end
+	return s;
+end
+
+-- Load the library with options; driver: the storage driver's name.
+local function load_log(options, driver)
+	local env = { logs = {}, timers = {}, hooks = {}, clock = 1700000000, metrics = {},
+		stores = { minimix_log = fake_archive(), archive = fake_archive() } };
+	local module = { host = "localhost" };
+	local function opt(name, default)
+		local v = (options or {})[name];
+		if v == nil then return default; end
+		return v;
+	end
+	function module:get_option_number(name, default) return opt(name, default); end
+	function module:get_option_boolean(name, default) return opt(name, default); end
+	function module:get_option_string(name, default)
+		local v = opt(name, default);
+		return v ~= nil and tostring(v) or nil;
+	end
+	function module:log(level, fmt, ...)
+		env.logs[#env.logs+1] = { level, fmt:format(...) };
+	end
+	function module:metric(_, name)
+		local m = { by = {} };
+		function m:with_labels(label)
+			local c = m.by[label];
+			if not c then
+				c = { total = 0 };
+				function c:add(n) c.total = c.total + n; end
+				m.by[label] = c;
+			end
+			return c;
+		end
+		env.metrics[name] = m;
+		return m;
+	end
+	function module:open_store(name, kind)
+		assert(kind == "archive");
+		env.opened = env.opened or {};
+		env.opened[#env.opened+1] = name;
+		return assert(env.stores[name], name);
+	end
+	function module:add_timer(delay, fn)
+		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn };
+	end
+	function module:hook_global(name, fn)
+		env.hooks[name] = fn;
+	end
+	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"] };
+	package.loaded["util.time"] = { now = function() return env.clock; end };
+	package.loaded["core.storagemanager"] = { get_driver = function(host, store)
+		assert(host == "localhost" and store == "minimix_log");
+		return {}, driver or "sql";
+	end };
+	local g = setmetatable({ module = module }, { __index = _G });
+	local chunk = assert(loadfile("./minimix_log.lib.lua", "t", g));
+	local ok, lib = pcall(chunk);
+	package.loaded["util.time"], package.loaded["core.storagemanager"] = saved[1], saved[2];
+	assert(ok, lib);
+	env.lib, env.module = lib, module;
+	return env;
+end
+
+-- Run the timers due within `seconds` (a callback returning a number runs
+-- again that many seconds later).
+local function advance(env, seconds)
+	local stop = env.clock + seconds;
+	while true do
+		table.sort(env.timers, function(a, b) return a.due < b.due; end);
+		local t = env.timers[1];
+		if not t or t.due > stop then break; end
+		table.remove(env.timers, 1);
+		env.clock = math.max(env.clock, t.due);
+		local again = t.fn();
+		if type(again) == "number" then
+			env.timers[#env.timers+1] = { due = env.clock + again, fn = t.fn };
+		end
+	end
+	env.clock = stop;
+end
+
+-- A room message: nick, body, stanza-id (by the room) or none, delay stamp.
+local function msg(nick, body, sid, opts)
+	opts = opts or {};
+	local m = st.message({ from = ROOM .. (nick and "/" .. nick or ""), type = "groupchat",
+		id = opts.id, to = opts.to or "alice@localhost" });
+	if opts.subject then m:text_tag("subject", opts.subject); end
+	if body then m:text_tag("body", body); end
+	if opts.stamp then
+		m:tag("delay", { xmlns = "urn:xmpp:delay", from = ROOM, stamp = opts.stamp }):up();
+	end
+	if sid then m:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = ROOM, id = sid }):up(); end
+	return m;
+end
+
+-- What the shim hands over with each message.
+local function deliver(env, account, stanza, delayed)
+	local nick = stanza.attr.from:match("/(.*)$");
+	env.lib.message(account, ROOM, nick, stanza, { stamp = env.clock + 0.25, delayed = delayed or false });
+end
+
+-- The same, with what the shim read of it broken: no time.
+local function deliver_broken(env, account, stanza)
+	env.lib.message(account, ROOM, "dan", stanza, { delayed = false });
+end
+
+local function logged(env)
+	local out = {};
+	for _, it in ipairs(env.stores.minimix_log.items) do
+		out[#out+1] = it.value:get_child_text("body") or ("subject:" .. (it.value:get_child_text("subject") or ""));
+	end
+	return out;
+end
+
+local function count_logs(env, level, pattern)
+	local n = 0;
+	for _, l in ipairs(env.logs) do
+		if l[1] == level and l[2]:find(pattern) then n = n + 1; end
+	end
+	return n;
+end
+
+describe("room log", function()
+	it("writes each room message once per room, however many accounts get it", function()
+		local env = load_log();
+		for _, account in ipairs({ "alice@localhost", "bob@localhost", "carol@localhost" }) do
+			deliver(env, account, msg("dan", "one", "sid-1"));
+		end
+		deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+		deliver(env, "bob@localhost", msg("dan", "two", "sid-2"));
+		advance(env, 1);
+		assert.same({ "one", "two" }, logged(env));
+		local it = env.stores.minimix_log.items[1];
+		assert.equal(ROOM, it.user);
+		assert.equal("sid-1", it.key, "keyed by the room's stanza-id");
+		assert.equal("dan", it.with);
+		assert.equal(1700000000, it.when, "whole seconds");
+		assert.is_nil(it.value.attr.to, "stored without 'to'");
+		assert.equal("sid-1", it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id);
+		assert.equal(2, env.metrics.log_writes.by.log.total);
+	end);
+
+	it("leaves the key to the file store, which rewrites its list for a keyed append", function()
+		local env = load_log(nil, "internal");
+		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+		advance(env, 1);
+		assert.equal("gen1", env.stores.minimix_log.items[1].key);
+		assert.equal("sid-1", env.stores.minimix_log.items[1].value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id);
+	end);
+
+	it("tells messages without a stanza-id apart by sender, id and body", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", "hi", nil, { id = "m1" }));
+		deliver(env, "bob@localhost", msg("dan", "hi", nil, { id = "m1" }));
+		deliver(env, "alice@localhost", msg("dan", "hi", nil, { id = "m2" }));
+		deliver(env, "alice@localhost", msg("eve", "hi", nil, { id = "m1" }));
+		advance(env, 1);
+		assert.same({ "hi", "hi", "hi" }, logged(env));
+		assert.equal("gen1", env.stores.minimix_log.items[1].key, "no stanza-id: the store's own key");
+	end);
+
+	it("writes a subject when it changes, not each time a join repeats it", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+		deliver(env, "bob@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+		-- a later join: the room sends the subject again, with a delay
+		deliver(env, "carol@localhost", msg("dan", nil, nil, { subject = "Lunch", stamp = "2023-11-14T22:13:20Z" }), true);
+		deliver(env, "alice@localhost", msg("eve", nil, nil, { subject = "Dinner" }));
+		-- a room without a subject sends an empty one from itself on each join
+		deliver(env, "alice@localhost", msg(nil, nil, nil, { subject = "" }));
+		-- a subject cleared by an occupant is a change
+		deliver(env, "alice@localhost", msg("eve", nil, nil, { subject = "" }));
+		advance(env, 1);
+		assert.same({ "subject:Lunch", "subject:Dinner", "subject:" }, logged(env));
+		assert.equal("dan", env.stores.minimix_log.items[1].with);
+	end);
+
+	it("after a restart, writes none of a re-join's history that the store holds", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+		deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+		advance(env, 1);
+		-- a new instance on the same data (a restart): the room's history
+		-- overlaps what was logged, then goes on
+		local reopened = load_log();
+		reopened.stores.minimix_log.items = env.stores.minimix_log.items;
+		local function hist(nick, body, sid)
+			deliver(reopened, "alice@localhost", msg(nick, body, sid, { stamp = "2023-11-14T22:13:20Z" }), true);
+		end
+		hist("dan", "one", "sid-1");
+		hist("dan", "two", "sid-2");
+		deliver(reopened, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch", stamp = "2023-11-14T22:13:20Z" }), true);
+		hist("dan", "three", "sid-3");
+		deliver(reopened, "alice@localhost", msg("dan", "four", "sid-4"));
+		advance(reopened, 1);
+		assert.same({ "one", "two", "subject:Lunch", "three", "four" }, logged(reopened));
+	end);
+
+	it("waits for the flush interval, writes in order, and all at shutdown", function()
+		local env = load_log({ minimix_log_flush_interval = 500 });
+		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+		deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+		assert.same({}, logged(env), "nothing written from inside the delivery");
+		advance(env, 0.4);
+		assert.same({}, logged(env));
+		advance(env, 0.2);
+		assert.same({ "one", "two" }, logged(env));
+		deliver(env, "alice@localhost", msg("dan", "three", "sid-3"));
+		env.hooks["server-cleanup"]();
+		assert.same({ "one", "two", "three" }, logged(env));
+	end);
+
+	it("expires old entries and keeps each room's latest on a periodic job", function()
+		assert.equal(7 * 86400, load_log().lib.parse_duration("1w"));
+		assert.equal(2 * 86400, load_log().lib.parse_duration("2d"));
+		assert.equal(90, load_log().lib.parse_duration(90));
+		assert.is_nil(load_log().lib.parse_duration("never"));
+		local env = load_log({ minimix_log_expires_after = "2d", minimix_log_max_per_room = 2,
+			minimix_log_cleanup_interval = 60 });
+		deliver(env, "alice@localhost", msg("dan", "old", "sid-1"));
+		advance(env, 1);
+		advance(env, 2 * 86400 - 10);
+		deliver(env, "alice@localhost", msg("dan", "a", "sid-2"));
+		deliver(env, "alice@localhost", msg("dan", "b", "sid-3"));
+		deliver(env, "alice@localhost", msg("dan", "c", "sid-4"));
+		advance(env, 1);
+		assert.same({ "old", "a", "b", "c" }, logged(env), "the job has not run since");
+		advance(env, 60);
+		assert.same({ "b", "c" }, logged(env));
+		local d = env.stores.minimix_log.deletes;
+		assert.equal(ROOM, d[#d].user);
+		assert.equal(2, d[#d].query.truncate);
+	end);
+
+	it("makes room when the store's own quota is reached", function()
+		local env = load_log({ minimix_log_max_per_room = 100 });
+		env.stores.minimix_log.quota = 100;
+		for i = 1, 101 do deliver(env, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i)); end
+		advance(env, 1);
+		assert.equal(100, env.stores.minimix_log:count(ROOM));
+		assert.equal("m101", logged(env)[100]);
+		assert.equal(0, env.metrics.log_dropped.by.log.total);
+	end);
+
+	it("lets delivery go on when something in it fails", function()
+		local env = load_log();
+		assert.has_no.errors(function() deliver_broken(env, "alice@localhost", msg("dan", "one", "sid-1")); end);
+		assert.equal(1, count_logs(env, "error", "could not take a message"));
+		deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+		advance(env, 1);
+		assert.same({ "two" }, logged(env));
+	end);
+
+	describe("when the store fails", function()
+		it("logs the outage once, counts each failure, keeps the messages and resumes", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			store.fail = "connection refused";
+			deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+			deliver(env, "alice@localhost", msg("dan", "two", "sid-2"));
+			advance(env, 1);
+			advance(env, 20);
+			deliver(env, "alice@localhost", msg("dan", "three", "sid-3"));
+			advance(env, 60);
+			assert.same({}, logged(env));
+			assert.equal(1, count_logs(env, "error", "Cannot write to the room log"));
+			local failures = env.metrics.log_write_failures.by.log.total;
+			assert.truthy(failures >= 4, "retried: " .. failures);
+			-- only the head is tried while the store is away, with growing delays
+			assert.equal(failures, store.appends);
+			store.fail = nil;
+			advance(env, 16);
+			assert.same({ "one", "two", "three" }, logged(env));
+			assert.equal(1, count_logs(env, "info", "Writing to the room log again"));
+			assert.equal(1, count_logs(env, "error", "Cannot write"));
+			-- a new outage is logged again
+			store.fail = "disk full";
+			deliver(env, "alice@localhost", msg("dan", "four", "sid-4"));
+			advance(env, 1);
+			assert.equal(2, count_logs(env, "error", "Cannot write"));
+		end);
+
+		it("drops the oldest messages when an outage outlasts the queue", function()
+			local env = load_log({ minimix_log_queue_max = 2 });
+			env.stores.minimix_log.fail = "connection refused";
+			for i = 1, 4 do deliver(env, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i)); end
+			assert.equal(2, env.metrics.log_dropped.by.log.total);
+			assert.equal(1, count_logs(env, "warn", "queue is full"));
+			env.stores.minimix_log.fail = nil;
+			advance(env, 20);
+			assert.same({ "m3", "m4" }, logged(env));
+		end);
+
+		it("gives up on a message the store raises an error for, and writes the next", function()
+			local env = load_log();
+			env.stores.minimix_log.raise = "cannot serialize";
+			deliver(env, "alice@localhost", msg("dan", "bad", "sid-1"));
+			advance(env, 1);
+			env.stores.minimix_log.raise = nil;
+			deliver(env, "alice@localhost", msg("dan", "good", "sid-2"));
+			advance(env, 1);
+			assert.same({ "good" }, logged(env));
+			assert.equal(1, env.metrics.log_dropped.by.log.total);
+		end);
+	end);
+
+	describe("the accounts' own archives", function()
+		it("get nothing by default", function()
+			local env = load_log();
+			deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+			advance(env, 1);
+			assert.same({ "minimix_log" }, env.opened);
+			assert.equal(0, #env.stores.archive.items);
+		end);
+
+		it("get each room message once per account, with the room as 'with'", function()
+			local env = load_log({ minimix_archive_in_mam = true });
+			for _, account in ipairs({ "alice@localhost", "bob@localhost" }) do
+				deliver(env, account, msg("dan", "one", "sid-1", { to = account }));
+				deliver(env, account, msg("dan", "one", "sid-1", { to = account }));
+			end
+			deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+			advance(env, 1);
+			local items = env.stores.archive.items;
+			assert.equal(2, #items);
+			assert.equal("alice", items[1].user);
+			assert.equal("bob", items[2].user);
+			assert.equal(ROOM, items[1].with);
+			assert.equal("alice@localhost", items[1].value.attr.to);
+			assert.same({ "one", "subject:Lunch" }, logged(env), "subjects go to the room log only");
+		end);
+
+		it("get no copy of a re-join's history that was logged before", function()
+			local env = load_log({ minimix_archive_in_mam = true });
+			deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+			advance(env, 1);
+			local store = env.stores.minimix_log;
+			local again = load_log({ minimix_archive_in_mam = true });
+			again.stores.minimix_log.items = store.items;
+			deliver(again, "alice@localhost", msg("dan", "one", "sid-1", { stamp = "2023-11-14T22:13:20Z" }), true);
+			deliver(again, "alice@localhost", msg("dan", "missed", "sid-2", { stamp = "2023-11-14T22:13:21Z" }), true);
+			advance(again, 1);
+			assert.equal(1, #again.stores.archive.items);
+			assert.equal("missed", again.stores.archive.items[1].value:get_child_text("body"));
+		end);
+	end);
+end);
