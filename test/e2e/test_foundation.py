@@ -308,8 +308,8 @@ def delay_stamps(msg, room):
     delays = msg.xml.findall("{%s}delay" % NS_DELAY)
     assert len(delays) == 1, "want one <delay/>: %s" % msg
     assert delays[0].get("from") == room, "delay not from the room: %s" % msg
-    stamp = datetime.datetime.strptime(delays[0].get("stamp"), "%Y-%m-%dT%H:%M:%SZ")
-    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    # XEP-0082: fractions of a second are optional (Prosody 13 sends them)
+    return datetime.datetime.fromisoformat(delays[0].get("stamp").replace("Z", "+00:00")).timestamp()
 
 
 def test_later_session_gets_history_it_asks_for_with_delay(prosody):
