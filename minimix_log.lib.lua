@@ -14,6 +14,7 @@ local st = require "util.stanza";
 local new_cache = require "util.cache".new;
 local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
+local datetime = require "util.datetime";
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
@@ -67,8 +68,25 @@ local flush_interval = positive_option("minimix_log_flush_interval", 100) / 1000
 local cleanup_interval = math.max(1, positive_option("minimix_log_cleanup_interval", 3600));
 local queue_max = math.max(1, math.floor(positive_option("minimix_log_queue_max", 10000)));
 
+-- A XEP-0082 stamp read to the fraction of a second (0.12's
+-- util.datetime.parse drops fractions), and one written with them.
+local function parse_stamp(text)
+	local t = text and datetime.parse(text);
+	if not t then return nil; end
+	local frac = text:match("T%d%d:%d%d:%d%d(%.%d+)");
+	return math.floor(t) + (frac and tonumber("0" .. frac) or 0);
+end
+
+local function exact_stamp(t)
+	local whole = math.floor(t);
+	local micro = math.floor((t - whole) * 1e6 + 0.5);
+	if micro >= 1e6 then whole, micro = whole + 1, 0; end
+	return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. (".%06dZ"):format(micro);
+end
+
 if not enabled and not in_mam then
-	return { message = function() end, flush = function() end, cleanup = function() end };
+	return { message = function() end, flush = function() end, cleanup = function() end,
+		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
@@ -318,6 +336,12 @@ local function message(account, room, nick, stanza, m)
 		if log_writer then
 			local value = st.clone(stanza);
 			value.attr.to = nil;
+			if not m.delayed then
+				-- the exact time the room said it (the store's 'when' is
+				-- whole seconds on SQL): the catch-up's delay stamp and
+				-- what membership spans are compared with
+				value:tag("delay", { xmlns = xmlns_delay, from = room, stamp = exact_stamp(m.stamp) }):up();
+			end
 			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
 				when = when, with = nick or room });
 		end
@@ -376,6 +400,87 @@ function lib.cleanup()
 		truncate_room(room, max_per_room);
 	end
 end
+
+-- The time a logged message was said: its delay from the room, to the
+-- fraction of a second, else the store's 'when'.
+local function said_at(item, room, when)
+	return parse_stamp(delay_stamp(item, room)) or when;
+end
+
+local function in_spans(t, spans)
+	for i = #spans, 1, -1 do
+		local span = spans[i];
+		if t >= span[1] and (span[2] == nil or t <= span[2]) then return true; end
+	end
+	return false;
+end
+
+-- The catch-up a later session gets from the log (the core's REPLAY_LOG
+-- action a: spans, maxstanzas, maxchars, seconds, since, now): the room's
+-- messages said within the spans, newest first until a limit, written or
+-- still waiting to be.  Returns them oldest first, as { stanza, time }
+-- pairs; the stanzas are the caller's to change.
+local PAGE_MAX = 200;
+local function replay(room, a)
+	local spans, out = a.spans or {}, {};
+	local want = a.maxstanzas or 0;
+	if #spans == 0 or want <= 0 or not log_store then return out; end
+	local lo, hi = spans[1][1], spans[#spans][2];
+	if a.since and a.since > lo then lo = a.since; end
+	if a.seconds and a.now and a.now - a.seconds > lo then lo = a.now - a.seconds; end
+	local chars, full = 0, false;
+	local function take(item, t)
+		if full or item:get_child("subject") or t < lo or (hi and t > hi) or not in_spans(t, spans) then
+			return;
+		end
+		local size = #tostring(item);
+		if a.maxchars and chars + size > a.maxchars then full = true; return; end
+		chars = chars + size;
+		out[#out+1] = { item, t };
+		if #out >= want then full = true; end
+	end
+	-- what waits for the writer is the newest
+	if log_writer then
+		for i = log_writer.tail, log_writer.head, -1 do
+			local e = log_writer[i];
+			if e and e.user == room then take(st.clone(e.value), said_at(e.value, room, e.when)); end
+			if full then break; end
+		end
+	end
+	local before;
+	while not full do
+		local page = math.min(PAGE_MAX, want - #out + 16);
+		local iter, err = log_store:find(room, { start = math.floor(lo), ["end"] = hi and math.ceil(hi),
+			reverse = true, limit = page, before = before });
+		if not iter then error(err or "cannot read the room log"); end
+		local got = 0;
+		for key, item, when in iter do
+			got, before = got + 1, key;
+			take(item, said_at(item, room, when));
+			if full then break; end
+		end
+		if got < page or before == nil then break; end
+	end
+	-- oldest first, in the order they were said (the store's order among equals)
+	for i, pair in ipairs(out) do pair[3] = -i; end
+	table.sort(out, function(x, y)
+		if x[2] ~= y[2] then return x[2] < y[2]; end
+		return x[3] < y[3];
+	end);
+	return out;
+end
+
+-- Never raises: a store that cannot be read gives no catch-up (logged).
+function lib.replay(room, a)
+	local ok, ret = pcall(replay, room, a);
+	if not ok then
+		module:log("warn", "Could not read the log of %s for a catch-up: %s", room, tostring(ret));
+		return {};
+	end
+	return ret;
+end
+lib.serves = log_store and true or false;
+lib.parse_stamp = parse_stamp;
 
 -- For the specs and the admin shell.
 function lib.pending()

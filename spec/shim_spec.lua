@@ -299,6 +299,10 @@ describe("mod_minimix shim", function()
 
 	it("replays messages with a XEP-0203 delay from the room, stamped when the room sent them", function()
 		local DELAY = "urn:xmpp:delay";
+		-- without the room log: the in-memory ring
+		env = load_shim({ minimix_log = false });
+		P = new_session(env, "phone");
+		L = new_session(env, "laptop");
 		fire(env, "pre-presence/full", P, join("j1"));
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
 		-- from the room's own history, with the room's delay
@@ -339,7 +343,8 @@ describe("mod_minimix shim", function()
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
 		-- a turn of the main loop, no time passing
 		advance(env, 0);
-		assert.same({ ["room@muc.example"] = { nick = "alice" } }, env.stored.alice);
+		-- with when the account was in: the span open since its join
+		assert.same({ ["room@muc.example"] = { nick = "alice", spans = { { env.clock } } } }, env.stored.alice);
 		-- a message seen waits for the periodic write
 		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
 				type = "groupchat", id = "m1" }):text_tag("body", "hi")

@@ -153,6 +153,7 @@ static const char *op_name(mm_op op)
 	case MM_OP_REJOIN_LATER: return "REJOIN_LATER";
 	case MM_OP_DELIVER: return "DELIVER";
 	case MM_OP_REPLAY: return "REPLAY";
+	case MM_OP_REPLAY_LOG: return "REPLAY_LOG";
 	case MM_OP_REFLECT_LEAVE: return "REFLECT_LEAVE";
 	case MM_OP_CARBON: return "CARBON";
 	case MM_OP_IQ_ERROR: return "IQ_ERROR";
