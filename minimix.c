@@ -3334,6 +3334,9 @@ mm_err mm_membership_set_spans(mm_state *s, const char *account,
 	size_t i, skip;
 	if (m == NULL || (n > 0 && spans == NULL))
 		return MM_EINVAL;
+	/* the account is in: its span is open */
+	if (m->state == MM_JOINED && (n == 0 || !(spans[n - 1].to < 0)))
+		return MM_EINVAL;
 	skip = n > MM_MAX_SPANS ? n - MM_MAX_SPANS : 0;
 	for (i = skip; i < n; i++) {
 		const mm_span *sp = &spans[i];

@@ -853,7 +853,8 @@ size_t mm_take_dirty(mm_state *state, int level,
  * Give a membership back its spans (stored before a restart): at most
  * MM_MAX_SPANS (the newest kept), ordered, each from >= 0 and from <= to,
  * only the last open (to < 0), and an open one only while the account is in
- * or joining again by itself (JOINED, REJOIN_WAIT, REJOINING).  Replaces
+ * or joining again by itself (JOINED, REJOIN_WAIT, REJOINING), and always
+ * while JOINED.  Replaces
  * what the membership had.  Errors: MM_EINVAL (no such membership, or the
  * spans break a rule), with the state as it was.
  */
