@@ -461,12 +461,11 @@ local function replay(room, a)
 		end
 		if got < page or before == nil then break; end
 	end
-	-- oldest first, in the order they were said (the store's order among equals)
-	for i, pair in ipairs(out) do pair[3] = -i; end
-	table.sort(out, function(x, y)
-		if x[2] ~= y[2] then return x[2] < y[2]; end
-		return x[3] < y[3];
-	end);
+	-- oldest first, in the store's order: the order the messages came.
+	-- Not by time: a room's own stamps (its history on a re-join, which
+	-- fills what a crash lost) are whole seconds on Prosody 0.12.
+	local n = #out;
+	for i = 1, n // 2 do out[i], out[n + 1 - i] = out[n + 1 - i], out[i]; end
 	return out;
 end
 

@@ -492,6 +492,16 @@ describe("room log", function()
 			assert.same({ "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 1 })));
 		end);
 
+		it("in the order the messages came, whatever their stamps' precision", function()
+			local env = load_log();
+			say(env, { 1.5, 2.5 });
+			-- what a crash lost, from the room's history on the re-join: whole seconds
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m3", "sid-3",
+				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+			env.hooks["server-cleanup"]();
+			assert.same({ "m1.5", "m2.5", "m3" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+		end);
+
 		it("reads page by page past what the spans leave out", function()
 			local env = load_log();
 			local offsets = {};
