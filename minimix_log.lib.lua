@@ -18,6 +18,8 @@ local datetime = require "util.datetime";
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
+-- the module's own mark on a logged message: when it was said, exactly
+local xmlns_said = "urn:xmpp:minimix:said:0";
 
 -- Rooms whose recent message ids are remembered, and how many ids each: a
 -- room's copies for its local accounts come within moments of each other,
@@ -338,9 +340,9 @@ local function message(account, room, nick, stanza, m)
 			value.attr.to = nil;
 			if not m.delayed then
 				-- the exact time the room said it (the store's 'when' is
-				-- whole seconds on SQL): the catch-up's delay stamp and
-				-- what membership spans are compared with
-				value:tag("delay", { xmlns = xmlns_delay, from = room, stamp = exact_stamp(m.stamp) }):up();
+				-- whole seconds on SQL), which membership spans are
+				-- compared with; taken off again before a catch-up
+				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
 			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
 				when = when, with = nick or room });
@@ -404,7 +406,16 @@ end
 -- The time a logged message was said: its delay from the room, to the
 -- fraction of a second, else the store's 'when'.
 local function said_at(item, room, when)
-	return parse_stamp(delay_stamp(item, room)) or when;
+	local said = item:get_child("said", xmlns_said);
+	return parse_stamp(said and said.attr.at) or parse_stamp(delay_stamp(item, room)) or when;
+end
+
+local function unmark(item)
+	item:maptags(function(tag)
+		if tag.name == "said" and tag.attr.xmlns == xmlns_said then return nil; end
+		return tag;
+	end);
+	return item;
 end
 
 local function in_spans(t, spans)
@@ -433,6 +444,7 @@ local function replay(room, a)
 		if full or item:get_child("subject") or t < lo or (hi and t > hi) or not in_spans(t, spans) then
 			return;
 		end
+		unmark(item);
 		local size = #tostring(item);
 		if a.maxchars and chars + size > a.maxchars then full = true; return; end
 		chars = chars + size;

@@ -366,7 +366,9 @@ describe("mod_minimix shim", function()
 			end
 		end
 		assert.same({ "new", "newer" }, bodies);
-		assert.equal(os.date("!%Y-%m-%dT%H:%M:%S", math.floor(joined_at + 1.5)) .. ".500000Z", stamps[1]);
+		-- when the room said it (0.12 writes whole seconds)
+		assert.equal(os.date("!%Y-%m-%dT%H:%M:%S", math.floor(joined_at + 1.5)),
+			stamps[1]:match("^[^.Z]*"));
 		-- the span is stored with the membership, and a restart gives it back
 		advance(env, 0);
 		local stored = env.stored.alice["room@muc.example"];
