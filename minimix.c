@@ -1398,29 +1398,44 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 	}
 }
 
-/* Catch-up for a later session (§7.2.14): the newest messages its
- * <history/> asks for, oldest first, after its self-presence. */
-static void replay_history(mm_state *s, const mm_membership *m,
-		const mm_session *to, int *ok)
+/*
+ * How many of the ring's newest messages a session's <history/> takes
+ * (maxstanzas < 0: no bound; none said before `from`), and in *whole
+ * whether they are the whole answer: a bound stopped the count before the
+ * ring's oldest message, or maxstanzas were found.
+ */
+static size_t hist_take(const mm_state *s, const mm_membership *m,
+		const mm_session *to, long maxstanzas, double from, int *whole)
 {
 	const size_t cap = s->limits.history_size;
-	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
-		: (long)s->limits.history_default;
-	size_t take = 0, chars = 0, i;
+	size_t take = 0, chars = 0;
+	*whole = 1;
 	while (take < m->hist_count) {
 		const mm_hist *h = &m->hist[(m->hist_head + m->hist_count - 1 - take) % cap];
 		if (maxstanzas >= 0 && (long)take >= maxstanzas)
-			break;
+			return take;
 		if (to->hist.maxchars >= 0
 				&& chars + h->payload->len > (size_t)to->hist.maxchars)
-			break;
+			return take;
 		if (to->hist.seconds >= 0 && h->stamp < to->hist_now - to->hist.seconds)
-			break;
+			return take;
 		if (to->hist.since >= 0 && h->stamp < to->hist.since)
-			break;
+			return take;
+		if (h->stamp < from)
+			return take;
 		chars += h->payload->len;
 		take++;
 	}
+	*whole = maxstanzas >= 0 && (long)take >= maxstanzas;
+	return take;
+}
+
+/* Replay the ring's newest `take` messages, oldest first. */
+static void replay_ring(mm_state *s, const mm_membership *m,
+		const mm_session *to, size_t take, int *ok)
+{
+	const size_t cap = s->limits.history_size;
+	size_t i;
 	for (i = m->hist_count - take; i < m->hist_count; i++) {
 		const mm_hist *h = &m->hist[(m->hist_head + i) % cap];
 		mm_action *a;
@@ -1431,6 +1446,18 @@ static void replay_history(mm_state *s, const mm_membership *m,
 	}
 }
 
+/* Catch-up for a later session (§7.2.14) from the ring alone (the room
+ * log off): the newest messages its <history/> asks for, oldest first,
+ * after its self-presence. */
+static void replay_history(mm_state *s, const mm_membership *m,
+		const mm_session *to, int *ok)
+{
+	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
+		: (long)s->limits.history_default;
+	int whole;
+	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL, &whole), ok);
+}
+
 /* Catch-up from the room log: the request clamped, and the spans. */
 static void replay_log(mm_state *s, const mm_membership *m,
 		const mm_session *to, int *ok)
@@ -1439,10 +1466,23 @@ static void replay_log(mm_state *s, const mm_membership *m,
 	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
 		: (long)s->limits.history_default;
 	mm_action *a;
+	size_t take;
+	int whole = 0;
 	if (maxstanzas < 0 || maxstanzas > max)
 		maxstanzas = max;
 	if (m->nspans == 0 || maxstanzas == 0)
 		return;
+	/* the ring is a hot cache in front of the log: it holds the newest
+	 * messages the account got since its last (re-)join, without a gap;
+	 * when the answer lies wholly in it, within the one open span, the
+	 * ring gives it and the log is not read */
+	if (m->nspans == 1 && m->spans[0].to < 0) {
+		take = hist_take(s, m, to, maxstanzas, m->spans[0].from, &whole);
+		if (whole) {
+			replay_ring(s, m, to, take, ok);
+			return;
+		}
+	}
 	a = dec_push(s, MM_OP_REPLAY_LOG, ok);
 	if (a == NULL)
 		return;

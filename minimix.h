@@ -335,8 +335,12 @@ typedef enum mm_op {
 	MM_OP_REPLAY,
 	/*
 	 * Serve session `resource` its catch-up from the room log (§7.2.14),
-	 * between its self-presence and the subject, in place of REPLAYs of
-	 * the ring (limits.log_history set): the room's messages whose time
+	 * between its self-presence and the subject (limits.log_history
+	 * set).  The ring stays a hot cache in front of the log: when its
+	 * newest messages answer the request whole, within the membership's
+	 * only span (a bound stops before the ring's oldest message, or the
+	 * ring holds maxstanzas), they come as REPLAYs and no REPLAY_LOG is
+	 * sent.  Otherwise this action alone: the room's messages whose time
 	 * falls in one of the `nspans` `spans` (from <= t, and t <= to unless
 	 * to < 0, open), at least `since` and `seconds` before `now` when
 	 * those are >= 0, the newest `maxstanzas` (always >= 0: absent ->

@@ -6398,6 +6398,44 @@ START_TEST(test_replay_log_position_and_clamp)
 }
 END_TEST
 
+
+/* With log_history the ring is a hot cache in front of the log: a request
+ * its newest messages answer whole, within the one open span, is replayed
+ * from it; one that needs more than it holds goes to the log. */
+START_TEST(test_replay_log_ring_in_front)
+{
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.log_history = 1;
+	reset_state(&l);
+	mm_state_now(st, 50);
+	four_messages();
+	/* the two newest: the ring has them */
+	expect_catchup(join_dev(1, 2, NONE, NONE, NONE, 500), four + 2, 2, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* since: the ring holds everything after it */
+	expect_catchup(join_dev(1, 10, NONE, NONE, 250, 500), four + 2, 2, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* seconds, maxchars: bounds inside the ring */
+	expect_catchup(join_dev(1, 10, NONE, 250, NONE, 500), four + 2, 2, NULL);
+	expect_catchup(join_dev(1, 10, (long)strlen(P_M4), NONE, NONE, 500), four + 3, 1, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* more than the ring holds: the log answers, nothing from the ring */
+	join_dev(1, 10, NONE, NONE, NONE, 500);
+	expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 1); /* self only */
+
+	/* the account came in after m1 (which came as the room's history):
+	 * the span starts there, and the ring answers the rest whole */
+	reset_state(&l);
+	mm_state_now(st, 150);
+	four_messages();
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), four + 1, 3, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -6903,6 +6941,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_spans_restore);
 	tcase_add_test(tc, test_spans_bounded);
 	tcase_add_test(tc, test_replay_log_position_and_clamp);
+	tcase_add_test(tc, test_replay_log_ring_in_front);
 
 	return s;
 }
