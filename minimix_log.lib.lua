@@ -431,7 +431,7 @@ end
 -- messages said within the spans, newest first until a limit, written or
 -- still waiting to be.  Returns them oldest first, as { stanza, time }
 -- pairs; the stanzas are the caller's to change.
-local PAGE_MAX = 200;
+local PAGE_MAX = 1000;
 local function replay(room, a)
 	local spans, out = a.spans or {}, {};
 	local want = a.maxstanzas or 0;
