@@ -1421,7 +1421,9 @@ static size_t hist_take(const mm_state *s, const mm_membership *m,
 			return take;
 		if (to->hist.since >= 0 && h->stamp < to->hist.since)
 			return take;
-		if (h->stamp < from)
+		/* a room's stamp may be whole seconds (its history after a
+		 * re-join): it counts from the start of its second */
+		if (h->stamp + 1 <= from)
 			return take;
 		chars += h->payload->len;
 		take++;

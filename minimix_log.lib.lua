@@ -405,9 +405,17 @@ end
 
 -- The time a logged message was said: its delay from the room, to the
 -- fraction of a second, else the store's 'when'.
+-- The second result says how exact it is: 0 to the fraction of a second
+-- (the log's own mark, a stamp with a fraction), 1 a whole second (the
+-- room's stamps on Prosody 0.12, the store's 'when').
 local function said_at(item, room, when)
 	local said = item:get_child("said", xmlns_said);
-	return parse_stamp(said and said.attr.at) or parse_stamp(delay_stamp(item, room)) or when;
+	local t = parse_stamp(said and said.attr.at);
+	if t then return t, 0; end
+	local stamp = delay_stamp(item, room);
+	t = parse_stamp(stamp);
+	if t then return t, stamp:find("%.%d") and 0 or 1; end
+	return when, 1;
 end
 
 local function unmark(item)
@@ -418,10 +426,14 @@ local function unmark(item)
 	return item;
 end
 
-local function in_spans(t, spans)
+-- A time known to the second only counts from the start of its second:
+-- the room's history on a re-join after a crash (what the log lost) may
+-- be stamped in the second the account came in.
+local function in_spans(t, slack, spans)
 	for i = #spans, 1, -1 do
 		local span = spans[i];
-		if t >= span[1] and (span[2] == nil or t <= span[2]) then return true; end
+		if t + slack > span[1] and t <= (span[2] or math.huge) then return true; end
+		if t == span[1] then return true; end
 	end
 	return false;
 end
@@ -437,11 +449,12 @@ local function replay(room, a)
 	local want = a.maxstanzas or 0;
 	if #spans == 0 or want <= 0 or not log_store then return out; end
 	local lo, hi = spans[1][1], spans[#spans][2];
-	if a.since and a.since > lo then lo = a.since; end
-	if a.seconds and a.now and a.now - a.seconds > lo then lo = a.now - a.seconds; end
+	local since = a.since;
+	if a.seconds and a.now and (not since or a.now - a.seconds > since) then since = a.now - a.seconds; end
 	local chars, full = 0, false;
-	local function take(item, t)
-		if full or item:get_child("subject") or t < lo or (hi and t > hi) or not in_spans(t, spans) then
+	local function take(item, t, slack)
+		if full or item:get_child("subject") or (since and t < since) or (hi and t > hi)
+			or not in_spans(t, slack, spans) then
 			return;
 		end
 		unmark(item);
@@ -462,7 +475,8 @@ local function replay(room, a)
 	local before;
 	while not full do
 		local page = math.min(PAGE_MAX, want - #out + 16);
-		local iter, err = log_store:find(room, { start = math.floor(lo), ["end"] = hi and math.ceil(hi),
+		local iter, err = log_store:find(room, { start = math.floor(math.max(lo, since or lo)) - 1,
+			["end"] = hi and math.ceil(hi),
 			reverse = true, limit = page, before = before });
 		if not iter then error(err or "cannot read the room log"); end
 		local got = 0;

@@ -505,6 +505,20 @@ describe("room log", function()
 			assert.same({ "m1.5", "m2.5", "m3" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
 		end);
 
+		it("counts a time known to the second only from the start of its second", function()
+			local env = load_log();
+			-- the account came in at T + 2.5; the room's history after a
+			-- crash stamps what was said at T + 2.7 as T + 2
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "whole", "sid-w",
+				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "exact", "sid-e",
+				{ stamp = "2023-11-14T22:13:22.400Z" }), { stamp = T + 2.4, delayed = true });
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "older", "sid-o",
+				{ stamp = "2023-11-14T22:13:21Z" }), { stamp = T + 1, delayed = true });
+			env.hooks["server-cleanup"]();
+			assert.same({ "whole" }, bodies(env.lib.replay(ROOM, { spans = { { T + 2.5 } }, maxstanzas = 100 })));
+		end);
+
 		it("reads page by page past what the spans leave out", function()
 			local env = load_log();
 			local offsets = {};
