@@ -13,6 +13,7 @@ account-level behaviours fail.
 Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
+import asyncio
 import datetime
 import re
 import time
@@ -326,6 +327,11 @@ def test_later_session_gets_history_it_asks_for_with_delay(prosody):
         bob = await w.connect("bob", "desk")
         await create_room(bob, room, "bob", whois="anyone", subject="Catch-up")
         bob.groupchat(room, "before")
+        await bob.wait_for(P(name="message", body="before"))
+        # over a second before the account comes in: the room stamps its
+        # history in whole seconds (0.12), which count from the start of
+        # their second
+        await asyncio.sleep(1.2)
         p = await w.connect("alice", "phone")
         _, seq = await join_room(p, room, "alice")
         check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", p.jid, history=["before"])
