@@ -6,8 +6,10 @@
  * library: misuse raises; an expected refusal from the core returns
  * nil, token, condition, error_type, text.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -35,6 +37,17 @@ static mm_state *check_state(lua_State *L)
 {
 	box *b = luaL_checkudata(L, 1, STATE_MT);
 	luaL_argcheck(L, b->state != NULL, 1, "attempt to use a closed minimix.state");
+	/* the caller's clock for span boundaries: the function given to
+	 * clock(), else the wall clock, as util.time.now() reads it */
+	if (lua_getiuservalue(L, 1, 2) == LUA_TFUNCTION) {
+		lua_call(L, 0, 1);
+		mm_state_now(b->state, (double)lua_tonumber(L, -1));
+	} else {
+		struct timespec ts;
+		if (clock_gettime(CLOCK_REALTIME, &ts) == 0)
+			mm_state_now(b->state, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+	}
+	lua_pop(L, 1);
 	return b->state;
 }
 
@@ -48,6 +61,7 @@ static const char *const op_names[] = {
 	[MM_OP_REJOIN_LATER] = "rejoin_later",
 	[MM_OP_DELIVER] = "deliver",
 	[MM_OP_REPLAY] = "replay",
+	[MM_OP_REPLAY_LOG] = "replay_log",
 	[MM_OP_REFLECT_LEAVE] = "reflect_leave",
 	[MM_OP_CARBON] = "carbon",
 	[MM_OP_IQ_ERROR] = "iq_error",
@@ -87,6 +101,23 @@ static void push_codes(lua_State *L, unsigned codes, const char *field)
 	lua_setfield(L, -2, field);
 }
 
+/* spans as an array of { from, to } (to absent while open) */
+static void push_spans(lua_State *L, const mm_span *spans, size_t n)
+{
+	size_t i;
+	lua_createtable(L, (int)n, 0);
+	for (i = 0; i < n; i++) {
+		lua_createtable(L, 2, 0);
+		lua_pushnumber(L, (lua_Number)spans[i].from);
+		lua_rawseti(L, -2, 1);
+		if (spans[i].to >= 0) {
+			lua_pushnumber(L, (lua_Number)spans[i].to);
+			lua_rawseti(L, -2, 2);
+		}
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+}
+
 static void push_action(lua_State *L, const mm_action *a)
 {
 	lua_createtable(L, 0, 4);
@@ -121,6 +152,22 @@ static void push_action(lua_State *L, const mm_action *a)
 	if (a->since > 0) {
 		lua_pushnumber(L, (lua_Number)a->since);
 		lua_setfield(L, -2, "since");
+	}
+	if (a->op == MM_OP_REPLAY_LOG) {
+		lua_pushinteger(L, (lua_Integer)a->maxstanzas);
+		lua_setfield(L, -2, "maxstanzas");
+		if (a->maxchars >= 0) {
+			lua_pushinteger(L, (lua_Integer)a->maxchars);
+			lua_setfield(L, -2, "maxchars");
+		}
+		if (a->seconds >= 0) {
+			lua_pushnumber(L, (lua_Number)a->seconds);
+			lua_setfield(L, -2, "seconds");
+		}
+		lua_pushnumber(L, (lua_Number)a->now);
+		lua_setfield(L, -2, "now");
+		push_spans(L, a->spans, a->nspans);
+		lua_setfield(L, -2, "spans");
 	}
 }
 
@@ -181,6 +228,15 @@ static size_t opt_limit(lua_State *L, int t, const char *key)
 	return (size_t)v;
 }
 
+static int bool_opt(lua_State *L, int t, const char *key)
+{
+	int v;
+	lua_getfield(L, t, key);
+	v = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	return v;
+}
+
 /* The limits in the options table at index t (absent ones: 0, default). */
 static void read_limits(lua_State *L, int t, mm_limits *lim)
 {
@@ -198,6 +254,8 @@ static void read_limits(lua_State *L, int t, mm_limits *lim)
 	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
 	lim->history_size = opt_limit(L, t, "history_size");
 	lim->history_default = opt_limit(L, t, "history_default");
+	lim->history_max = opt_limit(L, t, "history_max");
+	lim->log_history = bool_opt(L, t, "log_history");
 	lim->join_timeout = opt_limit(L, t, "join_timeout");
 	lim->max_membership_bytes = opt_limit(L, t, "max_membership_bytes");
 	lim->max_account_bytes = opt_limit(L, t, "max_account_bytes");
@@ -210,7 +268,7 @@ static int l_new(lua_State *L)
 	box *b;
 	read_limits(L, 1, &lim);
 	/* box first, with its metatable, so a failure below cannot leak */
-	b = lua_newuserdatauv(L, sizeof *b, 1);
+	b = lua_newuserdatauv(L, sizeof *b, 2);
 	b->state = NULL;
 	b->held = NULL;
 	b->held_text = NULL;
@@ -624,6 +682,48 @@ static int l_restore(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+/* clock(fn): fn() gives the time (seconds) each call takes as its now */
+static int l_clock(lua_State *L)
+{
+	check_state(L);
+	if (!lua_isnil(L, 2))
+		luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_settop(L, 2);
+	lua_setiuservalue(L, 1, 2);
+	return 0;
+}
+
+/* set_spans(account, room, { {from, to}, ... }) -> true | nil, token, ... */
+static int l_set_spans(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *account = luaL_checkstring(L, 2);
+	const char *room = luaL_checkstring(L, 3);
+	mm_span spans[MM_MAX_SPANS];
+	lua_Integer n, i, skip;
+	mm_err err;
+	luaL_checktype(L, 4, LUA_TTABLE);
+	n = (lua_Integer)lua_rawlen(L, 4);
+	skip = n > MM_MAX_SPANS ? n - MM_MAX_SPANS : 0;
+	for (i = skip; i < n; i++) {
+		mm_span *sp = &spans[i - skip];
+		if (lua_rawgeti(L, 4, i + 1) != LUA_TTABLE)
+			return push_result(L, MM_EINVAL, NULL);
+		lua_rawgeti(L, -1, 1);
+		lua_rawgeti(L, -2, 2);
+		if (!lua_isnumber(L, -2) || !(lua_isnil(L, -1) || lua_isnumber(L, -1)))
+			return push_result(L, MM_EINVAL, NULL);
+		sp->from = (double)lua_tonumber(L, -2);
+		sp->to = lua_isnil(L, -1) ? -1 : (double)lua_tonumber(L, -1);
+		lua_pop(L, 3);
+	}
+	err = mm_membership_set_spans(s, account, room, spans, (size_t)(n - skip));
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 static void push_dirty(const char *account, void *ud)
 {
 	lua_State *L = ud;
@@ -687,6 +787,9 @@ static int l_limits(lua_State *L)
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
+	set_int(L, "history_max", lim->history_max);
+	lua_pushboolean(L, lim->log_history);
+	lua_setfield(L, -2, "log_history");
 	set_int(L, "join_timeout", lim->join_timeout);
 	set_int(L, "max_membership_bytes", lim->max_membership_bytes);
 	set_int(L, "max_account_bytes", lim->max_account_bytes);
@@ -732,6 +835,8 @@ static int push_membership(const mm_membership_info *info, void *ud)
 	}
 	lua_pushboolean(L, info->persistent);
 	lua_setfield(L, -2, "persistent");
+	push_spans(L, info->spans, info->nspans);
+	lua_setfield(L, -2, "spans");
 	lua_rawseti(L, -2, n + 1);
 	return 0;
 }
@@ -784,6 +889,8 @@ static const luaL_Reg state_methods[] = {
 	{"ping_later", l_ping_later},
 	{"ping_due", l_ping_due},
 	{"restore", l_restore},
+	{"set_spans", l_set_spans},
+	{"clock", l_clock},
 	{"account_leave", l_account_leave},
 	{"take_dirty", l_take_dirty},
 	{"delivery_failed", l_delivery_failed},

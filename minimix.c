@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -282,6 +283,8 @@ typedef struct mm_membership {
 	int skip_seen;
 	int ping_pending; /* the module's own self-ping awaits an answer */
 	unsigned ping_retries; /* its pings that could not reach the room */
+	mm_span spans[MM_MAX_SPANS]; /* when the account was in, oldest first */
+	size_t nspans;
 } mm_membership;
 
 typedef struct mm_account {
@@ -312,6 +315,7 @@ struct mm_state {
 	mm_observer observer;
 	void *observer_ud;
 	double clock;    /* the last mm_tick() time; 0 before the first */
+	double now;      /* the caller's clock (mm_state_now()); 0: unknown */
 	struct mm_membership *waiting; /* memberships with a deadline */
 	mm_map pings;    /* host -> mm_pingwait*: pings asked for later */
 };
@@ -495,6 +499,8 @@ void mm_limits_default(mm_limits *l)
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
+	l->history_max = MM_DEFAULT_HISTORY_MAX;
+	l->log_history = 0;
 	l->join_timeout = MM_DEFAULT_JOIN_TIMEOUT;
 	l->max_membership_bytes = MM_DEFAULT_MAX_MEMBERSHIP_BYTES;
 	l->max_account_bytes = MM_DEFAULT_MAX_ACCOUNT_BYTES;
@@ -546,6 +552,8 @@ static void limits_take(mm_limits *to, const mm_limits *from)
 	TAKE(rejoin_delay);
 	TAKE(history_size);
 	TAKE(history_default);
+	TAKE(history_max);
+	TAKE(log_history);
 	TAKE(join_timeout);
 	TAKE(max_membership_bytes);
 	TAKE(max_account_bytes);
@@ -947,10 +955,55 @@ static int is_waiting_state(int state)
 	return state != MM_JOINED && state != MM_NONE;
 }
 
+static int span_open(const mm_membership *m)
+{
+	return m->nspans > 0 && m->spans[m->nspans - 1].to < 0;
+}
+
+/* What (old state, event, new state) does to the spans: 1 opens one, -1
+ * closes the open one, 0 keeps them (see the table's notes in minimix.h). */
+static int span_effect(const mm_membership *m, int from, int ev, int to)
+{
+	(void)ev;
+	if (to == MM_JOINED && from == MM_JOINING)
+		return 1;
+	if (to == MM_JOINED && (from == MM_REJOINING || from == MM_REJOIN_WAIT))
+		return span_open(m) ? 0 : 1;
+	if ((from == MM_JOINED || from == MM_REJOIN_WAIT || from == MM_REJOINING)
+			&& (to == MM_LEAVING || to == MM_NONE))
+		return span_open(m) ? -1 : 0;
+	return 0;
+}
+
+static double state_now(const mm_state *s)
+{
+	return s->now > 0 ? s->now : s->clock;
+}
+
+static void spans_apply(mm_state *s, mm_membership *m, int effect)
+{
+	double t = state_now(s);
+	if (effect > 0) {
+		if (m->nspans == MM_MAX_SPANS) {
+			memmove(m->spans, m->spans + 1, (MM_MAX_SPANS - 1) * sizeof *m->spans);
+			m->nspans--;
+		}
+		if (m->nspans > 0 && t < m->spans[m->nspans - 1].to)
+			t = m->spans[m->nspans - 1].to; /* a clock stepping back */
+		m->spans[m->nspans].from = t;
+		m->spans[m->nspans].to = -1;
+		m->nspans++;
+	} else if (effect < 0) {
+		mm_span *sp = &m->spans[m->nspans - 1];
+		sp->to = t > sp->from ? t : sp->from;
+	}
+}
+
 static void membership_enter(mm_state *s, const char *account, mm_membership *m,
 		mm_mevent ev)
 {
 	int from = (int)m->state, to = mm_transition(from, (int)ev);
+	spans_apply(s, m, span_effect(m, from, (int)ev, to));
 	m->state = (mm_mstate)to;
 	if (!is_waiting_state(to)) {
 		waiting_unlink(s, m);
@@ -980,6 +1033,7 @@ static void membership_remove(mm_state *s, const char *account, mm_membership *m
 	mm_node *rn;
 	if (an == NULL)
 		return;
+	spans_apply(s, m, span_effect(m, (int)m->state, (int)ev, MM_NONE));
 	if (s->observer)
 		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
 			s->observer_ud);
@@ -1344,29 +1398,46 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 	}
 }
 
-/* Catch-up for a later session (§7.2.14): the newest messages its
- * <history/> asks for, oldest first, after its self-presence. */
-static void replay_history(mm_state *s, const mm_membership *m,
-		const mm_session *to, int *ok)
+/*
+ * How many of the ring's newest messages a session's <history/> takes
+ * (maxstanzas < 0: no bound; none said before `from`), and in *whole
+ * whether they are the whole answer: a bound stopped the count before the
+ * ring's oldest message, or maxstanzas were found.
+ */
+static size_t hist_take(const mm_state *s, const mm_membership *m,
+		const mm_session *to, long maxstanzas, double from, int *whole)
 {
 	const size_t cap = s->limits.history_size;
-	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
-		: (long)s->limits.history_default;
-	size_t take = 0, chars = 0, i;
+	size_t take = 0, chars = 0;
+	*whole = 1;
 	while (take < m->hist_count) {
 		const mm_hist *h = &m->hist[(m->hist_head + m->hist_count - 1 - take) % cap];
 		if (maxstanzas >= 0 && (long)take >= maxstanzas)
-			break;
+			return take;
 		if (to->hist.maxchars >= 0
 				&& chars + h->payload->len > (size_t)to->hist.maxchars)
-			break;
+			return take;
 		if (to->hist.seconds >= 0 && h->stamp < to->hist_now - to->hist.seconds)
-			break;
+			return take;
 		if (to->hist.since >= 0 && h->stamp < to->hist.since)
-			break;
+			return take;
+		/* a room's stamp may be whole seconds (its history after a
+		 * re-join): it counts from the start of its second */
+		if (h->stamp + 1 <= from)
+			return take;
 		chars += h->payload->len;
 		take++;
 	}
+	*whole = maxstanzas >= 0 && (long)take >= maxstanzas;
+	return take;
+}
+
+/* Replay the ring's newest `take` messages, oldest first. */
+static void replay_ring(mm_state *s, const mm_membership *m,
+		const mm_session *to, size_t take, int *ok)
+{
+	const size_t cap = s->limits.history_size;
+	size_t i;
 	for (i = m->hist_count - take; i < m->hist_count; i++) {
 		const mm_hist *h = &m->hist[(m->hist_head + i) % cap];
 		mm_action *a;
@@ -1375,6 +1446,56 @@ static void replay_history(mm_state *s, const mm_membership *m,
 		if (a)
 			a->stamp = h->stamp;
 	}
+}
+
+/* Catch-up for a later session (§7.2.14) from the ring alone (the room
+ * log off): the newest messages its <history/> asks for, oldest first,
+ * after its self-presence. */
+static void replay_history(mm_state *s, const mm_membership *m,
+		const mm_session *to, int *ok)
+{
+	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
+		: (long)s->limits.history_default;
+	int whole;
+	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL, &whole), ok);
+}
+
+/* Catch-up from the room log: the request clamped, and the spans. */
+static void replay_log(mm_state *s, const mm_membership *m,
+		const mm_session *to, int *ok)
+{
+	const long max = (long)s->limits.history_max;
+	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
+		: (long)s->limits.history_default;
+	mm_action *a;
+	size_t take;
+	int whole = 0;
+	if (maxstanzas < 0 || maxstanzas > max)
+		maxstanzas = max;
+	if (m->nspans == 0 || maxstanzas == 0)
+		return;
+	/* the ring is a hot cache in front of the log: it holds the newest
+	 * messages the account got since its last (re-)join, without a gap;
+	 * when the answer lies wholly in it, within the one open span, the
+	 * ring gives it and the log is not read */
+	if (m->nspans == 1 && m->spans[0].to < 0) {
+		take = hist_take(s, m, to, maxstanzas, m->spans[0].from, &whole);
+		if (whole) {
+			replay_ring(s, m, to, take, ok);
+			return;
+		}
+	}
+	a = dec_push(s, MM_OP_REPLAY_LOG, ok);
+	if (a == NULL)
+		return;
+	a->resource = dec_str(s, to->resource, ok);
+	a->maxstanzas = maxstanzas;
+	a->maxchars = to->hist.maxchars;
+	a->seconds = to->hist.seconds;
+	a->since = to->hist.since;
+	a->now = to->hist_now > 0 ? to->hist_now : state_now(s);
+	a->spans = m->spans;
+	a->nspans = m->nspans;
 }
 
 /* The later-session sequence (§7.2): occupants, self last, then subject. */
@@ -1394,7 +1515,10 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		if (*ok)
 			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
 	}
-	replay_history(s, m, to, ok);
+	if (s->limits.log_history)
+		replay_log(s, m, to, ok);
+	else
+		replay_history(s, m, to, ok);
 	if (m->subject)
 		act_replay(s, to->resource, m->subject, NULL, 0, ok);
 }
@@ -1610,6 +1734,7 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 	if (!nonempty(account) || !nonempty(resource) || !nonempty(room)
 			|| req == NULL || req->nick == NULL)
 		return MM_EINVAL;
+	mm_state_now(s, req->now);
 	nicklen = strlen(req->nick);
 	if (nicklen == 0 || nicklen > s->limits.max_nick_bytes)
 		return MM_EINVAL;
@@ -3123,6 +3248,7 @@ mm_err mm_tick(mm_state *s, double now, mm_decision *out)
 	int ok = 1;
 
 	dec_reset(s, out);
+	mm_state_now(s, now);
 	s->clock = now;
 	/* IQs unanswered for iq_timeout */
 	MAP_EACH(&s->iqs, n) {
@@ -3236,6 +3362,48 @@ void mm_state_stats(const mm_state *s, mm_stats *st)
 	st->iqs = s->iqs.count;
 }
 
+void mm_state_now(mm_state *s, double now)
+{
+	if (now > 0 && isfinite(now))
+		s->now = now;
+}
+
+mm_err mm_membership_set_spans(mm_state *s, const char *account,
+		const char *room, const mm_span *spans, size_t n)
+{
+	mm_membership *m = (nonempty(account) && nonempty(room))
+		? membership_get(s, account, room) : NULL;
+	size_t i, skip;
+	if (m == NULL || (n > 0 && spans == NULL))
+		return MM_EINVAL;
+	/* the account is in: its span is open */
+	if (m->state == MM_JOINED && (n == 0 || !(spans[n - 1].to < 0)))
+		return MM_EINVAL;
+	skip = n > MM_MAX_SPANS ? n - MM_MAX_SPANS : 0;
+	for (i = skip; i < n; i++) {
+		const mm_span *sp = &spans[i];
+		if (!(sp->from >= 0) || !isfinite(sp->from) || isnan(sp->to)
+				|| !isfinite(sp->to))
+			return MM_EINVAL;
+		if (sp->to < 0) {
+			if (i != n - 1 || !(m->state == MM_JOINED
+					|| m->state == MM_REJOIN_WAIT || m->state == MM_REJOINING))
+				return MM_EINVAL;
+		} else if (sp->to < sp->from) {
+			return MM_EINVAL;
+		}
+		if (i > skip && sp->from < spans[i - 1].to)
+			return MM_EINVAL;
+	}
+	for (i = skip; i < n; i++) {
+		m->spans[i - skip] = spans[i];
+		if (m->spans[i - skip].to < 0)
+			m->spans[i - skip].to = -1;
+	}
+	m->nspans = n - skip;
+	return MM_OK;
+}
+
 size_t mm_account_memberships(const mm_state *s, const char *account,
 		int (*fn)(const mm_membership_info *info, void *ud), void *ud)
 {
@@ -3259,6 +3427,8 @@ size_t mm_account_memberships(const mm_state *s, const char *account,
 		info.last_stamp = m->last_stamp;
 		info.persistent = m->state == MM_JOINED || m->state == MM_REJOINING
 			|| m->state == MM_REJOIN_WAIT;
+		info.spans = m->spans;
+		info.nspans = m->nspans;
 		c++;
 		if (fn && fn(&info, ud))
 			return c;

@@ -68,6 +68,11 @@ typedef struct mm_limits {
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
 	                         * most this many (default 20, as Prosody's MUC) */
+	size_t history_max;     /* the most messages one join gets from the
+	                         * room log however much it asks (default 500) */
+	int log_history;        /* nonzero: later sessions' catch-up comes from
+	                         * the room log (MM_OP_REPLAY_LOG) instead of
+	                         * the in-memory ring (default 0: the ring) */
 	size_t join_timeout;    /* seconds a join or a leave waits for the room's
 	                         * answer before it is given up (default 60) */
 	/*
@@ -97,6 +102,7 @@ typedef struct mm_limits {
 #define MM_DEFAULT_REJOIN_DELAY 5
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
+#define MM_DEFAULT_HISTORY_MAX 500
 #define MM_DEFAULT_JOIN_TIMEOUT 60
 #define MM_DEFAULT_MAX_MEMBERSHIP_BYTES ((size_t)4 << 20)
 #define MM_DEFAULT_MAX_ACCOUNT_BYTES ((size_t)16 << 20)
@@ -235,6 +241,25 @@ typedef enum mm_mevent {
  *    session that asked; event "removed".  REJOINING -TIMEOUT-> REJOIN_WAIT:
  *    as a transient error.  REJOIN_WAIT -TIMEOUT-> REJOINING: a fresh
  *    SEND_JOIN; event "rejoining".
+ *
+ * Membership spans (what a later session may read from the room log):
+ * each membership keeps the times it was in the room, at most
+ * MM_MAX_SPANS [from, to] pairs, oldest dropped first, `to` open while the
+ * account is in.  By (old state, event, new state), at the caller's clock
+ * (mm_state_now()):
+ *  - a span OPENS on JOINING -SELF-> JOINED (a join the account asked for,
+ *    the one after LEAVING_REJOIN included), and on REJOINING, REJOIN_WAIT
+ *    -SELF-> JOINED when no span is open (a membership restored without
+ *    its spans);
+ *  - the open span CLOSES on every transition from JOINED, REJOIN_WAIT or
+ *    REJOINING to LEAVING or NONE: the account's leave, a kick, a ban, a
+ *    destroyed room, a refused re-join;
+ *  - it stays OPEN through involuntary outages: JOINED -SHUTDOWN->
+ *    REJOIN_WAIT, -TECHNICAL-, -FELL_OUT-> REJOINING, the transient
+ *    failures and timeouts between them, and a restart (the spans are
+ *    stored and given back with mm_membership_set_spans()).  The account
+ *    did not leave: the room's history on the re-join and the log other
+ *    local accounts kept cover the gap.
  */
 
 /*
@@ -309,6 +334,22 @@ typedef enum mm_op {
 	 */
 	MM_OP_REPLAY,
 	/*
+	 * Serve session `resource` its catch-up from the room log (§7.2.14),
+	 * between its self-presence and the subject (limits.log_history
+	 * set).  The ring stays a hot cache in front of the log: when its
+	 * newest messages answer the request whole, within the membership's
+	 * only span (a bound stops before the ring's oldest message, or the
+	 * ring holds maxstanzas), they come as REPLAYs and no REPLAY_LOG is
+	 * sent.  Otherwise this action alone: the room's messages whose time
+	 * falls in one of the `nspans` `spans` (from <= t, and t <= to unless
+	 * to < 0, open), at least `since` and `seconds` before `now` when
+	 * those are >= 0, the newest `maxstanzas` (always >= 0: absent ->
+	 * history_default; never more than history_max) whose serialized
+	 * sizes add up to at most `maxchars` (< 0: no bound); sent oldest
+	 * first, each with a XEP-0203 delay from the room.
+	 */
+	MM_OP_REPLAY_LOG,
+	/*
 	 * Send session `resource` an unavailable self-presence from room/nick:
 	 * status 110 plus `add_codes` (333: the account fell out), item with
 	 * `affiliation` and role none.  `id` is the id of the session's leave, or
@@ -357,6 +398,12 @@ typedef enum mm_op {
 #define MM_CODE_333 0x4u /* removed: technical problem (the account fell out) */
 #define MM_CODE_201 0x8u /* room created (drop_codes only) */
 
+/* A time the account was in a room: from <= t <= to; to < 0 while in. */
+typedef struct mm_span {
+	double from, to;
+} mm_span;
+#define MM_MAX_SPANS 16
+
 typedef struct mm_action {
 	mm_op op;
 	const char *room;        /* the room the action concerns; always set */
@@ -386,7 +433,13 @@ typedef struct mm_action {
 	int from_request;        /* SEND_JOIN: rewrite the request stanza */
 	double stamp;            /* REPLAY: catch-up message time (seconds) or 0 */
 	double since;            /* SEND_JOIN (fresh): ask the room for history
-	                          * since this time (seconds), or 0 for none */
+	                          * since this time (seconds), or 0 for none;
+	                          * REPLAY_LOG: < 0 for none */
+	/* REPLAY_LOG: the clamped request and the membership's spans */
+	long maxstanzas, maxchars;
+	double seconds, now;
+	const mm_span *spans;
+	size_t nspans;
 } mm_action;
 
 typedef struct mm_decision {
@@ -800,6 +853,25 @@ mm_err mm_account_leave(mm_state *state, const char *account,
 size_t mm_take_dirty(mm_state *state, int level,
 		void (*fn)(const char *account, void *ud), void *ud);
 
+/*
+ * Give a membership back its spans (stored before a restart): at most
+ * MM_MAX_SPANS (the newest kept), ordered, each from >= 0 and from <= to,
+ * only the last open (to < 0), and an open one only while the account is in
+ * or joining again by itself (JOINED, REJOIN_WAIT, REJOINING), and always
+ * while JOINED.  Replaces
+ * what the membership had.  Errors: MM_EINVAL (no such membership, or the
+ * spans break a rule), with the state as it was.
+ */
+mm_err mm_membership_set_spans(mm_state *state, const char *account,
+		const char *room, const mm_span *spans, size_t n);
+
+/*
+ * The caller's clock (seconds since 1970, sub-second) for the calls that
+ * follow: span boundaries are taken from it.  Calls that carry a `now`
+ * (mm_join.now, mm_tick, mm_session_iq, mm_ping_due) set it too.
+ */
+void mm_state_now(mm_state *state, double now);
+
 /* ---- inspection --------------------------------------------------------- */
 
 /*
@@ -838,6 +910,8 @@ typedef struct mm_membership_info {
 	double last_stamp;     /* the newest room message time seen (seconds), or 0 */
 	/* worth keeping across a restart: joined, or joining again by itself */
 	int persistent;
+	const mm_span *spans;  /* when the account was in: oldest first */
+	size_t nspans;
 } mm_membership_info;
 
 /*

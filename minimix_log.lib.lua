@@ -14,9 +14,12 @@ local st = require "util.stanza";
 local new_cache = require "util.cache".new;
 local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
+local datetime = require "util.datetime";
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
+-- the module's own mark on a logged message: when it was said, exactly
+local xmlns_said = "urn:xmpp:minimix:said:0";
 
 -- Rooms whose recent message ids are remembered, and how many ids each: a
 -- room's copies for its local accounts come within moments of each other,
@@ -67,8 +70,25 @@ local flush_interval = positive_option("minimix_log_flush_interval", 100) / 1000
 local cleanup_interval = math.max(1, positive_option("minimix_log_cleanup_interval", 3600));
 local queue_max = math.max(1, math.floor(positive_option("minimix_log_queue_max", 10000)));
 
+-- A XEP-0082 stamp read to the fraction of a second (0.12's
+-- util.datetime.parse drops fractions), and one written with them.
+local function parse_stamp(text)
+	local t = text and datetime.parse(text);
+	if not t then return nil; end
+	local frac = text:match("T%d%d:%d%d:%d%d(%.%d+)");
+	return math.floor(t) + (frac and tonumber("0" .. frac) or 0);
+end
+
+local function exact_stamp(t)
+	local whole = math.floor(t);
+	local micro = math.floor((t - whole) * 1e6 + 0.5);
+	if micro >= 1e6 then whole, micro = whole + 1, 0; end
+	return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. (".%06dZ"):format(micro);
+end
+
 if not enabled and not in_mam then
-	return { message = function() end, flush = function() end, cleanup = function() end };
+	return { message = function() end, flush = function() end, cleanup = function() end,
+		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
@@ -318,6 +338,12 @@ local function message(account, room, nick, stanza, m)
 		if log_writer then
 			local value = st.clone(stanza);
 			value.attr.to = nil;
+			if not m.delayed then
+				-- the exact time the room said it (the store's 'when' is
+				-- whole seconds on SQL), which membership spans are
+				-- compared with; taken off again before a catch-up
+				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
+			end
 			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
 				when = when, with = nick or room });
 		end
@@ -376,6 +402,110 @@ function lib.cleanup()
 		truncate_room(room, max_per_room);
 	end
 end
+
+-- The time a logged message was said: its delay from the room, to the
+-- fraction of a second, else the store's 'when'.
+-- The second result says how exact it is: 0 to the fraction of a second
+-- (the log's own mark, a stamp with a fraction), 1 a whole second (the
+-- room's stamps on Prosody 0.12, the store's 'when').
+local function said_at(item, room, when)
+	local said = item:get_child("said", xmlns_said);
+	local t = parse_stamp(said and said.attr.at);
+	if t then return t, 0; end
+	local stamp = delay_stamp(item, room);
+	t = parse_stamp(stamp);
+	if t then return t, stamp:find("%.%d") and 0 or 1; end
+	return when, 1;
+end
+
+local function unmark(item)
+	item:maptags(function(tag)
+		if tag.name == "said" and tag.attr.xmlns == xmlns_said then return nil; end
+		return tag;
+	end);
+	return item;
+end
+
+-- A time known to the second only counts from the start of its second:
+-- the room's history on a re-join after a crash (what the log lost) may
+-- be stamped in the second the account came in.
+local function in_spans(t, slack, spans)
+	for i = #spans, 1, -1 do
+		local span = spans[i];
+		if t + slack > span[1] and t <= (span[2] or math.huge) then return true; end
+		if t == span[1] then return true; end
+	end
+	return false;
+end
+
+-- The catch-up a later session gets from the log (the core's REPLAY_LOG
+-- action a: spans, maxstanzas, maxchars, seconds, since, now): the room's
+-- messages said within the spans, newest first until a limit, written or
+-- still waiting to be.  Returns them oldest first, as { stanza, time }
+-- pairs; the stanzas are the caller's to change.
+local PAGE_MAX = 1000;
+local function replay(room, a)
+	local spans, out = a.spans or {}, {};
+	local want = a.maxstanzas or 0;
+	if #spans == 0 or want <= 0 or not log_store then return out; end
+	local lo, hi = spans[1][1], spans[#spans][2];
+	local since = a.since;
+	if a.seconds and a.now and (not since or a.now - a.seconds > since) then since = a.now - a.seconds; end
+	local chars, full = 0, false;
+	local function take(item, t, slack)
+		if full or item:get_child("subject") or (since and t < since) or (hi and t > hi)
+			or not in_spans(t, slack, spans) then
+			return;
+		end
+		unmark(item);
+		local size = #tostring(item);
+		if a.maxchars and chars + size > a.maxchars then full = true; return; end
+		chars = chars + size;
+		out[#out+1] = { item, t };
+		if #out >= want then full = true; end
+	end
+	-- what waits for the writer is the newest
+	if log_writer then
+		for i = log_writer.tail, log_writer.head, -1 do
+			local e = log_writer[i];
+			if e and e.user == room then take(st.clone(e.value), said_at(e.value, room, e.when)); end
+			if full then break; end
+		end
+	end
+	local before;
+	while not full do
+		local page = math.min(PAGE_MAX, want - #out + 16);
+		local iter, err = log_store:find(room, { start = math.floor(math.max(lo, since or lo)) - 1,
+			["end"] = hi and math.ceil(hi),
+			reverse = true, limit = page, before = before });
+		if not iter then error(err or "cannot read the room log"); end
+		local got = 0;
+		for key, item, when in iter do
+			got, before = got + 1, key;
+			take(item, said_at(item, room, when));
+			if full then break; end
+		end
+		if got < page or before == nil then break; end
+	end
+	-- oldest first, in the store's order: the order the messages came.
+	-- Not by time: a room's own stamps (its history on a re-join, which
+	-- fills what a crash lost) are whole seconds on Prosody 0.12.
+	local n = #out;
+	for i = 1, n // 2 do out[i], out[n + 1 - i] = out[n + 1 - i], out[i]; end
+	return out;
+end
+
+-- Never raises: a store that cannot be read gives no catch-up (logged).
+function lib.replay(room, a)
+	local ok, ret = pcall(replay, room, a);
+	if not ok then
+		module:log("warn", "Could not read the log of %s for a catch-up: %s", room, tostring(ret));
+		return {};
+	end
+	return ret;
+end
+lib.serves = log_store and true or false;
+lib.parse_stamp = parse_stamp;
 
 -- For the specs and the admin shell.
 function lib.pending()

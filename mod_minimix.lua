@@ -83,6 +83,8 @@ local limits = {
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
+	-- the most one join gets from the room log, however much it asks
+	history_max = limit_option("minimix_history_max", 500);
 	join_timeout = limit_option("minimix_join_timeout", 60);
 	-- bytes of room stanzas cached for later sessions (see README)
 	max_membership_bytes = limit_option("minimix_max_membership_bytes", 4 * 1024 * 1024);
@@ -110,6 +112,8 @@ local store = module:open_store("minimix");
 -- The room log, once per room on this host, and the opt-in copy into the
 -- accounts' own archives: minimix_log.lib.lua (README "Room log").
 local roomlog = module:require("minimix_log");
+-- with the log, a later session's catch-up is read from it (per span)
+limits.log_history = roomlog.serves;
 
 -- Statistics, in Prosody's own views (admin shell, OpenMetrics).
 local metric_deliveries = module:metric("counter", "deliveries", "",
@@ -158,6 +162,8 @@ end
 
 local minimix = load_native();
 local core = minimix.new(limits);
+-- span boundaries are the times the log's messages are compared with
+core:clock(now);
 
 -- Remote domains whose server-to-server link went down, so that the account
 -- asks its rooms there again once the link is back.  Bounded: beyond
@@ -183,6 +189,7 @@ function module.restore(data)
 		end
 		core:close();
 		core = data.core;
+		core:clock(now);
 		reloaded = true;
 	end
 	if data and data.links_lost then
@@ -406,7 +413,9 @@ local function write_account(account)
 	for _, m in ipairs(core:memberships(account)) do
 		if m.persistent then
 			rooms[m.room] = { nick = m.nick, password = m.password,
-				last_id = m.last_id, last_stamp = m.last_stamp };
+				last_id = m.last_id, last_stamp = m.last_stamp,
+				-- when the account was in: what its sessions may read of the log
+				spans = m.spans[1] and m.spans or nil };
 			any = true;
 		end
 	end
@@ -497,6 +506,20 @@ function perform(ctx, handled, actions, event, reason, text)
 						stamp = stamp_text(a.stamp) }):up();
 				end
 				to_session(account, a.resource, cached, a.id, a.codes, a.drop_codes);
+			end
+		elseif op == "replay_log" then
+			-- catch-up from the room log, within the membership's spans
+			for _, said in ipairs(roomlog.replay(room, a)) do
+				local item = said[1];
+				local has_delay = false;
+				for delay in item:childtags("delay", xmlns_delay) do
+					if delay.attr.from == room then has_delay = true; end
+				end
+				if not has_delay then
+					item:tag("delay", { xmlns = xmlns_delay, from = room, stamp = stamp_text(said[2]) }):up();
+				end
+				to_session(account, a.resource, item);
+				replayed = replayed + 1;
 			end
 		elseif op == "send_join" then
 			if a.from_request then
@@ -596,7 +619,7 @@ local function outgoing_presence(event)
 					maxstanzas = tonumber(h.attr.maxstanzas);
 					maxchars = tonumber(h.attr.maxchars);
 					seconds = tonumber(h.attr.seconds);
-					since = h.attr.since and datetime.parse(h.attr.since);
+					since = h.attr.since and roomlog.parse_stamp(h.attr.since);
 				};
 			end
 			return perform(ctx, core:join(account, resource, room, nick, id,
@@ -815,7 +838,16 @@ function restore_all()
 			local ctx = { account = account, room = room };
 			local handled = perform(ctx, core:restore(account, room, rec.nick,
 				rec.password, rec.last_id, rec.last_stamp));
-			if handled then restored = restored + 1; end
+			if handled then
+				restored = restored + 1;
+				if type(rec.spans) == "table" and core:member(account, room) then
+					local ok, err = core:set_spans(account, room, rec.spans);
+					if not ok then
+						module:log("warn", "The stored spans of %s in %s are unusable (%s): its catch-up starts now",
+							account, room, err);
+					end
+				end
+			end
 		end
 	end
 	if restored > 0 then

@@ -76,7 +76,13 @@ CYCLES = env_int("MINIMIX_BENCH_SERVER_CYCLES", 100)
 # several sessions, as Prosody 0.12 allows), or "distinct": one nick per
 # session (one occupant per device)
 NICKS = os.environ.get("MINIMIX_BENCH_SERVER_NICKS", "same")
-SCENARIOS = set(os.environ.get("MINIMIX_BENCH_SERVER_SCENARIOS", "fanout,rooms,cycles").split(","))
+SCENARIOS = set(os.environ.get("MINIMIX_BENCH_SERVER_SCENARIOS",
+                               "fanout,rooms,cycles,catchup").split(","))
+# catch-up: CU_LOG messages in the room, then CU_JOINS joins of a later
+# device asking for each of CU_ASK messages (maxstanzas)
+CU_LOG = env_int("MINIMIX_BENCH_SERVER_CATCHUP_LOG", 1000)
+CU_JOINS = env_int("MINIMIX_BENCH_SERVER_CATCHUP_JOINS", 20)
+CU_ASK = [int(x) for x in os.environ.get("MINIMIX_BENCH_SERVER_CATCHUP_ASK", "20,100,500").split(",")]
 CONCURRENCY = 50
 
 
@@ -388,6 +394,53 @@ async def fanout(mode, D, profile=None):
         env.cleanup()
 
 
+async def catchup(mode):
+    """Server CPU for a later device's join (self-presence, catch-up,
+    subject) asking for maxstanzas in CU_ASK, with CU_LOG messages said
+    since the account joined: from the room log (on files, on SQLite) or,
+    with the log off, from the in-memory ring (minimix_history_size, 50)."""
+    env = start_env(mode, 1)
+    pid = env.proc.pid
+    room = "catchup@%s" % env.muc_domain
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    first = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d0")
+    later = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d1")
+    out = {"mode": mode, "log": CU_LOG, "joins": CU_JOINS, "asks": []}
+    try:
+        for s in (sender, first, later):
+            await s.connect()
+        await sender.join(room, "sender")
+        await first.join(room, "u0")
+        first.count(MARKER)
+        for n in range(CU_LOG):
+            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
+                             "chat line often is." % n)
+            if n % 50 == 49:
+                deadline = time.monotonic() + 60
+                while first.counted < n + 1 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)  # the log's last writes
+        await settle(pid)
+        for ask in CU_ASK:
+            served, cpu = 0, 0.0
+            for _ in range(CU_JOINS):
+                cpu0 = cpu_seconds(pid)
+                m0 = later.mark()
+                await later.join(room, "u0", maxstanzas=ask, timeout=60)
+                cpu += cpu_seconds(pid) - cpu0
+                served += sum(1 for e in later.inbox[m0:]
+                              if e.tag.endswith("message") and
+                              (e.findtext("{jabber:client}body") or "").startswith("BMK-"))
+                await later.leave(room, "u0")
+            out["asks"].append({"maxstanzas": ask, "cpu_ms_per_join": cpu / CU_JOINS * 1e3,
+                                "served_per_join": served / CU_JOINS,
+                                "cpu_us_per_served": cpu / max(served, 1) * 1e6})
+        return out
+    finally:
+        await close_all([[sender, first, later]])
+        env.cleanup()
+
+
 async def many_rooms(mode):
     env = start_env(mode, RA)
     pid = env.proc.pid
@@ -584,6 +637,20 @@ def main():
         print("  %-7s %13d B %10d B   %13d B %10d B" % (
             mode, res["lua_growth"], res["rss_growth"],
             res["lua_growth_second_half"], res["rss_growth_second_half"]))
+
+    if "catchup" in SCENARIOS:
+        print()
+        print("Catch-up: a later device's join, %d messages said since the account joined,"
+              " %d joins each" % (CU_LOG, CU_JOINS))
+        print("  mode     maxstanzas  served  CPU ms per join  CPU us per message served")
+        results["catchup"] = []
+        for mode in ("module", "sqlite", "nolog"):
+            res = asyncio.run(catchup(mode))
+            results["catchup"].append(res)
+            for a in res["asks"]:
+                print("  %-7s %10d %7.0f %16.2f %26.1f" % (
+                    mode, a["maxstanzas"], a["served_per_join"], a["cpu_ms_per_join"],
+                    a["cpu_us_per_served"]))
 
     results["seconds"] = time.monotonic() - t_start
     print("\n(%.0f s)" % results["seconds"])

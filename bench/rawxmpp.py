@@ -178,13 +178,14 @@ class Session:
         self.send("<presence/>")
         return self
 
-    async def join(self, room, nick, timeout=30.0):
-        """Join room/nick without history; returns when the join sequence
-        has ended (the subject message, which Prosody always sends)."""
+    async def join(self, room, nick, timeout=30.0, maxstanzas=0):
+        """Join room/nick with <history maxstanzas/> (none by default);
+        returns when the join sequence has ended (the subject message,
+        which Prosody always sends)."""
         m = self.mark()
         jid = "%s/%s" % (room, nick)
-        self.send("<presence to=%s id='%s'><x xmlns='%s'><history maxstanzas='0'/></x>"
-                  "</presence>" % (quoteattr(jid), new_id("join"), NS_MUC))
+        self.send("<presence to=%s id='%s'><x xmlns='%s'><history maxstanzas='%d'/></x>"
+                  "</presence>" % (quoteattr(jid), new_id("join"), NS_MUC, maxstanzas))
 
         def end(e):
             if e.get("from", "").split("/", 1)[0] != room:

@@ -207,6 +207,22 @@ def server_tables(s):
                            fmt(r["lua_growth"], "B"), fmt(r.get("lua_growth_second_half", 0), "B"),
                            fmt(r["rss_growth"], "B"), fmt(r.get("rss_growth_second_half", 0), "B"))
                            for r in s["cycles"])))
+    if s.get("catchup"):
+        out.append("")
+        c0 = s["catchup"][0]
+        names = {"module": "log on files", "sqlite": "log on SQLite", "nolog": "log off (ring)"}
+        out.append("Catch-up: a later device joins %d times asking for `maxstanzas` messages, "
+                   "%d said since its account joined. Server CPU per join (self-presence, "
+                   "catch-up, subject) and per message served:" % (c0["joins"], c0["log"]))
+        out.append("")
+        out.append("| maxstanzas | " + " | ".join(names.get(r["mode"], r["mode"])
+                                                 for r in s["catchup"]) + " |")
+        out.append("|--:|" + "--:|" * len(s["catchup"]))
+        for i, a in enumerate(c0["asks"]):
+            out.append("| %d | " % a["maxstanzas"] + " | ".join(
+                "%.1f ms (%d served, %.0f µs each)" % (
+                    r["asks"][i]["cpu_ms_per_join"], r["asks"][i]["served_per_join"],
+                    r["asks"][i]["cpu_us_per_served"]) for r in s["catchup"]) + " |")
     return out
 
 

@@ -76,6 +76,16 @@ static void check_decision(mm_err err, const mm_decision *d)
 			fail("delivery without a session");
 		if (a->op == MM_OP_REPLAY && a->payload == NULL)
 			fail("replay without payload");
+		if (a->op == MM_OP_REPLAY_LOG) {
+			size_t j;
+			if (a->resource == NULL || a->nspans == 0 || a->nspans > MM_MAX_SPANS
+					|| a->spans == NULL)
+				fail("a catch-up from the log without a session or spans");
+			if (a->maxstanzas <= 0 || a->maxstanzas > 7)
+				fail("a catch-up from the log beyond history_max");
+			for (j = 0; j < a->nspans; j++)
+				(void)a->spans[j].from;
+		}
 		if ((a->op == MM_OP_SEND_JOIN || a->op == MM_OP_SEND_PRESENCE)
 				&& (a->nick == NULL || *a->nick == '\0'))
 			fail("join or presence without a nick");
@@ -116,6 +126,30 @@ static int count_membership(const mm_membership_info *info, void *ud)
 		fail("membership state disagrees");
 	if (info->nick == NULL || *info->nick == '\0')
 		fail("membership without a nick");
+	/* spans: bounded, ordered, at most one open (the last), open iff
+	 * the account is in or joining again by itself */
+	{
+		size_t i;
+		int open = info->nspans > 0 && info->spans[info->nspans - 1].to < 0;
+		if (info->nspans > MM_MAX_SPANS)
+			fail("more spans than MM_MAX_SPANS");
+		for (i = 0; i < info->nspans; i++) {
+			const mm_span *sp = &info->spans[i];
+			if (!(sp->from >= 0))
+				fail("a span from before 1970");
+			if (sp->to < 0 && i != info->nspans - 1)
+				fail("an open span that is not the last");
+			if (sp->to >= 0 && sp->to < sp->from)
+				fail("a span that ends before it starts");
+			if (i > 0 && sp->from < info->spans[i - 1].to)
+				fail("spans out of order");
+		}
+		if (info->state == MM_JOINED && !open)
+			fail("joined without an open span");
+		if (open && info->state != MM_JOINED && info->state != MM_REJOIN_WAIT
+				&& info->state != MM_REJOINING)
+			fail("an open span while the account is not in");
+	}
 	return 0;
 }
 
@@ -284,6 +318,13 @@ static void step(mm_state *st, struct input *in, double *now)
 	case 13:
 		/* time passes: up to about an hour, so every wait can end */
 		*now += take(in) * (take(in) & 1 ? 16 : 1);
+		if (take(in) & 1) {
+			/* the caller's clock, a fraction of a second on, or back */
+			mm_state_now(st, *now + (double)take(in) / 256.0 - (take(in) & 1 ? 2 : 0));
+			memset(&d, 0, sizeof d);
+			err = MM_OK;
+			break;
+		}
 		err = mm_tick(st, *now, &d);
 		break;
 	case 14:
@@ -298,6 +339,8 @@ static void step(mm_state *st, struct input *in, double *now)
 			lim.max_iqs = 2;
 			lim.history_size = 1 + (take(in) & 3);
 			lim.history_default = 2;
+			lim.history_max = 7;
+			lim.log_history = take(in) & 1;
 			lim.max_nick_bytes = 8;
 			lim.join_timeout = 30;
 			lim.rejoin_delay = 2;
@@ -321,6 +364,18 @@ static void step(mm_state *st, struct input *in, double *now)
 		} else if ((take(in) & 3) == 0) {
 			err = mm_session_reachable(st, acc, res, take(in) & 1);
 			memset(&d, 0, sizeof d);
+		} else if ((take(in) & 3) == 0) {
+			/* stored spans, well-formed or not */
+			mm_span sp[3];
+			size_t k, n = take(in) % 4;
+			for (k = 0; k < n; k++) {
+				sp[k].from = (double)(take(in) * 10);
+				sp[k].to = take(in) & 1 ? -1.0 : sp[k].from + (double)take(in) - 8;
+			}
+			err = mm_membership_set_spans(st, acc, room, sp, n);
+			memset(&d, 0, sizeof d);
+			if (err != MM_OK)
+				err = MM_OK;
 		} else if (take(in) & 1) {
 			err = mm_account_restore(st, acc, room, *nick ? nick : "x",
 				take(in) & 1 ? "pw" : NULL, id, (double)take(in), &d);
@@ -379,6 +434,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.max_iqs = 2;
 	lim.history_size = 3;
 	lim.history_default = 2;
+	lim.history_max = 7;
+	lim.log_history = 1;
 	lim.max_nick_bytes = 8;
 	lim.join_timeout = 30;
 	lim.rejoin_delay = 2;

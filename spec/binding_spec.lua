@@ -359,3 +359,46 @@ describe("minimix.state decisions", function()
 		assert.equal(1, s:stats().memberships);
 	end);
 end);
+
+describe("membership spans and the catch-up from the log", function()
+	it("takes the caller's clock, lists the spans and hands out REPLAY_LOG with the clamped request", function()
+		local t = 1000.25;
+		local s = minimix.new({ log_history = true, history_max = 40, history_default = 7 });
+		assert.equal(40, s:limits().history_max);
+		assert.is_true(s:limits().log_history);
+		assert.equal(500, minimix.new():limits().history_max);
+		assert.is_false(minimix.new():limits().log_history);
+		s:clock(function() return t; end);
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		t = 1001.5;
+		s:room_presence("a@h", "r@c", "alice", { type = "available", codes = { 110 }, payload = SELF });
+		assert.same({ { 1001.5 } }, s:memberships("a@h")[1].spans);
+		local _, actions = s:join("a@h", "l", "r@c", "alice", "j2", nil, nil, nil, { maxstanzas = 1000, since = 5 }, 2000);
+		local a;
+		for _, x in ipairs(actions) do if x.op == "replay_log" then a = x; end end
+		assert.truthy(a, table.concat(ops(actions), " "));
+		assert.equal("l", a.resource);
+		assert.equal(40, a.maxstanzas);
+		assert.equal(5, a.since);
+		assert.equal(2000, a.now);
+		assert.is_nil(a.maxchars);
+		assert.same({ { 1001.5 } }, a.spans);
+		_, actions = s:join("a@h", "m", "r@c", "alice", "j3");
+		for _, x in ipairs(actions) do if x.op == "replay_log" then a = x; end end
+		assert.equal(7, a.maxstanzas);
+	end);
+
+	it("gives spans back, refusing what breaks a rule", function()
+		local s = minimix.new();
+		assert.is_nil(s:set_spans("a@h", "r@c", {}));
+		s:restore("a@h", "r@c", "alice");
+		assert.is_true(s:set_spans("a@h", "r@c", { { 10, 20 }, { 30 } }));
+		assert.same({ { 10, 20 }, { 30 } }, s:memberships("a@h")[1].spans);
+		local ok, token = s:set_spans("a@h", "r@c", { { 30 }, { 10, 20 } });
+		assert.is_nil(ok);
+		assert.equal("invalid", token);
+		assert.is_nil(s:set_spans("a@h", "r@c", { "x" }));
+		assert.same({ { 10, 20 }, { 30 } }, s:memberships("a@h")[1].spans);
+		assert.has_error(function() s:clock(42) end);
+	end);
+end);

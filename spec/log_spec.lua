@@ -25,12 +25,26 @@ local function fake_archive()
 	end
 	function s:find(user, query)
 		local out = {};
+		query = query or {};
+		self.finds = (self.finds or 0) + 1;
 		for _, it in ipairs(self.items) do
-			if it.user == user then out[#out+1] = it; end
+			if it.user == user and (not query.start or it.when >= query.start)
+				and (not query["end"] or it.when <= query["end"]) then
+				out[#out+1] = it;
+			end
 		end
 		if query and query.reverse then
 			local r = {};
 			for i = #out, 1, -1 do r[#r+1] = out[i]; end
+			out = r;
+		end
+		if query.before then
+			-- the items after `before` in the query's order
+			local r, past = {}, false;
+			for _, it in ipairs(out) do
+				if past then r[#r+1] = it; end
+				if it.key == query.before then past = true; end
+			end
 			out = r;
 		end
 		if query and query.limit then
@@ -421,6 +435,112 @@ describe("room log", function()
 			advance(again, 1);
 			assert.equal(1, #again.stores.archive.items);
 			assert.equal("missed", again.stores.archive.items[1].value:get_child_text("body"));
+		end);
+	end);
+
+	describe("serves a later session's catch-up", function()
+		local T = 1700000000;
+		-- messages said at T + each offset (the store's 'when' whole seconds)
+		local function say(env, offsets, flush)
+			for _, off in ipairs(offsets) do
+				env.clock = T + off;
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m" .. off, "sid-" .. off),
+					{ stamp = env.clock, delayed = false });
+			end
+			if flush ~= false then env.hooks["server-cleanup"](); end
+		end
+		local function bodies(list)
+			local out = {};
+			for _, said in ipairs(list) do out[#out+1] = said[1]:get_child_text("body"); end
+			return out;
+		end
+
+		it("within the spans only, oldest first, to the fraction of a second", function()
+			local env = load_log();
+			say(env, { 1, 2.2, 2.7, 3, 5, 6.5, 7 });
+			-- in from 1.5 to 2.5 (a leave in the middle of second 2), again from 6.5
+			local got = env.lib.replay(ROOM, { spans = { { T + 1.5, T + 2.5 }, { T + 6.5 } }, maxstanzas = 100 });
+			assert.same({ "m2.2", "m6.5", "m7" }, bodies(got));
+			assert.equal(T + 2.2, got[1][2]);
+			-- each logged message keeps the exact time the room said it in a delay
+			assert.is_nil(got[1][1]:get_child("said", "urn:xmpp:minimix:said:0"), "the mark is taken off");
+			assert.equal("2023-11-14T22:13:22.200000Z", env.stores.minimix_log.items[2].value:get_child("said", "urn:xmpp:minimix:said:0").attr.at);
+			assert.same({}, bodies(env.lib.replay(ROOM, { spans = {}, maxstanzas = 100 })));
+			assert.same({}, bodies(env.lib.replay(ROOM, { spans = { { T + 8 } }, maxstanzas = 100 })));
+		end);
+
+		it("the newest maxstanzas, since, seconds and maxchars exactly", function()
+			local env = load_log();
+			say(env, { 1, 2, 3, 4, 5 });
+			local span = { { T } };
+			assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 2 })));
+			assert.same({ "m3", "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+				since = T + 2.5 })));
+			assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+				seconds = 1.5, now = T + 5.5 })));
+			-- sizes as sent: without the log's own mark
+			local one = #tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]);
+			assert.is_nil(tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]):find("said"));
+			assert.same({ "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+				maxchars = 2 * one - 1 })));
+			assert.same({}, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100, maxchars = 0 })));
+		end);
+
+		it("what waits for the writer too, once, after what was written", function()
+			local env = load_log();
+			say(env, { 1, 2 });
+			say(env, { 3, 4 }, false);
+			assert.equal(2, env.lib.pending());
+			assert.same({ "m1", "m2", "m3", "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+			assert.same({ "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 1 })));
+		end);
+
+		it("in the order the messages came, whatever their stamps' precision", function()
+			local env = load_log();
+			say(env, { 1.5, 2.5 });
+			-- what a crash lost, from the room's history on the re-join: whole seconds
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m3", "sid-3",
+				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+			env.hooks["server-cleanup"]();
+			assert.same({ "m1.5", "m2.5", "m3" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+		end);
+
+		it("counts a time known to the second only from the start of its second", function()
+			local env = load_log();
+			-- the account came in at T + 2.5; the room's history after a
+			-- crash stamps what was said at T + 2.7 as T + 2
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "whole", "sid-w",
+				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "exact", "sid-e",
+				{ stamp = "2023-11-14T22:13:22.400Z" }), { stamp = T + 2.4, delayed = true });
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "older", "sid-o",
+				{ stamp = "2023-11-14T22:13:21Z" }), { stamp = T + 1, delayed = true });
+			env.hooks["server-cleanup"]();
+			assert.same({ "whole" }, bodies(env.lib.replay(ROOM, { spans = { { T + 2.5 } }, maxstanzas = 100 })));
+		end);
+
+		it("reads page by page past what the spans leave out", function()
+			local env = load_log();
+			local offsets = {};
+			for i = 1, 600 do offsets[i] = i; end
+			say(env, offsets);
+			local got = env.lib.replay(ROOM, { spans = { { T + 1, T + 300 }, { T + 551, T + 600 } }, maxstanzas = 320 });
+			assert.equal(320, #got);
+			assert.equal("m31", got[1][1]:get_child_text("body"));
+			assert.equal("m600", got[320][1]:get_child_text("body"));
+		end);
+
+		it("skips subjects, and gives nothing when the store cannot be read", function()
+			local env = load_log();
+			say(env, { 1 });
+			env.clock = T + 2;
+			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", nil, nil, { subject = "topic" }),
+				{ stamp = env.clock, delayed = false });
+			env.hooks["server-cleanup"]();
+			assert.same({ "m1" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+			env.stores.minimix_log.find = function() error("down"); end;
+			assert.same({}, env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 }));
+			assert.equal(1, count_logs(env, "warn", "catch%-up"));
 		end);
 	end);
 end);

@@ -75,8 +75,36 @@ local function load_shim(options, env_hook)
 		if name == "minimix_log" and kind == "archive" then
 			env.logged = {};
 			return { append = function(_, user, key, value, when, with)
-				env.logged[#env.logged+1] = { user = user, key = key, value = value, when = when, with = with };
-				return key or tostring(#env.logged);
+				env.logged[#env.logged+1] = { user = user, key = key or tostring(#env.logged + 1),
+					value = value, when = when, with = with };
+				return env.logged[#env.logged].key;
+			end, find = function(_, user, q)
+				-- as Prosody's archive stores read a query (start, end,
+				-- before, reverse, limit)
+				local list = {};
+				for _, e in ipairs(env.logged) do
+					if e.user == user and (not q.start or e.when >= q.start)
+						and (not q["end"] or e.when <= q["end"]) then
+						list[#list+1] = e;
+					end
+				end
+				local from, to, step = 1, #list, 1;
+				if q.reverse then from, to, step = #list, 1, -1; end
+				local out, skipping = {}, q.before ~= nil;
+				for i = from, to, step do
+					local e = list[i];
+					if skipping then
+						if e.key == q.before then skipping = false; end
+					elseif not q.limit or #out < q.limit then
+						out[#out+1] = e;
+					end
+				end
+				local i = 0;
+				return function()
+					i = i + 1;
+					local e = out[i];
+					if e then return e.key, e.value, e.when, e.with; end
+				end;
 			end };
 		end
 		assert(name == "minimix");

@@ -299,6 +299,10 @@ describe("mod_minimix shim", function()
 
 	it("replays messages with a XEP-0203 delay from the room, stamped when the room sent them", function()
 		local DELAY = "urn:xmpp:delay";
+		-- without the room log: the in-memory ring
+		env = load_shim({ minimix_log = false });
+		P = new_session(env, "phone");
+		L = new_session(env, "laptop");
 		fire(env, "pre-presence/full", P, join("j1"));
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
 		-- from the room's own history, with the room's delay
@@ -330,6 +334,51 @@ describe("mod_minimix shim", function()
 		assert.same({ "old", "new" }, bodies);
 	end);
 
+	it("serves a later session's catch-up from the room log, within the account's span", function()
+		local DELAY = "urn:xmpp:delay";
+		fire(env, "pre-presence/full", P, join("j1"));
+		local joined_at = env.clock;
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		-- the room's history of before the account was in: logged, not served
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "h1" }):text_tag("body", "old")
+			:tag("delay", { xmlns = DELAY, from = "room@muc.example", stamp = "2020-01-02T03:04:05Z" }):up());
+		env.clock = env.clock + 1.5;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m1" }):text_tag("body", "new"));
+		advance(env, 1); -- written
+		env.clock = env.clock + 0.25;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m2" }):text_tag("body", "newer")); -- still waiting
+		assert.equal(2, #env.logged, "the history and the first live message are written");
+		fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { maxstanzas = "5" }):up():up());
+		local bodies, stamps = {}, {};
+		for _, m in ipairs(L.got) do
+			if m.name == "message" then
+				bodies[#bodies+1] = m:get_child_text("body");
+				local delays = {};
+				for dl in m:childtags("delay", DELAY) do delays[#delays+1] = dl; end
+				assert.equal(1, #delays, tostring(m));
+				assert.equal("room@muc.example", delays[1].attr.from);
+				stamps[#stamps+1] = delays[1].attr.stamp;
+				assert.equal("alice@localhost/laptop", m.attr.to);
+			end
+		end
+		assert.same({ "new", "newer" }, bodies);
+		-- when the room said it (0.12 writes whole seconds)
+		assert.equal(os.date("!%Y-%m-%dT%H:%M:%S", math.floor(joined_at + 1.5)),
+			stamps[1]:match("^[^.Z]*"));
+		-- the span is stored with the membership, and a restart gives it back
+		advance(env, 0);
+		local stored = env.stored.alice["room@muc.example"];
+		assert.same({ { joined_at } }, stored.spans);
+		local env2 = load_shim(nil, function(e) e.stored = env.stored; end);
+		advance(env2, 0);
+		local m = env2.module.save().core:memberships("alice@localhost")[1];
+		assert.same({ { joined_at } }, m.spans);
+	end);
+
 	it("stores memberships as soon as they change, not when the last message seen is written", function()
 		env = load_shim({ minimix_seen_interval = 3600 });
 		P = new_session(env, "phone");
@@ -339,7 +388,8 @@ describe("mod_minimix shim", function()
 		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
 		-- a turn of the main loop, no time passing
 		advance(env, 0);
-		assert.same({ ["room@muc.example"] = { nick = "alice" } }, env.stored.alice);
+		-- with when the account was in: the span open since its join
+		assert.same({ ["room@muc.example"] = { nick = "alice", spans = { { env.clock } } } }, env.stored.alice);
 		-- a message seen waits for the periodic write
 		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
 				type = "groupchat", id = "m1" }):text_tag("body", "hi")

@@ -153,6 +153,7 @@ static const char *op_name(mm_op op)
 	case MM_OP_REJOIN_LATER: return "REJOIN_LATER";
 	case MM_OP_DELIVER: return "DELIVER";
 	case MM_OP_REPLAY: return "REPLAY";
+	case MM_OP_REPLAY_LOG: return "REPLAY_LOG";
 	case MM_OP_REFLECT_LEAVE: return "REFLECT_LEAVE";
 	case MM_OP_CARBON: return "CARBON";
 	case MM_OP_IQ_ERROR: return "IQ_ERROR";
@@ -6151,6 +6152,290 @@ START_TEST(test_later_session_own_news)
 }
 END_TEST
 
+
+/* ==== membership spans and the catch-up from the room log ================= */
+
+/* The spans of ACC's membership in ROOM, copied into out; returns their number. */
+static mm_span spans_seen[MM_MAX_SPANS + 1];
+static size_t nspans_seen;
+
+static int copy_spans(const mm_membership_info *info, void *ud)
+{
+	(void)ud;
+	if (strcmp(info->room, ROOM) == 0) {
+		ck_assert_uint_le(info->nspans, MM_MAX_SPANS);
+		memcpy(spans_seen, info->spans, info->nspans * sizeof *info->spans);
+		nspans_seen = info->nspans;
+	}
+	return 0;
+}
+
+static size_t spans_of(void)
+{
+	nspans_seen = 0;
+	mm_account_memberships(st, ACC, copy_spans, NULL);
+	return nspans_seen;
+}
+
+static void expect_span(size_t i, double from, double to)
+{
+	ck_assert_uint_lt(i, nspans_seen);
+	ck_assert_double_eq(spans_seen[i].from, from);
+	if (to < 0)
+		ck_assert_msg(spans_seen[i].to < 0, "span %zu closed at %f", i, spans_seen[i].to);
+	else
+		ck_assert_double_eq(spans_seen[i].to, to);
+}
+
+/* A span opens on JOINING -SELF-> JOINED and closes, to the fraction of
+ * a second, on the account's leave; the JOINING after LEAVING_REJOIN
+ * opens the next one. */
+START_TEST(test_spans_open_and_close)
+{
+	mm_state_now(st, 1000.5);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	ck_assert_uint_eq(spans_of(), 0); /* joining: not in yet */
+	mm_state_now(st, 1000.75);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 1000.75, -1);
+	mm_state_now(st, 1001.25);
+	session_leave(ACC, R1, ROOM, "l1");
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 1000.75, 1001.25);
+	/* a session asks to join while the account leaves */
+	mm_state_now(st, 1002);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_LEAVING_REJOIN);
+	self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINING);
+	ck_assert_uint_eq(spans_of(), 1);
+	mm_state_now(st, 1003.5);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	ck_assert_uint_eq(spans_of(), 2);
+	expect_span(0, 1000.75, 1001.25);
+	expect_span(1, 1003.5, -1);
+	/* a join's now is the clock too */
+	join_dev(0, 0, 0, 0, 0, 1004);
+	ck_assert_uint_eq(spans_of(), 2);
+	expect_span(1, 1003.5, -1);
+}
+END_TEST
+
+/* Involuntary outages keep the span open: 332 (REJOIN_WAIT, its timeout,
+ * the re-join), 333 (REJOINING), a self-ping answered not-acceptable. */
+START_TEST(test_spans_kept_across_outages)
+{
+	mm_state_now(st, 500.5);
+	joined_room(ACC, R1, ROOM, "alice");
+	mm_state_now(st, 600);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 500.5, -1);
+	ck_assert_int_eq(mm_tick(st, 700, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 800, &d), MM_OK);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 500.5, -1);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_333, 0, NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 500.5, -1);
+	/* the account's own leave while it waits to come back closes it */
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	mm_state_now(st, 900.125);
+	ck_assert_int_eq(mm_account_leave(st, ACC, ROOM, &d), MM_OK);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_NONE);
+}
+END_TEST
+
+/* A restored membership gets its spans back; the open one continues
+ * through the re-join; mm_membership_set_spans refuses what breaks a
+ * rule, with the state as it was, and keeps the newest MM_MAX_SPANS. */
+START_TEST(test_spans_restore)
+{
+	mm_span sp[MM_MAX_SPANS + 2];
+	size_t i;
+
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, NULL, 0), MM_EINVAL);
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0, &d), MM_OK);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	sp[0] = (mm_span){ 10, 20 };
+	sp[1] = (mm_span){ 30, -1 };
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, sp, 2), MM_OK);
+	/* unordered, open but not last, from > to, NaN: refused, unchanged */
+	sp[2] = (mm_span){ 15, 16 };
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, (mm_span[]){ { 30, 40 }, { 10, 20 } }, 2), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, (mm_span[]){ { 10, -1 }, { 30, -1 } }, 2), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, (mm_span[]){ { 20, 10 } }, 1), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, (mm_span[]){ { NAN, 10 } }, 1), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM2, sp, 2), MM_EINVAL);
+	ck_assert_uint_eq(spans_of(), 2);
+	expect_span(0, 10, 20);
+	expect_span(1, 30, -1);
+	mm_state_now(st, 5000);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_JOINED);
+	ck_assert_uint_eq(spans_of(), 2);
+	expect_span(1, 30, -1);
+	/* more than MM_MAX_SPANS: the newest */
+	for (i = 0; i < MM_MAX_SPANS + 2; i++)
+		sp[i] = (mm_span){ 100.0 * (double)i, 100.0 * (double)i + 50 };
+	/* joined: the last one must be open */
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, sp, MM_MAX_SPANS + 2), MM_EINVAL);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, sp, 0), MM_EINVAL);
+	ck_assert_uint_eq(spans_of(), 2);
+	sp[MM_MAX_SPANS + 1].to = -1;
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, sp, MM_MAX_SPANS + 2), MM_OK);
+	ck_assert_uint_eq(spans_of(), MM_MAX_SPANS);
+	expect_span(0, 200, 250);
+	/* without stored spans, the re-join opens one */
+	reset_state(NULL);
+	ck_assert_int_eq(mm_account_restore(st, ACC, ROOM, "alice", NULL, NULL, 0, &d), MM_OK);
+	mm_state_now(st, 7000);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 7000, -1);
+}
+END_TEST
+
+/* At most MM_MAX_SPANS per membership, the oldest dropped. */
+START_TEST(test_spans_bounded)
+{
+	int i;
+
+	mm_state_now(st, 1);
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 1; i <= MM_MAX_SPANS + 3; i++) {
+		mm_state_now(st, 10.0 * i);
+		session_leave(ACC, R1, ROOM, "l");
+		join(ACC, R1, ROOM, "alice", "j", NULL);
+		self_unavailable(ACC, ROOM, "alice", 0, 0, NULL);
+		mm_state_now(st, 10.0 * i + 5);
+		self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	}
+	ck_assert_uint_eq(spans_of(), MM_MAX_SPANS);
+	expect_span(MM_MAX_SPANS - 1, 10.0 * (MM_MAX_SPANS + 3) + 5, -1);
+	expect_span(0, 10.0 * 4 + 5, 10.0 * 5);
+}
+END_TEST
+
+static size_t op_index(mm_op op)
+{
+	size_t i;
+	for (i = 0; i < d.n; i++)
+		if (d.actions[i].op == op)
+			return i;
+	ck_abort_msg("no %s in %s", op_name(op), describe(&d));
+	return 0;
+}
+
+/* With log_history, a later session gets one REPLAY_LOG after its
+ * self-presence and before the subject, with its request clamped to
+ * history_max (absent: history_default) and the membership's spans; the
+ * first session's join does not; without log_history the ring replays. */
+START_TEST(test_replay_log_position_and_clamp)
+{
+	mm_limits l;
+	const mm_action *a;
+	const char *res;
+
+	memset(&l, 0, sizeof l);
+	l.log_history = 1;
+	l.history_max = 30;
+	l.history_default = 5;
+	reset_state(&l);
+	mm_state_now(st, 1000.5);
+	join(ACC, R1, ROOM, "alice", "j1", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	self_pres(ACC, ROOM, "alice", 0, "j1", P_SELF);
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "s1", P_M1);
+	subject_msg(ACC, ROOM, P_SUBJECT, T_MSG, 0);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	a = expect_one(&d, MM_OP_REPLAY_LOG, R2);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 2); /* self, subject */
+	ck_assert_uint_lt(op_index(MM_OP_REPLAY), op_index(MM_OP_REPLAY_LOG));
+	ck_assert_ptr_nonnull(d.actions[d.n - 1].payload);
+	ck_assert_int_eq(d.actions[d.n - 1].op, MM_OP_REPLAY);
+	ck_assert_str_eq(d.actions[d.n - 1].payload, P_SUBJECT);
+	ck_assert_str_eq(a->room, ROOM);
+	ck_assert_int_eq(a->maxstanzas, 5);
+	ck_assert_int_lt(a->maxchars, 0);
+	ck_assert(a->seconds < 0 && a->since < 0);
+	ck_assert_uint_eq(a->nspans, 1);
+	ck_assert_double_eq(a->spans[0].from, 1000.5);
+	ck_assert(a->spans[0].to < 0);
+
+	res = join_dev(1, 100, 4000, 60, 1234.5, 2000);
+	a = expect_one(&d, MM_OP_REPLAY_LOG, res);
+	ck_assert_int_eq(a->maxstanzas, 30);
+	ck_assert_int_eq(a->maxchars, 4000);
+	ck_assert_double_eq(a->seconds, 60);
+	ck_assert_double_eq(a->since, 1234.5);
+	ck_assert_double_eq(a->now, 2000);
+	/* <history/> without maxstanzas: as much as history_max */
+	a = expect_one(&d, MM_OP_REPLAY_LOG, join_dev(1, NONE, NONE, NONE, 1500, 2000));
+	ck_assert_int_eq(a->maxstanzas, 30);
+	/* maxstanzas 0: nothing to ask for */
+	res = join_dev(1, 0, NONE, NONE, NONE, 2000);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+
+	/* the log off: the ring, as ever */
+	l.log_history = 0;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	room_msg(ACC, ROOM, "bob", MM_MSG_GROUPCHAT, 0, "s1", P_M1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R2), 2);
+}
+END_TEST
+
+
+/* With log_history the ring is a hot cache in front of the log: a request
+ * its newest messages answer whole, within the one open span, is replayed
+ * from it; one that needs more than it holds goes to the log. */
+START_TEST(test_replay_log_ring_in_front)
+{
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.log_history = 1;
+	reset_state(&l);
+	mm_state_now(st, 50);
+	four_messages();
+	/* the two newest: the ring has them */
+	expect_catchup(join_dev(1, 2, NONE, NONE, NONE, 500), four + 2, 2, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* since: the ring holds everything after it */
+	expect_catchup(join_dev(1, 10, NONE, NONE, 250, 500), four + 2, 2, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* seconds, maxchars: bounds inside the ring */
+	expect_catchup(join_dev(1, 10, NONE, 250, NONE, 500), four + 2, 2, NULL);
+	expect_catchup(join_dev(1, 10, (long)strlen(P_M4), NONE, NONE, 500), four + 3, 1, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+	/* more than the ring holds: the log answers, nothing from the ring */
+	join_dev(1, 10, NONE, NONE, NONE, 500);
+	expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 1); /* self only */
+
+	/* the account came in after m1 (which came as the room's history):
+	 * the span starts there, and the ring answers the rest whole */
+	reset_state(&l);
+	mm_state_now(st, 150);
+	four_messages();
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), four + 1, 3, NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -6649,6 +6934,14 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_events_removed_refused);
 	tcase_add_test(tc, test_events_rejoining);
 	tcase_add_test(tc, test_events_null_for_traffic);
+
+	tc = tcase(s, "spans", setup_default);
+	tcase_add_test(tc, test_spans_open_and_close);
+	tcase_add_test(tc, test_spans_kept_across_outages);
+	tcase_add_test(tc, test_spans_restore);
+	tcase_add_test(tc, test_spans_bounded);
+	tcase_add_test(tc, test_replay_log_position_and_clamp);
+	tcase_add_test(tc, test_replay_log_ring_in_front);
 
 	return s;
 }

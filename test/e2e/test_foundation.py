@@ -13,6 +13,7 @@ account-level behaviours fail.
 Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
+import asyncio
 import datetime
 import re
 import time
@@ -316,14 +317,21 @@ def test_later_session_gets_history_it_asks_for_with_delay(prosody):
     """XEP-0045 7.2.15 (discussion history: <history maxstanzas/> limits
     it, each message carries a XEP-0203 delay from the room with the time
     the room got it) for sessions joining after the account: the messages
-    said since the account joined come with a delay the module adds, from
-    the room JID, stamped when the room sent them; a message that came from
-    the room's own history keeps the room's delay, and gets no second one."""
+    said since the account joined come from the room log with one delay,
+    from the room JID, stamped when the room sent them.  What the room said
+    before the account was in ("before", in the room's own history on the
+    account's first join) is the room's to give: the first session got it,
+    with the room's delay; later sessions read only the account's span."""
     async def scenario(w):
         room = w.room("catchup")
         bob = await w.connect("bob", "desk")
         await create_room(bob, room, "bob", whois="anyone", subject="Catch-up")
         bob.groupchat(room, "before")
+        await bob.wait_for(P(name="message", body="before"))
+        # over a second before the account comes in: the room stamps its
+        # history in whole seconds (0.12), which count from the start of
+        # their second
+        await asyncio.sleep(1.2)
         p = await w.connect("alice", "phone")
         _, seq = await join_room(p, room, "alice")
         check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", p.jid, history=["before"])
@@ -345,14 +353,12 @@ def test_later_session_gets_history_it_asks_for_with_delay(prosody):
         t = await w.connect("alice", "tablet")
         _, seq = await join_room(t, room, "alice", history={"maxstanzas": 10})
         check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", t.jid,
-                            history=["before", "one", "two", "three"])
+                            history=["one", "two", "three"])
+        assert room_stamp, before
         for m in messages(seq)[:-1]:
             stamp = delay_stamps(m, room)
-            if m.body == "before":
-                assert stamp == room_stamp, "the room's delay changed: %s" % m
-            else:
-                assert said_from <= stamp <= said_until, \
-                    "delay not when the room sent it (%s..%s): %s" % (said_from, said_until, m)
+            assert said_from <= stamp <= said_until, \
+                "delay not when the room sent it (%s..%s): %s" % (said_from, said_until, m)
     run(prosody, scenario)
 
 

@@ -336,8 +336,10 @@ def test_history_size_bounds_catch_up(prosody_factory):
     """minimix_history_size: a session joining later gets at most that many
     catch-up messages (XEP-0045 7.2.15, with XEP-0203 delays), the newest
     ones, even when its <history maxstanzas/> asks for more; without a
-    <history/> element it gets no more either."""
-    env = prosody_factory(host_options={"minimix_history_size": 3})
+    <history/> element it gets no more either.  This is the in-memory ring,
+    what later sessions get with the room log off (minimix_history_max
+    bounds the log's: test_persistence.py)."""
+    env = prosody_factory(host_options={"minimix_history_size": 3, "minimix_log": False})
 
     async def scenario(w):
         room = w.room("history")

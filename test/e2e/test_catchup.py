@@ -1,0 +1,218 @@
+"""End-to-end tests of the catch-up a later session gets from the room log.
+
+alice (phone and laptop) and bob, both on localhost (the host with the
+module), are occupants of one room that keeps no history of its own
+(muc#roomconfig_historylength 0) and archives nothing (no mod_muc_mam);
+carol on plain.localhost (no module) speaks.  Each test runs on the
+internal store, SQLite and PostgreSQL.
+
+What is proven:
+
+1. A device away for 60 messages gets all 60 when it joins again with
+   maxstanzas='100', between its self-presence and the subject, in order,
+   each with a XEP-0203 delay from the room; `since` gives exactly what
+   was said after it (the ring in memory holds 50 only).
+2. Restarts: after a clean restart and after a kill -9, the devices that
+   were away get everything said while they were away, although the room
+   keeps nothing and the module's memory was lost.
+3. Spans: an account that left gets nothing of what was said while it was
+   out, although bob, another local account, stayed in and the log holds
+   it; what was said since it is back, it gets.
+"""
+
+import asyncio
+import datetime
+import re
+import time
+
+import pytest
+
+from .clients import P, join_room, create_room
+from .storages import archive_entries
+from .world import run
+
+ALICE = "alice@localhost"
+NS_DELAY = "urn:xmpp:delay"
+# a room that keeps no history and archives nothing: the catch-up can
+# only come from the room log
+NO_HISTORY = {"muc#roomconfig_persistentroom": True, "muc#roomconfig_historylength": 0}
+
+
+def make_env(prosody_factory, storage, **kw):
+    storage = dict(storage)
+    pg = storage.pop("_pg", None)
+    kw.setdefault("muc_options", {"modules_enabled": ["e2e_spy"]})
+    env = prosody_factory(**storage, **kw)
+    env.pg = pg
+    return env
+
+
+def stamp(t):
+    """XEP-0082 with microseconds."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stamp(text):
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", text)
+    assert m, text
+    t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    return t + (float(m.group(2)) if m.group(2) else 0.0)
+
+
+async def setup_room(w, name):
+    """carol creates the room (no history, not archived); alice's phone
+    and laptop and bob join.  Returns (room, carol, phone, laptop, bob)."""
+    room = w.room(name)
+    carol = await w.connect("carol", "desk")
+    await create_room(carol, room, "carol", whois="anyone", config=NO_HISTORY)
+    phone = await w.connect("alice", "phone")
+    laptop = await w.connect("alice", "laptop")
+    bob = await w.connect("bob", "home", host="localhost")
+    for c, nick in ((phone, "alice"), (laptop, "alice"), (bob, "bob")):
+        await join_room(c, room, nick)
+    return room, carol, phone, laptop, bob
+
+
+async def say(carol, room, receivers, texts):
+    """carol says texts; every receiver gets the last one."""
+    marks = [c.mark() for c in receivers]
+    for t in texts:
+        carol.groupchat(room, t)
+    for c, m in zip(receivers, marks):
+        await c.wait_for(P(name="message", frm_bare=room, body=texts[-1]), since=m,
+                         what="%r at %s" % (texts[-1], c.name))
+
+
+async def logged(env, room, texts, timeout=20):
+    """Wait until the room log holds every text (written by the module)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [e["body"] for e in archive_entries(env, room, "minimix_log")]
+        if all(t in got for t in texts):
+            return
+        assert time.monotonic() < deadline, "the room log never held them all: %s" % got
+        await asyncio.sleep(0.2)
+
+
+def catch_up(got, room):
+    """The room messages with a body between the self-presence and the
+    subject of a join sequence; checks each has one delay from the room.
+    Returns [(body, delay stamp)]."""
+    selfs = [i for i, s in enumerate(got) if s.name == "presence" and s.is_self_presence]
+    assert selfs, [str(s) for s in got]
+    subject = [i for i, s in enumerate(got) if s.name == "message" and s.subject is not None
+               and s.body is None]
+    assert subject and subject[-1] == len(got) - 1, [str(s) for s in got]
+    out = []
+    for i, s in enumerate(got):
+        if s.name != "message" or s.body is None:
+            continue
+        assert selfs[-1] < i < subject[-1], "out of place: %s" % s
+        delays = [d for d in s.xml.findall("{%s}delay" % NS_DELAY) if d.get("from") == room]
+        assert len(delays) == 1, "not one delay from the room: %s" % s
+        out.append((s.body, parse_stamp(delays[0].get("stamp"))))
+    return out
+
+
+def test_a_device_away_for_60_messages_gets_all_60(prosody_factory, storage):
+    """The phone goes away (its connection closes; the laptop keeps the
+    account in); carol says 60 messages, a pause, then 5 more.  The phone
+    joins again with maxstanzas='100': all 65 in order, after its
+    self-presence and before the subject, each with one delay from the
+    room, stamped in order within the time they were said.  Joining again
+    with `since` set between the two batches gives exactly the 5."""
+    env = make_env(prosody_factory, storage)
+    first = ["away %02d" % i for i in range(60)]
+    second = ["after %d" % i for i in range(5)]
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "away")
+        await phone.disconnect()
+        t0 = time.time()
+        await say(carol, room, [laptop, bob], first)
+        await asyncio.sleep(0.5)
+        cut = time.time()
+        await asyncio.sleep(0.5)
+        await say(carol, room, [laptop, bob], second)
+        t1 = time.time()
+        phone = await w.connect("alice", "phone")
+        _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
+        served = catch_up(got, room)
+        assert [b for b, _ in served] == first + second, served
+        stamps = [t for _, t in served]
+        assert stamps == sorted(stamps), stamps
+        assert t0 - 1 <= stamps[0] and stamps[-1] <= t1 + 1, (t0, stamps, t1)
+        # since: exactly what came after
+        await phone.disconnect()
+        phone = await w.connect("alice", "phone")
+        _, got = await join_room(phone, room, "alice", history={"since": stamp(cut)})
+        assert [b for b, _ in catch_up(got, room)] == second
+    run(env, scenario, timeout=120)
+
+
+@pytest.mark.parametrize("how", ["clean", "kill"])
+def test_a_restart_loses_nothing_said_while_the_devices_were_away(prosody_factory, storage, how):
+    """Both of alice's devices go away (the account stays in); carol says
+    5 messages, which the module writes to the log; the server restarts
+    (clean, or kill -9) and the account joins again by itself.  The room
+    keeps no history: the phone joining with maxstanzas='100' gets the 5
+    from the log, in order, with delays from the room."""
+    env = make_env(prosody_factory, storage)
+    texts = ["while away %d" % i for i in range(5)]
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "restart-" + how)
+        await phone.disconnect()
+        await laptop.disconnect()
+        await say(carol, room, [bob], texts)
+        await logged(env, room, texts)
+        await w.close()
+        w.clients.clear()
+        if how == "kill":
+            env.kill()
+        else:
+            env.stop()
+        env.start()
+        carol = await w.connect("carol", "desk")
+        await join_room(carol, room, "carol")
+        deadline = time.monotonic() + 20
+        while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
+                            env.read_log().split("Hello and welcome to Prosody")[-1]):
+            assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
+            await asyncio.sleep(0.2)
+        phone = await w.connect("alice", "phone")
+        _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
+        assert [b for b, _ in catch_up(got, room)] == texts
+    run(env, scenario, timeout=120)
+
+
+def test_an_account_that_left_gets_nothing_said_while_it_was_out(prosody_factory, storage):
+    """alice's devices leave the room (the account leaves) while bob, on the
+    same host, stays in and the log keeps what carol says meanwhile.  The
+    laptop joins again (the account's first join: the room's own history,
+    none here); carol says one more; the phone joins with maxstanzas='100'
+    and gets only what was said since the account is back."""
+    env = make_env(prosody_factory, storage)
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "left")
+        await say(carol, room, [phone, laptop, bob], ["before 1", "before 2"])
+        for c in (phone, laptop):
+            m = c.mark()
+            c.leave(room, "alice")
+            await c.wait_for(P(name="presence", frm_bare=room, type="unavailable"), since=m,
+                             what="the leave of %s" % c.name)
+        deadline = time.monotonic() + 20
+        while not re.search(r"\t%s left %s" % (re.escape(ALICE), re.escape(room)), env.read_log()):
+            assert time.monotonic() < deadline, env.tail(30)
+            await asyncio.sleep(0.2)
+        out = ["while out %d" % i for i in range(3)]
+        await say(carol, room, [bob], out)
+        await logged(env, room, out)
+        await join_room(laptop, room, "alice")
+        await say(carol, room, [laptop, bob], ["back 1"])
+        _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
+        assert [b for b, _ in catch_up(got, room)] == ["back 1"]
+    run(env, scenario, timeout=120)
