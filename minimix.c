@@ -2181,6 +2181,27 @@ static void act_rejoin_later(mm_state *s, unsigned delay, int *ok)
 }
 
 /*
+ * LEAVING_REJOIN's way to JOINING, once its decision is made: the sessions
+ * that left go with the caches, and the account takes the nick and the
+ * password (owned, either may be NULL for the password) that the first
+ * session waiting asked with.  Cannot fail.
+ */
+static void rejoin_as_waiters(mm_state *s, const char *account,
+		mm_membership *m, char *nick, char *password)
+{
+	size_t i;
+	mark_dirty(s, account, 2);
+	for (i = m->nsessions; i-- > 0;)
+		if (m->sessions[i].state == SS_LEAVING)
+			session_detach(s, account, m, &m->sessions[i]);
+	membership_clear_cache(s, m);
+	free(m->nick);
+	m->nick = nick;
+	free(m->password);
+	m->password = password;
+}
+
+/*
  * The membership takes the transition for ev out of a state that waited on
  * the room, to MM_NONE (it ends) or, from LEAVING_REJOIN, to JOINING: the
  * account joins again as the first session waiting asked.
@@ -2213,15 +2234,7 @@ static mm_err membership_end(mm_state *s, const char *account, mm_membership *m,
 			return dec_finish(s, out, 0, 0);
 		}
 		/* commit: drop leavers and caches, join again as the waiters asked */
-		mark_dirty(s, account, 2);
-		for (i = m->nsessions; i-- > 0;)
-			if (m->sessions[i].state == SS_LEAVING)
-				session_detach(s, account, m, &m->sessions[i]);
-		membership_clear_cache(s, m);
-		free(m->nick);
-		m->nick = nick;
-		free(m->password);
-		m->password = pw;
+		rejoin_as_waiters(s, account, m, nick, pw);
 		membership_enter(s, account, m, ev);
 		return dec_finish(s, out, 1, ok);
 	}
@@ -3212,7 +3225,6 @@ static void timeout_commit(mm_state *s, mm_due *due)
 {
 	mm_membership *m = due->m;
 	const char *account = m->account;
-	size_t i;
 	switch (m->state) {
 	case MM_JOINING:
 	case MM_LEAVING:
@@ -3223,15 +3235,7 @@ static void timeout_commit(mm_state *s, mm_due *due)
 		m->retries++;
 		break;
 	case MM_LEAVING_REJOIN:
-		mark_dirty(s, account, 2);
-		for (i = m->nsessions; i-- > 0;)
-			if (m->sessions[i].state == SS_LEAVING)
-				session_detach(s, account, m, &m->sessions[i]);
-		membership_clear_cache(s, m);
-		free(m->nick);
-		m->nick = due->nick;
-		free(m->password);
-		m->password = due->password;
+		rejoin_as_waiters(s, account, m, due->nick, due->password);
 		due->nick = due->password = NULL;
 		break;
 	default:
