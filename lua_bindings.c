@@ -238,7 +238,8 @@ static size_t opt_limit(lua_State *L, int t, const char *key)
 	return (size_t)v;
 }
 
-static int bool_opt(lua_State *L, int t, const char *key)
+/* The truth of field `key` of the table at t (absent: false). */
+static int bool_field(lua_State *L, int t, const char *key)
 {
 	int v;
 	lua_getfield(L, t, key);
@@ -265,7 +266,7 @@ static void read_limits(lua_State *L, int t, mm_limits *lim)
 	lim->history_size = opt_limit(L, t, "history_size");
 	lim->history_default = opt_limit(L, t, "history_default");
 	lim->history_max = opt_limit(L, t, "history_max");
-	lim->log_history = bool_opt(L, t, "log_history");
+	lim->log_history = bool_field(L, t, "log_history");
 	lim->join_timeout = opt_limit(L, t, "join_timeout");
 	lim->max_membership_bytes = opt_limit(L, t, "max_membership_bytes");
 	lim->max_account_bytes = opt_limit(L, t, "max_account_bytes");
@@ -524,15 +525,6 @@ static const char *opt_field(lua_State *L, int t, const char *key)
 	if (lua_type(L, -1) != LUA_TSTRING)
 		luaL_error(L, "field '%s' must be a string", key);
 	return lua_tostring(L, -1);
-}
-
-static int bool_field(lua_State *L, int t, const char *key)
-{
-	int v;
-	lua_getfield(L, t, key);
-	v = lua_toboolean(L, -1);
-	lua_pop(L, 1);
-	return v;
 }
 
 static const char *const pres_types[] = {"available", "unavailable", "error", NULL};
