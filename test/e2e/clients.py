@@ -539,6 +539,16 @@ async def join_room(client, room, nick, id=None, password=None, history=None,
     return id, [s for s in got if s.frm_bare == room]
 
 
+async def join_seen(observer, room, nick, since=0, timeout=DEFAULT_TIMEOUT):
+    """Wait until observer has the available presence of room/nick.  An
+    occupant's copy of a join travels on its own stream, so it may arrive
+    after the joiner's subject: wait for it before taking a mark that must
+    not include it."""
+    return await observer.wait_for(P(name="presence", frm=room + "/" + nick, type="available"),
+                                   since=since, timeout=timeout,
+                                   what="%s's join at %s" % (nick, observer.name))
+
+
 def config_form(fields):
     """A submitted muc#roomconfig form."""
     out = ["<x xmlns='%s' type='submit'>" % NS_DATA,

@@ -28,7 +28,7 @@ import warnings
 
 import pytest
 
-from .clients import P, NS_PING, from_room, join_room, create_room
+from .clients import P, join_seen, NS_PING, from_room, join_room, create_room
 from .federation_env import Federation, run_federation, ACCOUNT_DOMAIN, UNREACHABLE_DOMAIN
 from .prosody_env import CHECKOUT
 from .storages import archive_entries
@@ -346,6 +346,7 @@ def test_later_session_joins_without_crossing_the_link(federation):
         p = await w.connect("alice", "phone")
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, ml, mr = bob.mark(), l.mark(), fed.room.log_mark()
         l.join(room, "alice", id="later-join-1")
@@ -393,6 +394,7 @@ def test_leave_over_s2s(federation):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml, mr = bob.mark(), p.mark(), l.mark(), fed.room.log_mark()
         p.leave(room, "alice", id="p-leave-1")
@@ -448,6 +450,7 @@ def test_disconnect_detaches_the_session_only(federation, how):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, ml, mr = bob.mark(), l.mark(), fed.room.log_mark()
         if how == "abrupt":
@@ -492,6 +495,7 @@ def test_vanished_smacks_session_bounces_nothing_across_the_link(federation_fact
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, ml, mr = bob.mark(), l.mark(), fed.room.log_mark()
         await p.abort()
@@ -608,6 +612,7 @@ def test_nick_change_over_s2s_is_the_accounts(federation):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml, mr = bob.mark(), p.mark(), l.mark(), fed.room.log_mark()
         p.presence_update(room, "alicia", id="nick-1")
@@ -656,6 +661,7 @@ def test_private_messages_over_s2s(federation):
         t = await w.connect("alice", "tablet")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml, mr = bob.mark(), p.mark(), l.mark(), fed.room.log_mark()
         p.message(room + "/bob", "psst bob", type="chat", id="pm-1")
@@ -790,6 +796,7 @@ def test_link_drop_and_return_keeps_the_account_in(federation):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml, mr = bob.mark(), p.mark(), l.mark(), fed.room.log_mark()
         await w.link("down")

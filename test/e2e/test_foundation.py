@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from .clients import P, from_room, join_room, create_room, NS_DELAY
+from .clients import P, join_seen, from_room, join_room, create_room, NS_DELAY
 from .world import run
 
 ALICE = "alice@localhost"
@@ -278,6 +278,7 @@ def test_later_session_gets_cached_state_without_a_second_join(prosody):
         p = await w.connect("alice", "phone")
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml = bob.mark(), p.mark(), l.mark()
         l.join(room, "alice", id="later-join-1")
@@ -379,6 +380,7 @@ def test_session_leave_and_last_session_leave(prosody):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, mp, ml = bob.mark(), p.mark(), l.mark()
         p.leave(room, "alice", id="p-leave-1")
@@ -437,6 +439,7 @@ def test_disconnect_detaches_the_session_only(prosody, how):
         l = await w.connect("alice", "laptop")
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
+        await join_seen(bob, room, "alice")
 
         mb, ml = bob.mark(), l.mark()
         if how == "abrupt":
