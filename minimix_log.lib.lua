@@ -86,7 +86,43 @@ local function exact_stamp(t)
 	return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. (".%06dZ"):format(micro);
 end
 
+-- LuaDBI's prepared statements hold a bare pointer to their connection.
+-- When a connection breaks, util.sql drops it at once but keeps its
+-- prepared statements until the next successful connect: the collector may
+-- free the connection first, and the statements' finalizers then use freed
+-- memory (Prosody died this way in libpq after PostgreSQL restarts, the
+-- outage the log's retries exist for).  Each connection is therefore kept
+-- for as long as its table of prepared statements (an ephemeron), so both
+-- go in the same cycle, the statements, younger, finalized first.  Once per
+-- process, for every engine util.sql makes; harmless for other drivers.
+local function guard_sql_statements()
+	local ok, engines = pcall(module.shared, module, "/*/sql/connections");
+	if not ok or type(engines) ~= "table" then return; end
+	for _, engine in pairs(engines) do
+		local mt = type(engine) == "table" and getmetatable(engine);
+		local methods = type(mt) == "table" and rawget(mt, "__index");
+		if type(methods) == "table" and type(methods.connect) == "function"
+				and not rawget(mt, "minimix_statement_guard") then
+			local anchors = setmetatable({}, { __mode = "k" });
+			rawset(mt, "minimix_statement_guard", anchors);
+			local connect = methods.connect;
+			methods.connect = function(self, ...)
+				local a, b, c = connect(self, ...);
+				if self.conn ~= nil and type(self.prepared) == "table" then
+					anchors[self.prepared] = self.conn;
+				end
+				return a, b, c;
+			end
+		end
+		local anchors = type(mt) == "table" and rawget(mt, "minimix_statement_guard");
+		if anchors and engine.conn ~= nil and type(engine.prepared) == "table" then
+			anchors[engine.prepared] = engine.conn;
+		end
+	end
+end
+
 if not enabled and not in_mam then
+	guard_sql_statements();
 	return { message = function() end, flush = function() end, cleanup = function() end,
 		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp };
 end
@@ -245,6 +281,7 @@ end);
 local mam_writer = in_mam and new_writer("mam",
 	module:open_store(module:get_option_string("archive_store", "archive"), "archive"));
 local mam_seen = new_cache(MAM_SEEN);
+guard_sql_statements();
 
 -- Per room: the ids of recent messages (and the latest subject) written
 -- or found in the store; 'primed' once the store's latest were read.

@@ -94,10 +94,14 @@ local function fake_archive()
 end
 
 -- Load the library with options; driver: the storage driver's name.
-local function load_log(options, driver)
+local function load_log(options, driver, shared)
 	local env = { logs = {}, timers = {}, hooks = {}, clock = 1700000000, metrics = {},
-		stores = { minimix_log = fake_archive(), archive = fake_archive() } };
+		stores = { minimix_log = fake_archive(), archive = fake_archive() }, shared = shared or {} };
 	local module = { host = "localhost" };
+	function module:shared(path)
+		env.shared[path] = env.shared[path] or {};
+		return env.shared[path];
+	end
 	local function opt(name, default)
 		local v = (options or {})[name];
 		if v == nil then return default; end
@@ -343,6 +347,38 @@ describe("room log", function()
 		advance(env, 1);
 		assert.same({ "two" }, logged(env));
 	end);
+
+	it("keeps a broken SQL connection until its prepared statements go, so they go first", function()
+		-- util.sql, reduced: connect() makes a connection and a new table of
+		-- prepared statements; a broken connection is dropped at once, its
+		-- statements at the next connect().  LuaDBI's statements point at
+		-- their connection without holding it.
+		local methods = {};
+		function methods:connect()
+			self.conn, self.prepared = {}, { {} };
+			return true;
+		end
+		local engine = setmetatable({}, { __index = methods });
+		engine:connect();
+		local engines = { ["PostgreSQL://db"] = engine };
+		load_log({}, "sql", { ["/*/sql/connections"] = engines });
+		local weak = setmetatable({}, { __mode = "v" });
+		weak.first = engine.conn;
+		engine.conn = nil; -- broke
+		collectgarbage(); collectgarbage();
+		assert.is_not_nil(weak.first); -- its statements are still in engine.prepared
+		engine:connect();
+		weak.second = engine.conn;
+		collectgarbage(); collectgarbage();
+		assert.is_nil(weak.first); -- gone, in the same cycle as its statements
+		engine.conn = nil; -- connections made later are kept the same way
+		collectgarbage(); collectgarbage();
+		assert.is_not_nil(weak.second);
+		-- a reload wraps connect() once, not again
+		local wrapped = methods.connect;
+		load_log({}, "sql", { ["/*/sql/connections"] = engines });
+		assert.equal(wrapped, methods.connect);
+	end)
 
 	describe("when the store fails", function()
 		it("logs the outage once, counts each failure, keeps the messages and resumes", function()
