@@ -87,6 +87,8 @@ def prosody_factory(request):
         errors = without_allowed(env.log_errors(), getattr(env, "allowed_errors", ()))
         if errors:
             problems.append("%s:\n%s" % (env.log_path, "\n".join(errors[:40])))
+        if env.crashes:
+            problems.append("%s: Prosody %s" % (env.dir, "; ".join(env.crashes)))
         memcheck = env.valgrind_errors()
         if memcheck:
             problems.append("%s:\n%s" % (env.valgrind_log, "\n==".join(memcheck[:10])))

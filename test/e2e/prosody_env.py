@@ -231,6 +231,8 @@ class ProsodyEnv:
             debug = os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0")
         self.debug = debug
         self.proc = None
+        # how the server ended when nobody meant it to: a crash fails the test
+        self.crashes = []
         self._stdout = None
         self.users = {}
         self.domain = DOMAIN
@@ -473,13 +475,18 @@ class ProsodyEnv:
         if self.proc is None:
             return None
         rc = self.proc.poll()
-        if rc is None:
+        if rc is not None and rc < 0:
+            self.crashes.append("died by signal %d before it was stopped" % -rc)
+        elif rc is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
                 rc = self.proc.wait(timeout)
+                if rc < 0 and rc != -signal.SIGTERM:
+                    self.crashes.append("died by signal %d while stopping" % -rc)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 rc = self.proc.wait(timeout)
+                self.crashes.append("did not stop within %s s of SIGTERM" % timeout)
         self.proc = None
         if self._stdout:
             self._stdout.close()

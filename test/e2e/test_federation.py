@@ -83,6 +83,8 @@ def federation_factory(request):
             errors = server.log_errors()
             if errors:
                 problems.append("%s:\n%s" % (server.log_path, "\n".join(errors[:40])))
+            if server.crashes:
+                problems.append("%s: Prosody %s" % (server.name, "; ".join(server.crashes)))
             late = server.log_errors(during_shutdown=True)
             if late:
                 warnings.warn("errors in the %s server's log during shutdown (%s):\n%s"

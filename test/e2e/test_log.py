@@ -273,9 +273,6 @@ def fetch_counter(port, name, **labels):
     return 0.0
 
 
-@pytest.mark.skipif(PROSODY_VERSION >= 13, reason="on Prosody 13 the log's retries after a "
-                    "PostgreSQL restart were once not seen within 60 s (README, Known issues); "
-                    "the outage is tested on 0.12")
 def test_postgresql_outage_loses_no_delivery_and_the_log_resumes(prosody_factory,
                                                                  postgres_server):
     """The room log on PostgreSQL (every other store on files): the server
