@@ -342,7 +342,8 @@ local lib = {};
 
 -- A local room hands over one stanza object for all its local accounts,
 -- changing only 'to': its key is worked out once.
-local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil };
+local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil,
+	logged = false };
 
 -- A room message an account received: account (bare JID), room (bare),
 -- nick (nil for the room itself), the stanza as the room sent it, and the
@@ -351,12 +352,14 @@ local function message(account, room, nick, stanza, m)
 	local kind, key;
 	if stanza == last.stanza and room == last.room and stanza.attr.from == last.from
 		and stanza.attr.id == last.id and #stanza.tags == last.tags then
+		-- another local account's copy: the log has it already
+		if last.logged and not mam_writer then return; end
 		kind, key = last.kind, last.key;
 	else
 		kind, key = dedupe_key(stanza, room);
 		last.stanza, last.room, last.from, last.id, last.tags = stanza, room, stanza.attr.from,
 			stanza.attr.id, #stanza.tags;
-		last.kind, last.key = kind, key;
+		last.kind, last.key, last.logged = kind, key, false;
 	end
 	if kind == "subject" and not nick and stanza:get_child_text("subject") == "" then
 		-- what a room without a subject says on each join: no change
@@ -385,6 +388,7 @@ local function message(account, room, nick, stanza, m)
 				when = when, with = nick or room });
 		end
 	end
+	last.logged = true;
 	-- the account's own archive: each message with a body once, live or
 	-- new to this host (a re-join's history of what was missed)
 	if mam_writer and stanza:get_child("body") and (new or not m.delayed) then

@@ -706,11 +706,10 @@ local function incoming_presence(event)
 	return perform(ctx, core:room_presence(account, room, nick, p));
 end
 
-local function incoming_message(event)
-	local stanza = event.stanza;
-	local account = stanza.attr.to;
-	local room, nick = split_room(stanza.attr.from);
-	if not account or not room or not core:member(account, room) then return; end
+-- What the shim reads of a room message, for the core and the log.  A local
+-- room hands the same object to each of its local accounts (changing only
+-- 'to'): it is read once, and again only if the object changed.
+local function read_message(stanza, room)
 	local t = stanza.attr.type or "normal";
 	local subject = stanza:get_child("subject") ~= nil;
 	local body = stanza:get_child("body") ~= nil;
@@ -723,7 +722,7 @@ local function incoming_message(event)
 		body = body;
 	};
 	if t == "groupchat" and (subject or body) then
-		-- the subject and messages are kept for later sessions
+		-- the subject and messages are kept for later sessions, and logged
 		m.payload = shared_payload(stanza);
 		local delay = stanza:get_child("delay", xmlns_delay);
 		local stamp = delay and delay.attr.from == room and datetime.parse(delay.attr.stamp);
@@ -732,6 +731,27 @@ local function incoming_message(event)
 		for sid in stanza:childtags("stanza-id", xmlns_sid) do
 			if sid.attr.by == room then m.stanza_id = sid.attr.id; end
 		end
+	end
+	return m;
+end
+local read = { stanza = nil, room = nil, nick = nil, m = nil };
+
+local function incoming_message(event)
+	local stanza = event.stanza;
+	local account = stanza.attr.to;
+	local room, nick, m;
+	if stanza == read.stanza and shared_unchanged(stanza) then
+		room, nick, m = read.room, read.nick, read.m;
+	else
+		room, nick = split_room(stanza.attr.from);
+	end
+	if not account or not room or not core:member(account, room) then return; end
+	if not m then
+		m = read_message(stanza, room);
+		-- shared_unchanged() vouches for the object only once its payload is taken
+		read.stanza, read.room, read.nick, read.m = m.payload and stanza or nil, room, nick, m;
+	end
+	if m.payload then
 		roomlog.message(account, room, nick, stanza, m);
 	end
 	local ctx = { account = account, room = room, stanza = stanza };

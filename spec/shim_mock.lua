@@ -161,10 +161,11 @@ end
 -- A session shaped as Prosody's sessionmanager makes them: send runs the
 -- "stanzas/out" filters, then rawsend serializes and writes.  What reaches
 -- the wire is parsed back into `got`; `wire` keeps the text.
-local function new_session(env, resource, shape)
+local function new_session(env, resource, shape, user)
+	user = user or "alice";
 	local s = {
-		type = "c2s", username = "alice", host = "localhost", resource = resource,
-		full_jid = "alice@localhost/" .. resource, got = {}, wire = {}, filters = {},
+		type = "c2s", username = user, host = "localhost", resource = resource,
+		full_jid = user .. "@localhost/" .. resource, got = {}, wire = {}, filters = {},
 	};
 	local function write(t)
 		local text = tostring(t);
@@ -191,8 +192,9 @@ local function new_session(env, resource, shape)
 			return true;
 		end
 	end
-	env.bare["alice@localhost"] = env.bare["alice@localhost"] or { sessions = {} };
-	env.bare["alice@localhost"].sessions[resource] = s;
+	local bare = user .. "@localhost";
+	env.bare[bare] = env.bare[bare] or { sessions = {} };
+	env.bare[bare].sessions[resource] = s;
 	return s;
 end
 

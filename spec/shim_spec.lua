@@ -106,6 +106,37 @@ describe("mod_minimix shim", function()
 		assert.equal("alice@localhost", msg.attr.to, "the original stanza is restored");
 	end);
 
+	it("reads a room message the room hands to each local account as one object once", function()
+		-- Prosody's MUC routes one object to all its occupants, changing 'to'
+		local B = new_session(env, "desk", nil, "bob");
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "pre-presence/full", B, join("j2", "bob"));
+		local self_bob = room_presence("bob", { 110 });
+		self_bob.attr.to = "bob@localhost";
+		fire(env, "presence/bare", nil, self_bob);
+		P.got, B.got = {}, {};
+		local msg = st.message({ from = "room@muc.example/carol", to = "alice@localhost", type = "groupchat",
+			id = "m1" }):text_tag("body", "to both");
+		assert.is_true(fire(env, "message/bare", nil, msg));
+		msg.attr.to = "bob@localhost";
+		assert.is_true(fire(env, "message/bare", nil, msg));
+		assert.equal(1, #P.got);
+		assert.equal(1, #B.got);
+		assert.equal("to both", B.got[1]:get_child_text("body"));
+		assert.equal("bob@localhost/desk", B.got[1].attr.to);
+		advance(env, 1);
+		assert.equal(1, #env.logged, "logged once for the room");
+		-- the object changed (another message in it): read again
+		msg.attr.id, msg.attr.to = "m2", "alice@localhost";
+		msg:text_tag("body", "again");
+		assert.is_true(fire(env, "message/bare", nil, msg));
+		assert.equal(2, #P.got);
+		assert.equal("m2", P.got[2].attr.id);
+		advance(env, 1);
+		assert.equal(2, #env.logged, "the changed message is logged too");
+	end);
+
 	describe("sends the room's stanza", function()
 		-- Same element: name, attributes, children in order, text.
 		local function same_xml(a, b)
