@@ -608,7 +608,7 @@ def main():
                      100.0 * res["ir_core"] / res["ir"]))
         if LUACOUNT:
             instr = {}
-            for mode in ("plain", "module"):
+            for mode in ["plain", "module"] + LOG_MODES:
                 res = asyncio.run(fanout(mode, D, profile="lua"))
                 res["run"] = "profiled"
                 results["fanout"].append(res)
