@@ -92,6 +92,8 @@ def prosody_factory(request):
         memcheck = env.valgrind_errors()
         if memcheck:
             problems.append("%s:\n%s" % (env.valgrind_log, "\n==".join(memcheck[:10])))
+        if env.stalled:
+            warnings.warn("%s: Prosody %s" % (env.dir, "; ".join(env.stalled)))
         late = env.log_errors(during_shutdown=True)
         if late:
             warnings.warn("errors in the Prosody log during shutdown (%s):\n%s"
