@@ -615,11 +615,14 @@ local function outgoing_presence(event)
 		if x then
 			local h, history = x:get_child("history"), nil;
 			if h then
+				-- a stamp names its microsecond, rounded: a message of that
+				-- microsecond (a stamp the client was given) is since it
+				local since = h.attr.since and roomlog.parse_stamp(h.attr.since);
 				history = {
 					maxstanzas = tonumber(h.attr.maxstanzas);
 					maxchars = tonumber(h.attr.maxchars);
 					seconds = tonumber(h.attr.seconds);
-					since = h.attr.since and roomlog.parse_stamp(h.attr.since);
+					since = since and since - 0.5e-6;
 				};
 			end
 			return perform(ctx, core:join(account, resource, room, nick, id,
