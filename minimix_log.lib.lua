@@ -95,28 +95,31 @@ end
 -- for as long as its table of prepared statements (an ephemeron), so both
 -- go in the same cycle, the statements, younger, finalized first.  Once per
 -- process, for every engine util.sql makes; harmless for other drivers.
+local function anchor(anchors, engine)
+	if engine.conn ~= nil and type(engine.prepared) == "table" then
+		anchors[engine.prepared] = engine.conn;
+	end
+end
+
 local function guard_sql_statements()
 	local ok, engines = pcall(module.shared, module, "/*/sql/connections");
 	if not ok or type(engines) ~= "table" then return; end
 	for _, engine in pairs(engines) do
 		local mt = type(engine) == "table" and getmetatable(engine);
 		local methods = type(mt) == "table" and rawget(mt, "__index");
-		if type(methods) == "table" and type(methods.connect) == "function"
-				and not rawget(mt, "minimix_statement_guard") then
-			local anchors = setmetatable({}, { __mode = "k" });
-			rawset(mt, "minimix_statement_guard", anchors);
-			local connect = methods.connect;
-			methods.connect = function(self, ...)
-				local a, b, c = connect(self, ...);
-				if self.conn ~= nil and type(self.prepared) == "table" then
-					anchors[self.prepared] = self.conn;
+		if type(methods) == "table" and type(methods.connect) == "function" then
+			local anchors = rawget(mt, "minimix_statement_guard");
+			if not anchors then
+				anchors = setmetatable({}, { __mode = "k" });
+				rawset(mt, "minimix_statement_guard", anchors);
+				local connect = methods.connect;
+				methods.connect = function(self, ...)
+					local a, b, c = connect(self, ...);
+					anchor(anchors, self);
+					return a, b, c;
 				end
-				return a, b, c;
 			end
-		end
-		local anchors = type(mt) == "table" and rawget(mt, "minimix_statement_guard");
-		if anchors and engine.conn ~= nil and type(engine.prepared) == "table" then
-			anchors[engine.prepared] = engine.conn;
+			anchor(anchors, engine);
 		end
 	end
 end
