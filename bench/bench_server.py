@@ -191,14 +191,13 @@ MODES = {
     "sqlite": {"storage": "sqlite",
                "global_options": {"storage": {"accounts": "internal", "minimix_log": "sql"},
                                   "default_storage": "internal"}},
-    # Prosody 13's sqlite_tune (0.12 has no such option): WAL and
-    # synchronous=NORMAL, fewer fsyncs per commit.  It takes effect only
-    # through LuaSQLite3; through LuaDBI (Debian's) the pragmas run inside a
-    # transaction and do nothing, which this mode shows
-    "sqlite_tuned": {"storage": "sqlite",
-                     "global_options": {"storage": {"accounts": "internal", "minimix_log": "sql"},
-                                        "default_storage": "internal", "sqlite_tune": "normal"}},
 }
+# Prosody 13's sqlite_tune (0.12 has no such option): WAL and
+# synchronous=NORMAL, fewer fsyncs per commit.  It takes effect only through
+# LuaSQLite3; through LuaDBI (Debian's) the pragmas run inside a transaction
+# and do nothing, which this mode shows.
+MODES["sqlite_tuned"] = {"storage": "sqlite", "global_options": dict(
+    MODES["sqlite"]["global_options"], sqlite_tune="normal")}
 # The room log's variants run in the fan-out scenario next to plain MUC and
 # the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
 LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES", "nolog,sqlite").split(",")
