@@ -85,6 +85,8 @@ def federation_factory(request):
                 problems.append("%s:\n%s" % (server.log_path, "\n".join(errors[:40])))
             if server.crashes:
                 problems.append("%s: Prosody %s" % (server.name, "; ".join(server.crashes)))
+            if server.stalled:
+                warnings.warn("%s: Prosody %s" % (server.name, "; ".join(server.stalled)))
             late = server.log_errors(during_shutdown=True)
             if late:
                 warnings.warn("errors in the %s server's log during shutdown (%s):\n%s"

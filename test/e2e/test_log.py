@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from .clients import P, join_room, create_room, NS_SID
-from .prosody_env import free_port, PROSODY_VERSION
+from .prosody_env import free_port
 from .storages import archive_entries
 from .world import run
 
