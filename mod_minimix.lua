@@ -1021,7 +1021,8 @@ local function list_users(s)
 	return names;
 end
 
--- One account's stored rooms: rooms (nil: none stored), or nil, err.
+-- One account's stored rooms ({} when none are), or nil, err when the
+-- store could not read them.
 local function read_account(username)
 	local ok, rooms, err = pcall(store.get, store, username);
 	if not ok then return nil, tostring(rooms); end
