@@ -407,8 +407,20 @@ local perform;
 
 -- Persistence ---------------------------------------------------------------
 
+-- What the start-up restore has not read yet (restore_step, below): the
+-- store's list of accounts (all), the record of each account listed
+-- (users), and the bookmarks to reconcile.  An account's record is not
+-- written before it was read: the rooms joined meanwhile would replace
+-- those stored.  Such a write waits in held until the read.
+local unread = { all = true, users = {}, bookmarks_all = true, bookmarks = {}, held = {},
+	delay = 1, failing = nil };
+
 local function write_account(account)
 	local username = jid_split(account);
+	if unread.all or unread.users[username] then
+		unread.held[account] = true;
+		return;
+	end
 	local rooms, any = {}, false;
 	for _, m in ipairs(core:memberships(account)) do
 		if m.persistent then
@@ -841,26 +853,29 @@ module:hook_global("stats-update", function()
 	metric_state:with_labels("iqs"):set(stats.iqs);
 end);
 
-local restore_all;
--- After a restart the accounts join their rooms again, as soon as the
--- server runs (timers start with the main loop, after every host loaded).
--- A reload keeps the memberships and sends nothing.
-function restore_all()
-	if reloaded then return; end
-	if not store.users then
-		module:log("warn", "The storage driver cannot list users: memberships are not restored");
-		return;
+-- v when it is of that type (a stored field written by hand), else nil
+local function opt(v, kind)
+	if type(v) == kind then return v; end
+end
+
+-- After a restart the accounts join their rooms again: the stored
+-- memberships of one account, as read from the store.  How many joins.
+local function restore_account(username, rooms)
+	local account = username .. "@" .. module.host;
+	if type(rooms) ~= "table" then
+		module:log("warn", "The stored rooms of %s are unusable (%s): nothing to join", account, type(rooms));
+		return 0;
 	end
 	local restored = 0;
-	for username in store:users() do
-		local account = username .. "@" .. module.host;
-		local rooms = store:get(username) or {};
-		for stored, rec in pairs(rooms) do
-			-- stored by an older version, or by hand: prepared as the router does
-			local room = prep_room(stored) or stored;
+	for stored, rec in pairs(rooms) do
+		-- stored by an older version, or by hand: prepared as the router does
+		local room = type(stored) == "string" and (prep_room(stored) or stored);
+		if not room or type(rec) ~= "table" or type(rec.nick) ~= "string" then
+			module:log("warn", "A stored room of %s is unusable: %s", account, tostring(stored));
+		else
 			local ctx = { account = account, room = room };
 			local handled = perform(ctx, core:restore(account, room, rec.nick,
-				rec.password, rec.last_id, rec.last_stamp));
+				opt(rec.password, "string"), opt(rec.last_id, "string"), opt(rec.last_stamp, "number")));
 			if handled then
 				restored = restored + 1;
 				if type(rec.spans) == "table" and core:member(account, room) then
@@ -873,9 +888,7 @@ function restore_all()
 			end
 		end
 	end
-	if restored > 0 then
-		module:log("info", "Joining %d stored memberships again", restored);
-	end
+	return restored;
 end
 
 -- Bookmarks (XEP-0402) ----------------------------------------------------------
@@ -974,28 +987,170 @@ if use_bookmarks then
 	end
 end
 
--- At start: stored memberships first, then bookmarks with autojoin (the
--- core never joins a room twice).
-local function reconcile_bookmarks()
-	if not use_bookmarks or reloaded then return; end
-	local archive = module:open_store("pep_" .. xmlns_bookmarks, "archive");
-	if not archive.users then return; end
-	for username in archive:users() do
-		local service = mod_pep.get_pep_service(username);
-		local ok, items = service:get_items(xmlns_bookmarks, true);
-		if ok and items then
-			for _, id in ipairs(items) do
-				local item = items[id];
-				if bookmark_fields(item) then bookmark_changed(username, id, item); end
-			end
+-- The start-up restore ---------------------------------------------------------
+-- As soon as the server runs (timers start with the main loop, after every
+-- host loaded), each account joins its stored rooms, then those of its
+-- bookmarks with autojoin (the core never joins a room twice, so the
+-- stored membership, with its last message seen and its spans, comes
+-- first).  A reload keeps the memberships and sends nothing.
+--
+-- The store may not answer yet (a database still starting): a failed read
+-- is never taken for "no rooms".  What could not be read is read again, 1 s
+-- after the first failure, then after twice as long each time, up to
+-- restore_max_delay; account by account: one whose record was read is
+-- restored at once and never again, one whose record failed waits without
+-- holding up the others, and its bookmarks wait for it.  One warning when
+-- the reads start failing, one line when all are read.
+local restore_max_delay = 60;
+
+-- The names a store lists (its users() iterator, as every driver makes it:
+-- a function with its state), as a set; nil, err when it could not list
+-- them (raised, or nil, err).
+local function list_users(s)
+	local r = table.pack(pcall(s.users, s));
+	if not r[1] then return nil, tostring(r[2]); end
+	if r[2] == nil then
+		if r[3] ~= nil then return nil, tostring(r[3]); end
+		return {}; -- nothing to list
+	end
+	local names = {};
+	local ok, err = pcall(function()
+		for username in r[2], r[3], r[4] do names[username] = true; end
+	end);
+	if not ok then return nil, tostring(err); end
+	return names;
+end
+
+-- One account's stored rooms ({} when none are), or nil, err when the
+-- store could not read them.
+local function read_account(username)
+	local ok, rooms, err = pcall(store.get, store, username);
+	if not ok then return nil, tostring(rooms); end
+	if rooms == nil and err ~= nil then return nil, tostring(err); end
+	return rooms or {};
+end
+
+local function reconcile_bookmarks(username)
+	local service = mod_pep.get_pep_service(username);
+	local ok, found, items = pcall(service.get_items, service, xmlns_bookmarks, true);
+	if not ok then
+		module:log("warn", "Could not read the bookmarks of %s@%s: %s", username, module.host, found);
+		return;
+	end
+	if found and items then
+		for _, id in ipairs(items) do
+			local item = items[id];
+			if bookmark_fields(item) then bookmark_changed(username, id, item); end
 		end
 	end
 end
 
-module:add_timer(0, function()
-	restore_all();
-	reconcile_bookmarks();
-end);
+-- A write that waited for the account's record (write_account)
+local function release_held(username)
+	local account = username .. "@" .. module.host;
+	if unread.held[account] then
+		unread.held[account] = nil;
+		write_account(account);
+	end
+end
+
+-- Read what can be read.  Returns nil when all was read, else the delay
+-- before the next try.
+local function restore_step()
+	local failed;
+	if unread.all then
+		local names, err;
+		if store.users then
+			names, err = list_users(store);
+		else
+			module:log("warn", "The storage driver cannot list users: memberships are not restored");
+			names = {};
+		end
+		if names then
+			unread.all, unread.users = false, names;
+			-- accounts with no record: their waiting writes replace nothing
+			for account in pairs(unread.held) do
+				local username = jid_split(account);
+				if not names[username] then release_held(username); end
+			end
+		else
+			failed = "listing the accounts: " .. err;
+		end
+	end
+	local restored = 0;
+	for username in pairs(unread.users) do
+		local rooms, err = read_account(username);
+		if rooms then
+			unread.users[username] = nil;
+			restored = restored + restore_account(username, rooms);
+			release_held(username);
+		else
+			failed = failed or ("the rooms of " .. username .. ": " .. err);
+		end
+	end
+	if restored > 0 then
+		module:log("info", "Joining %d stored memberships again", restored);
+	end
+	if unread.bookmarks_all then
+		local archive = use_bookmarks and module:open_store("pep_" .. xmlns_bookmarks, "archive");
+		if not archive or not archive.users then
+			unread.bookmarks_all = false;
+		else
+			local names, err = list_users(archive);
+			if names then
+				unread.bookmarks_all, unread.bookmarks = false, names;
+			else
+				failed = failed or ("listing the bookmarks: " .. err);
+			end
+		end
+	end
+	if not unread.all then
+		for username in pairs(unread.bookmarks) do
+			if not unread.users[username] then
+				unread.bookmarks[username] = nil;
+				reconcile_bookmarks(username);
+			end
+		end
+	end
+	if failed then
+		if not unread.failing then
+			unread.failing = now();
+			module:log("warn", "Cannot read the stored memberships (%s): trying again, "
+				.. "the accounts not read yet join their rooms when the store answers", failed);
+		end
+		local delay = unread.delay;
+		unread.delay = math.min(delay * 2, restore_max_delay);
+		return delay;
+	end
+	if unread.failing then
+		module:log("info", "The stored memberships are read, %d s after the first failure",
+			math.floor(now() - unread.failing + 0.5));
+		unread.failing = nil;
+	end
+	unread.delay = 1;
+	return nil;
+end
+
+module:add_timer(0, restore_step);
+
+-- A reload hands what the start-up restore has yet to read (and the writes
+-- waiting for it) to the new instance, with the core (module.save above);
+-- an instance that handed nothing read everything.
+do
+	local save, restore = module.save, module.restore;
+	function module.save()
+		local data = save();
+		data.unread = unread;
+		return data;
+	end
+	function module.restore(data)
+		restore(data);
+		if reloaded then
+			unread = data.unread or { all = false, users = {}, bookmarks_all = false, bookmarks = {},
+				held = {}, delay = 1 };
+		end
+	end
+end
 
 -- Account-level control (XEP-0050 ad-hoc commands) --------------------------------
 -- Each command acts on the account of whoever runs it: its own sessions only.
