@@ -18,14 +18,18 @@ What is proven:
    so once; after the server is back the newest are in the log.
 3. A reload (module:reload in the admin shell) during an outage keeps what
    waits: it is written once the server is back.
+4. On PostgreSQL, a message carrying a 4 KiB <stanza-id/> 'by' the room
+   (more than the store's index takes as a key) is logged without that key,
+   and the log goes on.
 """
 
 import asyncio
 import hashlib
+import os
 import re
 import time
 
-from .clients import P, join_room, create_room
+from .clients import NS_SID, P, join_room, create_room
 from .storages import archive_entries
 from .test_catchup import NO_HISTORY, make_env, setup_room, say, logged, catch_up
 from .test_log import minimix_lines
@@ -191,3 +195,34 @@ def test_a_reload_during_an_outage_keeps_what_waits(prosody_factory, postgres_se
         got = [e["body"] for e in archive_entries(env, room, "minimix_log")]
         assert got == ["up"] + during, got
     run(env, scenario, timeout=240)
+
+
+def test_a_4kb_stanza_id_does_not_stop_the_log_on_postgresql(prosody_factory, postgres_server):
+    """The log on PostgreSQL; the room (no mod_muc_mam) passes on what its
+    occupants send, so carol's message can carry a <stanza-id/> 'by' the
+    room of 4 KiB, more than PostgreSQL's index takes as a key.  It is
+    logged (not keyed by that id), and the messages after it are logged
+    too, each once; nothing is given up and no outage is reported."""
+    storage = pg_storage(postgres_server)
+    env = make_env(prosody_factory, storage, global_options=PG_LOG_ONLY)
+    env.pg = postgres_server
+    after = ["after %d" % i for i in range(3)]
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "longid")
+        # random: PostgreSQL compresses a repetitive one into its index
+        long_id = os.urandom(2048).hex()
+        m = laptop.mark()
+        carol.send("<message to='%s' type='groupchat' id='long-sid'><body>long id</body>"
+                   "<stanza-id xmlns='%s' by='%s' id='%s'/></message>" % (room, NS_SID, room, long_id))
+        await laptop.wait_for(P(name="message", frm_bare=room, body="long id"), since=m)
+        await say(carol, room, [phone, laptop], after)
+        await logged(env, room, ["long id"] + after)
+        await w.quiet(1)
+        entries = archive_entries(env, room, "minimix_log")
+        assert [e["body"] for e in entries] == ["long id"] + after, entries
+        assert entries[0]["sid"] == long_id, "the id is kept in the message"
+        assert len(entries[0]["key"]) <= 256, "an over-long id is not the key"
+        assert not minimix_lines(env, "error", "Cannot write"), env.tail(30)
+        assert not minimix_lines(env, "warn", "Giving up"), env.tail(30)
+    run(env, scenario, timeout=120)
