@@ -158,7 +158,7 @@ end
 local metric_writes = module:metric("counter", "log_writes", "",
 	"Room messages written to the room log and to the accounts' archives", { "store" });
 local metric_failures = module:metric("counter", "log_write_failures", "",
-	"Failed writes to the room log and the accounts' archives (retried)", { "store" });
+	"Failed writes to the room log and the accounts' archives (retried, or given up when refused)", { "store" });
 local metric_dropped = module:metric("counter", "log_dropped", "",
 	"Room messages given up on: the write queue overflowed during an outage, or the store refused them", { "store" });
 
@@ -397,7 +397,6 @@ local function new_writer(kind, store, on_quota)
 
 	function w.push(e)
 		e.size = stanza_size(e.value) + #e.user + ENTRY_OVERHEAD;
-		local q = queues[e.user];
 		if e.size > queue_bytes then
 			m_dropped:add(1);
 			module:log("warn", "A message of %s (%d bytes) is larger than minimix_log_queue_bytes: not written to the %s",
@@ -405,7 +404,7 @@ local function new_writer(kind, store, on_quota)
 			return;
 		end
 		while count > 0 and (count >= queue_max or bytes + e.size > queue_bytes) do drop_oldest(); end
-		q = queues[e.user];
+		local q = queues[e.user];
 		if not q then
 			q = { head = 1, tail = 0 };
 			queues[e.user] = q;

@@ -205,8 +205,12 @@ end
 function module.unload()
 	-- Memberships are the account's, not the module's: unloading leaves the
 	-- rooms alone and forgets them; sessions fall back to plain MUC.
-	-- On a reload, save() handed the core to the new instance: keep it.
-	if not handed_over then core:close(); end
+	-- On a reload, save() handed the core (and what waits to be written
+	-- to the room log) to the new instance: keep it.
+	if not handed_over then
+		core:close();
+		roomlog.flush();
+	end
 end
 
 -- Helpers ------------------------------------------------------------------

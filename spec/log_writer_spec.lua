@@ -411,6 +411,44 @@ describe("the room log's writes", function()
 		end);
 	end);
 
+	describe("through mod_minimix.lua", function()
+		local mock = require "shim_mock";
+		local MUC = "http://jabber.org/protocol/muc";
+
+		-- alice's phone in room@muc.example; a message waits to be logged
+		local function waiting_message()
+			local env = mock.load_shim();
+			local P = mock.new_session(env, "phone");
+			mock.fire(env, "pre-presence/full", P, st.presence({ to = "room@muc.example/alice", id = "j1" })
+				:tag("x", { xmlns = MUC }):up());
+			local self = st.presence({ from = "room@muc.example/alice", to = "alice@localhost" })
+				:tag("x", { xmlns = MUC .. "#user" }):tag("item", { affiliation = "none", role = "participant" }):up()
+				:tag("status", { code = "110" }):up():up();
+			mock.fire(env, "presence/bare", nil, self);
+			mock.fire(env, "message/bare", nil, st.message({ from = "room@muc.example/carol", to = "alice@localhost",
+				type = "groupchat", id = "m1" }):text_tag("body", "waiting"));
+			assert.equal(0, #env.logged, "not written yet");
+			return env;
+		end
+
+		it("a reload hands what waits to the new instance", function()
+			local env = waiting_message();
+			local saved = env.module.save();
+			env.module.unload();
+			local env2 = mock.load_shim();
+			env2.module.restore(saved);
+			mock.advance(env2, 1);
+			assert.equal(1, #env2.logged);
+			assert.equal("waiting", env2.logged[1].value:get_child_text("body"));
+		end);
+
+		it("unloading writes what waits", function()
+			local env = waiting_message();
+			env.module.unload();
+			assert.equal(1, #env.logged);
+		end);
+	end);
+
 	describe("retention", function()
 		it("goes through the rooms a few per tick", function()
 			local env = load_log({ minimix_log_max_per_room = 1, minimix_log_cleanup_interval = 60 });
