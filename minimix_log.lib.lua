@@ -239,7 +239,8 @@ local function new_writer(kind, store, on_quota)
 		pop(q, e);
 		m_dropped:add(1);
 		cause = cause:sub(1, 200);
-		local k = e.user .. "\0" .. cause;
+		-- (sizes and counts in a driver's message make no new cause)
+		local k = e.user .. "\0" .. cause:gsub("%d+", "#");
 		if not told:get(k) then
 			told:set(k, true);
 			module:log("warn", "Giving up writing a message of %s to the %s: %s (further ones for the same reason are only counted)",
@@ -351,7 +352,7 @@ local function new_writer(kind, store, on_quota)
 			local q = queues[user];
 			local e = q and q[q.head];
 			if e and (e.fails >= 2 and last_success >= e.first_fail
-				or told:get(user .. "\0" .. e.err:sub(1, 200))) then
+				or told:get(user .. "\0" .. e.err:sub(1, 200):gsub("%d+", "#"))) then
 				give_up(q, e, e.err);
 			elseif e then
 				unexplained = unexplained + 1;

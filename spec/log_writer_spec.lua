@@ -209,6 +209,27 @@ describe("the room log's writes", function()
 			assert.equal(0, (env.lib.pending()), "nothing waits");
 		end);
 
+		it("logs a refusal once per cause, whatever sizes the driver's message names", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			local append = store.append;
+			function store.append(self, user, key, value, ...)
+				if user == ROOM then
+					self.appends = self.appends + 1;
+					return nil, ("index row size %d exceeds maximum 2704"):format(#tostring(value));
+				end
+				return append(self, user, key, value, ...);
+			end
+			for i = 1, 5 do
+				say(env, ROOM, string.rep("b", i));
+				say(env, OTHER, "good " .. i);
+			end
+			advance(env, 2);
+			assert.equal(5, dropped(env));
+			assert.equal(1, count_logs(env, "warn", "Giving up"));
+			assert.equal(5, #logged(env, OTHER));
+		end);
+
 		it("gives up a refused room's message that came alone once another room's writes go through", function()
 			local env = load_log();
 			local store = env.stores.minimix_log;
