@@ -21,6 +21,9 @@ What is proven:
 4. On PostgreSQL, a message carrying a 4 KiB <stanza-id/> 'by' the room
    (more than the store's index takes as a key) is logged without that key,
    and the log goes on.
+5. The copies into the accounts' own archives (minimix_archive_in_mam)
+   honour the store's quota as mod_mam does: the oldest entries go, with
+   one warning per account and no line per message.
 """
 
 import asyncio
@@ -225,4 +228,38 @@ def test_a_4kb_stanza_id_does_not_stop_the_log_on_postgresql(prosody_factory, po
         assert len(entries[0]["key"]) <= 256, "an over-long id is not the key"
         assert not minimix_lines(env, "error", "Cannot write"), env.tail(30)
         assert not minimix_lines(env, "warn", "Giving up"), env.tail(30)
+    run(env, scenario, timeout=120)
+
+
+# ---- 5. the accounts' archives at their quota --------------------------------------
+
+def test_the_archive_copies_honour_the_accounts_quota(prosody_factory):
+    """minimix_archive_in_mam on the file store, whose archives hold 5
+    items each (storage_archive_item_limit).  carol says 12 messages in a
+    room of alice and bob (both on localhost): each account's archive makes
+    room as mod_mam does, its oldest entries going, and holds the newest
+    message; one warning per account says its archive is at its quota, and
+    no message is reported as given up or failed one by one."""
+    env = make_env(prosody_factory, {"storage": "internal"}, extra_modules=["mam"],
+                   host_options={"minimix_archive_in_mam": True},
+                   global_options={"storage_archive_item_limit": 5})
+    texts = ["quota %02d" % i for i in range(12)]
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "quota")
+        await say(carol, room, [phone, laptop, bob], texts)
+        await logged(env, room, texts[-3:])
+        for user in ("alice", "bob"):
+            deadline = time.monotonic() + 20
+            while True:
+                got = [e["body"] for e in archive_entries(env, user, "archive", room=room)]
+                if got and got[-1] == texts[-1]:
+                    break
+                assert time.monotonic() < deadline, "%s's archive: %s" % (user, got)
+                await asyncio.sleep(0.2)
+            assert len(got) <= 5, got
+            assert got == texts[len(texts) - len(got):], "not the newest: %s" % got
+            assert len(minimix_lines(env, "warn", "archive of %s is at its quota" % user)) == 1, \
+                minimix_lines(env, "warn", "")
+        assert not minimix_lines(env, "warn", "accounts' archives"), minimix_lines(env, "warn", "")
     run(env, scenario, timeout=120)
