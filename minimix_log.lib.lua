@@ -36,6 +36,9 @@ local RETRY_SOON = 0.1;
 -- What one timer tick writes at most, so that a backlog drains while
 -- delivery and the other rooms go on.
 local BATCH_ITEMS, BATCH_SECONDS = 100, 0.05;
+-- The pause before the next batch: not 0, which util.timer may run within
+-- the same turn of the server's loop, before any I/O.
+local NEXT_BATCH = 0.01;
 -- What a waiting message costs besides its XML, counted in the byte bound.
 local ENTRY_OVERHEAD = 200;
 -- A stanza-id longer than this is not the store's key (PostgreSQL's index
@@ -381,7 +384,7 @@ local function new_writer(kind, store, on_quota)
 			schedule(math.max(flush_interval, RETRY_SOON));
 		else
 			-- the rest of a backlog, on the next tick
-			schedule(0);
+			schedule(NEXT_BATCH);
 		end
 		return false;
 	end
@@ -710,7 +713,7 @@ local function cleanup_step()
 	if c.next > #c.list then
 		cleaning = nil;
 	elseif module.loaded ~= false then
-		module:add_timer(0, cleanup_step);
+		module:add_timer(NEXT_BATCH, cleanup_step);
 	end
 end
 
