@@ -14,6 +14,7 @@ local st = require "util.stanza";
 local new_cache = require "util.cache".new;
 local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
+local sha256 = require "util.hashes".sha256;
 local datetime = require "util.datetime";
 
 local xmlns_sid = "urn:xmpp:sid:0";
@@ -29,6 +30,30 @@ local ROOMS, IDS_PER_ROOM = 1024, 128;
 local MAM_SEEN = 4096;
 -- How long writes wait after a failure: from 1 s, doubling, at most this.
 local RETRY_MAX = 16;
+-- How soon a write that failed while others went through is tried again
+-- (a second failure then is a refusal of that message).
+local RETRY_SOON = 0.1;
+-- What one timer tick writes at most, so that a backlog drains while
+-- delivery and the other rooms go on.
+local BATCH_ITEMS, BATCH_SECONDS = 100, 0.05;
+-- The pause before the next batch: not 0, which util.timer may run within
+-- the same turn of the server's loop, before any I/O.
+local NEXT_BATCH = 0.01;
+-- What a waiting message costs besides its XML, counted in the byte bound.
+local ENTRY_OVERHEAD = 200;
+-- A stanza-id longer than this is not the store's key (PostgreSQL's index
+-- row overflows at about 4 KB); it stays in the stored message.
+local KEY_MAX = 256;
+-- A store user the file store names with more bytes than this (each byte
+-- outside [A-Za-z0-9] takes three) goes under a digest of its name: a file
+-- name has at most 255 bytes, and the store adds ".list" and "~".
+local FILE_NAME_MAX = 200;
+-- Truncating to the store's quota keeps this fraction of it: the file
+-- store rewrites a room's whole list for it, so not every hundredth write.
+local TRUNCATE_TO = 0.9;
+-- The retention job goes through this many rooms (or BATCH_SECONDS) per
+-- timer tick: on the file store each is a read of its whole list.
+local CLEANUP_ROOMS_PER_TICK = 4;
 
 local day = 86400;
 local multipliers = { d = day, w = day * 7, m = 31 * day, y = 365.2425 * day };
@@ -69,6 +94,8 @@ local max_per_room = math.max(1, math.floor(positive_option("minimix_log_max_per
 local flush_interval = positive_option("minimix_log_flush_interval", 100) / 1000;
 local cleanup_interval = math.max(1, positive_option("minimix_log_cleanup_interval", 3600));
 local queue_max = math.max(1, math.floor(positive_option("minimix_log_queue_max", 10000)));
+-- at least one message at the s2s stanza limit (256 KiB) fits
+local queue_bytes = math.max(262144 + 4096, math.floor(positive_option("minimix_log_queue_bytes", 16 * 1024 * 1024)));
 
 -- A XEP-0082 stamp read to the fraction of a second (0.12's
 -- util.datetime.parse drops fractions), and one written with them.
@@ -127,108 +154,305 @@ end
 if not enabled and not in_mam then
 	guard_sql_statements();
 	return { message = function() end, flush = function() end, cleanup = function() end,
-		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp };
+		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp,
+		save = function() end, restore = function() end };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
 	"Room messages written to the room log and to the accounts' archives", { "store" });
 local metric_failures = module:metric("counter", "log_write_failures", "",
-	"Failed writes to the room log and the accounts' archives (retried)", { "store" });
+	"Failed writes to the room log and the accounts' archives (retried, or given up when refused)", { "store" });
 local metric_dropped = module:metric("counter", "log_dropped", "",
 	"Room messages given up on: the write queue overflowed during an outage, or the store refused them", { "store" });
 
--- A write queue per store: written in order on a short timer, and at
--- shutdown.  A failed write stays at the head and is tried again later
--- (from 1 s, doubling up to RETRY_MAX s); the first failure of an outage
--- is logged, the following ones are only counted, and the first success
--- after them is logged again.  Delivery never waits for any of it.
+-- About the bytes a stanza takes (its XML unescaped), counted without
+-- serializing it: the log keeps the stanza, not its text.
+local function stanza_size(t)
+	local n = #t.name * 2 + 5;
+	for k, v in pairs(t.attr) do n = n + #k + #tostring(v) + 4; end
+	for _, child in ipairs(t) do
+		if type(child) == "string" then
+			n = n + #child;
+		else
+			n = n + stanza_size(child);
+		end
+	end
+	return n;
+end
+
+-- A writer per store (the room log, the accounts' archives), with a queue
+-- per store user (a room's log, an account's archive): written on a short
+-- timer, a bounded batch per tick, and all at shutdown.  Delivery never
+-- waits for any of it.
+--
+-- A write that fails is one of two things.  The store is away (every write
+-- fails): everything waits and is tried again, from 1 s, doubling up to
+-- RETRY_MAX s, logged once per outage and counted.  Or the store refuses
+-- that one item (it raises, it is over a quota, or its write fails while
+-- other writes go through): the item is given up, counted in log_dropped
+-- and logged once per store user and cause.  The two look the same on a
+-- single failed write, so a failed queue stays out of the batch until the
+-- next pass, and a head that failed twice, with writes to other queues
+-- going through since its first failure, was refused.  While the store
+-- seems away, a queue that has not failed yet is tried at once: a room
+-- refusing its writes never holds up another room for the back-off.
+--
+-- Everything waiting is bounded in count (minimix_log_queue_max) and in
+-- bytes (minimix_log_queue_bytes) across the store's queues: beyond them
+-- the oldest is given up, said once per outage (or until the queues
+-- drain).
 local function new_writer(kind, store, on_quota)
-	local w = { kind = kind, store = store, head = 1, tail = 0 };
-	local failing, failures, retry, scheduled = false, 0, 1, false;
+	local w = { kind = kind, store = store };
+	local what = kind == "log" and "room log" or "accounts' archives";
 	local m_writes, m_failures, m_dropped = metric_writes:with_labels(kind),
 		metric_failures:with_labels(kind), metric_dropped:with_labels(kind);
+	-- store user -> { head, tail, [i] = entry, listed }: one queue each
+	local queues = {};
+	-- store users whose queue holds something, in the order they came
+	local active = {};
+	-- every waiting entry, oldest first, for the bounds (written ones are
+	-- marked done and skipped)
+	local order, oldest, newest = {}, 1, 0;
+	local count, bytes = 0, 0;
+	local failing, failures, retry, overflowed = false, 0, 1, false;
+	-- passes are numbered: a refusal is a failure with a success since
+	local pass_no, last_success = 0, -1;
+	local told = new_cache(256); -- (store user, cause) given up and logged
+
+	local function trim()
+		while oldest <= newest and order[oldest].done do
+			order[oldest] = nil;
+			oldest = oldest + 1;
+		end
+		if oldest > newest then oldest, newest = 1, 0; end
+	end
+
+	-- the head of its queue leaves, written or given up
+	local function pop(q, e)
+		q[q.head] = nil;
+		q.head = q.head + 1;
+		if q.head > q.tail then q.head, q.tail = 1, 0; end
+		count, bytes = count - 1, bytes - e.size;
+		e.done, e.value = true, nil;
+		trim();
+	end
+
+	local function give_up(q, e, cause)
+		local room = e.room or e.user;
+		pop(q, e);
+		m_dropped:add(1);
+		cause = cause:sub(1, 200);
+		-- (sizes and counts in a driver's message make no new cause)
+		local k = e.user .. "\0" .. cause:gsub("%d+", "#");
+		if not told:get(k) then
+			told:set(k, true);
+			module:log("warn", "Giving up writing a message of %s to the %s: %s (further ones for the same reason are only counted)",
+				room, what, cause);
+		end
+	end
+
+	-- The oldest waiting entry is the head of its queue: queues fill in
+	-- order and are emptied from their heads.
+	local function drop_oldest()
+		trim();
+		local e = order[oldest];
+		if not e then return; end
+		local q = queues[e.user];
+		pop(q, e);
+		m_dropped:add(1);
+		if not overflowed then
+			overflowed = true;
+			module:log("warn", "The write queue is full for the %s (%d messages, %d bytes): the oldest are given up until it drains",
+				what, count + 1, bytes + e.size);
+		end
+	end
 
 	local function write(e)
 		local ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
-		if ok and not ret and err == "quota-limit" and on_quota then
+		local stage = 1;
+		while ok and not ret and err == "quota-limit" and on_quota and on_quota(e.user, stage) do
 			-- the store's own per-user limit: make room, as mod_mam does
-			on_quota(e.user);
 			ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
+			stage = stage + 1;
 		end
 		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
 		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
 		return true;
 	end
 
-	local what = kind == "log" and "room log" or "accounts' archives";
-	local overflowed = false;
-	local function drop_head(why, quiet)
-		w[w.head] = nil;
-		w.head = w.head + 1;
-		m_dropped:add(1);
-		if not quiet then
-			module:log("warn", "A room message was not written to the %s: %s", what, why);
+	-- Two timers: the next pass (flush interval, back-off or the rest of a
+	-- backlog) and, while the store seems away, a try of queues that have
+	-- not failed yet.  A timer that was planned later than the one now
+	-- planned finds itself stale and does nothing.
+	local planned, probe_planned = nil, nil;
+	local pass;
+	local function schedule(delay, probe)
+		local due = time.now() + delay;
+		if probe then
+			if probe_planned and probe_planned <= due then return; end
+			probe_planned = due;
+		else
+			if planned and planned <= due then return; end
+			planned = due;
 		end
-	end
-
-	local flush;
-	local function schedule(delay)
-		if scheduled then return; end
-		scheduled = true;
 		module:add_timer(delay, function()
-			scheduled = false;
-			flush();
+			if probe then
+				if probe_planned ~= due then return; end
+				probe_planned = nil;
+			else
+				if planned ~= due then return; end
+				planned = nil;
+			end
+			pass(probe, false);
 		end);
 	end
 
-	function flush()
-		while w.head <= w.tail do
-			local e = w[w.head];
-			local ok, err, poison = write(e);
-			if ok then
-				w[w.head] = nil;
-				w.head = w.head + 1;
-				m_writes:add(1);
-				if failing then
-					module:log("info", "Writing to the %s again, after %d failed attempt(s)", what, failures);
-					failing, failures, retry, overflowed = false, 0, 1, false;
+	-- One pass: round after round, the head of each queue (a failed queue
+	-- sits the pass out), until the batch is written or nothing moves.
+	function pass(probe, whole)
+		pass_no = pass_no + 1;
+		local started, budget = time.now(), whole and math.huge or BATCH_ITEMS;
+		local wrote, failed, last_err = false, {}, nil;
+		local moved = true;
+		while moved and budget > 0 do
+			moved = false;
+			local users = active;
+			active = {};
+			for _, user in ipairs(users) do
+				local q = queues[user];
+				local e = q and q[q.head];
+				if e and not failed[user] and budget > 0 and not (probe and e.fails) then
+					budget = budget - 1;
+					local ok, err, refused = write(e);
+					if ok then
+						pop(q, e);
+						m_writes:add(1);
+						wrote, moved, last_success = true, true, pass_no;
+					elseif refused then
+						m_failures:add(1);
+						give_up(q, e, err);
+						moved = true;
+					else
+						m_failures:add(1);
+						failures, last_err = failures + 1, err;
+						e.fails, e.first_fail, e.err = (e.fails or 0) + 1, e.first_fail or pass_no, err;
+						failed[#failed+1], failed[user] = user, true;
+					end
 				end
-			elseif poison then
-				-- not the storage being away: this one message cannot be written
-				m_failures:add(1);
-				drop_head(err);
-			else
-				m_failures:add(1);
-				failures = failures + 1;
-				if not failing then
-					failing = true;
-					module:log("error", "Cannot write to the %s (%s); delivery goes on, writes are retried",
-						what, err);
+				if q and q.head <= q.tail then
+					active[#active+1] = user;
+				elseif q then
+					queues[user] = nil;
 				end
-				if module.loaded ~= false then
-					schedule(retry);
-					retry = math.min(retry * 2, RETRY_MAX);
-				end
-				return false;
+			end
+			if not whole and time.now() - started >= BATCH_SECONDS then break; end
+		end
+		-- A head that failed again, with the store taking other writes
+		-- since its first failure, was refused; so is one that fails as
+		-- an earlier message of the same queue was refused.
+		local unexplained = 0;
+		for _, user in ipairs(failed) do
+			local q = queues[user];
+			local e = q and q[q.head];
+			if e and (e.fails >= 2 and last_success >= e.first_fail
+				or told:get(user .. "\0" .. e.err:sub(1, 200):gsub("%d+", "#"))) then
+				give_up(q, e, e.err);
+			elseif e then
+				unexplained = unexplained + 1;
 			end
 		end
-		w.head, w.tail = 1, 0;
-		return true;
+		if wrote and failing then
+			module:log("info", "Writing to the %s again, after %d failed attempt(s)", what, failures);
+			failing, failures, retry, overflowed = false, 0, 1, false;
+		elseif not wrote and unexplained > 0 and not failing then
+			failing = true;
+			module:log("error", "Cannot write to the %s (%s); delivery goes on, writes are retried",
+				what, last_err);
+		end
+		if count == 0 then
+			overflowed = false;
+			return true;
+		end
+		if module.loaded == false or whole then return false; end
+		if failing then
+			if not probe or not planned then
+				schedule(retry);
+				retry = math.min(retry * 2, RETRY_MAX);
+			end
+		elseif #failed > 0 then
+			-- a failed head is tried again soon, to tell a refusal
+			schedule(math.max(flush_interval, RETRY_SOON));
+		else
+			-- the rest of a backlog, on the next tick
+			schedule(NEXT_BATCH);
+		end
+		return false;
 	end
-	w.flush = flush;
+
+	-- Write what waits, now (at shutdown): until all is written or the
+	-- store takes nothing more.
+	function w.flush()
+		repeat
+			local before = count;
+			if pass(false, true) then return true; end
+		until count == before;
+		return false;
+	end
 
 	function w.push(e)
-		if w.tail - w.head + 1 >= queue_max then
-			-- an outage outlasting the queue: the oldest message goes
-			drop_head("the write queue is full", overflowed);
-			overflowed = true;
+		e.size = stanza_size(e.value) + #e.user + ENTRY_OVERHEAD;
+		if e.size > queue_bytes then
+			m_dropped:add(1);
+			module:log("warn", "A message of %s (%d bytes) is larger than minimix_log_queue_bytes: not written to the %s",
+				e.room or e.user, e.size, what);
+			return;
 		end
-		w.tail = w.tail + 1;
-		w[w.tail] = e;
-		if not failing then schedule(flush_interval); end
+		while count > 0 and (count >= queue_max or bytes + e.size > queue_bytes) do drop_oldest(); end
+		local q = queues[e.user];
+		if not q then
+			q = { head = 1, tail = 0 };
+			queues[e.user] = q;
+			active[#active+1] = e.user;
+		end
+		newest = newest + 1;
+		order[newest], e.seq = e, newest;
+		q.tail = q.tail + 1;
+		q[q.tail] = e;
+		count, bytes = count + 1, bytes + e.size;
+		if not failing then
+			schedule(flush_interval);
+		elseif q.head == q.tail then
+			-- the store seems away; a queue that has not failed may tell otherwise
+			schedule(flush_interval, true);
+		end
 	end
 
-	function w.pending() return w.tail - w.head + 1; end
+	-- What waits for store user, newest first.
+	function w.waiting(user)
+		local q = queues[user];
+		local i = q and q.tail + 1 or 0;
+		return function()
+			if not q then return nil; end
+			i = i - 1;
+			if i >= q.head then return q[i]; end
+		end;
+	end
+
+	-- What waits, oldest first, handed over (a reload): this writer keeps none.
+	function w.save()
+		local out = {};
+		for i = oldest, newest do
+			local e = order[i];
+			if e and not e.done then
+				out[#out+1] = { user = e.user, room = e.room, key = e.key, value = e.value, when = e.when,
+					with = e.with };
+			end
+		end
+		queues, active, order, oldest, newest, count, bytes = {}, {}, {}, 1, 0, 0, 0;
+		return out;
+	end
+
+	function w.pending() return count, bytes; end
 	function w.failing() return failing; end
 	return w;
 end
@@ -263,26 +487,64 @@ local log_store = enabled and module:open_store("minimix_log", "archive");
 -- does it with an indexed delete, the file store by rewriting the whole
 -- list (tens of ms at a thousand messages).  There the stanza-id stays in
 -- the stored message and the store makes up the key.
-local keyed = true;
+local keyed, file_store = true, false;
 do
 	local ok, sm = pcall(require, "core.storagemanager");
 	local ok2, _, driver_name = false, nil, nil;
 	if ok and sm.get_driver then ok2, _, driver_name = pcall(sm.get_driver, module.host, "minimix_log"); end
-	if ok2 and driver_name == "internal" then keyed = false; end
+	if ok2 and driver_name == "internal" then keyed, file_store = false, true; end
 end
 
-local function truncate_room(room, keep)
-	local ok, err = pcall(log_store.delete, log_store, room, { truncate = keep });
-	if not ok then module:log("debug", "Could not truncate the log of %s: %s", room, tostring(err)); end
+-- The store's "username" for a room's log: the room's JID, unless the file
+-- store could not make a file name of it; then a digest of it (rooms with
+-- ordinary names keep theirs, and what was logged under them).
+local function store_user(room)
+	if not file_store then return room; end
+	local _, escaped = room:gsub("%W", "");
+	if #room + 2 * escaped <= FILE_NAME_MAX then return room; end
+	return "minimix-" .. sha256(room, true);
 end
 
-local log_writer = enabled and new_writer("log", log_store, function(room)
+local function truncate_room(user, keep)
+	local ok, err = pcall(log_store.delete, log_store, user, { truncate = keep });
+	if not ok then module:log("debug", "Could not truncate the log of %s: %s", user, tostring(err)); end
+	return ok and err;
+end
+
+local log_writer = enabled and new_writer("log", log_store, function(user, stage)
+	if stage > 1 then return false; end
 	local quota = log_store.caps and log_store.caps.quota or max_per_room;
-	truncate_room(room, math.floor(math.min(max_per_room, quota) * 0.99));
+	return truncate_room(user, math.max(1, math.floor(math.min(max_per_room, quota) * TRUNCATE_TO)));
 end);
 
-local mam_writer = in_mam and new_writer("mam",
-	module:open_store(module:get_option_string("archive_store", "archive"), "archive"));
+-- The accounts' archives honour their quota as mod_mam does: the entries
+-- older than archive_expires_after go, else the oldest (to a fraction of
+-- the quota), with one warning per account; if neither makes room, the
+-- copies are given up (counted, logged once per account).
+local mam_store = in_mam and module:open_store(module:get_option_string("archive_store", "archive"), "archive");
+local mam_expires = parse_duration(module:get_option_string("archive_expires_after", "1w"));
+local mam_full = new_cache(1024);
+local mam_writer = in_mam and new_writer("mam", mam_store, function(user, stage)
+	if not mam_full:get(user) then
+		mam_full:set(user, true);
+		module:log("warn", "The archive of %s is at its quota: room messages copied into it make room by removing its oldest entries",
+			user);
+	end
+	if stage == 1 then
+		if type(mam_expires) == "number" then
+			local ok, deleted = pcall(mam_store.delete, mam_store, user, { ["end"] = time.now() - mam_expires });
+			if ok and deleted and deleted ~= 0 then return true; end
+		end
+		stage = 2;
+	end
+	local quota = mam_store.caps and mam_store.caps.quota;
+	if stage == 2 and quota and mam_store.caps.truncate then
+		local ok, deleted = pcall(mam_store.delete, mam_store, user,
+			{ truncate = math.max(1, math.floor(quota * TRUNCATE_TO)) });
+		return ok and deleted and deleted ~= 0 or false;
+	end
+	return false;
+end);
 local mam_seen = new_cache(MAM_SEEN);
 guard_sql_statements();
 
@@ -303,7 +565,7 @@ end
 -- read the room's latest entries once, before the first delayed message.
 local function prime(room, r)
 	if not log_store then return; end
-	local ok, iter = pcall(log_store.find, log_store, room, { reverse = true, limit = IDS_PER_ROOM });
+	local ok, iter = pcall(log_store.find, log_store, store_user(room), { reverse = true, limit = IDS_PER_ROOM });
 	if not ok or not iter then
 		module:log("debug", "Could not read the log of %s: %s", room, tostring(iter));
 		return;
@@ -387,8 +649,8 @@ local function message(account, room, nick, stanza, m)
 				-- compared with; taken off again before a catch-up
 				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
-			log_writer.push({ user = room, key = keyed and kind == "sid" and key or nil, value = value,
-				when = when, with = nick or room });
+			log_writer.push({ user = store_user(room), room = room, value = value, when = when, with = nick or room,
+				key = keyed and kind == "sid" and #key <= KEY_MAX and key or nil });
 		end
 	end
 	last.logged = true;
@@ -401,7 +663,7 @@ local function message(account, room, nick, stanza, m)
 			mam_seen:set(seen_key, true);
 			local value = st.clone(stanza);
 			value.attr.to = account;
-			mam_writer.push({ user = username, value = value, when = when, with = room });
+			mam_writer.push({ user = username, room = room, value = value, when = when, with = room });
 		end
 	end
 end
@@ -424,27 +686,50 @@ function lib.flush()
 end
 
 -- Retention: entries older than minimix_log_expires_after go, and each
--- room keeps its latest minimix_log_max_per_room.
+-- room keeps its latest minimix_log_max_per_room.  The rooms are listed
+-- once, then gone through a few per timer tick: on the file store each is
+-- a read (and maybe a rewrite) of its whole list.
+local cleaning = nil;
+
+local function cleanup_room(user, cut_off)
+	if cut_off then
+		local deleted, derr = pcall(log_store.delete, log_store, user, { ["end"] = cut_off });
+		if not deleted then
+			module:log("debug", "Could not expire the log of %s: %s", user, tostring(derr));
+		end
+	end
+	truncate_room(user, max_per_room);
+end
+
+local function cleanup_step()
+	local c = cleaning;
+	if not c then return; end
+	local started, done = time.now(), 0;
+	while c.next <= #c.list and done < CLEANUP_ROOMS_PER_TICK do
+		cleanup_room(c.list[c.next], c.cut_off);
+		c.next, done = c.next + 1, done + 1;
+		if time.now() - started >= BATCH_SECONDS then break; end
+	end
+	if c.next > #c.list then
+		cleaning = nil;
+	elseif module.loaded ~= false then
+		module:add_timer(NEXT_BATCH, cleanup_step);
+	end
+end
+
+-- Starts a round of the job (unless one is still going).
 function lib.cleanup()
-	if not log_store or not log_store.users then return; end
+	if cleaning or not log_store or not log_store.users then return; end
 	local list = {};
 	local ok, err = pcall(function()
-		for room in log_store:users() do list[#list+1] = room; end
+		for user in log_store:users() do list[#list+1] = user; end
 	end);
 	if not ok then
 		module:log("debug", "Could not list the room logs: %s", tostring(err));
 		return;
 	end
-	local cut_off = expires_after and time.now() - expires_after;
-	for _, room in ipairs(list) do
-		if cut_off then
-			local deleted, derr = pcall(log_store.delete, log_store, room, { ["end"] = cut_off });
-			if not deleted then
-				module:log("debug", "Could not expire the log of %s: %s", room, tostring(derr));
-			end
-		end
-		truncate_room(room, max_per_room);
-	end
+	cleaning = { list = list, next = 1, cut_off = expires_after and time.now() - expires_after };
+	cleanup_step();
 end
 
 -- The time a logged message was said: its delay from the room, to the
@@ -510,16 +795,15 @@ local function replay(room, a)
 	end
 	-- what waits for the writer is the newest
 	if log_writer then
-		for i = log_writer.tail, log_writer.head, -1 do
-			local e = log_writer[i];
-			if e and e.user == room then take(st.clone(e.value), said_at(e.value, room, e.when)); end
+		for e in log_writer.waiting(store_user(room)) do
+			take(st.clone(e.value), said_at(e.value, room, e.when));
 			if full then break; end
 		end
 	end
 	local before;
 	while not full do
 		local page = math.min(PAGE_MAX, want - #out + 16);
-		local iter, err = log_store:find(room, { start = math.floor(math.max(lo, since or lo)) - 1,
+		local iter, err = log_store:find(store_user(room), { start = math.floor(math.max(lo, since or lo)) - 1,
 			["end"] = hi and math.ceil(hi),
 			reverse = true, limit = page, before = before });
 		if not iter then error(err or "cannot read the room log"); end
@@ -551,9 +835,30 @@ end
 lib.serves = log_store and true or false;
 lib.parse_stamp = parse_stamp;
 
--- For the specs and the admin shell.
+-- For the specs and the admin shell: messages (and bytes) waiting.
 function lib.pending()
-	return log_writer and log_writer.pending() or 0, mam_writer and mam_writer.pending() or 0;
+	local n, b = 0, 0;
+	if log_writer then n, b = log_writer.pending(); end
+	local mn, mb = 0, 0;
+	if mam_writer then mn, mb = mam_writer.pending(); end
+	return n, mn, b, mb;
+end
+
+-- A reload hands what waits to the new instance (mod_minimix.lua's
+-- module.save/module.restore): nothing is lost but the new instance's
+-- bounds apply, and a store no longer configured drops its part.
+function lib.save()
+	return { log = log_writer and log_writer.save(), mam = mam_writer and mam_writer.save() };
+end
+
+function lib.restore(data)
+	if type(data) ~= "table" then return; end
+	for _, part in ipairs({ { data.log, log_writer }, { data.mam, mam_writer } }) do
+		local entries, writer = part[1], part[2];
+		if type(entries) == "table" and writer then
+			for _, e in ipairs(entries) do writer.push(e); end
+		end
+	end
 end
 lib.keyed = keyed;
 lib.parse_duration = parse_duration;

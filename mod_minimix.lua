@@ -178,7 +178,8 @@ local links_lost = new_cache(links_lost_size);
 local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
-	return { core = core, links_lost = links_lost };
+	-- what waits to be written to the room log goes over too
+	return { core = core, links_lost = links_lost, log = roomlog.save() };
 end
 
 function module.restore(data)
@@ -192,6 +193,7 @@ function module.restore(data)
 		core:clock(now);
 		reloaded = true;
 	end
+	if data and data.log then roomlog.restore(data.log); end
 	if data and data.links_lost then
 		-- oldest first, so that the order of forgetting stays
 		local lost = {};
@@ -203,8 +205,12 @@ end
 function module.unload()
 	-- Memberships are the account's, not the module's: unloading leaves the
 	-- rooms alone and forgets them; sessions fall back to plain MUC.
-	-- On a reload, save() handed the core to the new instance: keep it.
-	if not handed_over then core:close(); end
+	-- On a reload, save() handed the core (and what waits to be written
+	-- to the room log) to the new instance: keep it.
+	if not handed_over then
+		core:close();
+		roomlog.flush();
+	end
 end
 
 -- Helpers ------------------------------------------------------------------

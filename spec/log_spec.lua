@@ -334,8 +334,10 @@ describe("room log", function()
 		env.stores.minimix_log.quota = 100;
 		for i = 1, 101 do deliver(env, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i)); end
 		advance(env, 1);
-		assert.equal(100, env.stores.minimix_log:count(ROOM));
-		assert.equal("m101", logged(env)[100]);
+		-- truncated to 90% of the quota, so that the file store does not
+		-- rewrite the list on every hundredth write
+		assert.equal(91, env.stores.minimix_log:count(ROOM));
+		assert.equal("m101", logged(env)[91]);
 		assert.equal(0, env.metrics.log_dropped.by.log.total);
 	end);
 
