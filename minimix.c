@@ -804,12 +804,16 @@ static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
 	payload_unref(s, n);
 }
 
-/* Whether m may cache n within the byte limits once `freed` bytes of its
- * own entries went. */
+/* Whether m may cache n within the byte limits once its entry `old`
+ * (NULL: none) went: a replaced entry gives its bytes back to the
+ * membership and the account, and to the state when no other cache holds
+ * its text. */
 static int cache_fits(const mm_state *s, const mm_membership *m,
-		const mm_node *n, size_t freed)
+		const mm_node *n, const mm_node *old)
 {
 	const mm_limits *l = &s->limits;
+	size_t freed = old ? old->len : 0;
+	size_t freed_state = old && old->aux == 1 && old != n ? old->len : 0;
 	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
 		return 0;
 	if (m->owner && (n->len > l->max_account_bytes
@@ -817,7 +821,7 @@ static int cache_fits(const mm_state *s, const mm_membership *m,
 		return 0;
 	/* a text some cache holds already costs the state nothing more */
 	return n->aux > 0 || (n->len <= l->max_cache_bytes
-		&& s->cached_bytes <= l->max_cache_bytes - n->len);
+		&& s->cached_bytes - freed_state <= l->max_cache_bytes - n->len);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -2491,7 +2495,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
 			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			if (pn != old && cache_fits(s, m, pn, old->len)) {
+			if (pn != old && cache_fits(s, m, pn, old)) {
 				cache_take(s, m, pn, fresh);
 				on->value = pn;
 			} else if (pn != old) {
@@ -2509,7 +2513,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mm_node *nn;
 			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			if (cache_fits(s, m, pn, 0)) {
+			if (cache_fits(s, m, pn, NULL)) {
 				nn = map_ready(&m->occupants) ? node_new(nick, strlen(nick), pn) : NULL;
 				if (nn == NULL) {
 					if (fresh)
@@ -2559,14 +2563,14 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 	}
 	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, 0))) {
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, NULL))) {
 		/* full, or beyond the byte limits: the oldest goes */
 		slot = &m->hist[m->hist_head];
 		cache_drop(s, m, slot->payload);
 		m->hist_head = (m->hist_head + 1) % cap;
 		m->hist_count--;
 	}
-	if (cache_fits(s, m, pn, 0)) {
+	if (cache_fits(s, m, pn, NULL)) {
 		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
 		slot->payload = pn;
 		slot->stamp = msg->stamp;

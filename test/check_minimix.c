@@ -3291,6 +3291,55 @@ START_TEST(test_iq_id_secret)
 }
 END_TEST
 
+/*
+ * "The ids are 128 random bits each": over 256 ids every hex digit
+ * position takes many values, and the two digits of each byte vary
+ * independently (an id built from half of each byte's bits repeats its
+ * digit pairs within 16 values).  For truly random ids each bound below
+ * fails with a probability far under 1e-30.
+ */
+START_TEST(test_iq_id_all_bits)
+{
+	enum { NIDS = 256 };
+	static char tails[NIDS][33];
+	char id[64];
+	size_t i, pos;
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_iqs = NIDS;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < NIDS; i++) {
+		sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, id, sizeof id);
+		ck_assert_msg(is_module_id(id, tails[i]), "id %s is not mmx-<32 hex>", id);
+	}
+	for (pos = 0; pos < 32; pos++) {
+		int seen[16] = { 0 }, distinct = 0;
+
+		for (i = 0; i < NIDS; i++) {
+			const char *c = strchr("0123456789abcdef", tails[i][pos]);
+			if (!seen[c - "0123456789abcdef"]++)
+				distinct++;
+		}
+		ck_assert_msg(distinct >= 8, "digit %zu takes only %d values", pos, distinct);
+	}
+	for (pos = 0; pos < 32; pos += 2) {
+		static int pairs[256];
+		int distinct = 0;
+
+		memset(pairs, 0, sizeof pairs);
+		for (i = 0; i < NIDS; i++) {
+			unsigned hi = (unsigned)(strchr("0123456789abcdef", tails[i][pos]) - "0123456789abcdef");
+			unsigned lo = (unsigned)(strchr("0123456789abcdef", tails[i][pos + 1]) - "0123456789abcdef");
+			if (!pairs[hi * 16 + lo]++)
+				distinct++;
+		}
+		ck_assert_msg(distinct >= 64, "byte %zu takes only %d values", pos / 2, distinct);
+	}
+}
+END_TEST
+
 /* "Not handled when the session is not joined (the room answers it)." */
 START_TEST(test_iq_not_joined)
 {
@@ -4535,6 +4584,51 @@ START_TEST(test_bytes_state)
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
 	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
 	expect_empty_state();
+}
+END_TEST
+
+/* bob's presence again, as long as P_BOB, in other words */
+#define P_BOB_SWAP P_PRES("bob", "<item role='participant' affiliation='member'/>")
+
+/*
+ * An occupant's presence replaced by one of the same length gives back
+ * the bytes of the one it replaces: under a budget it exactly fills, at
+ * each level (membership, account, state), the new one is cached and
+ * the count stays where it was, however often it changes.
+ */
+START_TEST(test_bytes_same_length_replacement)
+{
+	const size_t limit = LEN(P_SELF) + LEN(P_BOB);
+	int level, i;
+
+	ck_assert_uint_eq(LEN(P_BOB_SWAP), LEN(P_BOB));
+	ck_assert_str_ne(P_BOB_SWAP, P_BOB);
+	for (level = 0; level < 3; level++) {
+		mm_limits l;
+
+		memset(&l, 0, sizeof l);
+		if (level == 0)
+			l.max_membership_bytes = limit;
+		else if (level == 1)
+			l.max_account_bytes = limit;
+		else
+			l.max_cache_bytes = limit;
+		reset_state(&l);
+		joined_room(ACC, R1, ROOM, "alice");
+		occupant(ACC, ROOM, "bob", P_BOB);
+		ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+		ck_assert_uint_eq(must_info(ACC, ROOM).bytes, limit);
+		for (i = 0; i < 4; i++) {
+			occupant(ACC, ROOM, "bob", i % 2 ? P_BOB : P_BOB_SWAP);
+			expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+			ck_assert_msg(must_info(ACC, ROOM).occupants == 1,
+					"level %d, change %d: the entry was dropped", level, i);
+			ck_assert_uint_eq(must_info(ACC, ROOM).bytes, limit);
+			ck_assert_uint_eq(stats().cached_bytes, limit);
+		}
+		join(ACC, R2, ROOM, "alice", "j2", NULL);
+		expect_replay(&d, R2, (const char *const[]){ P_BOB }, 1, P_SELF, 0, NULL);
+	}
 }
 END_TEST
 
@@ -6848,6 +6942,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_iq_module_id_and_answer);
 	tcase_add_test(tc, test_iq_spoofed_answers);
 	tcase_add_test(tc, test_iq_id_secret);
+	tcase_add_test(tc, test_iq_id_all_bits);
 	tcase_add_test(tc, test_iq_not_joined);
 	tcase_add_test(tc, test_iq_limit);
 	tcase_add_test(tc, test_iq_expire);
@@ -6875,6 +6970,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_bytes_membership);
 	tcase_add_test(tc, test_bytes_account);
 	tcase_add_test(tc, test_bytes_state);
+	tcase_add_test(tc, test_bytes_same_length_replacement);
 
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);
