@@ -1787,7 +1787,9 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
 		if (act) {
 			act->nick = dec_str(s, req->nick, &ok);
-			act->password = dec_str(s, req->password ? req->password : m->password, &ok);
+			/* the password the account entered with: a later device's
+			 * join may lack it, or carry another */
+			act->password = dec_str(s, m->password ? m->password : req->password, &ok);
 			act->from_request = 1;
 		}
 	}

@@ -212,7 +212,8 @@ typedef enum mm_mevent {
  *    occupants seen so far.  JOINED -JOIN-> JOINED: replay of occupants,
  *    self-presence, catch-up history, subject.  LEAVING, LEAVING_REJOIN
  *    -JOIN-> LEAVING_REJOIN: the session waits.  REJOIN_WAIT -JOIN->
- *    REJOINING: SEND_JOIN of the session's request, now.
+ *    REJOINING: SEND_JOIN of the session's request, now, with the
+ *    password the membership keeps.
  *  - -LAST_LEAVE-> LEAVING: SEND_AS_ACCOUNT of the session's leave (from
  *    LEAVING_REJOIN: REFLECT_LEAVE, the account is leaving already).
  *    REJOIN_WAIT -LAST_LEAVE-> NONE: REFLECT_LEAVE; event "left".
@@ -291,8 +292,11 @@ typedef enum mm_op {
 	/*
 	 * Route the account's join presence to room/nick, from the account's
 	 * bare JID.  `from_request` set: rewrite the session's own stanza (keep
-	 * its id and children).  Otherwise build a fresh join; `password` is the
-	 * room password to include, or NULL.
+	 * its id and children), its MUC <password/>, when `password` is not
+	 * NULL, replaced by `password` (the one the account entered with: a
+	 * device joining while the account waits to re-join may lack it).
+	 * Otherwise build a fresh join; `password` is the room password to
+	 * include, or NULL.
 	 */
 	MM_OP_SEND_JOIN,
 	/*

@@ -523,6 +523,17 @@ function perform(ctx, handled, actions, event, reason, text)
 			end
 		elseif op == "send_join" then
 			if a.from_request then
+				local x = a.password and stanza:get_child("x", xmlns_muc);
+				if x then
+					-- the password the account entered with: a later
+					-- device's join may lack it, and a refusal would end
+					-- the membership
+					x:maptags(function(tag)
+						if tag.name == "password" then return nil; end
+						return tag;
+					end);
+					x:text_tag("password", a.password, { xmlns = xmlns_muc });
+				end
 				as_account(stanza, account);
 			else
 				local join = st.presence({ from = account, to = room .. "/" .. a.nick })

@@ -3906,6 +3906,37 @@ START_TEST(test_rejoin_332_later)
 }
 END_TEST
 
+/*
+ * A device that joins while the re-join waits for its delay (after a 332)
+ * makes the account join now, with the room password the membership
+ * keeps: a later device's join may lack it (or carry a wrong one), and a
+ * refusal would end the membership.
+ */
+START_TEST(test_rejoin_wait_join_carries_stored_password)
+{
+	static const char *const given[] = { NULL, "wrong" };
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		const mm_action *a;
+
+		reset_state(NULL);
+		populate_pw();
+		self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+		expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+		ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
+		join(ACC, R3, ROOM, "alice", "j3", given[i]);
+		a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+		ck_assert_int_eq(a->from_request, 1);
+		ck_assert_pstr_eq(a->password, "pw");
+		ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
+		ck_assert_str_eq(must_info(ACC, ROOM).password, "pw");
+		self_pres(ACC, ROOM, "alice", 0, "j3", P_SELF);
+		expect_all_joined(ACC, ROOM, 3);
+	}
+}
+END_TEST
+
 /* The default delay, when none is configured. */
 START_TEST(test_rejoin_default_delay)
 {
@@ -6957,6 +6988,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_rejoin_332_later);
 	tcase_add_test(tc, test_rejoin_default_delay);
 	tcase_add_test(tc, test_rejoin_explicit_join_while_waiting);
+	tcase_add_test(tc, test_rejoin_wait_join_carries_stored_password);
 	tcase_add_test(tc, test_rejoin_transient_backoff);
 	tcase_add_test(tc, test_rejoin_delay_large);
 	tcase_add_test(tc, test_rejoin_fatal_error);
