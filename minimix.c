@@ -273,6 +273,10 @@ typedef struct mm_membership {
 	size_t npending, pending_next;
 	mm_hist *hist;    /* ring of history_size, oldest at hist_head */
 	size_t hist_head, hist_count;
+	/* of those, how many (the oldest) came before the account's last
+	 * re-join: what was said while it was out lies between them and the
+	 * rest, so they never answer a catch-up the log can give */
+	size_t hist_break;
 	char *last_id;    /* the last room message seen */
 	size_t last_id_cap; /* bytes allocated for it */
 	int seen_dirty;   /* the account is marked for a newer last message */
@@ -596,6 +600,8 @@ static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
 		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
 		for (i = 0; i < m->hist_count - keep; i++)
 			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
+		m->hist_break -= m->hist_break < m->hist_count - keep
+			? m->hist_break : m->hist_count - keep;
 		for (i = 0; i < keep; i++)
 			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
 		free(m->hist);
@@ -861,7 +867,7 @@ static void hist_clear(mm_state *s, mm_membership *m)
 		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
 	free(m->hist);
 	m->hist = NULL;
-	m->hist_head = m->hist_count = 0;
+	m->hist_head = m->hist_count = m->hist_break = 0;
 }
 
 static void membership_free(mm_state *s, mm_membership *m)
@@ -1403,18 +1409,19 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 }
 
 /*
- * How many of the ring's newest messages a session's <history/> takes
- * (maxstanzas < 0: no bound; none said before `from`), and in *whole
+ * How many of the ring's newest `usable` messages a session's <history/>
+ * takes (maxstanzas < 0: no bound; none said before `from`), and in *whole
  * whether they are the whole answer: a bound stopped the count before the
- * ring's oldest message, or maxstanzas were found.
+ * oldest usable message, or maxstanzas were found.
  */
 static size_t hist_take(const mm_state *s, const mm_membership *m,
-		const mm_session *to, long maxstanzas, double from, int *whole)
+		const mm_session *to, long maxstanzas, double from, size_t usable,
+		int *whole)
 {
 	const size_t cap = s->limits.history_size;
 	size_t take = 0, chars = 0;
 	*whole = 1;
-	while (take < m->hist_count) {
+	while (take < usable) {
 		const mm_hist *h = &m->hist[(m->hist_head + m->hist_count - 1 - take) % cap];
 		if (maxstanzas >= 0 && (long)take >= maxstanzas)
 			return take;
@@ -1461,7 +1468,9 @@ static void replay_history(mm_state *s, const mm_membership *m,
 	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
 		: (long)s->limits.history_default;
 	int whole;
-	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL, &whole), ok);
+	/* the ring is all there is: what the account saw, gaps and all */
+	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL,
+		m->hist_count, &whole), ok);
 }
 
 /* Catch-up from the room log: the request clamped, and the spans. */
@@ -1478,12 +1487,15 @@ static void replay_log(mm_state *s, const mm_membership *m,
 		maxstanzas = max;
 	if (m->nspans == 0 || maxstanzas == 0)
 		return;
-	/* the ring is a hot cache in front of the log: it holds the newest
-	 * messages the account got since its last (re-)join, without a gap;
-	 * when the answer lies wholly in it, within the one open span, the
-	 * ring gives it and the log is not read */
+	/* the ring is a hot cache in front of the log: its messages since
+	 * the account's last (re-)join come without a gap; when the answer
+	 * lies wholly in them, within the one open span, the ring gives it
+	 * and the log is not read.  What the ring held from before a re-join
+	 * never answers: the log has what was said while the account was out
+	 * (other local accounts kept it), the ring does not. */
 	if (m->nspans == 1 && m->spans[0].to < 0) {
-		take = hist_take(s, m, to, maxstanzas, m->spans[0].from, &whole);
+		take = hist_take(s, m, to, maxstanzas, m->spans[0].from,
+			m->hist_count - m->hist_break, &whole);
 		if (whole) {
 			replay_ring(s, m, to, take, ok);
 			return;
@@ -2152,6 +2164,8 @@ static void membership_restart(mm_state *s, mm_membership *m)
 	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
 	/* the room's history on the re-join repeats what the account saw */
 	m->skip_seen = m->last_id != NULL || m->last_stamp > 0;
+	/* and what was said while it was out may be more than that history */
+	m->hist_break = m->hist_count;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
 		ss->state = SS_WAITING;
@@ -2571,6 +2585,8 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		cache_drop(s, m, slot->payload);
 		m->hist_head = (m->hist_head + 1) % cap;
 		m->hist_count--;
+		if (m->hist_break > 0)
+			m->hist_break--;
 	}
 	if (cache_fits(s, m, pn, NULL)) {
 		slot = &m->hist[(m->hist_head + m->hist_count) % cap];

@@ -344,7 +344,9 @@ typedef enum mm_op {
 	 * newest messages answer the request whole, within the membership's
 	 * only span (a bound stops before the ring's oldest message, or the
 	 * ring holds maxstanzas), they come as REPLAYs and no REPLAY_LOG is
-	 * sent.  Otherwise this action alone: the room's messages whose time
+	 * sent.  Only the ring's messages since the account's last re-join
+	 * (332, 333, a self-ping) count: what was said while it was out lies
+	 * before them, and the log has it.  Otherwise this action alone: the room's messages whose time
 	 * falls in one of the `nspans` `spans` (from <= t, and t <= to unless
 	 * to < 0, open), at least `since` and `seconds` before `now` when
 	 * those are >= 0, the newest `maxstanzas` (always >= 0: absent ->

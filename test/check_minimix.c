@@ -6561,6 +6561,60 @@ START_TEST(test_replay_log_ring_in_front)
 }
 END_TEST
 
+/*
+ * After a re-join (332, 333) the ring's messages from before it are not
+ * the newest the room had: what was said while the account was out lies
+ * between them and what came after.  A catch-up that reaches back past
+ * the re-join goes to the log; one the messages since the re-join answer
+ * whole still comes from the ring.  Without the log, the ring gives what
+ * it has, as ever.
+ */
+START_TEST(test_replay_log_ring_broken_by_rejoin)
+{
+	static const struct hmsg after[] = { { P_M5, 500 }, { P_MSG("m6"), 600 } };
+	static const unsigned codes[] = { MM_STATUS_333, MM_STATUS_332 };
+	mm_limits l;
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		memset(&l, 0, sizeof l);
+		l.log_history = 1;
+		reset_state(&l);
+		mm_state_now(st, 50);
+		four_messages();
+		self_unavailable(ACC, ROOM, "alice", codes[i], 0, NULL);
+		if (codes[i] == MM_STATUS_332) {
+			ck_assert_int_eq(mm_tick(st, 60, &d), MM_OK);
+			ck_assert_int_eq(mm_tick(st, 60 + MM_DEFAULT_REJOIN_DELAY, &d), MM_OK);
+		}
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+		/* the room's history of the re-join: one message of the gap */
+		hist_msg(ACC, ROOM, after[0].payload, "s5", after[0].stamp, 1);
+		hist_msg(ACC, ROOM, after[1].payload, "s6", after[1].stamp, 0);
+		ck_assert_uint_eq(must_info(ACC, ROOM).history, 6);
+		/* three reach back past the re-join: the log */
+		join_dev(1, 3, NONE, NONE, NONE, 700);
+		expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 1); /* self only */
+		/* so does a since before the oldest message after it */
+		join_dev(1, 10, NONE, NONE, 450, 700);
+		expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+		/* the two since the re-join: the ring */
+		expect_catchup(join_dev(1, 2, NONE, NONE, NONE, 700), after, 2, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		expect_catchup(join_dev(1, 10, NONE, NONE, 550, 700), after + 1, 1, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		/* the log off: the ring's newest, across the re-join */
+		l.log_history = 0;
+		ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+		join_dev(1, 3, NONE, NONE, NONE, 700);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 4);
+	}
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -7070,6 +7124,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_spans_bounded);
 	tcase_add_test(tc, test_replay_log_position_and_clamp);
 	tcase_add_test(tc, test_replay_log_ring_in_front);
+	tcase_add_test(tc, test_replay_log_ring_broken_by_rejoin);
 
 	return s;
 }
