@@ -263,6 +263,7 @@ static void read_limits(lua_State *L, int t, mm_limits *lim)
 	lim->max_iqs = opt_limit(L, t, "max_iqs");
 	lim->iq_timeout = opt_limit(L, t, "iq_timeout");
 	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
+	lim->rejoin_grace = opt_limit(L, t, "rejoin_grace");
 	lim->history_size = opt_limit(L, t, "history_size");
 	lim->history_default = opt_limit(L, t, "history_default");
 	lim->history_max = opt_limit(L, t, "history_max");
@@ -787,6 +788,7 @@ static int l_limits(lua_State *L)
 	set_int(L, "max_iqs", lim->max_iqs);
 	set_int(L, "iq_timeout", lim->iq_timeout);
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
+	set_int(L, "rejoin_grace", lim->rejoin_grace);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
 	set_int(L, "history_max", lim->history_max);

@@ -289,6 +289,9 @@ typedef struct mm_membership {
 	unsigned ping_retries; /* its pings that could not reach the room */
 	mm_span spans[MM_MAX_SPANS]; /* when the account was in, oldest first */
 	size_t nspans;
+	/* when the account was last in, while it is out by no wish of its
+	 * own (0: unknown): where a long refusal closes its span */
+	double last_in;
 } mm_membership;
 
 typedef struct mm_account {
@@ -501,6 +504,7 @@ void mm_limits_default(mm_limits *l)
 	l->max_iqs = MM_DEFAULT_MAX_IQS;
 	l->iq_timeout = MM_DEFAULT_IQ_TIMEOUT;
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
+	l->rejoin_grace = MM_DEFAULT_REJOIN_GRACE;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 	l->history_max = MM_DEFAULT_HISTORY_MAX;
@@ -554,6 +558,7 @@ static void limits_take(mm_limits *to, const mm_limits *from)
 	TAKE(max_iqs);
 	TAKE(iq_timeout);
 	TAKE(rejoin_delay);
+	TAKE(rejoin_grace);
 	TAKE(history_size);
 	TAKE(history_default);
 	TAKE(history_max);
@@ -970,11 +975,19 @@ static int span_open(const mm_membership *m)
 	return m->nspans > 0 && m->spans[m->nspans - 1].to < 0;
 }
 
+static double state_now(const mm_state *s);
+
 /* What (old state, event, new state) does to the spans: 1 opens one, -1
- * closes the open one, 0 keeps them (see the table's notes in minimix.h). */
-static int span_effect(const mm_membership *m, int from, int ev, int to)
+ * closes the open one now, -2 closes it when the account was last in, 0
+ * keeps them (see the table's notes in minimix.h). */
+static int span_effect(const mm_state *s, const mm_membership *m, int from,
+		int ev, int to)
 {
 	(void)ev;
+	if (from == MM_REJOINING && to == MM_REJOIN_WAIT && span_open(m)
+			&& m->last_in > 0
+			&& state_now(s) - m->last_in > (double)s->limits.rejoin_grace)
+		return -2; /* kept out too long: its span ends where it was in */
 	if (to == MM_JOINED && from == MM_JOINING)
 		return 1;
 	if (to == MM_JOINED && (from == MM_REJOINING || from == MM_REJOIN_WAIT))
@@ -1005,6 +1018,8 @@ static void spans_apply(mm_state *s, mm_membership *m, int effect)
 		m->nspans++;
 	} else if (effect < 0) {
 		mm_span *sp = &m->spans[m->nspans - 1];
+		if (effect == -2 && m->last_in < t)
+			t = m->last_in;
 		sp->to = t > sp->from ? t : sp->from;
 	}
 }
@@ -1013,7 +1028,12 @@ static void membership_enter(mm_state *s, const char *account, mm_membership *m,
 		mm_mevent ev)
 {
 	int from = (int)m->state, to = mm_transition(from, (int)ev);
-	spans_apply(s, m, span_effect(m, from, (int)ev, to));
+	spans_apply(s, m, span_effect(s, m, from, (int)ev, to));
+	/* out by no wish of its own: when it was last in (a restored
+	 * membership: from now, the first it knows of) */
+	if ((from == MM_JOINED || from == MM_NONE)
+			&& (to == MM_REJOIN_WAIT || to == MM_REJOINING))
+		m->last_in = state_now(s);
 	m->state = (mm_mstate)to;
 	if (!is_waiting_state(to)) {
 		waiting_unlink(s, m);
@@ -1043,7 +1063,7 @@ static void membership_remove(mm_state *s, const char *account, mm_membership *m
 	mm_node *rn;
 	if (an == NULL)
 		return;
-	spans_apply(s, m, span_effect(m, (int)m->state, (int)ev, MM_NONE));
+	spans_apply(s, m, span_effect(s, m, (int)m->state, (int)ev, MM_NONE));
 	if (s->observer)
 		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
 			s->observer_ud);

@@ -64,6 +64,10 @@ typedef struct mm_limits {
 	                         * a shutdown (332) or a failed attempt (default 5);
 	                         * doubled per failed attempt, up to 64 times,
 	                         * and never more than an hour */
+	size_t rejoin_grace;    /* seconds the room may keep the account out
+	                         * (refused or unanswered re-joins) before its
+	                         * span closes at the time it was last in
+	                         * (default 300; see the span rules) */
 	size_t history_size;    /* room messages kept per membership for catch-up
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
@@ -100,6 +104,7 @@ typedef struct mm_limits {
 #define MM_DEFAULT_MAX_IQS 16
 #define MM_DEFAULT_IQ_TIMEOUT 60
 #define MM_DEFAULT_REJOIN_DELAY 5
+#define MM_DEFAULT_REJOIN_GRACE 300
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
 #define MM_DEFAULT_HISTORY_MAX 500
@@ -226,7 +231,8 @@ typedef enum mm_mevent {
  *  - JOINING, REJOINING -ERROR-> NONE, JOINING -ERROR_TRANSIENT-> NONE:
  *    DELIVER the error to each session that asked; event "removed".
  *    REJOINING -ERROR_TRANSIENT-> REJOIN_WAIT: REJOIN_LATER (informative);
- *    event "rejoining".
+ *    event "rejoining"; past rejoin_grace it also closes the span (see
+ *    the span rules below).
  *  - -OUT-> NONE: DELIVER to every session; event "removed" with why.
  *    -SHUTDOWN-> REJOIN_WAIT: DELIVER to every session, REJOIN_LATER;
  *    -TECHNICAL-> REJOINING: DELIVER to every session, a fresh SEND_JOIN;
@@ -260,7 +266,16 @@ typedef enum mm_mevent {
  *    failures and timeouts between them, and a restart (the spans are
  *    stored and given back with mm_membership_set_spans()).  The account
  *    did not leave: the room's history on the re-join and the log other
- *    local accounts kept cover the gap.
+ *    local accounts kept cover the gap;
+ *  - but not through a long refusal: the account was last in when it
+ *    left JOINED for REJOIN_WAIT or REJOINING (or, for a restored
+ *    membership, when mm_account_restore() was called).  The first
+ *    REJOINING -ERROR_TRANSIENT-, -SHUTDOWN-, -TIMEOUT-> REJOIN_WAIT (the
+ *    room refused the re-join for now, or never answered it) more than
+ *    rejoin_grace seconds after that CLOSES the open span at the time the
+ *    account was last in: a later session never reads what was said
+ *    while the room kept its account out.  The re-join that finally gets
+ *    in opens the next span (REJOINING -SELF-> JOINED with none open).
  */
 
 /*

@@ -81,6 +81,9 @@ local limits = {
 	max_iqs = limit_option("minimix_max_iqs", 16);
 	iq_timeout = limit_option("minimix_iq_timeout", 60);
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
+	-- how long the room may keep the account out before a later device
+	-- no longer reads the log of that time (see README)
+	rejoin_grace = limit_option("minimix_rejoin_grace", 300);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
 	-- the most one join gets from the room log, however much it asks

@@ -344,6 +344,7 @@ static void step(mm_state *st, struct input *in, double *now)
 			lim.max_nick_bytes = 8;
 			lim.join_timeout = 30;
 			lim.rejoin_delay = 2;
+			lim.rejoin_grace = 1 + (take(in) & 63);
 			lim.max_membership_bytes = 64 + 64 * (take(in) & 7);
 			lim.max_account_bytes = 128 + 64 * (take(in) & 7);
 			lim.max_cache_bytes = 128 + 128 * (take(in) & 7);
@@ -439,6 +440,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.max_nick_bytes = 8;
 	lim.join_timeout = 30;
 	lim.rejoin_delay = 2;
+	lim.rejoin_grace = 20;    /* a few refused re-joins close a span */
 	lim.max_membership_bytes = 400; /* a few payloads: the fuzzer hits them */
 	lim.max_account_bytes = 600;
 	lim.max_cache_bytes = 500;

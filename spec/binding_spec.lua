@@ -18,13 +18,15 @@ describe("minimix.new", function()
 		assert.equal(256, l.max_rooms);
 		assert.equal(32, l.max_sessions);
 		assert.equal(2000, l.max_occupants);
+		assert.equal(300, l.rejoin_grace);
 		s:close();
 	end);
 
 	it("takes limits from options", function()
-		local s = minimix.new({ max_rooms = 3, max_sessions = 2 });
+		local s = minimix.new({ max_rooms = 3, max_sessions = 2, rejoin_grace = 42 });
 		assert.equal(3, s:limits().max_rooms);
 		assert.equal(2, s:limits().max_sessions);
+		assert.equal(42, s:limits().rejoin_grace);
 	end);
 
 	it("raises on bad options", function()

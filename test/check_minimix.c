@@ -6429,6 +6429,87 @@ START_TEST(test_spans_restore)
 }
 END_TEST
 
+/*
+ * A span stays open while the room refuses the re-join for less than
+ * rejoin_grace seconds since the account was last in; the first refusal
+ * (transient error, or no answer) after that closes it at the time the
+ * account was last in, and the re-join that gets in opens the next.  A
+ * restored membership was last in, as far as it knows, when restored.
+ */
+START_TEST(test_spans_closed_by_long_refusal)
+{
+	const double grace = 100;
+	mm_span open[1] = { { 10, -1 } };
+	mm_limits l;
+	int how;
+
+	ck_assert_uint_eq(mm_state_limits(st)->rejoin_grace, MM_DEFAULT_REJOIN_GRACE);
+	for (how = 0; how < 2; how++) {
+		memset(&l, 0, sizeof l);
+		l.rejoin_grace = (size_t)grace;
+		l.rejoin_delay = 5;
+		l.join_timeout = 20;
+		reset_state(&l);
+		ck_assert_uint_eq(mm_state_limits(st)->rejoin_grace, (size_t)grace);
+		ck_assert_int_eq(mm_tick(st, 1000, &d), MM_OK);
+		joined_room(ACC, R1, ROOM, "alice");
+		ck_assert_int_eq(mm_tick(st, 1100, &d), MM_OK);
+		self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+		/* refused within the grace: still open */
+		ck_assert_int_eq(mm_tick(st, 1105, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		mm_state_now(st, 1100 + grace);
+		join_error(ACC, ROOM, NULL, "service-unavailable");
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		expect_span(0, 1000, -1);
+		/* refused past it (an error, or no answer): closed where it was in */
+		ck_assert_int_eq(mm_tick(st, 1300, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		if (how == 0) {
+			mm_state_now(st, 1310);
+			join_error(ACC, ROOM, NULL, "remote-server-timeout");
+		} else {
+			ck_assert_int_eq(mm_tick(st, 1320, &d), MM_OK);
+		}
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		expect_span(0, 1000, 1100);
+		/* more refusals change nothing; getting in opens the next */
+		ck_assert_int_eq(mm_tick(st, 1400, &d), MM_OK);
+		ck_assert_int_eq(mm_tick(st, 1500, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		ck_assert_int_eq(mm_tick(st, 1600, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+		ck_assert_uint_eq(spans_of(), 2);
+		expect_span(0, 1000, 1100);
+		expect_span(1, 1600, -1);
+	}
+
+	/* restored: last in when restored, spans as stored */
+	memset(&l, 0, sizeof l);
+	l.rejoin_grace = (size_t)grace;
+	reset_state(&l);
+	mm_state_now(st, 2000);
+	restore(ACC, ROOM, "alice", NULL, NULL, 0);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, open, 1), MM_OK);
+	mm_state_now(st, 2000 + grace);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 10, -1);
+	/* the 332 of a room going down again, past the grace */
+	ck_assert_int_eq(mm_tick(st, 2200, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 2300, &d), MM_OK);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 10, 2000);
+}
+END_TEST
+
 /* At most MM_MAX_SPANS per membership, the oldest dropped. */
 START_TEST(test_spans_bounded)
 {
@@ -7122,6 +7203,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_spans_kept_across_outages);
 	tcase_add_test(tc, test_spans_restore);
 	tcase_add_test(tc, test_spans_bounded);
+	tcase_add_test(tc, test_spans_closed_by_long_refusal);
 	tcase_add_test(tc, test_replay_log_position_and_clamp);
 	tcase_add_test(tc, test_replay_log_ring_in_front);
 	tcase_add_test(tc, test_replay_log_ring_broken_by_rejoin);
