@@ -80,6 +80,8 @@ static const char *const op_names[] = {
 	[MM_OP_DROP] = "drop",
 	[MM_OP_JOIN_ERROR] = "join_error",
 	[MM_OP_EVENT] = "event",
+	[MM_OP_SELF_STUB] = "self_stub",
+	[MM_OP_SUBJECT_STUB] = "subject_stub",
 };
 
 static void set_str(lua_State *L, const char *key, const char *value)
@@ -143,6 +145,7 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "condition", a->condition);
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
+	set_str(L, "role", a->role);
 	set_str(L, "event", a->event);
 	set_str(L, "reason", a->reason);
 	push_codes(L, a->add_codes, "codes");

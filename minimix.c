@@ -252,6 +252,7 @@ typedef struct mm_membership {
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
 	char *affiliation;
+	const char *role; /* static: its role, for a stub self-presence */
 	mm_mstate state; /* the lifecycle: see the table in minimix.h */
 	const char *account; /* the key of the account's node (stable) */
 	/* a waiting state's deadline (0: starts at the next mm_tick) and its
@@ -269,6 +270,8 @@ typedef struct mm_membership {
 	mm_map occupants; /* nick -> mm_node* (payload) */
 	mm_node *self;    /* self-presence payload, or NULL */
 	mm_node *subject; /* subject message payload, or NULL */
+	/* the room sent a subject the caches could not keep */
+	int subject_lost;
 	mm_pending *pending; /* ring of max_pending */
 	size_t npending, pending_next;
 	mm_hist *hist;    /* ring of history_size, oldest at hist_head */
@@ -490,6 +493,22 @@ static int str_eq(const char *a, const char *b)
 static int nonempty(const char *s)
 {
 	return s != NULL && *s != '\0';
+}
+
+static const char *const affiliations[] = {"owner", "admin", "member",
+	"outcast", "none", NULL};
+static const char *const roles[] = {"moderator", "participant", "visitor",
+	"none", NULL};
+
+/* The static copy of v when it is one of list, else fallback. */
+static const char *known_token(const char *v, const char *const *list,
+		const char *fallback)
+{
+	size_t i;
+	for (i = 0; v && list[i]; i++)
+		if (strcmp(v, list[i]) == 0)
+			return list[i];
+	return fallback;
 }
 
 /* ---- limits and lifecycle ----------------------------------------------- */
@@ -815,16 +834,12 @@ static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
 	payload_unref(s, n);
 }
 
-/* Whether m may cache n within the byte limits once its entry `old`
- * (NULL: none) went: a replaced entry gives its bytes back to the
- * membership and the account, and to the state when no other cache holds
- * its text. */
-static int cache_fits(const mm_state *s, const mm_membership *m,
-		const mm_node *n, const mm_node *old)
+/* Whether m may cache n within the byte limits once `freed` bytes of its
+ * entries went, `freed_state` of them held by no other cache. */
+static int cache_fits_freed(const mm_state *s, const mm_membership *m,
+		const mm_node *n, size_t freed, size_t freed_state)
 {
 	const mm_limits *l = &s->limits;
-	size_t freed = old ? old->len : 0;
-	size_t freed_state = old && old->aux == 1 && old != n ? old->len : 0;
 	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
 		return 0;
 	if (m->owner && (n->len > l->max_account_bytes
@@ -833,6 +848,47 @@ static int cache_fits(const mm_state *s, const mm_membership *m,
 	/* a text some cache holds already costs the state nothing more */
 	return n->aux > 0 || (n->len <= l->max_cache_bytes
 		&& s->cached_bytes - freed_state <= l->max_cache_bytes - n->len);
+}
+
+/* Whether m may cache n within the byte limits once its entry `old`
+ * (NULL: none) went: a replaced entry gives its bytes back to the
+ * membership and the account, and to the state when no other cache holds
+ * its text. */
+static int cache_fits(const mm_state *s, const mm_membership *m,
+		const mm_node *n, const mm_node *old)
+{
+	return cache_fits_freed(s, m, n, old ? old->len : 0,
+		old && old->aux == 1 && old != n ? old->len : 0);
+}
+
+static void hist_drop_oldest(mm_state *s, mm_membership *m);
+
+/*
+ * Room for n, to replace m's entry old (NULL: none), as a self-presence
+ * or a subject: a later session's join needs them more than the catch-up
+ * ring, which a room log stands behind, so the ring's oldest messages go
+ * for them, but only when emptying the ring would be enough.  Whether n
+ * fits now.  Cannot fail.
+ */
+static int cache_make_room(mm_state *s, mm_membership *m, const mm_node *n,
+		const mm_node *old)
+{
+	const size_t cap = s->limits.history_size;
+	size_t i, own = 0, alone = 0;
+	if (cache_fits(s, m, n, old))
+		return 1;
+	for (i = 0; i < m->hist_count; i++) {
+		const mm_node *h = m->hist[(m->hist_head + i) % cap].payload;
+		own += h->len;
+		if (h->aux == 1)
+			alone += h->len;
+	}
+	if (!cache_fits_freed(s, m, n, (old ? old->len : 0) + own,
+			(old && old->aux == 1 && old != n ? old->len : 0) + alone))
+		return 0;
+	while (m->hist_count > 0 && !cache_fits(s, m, n, old))
+		hist_drop_oldest(s, m);
+	return cache_fits(s, m, n, old);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -863,6 +919,7 @@ static void membership_clear_cache(mm_state *s, mm_membership *m)
 	cache_drop(s, m, m->self);
 	cache_drop(s, m, m->subject);
 	m->self = m->subject = NULL;
+	m->subject_lost = 0;
 }
 
 static void hist_clear(mm_state *s, mm_membership *m)
@@ -1543,20 +1600,36 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		act_replay(s, to->resource, n->value, NULL, 0, ok);
 	if (m->state != MM_JOINED)
 		return; /* joining: the rest arrives live */
+	if (!str_eq(to->nick, m->nick))
+		codes |= MM_CODE_210;
 	if (m->self) {
-		if (!str_eq(to->nick, m->nick))
-			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
 		/* the first session's news is not this one's */
 		if (*ok)
 			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
+	} else {
+		/* the room's was beyond the byte limits: a join ends with one */
+		mm_action *a = dec_push(s, MM_OP_SELF_STUB, ok);
+		if (a) {
+			a->resource = dec_str(s, to->resource, ok);
+			a->nick = dec_str(s, m->nick, ok);
+			a->id = dec_str(s, to->join_id, ok);
+			a->add_codes = codes;
+			a->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", ok);
+			a->role = m->role ? m->role : "participant";
+		}
 	}
 	if (s->limits.log_history)
 		replay_log(s, m, to, ok);
 	else
 		replay_history(s, m, to, ok);
-	if (m->subject)
+	if (m->subject) {
 		act_replay(s, to->resource, m->subject, NULL, 0, ok);
+	} else if (m->subject_lost) {
+		mm_action *a = dec_push(s, MM_OP_SUBJECT_STUB, ok);
+		if (a)
+			a->resource = dec_str(s, to->resource, ok);
+	}
 }
 
 /* ---- the account's presence: the most available joined session ----------- */
@@ -2317,7 +2390,9 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	/* a self-presence from the room's own JID leaves the nick alone */
 	if (nonempty(nick) && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
 		return dec_finish(s, out, 0, 0);
-	if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
+	/* a known token or none: a room cannot make the core keep more */
+	if (p->affiliation && (aff = str_dup(known_token(p->affiliation,
+			affiliations, "none"))) == NULL)
 		goto nomem;
 	if (p->payload && (pn = payload_prepare(s, p->payload, p->payload_handle, &fresh)) == NULL)
 		goto nomem;
@@ -2339,12 +2414,20 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	if (!ok)
 		goto nomem;
 	/* commit */
-	if (pn) {
-		/* always kept: a later session's join needs it */
+	if (pn && cache_make_room(s, m, pn, m->self)) {
 		cache_take(s, m, pn, fresh);
 		cache_drop(s, m, m->self);
 		m->self = pn;
+	} else if (pn) {
+		/* beyond the byte limits even with the ring gone: a later
+		 * session gets a stub (SELF_STUB) rather than a stale one */
+		if (fresh)
+			free(pn);
+		cache_drop(s, m, m->self);
+		m->self = NULL;
 	}
+	if (p->role)
+		m->role = known_token(p->role, roles, "participant");
 	if (nn) {
 		free(m->nick);
 		m->nick = nn;
@@ -2568,6 +2651,16 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, 1, ok);
 }
 
+/* The ring's oldest message goes (there is one). */
+static void hist_drop_oldest(mm_state *s, mm_membership *m)
+{
+	cache_drop(s, m, m->hist[m->hist_head].payload);
+	m->hist_head = (m->hist_head + 1) % s->limits.history_size;
+	m->hist_count--;
+	if (m->hist_break > 0)
+		m->hist_break--;
+}
+
 /* Keep a room message for catch-up and as the last one seen; 0 on
  * allocation failure, with nothing changed. */
 static int hist_push(mm_state *s, const char *account, mm_membership *m,
@@ -2599,15 +2692,8 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 	}
 	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, NULL))) {
-		/* full, or beyond the byte limits: the oldest goes */
-		slot = &m->hist[m->hist_head];
-		cache_drop(s, m, slot->payload);
-		m->hist_head = (m->hist_head + 1) % cap;
-		m->hist_count--;
-		if (m->hist_break > 0)
-			m->hist_break--;
-	}
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, NULL)))
+		hist_drop_oldest(s, m); /* full, or beyond the byte limits */
 	if (cache_fits(s, m, pn, NULL)) {
 		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
 		slot->payload = pn;
@@ -2701,15 +2787,25 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		}
 		deliver_all_ref(s, m, &ok);
 		if (ok && msg->has_subject && !msg->has_body && msg->payload) {
-			/* always kept: it ends a later session's join sequence */
+			/* it ends a later session's join sequence: kept before the
+			 * ring, within the byte limits */
 			int fresh;
 			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
 			if (pn == NULL) {
 				ok = 0;
-			} else if (pn != m->subject) {
+			} else if (pn != m->subject && cache_make_room(s, m, pn, m->subject)) {
 				cache_take(s, m, pn, fresh);
 				cache_drop(s, m, m->subject);
 				m->subject = pn;
+				m->subject_lost = 0;
+			} else if (pn != m->subject) {
+				/* beyond them even with the ring gone: a later session
+				 * gets an empty one (SUBJECT_STUB) */
+				if (fresh)
+					free(pn);
+				cache_drop(s, m, m->subject);
+				m->subject = NULL;
+				m->subject_lost = 1;
 			}
 		}
 		if (ok && msg->has_body && msg->payload)

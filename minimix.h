@@ -87,9 +87,15 @@ typedef struct mm_limits {
 	 * occupant presence is not cached (a changed one loses its entry
 	 * rather than go stale) and the catch-up ring drops its oldest
 	 * messages to make room, keeping none when even an empty ring would
-	 * not do.  The self-presence and the subject are always kept (a later
-	 * session's join needs them) and count like the rest.  Live traffic
-	 * is delivered whatever the caches keep.
+	 * not do.  The self-presence and the subject count like the rest:
+	 * the ring's oldest messages make room for them (a later session's
+	 * join needs them more), and one that does not fit even with the
+	 * ring empty is not cached (the one before it goes too): a later
+	 * session then gets a stub in its place (MM_OP_SELF_STUB,
+	 * MM_OP_SUBJECT_STUB), so that one account's rooms sending huge ones
+	 * cannot use up what the account's and others' memberships need.  A
+	 * kept affiliation and role are known tokens.  Live traffic is
+	 * delivered whatever the caches keep.
 	 */
 	size_t max_membership_bytes; /* default 4 MiB */
 	size_t max_account_bytes;    /* default 16 MiB */
@@ -411,7 +417,23 @@ typedef enum mm_op {
 	 * mm_decision.event says for decisions about one membership: `event`,
 	 * `reason`.  In decisions that span many (mm_tick).
 	 */
-	MM_OP_EVENT
+	MM_OP_EVENT,
+	/*
+	 * Send session `resource` a self-presence from room/`nick` built from
+	 * nothing, in place of the REPLAY of the room's own, which was beyond
+	 * the byte limits (see mm_limits): status 110 plus `add_codes`, an
+	 * item with `affiliation` and `role`, `id` (the session's join id, or
+	 * NULL).  A join must end with a self-presence.
+	 */
+	MM_OP_SELF_STUB,
+	/*
+	 * Send session `resource` the room's empty subject, <message
+	 * type='groupchat' from='`room`'><subject/></message>, in place of the
+	 * REPLAY of the room's subject, which was beyond the byte limits: the
+	 * subject ends a join (XEP-0045 7.2.15), and the client learns the
+	 * room's own with its next change.
+	 */
+	MM_OP_SUBJECT_STUB
 } mm_op;
 
 /* Status codes the core adds to copies (bit set). */
@@ -440,7 +462,8 @@ typedef struct mm_action {
 	const char *password;    /* SEND_JOIN: room password or NULL */
 	const char *condition;   /* IQ_ERROR, JOIN_ERROR: defined condition */
 	const char *error_type;  /* IQ_ERROR, JOIN_ERROR: cancel, modify, wait, auth */
-	const char *affiliation; /* REFLECT_LEAVE */
+	const char *affiliation; /* REFLECT_LEAVE, SELF_STUB */
+	const char *role;        /* SELF_STUB: the account's role */
 	const char *event;       /* EVENT: as mm_decision.event */
 	const char *reason;      /* EVENT: as mm_decision.reason, or NULL */
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
@@ -530,7 +553,9 @@ void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
  *    sent so far and gets the rest as it arrives.  No second join is sent.
  *  - Membership joined: replay occupants, the self-presence last among them
  *    (with 210 when the nick asked differs from the account's), then the
- *    subject.  A session already joined gets the same full resync.
+ *    subject; a self-presence or a subject the byte limits kept from the
+ *    caches comes as a stub (SELF_STUB, SUBJECT_STUB).  A session already
+ *    joined gets the same full resync.
  *  - Membership leaving: the session waits; the account joins again once the
  *    leave completes.
  *

@@ -574,6 +574,20 @@ function perform(ctx, handled, actions, event, reason, text)
 				:tag("error", { type = a.error_type })
 					:tag(a.condition, { xmlns = xmlns_stanzas }):up()
 				:up());
+		elseif op == "self_stub" then
+			-- the room's own was beyond the byte limits: a join still ends
+			-- with a self-presence
+			local pres = st.presence({ from = room .. "/" .. a.nick })
+				:tag("x", { xmlns = xmlns_muc_user })
+					:tag("item", { xmlns = xmlns_muc_user, affiliation = a.affiliation, role = a.role }):up()
+					:tag("status", { xmlns = xmlns_muc_user, code = "110" }):up();
+			to_session(account, a.resource, pres:up(), a.id, a.codes);
+			replayed = replayed + 1;
+		elseif op == "subject_stub" then
+			-- and with the subject: the room's was beyond them too
+			to_session(account, a.resource, st.message({ from = room, type = "groupchat" })
+				:tag("subject"):up());
+			replayed = replayed + 1;
 		elseif op == "reflect_leave" then
 			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })

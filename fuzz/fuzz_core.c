@@ -72,10 +72,15 @@ static void check_decision(mm_err err, const mm_decision *d)
 			fail("action without room");
 		if ((a->op == MM_OP_DELIVER || a->op == MM_OP_REPLAY
 				|| a->op == MM_OP_REFLECT_LEAVE || a->op == MM_OP_CARBON
-				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR) && a->resource == NULL)
+				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR
+				|| a->op == MM_OP_SELF_STUB || a->op == MM_OP_SUBJECT_STUB)
+				&& a->resource == NULL)
 			fail("delivery without a session");
 		if (a->op == MM_OP_REPLAY && a->payload == NULL)
 			fail("replay without payload");
+		if (a->op == MM_OP_SELF_STUB && (a->nick == NULL || a->affiliation == NULL
+				|| a->role == NULL))
+			fail("a stub self-presence without nick, affiliation or role");
 		if (a->op == MM_OP_REPLAY_LOG) {
 			size_t j;
 			if (a->resource == NULL || a->nspans == 0 || a->nspans > MM_MAX_SPANS

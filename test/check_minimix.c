@@ -162,6 +162,8 @@ static const char *op_name(mm_op op)
 	case MM_OP_DROP: return "DROP";
 	case MM_OP_JOIN_ERROR: return "JOIN_ERROR";
 	case MM_OP_EVENT: return "EVENT";
+	case MM_OP_SELF_STUB: return "SELF_STUB";
+	case MM_OP_SUBJECT_STUB: return "SUBJECT_STUB";
 	}
 	return "?";
 }
@@ -4618,6 +4620,152 @@ START_TEST(test_bytes_state)
 }
 END_TEST
 
+#define DIGITS560 DIGITS70 DIGITS70 DIGITS70 DIGITS70 DIGITS70 DIGITS70 \
+	DIGITS70 DIGITS70
+#define P_SUBJECT_BIG \
+	"<message type='groupchat' from='" ROOM "'><subject>" DIGITS560 \
+	"</subject></message>"
+#define P_SELF_BIG \
+	P_PRES("alice", "<item affiliation='owner' role='moderator'/>" \
+	"<status code='110'/><status>" DIGITS560 "</status>")
+
+/* The last action of the decision. */
+static const mm_action *last_action(void)
+{
+	ck_assert_uint_gt(d.n, 0);
+	return &d.actions[d.n - 1];
+}
+
+/*
+ * The self-presence and the subject count against the byte limits like
+ * the rest: the ring's oldest messages make room for them; one too big
+ * even for an empty ring is not cached (nor is the one before it), and a
+ * later session gets a stub in its place, so that its join still ends
+ * with a self-presence and a subject.  Live traffic is delivered all the
+ * same.
+ */
+START_TEST(test_bytes_self_and_subject_bounded)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	const mm_action *a;
+	mm_limits l;
+	size_t i;
+
+	ck_assert_uint_gt(LEN(P_SUBJECT_BIG), limit);
+	ck_assert_uint_gt(LEN(P_SELF_BIG), limit);
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	subject_msg(ACC, ROOM, P_SUBJECT, 50, 0);
+	for (i = 0; i < 3; i++)
+		hist_msg(ACC, ROOM, P_M1, NULL, 100 + (double)i, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* a subject the ring makes room for */
+	subject_msg(ACC, ROOM, P_SUBJECT2, 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* one no emptied ring would hold: delivered, not cached, the ring
+	 * left alone; the later session's join ends with an empty one */
+	subject_msg(ACC, ROOM, P_SUBJECT_BIG, 300, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF) + 2 * LEN(P_M1));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R2), 3); /* self, 2 messages */
+	a = last_action();
+	ck_assert_int_eq(a->op, MM_OP_SUBJECT_STUB);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->room, ROOM);
+	/* a subject that fits is cached again */
+	subject_msg(ACC, ROOM, P_SUBJECT, 400, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_str_eq(last_action()->payload, P_SUBJECT);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SUBJECT_STUB, NULL), 0);
+
+	/* a self-presence too big: not cached, the one before gone too; a
+	 * later session gets a stub with its join's id, 210 for its other
+	 * nick, and the affiliation and role the room gave */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF_BIG);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes,
+			LEN(P_SUBJECT) + must_info(ACC, ROOM).history * LEN(P_M1));
+	join(ACC, R3, ROOM, "ally", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 1 + must_info(ACC, ROOM).history);
+	a = expect_one(&d, MM_OP_SELF_STUB, R3);
+	ck_assert_uint_eq(action_index(&d, a), 0);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->id, "j3");
+	ck_assert_uint_eq(a->add_codes, MM_CODE_210);
+	ck_assert_pstr_eq(a->affiliation, "owner");
+	ck_assert_pstr_eq(a->role, "moderator");
+	ck_assert_str_eq(last_action()->payload, P_SUBJECT);
+	/* a self-presence that fits is replayed again */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SELF_STUB, NULL), 0);
+	ck_assert_str_eq(find_action(&d, MM_OP_REPLAY, R3)->payload, P_SELF);
+}
+END_TEST
+
+/*
+ * One account's rooms sending huge subjects cannot use up the account's
+ * budget, which its other rooms need, nor the state's, which other
+ * accounts need: the subject that would go beyond them is not cached.
+ * A room cannot make the core keep an affiliation or a role beyond the
+ * known tokens either.
+ */
+START_TEST(test_bytes_subjects_per_account)
+{
+	const size_t limit = LEN(P_SELF) + LEN(P_SUBJECT_BIG) + LEN(P_SELF) + 10;
+	mm_limits l;
+	mm_presence p;
+	mm_message m;
+
+	memset(&l, 0, sizeof l);
+	l.max_account_bytes = limit;
+	l.max_cache_bytes = 2 * limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	subject_msg(ACC, ROOM, P_SUBJECT_BIG, 100, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	/* the account's other room: no room for its huge subject */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.stamp = 100;
+	m.has_subject = 1;
+	m.payload = P_SUBJECT_BIG "<!-- 2 -->";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM2, NULL, &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM2).has_subject, 0);
+	ck_assert_uint_le(account_bytes(ACC), limit);
+	/* another account keeps its own */
+	ck_assert_int_eq(mm_room_message(st, ACC2, ROOM2, NULL, &m, &d), MM_OK);
+	ck_assert_int_eq(must_info(ACC2, ROOM2).has_subject, 1);
+	ck_assert_uint_le(stats().cached_bytes, 2 * limit);
+	/* a hostile affiliation and role are not kept */
+	memset(&p, 0, sizeof p);
+	p.type = MM_PRES_AVAILABLE;
+	p.status = MM_STATUS_110;
+	p.affiliation = "owner" DIGITS560;
+	p.role = "moderator" DIGITS560;
+	p.payload = P_SELF_BIG;
+	room_pres(ACC, ROOM2, "alice", &p);
+	join(ACC, R2, ROOM2, "alice", "j2", NULL);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SELF_STUB, R2)->affiliation, "none");
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SELF_STUB, R2)->role, "participant");
+	ck_assert_pstr_eq(last_action()->resource, R2);
+	ck_assert_int_eq(last_action()->op, MM_OP_SUBJECT_STUB);
+}
+END_TEST
+
 /* bob's presence again, as long as P_BOB, in other words */
 #define P_BOB_SWAP P_PRES("bob", "<item role='participant' affiliation='member'/>")
 
@@ -7138,6 +7286,8 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_bytes_account);
 	tcase_add_test(tc, test_bytes_state);
 	tcase_add_test(tc, test_bytes_same_length_replacement);
+	tcase_add_test(tc, test_bytes_self_and_subject_bounded);
+	tcase_add_test(tc, test_bytes_subjects_per_account);
 
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);

@@ -130,3 +130,35 @@ def test_catch_up_across_a_rejoin_reads_the_gap_from_the_log(prosody_factory, co
         assert [b for b, _ in catch_up(got, room)] == gap[1:] + ["after"], \
             [str(s) for s in got]
     run(env, scenario, timeout=120)
+
+
+def test_later_device_joins_past_a_subject_and_self_presence_beyond_the_byte_limits(
+        prosody_factory):
+    """XEP-0045 7.2.3 and 7.2.15 (a join ends with the self-presence, then
+    the subject) with minimix_max_membership_bytes at 1000: the room's
+    subject (3000 bytes) and the account's self-presence (carrying a status
+    of 3000 bytes from the phone) do not fit, so the module keeps neither.
+    The phone gets both live; a later device still completes its join: a
+    self-presence (110, its own join id) built by the module and an empty
+    subject, and then the room's traffic."""
+    env = make_env(prosody_factory, minimix_max_membership_bytes=1000)
+    topic = "t" * 3000
+
+    async def scenario(w):
+        room = w.room("big-subject")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone", subject=topic)
+        p = await w.connect("alice", "phone")
+        mp = p.mark()
+        p.join(room, "alice", extra="<status>%s</status>" % ("s" * 3000))
+        got = await p.wait_for(P(name="message", frm_bare=room,
+                                 fn=lambda s: s.subject is not None and s.body is None),
+                               since=mp, what="the phone's subject")
+        assert got.subject == topic
+        l = await w.connect("alice", "laptop")
+        _, seq = await join_room(l, room, "alice", id="later-1")
+        self_p = check_join_sequence(seq, room, "alice", ["bob"], "", l.jid, history=None)
+        assert self_p.id == "later-1", self_p
+        assert len(str(self_p)) < 1000, self_p
+        await say(bob, room, [p, l], ["past the limits"])
+    run(env, scenario)
