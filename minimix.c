@@ -868,7 +868,8 @@ static void hist_drop_oldest(mm_state *s, mm_membership *m);
  * or a subject: a later session's join needs them more than the catch-up
  * ring, which a room log stands behind, so the ring's oldest messages go
  * for them, but only when emptying the ring would be enough.  Whether n
- * fits now.  Cannot fail.
+ * fits now.  The caller holds a reference to n: one of the messages that
+ * go may be its text.  Cannot fail.
  */
 static int cache_make_room(mm_state *s, mm_membership *m, const mm_node *n,
 		const mm_node *old)
@@ -880,7 +881,7 @@ static int cache_make_room(mm_state *s, mm_membership *m, const mm_node *n,
 	for (i = 0; i < m->hist_count; i++) {
 		const mm_node *h = m->hist[(m->hist_head + i) % cap].payload;
 		own += h->len;
-		if (h->aux == 1)
+		if (h->aux == 1 && h != n)
 			alone += h->len;
 	}
 	if (!cache_fits_freed(s, m, n, (old ? old->len : 0) + own,
@@ -2378,6 +2379,35 @@ static unsigned backoff(const mm_state *s, unsigned retries)
 	return d > 3600 ? 3600u : (unsigned)d;
 }
 
+/*
+ * Put pool node pn (fresh: not in the pool yet) in m's cache entry *slot
+ * (the self-presence or the subject), the ring making room for it; when
+ * it does not fit, the entry is emptied rather than left stale.  Whether
+ * it was kept.  Cannot fail.
+ */
+static int cache_replace(mm_state *s, mm_membership *m, mm_node **slot,
+		mm_node *pn, int fresh)
+{
+	int kept;
+	/* held while the ring makes room: a message that goes may be it */
+	payload_ref(s, pn, fresh);
+	kept = cache_make_room(s, m, pn, *slot);
+	if (kept)
+		cache_count(s, m, pn);
+	cache_drop(s, m, *slot);
+	*slot = kept ? pn : NULL;
+	if (!kept)
+		payload_unref(s, pn);
+	return kept;
+}
+
+/* The self-presence, kept; beyond the byte limits a later session gets a
+ * stub (SELF_STUB) rather than a stale one. */
+static void self_keep(mm_state *s, mm_membership *m, mm_node *pn, int fresh)
+{
+	(void)cache_replace(s, m, &m->self, pn, fresh);
+}
+
 /* The self-presence of an available account: join completes or updates. */
 static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		const char *nick, const mm_presence *p, mm_decision *out)
@@ -2414,18 +2444,8 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	if (!ok)
 		goto nomem;
 	/* commit */
-	if (pn && cache_make_room(s, m, pn, m->self)) {
-		cache_take(s, m, pn, fresh);
-		cache_drop(s, m, m->self);
-		m->self = pn;
-	} else if (pn) {
-		/* beyond the byte limits even with the ring gone: a later
-		 * session gets a stub (SELF_STUB) rather than a stale one */
-		if (fresh)
-			free(pn);
-		cache_drop(s, m, m->self);
-		m->self = NULL;
-	}
+	if (pn)
+		self_keep(s, m, pn, fresh);
 	if (p->role)
 		m->role = known_token(p->role, roles, "participant");
 	if (nn) {
@@ -2793,19 +2813,10 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
 			if (pn == NULL) {
 				ok = 0;
-			} else if (pn != m->subject && cache_make_room(s, m, pn, m->subject)) {
-				cache_take(s, m, pn, fresh);
-				cache_drop(s, m, m->subject);
-				m->subject = pn;
-				m->subject_lost = 0;
 			} else if (pn != m->subject) {
-				/* beyond them even with the ring gone: a later session
+				/* beyond them even with the ring gone, a later session
 				 * gets an empty one (SUBJECT_STUB) */
-				if (fresh)
-					free(pn);
-				cache_drop(s, m, m->subject);
-				m->subject = NULL;
-				m->subject_lost = 1;
+				m->subject_lost = !cache_replace(s, m, &m->subject, pn, fresh);
 			}
 		}
 		if (ok && msg->has_body && msg->payload)
