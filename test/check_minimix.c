@@ -6818,7 +6818,8 @@ START_TEST(test_replay_log_ring_in_front)
 END_TEST
 
 /*
- * After a re-join (332, 333) the ring's messages from before it are not
+ * After a re-join (332, 333, a self-ping answered not-acceptable) the
+ * ring's messages from before it are not
  * the newest the room had: what was said while the account was out lies
  * between them and what came after.  A catch-up that reaches back past
  * the re-join goes to the log; one the messages since the re-join answer
@@ -6828,17 +6829,26 @@ END_TEST
 START_TEST(test_replay_log_ring_broken_by_rejoin)
 {
 	static const struct hmsg after[] = { { P_M5, 500 }, { P_MSG("m6"), 600 } };
-	static const unsigned codes[] = { MM_STATUS_333, MM_STATUS_332 };
+	/* 0: fell out (the self-ping) */
+	static const unsigned codes[] = { MM_STATUS_333, MM_STATUS_332, 0 };
 	mm_limits l;
 	size_t i;
 
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 3; i++) {
 		memset(&l, 0, sizeof l);
 		l.log_history = 1;
 		reset_state(&l);
 		mm_state_now(st, 50);
 		four_messages();
-		self_unavailable(ACC, ROOM, "alice", codes[i], 0, NULL);
+		if (codes[i] == 0) {
+			char id[64];
+
+			ck_assert_int_eq(mm_ping_due(st, NULL, 60, &d), MM_OK);
+			snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+			room_iq(ACC, ROOM, "alice", id, 1, "not-acceptable");
+		} else {
+			self_unavailable(ACC, ROOM, "alice", codes[i], 0, NULL);
+		}
 		if (codes[i] == MM_STATUS_332) {
 			ck_assert_int_eq(mm_tick(st, 60, &d), MM_OK);
 			ck_assert_int_eq(mm_tick(st, 60 + MM_DEFAULT_REJOIN_DELAY, &d), MM_OK);
