@@ -80,6 +80,8 @@ static const char *const op_names[] = {
 	[MM_OP_DROP] = "drop",
 	[MM_OP_JOIN_ERROR] = "join_error",
 	[MM_OP_EVENT] = "event",
+	[MM_OP_SELF_STUB] = "self_stub",
+	[MM_OP_SUBJECT_STUB] = "subject_stub",
 };
 
 static void set_str(lua_State *L, const char *key, const char *value)
@@ -143,6 +145,7 @@ static void push_action(lua_State *L, const mm_action *a)
 	set_str(L, "condition", a->condition);
 	set_str(L, "error_type", a->error_type);
 	set_str(L, "affiliation", a->affiliation);
+	set_str(L, "role", a->role);
 	set_str(L, "event", a->event);
 	set_str(L, "reason", a->reason);
 	push_codes(L, a->add_codes, "codes");
@@ -263,6 +266,7 @@ static void read_limits(lua_State *L, int t, mm_limits *lim)
 	lim->max_iqs = opt_limit(L, t, "max_iqs");
 	lim->iq_timeout = opt_limit(L, t, "iq_timeout");
 	lim->rejoin_delay = opt_limit(L, t, "rejoin_delay");
+	lim->rejoin_grace = opt_limit(L, t, "rejoin_grace");
 	lim->history_size = opt_limit(L, t, "history_size");
 	lim->history_default = opt_limit(L, t, "history_default");
 	lim->history_max = opt_limit(L, t, "history_max");
@@ -787,6 +791,7 @@ static int l_limits(lua_State *L)
 	set_int(L, "max_iqs", lim->max_iqs);
 	set_int(L, "iq_timeout", lim->iq_timeout);
 	set_int(L, "rejoin_delay", lim->rejoin_delay);
+	set_int(L, "rejoin_grace", lim->rejoin_grace);
 	set_int(L, "history_size", lim->history_size);
 	set_int(L, "history_default", lim->history_default);
 	set_int(L, "history_max", lim->history_max);

@@ -252,6 +252,7 @@ typedef struct mm_membership {
 	char *nick;     /* the account's nick in the room */
 	char *password; /* or NULL */
 	char *affiliation;
+	const char *role; /* static: its role, for a stub self-presence */
 	mm_mstate state; /* the lifecycle: see the table in minimix.h */
 	const char *account; /* the key of the account's node (stable) */
 	/* a waiting state's deadline (0: starts at the next mm_tick) and its
@@ -269,10 +270,16 @@ typedef struct mm_membership {
 	mm_map occupants; /* nick -> mm_node* (payload) */
 	mm_node *self;    /* self-presence payload, or NULL */
 	mm_node *subject; /* subject message payload, or NULL */
+	/* the room sent a subject the caches could not keep */
+	int subject_lost;
 	mm_pending *pending; /* ring of max_pending */
 	size_t npending, pending_next;
 	mm_hist *hist;    /* ring of history_size, oldest at hist_head */
 	size_t hist_head, hist_count;
+	/* of those, how many (the oldest) came before the account's last
+	 * re-join: what was said while it was out lies between them and the
+	 * rest, so they never answer a catch-up the log can give */
+	size_t hist_break;
 	char *last_id;    /* the last room message seen */
 	size_t last_id_cap; /* bytes allocated for it */
 	int seen_dirty;   /* the account is marked for a newer last message */
@@ -285,6 +292,9 @@ typedef struct mm_membership {
 	unsigned ping_retries; /* its pings that could not reach the room */
 	mm_span spans[MM_MAX_SPANS]; /* when the account was in, oldest first */
 	size_t nspans;
+	/* when the account was last in, while it is out by no wish of its
+	 * own (0: unknown): where a long refusal closes its span */
+	double last_in;
 } mm_membership;
 
 typedef struct mm_account {
@@ -485,6 +495,22 @@ static int nonempty(const char *s)
 	return s != NULL && *s != '\0';
 }
 
+static const char *const affiliations[] = {"owner", "admin", "member",
+	"outcast", "none", NULL};
+static const char *const roles[] = {"moderator", "participant", "visitor",
+	"none", NULL};
+
+/* The static copy of v when it is one of list, else fallback. */
+static const char *known_token(const char *v, const char *const *list,
+		const char *fallback)
+{
+	size_t i;
+	for (i = 0; v && list[i]; i++)
+		if (strcmp(v, list[i]) == 0)
+			return list[i];
+	return fallback;
+}
+
 /* ---- limits and lifecycle ----------------------------------------------- */
 
 void mm_limits_default(mm_limits *l)
@@ -497,6 +523,7 @@ void mm_limits_default(mm_limits *l)
 	l->max_iqs = MM_DEFAULT_MAX_IQS;
 	l->iq_timeout = MM_DEFAULT_IQ_TIMEOUT;
 	l->rejoin_delay = MM_DEFAULT_REJOIN_DELAY;
+	l->rejoin_grace = MM_DEFAULT_REJOIN_GRACE;
 	l->history_size = MM_DEFAULT_HISTORY_SIZE;
 	l->history_default = MM_DEFAULT_HISTORY_DEFAULT;
 	l->history_max = MM_DEFAULT_HISTORY_MAX;
@@ -550,6 +577,7 @@ static void limits_take(mm_limits *to, const mm_limits *from)
 	TAKE(max_iqs);
 	TAKE(iq_timeout);
 	TAKE(rejoin_delay);
+	TAKE(rejoin_grace);
 	TAKE(history_size);
 	TAKE(history_default);
 	TAKE(history_max);
@@ -596,6 +624,8 @@ static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
 		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
 		for (i = 0; i < m->hist_count - keep; i++)
 			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
+		m->hist_break -= m->hist_break < m->hist_count - keep
+			? m->hist_break : m->hist_count - keep;
 		for (i = 0; i < keep; i++)
 			hist[i] = m->hist[(m->hist_head + m->hist_count - keep + i) % oldcap];
 		free(m->hist);
@@ -805,9 +835,9 @@ static void cache_drop(mm_state *s, mm_membership *m, mm_node *n)
 }
 
 /* Whether m may cache n within the byte limits once `freed` bytes of its
- * own entries went. */
-static int cache_fits(const mm_state *s, const mm_membership *m,
-		const mm_node *n, size_t freed)
+ * entries went, `freed_state` of them held by no other cache. */
+static int cache_fits_freed(const mm_state *s, const mm_membership *m,
+		const mm_node *n, size_t freed, size_t freed_state)
 {
 	const mm_limits *l = &s->limits;
 	if (n->len > l->max_membership_bytes || m->bytes - freed > l->max_membership_bytes - n->len)
@@ -817,7 +847,49 @@ static int cache_fits(const mm_state *s, const mm_membership *m,
 		return 0;
 	/* a text some cache holds already costs the state nothing more */
 	return n->aux > 0 || (n->len <= l->max_cache_bytes
-		&& s->cached_bytes <= l->max_cache_bytes - n->len);
+		&& s->cached_bytes - freed_state <= l->max_cache_bytes - n->len);
+}
+
+/* Whether m may cache n within the byte limits once its entry `old`
+ * (NULL: none) went: a replaced entry gives its bytes back to the
+ * membership and the account, and to the state when no other cache holds
+ * its text. */
+static int cache_fits(const mm_state *s, const mm_membership *m,
+		const mm_node *n, const mm_node *old)
+{
+	return cache_fits_freed(s, m, n, old ? old->len : 0,
+		old && old->aux == 1 && old != n ? old->len : 0);
+}
+
+static void hist_drop_oldest(mm_state *s, mm_membership *m);
+
+/*
+ * Room for n, to replace m's entry old (NULL: none), as a self-presence
+ * or a subject: a later session's join needs them more than the catch-up
+ * ring, which a room log stands behind, so the ring's oldest messages go
+ * for them, but only when emptying the ring would be enough.  Whether n
+ * fits now.  The caller holds a reference to n: one of the messages that
+ * go may be its text.  Cannot fail.
+ */
+static int cache_make_room(mm_state *s, mm_membership *m, const mm_node *n,
+		const mm_node *old)
+{
+	const size_t cap = s->limits.history_size;
+	size_t i, own = 0, alone = 0;
+	if (cache_fits(s, m, n, old))
+		return 1;
+	for (i = 0; i < m->hist_count; i++) {
+		const mm_node *h = m->hist[(m->hist_head + i) % cap].payload;
+		own += h->len;
+		if (h->aux == 1 && h != n)
+			alone += h->len;
+	}
+	if (!cache_fits_freed(s, m, n, (old ? old->len : 0) + own,
+			(old && old->aux == 1 && old != n ? old->len : 0) + alone))
+		return 0;
+	while (m->hist_count > 0 && !cache_fits(s, m, n, old))
+		hist_drop_oldest(s, m);
+	return cache_fits(s, m, n, old);
 }
 
 /* ---- memberships -------------------------------------------------------- */
@@ -848,6 +920,7 @@ static void membership_clear_cache(mm_state *s, mm_membership *m)
 	cache_drop(s, m, m->self);
 	cache_drop(s, m, m->subject);
 	m->self = m->subject = NULL;
+	m->subject_lost = 0;
 }
 
 static void hist_clear(mm_state *s, mm_membership *m)
@@ -857,7 +930,7 @@ static void hist_clear(mm_state *s, mm_membership *m)
 		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
 	free(m->hist);
 	m->hist = NULL;
-	m->hist_head = m->hist_count = 0;
+	m->hist_head = m->hist_count = m->hist_break = 0;
 }
 
 static void membership_free(mm_state *s, mm_membership *m)
@@ -960,11 +1033,19 @@ static int span_open(const mm_membership *m)
 	return m->nspans > 0 && m->spans[m->nspans - 1].to < 0;
 }
 
+static double state_now(const mm_state *s);
+
 /* What (old state, event, new state) does to the spans: 1 opens one, -1
- * closes the open one, 0 keeps them (see the table's notes in minimix.h). */
-static int span_effect(const mm_membership *m, int from, int ev, int to)
+ * closes the open one now, -2 closes it when the account was last in, 0
+ * keeps them (see the table's notes in minimix.h). */
+static int span_effect(const mm_state *s, const mm_membership *m, int from,
+		int ev, int to)
 {
 	(void)ev;
+	if (from == MM_REJOINING && to == MM_REJOIN_WAIT && span_open(m)
+			&& m->last_in > 0
+			&& state_now(s) - m->last_in > (double)s->limits.rejoin_grace)
+		return -2; /* kept out too long: its span ends where it was in */
 	if (to == MM_JOINED && from == MM_JOINING)
 		return 1;
 	if (to == MM_JOINED && (from == MM_REJOINING || from == MM_REJOIN_WAIT))
@@ -995,6 +1076,8 @@ static void spans_apply(mm_state *s, mm_membership *m, int effect)
 		m->nspans++;
 	} else if (effect < 0) {
 		mm_span *sp = &m->spans[m->nspans - 1];
+		if (effect == -2 && m->last_in < t)
+			t = m->last_in;
 		sp->to = t > sp->from ? t : sp->from;
 	}
 }
@@ -1003,7 +1086,12 @@ static void membership_enter(mm_state *s, const char *account, mm_membership *m,
 		mm_mevent ev)
 {
 	int from = (int)m->state, to = mm_transition(from, (int)ev);
-	spans_apply(s, m, span_effect(m, from, (int)ev, to));
+	spans_apply(s, m, span_effect(s, m, from, (int)ev, to));
+	/* out by no wish of its own: when it was last in (a restored
+	 * membership: from now, the first it knows of) */
+	if ((from == MM_JOINED || from == MM_NONE)
+			&& (to == MM_REJOIN_WAIT || to == MM_REJOINING))
+		m->last_in = state_now(s);
 	m->state = (mm_mstate)to;
 	if (!is_waiting_state(to)) {
 		waiting_unlink(s, m);
@@ -1033,7 +1121,7 @@ static void membership_remove(mm_state *s, const char *account, mm_membership *m
 	mm_node *rn;
 	if (an == NULL)
 		return;
-	spans_apply(s, m, span_effect(m, (int)m->state, (int)ev, MM_NONE));
+	spans_apply(s, m, span_effect(s, m, (int)m->state, (int)ev, MM_NONE));
 	if (s->observer)
 		s->observer(account, m->room, (int)m->state, (int)ev, MM_NONE,
 			s->observer_ud);
@@ -1399,18 +1487,19 @@ static void deliver_all_ref(mm_state *s, const mm_membership *m, int *ok)
 }
 
 /*
- * How many of the ring's newest messages a session's <history/> takes
- * (maxstanzas < 0: no bound; none said before `from`), and in *whole
+ * How many of the ring's newest `usable` messages a session's <history/>
+ * takes (maxstanzas < 0: no bound; none said before `from`), and in *whole
  * whether they are the whole answer: a bound stopped the count before the
- * ring's oldest message, or maxstanzas were found.
+ * oldest usable message, or maxstanzas were found.
  */
 static size_t hist_take(const mm_state *s, const mm_membership *m,
-		const mm_session *to, long maxstanzas, double from, int *whole)
+		const mm_session *to, long maxstanzas, double from, size_t usable,
+		int *whole)
 {
 	const size_t cap = s->limits.history_size;
 	size_t take = 0, chars = 0;
 	*whole = 1;
-	while (take < m->hist_count) {
+	while (take < usable) {
 		const mm_hist *h = &m->hist[(m->hist_head + m->hist_count - 1 - take) % cap];
 		if (maxstanzas >= 0 && (long)take >= maxstanzas)
 			return take;
@@ -1457,7 +1546,9 @@ static void replay_history(mm_state *s, const mm_membership *m,
 	long maxstanzas = to->hist.requested ? to->hist.maxstanzas
 		: (long)s->limits.history_default;
 	int whole;
-	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL, &whole), ok);
+	/* the ring is all there is: what the account saw, gaps and all */
+	replay_ring(s, m, to, hist_take(s, m, to, maxstanzas, -HUGE_VAL,
+		m->hist_count, &whole), ok);
 }
 
 /* Catch-up from the room log: the request clamped, and the spans. */
@@ -1474,12 +1565,15 @@ static void replay_log(mm_state *s, const mm_membership *m,
 		maxstanzas = max;
 	if (m->nspans == 0 || maxstanzas == 0)
 		return;
-	/* the ring is a hot cache in front of the log: it holds the newest
-	 * messages the account got since its last (re-)join, without a gap;
-	 * when the answer lies wholly in it, within the one open span, the
-	 * ring gives it and the log is not read */
+	/* the ring is a hot cache in front of the log: its messages since
+	 * the account's last (re-)join come without a gap; when the answer
+	 * lies wholly in them, within the one open span, the ring gives it
+	 * and the log is not read.  What the ring held from before a re-join
+	 * never answers: the log has what was said while the account was out
+	 * (other local accounts kept it), the ring does not. */
 	if (m->nspans == 1 && m->spans[0].to < 0) {
-		take = hist_take(s, m, to, maxstanzas, m->spans[0].from, &whole);
+		take = hist_take(s, m, to, maxstanzas, m->spans[0].from,
+			m->hist_count - m->hist_break, &whole);
 		if (whole) {
 			replay_ring(s, m, to, take, ok);
 			return;
@@ -1507,20 +1601,36 @@ static void replay_room(mm_state *s, const mm_membership *m,
 		act_replay(s, to->resource, n->value, NULL, 0, ok);
 	if (m->state != MM_JOINED)
 		return; /* joining: the rest arrives live */
+	if (!str_eq(to->nick, m->nick))
+		codes |= MM_CODE_210;
 	if (m->self) {
-		if (!str_eq(to->nick, m->nick))
-			codes |= MM_CODE_210;
 		act_replay(s, to->resource, m->self, to->join_id, codes, ok);
 		/* the first session's news is not this one's */
 		if (*ok)
 			s->dec.actions[s->dec.n - 1].drop_codes = MM_CODE_201 | MM_CODE_210;
+	} else {
+		/* the room's was beyond the byte limits: a join ends with one */
+		mm_action *a = dec_push(s, MM_OP_SELF_STUB, ok);
+		if (a) {
+			a->resource = dec_str(s, to->resource, ok);
+			a->nick = dec_str(s, m->nick, ok);
+			a->id = dec_str(s, to->join_id, ok);
+			a->add_codes = codes;
+			a->affiliation = dec_str(s, m->affiliation ? m->affiliation : "none", ok);
+			a->role = m->role ? m->role : "participant";
+		}
 	}
 	if (s->limits.log_history)
 		replay_log(s, m, to, ok);
 	else
 		replay_history(s, m, to, ok);
-	if (m->subject)
+	if (m->subject) {
 		act_replay(s, to->resource, m->subject, NULL, 0, ok);
+	} else if (m->subject_lost) {
+		mm_action *a = dec_push(s, MM_OP_SUBJECT_STUB, ok);
+		if (a)
+			a->resource = dec_str(s, to->resource, ok);
+	}
 }
 
 /* ---- the account's presence: the most available joined session ----------- */
@@ -1783,7 +1893,9 @@ mm_err mm_session_join_req(mm_state *s, const char *account, const char *resourc
 		mm_action *act = dec_push(s, MM_OP_SEND_JOIN, &ok);
 		if (act) {
 			act->nick = dec_str(s, req->nick, &ok);
-			act->password = dec_str(s, req->password ? req->password : m->password, &ok);
+			/* the password the account entered with: a later device's
+			 * join may lack it, or carry another */
+			act->password = dec_str(s, m->password ? m->password : req->password, &ok);
 			act->from_request = 1;
 		}
 	}
@@ -2146,6 +2258,8 @@ static void membership_restart(mm_state *s, mm_membership *m)
 	m->shown = str_dup(""); /* the fresh join's plain presence (NULL: unknown) */
 	/* the room's history on the re-join repeats what the account saw */
 	m->skip_seen = m->last_id != NULL || m->last_stamp > 0;
+	/* and what was said while it was out may be more than that history */
+	m->hist_break = m->hist_count;
 	for (i = 0; i < m->nsessions; i++) {
 		mm_session *ss = &m->sessions[i];
 		ss->state = SS_WAITING;
@@ -2265,6 +2379,35 @@ static unsigned backoff(const mm_state *s, unsigned retries)
 	return d > 3600 ? 3600u : (unsigned)d;
 }
 
+/*
+ * Put pool node pn (fresh: not in the pool yet) in m's cache entry *slot
+ * (the self-presence or the subject), the ring making room for it; when
+ * it does not fit, the entry is emptied rather than left stale.  Whether
+ * it was kept.  Cannot fail.
+ */
+static int cache_replace(mm_state *s, mm_membership *m, mm_node **slot,
+		mm_node *pn, int fresh)
+{
+	int kept;
+	/* held while the ring makes room: a message that goes may be it */
+	payload_ref(s, pn, fresh);
+	kept = cache_make_room(s, m, pn, *slot);
+	if (kept)
+		cache_count(s, m, pn);
+	cache_drop(s, m, *slot);
+	*slot = kept ? pn : NULL;
+	if (!kept)
+		payload_unref(s, pn);
+	return kept;
+}
+
+/* The self-presence, kept; beyond the byte limits a later session gets a
+ * stub (SELF_STUB) rather than a stale one. */
+static void self_keep(mm_state *s, mm_membership *m, mm_node *pn, int fresh)
+{
+	(void)cache_replace(s, m, &m->self, pn, fresh);
+}
+
 /* The self-presence of an available account: join completes or updates. */
 static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 		const char *nick, const mm_presence *p, mm_decision *out)
@@ -2277,7 +2420,9 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	/* a self-presence from the room's own JID leaves the nick alone */
 	if (nonempty(nick) && !str_eq(nick, m->nick) && (nn = str_dup(nick)) == NULL)
 		return dec_finish(s, out, 0, 0);
-	if (p->affiliation && (aff = str_dup(p->affiliation)) == NULL)
+	/* a known token or none: a room cannot make the core keep more */
+	if (p->affiliation && (aff = str_dup(known_token(p->affiliation,
+			affiliations, "none"))) == NULL)
 		goto nomem;
 	if (p->payload && (pn = payload_prepare(s, p->payload, p->payload_handle, &fresh)) == NULL)
 		goto nomem;
@@ -2299,12 +2444,10 @@ static mm_err self_available(mm_state *s, const char *account, mm_membership *m,
 	if (!ok)
 		goto nomem;
 	/* commit */
-	if (pn) {
-		/* always kept: a later session's join needs it */
-		cache_take(s, m, pn, fresh);
-		cache_drop(s, m, m->self);
-		m->self = pn;
-	}
+	if (pn)
+		self_keep(s, m, pn, fresh);
+	if (p->role)
+		m->role = known_token(p->role, roles, "participant");
 	if (nn) {
 		free(m->nick);
 		m->nick = nn;
@@ -2491,7 +2634,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mm_node *pn = payload_prepare(s, p->payload, p->payload_handle, &fresh);
 			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			if (pn != old && cache_fits(s, m, pn, old->len)) {
+			if (pn != old && cache_fits(s, m, pn, old)) {
 				cache_take(s, m, pn, fresh);
 				on->value = pn;
 			} else if (pn != old) {
@@ -2509,7 +2652,7 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 			mm_node *nn;
 			if (pn == NULL)
 				return dec_finish(s, out, 0, 0);
-			if (cache_fits(s, m, pn, 0)) {
+			if (cache_fits(s, m, pn, NULL)) {
 				nn = map_ready(&m->occupants) ? node_new(nick, strlen(nick), pn) : NULL;
 				if (nn == NULL) {
 					if (fresh)
@@ -2526,6 +2669,16 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 		 * delivered, not cached */
 	}
 	return dec_finish(s, out, 1, ok);
+}
+
+/* The ring's oldest message goes (there is one). */
+static void hist_drop_oldest(mm_state *s, mm_membership *m)
+{
+	cache_drop(s, m, m->hist[m->hist_head].payload);
+	m->hist_head = (m->hist_head + 1) % s->limits.history_size;
+	m->hist_count--;
+	if (m->hist_break > 0)
+		m->hist_break--;
 }
 
 /* Keep a room message for catch-up and as the last one seen; 0 on
@@ -2559,14 +2712,9 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 	}
 	/* held while the oldest make room: one of them may be this text */
 	payload_ref(s, pn, fresh);
-	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, 0))) {
-		/* full, or beyond the byte limits: the oldest goes */
-		slot = &m->hist[m->hist_head];
-		cache_drop(s, m, slot->payload);
-		m->hist_head = (m->hist_head + 1) % cap;
-		m->hist_count--;
-	}
-	if (cache_fits(s, m, pn, 0)) {
+	while (m->hist_count == cap || (m->hist_count > 0 && !cache_fits(s, m, pn, NULL)))
+		hist_drop_oldest(s, m); /* full, or beyond the byte limits */
+	if (cache_fits(s, m, pn, NULL)) {
 		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
 		slot->payload = pn;
 		slot->stamp = msg->stamp;
@@ -2659,15 +2807,16 @@ mm_err mm_room_message(mm_state *s, const char *account, const char *room,
 		}
 		deliver_all_ref(s, m, &ok);
 		if (ok && msg->has_subject && !msg->has_body && msg->payload) {
-			/* always kept: it ends a later session's join sequence */
+			/* it ends a later session's join sequence: kept before the
+			 * ring, within the byte limits */
 			int fresh;
 			mm_node *pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
 			if (pn == NULL) {
 				ok = 0;
 			} else if (pn != m->subject) {
-				cache_take(s, m, pn, fresh);
-				cache_drop(s, m, m->subject);
-				m->subject = pn;
+				/* beyond them even with the ring gone, a later session
+				 * gets an empty one (SUBJECT_STUB) */
+				m->subject_lost = !cache_replace(s, m, &m->subject, pn, fresh);
 			}
 		}
 		if (ok && msg->has_body && msg->payload)

@@ -64,6 +64,10 @@ typedef struct mm_limits {
 	                         * a shutdown (332) or a failed attempt (default 5);
 	                         * doubled per failed attempt, up to 64 times,
 	                         * and never more than an hour */
+	size_t rejoin_grace;    /* seconds the room may keep the account out
+	                         * (refused or unanswered re-joins) before its
+	                         * span closes at the time it was last in
+	                         * (default 300; see the span rules) */
 	size_t history_size;    /* room messages kept per membership for catch-up
 	                         * (default 50) */
 	size_t history_default; /* of which a join without <history/> gets at
@@ -83,9 +87,15 @@ typedef struct mm_limits {
 	 * occupant presence is not cached (a changed one loses its entry
 	 * rather than go stale) and the catch-up ring drops its oldest
 	 * messages to make room, keeping none when even an empty ring would
-	 * not do.  The self-presence and the subject are always kept (a later
-	 * session's join needs them) and count like the rest.  Live traffic
-	 * is delivered whatever the caches keep.
+	 * not do.  The self-presence and the subject count like the rest:
+	 * the ring's oldest messages make room for them (a later session's
+	 * join needs them more), and one that does not fit even with the
+	 * ring empty is not cached (the one before it goes too): a later
+	 * session then gets a stub in its place (MM_OP_SELF_STUB,
+	 * MM_OP_SUBJECT_STUB), so that one account's rooms sending huge ones
+	 * cannot use up what the account's and others' memberships need.  A
+	 * kept affiliation and role are known tokens.  Live traffic is
+	 * delivered whatever the caches keep.
 	 */
 	size_t max_membership_bytes; /* default 4 MiB */
 	size_t max_account_bytes;    /* default 16 MiB */
@@ -100,6 +110,7 @@ typedef struct mm_limits {
 #define MM_DEFAULT_MAX_IQS 16
 #define MM_DEFAULT_IQ_TIMEOUT 60
 #define MM_DEFAULT_REJOIN_DELAY 5
+#define MM_DEFAULT_REJOIN_GRACE 300
 #define MM_DEFAULT_HISTORY_SIZE 50
 #define MM_DEFAULT_HISTORY_DEFAULT 20
 #define MM_DEFAULT_HISTORY_MAX 500
@@ -212,7 +223,8 @@ typedef enum mm_mevent {
  *    occupants seen so far.  JOINED -JOIN-> JOINED: replay of occupants,
  *    self-presence, catch-up history, subject.  LEAVING, LEAVING_REJOIN
  *    -JOIN-> LEAVING_REJOIN: the session waits.  REJOIN_WAIT -JOIN->
- *    REJOINING: SEND_JOIN of the session's request, now.
+ *    REJOINING: SEND_JOIN of the session's request, now, with the
+ *    password the membership keeps.
  *  - -LAST_LEAVE-> LEAVING: SEND_AS_ACCOUNT of the session's leave (from
  *    LEAVING_REJOIN: REFLECT_LEAVE, the account is leaving already).
  *    REJOIN_WAIT -LAST_LEAVE-> NONE: REFLECT_LEAVE; event "left".
@@ -225,7 +237,8 @@ typedef enum mm_mevent {
  *  - JOINING, REJOINING -ERROR-> NONE, JOINING -ERROR_TRANSIENT-> NONE:
  *    DELIVER the error to each session that asked; event "removed".
  *    REJOINING -ERROR_TRANSIENT-> REJOIN_WAIT: REJOIN_LATER (informative);
- *    event "rejoining".
+ *    event "rejoining"; past rejoin_grace it also closes the span (see
+ *    the span rules below).
  *  - -OUT-> NONE: DELIVER to every session; event "removed" with why.
  *    -SHUTDOWN-> REJOIN_WAIT: DELIVER to every session, REJOIN_LATER;
  *    -TECHNICAL-> REJOINING: DELIVER to every session, a fresh SEND_JOIN;
@@ -259,7 +272,16 @@ typedef enum mm_mevent {
  *    failures and timeouts between them, and a restart (the spans are
  *    stored and given back with mm_membership_set_spans()).  The account
  *    did not leave: the room's history on the re-join and the log other
- *    local accounts kept cover the gap.
+ *    local accounts kept cover the gap;
+ *  - but not through a long refusal: the account was last in when it
+ *    left JOINED for REJOIN_WAIT or REJOINING (or, for a restored
+ *    membership, when mm_account_restore() was called).  The first
+ *    REJOINING -ERROR_TRANSIENT-, -SHUTDOWN-, -TIMEOUT-> REJOIN_WAIT (the
+ *    room refused the re-join for now, or never answered it) more than
+ *    rejoin_grace seconds after that CLOSES the open span at the time the
+ *    account was last in: a later session never reads what was said
+ *    while the room kept its account out.  The re-join that finally gets
+ *    in opens the next span (REJOINING -SELF-> JOINED with none open).
  */
 
 /*
@@ -291,8 +313,11 @@ typedef enum mm_op {
 	/*
 	 * Route the account's join presence to room/nick, from the account's
 	 * bare JID.  `from_request` set: rewrite the session's own stanza (keep
-	 * its id and children).  Otherwise build a fresh join; `password` is the
-	 * room password to include, or NULL.
+	 * its id and children), its MUC <password/>, when `password` is not
+	 * NULL, replaced by `password` (the one the account entered with: a
+	 * device joining while the account waits to re-join may lack it).
+	 * Otherwise build a fresh join; `password` is the room password to
+	 * include, or NULL.
 	 */
 	MM_OP_SEND_JOIN,
 	/*
@@ -340,7 +365,9 @@ typedef enum mm_op {
 	 * newest messages answer the request whole, within the membership's
 	 * only span (a bound stops before the ring's oldest message, or the
 	 * ring holds maxstanzas), they come as REPLAYs and no REPLAY_LOG is
-	 * sent.  Otherwise this action alone: the room's messages whose time
+	 * sent.  Only the ring's messages since the account's last re-join
+	 * (332, 333, a self-ping) count: what was said while it was out lies
+	 * before them, and the log has it.  Otherwise this action alone: the room's messages whose time
 	 * falls in one of the `nspans` `spans` (from <= t, and t <= to unless
 	 * to < 0, open), at least `since` and `seconds` before `now` when
 	 * those are >= 0, the newest `maxstanzas` (always >= 0: absent ->
@@ -390,7 +417,23 @@ typedef enum mm_op {
 	 * mm_decision.event says for decisions about one membership: `event`,
 	 * `reason`.  In decisions that span many (mm_tick).
 	 */
-	MM_OP_EVENT
+	MM_OP_EVENT,
+	/*
+	 * Send session `resource` a self-presence from room/`nick` built from
+	 * nothing, in place of the REPLAY of the room's own, which was beyond
+	 * the byte limits (see mm_limits): status 110 plus `add_codes`, an
+	 * item with `affiliation` and `role`, `id` (the session's join id, or
+	 * NULL).  A join must end with a self-presence.
+	 */
+	MM_OP_SELF_STUB,
+	/*
+	 * Send session `resource` the room's empty subject, <message
+	 * type='groupchat' from='`room`'><subject/></message>, in place of the
+	 * REPLAY of the room's subject, which was beyond the byte limits: the
+	 * subject ends a join (XEP-0045 7.2.15), and the client learns the
+	 * room's own with its next change.
+	 */
+	MM_OP_SUBJECT_STUB
 } mm_op;
 
 /* Status codes the core adds to copies (bit set). */
@@ -419,7 +462,8 @@ typedef struct mm_action {
 	const char *password;    /* SEND_JOIN: room password or NULL */
 	const char *condition;   /* IQ_ERROR, JOIN_ERROR: defined condition */
 	const char *error_type;  /* IQ_ERROR, JOIN_ERROR: cancel, modify, wait, auth */
-	const char *affiliation; /* REFLECT_LEAVE */
+	const char *affiliation; /* REFLECT_LEAVE, SELF_STUB */
+	const char *role;        /* SELF_STUB: the account's role */
 	const char *event;       /* EVENT: as mm_decision.event */
 	const char *reason;      /* EVENT: as mm_decision.reason, or NULL */
 	unsigned add_codes;      /* DELIVER, REPLAY, REFLECT_LEAVE: MM_CODE_* bits */
@@ -509,7 +553,9 @@ void mm_join_history(mm_join *req, double maxstanzas, double maxchars,
  *    sent so far and gets the rest as it arrives.  No second join is sent.
  *  - Membership joined: replay occupants, the self-presence last among them
  *    (with 210 when the nick asked differs from the account's), then the
- *    subject.  A session already joined gets the same full resync.
+ *    subject; a self-presence or a subject the byte limits kept from the
+ *    caches comes as a stub (SELF_STUB, SUBJECT_STUB).  A session already
+ *    joined gets the same full resync.
  *  - Membership leaving: the session waits; the account joins again once the
  *    leave completes.
  *

@@ -81,6 +81,9 @@ local limits = {
 	max_iqs = limit_option("minimix_max_iqs", 16);
 	iq_timeout = limit_option("minimix_iq_timeout", 60);
 	rejoin_delay = limit_option("minimix_rejoin_delay", 5);
+	-- how long the room may keep the account out before a later device
+	-- no longer reads the log of that time (see README)
+	rejoin_grace = limit_option("minimix_rejoin_grace", 300);
 	history_size = limit_option("minimix_history_size", 50);
 	history_default = limit_option("minimix_history_default", 20);
 	-- the most one join gets from the room log, however much it asks
@@ -541,6 +544,17 @@ function perform(ctx, handled, actions, event, reason, text)
 			end
 		elseif op == "send_join" then
 			if a.from_request then
+				local x = a.password and stanza:get_child("x", xmlns_muc);
+				if x then
+					-- the password the account entered with: a later
+					-- device's join may lack it, and a refusal would end
+					-- the membership
+					x:maptags(function(tag)
+						if tag.name == "password" then return nil; end
+						return tag;
+					end);
+					x:text_tag("password", a.password, { xmlns = xmlns_muc });
+				end
 				as_account(stanza, account);
 			else
 				local join = st.presence({ from = account, to = room .. "/" .. a.nick })
@@ -578,6 +592,20 @@ function perform(ctx, handled, actions, event, reason, text)
 				:tag("error", { type = a.error_type })
 					:tag(a.condition, { xmlns = xmlns_stanzas }):up()
 				:up());
+		elseif op == "self_stub" then
+			-- the room's own was beyond the byte limits: a join still ends
+			-- with a self-presence
+			local pres = st.presence({ from = room .. "/" .. a.nick })
+				:tag("x", { xmlns = xmlns_muc_user })
+					:tag("item", { xmlns = xmlns_muc_user, affiliation = a.affiliation, role = a.role }):up()
+					:tag("status", { xmlns = xmlns_muc_user, code = "110" }):up();
+			to_session(account, a.resource, pres:up(), a.id, a.codes);
+			replayed = replayed + 1;
+		elseif op == "subject_stub" then
+			-- and with the subject: the room's was beyond them too
+			to_session(account, a.resource, st.message({ from = room, type = "groupchat" })
+				:tag("subject"):up());
+			replayed = replayed + 1;
 		elseif op == "reflect_leave" then
 			local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
 				:tag("x", { xmlns = xmlns_muc_user })

@@ -72,10 +72,15 @@ static void check_decision(mm_err err, const mm_decision *d)
 			fail("action without room");
 		if ((a->op == MM_OP_DELIVER || a->op == MM_OP_REPLAY
 				|| a->op == MM_OP_REFLECT_LEAVE || a->op == MM_OP_CARBON
-				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR) && a->resource == NULL)
+				|| a->op == MM_OP_IQ_ERROR || a->op == MM_OP_JOIN_ERROR
+				|| a->op == MM_OP_SELF_STUB || a->op == MM_OP_SUBJECT_STUB)
+				&& a->resource == NULL)
 			fail("delivery without a session");
 		if (a->op == MM_OP_REPLAY && a->payload == NULL)
 			fail("replay without payload");
+		if (a->op == MM_OP_SELF_STUB && (a->nick == NULL || a->affiliation == NULL
+				|| a->role == NULL))
+			fail("a stub self-presence without nick, affiliation or role");
 		if (a->op == MM_OP_REPLAY_LOG) {
 			size_t j;
 			if (a->resource == NULL || a->nspans == 0 || a->nspans > MM_MAX_SPANS
@@ -344,6 +349,7 @@ static void step(mm_state *st, struct input *in, double *now)
 			lim.max_nick_bytes = 8;
 			lim.join_timeout = 30;
 			lim.rejoin_delay = 2;
+			lim.rejoin_grace = 1 + (take(in) & 63);
 			lim.max_membership_bytes = 64 + 64 * (take(in) & 7);
 			lim.max_account_bytes = 128 + 64 * (take(in) & 7);
 			lim.max_cache_bytes = 128 + 128 * (take(in) & 7);
@@ -439,6 +445,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lim.max_nick_bytes = 8;
 	lim.join_timeout = 30;
 	lim.rejoin_delay = 2;
+	lim.rejoin_grace = 20;    /* a few refused re-joins close a span */
 	lim.max_membership_bytes = 400; /* a few payloads: the fuzzer hits them */
 	lim.max_account_bytes = 600;
 	lim.max_cache_bytes = 500;

@@ -18,13 +18,15 @@ describe("minimix.new", function()
 		assert.equal(256, l.max_rooms);
 		assert.equal(32, l.max_sessions);
 		assert.equal(2000, l.max_occupants);
+		assert.equal(300, l.rejoin_grace);
 		s:close();
 	end);
 
 	it("takes limits from options", function()
-		local s = minimix.new({ max_rooms = 3, max_sessions = 2 });
+		local s = minimix.new({ max_rooms = 3, max_sessions = 2, rejoin_grace = 42 });
 		assert.equal(3, s:limits().max_rooms);
 		assert.equal(2, s:limits().max_sessions);
+		assert.equal(42, s:limits().rejoin_grace);
 	end);
 
 	it("raises on bad options", function()
@@ -400,5 +402,26 @@ describe("membership spans and the catch-up from the log", function()
 		assert.is_nil(s:set_spans("a@h", "r@c", { "x" }));
 		assert.same({ { 10, 20 }, { 30 } }, s:memberships("a@h")[1].spans);
 		assert.has_error(function() s:clock(42) end);
+	end);
+end);
+
+describe("stubs for what the byte limits kept from the caches", function()
+	it("hands out self_stub with affiliation and role, and subject_stub, as ops", function()
+		local s = minimix.new({ max_membership_bytes = #SELF + 10 });
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		local big = SELF:gsub("</x>", "</x><status>" .. ("x"):rep(200) .. "</status>");
+		s:room_presence("a@h", "r@c", "alice", { codes = { 110 }, payload = big,
+			affiliation = "member", role = "visitor" });
+		s:room_message("a@h", "r@c", nil, { type = "groupchat", subject = true,
+			payload = '<message type="groupchat"><subject>' .. ("s"):rep(200) .. '</subject></message>' });
+		local handled, actions = s:join("a@h", "l", "r@c", "alice", "j2");
+		assert.is_true(handled);
+		assert.same({ "self_stub", "subject_stub" }, ops(actions));
+		assert.equal("alice", actions[1].nick);
+		assert.equal("j2", actions[1].id);
+		assert.equal("member", actions[1].affiliation);
+		assert.equal("visitor", actions[1].role);
+		assert.equal("l", actions[2].resource);
+		assert.equal("r@c", actions[2].room);
 	end);
 end);

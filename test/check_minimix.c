@@ -162,6 +162,8 @@ static const char *op_name(mm_op op)
 	case MM_OP_DROP: return "DROP";
 	case MM_OP_JOIN_ERROR: return "JOIN_ERROR";
 	case MM_OP_EVENT: return "EVENT";
+	case MM_OP_SELF_STUB: return "SELF_STUB";
+	case MM_OP_SUBJECT_STUB: return "SUBJECT_STUB";
 	}
 	return "?";
 }
@@ -3291,6 +3293,55 @@ START_TEST(test_iq_id_secret)
 }
 END_TEST
 
+/*
+ * "The ids are 128 random bits each": over 256 ids every hex digit
+ * position takes many values, and the two digits of each byte vary
+ * independently (an id built from half of each byte's bits repeats its
+ * digit pairs within 16 values).  For truly random ids each bound below
+ * fails with a probability far under 1e-30.
+ */
+START_TEST(test_iq_id_all_bits)
+{
+	enum { NIDS = 256 };
+	static char tails[NIDS][33];
+	char id[64];
+	size_t i, pos;
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_iqs = NIDS;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	for (i = 0; i < NIDS; i++) {
+		sent_iq(ACC, R1, ROOM, NULL, "q", NULL, 0, 100, id, sizeof id);
+		ck_assert_msg(is_module_id(id, tails[i]), "id %s is not mmx-<32 hex>", id);
+	}
+	for (pos = 0; pos < 32; pos++) {
+		int seen[16] = { 0 }, distinct = 0;
+
+		for (i = 0; i < NIDS; i++) {
+			const char *c = strchr("0123456789abcdef", tails[i][pos]);
+			if (!seen[c - "0123456789abcdef"]++)
+				distinct++;
+		}
+		ck_assert_msg(distinct >= 8, "digit %zu takes only %d values", pos, distinct);
+	}
+	for (pos = 0; pos < 32; pos += 2) {
+		static int pairs[256];
+		int distinct = 0;
+
+		memset(pairs, 0, sizeof pairs);
+		for (i = 0; i < NIDS; i++) {
+			unsigned hi = (unsigned)(strchr("0123456789abcdef", tails[i][pos]) - "0123456789abcdef");
+			unsigned lo = (unsigned)(strchr("0123456789abcdef", tails[i][pos + 1]) - "0123456789abcdef");
+			if (!pairs[hi * 16 + lo]++)
+				distinct++;
+		}
+		ck_assert_msg(distinct >= 64, "byte %zu takes only %d values", pos / 2, distinct);
+	}
+}
+END_TEST
+
 /* "Not handled when the session is not joined (the room answers it)." */
 START_TEST(test_iq_not_joined)
 {
@@ -3854,6 +3905,37 @@ START_TEST(test_rejoin_332_later)
 	expect_all_joined(ACC, ROOM, 2);
 	rejoin_due(ACC, ROOM);
 	expect_not_handled(&d);
+}
+END_TEST
+
+/*
+ * A device that joins while the re-join waits for its delay (after a 332)
+ * makes the account join now, with the room password the membership
+ * keeps: a later device's join may lack it (or carry a wrong one), and a
+ * refusal would end the membership.
+ */
+START_TEST(test_rejoin_wait_join_carries_stored_password)
+{
+	static const char *const given[] = { NULL, "wrong" };
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		const mm_action *a;
+
+		reset_state(NULL);
+		populate_pw();
+		self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+		expect_one(&d, MM_OP_REJOIN_LATER, NULL);
+		ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOIN_WAIT);
+		join(ACC, R3, ROOM, "alice", "j3", given[i]);
+		a = expect_one(&d, MM_OP_SEND_JOIN, NULL);
+		ck_assert_int_eq(a->from_request, 1);
+		ck_assert_pstr_eq(a->password, "pw");
+		ck_assert_int_eq(must_info(ACC, ROOM).state, MM_REJOINING);
+		ck_assert_str_eq(must_info(ACC, ROOM).password, "pw");
+		self_pres(ACC, ROOM, "alice", 0, "j3", P_SELF);
+		expect_all_joined(ACC, ROOM, 3);
+	}
 }
 END_TEST
 
@@ -4535,6 +4617,224 @@ START_TEST(test_bytes_state)
 	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
 	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
 	expect_empty_state();
+}
+END_TEST
+
+#define DIGITS560 DIGITS70 DIGITS70 DIGITS70 DIGITS70 DIGITS70 DIGITS70 \
+	DIGITS70 DIGITS70
+#define P_SUBJECT_BIG \
+	"<message type='groupchat' from='" ROOM "'><subject>" DIGITS560 \
+	"</subject></message>"
+#define P_SELF_BIG \
+	P_PRES("alice", "<item affiliation='owner' role='moderator'/>" \
+	"<status code='110'/><status>" DIGITS560 "</status>")
+
+/* The last action of the decision. */
+static const mm_action *last_action(void)
+{
+	ck_assert_uint_gt(d.n, 0);
+	return &d.actions[d.n - 1];
+}
+
+/*
+ * The self-presence and the subject count against the byte limits like
+ * the rest: the ring's oldest messages make room for them; one too big
+ * even for an empty ring is not cached (nor is the one before it), and a
+ * later session gets a stub in its place, so that its join still ends
+ * with a self-presence and a subject.  Live traffic is delivered all the
+ * same.
+ */
+START_TEST(test_bytes_self_and_subject_bounded)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	const mm_action *a;
+	mm_limits l;
+	size_t i;
+
+	ck_assert_uint_gt(LEN(P_SUBJECT_BIG), limit);
+	ck_assert_uint_gt(LEN(P_SELF_BIG), limit);
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	subject_msg(ACC, ROOM, P_SUBJECT, 50, 0);
+	for (i = 0; i < 3; i++)
+		hist_msg(ACC, ROOM, P_M1, NULL, 100 + (double)i, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* a subject the ring makes room for */
+	subject_msg(ACC, ROOM, P_SUBJECT2, 200, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	/* one no emptied ring would hold: delivered, not cached, the ring
+	 * left alone; the later session's join ends with an empty one */
+	subject_msg(ACC, ROOM, P_SUBJECT_BIG, 300, 0);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF) + 2 * LEN(P_M1));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R2), 3); /* self, 2 messages */
+	a = last_action();
+	ck_assert_int_eq(a->op, MM_OP_SUBJECT_STUB);
+	ck_assert_pstr_eq(a->resource, R2);
+	ck_assert_pstr_eq(a->room, ROOM);
+	/* a subject that fits is cached again */
+	subject_msg(ACC, ROOM, P_SUBJECT, 400, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_str_eq(last_action()->payload, P_SUBJECT);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SUBJECT_STUB, NULL), 0);
+
+	/* a self-presence too big: not cached, the one before gone too; a
+	 * later session gets a stub with its join's id, 210 for its other
+	 * nick, and the affiliation and role the room gave */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF_BIG);
+	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes,
+			LEN(P_SUBJECT) + must_info(ACC, ROOM).history * LEN(P_M1));
+	join(ACC, R3, ROOM, "ally", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, R3), 1 + must_info(ACC, ROOM).history);
+	a = expect_one(&d, MM_OP_SELF_STUB, R3);
+	ck_assert_uint_eq(action_index(&d, a), 0);
+	ck_assert_pstr_eq(a->nick, "alice");
+	ck_assert_pstr_eq(a->id, "j3");
+	ck_assert_uint_eq(a->add_codes, MM_CODE_210);
+	ck_assert_pstr_eq(a->affiliation, "owner");
+	ck_assert_pstr_eq(a->role, "moderator");
+	ck_assert_str_eq(last_action()->payload, P_SUBJECT);
+	/* a self-presence that fits is replayed again */
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+	join(ACC, R3, ROOM, "alice", "j3", NULL);
+	ck_assert_uint_eq(count_op(&d, MM_OP_SELF_STUB, NULL), 0);
+	ck_assert_str_eq(find_action(&d, MM_OP_REPLAY, R3)->payload, P_SELF);
+}
+END_TEST
+
+/*
+ * One account's rooms sending huge subjects cannot use up the account's
+ * budget, which its other rooms need, nor the state's, which other
+ * accounts need: the subject that would go beyond them is not cached.
+ * A room cannot make the core keep an affiliation or a role beyond the
+ * known tokens either.
+ */
+START_TEST(test_bytes_subjects_per_account)
+{
+	const size_t limit = LEN(P_SELF) + LEN(P_SUBJECT_BIG) + LEN(P_SELF) + 10;
+	mm_limits l;
+	mm_presence p;
+	mm_message m;
+
+	memset(&l, 0, sizeof l);
+	l.max_account_bytes = limit;
+	l.max_cache_bytes = 2 * limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC, R1, ROOM2, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	subject_msg(ACC, ROOM, P_SUBJECT_BIG, 100, 0);
+	ck_assert_int_eq(must_info(ACC, ROOM).has_subject, 1);
+	/* the account's other room: no room for its huge subject */
+	memset(&m, 0, sizeof m);
+	m.type = MM_MSG_GROUPCHAT;
+	m.stamp = 100;
+	m.has_subject = 1;
+	m.payload = P_SUBJECT_BIG "<!-- 2 -->";
+	ck_assert_int_eq(mm_room_message(st, ACC, ROOM2, NULL, &m, &d), MM_OK);
+	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+	ck_assert_int_eq(must_info(ACC, ROOM2).has_subject, 0);
+	ck_assert_uint_le(account_bytes(ACC), limit);
+	/* another account keeps its own */
+	ck_assert_int_eq(mm_room_message(st, ACC2, ROOM2, NULL, &m, &d), MM_OK);
+	ck_assert_int_eq(must_info(ACC2, ROOM2).has_subject, 1);
+	ck_assert_uint_le(stats().cached_bytes, 2 * limit);
+	/* a hostile affiliation and role are not kept */
+	memset(&p, 0, sizeof p);
+	p.type = MM_PRES_AVAILABLE;
+	p.status = MM_STATUS_110;
+	p.affiliation = "owner" DIGITS560;
+	p.role = "moderator" DIGITS560;
+	p.payload = P_SELF_BIG;
+	room_pres(ACC, ROOM2, "alice", &p);
+	join(ACC, R2, ROOM2, "alice", "j2", NULL);
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SELF_STUB, R2)->affiliation, "none");
+	ck_assert_pstr_eq(expect_one(&d, MM_OP_SELF_STUB, R2)->role, "participant");
+	ck_assert_pstr_eq(last_action()->resource, R2);
+	ck_assert_int_eq(last_action()->op, MM_OP_SUBJECT_STUB);
+}
+END_TEST
+
+/*
+ * The ring makes room for a self-presence whose text is the very message
+ * it drops (a room may send anything): the text stays valid and is kept.
+ * (Under ASan or valgrind a use after free shows here.)
+ */
+START_TEST(test_bytes_self_same_text_as_ring)
+{
+	const size_t limit = LEN(P_SELF) + LEN(P_SELF_BIG);
+	mm_limits l;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM2, "bobby");
+	hist_msg(ACC, ROOM, P_SELF_BIG, NULL, 100, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 1);
+	/* another text is the last one interned */
+	hist_msg(ACC2, ROOM2, P_M2, NULL, 100, 0);
+	self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF_BIG);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).bytes, LEN(P_SELF_BIG));
+	join(ACC, R2, ROOM, "alice", "j2", NULL);
+	ck_assert_str_eq(expect_one(&d, MM_OP_REPLAY, R2)->payload, P_SELF_BIG);
+}
+END_TEST
+
+/* bob's presence again, as long as P_BOB, in other words */
+#define P_BOB_SWAP P_PRES("bob", "<item role='participant' affiliation='member'/>")
+
+/*
+ * An occupant's presence replaced by one of the same length gives back
+ * the bytes of the one it replaces: under a budget it exactly fills, at
+ * each level (membership, account, state), the new one is cached and
+ * the count stays where it was, however often it changes.
+ */
+START_TEST(test_bytes_same_length_replacement)
+{
+	const size_t limit = LEN(P_SELF) + LEN(P_BOB);
+	int level, i;
+
+	ck_assert_uint_eq(LEN(P_BOB_SWAP), LEN(P_BOB));
+	ck_assert_str_ne(P_BOB_SWAP, P_BOB);
+	for (level = 0; level < 3; level++) {
+		mm_limits l;
+
+		memset(&l, 0, sizeof l);
+		if (level == 0)
+			l.max_membership_bytes = limit;
+		else if (level == 1)
+			l.max_account_bytes = limit;
+		else
+			l.max_cache_bytes = limit;
+		reset_state(&l);
+		joined_room(ACC, R1, ROOM, "alice");
+		occupant(ACC, ROOM, "bob", P_BOB);
+		ck_assert_uint_eq(must_info(ACC, ROOM).occupants, 1);
+		ck_assert_uint_eq(must_info(ACC, ROOM).bytes, limit);
+		for (i = 0; i < 4; i++) {
+			occupant(ACC, ROOM, "bob", i % 2 ? P_BOB : P_BOB_SWAP);
+			expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
+			ck_assert_msg(must_info(ACC, ROOM).occupants == 1,
+					"level %d, change %d: the entry was dropped", level, i);
+			ck_assert_uint_eq(must_info(ACC, ROOM).bytes, limit);
+			ck_assert_uint_eq(stats().cached_bytes, limit);
+		}
+		join(ACC, R2, ROOM, "alice", "j2", NULL);
+		expect_replay(&d, R2, (const char *const[]){ P_BOB }, 1, P_SELF, 0, NULL);
+	}
 }
 END_TEST
 
@@ -6304,6 +6604,87 @@ START_TEST(test_spans_restore)
 }
 END_TEST
 
+/*
+ * A span stays open while the room refuses the re-join for less than
+ * rejoin_grace seconds since the account was last in; the first refusal
+ * (transient error, or no answer) after that closes it at the time the
+ * account was last in, and the re-join that gets in opens the next.  A
+ * restored membership was last in, as far as it knows, when restored.
+ */
+START_TEST(test_spans_closed_by_long_refusal)
+{
+	const double grace = 100;
+	mm_span open[1] = { { 10, -1 } };
+	mm_limits l;
+	int how;
+
+	ck_assert_uint_eq(mm_state_limits(st)->rejoin_grace, MM_DEFAULT_REJOIN_GRACE);
+	for (how = 0; how < 2; how++) {
+		memset(&l, 0, sizeof l);
+		l.rejoin_grace = (size_t)grace;
+		l.rejoin_delay = 5;
+		l.join_timeout = 20;
+		reset_state(&l);
+		ck_assert_uint_eq(mm_state_limits(st)->rejoin_grace, (size_t)grace);
+		ck_assert_int_eq(mm_tick(st, 1000, &d), MM_OK);
+		joined_room(ACC, R1, ROOM, "alice");
+		ck_assert_int_eq(mm_tick(st, 1100, &d), MM_OK);
+		self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+		/* refused within the grace: still open */
+		ck_assert_int_eq(mm_tick(st, 1105, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		mm_state_now(st, 1100 + grace);
+		join_error(ACC, ROOM, NULL, "service-unavailable");
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		expect_span(0, 1000, -1);
+		/* refused past it (an error, or no answer): closed where it was in */
+		ck_assert_int_eq(mm_tick(st, 1300, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		if (how == 0) {
+			mm_state_now(st, 1310);
+			join_error(ACC, ROOM, NULL, "remote-server-timeout");
+		} else {
+			ck_assert_int_eq(mm_tick(st, 1320, &d), MM_OK);
+		}
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		expect_span(0, 1000, 1100);
+		/* more refusals change nothing; getting in opens the next */
+		ck_assert_int_eq(mm_tick(st, 1400, &d), MM_OK);
+		ck_assert_int_eq(mm_tick(st, 1500, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+		ck_assert_uint_eq(spans_of(), 1);
+		ck_assert_int_eq(mm_tick(st, 1600, &d), MM_OK);
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+		ck_assert_uint_eq(spans_of(), 2);
+		expect_span(0, 1000, 1100);
+		expect_span(1, 1600, -1);
+	}
+
+	/* restored: last in when restored, spans as stored */
+	memset(&l, 0, sizeof l);
+	l.rejoin_grace = (size_t)grace;
+	reset_state(&l);
+	mm_state_now(st, 2000);
+	restore(ACC, ROOM, "alice", NULL, NULL, 0);
+	ck_assert_int_eq(mm_membership_set_spans(st, ACC, ROOM, open, 1), MM_OK);
+	mm_state_now(st, 2000 + grace);
+	join_error(ACC, ROOM, NULL, "service-unavailable");
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 10, -1);
+	/* the 332 of a room going down again, past the grace */
+	ck_assert_int_eq(mm_tick(st, 2200, &d), MM_OK);
+	ck_assert_int_eq(mm_tick(st, 2300, &d), MM_OK);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_332, 0, NULL);
+	ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOIN_WAIT);
+	ck_assert_uint_eq(spans_of(), 1);
+	expect_span(0, 10, 2000);
+}
+END_TEST
+
 /* At most MM_MAX_SPANS per membership, the oldest dropped. */
 START_TEST(test_spans_bounded)
 {
@@ -6433,6 +6814,70 @@ START_TEST(test_replay_log_ring_in_front)
 	four_messages();
 	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), four + 1, 3, NULL);
 	ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+}
+END_TEST
+
+/*
+ * After a re-join (332, 333, a self-ping answered not-acceptable) the
+ * ring's messages from before it are not
+ * the newest the room had: what was said while the account was out lies
+ * between them and what came after.  A catch-up that reaches back past
+ * the re-join goes to the log; one the messages since the re-join answer
+ * whole still comes from the ring.  Without the log, the ring gives what
+ * it has, as ever.
+ */
+START_TEST(test_replay_log_ring_broken_by_rejoin)
+{
+	static const struct hmsg after[] = { { P_M5, 500 }, { P_MSG("m6"), 600 } };
+	/* 0: fell out (the self-ping) */
+	static const unsigned codes[] = { MM_STATUS_333, MM_STATUS_332, 0 };
+	mm_limits l;
+	size_t i;
+
+	for (i = 0; i < 3; i++) {
+		memset(&l, 0, sizeof l);
+		l.log_history = 1;
+		reset_state(&l);
+		mm_state_now(st, 50);
+		four_messages();
+		if (codes[i] == 0) {
+			char id[64];
+
+			ck_assert_int_eq(mm_ping_due(st, NULL, 60, &d), MM_OK);
+			snprintf(id, sizeof id, "%s", expect_one(&d, MM_OP_SEND_PING, NULL)->id);
+			room_iq(ACC, ROOM, "alice", id, 1, "not-acceptable");
+		} else {
+			self_unavailable(ACC, ROOM, "alice", codes[i], 0, NULL);
+		}
+		if (codes[i] == MM_STATUS_332) {
+			ck_assert_int_eq(mm_tick(st, 60, &d), MM_OK);
+			ck_assert_int_eq(mm_tick(st, 60 + MM_DEFAULT_REJOIN_DELAY, &d), MM_OK);
+		}
+		ck_assert_int_eq(mm_membership_state(st, ACC, ROOM), MM_REJOINING);
+		self_pres(ACC, ROOM, "alice", 0, NULL, P_SELF);
+		/* the room's history of the re-join: one message of the gap */
+		hist_msg(ACC, ROOM, after[0].payload, "s5", after[0].stamp, 1);
+		hist_msg(ACC, ROOM, after[1].payload, "s6", after[1].stamp, 0);
+		ck_assert_uint_eq(must_info(ACC, ROOM).history, 6);
+		/* three reach back past the re-join: the log */
+		join_dev(1, 3, NONE, NONE, NONE, 700);
+		expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 1); /* self only */
+		/* so does a since before the oldest message after it */
+		join_dev(1, 10, NONE, NONE, 450, 700);
+		expect_one(&d, MM_OP_REPLAY_LOG, NULL);
+		/* the two since the re-join: the ring */
+		expect_catchup(join_dev(1, 2, NONE, NONE, NONE, 700), after, 2, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		expect_catchup(join_dev(1, 10, NONE, NONE, 550, 700), after + 1, 1, NULL);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		/* the log off: the ring's newest, across the re-join */
+		l.log_history = 0;
+		ck_assert_int_eq(mm_state_set_limits(st, &l), MM_OK);
+		join_dev(1, 3, NONE, NONE, NONE, 700);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY_LOG, NULL), 0);
+		ck_assert_uint_eq(count_op(&d, MM_OP_REPLAY, NULL), 4);
+	}
 }
 END_TEST
 
@@ -6848,6 +7293,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_iq_module_id_and_answer);
 	tcase_add_test(tc, test_iq_spoofed_answers);
 	tcase_add_test(tc, test_iq_id_secret);
+	tcase_add_test(tc, test_iq_id_all_bits);
 	tcase_add_test(tc, test_iq_not_joined);
 	tcase_add_test(tc, test_iq_limit);
 	tcase_add_test(tc, test_iq_expire);
@@ -6862,6 +7308,7 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_rejoin_332_later);
 	tcase_add_test(tc, test_rejoin_default_delay);
 	tcase_add_test(tc, test_rejoin_explicit_join_while_waiting);
+	tcase_add_test(tc, test_rejoin_wait_join_carries_stored_password);
 	tcase_add_test(tc, test_rejoin_transient_backoff);
 	tcase_add_test(tc, test_rejoin_delay_large);
 	tcase_add_test(tc, test_rejoin_fatal_error);
@@ -6875,6 +7322,10 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_bytes_membership);
 	tcase_add_test(tc, test_bytes_account);
 	tcase_add_test(tc, test_bytes_state);
+	tcase_add_test(tc, test_bytes_same_length_replacement);
+	tcase_add_test(tc, test_bytes_self_and_subject_bounded);
+	tcase_add_test(tc, test_bytes_subjects_per_account);
+	tcase_add_test(tc, test_bytes_self_same_text_as_ring);
 
 	tc = tcase(s, "history", setup_default);
 	tcase_add_test(tc, test_history_ring_bounded);
@@ -6940,8 +7391,10 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_spans_kept_across_outages);
 	tcase_add_test(tc, test_spans_restore);
 	tcase_add_test(tc, test_spans_bounded);
+	tcase_add_test(tc, test_spans_closed_by_long_refusal);
 	tcase_add_test(tc, test_replay_log_position_and_clamp);
 	tcase_add_test(tc, test_replay_log_ring_in_front);
+	tcase_add_test(tc, test_replay_log_ring_broken_by_rejoin);
 
 	return s;
 }
