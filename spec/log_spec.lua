@@ -369,6 +369,41 @@ describe("room log", function()
 		assert.same({ "one", "two", "edge" }, logged(reopened));
 	end);
 
+	it("does not take a stanza-id by someone else for the room's", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+		-- an occupant's message carrying a stanza-id with the same id, not by the room
+		local forged = msg("eve", "forged", nil, { id = "f1" });
+		forged:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "eve@elsewhere.example", id = "sid-1" }):up();
+		deliver(env, "alice@localhost", forged);
+		advance(env, 1);
+		assert.same({ "one", "forged" }, logged(env));
+		local items = env.stores.minimix_log.items;
+		assert.equal("sid-1", items[1].key, "the earlier entry is not replaced");
+		assert.not_equal("sid-1", items[2].key);
+	end);
+
+	it("after a restart, primes from the room's newest entries, not its oldest", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Old" }));
+		for i = 1, 200 do deliver(env, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i)); end
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+		advance(env, 1);
+		assert.equal(202, #logged(env));
+		local reopened = load_log();
+		reopened.stores.minimix_log.items = env.stores.minimix_log.items;
+		-- the re-join's history: the room's latest 20, then its subject
+		for i = 181, 200 do
+			deliver(reopened, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i,
+				{ stamp = "2023-11-14T22:13:20Z" }), true);
+		end
+		deliver(reopened, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch", stamp = "2023-11-14T22:13:20Z" }), true);
+		advance(reopened, 1);
+		assert.equal(0, reopened.stores.minimix_log.appends, "nothing written again");
+		assert.equal(202, #logged(reopened));
+		assert.equal(1, reopened.stores.minimix_log.finds, "one read, when the first delayed message came");
+	end);
+
 	it("waits for the flush interval, writes in order, and all at shutdown", function()
 		local env = load_log({ minimix_log_flush_interval = 500 });
 		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));

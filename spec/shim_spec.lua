@@ -442,6 +442,30 @@ describe("mod_minimix shim", function()
 		end);
 	end
 
+	it("counts a since stamp from its microsecond: a message of that microsecond is included", function()
+		-- the clock is finer than a stamp: a client given a message's stamp
+		-- (rounded to the microsecond) and asking since it gets that
+		-- message again.  1700000001 + 3 * 2^-22 s is exact in a double and
+		-- lies just before 22:13:21.000001, its stamp rounded.
+		local T = 1700000000;
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		env.clock = T + 0.5;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m0" }):text_tag("body", "before"));
+		env.clock = T + 1 + 3 * 2^-22;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m1" }):text_tag("body", "at"));
+		env.clock = T + 2;
+		fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { since = "2023-11-14T22:13:21.000001Z" }):up():up());
+		local bodies = {};
+		for _, m in ipairs(L.got) do
+			if m.name == "message" then bodies[#bodies+1] = m:get_child_text("body"); end
+		end
+		assert.same({ "at" }, bodies);
+	end);
+
 	it("stores memberships as soon as they change, not when the last message seen is written", function()
 		env = load_shim({ minimix_seen_interval = 3600 });
 		P = new_session(env, "phone");
