@@ -26,7 +26,9 @@ Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
 import asyncio
+import random
 import re
+import string
 import time
 
 from .clients import P, join_room, create_room, NS_SID
@@ -157,6 +159,53 @@ def test_a_stanza_id_by_someone_else_is_not_the_rooms(prosody_factory, storage):
         phone = await w.connect("alice", "phone")
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == ["first", "forged"]
+    run(env, scenario, timeout=120)
+
+
+def test_a_huge_stanza_id_is_logged_but_never_a_key(prosody_factory, storage):
+    """A room service (an external component the test drives) has alice's
+    account in a room through a bookmark and sends three messages whose
+    <stanza-id/>s by the room are "s-1", 100 KiB long, and "s-3".  All
+    three are logged, in order; on SQL the short ones are their entries'
+    keys and the long one is not (a key that long overflows PostgreSQL's
+    index row, and the store refused the write).  Its id is random
+    letters: a repeated one PostgreSQL would compress.  A device that joins with
+    maxstanzas='10' gets the three from the log."""
+    env = make_env(prosody_factory, storage, external_components={EVIL: EVIL_SECRET})
+    room = "long-id@" + EVIL
+    # random letters: PostgreSQL compresses a repeated one to nothing
+    long_id = "".join(random.choices(string.ascii_letters, k=100 * 1024))
+
+    async def scenario(w):
+        svc = HostileService(env)
+        w.clients.append(svc)
+        await svc.connect()
+        p = await w.connect("alice", "phone")
+        ms, mp = svc.mark(), p.mark()
+        p.iq(None, "set", bookmark(room, "alice"), id="bm")
+        await p.wait_for(P(name="iq", id="bm", type="result"), since=mp)
+        await svc.wait_for(P(name="presence", frm=ALICE, to=room + "/alice"), since=ms,
+                           what="the bookmark's join")
+        svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
+                 "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
+                 "</x></presence>" % (room, ALICE))
+        svc.send("<message from='%s' to='%s' type='groupchat'><subject>Long</subject>"
+                 "</message>" % (room, ALICE))
+        texts = ["short before", "long", "short after"]
+        for sid, text in zip(["s-1", long_id, "s-3"], texts):
+            svc.send("<message from='%s/bob' to='%s' type='groupchat' id='%s'><body>%s</body>"
+                     "<stanza-id xmlns='%s' by='%s' id='%s'/></message>"
+                     % (room, ALICE, sid[:8], text, NS_SID, room, sid))
+        await logged(env, room, texts)
+        entries = [e for e in archive_entries(env, room, "minimix_log") if e["body"]]
+        assert [e["body"] for e in entries] == texts, [e["body"] for e in entries]
+        assert [e["sid"] for e in entries] == ["s-1", long_id, "s-3"]
+        if env.storage != "internal":
+            assert entries[0]["key"] == "s-1" and entries[2]["key"] == "s-3", entries
+            assert len(entries[1]["key"]) <= 256, len(entries[1]["key"])
+        mp = p.mark()
+        _, got = await join_room(p, room, "alice", history={"maxstanzas": 10})
+        assert [b for b, _ in catch_up(got, room)] == texts
     run(env, scenario, timeout=120)
 
 
