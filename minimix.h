@@ -746,7 +746,7 @@ typedef struct mm_message {
 	const char *stanza_id; /* the room's XEP-0359 stanza-id, or NULL */
 	double stamp;     /* when the room got it: its XEP-0203 delay, else now */
 	int delayed;      /* it carried a delay from the room (room history) */
-	int has_subject;  /* a <subject/> child */
+	int has_subject;  /* a subject change: <subject/>, no <body/>, no <thread/> */
 	int has_body;     /* a <body/> child */
 	const char *id;   /* stanza id or NULL */
 	/* serialized stanza without 'to', or NULL; needed to cache a subject and

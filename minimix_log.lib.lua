@@ -113,6 +113,18 @@ local function exact_stamp(t)
 	return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. (".%06dZ"):format(micro);
 end
 
+-- Ids longer than this are never kept whole, nor used as a store's key:
+-- a room (a remote one, or any occupant of a room without mod_muc_mam)
+-- chooses them, up to the stanza size limit, and each one kept would be
+-- kept per room, per membership and in the account's record.  Such an id
+-- stands as "#" and the 40 hex digits of its SHA-1: the shim reads a
+-- room's stanza-id through this too, so every memory of it agrees.
+local ID_MAX = 256;
+local function bounded_id(id)
+	if id and #id > ID_MAX then return "#" .. sha1(id, true); end
+	return id;
+end
+
 -- LuaDBI's prepared statements hold a bare pointer to their connection.
 -- When a connection breaks, util.sql drops it at once but keeps its
 -- prepared statements until the next successful connect: the collector may
@@ -155,7 +167,7 @@ if not enabled and not in_mam then
 	guard_sql_statements();
 	return { message = function() end, flush = function() end, cleanup = function() end,
 		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp,
-		save = function() end, restore = function() end };
+		save = function() end, restore = function() end, bounded_id = bounded_id };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
@@ -468,14 +480,27 @@ local function delay_stamp(stanza, room)
 	return nil;
 end
 
--- Returns the kind ("subject", "sid" or "digest") and the key.
+-- XEP-0045 §8.1: a message with a <subject/> changes the subject only
+-- without a <body/> and without a <thread/>; with either it is a message.
+local function is_subject_change(stanza)
+	return stanza:get_child("subject") ~= nil and stanza:get_child("body") == nil
+		and stanza:get_child("thread") == nil;
+end
+
+-- Returns the kind ("subject", "sid" or "digest") and the key, at most
+-- 41 bytes for a digest and ID_MAX for a stanza-id.
 local function dedupe_key(stanza, room)
-	local subject = stanza:get_child("subject");
-	if subject then
-		return "subject", sha1((stanza.attr.from or "") .. "\0" .. subject:get_text(), true);
+	if is_subject_change(stanza) then
+		return "subject", sha1((stanza.attr.from or "") .. "\0" .. stanza:get_child_text("subject"), true);
 	end
 	for sid in stanza:childtags("stanza-id", xmlns_sid) do
-		if sid.attr.by == room and sid.attr.id then return "sid", sid.attr.id; end
+		-- only the room's own: anyone can put a stanza-id in a message
+		if sid.attr.by == room and sid.attr.id then
+			local id = bounded_id(sid.attr.id);
+			-- an over-long one is still this message's identity, but no key
+			if id ~= sid.attr.id then return "digest", id; end
+			return "sid", id;
+		end
 	end
 	return "digest", "#" .. sha1(table.concat({ stanza.attr.from or "",
 		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
@@ -782,7 +807,7 @@ local function replay(room, a)
 	if a.seconds and a.now and (not since or a.now - a.seconds > since) then since = a.now - a.seconds; end
 	local chars, full = 0, false;
 	local function take(item, t, slack)
-		if full or item:get_child("subject") or (since and t < since) or (hi and t > hi)
+		if full or is_subject_change(item) or (since and t < since) or (hi and t > hi)
 			or not in_spans(t, slack, spans) then
 			return;
 		end
@@ -834,6 +859,7 @@ function lib.replay(room, a)
 end
 lib.serves = log_store and true or false;
 lib.parse_stamp = parse_stamp;
+lib.bounded_id = bounded_id;
 
 -- For the specs and the admin shell: messages (and bytes) waiting.
 function lib.pending()

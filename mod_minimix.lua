@@ -760,8 +760,11 @@ end
 -- 'to'): it is read once, and again only if the object changed.
 local function read_message(stanza, room)
 	local t = stanza.attr.type or "normal";
-	local subject = stanza:get_child("subject") ~= nil;
 	local body = stanza:get_child("body") ~= nil;
+	-- a subject change (XEP-0045 §8.1): a <subject/> with a <body/> or a
+	-- <thread/> is a message
+	local subject = stanza:get_child("subject") ~= nil and not body
+		and stanza:get_child("thread") == nil;
 	local result = stanza:get_child("result", xmlns_mam);
 	local m = {
 		type = t;
@@ -778,7 +781,8 @@ local function read_message(stanza, room)
 		m.delayed = stamp and true or false;
 		m.stamp = stamp or now();
 		for sid in stanza:childtags("stanza-id", xmlns_sid) do
-			if sid.attr.by == room then m.stanza_id = sid.attr.id; end
+			-- bounded: the core keeps it per membership and stores it
+			if sid.attr.by == room then m.stanza_id = roomlog.bounded_id(sid.attr.id); end
 		end
 	end
 	return m;

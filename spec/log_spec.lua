@@ -293,6 +293,117 @@ describe("room log", function()
 		assert.same({ "one", "two", "subject:Lunch", "three", "four" }, logged(reopened));
 	end);
 
+	it("logs a subject with a body or a thread as a message, not as a subject change", function()
+		-- XEP-0045 §8.1: only a <subject/> without <body/> and <thread/>
+		-- changes the subject; the same subject on three messages is no repeat
+		local env = load_log();
+		for i = 1, 3 do
+			local with_sid = msg("bob", "said " .. i, "sid-" .. i, { subject = "Topic" });
+			deliver(env, "alice@localhost", with_sid);
+			deliver(env, "carol@localhost", msg("bob", "said " .. i, "sid-" .. i, { subject = "Topic" }));
+			-- without a stanza-id (a room without mod_muc_mam): told apart by id
+			deliver(env, "alice@localhost", msg("bob", "plain " .. i, nil, { subject = "Topic", id = "p" .. i }));
+		end
+		local threaded = msg("bob", nil, "sid-t", { subject = "Topic" });
+		threaded:text_tag("thread", "t1");
+		deliver(env, "alice@localhost", threaded);
+		advance(env, 1);
+		assert.same({ "said 1", "plain 1", "said 2", "plain 2", "said 3", "plain 3", "subject:Topic" }, logged(env));
+		assert.equal("sid-t", env.stores.minimix_log.items[7].key, "the threaded one is a message too");
+		-- and a later session's catch-up has them all, none taken for a subject
+		local got = env.lib.replay(ROOM, { spans = { { 1700000000 - 1 } }, maxstanzas = 100 });
+		local bodies = {};
+		for _, said in ipairs(got) do bodies[#bodies+1] = said[1]:get_child_text("body") or "thread"; end
+		assert.same({ "said 1", "plain 1", "said 2", "plain 2", "said 3", "plain 3", "thread" }, bodies);
+		-- a subject change after them is still one
+		deliver(env, "alice@localhost", msg("bob", nil, nil, { subject = "Topic" }));
+		deliver(env, "carol@localhost", msg("bob", nil, nil, { subject = "Topic" }));
+		advance(env, 1);
+		assert.equal(8, #logged(env));
+		assert.equal("subject:Topic", logged(env)[8]);
+	end);
+
+	it("after a restart, knows subject and body messages of the re-join's history", function()
+		local env = load_log();
+		for i = 1, 3 do deliver(env, "alice@localhost", msg("bob", "said " .. i, "sid-" .. i, { subject = "Topic" })); end
+		advance(env, 1);
+		local reopened = load_log();
+		reopened.stores.minimix_log.items = env.stores.minimix_log.items;
+		for i = 1, 3 do
+			deliver(reopened, "alice@localhost", msg("bob", "said " .. i, "sid-" .. i,
+				{ subject = "Topic", stamp = "2023-11-14T22:13:20Z" }), true);
+		end
+		advance(reopened, 1);
+		assert.same({ "said 1", "said 2", "said 3" }, logged(reopened));
+	end);
+
+	it("never keeps nor uses as a key a stanza-id longer than 256 bytes", function()
+		local env = load_log();
+		local long = ("x"):rep(100 * 1024);
+		local long2 = ("x"):rep(100 * 1024 - 1) .. "y";
+		deliver(env, "alice@localhost", msg("dan", "one", long));
+		deliver(env, "bob@localhost", msg("dan", "one", long));
+		deliver(env, "alice@localhost", msg("dan", "two", long2));
+		deliver(env, "alice@localhost", msg("dan", "edge", ("z"):rep(256)));
+		advance(env, 1);
+		assert.same({ "one", "two", "edge" }, logged(env));
+		local items = env.stores.minimix_log.items;
+		assert.equal("gen1", items[1].key, "the store makes up the key");
+		assert.equal("gen2", items[2].key);
+		assert.equal(("z"):rep(256), items[3].key, "256 bytes are a key");
+		assert.equal(long, items[1].value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id,
+			"the message is logged as the room sent it");
+		-- the digest form the shim uses too: fixed length, one per id
+		local d = env.lib.bounded_id(long);
+		assert.equal(41, #d);
+		assert.equal("#", d:sub(1, 1));
+		assert.not_equal(d, env.lib.bounded_id(long2));
+		assert.equal("short", env.lib.bounded_id("short"));
+		assert.equal(("z"):rep(256), env.lib.bounded_id(("z"):rep(256)));
+		-- after a restart the re-join's history brings them again: known
+		local reopened = load_log();
+		reopened.stores.minimix_log.items = items;
+		deliver(reopened, "alice@localhost", msg("dan", "one", long, { stamp = "2023-11-14T22:13:20Z" }), true);
+		deliver(reopened, "alice@localhost", msg("dan", "two", long2, { stamp = "2023-11-14T22:13:20Z" }), true);
+		advance(reopened, 1);
+		assert.same({ "one", "two", "edge" }, logged(reopened));
+	end);
+
+	it("does not take a stanza-id by someone else for the room's", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
+		-- an occupant's message carrying a stanza-id with the same id, not by the room
+		local forged = msg("eve", "forged", nil, { id = "f1" });
+		forged:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "eve@elsewhere.example", id = "sid-1" }):up();
+		deliver(env, "alice@localhost", forged);
+		advance(env, 1);
+		assert.same({ "one", "forged" }, logged(env));
+		local items = env.stores.minimix_log.items;
+		assert.equal("sid-1", items[1].key, "the earlier entry is not replaced");
+		assert.not_equal("sid-1", items[2].key);
+	end);
+
+	it("after a restart, primes from the room's newest entries, not its oldest", function()
+		local env = load_log();
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Old" }));
+		for i = 1, 200 do deliver(env, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i)); end
+		deliver(env, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch" }));
+		advance(env, 1);
+		assert.equal(202, #logged(env));
+		local reopened = load_log();
+		reopened.stores.minimix_log.items = env.stores.minimix_log.items;
+		-- the re-join's history: the room's latest 20, then its subject
+		for i = 181, 200 do
+			deliver(reopened, "alice@localhost", msg("dan", "m" .. i, "sid-" .. i,
+				{ stamp = "2023-11-14T22:13:20Z" }), true);
+		end
+		deliver(reopened, "alice@localhost", msg("dan", nil, nil, { subject = "Lunch", stamp = "2023-11-14T22:13:20Z" }), true);
+		advance(reopened, 1);
+		assert.equal(0, reopened.stores.minimix_log.appends, "nothing written again");
+		assert.equal(202, #logged(reopened));
+		assert.equal(1, reopened.stores.minimix_log.finds, "one read, when the first delayed message came");
+	end);
+
 	it("waits for the flush interval, writes in order, and all at shutdown", function()
 		local env = load_log({ minimix_log_flush_interval = 500 });
 		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));

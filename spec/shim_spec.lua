@@ -410,6 +410,62 @@ describe("mod_minimix shim", function()
 		assert.same({ { joined_at } }, m.spans);
 	end);
 
+	for _, log in ipairs({ false, true }) do
+		it("catches up a subject with a body as a message, and keeps the subject a thread does not change ("
+				.. (log and "room log" or "ring") .. ")", function()
+			-- XEP-0045 §8.1: a <subject/> with a <body/> or a <thread/> is a message
+			env = load_shim({ minimix_log = log });
+			P = new_session(env, "phone");
+			L = new_session(env, "laptop");
+			fire(env, "pre-presence/full", P, join("j1"));
+			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			local function say(id, subject, body, thread)
+				local m = st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+					type = "groupchat", id = id }):text_tag("subject", subject);
+				if body then m:text_tag("body", body); end
+				if thread then m:text_tag("thread", thread); end
+				fire(env, "message/bare", nil, m);
+			end
+			say("s0", "Real");
+			for i = 1, 3 do say("m" .. i, "Topic", "said " .. i); end
+			say("t1", "Threaded", nil, "th1");
+			advance(env, 1);
+			fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+				:tag("x", { xmlns = MUC }):tag("history", { maxstanzas = "10" }):up():up());
+			local got = {};
+			for _, m in ipairs(L.got) do
+				if m.name == "message" then
+					got[#got+1] = m:get_child_text("body") or ("subject:" .. m:get_child_text("subject"));
+				end
+			end
+			assert.same({ "said 1", "said 2", "said 3", "subject:Real" }, got);
+		end);
+	end
+
+	it("counts a since stamp from its microsecond: a message of that microsecond is included", function()
+		-- the clock is finer than a stamp: a client given a message's stamp
+		-- (rounded to the microsecond) and asking since it gets that
+		-- message again.  1700000001 + 3 * 2^-22 s is exact in a double and
+		-- lies just before 22:13:21.000001, its stamp rounded.
+		local T = 1700000000;
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		env.clock = T + 0.5;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m0" }):text_tag("body", "before"));
+		env.clock = T + 1 + 3 * 2^-22;
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+			type = "groupchat", id = "m1" }):text_tag("body", "at"));
+		env.clock = T + 2;
+		fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { since = "2023-11-14T22:13:21.000001Z" }):up():up());
+		local bodies = {};
+		for _, m in ipairs(L.got) do
+			if m.name == "message" then bodies[#bodies+1] = m:get_child_text("body"); end
+		end
+		assert.same({ "at" }, bodies);
+	end);
+
 	it("stores memberships as soon as they change, not when the last message seen is written", function()
 		env = load_shim({ minimix_seen_interval = 3600 });
 		P = new_session(env, "phone");
@@ -449,6 +505,61 @@ describe("mod_minimix shim", function()
 		env.hooks["global:server-stopping"].fn({});
 		assert.equal("room-1", env.stored.alice["room@muc.example"].last_id);
 		assert.equal(1700000000, env.stored.alice["room@muc.example"].last_stamp);
+	end);
+
+	it("keeps and stores a digest of an over-long stanza-id, never the id", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		local long = ("x"):rep(100 * 1024);
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "msg-1" }):text_tag("body", "hi")
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = long }):up());
+		assert.equal(long, P.got[#P.got]:get_child("stanza-id", "urn:xmpp:sid:0").attr.id, "delivered as sent");
+		env.hooks["global:server-stopping"].fn({});
+		local last_id = env.stored.alice["room@muc.example"].last_id;
+		assert.equal(41, #last_id);
+		assert.equal("#" .. require "util.hashes".sha1(long, true), last_id);
+		local m = env.module.save().core:memberships("alice@localhost")[1];
+		assert.equal(last_id, m.last_id, "the core holds the digest too");
+		-- one of 256 bytes is kept as it is
+		local edge = ("y"):rep(256);
+		fire(env, "message/bare", nil, st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = "msg-2" }):text_tag("body", "hi")
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = edge }):up());
+		env.hooks["global:server-stopping"].fn({});
+		assert.equal(edge, env.stored.alice["room@muc.example"].last_id);
+	end);
+
+	it("knows the last message seen by its digest in the room's history after a restart", function()
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		local long = ("x"):rep(100 * 1024);
+		local function said(id, sid, body, delayed)
+			local m = st.message({ from = "room@muc.example/bob", to = "alice@localhost",
+				type = "groupchat", id = id }):text_tag("body", body);
+			if delayed then
+				m:tag("delay", { xmlns = "urn:xmpp:delay", from = "room@muc.example",
+					stamp = "2023-11-14T22:13:20Z" }):up();
+			end
+			return m:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = sid }):up();
+		end
+		fire(env, "message/bare", nil, said("m1", long, "seen"));
+		env.hooks["global:server-stopping"].fn({});
+		-- a restart, the ring alone: the room's history is all the later
+		-- session gets, so what it skipped shows
+		local env2 = load_shim({ minimix_log = false }, function(e) e.stored = env.stored; end);
+		advance(env2, 0);
+		local L2 = new_session(env2, "laptop");
+		fire(env2, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env2, "message/bare", nil, said("m1", long, "seen", true));
+		fire(env2, "message/bare", nil, said("m2", "short", "missed", true));
+		fire(env2, "pre-presence/full", L2, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { maxstanzas = "10" }):up():up());
+		local bodies = {};
+		for _, m in ipairs(L2.got) do
+			if m.name == "message" then bodies[#bodies+1] = m:get_child_text("body"); end
+		end
+		assert.same({ "missed" }, bodies);
 	end);
 
 	it("returns the room's error for a message to the session that sent it, by the message's id", function()
