@@ -194,8 +194,9 @@ end
 
 -- A writer per store (the room log, the accounts' archives), with a queue
 -- per store user (a room's log, an account's archive): written on a short
--- timer, a bounded batch per tick, and all at shutdown.  Delivery never
--- waits for any of it.
+-- timer, a bounded batch per tick, and all at shutdown.  Delivery does
+-- not wait for it, except on a server too busy to run its timers, where
+-- the message that finds the next pass overdue runs it (see push).
 --
 -- A write that fails is one of two things.  The store is away (every write
 -- fails): everything waits and is tried again, from 1 s, doubling up to
@@ -382,7 +383,8 @@ local function new_writer(kind, store, on_quota)
 				what, last_err);
 		end
 		if count == 0 then
-			overflowed = false;
+			-- nothing waits: a timer still to come has nothing to do
+			overflowed, planned = false, nil;
 			return true;
 		end
 		if module.loaded == false or whole then return false; end
@@ -436,6 +438,16 @@ local function new_writer(kind, store, on_quota)
 		elseif q.head == q.tail then
 			-- the store seems away; a queue that has not failed may tell otherwise
 			schedule(flush_interval, true);
+		end
+		-- Prosody 0.12's net.server runs timers only when no connection
+		-- has anything to read: under a steady stream of stanzas the pass
+		-- (or the retry) waits for seconds, and a crash then loses all
+		-- that waited.  A message that finds it overdue runs it, so what
+		-- waits stays within one flush interval however busy the server
+		-- is; the timer, when it comes at last, finds itself stale.
+		if planned and time.now() >= planned then
+			planned = nil;
+			pass(false, false);
 		end
 	end
 

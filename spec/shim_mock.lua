@@ -150,7 +150,8 @@ local function load_shim(options, env_hook)
 	env.g = g;
 	local chunk = assert(loadfile("./mod_minimix.lua", "t", g));
 	local util_time = package.loaded["util.time"];
-	package.loaded["util.time"] = { now = function() return env.clock; end };
+	package.loaded["util.time"] = { now = function() return env.clock; end,
+		monotonic = function() return env.clock; end };
 	local ok, err = pcall(chunk);
 	package.loaded["util.time"] = util_time;
 	assert(ok, err);
