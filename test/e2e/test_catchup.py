@@ -216,3 +216,70 @@ def test_an_account_that_left_gets_nothing_said_while_it_was_out(prosody_factory
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == ["back 1"]
     run(env, scenario, timeout=120)
+
+
+NS_E2E_BUSY = "urn:minimix:e2e:busy"
+
+
+async def busy(client, state):
+    """Turn mod_e2e_busy on or off: while on, the server's loop always has
+    something to read, as under a steady stream of stanzas (Prosody 0.12
+    then runs no timer)."""
+    m = client.mark()
+    iq_id = client.iq(client.jid.split("@")[1].split("/")[0], "set",
+                      "<busy xmlns='%s' state='%s'/>" % (NS_E2E_BUSY, state))
+    res = await client.wait_for(P(name="iq", id=iq_id), since=m, what="busy " + state)
+    assert res.type == "result", "the busy switch failed: %s" % res
+
+
+def test_a_crash_while_the_server_is_too_busy_for_timers_loses_only_what_waits(
+        prosody_factory, storage):
+    """A server under a steady stream of stanzas runs no timers (Prosody
+    0.12's net.server runs them only when no connection has anything to
+    read; 13.0 runs them between rounds of events); mod_e2e_busy keeps it
+    so.  The phone is away (the laptop keeps the account in);
+    carol says one message after another: the log writes them all the same,
+    each at most a flush interval late, so that the first is in the store
+    while the server is still busy.  After a kill -9 (still busy) and a
+    restart, the phone joining with a maxstanzas above all that was said
+    gets, from the log
+    (the room keeps no history), what carol said from the first message
+    on, in order, without a gap or a duplicate: at least everything the
+    store held before the crash; only the last flush interval may be
+    missing."""
+    # however many messages were said before the first write: all of them
+    env = make_env(prosody_factory, storage, extra_modules=["e2e_busy"],
+                   host_options={"minimix_history_max": 100000})
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "busy")
+        await phone.disconnect()
+        await busy(bob, "on")
+        said, written = [], []
+        deadline = time.monotonic() + 20
+        while not said or said[0] not in written:
+            assert time.monotonic() < deadline, (
+                "nothing said while the server was busy was written: %d said" % len(said))
+            said.append("busy %d" % len(said))
+            await say(carol, room, [laptop], said[-1:])
+            written = [e["body"] for e in archive_entries(env, room, "minimix_log")]
+        await w.close()
+        w.clients.clear()
+        env.kill()
+        env.start()
+        carol = await w.connect("carol", "desk")
+        await join_room(carol, room, "carol")
+        deadline = time.monotonic() + 20
+        while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
+                            env.read_log().split("Hello and welcome to Prosody")[-1]):
+            assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
+            await asyncio.sleep(0.2)
+        phone = await w.connect("alice", "phone")
+        _, got = await join_room(phone, room, "alice",
+                                 history={"maxstanzas": len(said) + 10})
+        served = [b for b, _ in catch_up(got, room)]
+        assert served == said[:len(served)], "not what was said, in order:\n%r\nsaid:\n%r" % (
+            served, said)
+        assert len(served) >= len(written), "the store held more before the crash:\n%r\n%r" % (
+            written, served)
+    run(env, scenario, timeout=120)
