@@ -102,10 +102,15 @@ bench: deps
 	$(LUA) bench/log_file_store.lua ./minimix_log.lib.lua bench/results/log_file_store.json
 	$(PYTHON) bench/report.py
 
+# The module's libraries, loaded with module:require from beside
+# mod_minimix.lua; the rockspec lists the same files (build.modules).
+LUA_LIBS = minimix_send.lib.lua minimix_log.lib.lua minimix_persist.lib.lua \
+	minimix_bookmarks.lib.lua minimix_links.lib.lua minimix_operators.lib.lua
+
 install: minimix.so
 	install -d $(DESTDIR)$(INST_LUADIR) $(DESTDIR)$(INST_LIBDIR)
 	install -m 644 mod_minimix.lua $(DESTDIR)$(INST_LUADIR)/mod_minimix.lua
-	install -m 644 minimix_log.lib.lua $(DESTDIR)$(INST_LUADIR)/minimix_log.lib.lua
+	install -m 644 $(LUA_LIBS) $(DESTDIR)$(INST_LUADIR)/
 	install -m 755 minimix.so $(DESTDIR)$(INST_LIBDIR)/minimix.so
 
 clean:

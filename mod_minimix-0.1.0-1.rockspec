@@ -1,6 +1,7 @@
 -- LuaRocks package of mod_minimix: the C core with its Lua binding
--- (minimix.so) and the Prosody module (mod_minimix.lua).  Install it into
--- the tree Prosody uses for installed plugins:
+-- (minimix.so) and the Prosody module (mod_minimix.lua with its libraries,
+-- minimix_*.lib.lua).  Install it into the tree Prosody uses for installed
+-- plugins:
 --   luarocks --lua-version=5.4 make --tree <installer_plugin_path>
 -- or let `prosodyctl install` do it.
 rockspec_format = "3.0"
@@ -38,7 +39,13 @@ build = {
 		},
 		mod_minimix = "mod_minimix.lua",
 		-- share/lua/5.4/mod_minimix/minimix_log.lua: where Prosody's
-		-- module:require("minimix_log") looks in a LuaRocks tree
+		-- module:require("minimix_log") looks in a LuaRocks tree; the
+		-- same libraries as the Makefile's LUA_LIBS
+		["mod_minimix.minimix_send"] = "minimix_send.lib.lua",
 		["mod_minimix.minimix_log"] = "minimix_log.lib.lua",
+		["mod_minimix.minimix_persist"] = "minimix_persist.lib.lua",
+		["mod_minimix.minimix_bookmarks"] = "minimix_bookmarks.lib.lua",
+		["mod_minimix.minimix_links"] = "minimix_links.lib.lua",
+		["mod_minimix.minimix_operators"] = "minimix_operators.lib.lua",
 	},
 }

@@ -41,9 +41,10 @@ local function load_shim(options, env_hook)
 		return {};
 	end
 	function module:require(name)
-		if name == "minimix_log" then
-			-- the room log library, in the same environment, as Prosody does
-			return assert(loadfile("./minimix_log.lib.lua", "t", env.g))();
+		if name:match("^minimix_") then
+			-- the module's libraries (the room log, ...), in the same
+			-- environment, as Prosody does
+			return assert(loadfile("./" .. name .. ".lib.lua", "t", env.g))();
 		end
 		assert(name == "adhoc");
 		return { new = function(title, node, handler, permission)

@@ -42,6 +42,10 @@ needs_module = pytest.mark.skipif(PLAIN, reason="operator tests need mod_minimix
 
 # ---- helpers ----------------------------------------------------------------
 
+# The module's libraries (module:require), which every install ships beside
+# mod_minimix.lua.
+LIBS = sorted(f for f in os.listdir(CHECKOUT) if f.startswith("minimix_") and f.endswith(".lib.lua"))
+
 def copy_tracked_sources(dest):
     """The checkout's tracked files (as they are in the work tree) in dest:
     luarocks and make build in place, which must not touch the checkout."""
@@ -195,8 +199,9 @@ def module_call(function, *args):
 def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     """README, Installing (LuaRocks): `luarocks --lua-version=5.4 make --tree
     <installer_plugin_path>` from a checkout installs
-    share/lua/5.4/mod_minimix.lua, its room log library
-    share/lua/5.4/mod_minimix/minimix_log.lua and lib/lua/5.4/minimix.so;
+    share/lua/5.4/mod_minimix.lua, its libraries (the room log's
+    share/lua/5.4/mod_minimix/minimix_log.lua and the others alike) and
+    lib/lua/5.4/minimix.so;
     Prosody (0.12 and 13) with installer_plugin_path set to that tree and
     no plugin path at the checkout finds the module, the module finds its
     libraries in the tree; a two-session join then forks bob's message to both sessions
@@ -217,10 +222,13 @@ def test_luarocks_install_into_installer_plugin_path(prosody_factory, tmp_path):
     assert os.path.isfile(lua) and os.path.isfile(lib), os.listdir(tree)
     assert os.path.isfile(os.path.join(tree, "lib", "luarocks", "rocks-5.4", "manifest"))
     assert same_file(lua, os.path.join(CHECKOUT, "mod_minimix.lua"))
-    # module:require("minimix_log") looks for it there
-    lib_lua = os.path.join(tree, "share", "lua", "5.4", "mod_minimix", "minimix_log.lua")
-    assert os.path.isfile(lib_lua), os.listdir(os.path.dirname(lua))
-    assert same_file(lib_lua, os.path.join(CHECKOUT, "minimix_log.lib.lua"))
+    # module:require("minimix_log") looks for it there, and so for the others
+    assert "minimix_log.lib.lua" in LIBS, LIBS
+    for name in LIBS:
+        lib_lua = os.path.join(tree, "share", "lua", "5.4", "mod_minimix",
+                               name[:-len(".lib.lua")] + ".lua")
+        assert os.path.isfile(lib_lua), os.listdir(os.path.dirname(lua))
+        assert same_file(lib_lua, os.path.join(CHECKOUT, name))
     assert build_products() == before, "the checkout's build products changed"
 
     env = prosody_factory(installer_plugin_path=tree, plugin_paths=[], spy=False,
@@ -295,7 +303,8 @@ def test_prosodyctl_install_of_a_binary_rock(prosody_factory, tmp_path):
 @needs_module
 def test_make_install_destdir_prefix_usr(prosody_factory, tmp_path):
     """README, Installing (make install): `make install DESTDIR=<dir>
-    PREFIX=/usr` puts mod_minimix.lua, minimix_log.lib.lua and minimix.so together in
+    PREFIX=/usr` puts mod_minimix.lua, its libraries (minimix_log.lib.lua and the
+    other minimix_*.lib.lua) and minimix.so together in
     <dir>/usr/lib/prosody/modules (Debian Prosody's plugin directory);
     Prosody with plugin_paths at that directory (nothing from the checkout)
     loads them, and a two-session join forks (XEP-0045 7.4)."""
@@ -307,9 +316,10 @@ def test_make_install_destdir_prefix_usr(prosody_factory, tmp_path):
     assert res.returncode == 0, "make install failed:\n%s%s" % (
         res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace"))
     moddir = os.path.join(dest, "usr", "lib", "prosody", "modules")
-    assert sorted(os.listdir(moddir)) == ["minimix.so", "minimix_log.lib.lua",
-                                          "mod_minimix.lua"], os.listdir(moddir)
-    for name in ("mod_minimix.lua", "minimix_log.lib.lua"):
+    assert "minimix_log.lib.lua" in LIBS, LIBS
+    assert sorted(os.listdir(moddir)) == sorted(["minimix.so", "mod_minimix.lua"] + LIBS), \
+        os.listdir(moddir)
+    for name in ["mod_minimix.lua"] + LIBS:
         assert same_file(os.path.join(moddir, name), os.path.join(CHECKOUT, name))
     assert os.stat(os.path.join(moddir, "minimix.so")).st_mode & stat.S_IXUSR
     assert build_products() == before, "the checkout's build products changed"
