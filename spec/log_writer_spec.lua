@@ -8,144 +8,8 @@ local sha256 = require "util.hashes".sha256;
 
 local ROOM, OTHER = "room@muc.example", "other@muc.example";
 
--- A fake archive store as Prosody's drivers: fail (every write), refuse
--- (per user), raise, quota (items per user), caps.
-local function fake_archive()
-	local s = { items = {}, appends = 0, deletes = {}, refuse = {}, caps = {} };
-	function s:append(user, key, value, when, with)
-		self.appends = self.appends + 1;
-		if self.raise then error(self.raise); end
-		if self.fail then return nil, self.fail; end
-		if self.refuse[user] then return nil, self.refuse[user]; end
-		if self.quota and self:count(user) >= self.quota then return nil, "quota-limit"; end
-		key = key or ("gen" .. self.appends);
-		self.items[#self.items+1] = { user = user, key = key, value = st.clone(value), when = when, with = with };
-		return key;
-	end
-	function s:find(user, query)
-		local out = {};
-		for _, it in ipairs(self.items) do
-			if it.user == user and (not query.start or it.when >= query.start)
-				and (not query["end"] or it.when <= query["end"]) then
-				table.insert(out, query.reverse and 1 or #out + 1, it);
-			end
-		end
-		if query.limit then for i = #out, query.limit + 1, -1 do out[i] = nil; end end
-		local i = 0;
-		return function()
-			i = i + 1;
-			local it = out[i];
-			if it then return it.key, st.clone(it.value), it.when, it.with; end
-		end;
-	end
-	function s:delete(user, query)
-		self.deletes[#self.deletes+1] = { user = user, query = query };
-		local keep, mine, before = {}, {}, #self.items;
-		for _, it in ipairs(self.items) do
-			if it.user ~= user then
-				keep[#keep+1] = it;
-			elseif not (query["end"] and it.when <= query["end"]) then
-				mine[#mine+1] = it;
-			end
-		end
-		if query.truncate and #mine > query.truncate then
-			table.move(mine, #mine - query.truncate + 1, #mine, 1);
-			for i = #mine, query.truncate + 1, -1 do mine[i] = nil; end
-		end
-		for _, it in ipairs(mine) do keep[#keep+1] = it; end
-		self.items = keep;
-		return before - #keep;
-	end
-	function s:users()
-		local seen, list = {}, {};
-		for _, it in ipairs(self.items) do
-			if not seen[it.user] then seen[it.user] = true; list[#list+1] = it.user; end
-		end
-		local i = 0;
-		return function() i = i + 1; return list[i]; end;
-	end
-	function s:count(user)
-		local n = 0;
-		for _, it in ipairs(self.items) do if it.user == user then n = n + 1; end end
-		return n;
-	end
-	return s;
-end
-
--- Load the library with options; driver: the storage driver's name;
--- stores: the stores of an earlier instance (a reload or a restart).
-local function load_log(options, driver, stores)
-	local env = { logs = {}, timers = {}, hooks = {}, clock = 1700000000, metrics = {},
-		stores = stores or { minimix_log = fake_archive(), archive = fake_archive() } };
-	local module = { host = "localhost" };
-	function module:shared() return {}; end
-	local function opt(name, default)
-		local v = (options or {})[name];
-		if v == nil then return default; end
-		return v;
-	end
-	function module:get_option_number(name, default) return opt(name, default); end
-	function module:get_option_boolean(name, default) return opt(name, default); end
-	function module:get_option_string(name, default)
-		local v = opt(name, default);
-		return v ~= nil and tostring(v) or nil;
-	end
-	function module:log(level, fmt, ...)
-		env.logs[#env.logs+1] = { level, fmt:format(...) };
-	end
-	function module:metric(_, name)
-		local m = { by = {} };
-		function m:with_labels(label)
-			m.by[label] = m.by[label] or { total = 0, add = function(c, n) c.total = c.total + n; end };
-			return m.by[label];
-		end
-		env.metrics[name] = m;
-		return m;
-	end
-	function module:open_store(name, kind)
-		assert(kind == "archive");
-		return assert(env.stores[name], name);
-	end
-	function module:add_timer(delay, fn)
-		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn, seq = #env.timers };
-	end
-	function module:hook_global(name, fn) env.hooks[name] = fn; end
-	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"] };
-	package.loaded["util.time"] = { now = function() return env.clock; end };
-	package.loaded["core.storagemanager"] = { get_driver = function()
-		return {}, driver or "sql";
-	end };
-	local g = setmetatable({ module = module }, { __index = _G });
-	local chunk = assert(loadfile("./minimix_log.lib.lua", "t", g));
-	local ok, lib = pcall(chunk);
-	package.loaded["util.time"], package.loaded["core.storagemanager"] = saved[1], saved[2];
-	assert(ok, lib);
-	env.lib, env.module = lib, module;
-	return env;
-end
-
--- Run the timers due within `seconds`, each as its own tick (a callback
--- returning a number runs again that many seconds later).  on_tick(env)
--- runs after each.
-local function advance(env, seconds, on_tick)
-	local stop = env.clock + seconds;
-	while true do
-		table.sort(env.timers, function(a, b)
-			if a.due ~= b.due then return a.due < b.due; end
-			return a.seq < b.seq;
-		end);
-		local t = env.timers[1];
-		if not t or t.due > stop then break; end
-		table.remove(env.timers, 1);
-		env.clock = math.max(env.clock, t.due);
-		local again = t.fn();
-		if type(again) == "number" then
-			env.timers[#env.timers+1] = { due = env.clock + again, fn = t.fn, seq = #env.timers + 1000 };
-		end
-		if on_tick then on_tick(env); end
-	end
-	env.clock = stop;
-end
+local log_mock = require "log_mock";
+local load_log, advance, count_logs = log_mock.load_log, log_mock.advance, log_mock.count_logs;
 
 local function msg(room, nick, body, sid)
 	local m = st.message({ from = room .. "/" .. nick, type = "groupchat", to = "alice@localhost" })
@@ -168,14 +32,6 @@ local function logged(env, user, store)
 		if not user or it.user == user then out[#out+1] = it.value:get_child_text("body"); end
 	end
 	return out;
-end
-
-local function count_logs(env, level, pattern)
-	local n = 0;
-	for _, l in ipairs(env.logs) do
-		if l[1] == level and l[2]:find(pattern) then n = n + 1; end
-	end
-	return n;
 end
 
 local function dropped(env, kind)
@@ -420,7 +276,7 @@ describe("the room log's writes", function()
 			advance(env, 0.1);
 			local saved = env.lib.save();
 			env.module.loaded = false;
-			local new = load_log(nil, nil, env.stores);
+			local new = load_log(nil, nil, nil, env.stores);
 			new.lib.restore(saved);
 			assert.same({ 2, 0 }, { (new.lib.pending()), (select(2, new.lib.pending())) });
 			store.fail = nil;
