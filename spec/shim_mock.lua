@@ -247,6 +247,28 @@ local function fire(env, name, origin, stanza)
 	return env.hooks[name].fn({ origin = origin, stanza = stanza });
 end
 
+-- A room's presence for the account: the occupant room/nick as a
+-- participant, with status codes; attrs: the presence's own (to defaults
+-- to alice@localhost).
+local function room_presence(room, nick, codes, attrs)
+	local p = st.presence(attrs or {});
+	p.attr.from = room .. "/" .. nick;
+	p.attr.to = p.attr.to or "alice@localhost";
+	p:tag("x", { xmlns = "http://jabber.org/protocol/muc#user" })
+		:tag("item", { affiliation = "none", role = "participant" }):up();
+	for _, c in ipairs(codes or {}) do p:tag("status", { code = tostring(c) }):up(); end
+	return p:up();
+end
+
+-- How many log lines at `level` match `pattern`.
+local function count_logs(env, level, pattern)
+	local n = 0;
+	for _, l in ipairs(env.logs) do
+		if l[1] == level and l[2]:find(pattern) then n = n + 1; end
+	end
+	return n;
+end
+
 return {
 	load_shim = load_shim;
 	new_session = new_session;
@@ -254,4 +276,6 @@ return {
 	advance = advance;
 	tick_timer = tick_timer;
 	prosody13 = prosody13;
+	room_presence = room_presence;
+	count_logs = count_logs;
 };

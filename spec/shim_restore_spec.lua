@@ -5,17 +5,10 @@ local st = require "util.stanza";
 
 local mock = require "shim_mock";
 local load_shim, new_session, fire, advance = mock.load_shim, mock.new_session, mock.fire, mock.advance;
+local room_presence, logged = mock.room_presence, mock.count_logs;
 
 local MUC = "http://jabber.org/protocol/muc";
-local MUC_USER = MUC .. "#user";
 local BOOKMARKS = "urn:xmpp:bookmarks:1";
-
-local function room_presence(room, nick, codes, to)
-	local p = st.presence({ from = room .. "/" .. nick, to = to or "alice@localhost" });
-	p:tag("x", { xmlns = MUC_USER }):tag("item", { affiliation = "none", role = "participant" }):up();
-	for _, c in ipairs(codes or {}) do p:tag("status", { code = tostring(c) }):up(); end
-	return p:up();
-end
 
 local function bookmark(id, nick)
 	return st.stanza("item", { xmlns = "http://jabber.org/protocol/pubsub", id = id })
@@ -41,14 +34,6 @@ end
 local function joins_to(env, room)
 	local n = 0;
 	for _, j in ipairs(joins(env)) do if j.room == room then n = n + 1; end end
-	return n;
-end
-
-local function logged(env, level, pattern)
-	local n = 0;
-	for _, l in ipairs(env.logs) do
-		if l[1] == level and l[2]:find(pattern) then n = n + 1; end
-	end
 	return n;
 end
 
@@ -210,7 +195,7 @@ describe("mod_minimix start-up restore", function()
 			local B = new_session(env, "desk", nil, "bob");
 			fire(env, "pre-presence/full", B, st.presence({ to = "new@muc.example/bob", id = "j1" })
 				:tag("x", { xmlns = MUC }):up());
-			fire(env, "presence/bare", nil, room_presence("new@muc.example", "bob", { 110 }, "bob@localhost"));
+			fire(env, "presence/bare", nil, room_presence("new@muc.example", "bob", { 110 }, { to = "bob@localhost" }));
 			advance(env, 0);
 			assert.same({ ["b@muc.example"] = { nick = "bob", last_stamp = STAMP } }, env.stored.bob);
 
@@ -229,8 +214,8 @@ describe("mod_minimix start-up restore", function()
 			assert.truthy(env.stored.bob["b@muc.example"]);
 			assert.truthy(env.stored.bob["new@muc.example"]);
 			fire(env, "presence/bare", nil, room_presence("a@muc.example", "alice", { 110 }));
-			fire(env, "presence/bare", nil, room_presence("b@muc.example", "bob", { 110 }, "bob@localhost"));
-			fire(env, "presence/bare", nil, room_presence("b2@muc.example", "bobby", { 110 }, "bob@localhost"));
+			fire(env, "presence/bare", nil, room_presence("b@muc.example", "bob", { 110 }, { to = "bob@localhost" }));
+			fire(env, "presence/bare", nil, room_presence("b2@muc.example", "bobby", { 110 }, { to = "bob@localhost" }));
 			env.sent = {};
 			advance(env, 120);
 			assert.equal(3, env.calls.get.bob);

@@ -4,19 +4,11 @@ local st = require "util.stanza";
 
 local mock = require "shim_mock";
 local load_shim, new_session, fire, advance = mock.load_shim, mock.new_session, mock.fire, mock.advance;
+local room_presence = mock.room_presence;
 
 local MUC = "http://jabber.org/protocol/muc";
 local MUC_USER = MUC .. "#user";
 local ROOM = "room@muc.example";
-
-local function room_presence(nick, codes, attrs)
-	local p = st.presence(attrs or {});
-	p.attr.from = ROOM .. "/" .. nick;
-	p.attr.to = "alice@localhost";
-	p:tag("x", { xmlns = MUC_USER }):tag("item", { affiliation = "none", role = "participant" }):up();
-	for _, c in ipairs(codes or {}) do p:tag("status", { code = tostring(c) }):up(); end
-	return p:up();
-end
 
 -- Did the account itself leave the room?
 local function account_left(env)
@@ -38,7 +30,7 @@ describe("mod_minimix and stream management (XEP-0198)", function()
 		L = new_session(env, "laptop");
 		fire(env, "pre-presence/full", P, st.presence({ to = ROOM .. "/alice", id = "j1" })
 			:tag("x", { xmlns = MUC }):up());
-		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		fire(env, "presence/bare", nil, room_presence(ROOM, "alice", { 110 }));
 		fire(env, "pre-presence/full", L, st.presence({ to = ROOM .. "/alice", id = "j2" })
 			:tag("x", { xmlns = MUC }):up());
 		env.sent, P.got, L.got = {}, {}, {};
