@@ -591,6 +591,29 @@ def publish_bookmark(client, room, nick, autojoin=True):
         % (NS_PUBSUB, NS_BOOKMARKS, room, NS_BOOKMARKS, "true" if autojoin else "false", nick))
 
 
+
+async def in_stored_and_bookmarked_rooms(w, env, both, marked, nick="alice",
+                                         bookmark_nick="alice"):
+    """bob creates the persistent rooms both and marked; alice's phone joins
+    both as nick and publishes an autojoin bookmark (XEP-0402) of each under
+    bookmark_nick, which joins the account to marked.  Returns once both
+    memberships are stored."""
+    bob = await w.connect("bob", "desk")
+    for r in (both, marked):
+        await create_room(bob, r, "bob", whois="anyone", config=PERSISTENT)
+    p = await w.connect("alice", "phone")
+    await join_room(p, both, nick)
+    mb = bob.mark()
+    for r in (both, marked):
+        m = p.mark()
+        iq = publish_bookmark(p, r, bookmark_nick)
+        res = await p.wait_for(P(name="iq", id=iq), since=m, what="bookmark published")
+        assert res.type == "result", res
+    await bob.wait_for(P(name="presence", frm=marked + "/" + bookmark_nick, type="available"),
+                       since=mb, what="alice joining the bookmarked room")
+    await wait_stored(env, lambda r: set(r) == {both, marked}, "both memberships")
+
+
 def test_restart_joins_once_with_stored_membership_and_bookmark(prosody_factory, storage):
     """Nothing is joined twice after a crash: a room that is both a stored
     membership and an autojoin bookmark (XEP-0402), and a room known only
@@ -600,20 +623,7 @@ def test_restart_joins_once_with_stored_membership_and_bookmark(prosody_factory,
 
     async def scenario(w):
         both, marked = w.room("stored-and-bookmarked"), w.room("bookmarked")
-        bob = await w.connect("bob", "desk")
-        for r in (both, marked):
-            await create_room(bob, r, "bob", whois="anyone", config=PERSISTENT)
-        p = await w.connect("alice", "phone")
-        await join_room(p, both, "alice")
-        mb = bob.mark()
-        for r in (both, marked):
-            m = p.mark()
-            iq = publish_bookmark(p, r, "alice")
-            res = await p.wait_for(P(name="iq", id=iq), since=m, what="bookmark published")
-            assert res.type == "result", res
-        await bob.wait_for(P(name="presence", frm=marked + "/alice", type="available"), since=mb,
-                           what="alice joining the bookmarked room")
-        await wait_stored(env, lambda r: set(r) == {both, marked}, "both memberships")
+        await in_stored_and_bookmarked_rooms(w, env, both, marked)
         await close_all(w)
         env.kill()
         env.start()

@@ -25,10 +25,10 @@ each with an error line of its own in the log.
 import asyncio
 import re
 
-from .clients import P, join_room, create_room
-from .test_persistence import (ALICE, PERSISTENT, make_env, stored_rooms, wait_stored,
-                               wait_log, current_run, joins_by_room, observe_occupants,
-                               close_all, publish_bookmark)
+from .clients import P
+from .test_persistence import (ALICE, make_env, stored_rooms, wait_stored, wait_log,
+                               current_run, joins_by_room, observe_occupants, close_all,
+                               in_stored_and_bookmarked_rooms)
 from .world import run
 
 # Error lines of the storage driver while the database is down.
@@ -71,20 +71,8 @@ def test_prosody_started_before_postgresql_gets_its_accounts_back(prosody_factor
 
     async def scenario(w):
         both, marked = w.room("restore-stored"), w.room("restore-bookmarked")
-        bob = await w.connect("bob", "desk")
-        for r in (both, marked):
-            await create_room(bob, r, "bob", whois="anyone", config=PERSISTENT)
-        p = await w.connect("alice", "phone")
-        await join_room(p, both, "Alice W")
-        mb = bob.mark()
-        for r in (both, marked):
-            m = p.mark()
-            iq = publish_bookmark(p, r, "alice-bm")
-            res = await p.wait_for(P(name="iq", id=iq), since=m, what="bookmark published")
-            assert res.type == "result", res
-        await bob.wait_for(P(name="presence", frm=marked + "/alice-bm", type="available"),
-                           since=mb, what="alice joining the bookmarked room")
-        await wait_stored(env, lambda r: set(r) == {both, marked}, "both memberships")
+        await in_stored_and_bookmarked_rooms(w, env, both, marked, nick="Alice W",
+                                             bookmark_nick="alice-bm")
         assert stored_rooms(env)[both]["nick"] == "Alice W"
         await close_all(w)
 
