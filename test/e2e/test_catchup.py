@@ -116,6 +116,35 @@ def catch_up(got, room):
     return out
 
 
+
+async def rejoined(env, room, account=ALICE, timeout=20):
+    """Wait until account is in room again after a restart."""
+    deadline = time.monotonic() + timeout
+    while not re.search(r"\t%s is in %s" % (re.escape(account), re.escape(room)),
+                        env.read_log().split("Hello and welcome to Prosody")[-1]):
+        assert time.monotonic() < deadline, "%s did not join again:\n%s" % (
+            account, env.tail(30))
+        await asyncio.sleep(0.2)
+
+
+async def restart(w, env, room, kill=False, accounts=(ALICE,)):
+    """Stop the server (kill -9 it with kill) with every client gone, start
+    it again, put carol back in room and wait until each of accounts has
+    joined it again.  Returns carol's new client."""
+    await w.close()
+    w.clients.clear()
+    if kill:
+        env.kill()
+    else:
+        env.stop()
+    env.start()
+    carol = await w.connect("carol", "desk")
+    await join_room(carol, room, "carol")
+    for account in accounts:
+        await rejoined(env, room, account)
+    return carol
+
+
 def test_a_device_away_for_60_messages_gets_all_60(prosody_factory, storage):
     """The phone goes away (its connection closes; the laptop keeps the
     account in); carol says 60 messages, a pause, then 5 more.  The phone
@@ -168,20 +197,7 @@ def test_a_restart_loses_nothing_said_while_the_devices_were_away(prosody_factor
         await laptop.disconnect()
         await say(carol, room, [bob], texts)
         await logged(env, room, texts)
-        await w.close()
-        w.clients.clear()
-        if how == "kill":
-            env.kill()
-        else:
-            env.stop()
-        env.start()
-        carol = await w.connect("carol", "desk")
-        await join_room(carol, room, "carol")
-        deadline = time.monotonic() + 20
-        while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
-                            env.read_log().split("Hello and welcome to Prosody")[-1]):
-            assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
-            await asyncio.sleep(0.2)
+        await restart(w, env, room, kill=how == "kill")
         phone = await w.connect("alice", "phone")
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == texts
@@ -263,17 +279,7 @@ def test_a_crash_while_the_server_is_too_busy_for_timers_loses_only_what_waits(
             said.append("busy %d" % len(said))
             await say(carol, room, [laptop], said[-1:])
             written = [e["body"] for e in archive_entries(env, room, "minimix_log")]
-        await w.close()
-        w.clients.clear()
-        env.kill()
-        env.start()
-        carol = await w.connect("carol", "desk")
-        await join_room(carol, room, "carol")
-        deadline = time.monotonic() + 20
-        while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
-                            env.read_log().split("Hello and welcome to Prosody")[-1]):
-            assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
-            await asyncio.sleep(0.2)
+        await restart(w, env, room, kill=True)
         phone = await w.connect("alice", "phone")
         _, got = await join_room(phone, room, "alice",
                                  history={"maxstanzas": len(said) + 10})

@@ -37,6 +37,7 @@ import pytest
 from .clients import P, join_room, create_room, NS_SID
 from .prosody_env import free_port
 from .storages import archive_entries
+from .test_catchup import restart
 from .world import run
 
 ALICE = "alice@localhost"
@@ -185,20 +186,8 @@ def test_crash_and_rejoin_history_write_nothing_twice(prosody_factory, storage):
         room, carol, alice, bob = await two_accounts_in_room(w, "crash")
         await say_and_wait(carol, room, alice + [bob], *texts)
         await wait_entries(env, room, has_bodies(*texts), "the messages before the crash")
-        await w.close()
-        w.clients.clear()
-        env.kill()
-        env.start()
-        carol = await w.connect("carol", "desk")
-        await join_room(carol, room, "carol")
         # both accounts are back (each got the room's history on its join)
-        for account in (ALICE, BOB):
-            deadline = time.monotonic() + 20
-            while not re.search(r"\t%s is in %s" % (re.escape(account), re.escape(room)),
-                                env.read_log().split("Hello and welcome to Prosody")[-1]):
-                assert time.monotonic() < deadline, "%s did not join again:\n%s" % (
-                    account, env.tail(30))
-                await asyncio.sleep(0.2)
+        carol = await restart(w, env, room, kill=True, accounts=(ALICE, BOB))
         phone = await w.connect("alice", "phone")
         await join_room(phone, room, "alice")
         await say_and_wait(carol, room, [phone], "after crash")

@@ -29,16 +29,14 @@ What is proven:
 import asyncio
 import hashlib
 import os
-import re
 import time
 
 from .clients import NS_SID, P, join_room, create_room
 from .storages import archive_entries
-from .test_catchup import NO_HISTORY, make_env, setup_room, say, logged, catch_up
+from .test_catchup import NO_HISTORY, make_env, setup_room, say, logged, catch_up, restart
 from .test_log import minimix_lines
 from .world import run
 
-ALICE = "alice@localhost"
 # a room JID's local part the file store cannot name (with "%40" and the
 # MUC domain, over 255 bytes)
 LONG_NAME = "a" * 240
@@ -108,17 +106,7 @@ def test_a_room_the_file_store_cannot_name_does_not_stop_the_log_of_another(pros
             await asyncio.sleep(0.2)
         assert not minimix_lines(env, "warn", "Giving up"), minimix_lines(env, "warn", "")
 
-        await w.close()
-        w.clients.clear()
-        env.stop()
-        env.start()
-        carol = await w.connect("carol", "desk")
-        await join_room(carol, room, "carol")
-        deadline = time.monotonic() + 20
-        while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
-                            env.read_log().split("Hello and welcome to Prosody")[-1]):
-            assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
-            await asyncio.sleep(0.2)
+        await restart(w, env, room)
         phone = await w.connect("alice", "phone")
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == ordinary
