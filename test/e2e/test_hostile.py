@@ -135,6 +135,33 @@ def bookmark(room, nick, autojoin=True):
                "true" if autojoin else "false", nick))
 
 
+async def join_by_bookmark(svc, p, room, subject, id="bm"):
+    """alice's phone publishes an autojoin bookmark of room, a room of the
+    hostile service svc; once the account's join reaches svc, svc answers
+    it as a room does: the self-presence (110), then the subject."""
+    ms, mp = svc.mark(), p.mark()
+    p.iq(None, "set", bookmark(room, "alice"), id=id)
+    await p.wait_for(P(name="iq", id=id, type="result"), since=mp)
+    await svc.wait_for(P(name="presence", frm=ALICE, to=room + "/alice"), since=ms,
+                       what="the bookmark's join of %s at the service" % room)
+    svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
+             "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
+             "</x></presence>" % (room, ALICE))
+    svc.send("<message from='%s' to='%s' type='groupchat'><subject>%s</subject>"
+             "</message>" % (room, ALICE, subject))
+
+
+async def settled(svc, room, tag):
+    """Wait until the server has handled all that svc sent before: it handles
+    one connection's stanzas in order, so its answer to an IQ from room comes
+    after them."""
+    m = svc.mark()
+    svc.send("<iq type='get' from='%s' to='localhost' id='%s'><query xmlns='%s'/></iq>"
+             % (room, tag, NS_DISCO_INFO))
+    await svc.wait_for(P(name="iq", id=tag), since=m, timeout=120,
+                       what="the server to catch up (%s)" % tag)
+
+
 async def memberships(client):
     """The account's memberships, by the module's own ad-hoc command
     (urn:xmpp:minimix#list): {room: line}."""
@@ -1060,27 +1087,9 @@ def test_a_hostile_room_cannot_fill_the_memory(prosody_factory):
         r1 = "r1@" + EVIL
         p = await w.connect("alice", "phone")
         # the account joins by bookmark: no session gets the flood live
-        ms, mp = svc.mark(), p.mark()
-        p.iq(None, "set", bookmark(r1, "alice"), id="bm-evil")
-        await p.wait_for(P(name="iq", id="bm-evil", type="result"), since=mp)
-        await svc.wait_for(P(name="presence", frm=ALICE, to=r1 + "/alice"), since=ms,
-                           what="the bookmark's join at the service")
-        svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
-                 "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
-                 "</x></presence>" % (r1, ALICE))
-        svc.send("<message from='%s' to='%s' type='groupchat'><subject>Evil</subject>"
-                 "</message>" % (r1, ALICE))
+        await join_by_bookmark(svc, p, r1, "Evil", id="bm-evil")
 
-        async def settled(tag):
-            # the server handles one connection's stanzas in order: its answer
-            # to this IQ comes after everything sent before it
-            m = svc.mark()
-            svc.send("<iq type='get' from='%s' to='localhost' id='%s'><query xmlns='%s'/></iq>"
-                     % (r1, tag, NS_DISCO_INFO))
-            await svc.wait_for(P(name="iq", id=tag), since=m, timeout=120,
-                               what="the server to catch up (%s)" % tag)
-
-        await settled("before")
+        await settled(svc, r1, "before")
         await w.quiet()
         before = rss_bytes(env.proc.pid)
         for i in range(600):
@@ -1090,7 +1099,7 @@ def test_a_hostile_room_cannot_fill_the_memory(prosody_factory):
         for i in range(50):
             svc.send("<message from='%s/o%d' to='%s' type='groupchat' id='flood-%d'>"
                      "<body>%d%s</body></message>" % (r1, i, ALICE, i, i, big))
-        await settled("after")
+        await settled(svc, r1, "after")
         after = rss_bytes(env.proc.pid)
         grown = after - before
         assert grown < CACHE_BUDGET + RSS_MARGIN, \

@@ -30,7 +30,6 @@ Only waiting uses timeouts; no assertion depends on how long anything took.
 
 import asyncio
 import random
-import re
 import string
 import time
 
@@ -38,35 +37,17 @@ import pytest
 
 from .clients import P, join_room, NS_SID
 from .storages import archive_entries
-from .test_catchup import setup_room, logged, catch_up
-from .test_hostile import HostileService, EVIL, EVIL_SECRET, bookmark, rss_bytes
+from .test_catchup import make_env, setup_room, logged, catch_up, restart
+from .test_hostile import HostileService, EVIL, EVIL_SECRET, join_by_bookmark, settled, rss_bytes
 from .world import run
 
 ALICE = "alice@localhost"
 MUC_MAM = {"modules_enabled": ["e2e_spy", "muc_mam"]}
 
 
-def make_env(prosody_factory, storage, **kw):
-    storage = dict(storage)
-    pg = storage.pop("_pg", None)
-    kw.setdefault("muc_options", {"modules_enabled": ["e2e_spy"]})
-    env = prosody_factory(**storage, **kw)
-    env.pg = pg
-    return env
-
-
 def say_with_subject(sender, room, subject, body, id):
     sender.send("<message to='%s' type='groupchat' id='%s'><subject>%s</subject>"
                 "<body>%s</body></message>" % (room, id, subject, body))
-
-
-async def rejoined(env, room, timeout=20):
-    """Wait until alice's account is in room again after a restart."""
-    deadline = time.monotonic() + timeout
-    while not re.search(r"\t%s is in %s" % (re.escape(ALICE), re.escape(room)),
-                        env.read_log().split("Hello and welcome to Prosody")[-1]):
-        assert time.monotonic() < deadline, "alice did not join again:\n%s" % env.tail(30)
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize("how", ["live", "clean", "ring"])
@@ -108,13 +89,7 @@ def test_subject_and_body_messages_are_caught_up(prosody_factory, storage, how):
             entries = archive_entries(env, room, "minimix_log")
             assert [e["body"] for e in entries if e["body"] in texts] == texts, entries
         if how == "clean":
-            await w.close()
-            w.clients.clear()
-            env.stop()
-            env.start()
-            carol = await w.connect("carol", "desk")
-            await join_room(carol, room, "carol")
-            await rejoined(env, room)
+            await restart(w, env, room)
         phone = await w.connect("alice", "phone")
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == texts
@@ -184,16 +159,7 @@ def test_a_huge_stanza_id_is_logged_but_never_a_key(prosody_factory, storage):
         w.clients.append(svc)
         await svc.connect()
         p = await w.connect("alice", "phone")
-        ms, mp = svc.mark(), p.mark()
-        p.iq(None, "set", bookmark(room, "alice"), id="bm")
-        await p.wait_for(P(name="iq", id="bm", type="result"), since=mp)
-        await svc.wait_for(P(name="presence", frm=ALICE, to=room + "/alice"), since=ms,
-                           what="the bookmark's join")
-        svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
-                 "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
-                 "</x></presence>" % (room, ALICE))
-        svc.send("<message from='%s' to='%s' type='groupchat'><subject>Long</subject>"
-                 "</message>" % (room, ALICE))
+        await join_by_bookmark(svc, p, room, "Long")
         texts = ["short before", "long", "short after"]
         for sid, text in zip(["s-1", long_id, "s-3"], texts):
             svc.send("<message from='%s/bob' to='%s' type='groupchat' id='%s'><body>%s</body>"
@@ -245,28 +211,10 @@ def test_rooms_sending_huge_stanza_ids_do_not_fill_the_memory(prosody_factory):
         await svc.connect()
         p = await w.connect("alice", "phone")
         for r in rooms:
-            ms, mp = svc.mark(), p.mark()
-            p.iq(None, "set", bookmark(r, "alice"), id="bm-" + r)
-            await p.wait_for(P(name="iq", id="bm-" + r, type="result"), since=mp)
-            await svc.wait_for(P(name="presence", frm=ALICE, to=r + "/alice"), since=ms,
-                               what="the bookmark's join of %s" % r)
-            svc.send("<presence from='%s/alice' to='%s'><x xmlns='http://jabber.org/protocol/"
-                     "muc#user'><item affiliation='none' role='participant'/><status code='110'/>"
-                     "</x></presence>" % (r, ALICE))
-            svc.send("<message from='%s' to='%s' type='groupchat'><subject>Huge</subject>"
-                     "</message>" % (r, ALICE))
+            await join_by_bookmark(svc, p, r, "Huge", id="bm-" + r)
         await p.disconnect()
 
-        async def settled(tag):
-            # the server handles one connection's stanzas in order: its answer
-            # to this IQ comes after everything sent before it
-            m = svc.mark()
-            svc.send("<iq type='get' from='%s' to='localhost' id='%s'><query "
-                     "xmlns='http://jabber.org/protocol/disco#info'/></iq>" % (rooms[0], tag))
-            await svc.wait_for(P(name="iq", id=tag), since=m, timeout=120,
-                               what="the server to catch up (%s)" % tag)
-
-        await settled("before")
+        await settled(svc, rooms[0], "before")
         await w.quiet()
         before = rss_bytes(env.proc.pid)
         for i in range(MESSAGES):
@@ -274,7 +222,7 @@ def test_rooms_sending_huge_stanza_ids_do_not_fill_the_memory(prosody_factory):
                 svc.send("<message from='%s/o%d' to='%s' type='groupchat' id='huge-%d'>"
                          "<body>huge %d</body><stanza-id xmlns='%s' by='%s' id='%s-%d%s'/>"
                          "</message>" % (r, i % 7, ALICE, i, i, NS_SID, r, r, i, big))
-        await settled("after")
+        await settled(svc, rooms[0], "after")
         # and the log has written them all: its queue and what writing made
         # are counted too
         deadline = time.monotonic() + 120
