@@ -21,6 +21,7 @@ import asyncio
 import copy
 import itertools
 import logging
+import os
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
@@ -38,7 +39,9 @@ NS_SM = "urn:xmpp:sm:3"
 NS_DATA = "jabber:x:data"
 NS_PING = "urn:xmpp:ping"
 
-DEFAULT_TIMEOUT = 10.0   # give up waiting for something that should come
+# give up waiting for something that should come (longer with Prosody
+# under valgrind's memcheck, MINIMIX_E2E_VALGRIND: it answers many times slower)
+DEFAULT_TIMEOUT = 10.0 * (3 if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0") else 1)
 QUIET_WINDOW = 1.0       # how long to listen for something that must not come
 
 log = logging.getLogger("e2e.clients")

@@ -45,6 +45,7 @@ import time
 import pytest
 
 from .clients import P, join_room, create_room, config_form, NS_DELAY, NS_SID, NS_MUC_OWNER
+from .storages import read_store_file, lua_read_store
 from .world import run
 
 ALICE = "alice@localhost"
@@ -77,7 +78,7 @@ def make_env(prosody_factory, storage, **kw):
 # ---- reading the store back -----------------------------------------------------
 
 _LUA_DUMP = r"""
-local t = dofile(arg[1])
+local t = assert(load(STORE_TEXT, "=dat", "t", {}))()
 for room, rec in pairs(t or {}) do
   for k, v in pairs(rec) do
     io.write(room, "\31", k, "\31", type(v), "\31", tostring(v), "\30")
@@ -92,14 +93,11 @@ def stored_rooms(env, user="alice"):
     itself: {room: {field: value}}."""
     if env.storage == "internal":
         path = os.path.join(env.data_dir, "localhost", "minimix", user + ".dat")
-        if not os.path.exists(path):
+        text = read_store_file(path)
+        if text is None:
             return {}
-        res = subprocess.run(["lua5.4", "-e", _LUA_DUMP.replace("arg[1]", repr(path))],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise AssertionError("cannot read %s: %s" % (path, res.stderr))
         out = {}
-        for row in res.stdout.split("\x1e"):
+        for row in lua_read_store(_LUA_DUMP, text, path).split("\x1e"):
             if not row:
                 continue
             room, key, typ, value = row.split("\x1f")
@@ -304,11 +302,17 @@ async def configure(owner, room, fields):
     assert res.type == "result", "configuration of %s failed: %s" % (room, res)
 
 
-async def close_all(w):
-    """Close every client (before a restart or a crash)."""
+async def close_all(w, timeout=15):
+    """Close every client (before a restart or a crash), and wait until the
+    server (if it runs) has seen each of them go: what it keeps over the
+    restart must not depend on how fast it noticed."""
     await w.close()
     w.clients.clear()
-    await asyncio.sleep(0.2)   # let the server see them go before it stops
+    deadline = time.monotonic() + timeout
+    while w.env.running and w.env.open_sessions():
+        assert time.monotonic() < deadline, \
+            "the server never saw these sessions go: %s" % w.env.open_sessions()
+        await asyncio.sleep(0.1)
 
 
 # ---- 1. restart -----------------------------------------------------------------

@@ -12,10 +12,12 @@ every client afterwards, and on failure prints what each client received
 """
 
 import asyncio
+import os
 
 from .clients import Client, QUIET_WINDOW
 
-SCENARIO_TIMEOUT = 90.0
+# a whole scenario's upper bound (longer under valgrind, see clients.py)
+SCENARIO_TIMEOUT = 90.0 * (3 if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0") else 1)
 
 # Demo/test accounts (user -> password), on both VirtualHosts: defined with
 # the harness, which the demo (run_server.py) uses without the clients.
