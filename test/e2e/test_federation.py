@@ -32,6 +32,7 @@ from .clients import P, join_seen, NS_PING, from_room, join_room, create_room
 from .federation_env import Federation, run_federation, ACCOUNT_DOMAIN, UNREACHABLE_DOMAIN
 from .prosody_env import CHECKOUT
 from .storages import archive_entries
+from .world import next_second
 from .test_foundation import check_join_sequence, exactly_once, subject_message
 
 ALICE = "alice@" + ACCOUNT_DOMAIN
@@ -778,7 +779,7 @@ def test_catch_up_over_s2s(federation):
 
         await p.abort()
         # delay stamps have whole seconds: step past the last one P saw
-        await asyncio.sleep(1.1)
+        await next_second()
         since = stamp(time.time())
         for body in ("while away 1", "while away 2"):
             await speak_and_wait(bob, room, body, l)

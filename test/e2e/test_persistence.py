@@ -46,7 +46,7 @@ import pytest
 
 from .clients import P, join_room, create_room, config_form, NS_DELAY, NS_SID, NS_MUC_OWNER
 from .storages import read_store_file, lua_read_store
-from .world import run
+from .world import run, next_second
 
 ALICE = "alice@localhost"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
@@ -550,10 +550,11 @@ def test_after_a_crash_the_room_is_asked_for_everything_since_the_last_message_s
             PERSISTENT, **{"muc#roomconfig_historylength": 100,
                            "muc#roomconfig_defaulthistorymessages": 5}))
         await say(bob, room, "seen before")
-        # said over a second before the account came in: the room stamps
-        # its history in whole seconds (Prosody 0.12), and a stamp in the
-        # second the account came in counts as said while it was in
-        await asyncio.sleep(1.2)
+        # said in an earlier whole second than the account came in: the
+        # room stamps its history in whole seconds (Prosody 0.12), and a
+        # stamp in the second the account came in counts as said while it
+        # was in
+        await next_second()
         p = await w.connect("alice", "phone")
         _, seq = await join_room(p, room, "alice")
         seen = [s for s in seq if s.body == "seen before"]

@@ -13,6 +13,7 @@ every client afterwards, and on failure prints what each client received
 
 import asyncio
 import os
+import time
 
 from .clients import Client, QUIET_WINDOW
 
@@ -69,6 +70,16 @@ class World:
 
     def transcripts(self):
         return "\n\n".join(c.transcript() for c in self.clients)
+
+
+async def next_second(t=None):
+    """Wait until the wall clock is in a whole second after the one of t
+    (default: now).  Stamps in whole seconds (Prosody 0.12's MUC history,
+    a `since` without fractions) then tell apart what came before t from
+    what comes now: a wait for the clock, not for a guessed time."""
+    target = int(time.time() if t is None else t) + 1
+    while time.time() < target:
+        await asyncio.sleep(target - time.time())
 
 
 def run(env, scenario, timeout=SCENARIO_TIMEOUT, world=None):
