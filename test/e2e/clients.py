@@ -21,12 +21,13 @@ import asyncio
 import copy
 import itertools
 import logging
-import os
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
 import slixmpp
 from slixmpp.xmlstream import tostring as slix_tostring
+
+from .prosody_env import SLOWDOWN
 
 NS_CLIENT = "jabber:client"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -40,8 +41,8 @@ NS_DATA = "jabber:x:data"
 NS_PING = "urn:xmpp:ping"
 
 # give up waiting for something that should come (longer with Prosody
-# under valgrind's memcheck, MINIMIX_E2E_VALGRIND: it answers many times slower)
-DEFAULT_TIMEOUT = 10.0 * (3 if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0") else 1)
+# under valgrind's memcheck: it answers many times slower, see prosody_env)
+DEFAULT_TIMEOUT = 10.0 * SLOWDOWN
 QUIET_WINDOW = 1.0       # how long to listen for something that must not come
 
 log = logging.getLogger("e2e.clients")

@@ -12,17 +12,16 @@ every client afterwards, and on failure prints what each client received
 """
 
 import asyncio
-import os
 import time
 
 from .clients import Client, QUIET_WINDOW
 
-# a whole scenario's upper bound (longer under valgrind, see clients.py)
-SCENARIO_TIMEOUT = 90.0 * (3 if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0") else 1)
-
 # Demo/test accounts (user -> password), on both VirtualHosts: defined with
 # the harness, which the demo (run_server.py) uses without the clients.
-from .prosody_env import USERS  # noqa: E402
+from .prosody_env import USERS, SLOWDOWN  # noqa: E402
+
+# a whole scenario's upper bound (longer under valgrind, see prosody_env)
+SCENARIO_TIMEOUT = 90.0 * SLOWDOWN
 
 # Where World.connect() puts a user unless told otherwise: alice is the
 # account under test; bob and carol observe from the host without the
