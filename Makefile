@@ -66,7 +66,9 @@ deps:
 
 # The README's test command: installs what is missing (Prosody 13.0 beside
 # the system's 0.12 included), builds, runs every suite (the end-to-end ones
-# on both Prosody versions), and ends with one line "N passed, N failed".
+# on both Prosody versions) side by side, the end-to-end ones on
+# pytest-xdist workers (test/e2e/README.md), and ends with one line
+# "N passed, N failed".
 check: deps
 	$(MAKE) all test/check_minimix test/check_minimix_asan fuzz/fuzz_core
 	$(PYTHON) test/run_suites.py

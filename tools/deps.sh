@@ -30,6 +30,7 @@ valgrind
 lua-busted
 python3-slixmpp
 python3-pytest
+python3-pytest-xdist
 luarocks
 clang
 libclang-rt-14-dev

@@ -27,6 +27,8 @@ from xml.sax.saxutils import escape, quoteattr
 import slixmpp
 from slixmpp.xmlstream import tostring as slix_tostring
 
+from .prosody_env import SLOWDOWN
+
 NS_CLIENT = "jabber:client"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -38,7 +40,9 @@ NS_SM = "urn:xmpp:sm:3"
 NS_DATA = "jabber:x:data"
 NS_PING = "urn:xmpp:ping"
 
-DEFAULT_TIMEOUT = 10.0   # give up waiting for something that should come
+# give up waiting for something that should come (longer with Prosody
+# under valgrind's memcheck: it answers many times slower, see prosody_env)
+DEFAULT_TIMEOUT = 10.0 * SLOWDOWN
 QUIET_WINDOW = 1.0       # how long to listen for something that must not come
 
 log = logging.getLogger("e2e.clients")

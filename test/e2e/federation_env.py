@@ -7,10 +7,12 @@ end-to-end federation tests.
     fed.room.restart()          # same data dir, same addresses
     fed.cleanup()
 
-The account's server serves a.test on 127.0.0.2 and loads mod_minimix
+The account's server serves a.test on 127.A.B.2 and loads mod_minimix
 there; the room's server serves b.test (observers bob and carol) with the
-MUC component conference.b.test on 127.0.0.3 and never loads the module.
-Each listens for s2s on port 5269 of its own address; dialback (loaded
+MUC component conference.b.test on 127.A.B.3 and never loads the module
+(A.B is the test process's own, see _loopback_block(), so that tests run
+side by side never share an address).  Each listens for s2s on port 5269
+of its own address; dialback (loaded
 globally, so the MUC component has it too), no TLS
 (s2s_require_encryption = false, s2s_secure_auth = false).  Outgoing s2s
 connections leave from 127.0.0.1.
@@ -23,7 +25,7 @@ used when lua-unbound is installed) reads
 from the config.  The hosts file maps the test domains to their addresses;
 the resolv.conf names 127.0.0.1 as the only name server, where nothing
 answers, so SRV look-ups fail at once and Prosody falls back to the A
-record and port 5269.  c.test maps to 127.0.0.4, where nothing listens: a
+record and port 5269.  c.test maps to 127.A.B.4, where nothing listens: a
 domain whose server is unreachable.
 
 Both servers build on ProsodyEnv (prosody_env.py) unchanged: a ServerEnv is
@@ -56,10 +58,26 @@ ACCOUNT_DOMAIN = "a.test"
 ROOM_DOMAIN = "b.test"
 MUC_DOMAIN = "conference.b.test"
 UNREACHABLE_DOMAIN = "c.test"
-ACCOUNT_ADDRESS = "127.0.0.2"
-ROOM_ADDRESS = "127.0.0.3"
-UNREACHABLE_ADDRESS = "127.0.0.4"
 S2S_PORT = 5269
+
+
+def _loopback_block(pid=None):
+    """Three loopback addresses of this test process's own: 127.A.B.2 (the
+    account's server), .3 (the room's) and .4 (unreachable).  s2s needs
+    port 5269 on a fixed address per domain, so tests that run side by
+    side (pytest-xdist workers, the Prosody 0.12 and 13 suites of one
+    `make check`, another checkout's run) must not share addresses: A.B
+    comes from the process id, which no two live processes share.  A is
+    128..254, away from 127.0.0.1 where every c2s listener is."""
+    pid = os.getpid() if pid is None else pid
+    n = pid % (127 * 256)
+    return "127.%d.%d." % (128 + n // 256, n % 256)
+
+
+_BLOCK = _loopback_block()
+ACCOUNT_ADDRESS = _BLOCK + "2"
+ROOM_ADDRESS = _BLOCK + "3"
+UNREACHABLE_ADDRESS = _BLOCK + "4"
 
 S2S_SPY_MARK = "E2E-S2S "
 NS_E2E_LINK = "urn:minimix:e2e:s2s-link"
@@ -116,8 +134,8 @@ class ServerEnv(ProsodyEnv):
         self.muc_domain = muc_domain
         self.write_config()
 
-    def start(self, timeout=15):
-        _wait_port_free(self.address, S2S_PORT, timeout)
+    def start(self, timeout=None):
+        _wait_port_free(self.address, S2S_PORT, timeout or 15)
         super().start(timeout)
         # The s2s listener is bound before the main loop answers c2s.
         if not _listening(self.address, S2S_PORT):

@@ -53,15 +53,37 @@ if _wanted == "13" and not os.path.exists(PROSODY):
                        % PROSODY)
 
 
+def _source_dir():
+    """The CFG_SOURCEDIR of PROSODY (where its util/ and core/ are), or None."""
+    try:
+        with open(PROSODY, errors="replace") as f:
+            m = re.search(r"^CFG_SOURCEDIR\s*=\s*'([^']*)'", f.read(4096), re.M)
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+# Under valgrind's memcheck (MINIMIX_E2E_VALGRIND) Prosody runs many times
+# slower, the more so beside other suites (make check runs them side by
+# side): the time the harness gives it to start and to stop, which is only
+# ever an upper bound to give up at, grows with it.
+VALGRIND = os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0")
+SLOWDOWN = 8 if VALGRIND else 1
+START_TIMEOUT = 15 * SLOWDOWN
+STOP_TIMEOUT = 10 * SLOWDOWN
+
+
+# Prosody's own Lua libraries (util.datamanager, ...) for the version under test.
+PROSODY_SOURCE_DIR = _source_dir()
+
+
 def _major():
     """12 or 13: the version of PROSODY, read from the prosody.version of its
     CFG_SOURCEDIR (0.12.x counts as 12); MINIMIX_PROSODY when unreadable."""
     try:
-        with open(PROSODY, errors="replace") as f:
-            m = re.search(r"^CFG_SOURCEDIR\s*=\s*'([^']*)'", f.read(4096), re.M)
-        with open(os.path.join(m.group(1), "prosody.version")) as f:
+        with open(os.path.join(PROSODY_SOURCE_DIR, "prosody.version")) as f:
             first = f.read().strip().split(".")[0]
-    except (OSError, AttributeError):
+    except (OSError, TypeError):
         return int(_wanted)
     return 12 if first == "0" else int(first) if first.isdigit() else int(_wanted)
 
@@ -394,7 +416,7 @@ class ProsodyEnv:
         MINIMIX_E2E_VALGRIND=1 runs it under valgrind's memcheck (the module's
         C code included); valgrind_errors() reads what it found."""
         cmd = [PROSODY, "--config", self.config_path, "-F"]
-        if os.environ.get("MINIMIX_E2E_VALGRIND", "") not in ("", "0"):
+        if VALGRIND:
             # valgrind must run the interpreter, not /usr/bin/env
             cmd = ["valgrind", "-q", "--leak-check=no", "--track-origins=no",
                    "--log-file=" + self.valgrind_log, "lua5.4"] + cmd
@@ -413,7 +435,8 @@ class ProsodyEnv:
         """The environment to run it with."""
         return self._env()
 
-    def start(self, timeout=15):
+    def start(self, timeout=None):
+        timeout = timeout or START_TIMEOUT
         if self.running:
             raise ProsodyError("already running")
         self.write_config()
@@ -472,7 +495,8 @@ class ProsodyEnv:
                 self.stop()
                 raise ProsodyError("mod_minimix failed to load:\n%s" % self.tail())
 
-    def stop(self, timeout=10):
+    def stop(self, timeout=None):
+        timeout = timeout or STOP_TIMEOUT
         if self.proc is None:
             return None
         rc = self.proc.poll()
@@ -535,7 +559,7 @@ class ProsodyEnv:
                                % (" ".join(command), rc, out))
         return out
 
-    def restart(self, timeout=15):
+    def restart(self, timeout=None):
         self.stop()
         return self.start(timeout)
 
@@ -555,6 +579,26 @@ class ProsodyEnv:
             except FileNotFoundError:
                 pass
         return "\n".join(parts)
+
+    def open_sessions(self):
+        """The client sessions the server holds as it last logged them:
+        {session id: bare JID} of those that authenticated since the last
+        start and have not disconnected (mod_c2s's info lines "Authenticated
+        as" and "Client disconnected").  A session id names a connection and
+        may be used again for a later one, hence the lines in order."""
+        text = self.read_log()
+        i = text.rfind("Hello and welcome to Prosody")
+        open_ = {}
+        for line in text[max(i, 0):].splitlines():
+            parts = line.split("\t")
+            if len(parts) < 3 or parts[1] != "info":
+                continue
+            sid = parts[0].rpartition(" ")[2]
+            if parts[2].startswith("Authenticated as "):
+                open_[sid] = parts[2][len("Authenticated as "):]
+            elif parts[2].startswith("Client disconnected"):
+                open_.pop(sid, None)
+        return open_
 
     def tail(self, n=60):
         out = []

@@ -162,12 +162,51 @@ class PostgresServer:
                 "port": self.port, "username": self.user, "password": self.password}
 
 
+# ---- reading the file store back ----------------------------------------------------
+
+def read_store_file(path, complete_items=False):
+    """The text of a file of Prosody's file store (util.datamanager) as it
+    stands at one moment, or None when there is no such file.
+
+    Prosody replaces these files while the test reads them: it rewrites a
+    store into a scratch file renamed over the old one, and removes it when
+    it becomes empty (the retention job of the room log does both).  So
+    the file is opened once and read through that descriptor, which holds
+    either a whole old or a whole new version, never half of each; checking
+    that the path exists and then opening it again would race the removal.
+
+    complete_items: a list store (.list) also grows by appends, and an
+    append in progress may be cut off.  Every item ends with ");" and a
+    newline, which no line within an item does (util.serialization escapes
+    the newlines of strings, and ends a field's line with ";" after a value
+    or a "}"), so the text is cut after the last whole item."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    if complete_items:
+        end = text.rfind(");\n")
+        text = text[:end + 3] if end >= 0 else ""
+    return text
+
+
+def lua_read_store(script, text, what):
+    """Run a Lua 5.4 script that reads a store file's text (in the global
+    STORE_TEXT, from standard input), and return what it writes."""
+    res = subprocess.run(["lua5.4", "-e", "STORE_TEXT = io.read('a')\n" + script], input=text,
+                         capture_output=True, text=True, errors="surrogateescape")
+    if res.returncode != 0:
+        raise AssertionError("cannot read %s: %s" % (what, res.stderr))
+    return res.stdout
+
+
 # ---- reading archive stores back ---------------------------------------------------
 
 _LUA_LIST = r"""
 local room = ROOM
 local items = {}
-local f = assert(loadfile(PATH, "t", { item = function(t) items[#items+1] = t end }))
+local f = assert(load(STORE_TEXT, "=list", "t", { item = function(t) items[#items+1] = t end }))
 f()
 for _, t in ipairs(items) do
   local body, subject, sid = "\2", "\2", "\2"
@@ -212,13 +251,11 @@ def archive_entries(env, user, store, room=None, host="localhost"):
     room = room or user
     if env.storage == "internal":
         path = os.path.join(env.data_dir, _encode_node(host), store, _encode_node(user) + ".list")
-        if not os.path.exists(path):
+        text = read_store_file(path, complete_items=True)
+        if not text:
             return []
-        script = _LUA_LIST.replace("ROOM", repr(room)).replace("PATH", repr(path))
-        res = subprocess.run(["lua5.4", "-e", script], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise AssertionError("cannot read %s: %s" % (path, res.stderr))
-        return [_entry(*row.split("\x1f")) for row in res.stdout.split("\x1e") if row]
+        out = lua_read_store(_LUA_LIST.replace("ROOM", repr(room)), text, path)
+        return [_entry(*row.split("\x1f")) for row in out.split("\x1e") if row]
     query = ('SELECT "key", "when", "with", "value" FROM "prosodyarchive" WHERE "host" = %s '
              'AND "user" = %s AND "store" = %s ORDER BY "sort_id"')
     if env.storage == "sqlite":

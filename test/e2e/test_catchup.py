@@ -161,9 +161,10 @@ def test_a_device_away_for_60_messages_gets_all_60(prosody_factory, storage):
         await phone.disconnect()
         t0 = time.time()
         await say(carol, room, [laptop, bob], first)
-        await asyncio.sleep(0.5)
+        # the cut once the log holds the first batch: all of it before, the
+        # second batch (said after the cut) after
+        await logged(env, room, first)
         cut = time.time()
-        await asyncio.sleep(0.5)
         await say(carol, room, [laptop, bob], second)
         t1 = time.time()
         phone = await w.connect("alice", "phone")

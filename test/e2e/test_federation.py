@@ -1,8 +1,8 @@
 """End-to-end tests of mod_minimix with the room on another server.
 
 Two Prosody instances federate over s2s on loopback (federation_env.py):
-a.test on 127.0.0.2 serves the account under test, alice (sessions phone
-= P, laptop = L, tablet = T), and loads mod_minimix; b.test on 127.0.0.3
+a.test on 127.A.B.2 serves the account under test, alice (sessions phone
+= P, laptop = L, tablet = T), and loads mod_minimix; b.test on 127.A.B.3
 serves the observers bob and carol and the MUC service conference.b.test,
 and never loads the module.  Every stanza between alice and the room
 crosses the s2s link; test-only spies log what arrives over s2s on either
@@ -32,6 +32,7 @@ from .clients import P, join_seen, NS_PING, from_room, join_room, create_room
 from .federation_env import Federation, run_federation, ACCOUNT_DOMAIN, UNREACHABLE_DOMAIN
 from .prosody_env import CHECKOUT
 from .storages import archive_entries
+from .world import next_second
 from .test_foundation import check_join_sequence, exactly_once, subject_message
 
 ALICE = "alice@" + ACCOUNT_DOMAIN
@@ -318,17 +319,23 @@ def test_room_log_is_written_once_for_two_accounts_over_the_link(federation):
                                    what="%r at %s" % (t, cl.name))
         copies = fed.account.crossed(since=ma, name="message", body=texts[0])
         assert sorted(x.to for x in copies) == [ALICE, "carol@" + ACCOUNT_DOMAIN], copies
+        # One more message, after both copies of every text reached the
+        # account's server: the log is written in the order messages
+        # come, so once it holds this one, a second copy of any text
+        # would be there too.
+        bob.groupchat(room, "last")
+        for cl, m in ((p, mp), (c, mc)):
+            await cl.wait_for(P(name="message", body="last"), since=m,
+                              what="'last' at %s" % cl.name)
         deadline = time.monotonic() + 15
         while True:
             got = [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
                                                       host=ACCOUNT_DOMAIN) if e["body"]]
-            if all(t in got for t in texts) or time.monotonic() > deadline:
+            if "last" in got:
                 break
+            assert time.monotonic() < deadline, "the room log never held 'last': %r" % got
             await asyncio.sleep(0.2)
-        await asyncio.sleep(1)   # anything written twice would be there by now
-        got = [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
-                                                  host=ACCOUNT_DOMAIN) if e["body"]]
-        assert got == texts, "the room log holds %r" % got
+        assert got == texts + ["last"], "the room log holds %r" % got
     run_federation(fed, scenario)
 
 
@@ -772,7 +779,7 @@ def test_catch_up_over_s2s(federation):
 
         await p.abort()
         # delay stamps have whole seconds: step past the last one P saw
-        await asyncio.sleep(1.1)
+        await next_second()
         since = stamp(time.time())
         for body in ("while away 1", "while away 2"):
             await speak_and_wait(bob, room, body, l)

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from .clients import P, join_seen, from_room, join_room, create_room, NS_DELAY
-from .world import run
+from .world import run, next_second
 
 ALICE = "alice@localhost"
 
@@ -329,10 +329,10 @@ def test_later_session_gets_history_it_asks_for_with_delay(prosody):
         await create_room(bob, room, "bob", whois="anyone", subject="Catch-up")
         bob.groupchat(room, "before")
         await bob.wait_for(P(name="message", body="before"))
-        # over a second before the account comes in: the room stamps its
-        # history in whole seconds (0.12), which count from the start of
-        # their second
-        await asyncio.sleep(1.2)
+        # in an earlier whole second than the account comes in: the room
+        # stamps its history in whole seconds (0.12), which count from the
+        # start of their second
+        await next_second()
         p = await w.connect("alice", "phone")
         _, seq = await join_room(p, room, "alice")
         check_join_sequence(seq, room, "alice", ["bob"], "Catch-up", p.jid, history=["before"])

@@ -10,7 +10,9 @@ import time
 import types
 
 from .clients import P, join_room, create_room
-from .prosody_env import ProsodyEnv, CHECKOUT, DOMAIN, PLAIN_DOMAIN, MUC_DOMAIN, free_port
+from .prosody_env import (ProsodyEnv, CHECKOUT, DOMAIN, PLAIN_DOMAIN, MUC_DOMAIN, PROSODY_SOURCE_DIR,
+                          free_port)
+from .storages import archive_entries
 from .world import World, USERS
 
 
@@ -130,3 +132,53 @@ def test_demo_server_rooms_are_usable_at_once(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         proc.stdout.close()
+
+
+_DATAMANAGER_WRITER = r"""
+package.path = SRC .. "/?.lua;" .. package.path
+package.cpath = SRC .. "/?.so;" .. package.cpath
+-- Prosody 13 names its libraries prosody.util.*; its loader maps them
+if io.open(SRC .. "/loader.lua") then require "loader" end
+local dm = require "util.datamanager"
+dm.set_data_path(DATA)
+local function item(n)
+	return { name = "message", attr = { type = "groupchat" }, { name = "body", attr = {}, "m" .. n },
+		key = "k" .. n, when = n, with = "message<groupchat" }
+end
+io.write("writing\n"); io.flush()
+while true do
+	local stop = io.open(STOP)
+	if stop then stop:close(); break end
+	-- as the room log and its retention job do: rewrite, append, empty
+	assert(dm.list_store("room", "localhost", "minimix_log", { item(1), item(2), item(3) }))
+	assert(dm.list_append("room", "localhost", "minimix_log", item(4)))
+	assert(dm.list_store("room", "localhost", "minimix_log", {}))
+end
+"""
+
+
+def test_file_store_reads_never_see_a_half_replaced_file(tmp_path):
+    """storages.archive_entries() reads a list of Prosody's file store while
+    Prosody's own util.datamanager (of the version under test) rewrites
+    it, appends to it and removes it, as the room log's retention job
+    does: every read gives a version the list had (empty, three items, or
+    four), whole; none fails on a file removed or replaced under it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    stop = tmp_path / "stop"
+    script = (_DATAMANAGER_WRITER.replace("SRC", repr(PROSODY_SOURCE_DIR))
+              .replace("DATA", repr(str(data))).replace("STOP", repr(str(stop))))
+    writer = subprocess.Popen(["lua5.4", "-e", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    env = types.SimpleNamespace(storage="internal", data_dir=str(data))
+    versions = ([], ["m1", "m2", "m3"], ["m1", "m2", "m3", "m4"])
+    try:
+        assert writer.stdout.readline() == "writing\n", writer.stdout.read()
+        for _ in range(300):
+            got = [e["body"] for e in archive_entries(env, "room", "minimix_log")]
+            assert got in versions
+            assert writer.poll() is None, writer.stdout.read()
+    finally:
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    assert writer.returncode == 0, out

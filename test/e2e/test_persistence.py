@@ -45,7 +45,8 @@ import time
 import pytest
 
 from .clients import P, join_room, create_room, config_form, NS_DELAY, NS_SID, NS_MUC_OWNER
-from .world import run
+from .storages import read_store_file, lua_read_store
+from .world import run, next_second
 
 ALICE = "alice@localhost"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
@@ -77,7 +78,7 @@ def make_env(prosody_factory, storage, **kw):
 # ---- reading the store back -----------------------------------------------------
 
 _LUA_DUMP = r"""
-local t = dofile(arg[1])
+local t = assert(load(STORE_TEXT, "=dat", "t", {}))()
 for room, rec in pairs(t or {}) do
   for k, v in pairs(rec) do
     io.write(room, "\31", k, "\31", type(v), "\31", tostring(v), "\30")
@@ -92,14 +93,11 @@ def stored_rooms(env, user="alice"):
     itself: {room: {field: value}}."""
     if env.storage == "internal":
         path = os.path.join(env.data_dir, "localhost", "minimix", user + ".dat")
-        if not os.path.exists(path):
+        text = read_store_file(path)
+        if text is None:
             return {}
-        res = subprocess.run(["lua5.4", "-e", _LUA_DUMP.replace("arg[1]", repr(path))],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise AssertionError("cannot read %s: %s" % (path, res.stderr))
         out = {}
-        for row in res.stdout.split("\x1e"):
+        for row in lua_read_store(_LUA_DUMP, text, path).split("\x1e"):
             if not row:
                 continue
             room, key, typ, value = row.split("\x1f")
@@ -304,11 +302,17 @@ async def configure(owner, room, fields):
     assert res.type == "result", "configuration of %s failed: %s" % (room, res)
 
 
-async def close_all(w):
-    """Close every client (before a restart or a crash)."""
+async def close_all(w, timeout=15):
+    """Close every client (before a restart or a crash), and wait until the
+    server (if it runs) has seen each of them go: what it keeps over the
+    restart must not depend on how fast it noticed."""
     await w.close()
     w.clients.clear()
-    await asyncio.sleep(0.2)   # let the server see them go before it stops
+    deadline = time.monotonic() + timeout
+    while w.env.running and w.env.open_sessions():
+        assert time.monotonic() < deadline, \
+            "the server never saw these sessions go: %s" % w.env.open_sessions()
+        await asyncio.sleep(0.1)
 
 
 # ---- 1. restart -----------------------------------------------------------------
@@ -546,10 +550,11 @@ def test_after_a_crash_the_room_is_asked_for_everything_since_the_last_message_s
             PERSISTENT, **{"muc#roomconfig_historylength": 100,
                            "muc#roomconfig_defaulthistorymessages": 5}))
         await say(bob, room, "seen before")
-        # said over a second before the account came in: the room stamps
-        # its history in whole seconds (Prosody 0.12), and a stamp in the
-        # second the account came in counts as said while it was in
-        await asyncio.sleep(1.2)
+        # said in an earlier whole second than the account came in: the
+        # room stamps its history in whole seconds (Prosody 0.12), and a
+        # stamp in the second the account came in counts as said while it
+        # was in
+        await next_second()
         p = await w.connect("alice", "phone")
         _, seq = await join_room(p, room, "alice")
         seen = [s for s in seq if s.body == "seen before"]

@@ -12,14 +12,16 @@ every client afterwards, and on failure prints what each client received
 """
 
 import asyncio
+import time
 
 from .clients import Client, QUIET_WINDOW
 
-SCENARIO_TIMEOUT = 90.0
-
 # Demo/test accounts (user -> password), on both VirtualHosts: defined with
 # the harness, which the demo (run_server.py) uses without the clients.
-from .prosody_env import USERS  # noqa: E402
+from .prosody_env import USERS, SLOWDOWN  # noqa: E402
+
+# a whole scenario's upper bound (longer under valgrind, see prosody_env)
+SCENARIO_TIMEOUT = 90.0 * SLOWDOWN
 
 # Where World.connect() puts a user unless told otherwise: alice is the
 # account under test; bob and carol observe from the host without the
@@ -67,6 +69,16 @@ class World:
 
     def transcripts(self):
         return "\n\n".join(c.transcript() for c in self.clients)
+
+
+async def next_second(t=None):
+    """Wait until the wall clock is in a whole second after the one of t
+    (default: now).  Stamps in whole seconds (Prosody 0.12's MUC history,
+    a `since` without fractions) then tell apart what came before t from
+    what comes now: a wait for the clock, not for a guessed time."""
+    target = int(time.time() if t is None else t) + 1
+    while time.time() < target:
+        await asyncio.sleep(target - time.time())
 
 
 def run(env, scenario, timeout=SCENARIO_TIMEOUT, world=None):
