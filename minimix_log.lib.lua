@@ -231,6 +231,10 @@ local function new_writer(kind, store, on_quota)
 	-- passes are numbered: a refusal is a failure with a success since
 	local pass_no, last_success = 0, -1;
 	local told = new_cache(256); -- (store user, cause) given up and logged
+	-- (sizes and counts in a driver's message make no new cause)
+	local function cause_key(user, cause)
+		return user .. "\0" .. cause:sub(1, 200):gsub("%d+", "#");
+	end
 
 	local function trim()
 		while oldest <= newest and order[oldest].done do
@@ -255,8 +259,7 @@ local function new_writer(kind, store, on_quota)
 		pop(q, e);
 		m_dropped:add(1);
 		cause = cause:sub(1, 200);
-		-- (sizes and counts in a driver's message make no new cause)
-		local k = e.user .. "\0" .. cause:gsub("%d+", "#");
+		local k = cause_key(e.user, cause);
 		if not told:get(k) then
 			told:set(k, true);
 			module:log("warn", "Giving up writing a message of %s to the %s: %s (further ones for the same reason are only counted)",
@@ -368,7 +371,7 @@ local function new_writer(kind, store, on_quota)
 			local q = queues[user];
 			local e = q and q[q.head];
 			if e and (e.fails >= 2 and last_success >= e.first_fail
-				or told:get(user .. "\0" .. e.err:sub(1, 200):gsub("%d+", "#"))) then
+				or told:get(cause_key(user, e.err))) then
 				give_up(q, e, e.err);
 			elseif e then
 				unexplained = unexplained + 1;
