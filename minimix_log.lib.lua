@@ -41,9 +41,6 @@ local BATCH_ITEMS, BATCH_SECONDS = 100, 0.05;
 local NEXT_BATCH = 0.01;
 -- What a waiting message costs besides its XML, counted in the byte bound.
 local ENTRY_OVERHEAD = 200;
--- A stanza-id longer than this is not the store's key (PostgreSQL's index
--- row overflows at about 4 KB); it stays in the stored message.
-local KEY_MAX = 256;
 -- A store user the file store names with more bytes than this (each byte
 -- outside [A-Za-z0-9] takes three) goes under a digest of its name: a file
 -- name has at most 255 bytes, and the store adds ".list" and "~".
@@ -118,7 +115,9 @@ end
 -- chooses them, up to the stanza size limit, and each one kept would be
 -- kept per room, per membership and in the account's record.  Such an id
 -- stands as "#" and the 40 hex digits of its SHA-1: the shim reads a
--- room's stanza-id through this too, so every memory of it agrees.
+-- room's stanza-id through this too, so every memory of it agrees.  Nor
+-- is it the store's key (PostgreSQL's index row overflows at about 4 KB):
+-- dedupe_key makes it a digest, which is never one.
 local ID_MAX = 256;
 local function bounded_id(id)
 	if id and #id > ID_MAX then return "#" .. sha1(id, true); end
@@ -690,7 +689,7 @@ local function message(account, room, nick, stanza, m)
 				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
 			log_writer.push({ user = store_user(room), room = room, value = value, when = when, with = nick or room,
-				key = keyed and kind == "sid" and #key <= KEY_MAX and key or nil });
+				key = keyed and kind == "sid" and key or nil });
 		end
 	end
 	last.logged = true;
