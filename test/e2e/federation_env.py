@@ -38,8 +38,9 @@ Test-only plugins (test/e2e/plugins) loaded here:
   mod_e2e_spy       on conference.b.test: logs errors that reach a room
   mod_e2e_s2s_spy   on a.test and conference.b.test: logs every stanza
                     that arrives over s2s (ServerEnv.crossed())
-  mod_e2e_s2s_link  on a.test: an IQ from a local session takes the s2s
-                    link down (sessions closed, port 5269 closed) and up
+  mod_e2e_s2s_link  on a.test and b.test: an IQ from a local session takes
+                    that server's s2s link down (sessions closed, port 5269
+                    closed) and up (FedWorld.link)
 """
 
 import os
@@ -99,7 +100,7 @@ class ServerEnv(ProsodyEnv):
     address     the loopback address of its s2s listener
     hosts_file, resolv_file: the resolver's files (see the module doc)
     s2s_spy     load mod_e2e_s2s_spy on the VirtualHost and the MUC
-    link_control  load mod_e2e_s2s_link on the VirtualHost
+    link_control  load mod_e2e_s2s_link on the VirtualHost (FedWorld.link)
     Other keywords go to ProsodyEnv.
     """
 
@@ -289,7 +290,7 @@ class Federation:
         self.room = ServerEnv(
             "room", ROOM_DOMAIN, MUC_DOMAIN, ROOM_ADDRESS,
             workdir=os.path.join(self.dir, "room"), minimix=False,
-            **common, **(room_options or {}))
+            link_control=True, **common, **(room_options or {}))
         self.servers = (self.account, self.room)
         for server in self.servers:
             for user, password in FED_USERS.items():
@@ -324,7 +325,7 @@ class FedWorld(World):
     def __init__(self, fed):
         super().__init__(fed.account)
         self.fed = fed
-        self._ctl = None
+        self._ctl = {}
 
     def room(self, name):
         return "%s@%s" % (name, MUC_DOMAIN)
@@ -347,18 +348,25 @@ class FedWorld(World):
         await c.connect(**kw)
         return c
 
-    async def link(self, state):
+    async def link(self, state, both=False):
         """Take the account server's s2s link 'down' or bring it 'up'
-        (mod_e2e_s2s_link); returns once the server did it."""
-        if self._ctl is None or not self._ctl.connected:
-            self._ctl = await self.connect("ctl", "switch", presence=False)
-        m = self._ctl.mark()
-        iq_id = self._ctl.iq(ACCOUNT_DOMAIN, "set",
-                             "<link xmlns='%s' state='%s'/>" % (NS_E2E_LINK, state))
-        res = await self._ctl.wait_for(P(name="iq", id=iq_id), since=m,
-                                       what="the s2s link going %s" % state)
-        if res.type != "result":
-            raise AssertionError("the s2s link switch failed: %s" % res)
+        (mod_e2e_s2s_link); returns once the server did it.  both=True does
+        the same on the room's server afterwards: a cut that both ends have
+        seen, so that neither writes a stanza on a stream the other closed
+        (TCP would lose it without a word, as on a real network)."""
+        servers = (ACCOUNT_DOMAIN, ROOM_DOMAIN) if both else (ACCOUNT_DOMAIN,)
+        for domain in servers:
+            ctl = self._ctl.get(domain)
+            if ctl is None or not ctl.connected:
+                ctl = self._ctl[domain] = await self.connect("ctl", "switch", host=domain,
+                                                            presence=False)
+            m = ctl.mark()
+            iq_id = ctl.iq(domain, "set",
+                           "<link xmlns='%s' state='%s'/>" % (NS_E2E_LINK, state))
+            res = await ctl.wait_for(P(name="iq", id=iq_id), since=m,
+                                     what="the s2s link of %s going %s" % (domain, state))
+            if res.type != "result":
+                raise AssertionError("the s2s link switch of %s failed: %s" % (domain, res))
 
 
 def run_federation(fed, scenario, timeout=120.0):

@@ -1,6 +1,6 @@
 -- mod_e2e_s2s_link: test-only switch for the federation tests.
 --
--- Loaded by test/e2e/federation_env.py on the account's VirtualHost.  A
+-- Loaded by test/e2e/federation_env.py on both servers' VirtualHosts.  A
 -- local session takes this server's s2s link down and up again:
 --
 --   <iq type='set' to='a.test' id='...'>
