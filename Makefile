@@ -101,6 +101,7 @@ bench: deps
 	$(LUA) bench/core_lua.lua binding bench/results/core_binding.json
 	$(LUA) bench/core_lua.lua lua2018 bench/results/core_lua2018.json
 	$(PYTHON) bench/bench_server.py bench/results/server.json
+	$(PYTHON) bench/bench_federation.py bench/results/federation.json
 	$(LUA) bench/log_file_store.lua ./minimix_log.lib.lua bench/results/log_file_store.json
 	$(PYTHON) bench/report.py
 

@@ -226,14 +226,38 @@ def server_tables(s):
     return out
 
 
+def federation_tables(f):
+    """The room on one server, the accounts on another (bench_federation.py)."""
+    p = f["params"]
+    out = ["Federation: a room on b.test, %d accounts with D sessions on a.test, %d "
+           "messages, medians of %d runs; per room message:"
+           % (p["accounts"], p["messages"], p["repeat"]), "",
+           "| D | bytes over the link: plain | module | ratio "
+           "| a.test CPU ms: plain | module | ratio | b.test CPU ms: plain | module | ratio |",
+           "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in f["summary"]:
+        row = ["%d" % r["sessions"]]
+        for key, unit in (("link_bytes_per_message", "%.0f"),
+                          ("account_cpu_ms_per_message", "%.3f"),
+                          ("room_cpu_ms_per_message", "%.3f")):
+            ratio = r["ratio"][key]
+            row += [unit % r["plain"][key], unit % r["module"][key],
+                    "%.2f" % ratio if ratio is not None else "-"]
+        out.append("| " + " | ".join(row) + " |")
+    return out
+
+
 def main():
     c, b, l = load("core_c.json"), load("core_binding.json"), load("core_lua2018.json")
     s = load("server.json")
+    fed = load("federation.json")
     out = ["Measured %s on %s." % (datetime.date.today().isoformat(), machine()), ""]
     if c or b or l:
         out += core_tables(c, b, l) + [""]
     if s:
         out += server_tables(s) + [""]
+    if fed:
+        out += federation_tables(fed) + [""]
     text = "\n".join(out)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "summary.md"), "w") as f:
