@@ -21,6 +21,16 @@ local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
 -- the module's own mark on a logged message: when it was said, exactly
 local xmlns_said = "urn:xmpp:minimix:said:0";
+-- XEP-0424 retractions (the current and the fastened form), XEP-0425
+-- moderations (the current and the form mod_muc_moderation sends), and
+-- what tells an occupant from another (XEP-0421, the room's muc#user item)
+local xmlns_retract = "urn:xmpp:message-retract:1";
+local xmlns_retract0 = "urn:xmpp:message-retract:0";
+local xmlns_fasten = "urn:xmpp:fasten:0";
+local xmlns_moderate = "urn:xmpp:message-moderate:1";
+local xmlns_moderate0 = "urn:xmpp:message-moderate:0";
+local xmlns_occupant_id = "urn:xmpp:occupant-id:0";
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
 
 -- Rooms whose recent message ids are remembered, and how many ids each: a
 -- room's copies for its local accounts come within moments of each other,
@@ -124,6 +134,98 @@ local function bounded_id(id)
 	return id;
 end
 
+-- Retractions and moderations -----------------------------------------------
+
+-- What a groupchat message withdraws: nil, or { id = the room's stanza-id
+-- of the message, moderated = by whom (the room's own announcement), reason }.
+-- A retraction is an occupant's (nick), a moderation the room's (no nick):
+-- one claiming otherwise withdraws nothing.
+local function withdrawal(stanza, nick)
+	local r = stanza:get_child("retract", xmlns_retract);
+	if r and r.attr.id then
+		local mod = r:get_child("moderated", xmlns_moderate);
+		if mod then
+			if nick then return nil; end
+			return { id = r.attr.id, moderated = mod.attr.by or "", reason = r:get_child_text("reason"),
+				moderated_ns = xmlns_moderate };
+		end
+		if not nick then return nil; end
+		return { id = r.attr.id };
+	end
+	local a = stanza:get_child("apply-to", xmlns_fasten);
+	if a and a.attr.id then
+		local mod = a:get_child("moderated", xmlns_moderate0);
+		if mod then
+			if nick or not mod:get_child("retract", xmlns_retract0) then return nil; end
+			return { id = a.attr.id, moderated = mod.attr.by or "", reason = mod:get_child_text("reason"),
+				moderated_ns = xmlns_moderate0 };
+		end
+		if nick and a:get_child("retract", xmlns_retract0) then return { id = a.attr.id }; end
+	end
+	return nil;
+end
+
+local function room_sid(stanza, room)
+	for sid in stanza:childtags("stanza-id", xmlns_sid) do
+		if sid.attr.by == room then return sid.attr.id; end
+	end
+	return nil;
+end
+
+-- Who sent a message, as strongly as both messages say: the XEP-0421
+-- occupant-id the room gives, else the real JID the room shows, else the
+-- nick.
+local function occupant_id(stanza)
+	local o = stanza:get_child("occupant-id", xmlns_occupant_id);
+	return o and o.attr.id;
+end
+
+local function real_jid(stanza)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	local item = x and x:get_child("item");
+	local j = item and item.attr.jid;
+	return j and (j:match("^([^/]*)") or j);
+end
+
+local function same_sender(original, retraction)
+	local a, b = occupant_id(original), occupant_id(retraction);
+	if a and b then return a == b; end
+	a, b = real_jid(original), real_jid(retraction);
+	if a and b then return a == b; end
+	return original.attr.from ~= nil and original.attr.from == retraction.attr.from;
+end
+
+-- Whether w may withdraw original: a moderation always, a retraction only
+-- from its sender.  A tombstone stays as it is.
+local function may_withdraw(original, w, retraction)
+	if original:get_child("retracted", xmlns_retract) then return false; end
+	return w.moderated ~= nil or same_sender(original, retraction);
+end
+
+-- The original without body or any payload: its identity and time (from,
+-- id, the room's stanza-id and delay, the log's mark of when it was said),
+-- and the XEP-0424 marker, with the moderator and reason of a XEP-0425
+-- moderation.
+local function tombstone(original, room, w, now)
+	local t = st.message({ from = original.attr.from, to = original.attr.to, type = original.attr.type,
+		id = original.attr.id });
+	for _, tag in ipairs(original.tags) do
+		local ns = tag.attr.xmlns;
+		if (tag.name == "stanza-id" and ns == xmlns_sid and tag.attr.by == room)
+			or (tag.name == "delay" and ns == xmlns_delay)
+			or (tag.name == "said" and ns == xmlns_said)
+			or (tag.name == "occupant-id" and ns == xmlns_occupant_id) then
+			t:add_child(st.clone(tag));
+		end
+	end
+	t:tag("retracted", { xmlns = xmlns_retract, stamp = datetime.datetime(math.floor(now)) });
+	if w.moderated then
+		t:tag("moderated", { xmlns = xmlns_moderate, by = w.moderated ~= "" and w.moderated or nil }):up();
+		if w.reason then t:text_tag("reason", w.reason); end
+	end
+	return t:up();
+end
+
 -- LuaDBI's prepared statements hold a bare pointer to their connection.
 -- When a connection breaks, util.sql drops it at once but keeps its
 -- prepared statements until the next successful connect: the collector may
@@ -166,7 +268,13 @@ if not enabled and not in_mam then
 	guard_sql_statements();
 	return { message = function() end, flush = function() end, cleanup = function() end,
 		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp,
-		save = function() end, restore = function() end, bounded_id = bounded_id };
+		save = function() end, restore = function() end, bounded_id = bounded_id,
+		withdrawal = withdrawal, withdraw = function(_, room, w, stanza, kept)
+			-- the ring alone: its copy, if its sender's
+			if kept and may_withdraw(kept, w, stanza) then
+				return tostring(tombstone(kept, room, w, time.now()));
+			end
+		end };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
@@ -476,6 +584,25 @@ local function new_writer(kind, store, on_quota)
 		end
 		queues, active, order, oldest, newest, count, bytes = {}, {}, {}, 1, 0, 0, 0;
 		return out;
+	end
+
+	-- The first waiting entry of user that match(value) takes is replaced
+	-- by make(value) (a tombstone; nil: kept); returns the value it had.
+	function w.replace(user, match, make)
+		local q = queues[user];
+		if not q then return nil; end
+		for i = q.head, q.tail do
+			local e = q[i];
+			if e and match(e.value) then
+				local old, value = e.value, make(e.value);
+				if value then
+					local size = stanza_size(value) + #e.user + ENTRY_OVERHEAD;
+					bytes, e.size, e.value = bytes - e.size + size, size, value;
+				end
+				return old;
+			end
+		end
+		return nil;
 	end
 
 	function w.pending() return count, bytes; end
@@ -871,6 +998,112 @@ function lib.replay(room, a)
 	end
 	return ret;
 end
+-- The room's messages withdrawn lately, (room, stanza-id) -> the log's
+-- verdict: the local accounts' copies of one retraction find it done.
+local withdrawn = new_cache(1024);
+-- How many of an account's newest archive entries with a room are looked
+-- through for a copy to withdraw (older copies keep their body).
+local COPY_SCAN = 1000;
+
+-- The stored item with the room's stanza-id id, among what find(query)
+-- gives: key, item.
+local function find_by_sid(store, user, room, id, query)
+	local iter, err = store:find(user, query);
+	if not iter then return nil, err; end
+	for key, item in iter do
+		if room_sid(item, room) == id then return key, item; end
+	end
+	return nil;
+end
+
+-- The logged message: waiting for the writer (tombstoned there), else in
+-- the store (by its key on SQL, else read through, newest first) and set
+-- in place, same key, same time.  Returns false when the sender may not
+-- withdraw it, else the tombstone written (or nil: none found).
+local function withdraw_logged(room, w, stanza, now)
+	local user = store_user(room);
+	local allowed, tomb = true, nil;
+	local function match(v) return room_sid(v, room) == w.id; end
+	local queued = log_writer.replace(user, match, function(v)
+		allowed = may_withdraw(v, w, stanza);
+		if allowed then tomb = tombstone(v, room, w, now); end
+		return tomb;
+	end);
+	if queued then return allowed and tomb; end
+	local key, item;
+	if keyed and bounded_id(w.id) == w.id then
+		local found = log_store:get(user, w.id);
+		if found then key, item = w.id, found; end
+	else
+		key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+	end
+	if not item then return nil; end
+	if not may_withdraw(item, w, stanza) then return false; end
+	tomb = tombstone(item, room, w, now);
+	local ok, err = log_store:set(user, key, tomb);
+	if not ok then error(err or "the store did not replace it"); end
+	return tomb;
+end
+
+-- The account's archive copy, waiting or stored.  verdict: the log's
+-- (nil: it had no original to judge by, the copy is judged).
+local function withdraw_copy(account, room, w, stanza, verdict, now)
+	local username = account:match("^([^@]*)@");
+	if not username then return; end
+	local function allowed(v)
+		if verdict ~= nil then return verdict; end
+		return may_withdraw(v, w, stanza);
+	end
+	local function match(v) return room_sid(v, room) == w.id; end
+	local queued = mam_writer.replace(username, match, function(v)
+		return allowed(v) and tombstone(v, room, w, now) or nil;
+	end);
+	if queued then return; end
+	local key, item = find_by_sid(mam_store, username, room, w.id,
+		{ with = room, reverse = true, limit = COPY_SCAN });
+	if item and allowed(item) and not item:get_child("retracted", xmlns_retract) then
+		local ok, err = mam_store:set(username, key, tombstone(item, room, w, now));
+		if not ok then error(err or "the store did not replace it"); end
+	end
+end
+
+-- A retraction or moderation w (lib.withdrawal) the account received in
+-- stanza: the log's original and the account's copy become tombstones.
+-- kept: the catch-up ring's copy (a stanza) or nil.  Returns the
+-- tombstone the ring keeps instead (serialized, nil: none).
+local function withdraw(account, room, w, stanza, kept)
+	local now = time.now();
+	local wk = room .. "\0" .. w.id;
+	local done = withdrawn:get(wk);
+	if done == nil and log_store then
+		local tomb = withdraw_logged(room, w, stanza, now);
+		if tomb ~= nil then
+			done = tomb and tostring(unmark(st.clone(tomb))) or false;
+			withdrawn:set(wk, done);
+		end
+	end
+	if mam_writer and account then
+		local verdict = nil;
+		if done ~= nil then verdict = done ~= false; end
+		withdraw_copy(account, room, w, stanza, verdict, now);
+	end
+	if done ~= nil then return done or nil; end
+	if kept and may_withdraw(kept, w, stanza) then
+		return tostring(tombstone(kept, room, w, now));
+	end
+	return nil;
+end
+
+function lib.withdraw(account, room, w, stanza, kept)
+	local ok, ret = pcall(withdraw, account, room, w, stanza, kept);
+	if not ok then
+		module:log("warn", "Could not withdraw message %s of %s from the log: %s", w.id, room, oneline(ret));
+		return nil;
+	end
+	return ret;
+end
+lib.withdrawal = withdrawal;
+
 lib.serves = log_store and true or false;
 lib.parse_stamp = parse_stamp;
 lib.bounded_id = bounded_id;

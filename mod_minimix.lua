@@ -517,7 +517,7 @@ end
 -- What the shim reads of a room message, for the core and the log.  A local
 -- room hands the same object to each of its local accounts (changing only
 -- 'to'): it is read once, and again only if the object changed.
-local function read_message(stanza, room)
+local function read_message(stanza, room, nick)
 	local t = stanza.attr.type or "normal";
 	local body = stanza:get_child("body") ~= nil;
 	-- a subject change (XEP-0045 §8.1): a <subject/> with a <body/> or a
@@ -544,6 +544,10 @@ local function read_message(stanza, room)
 			if sid.attr.by == room then m.stanza_id = roomlog.bounded_id(sid.attr.id); end
 		end
 	end
+	if t == "groupchat" then
+		-- a XEP-0424 retraction or XEP-0425 moderation (minimix_log.lib.lua)
+		m.withdraw = roomlog.withdrawal(stanza, nick);
+	end
 	return m;
 end
 local read = { stanza = nil, room = nil, nick = nil, m = nil };
@@ -559,12 +563,19 @@ local function incoming_message(event)
 	end
 	if not account or not room or not core:member(account, room) then return; end
 	if not m then
-		m = read_message(stanza, room);
+		m = read_message(stanza, room, nick);
 		-- shared_unchanged() vouches for the object only once its payload is taken
 		read.stanza, read.room, read.nick, read.m = m.payload and stanza or nil, room, nick, m;
 	end
 	if m.payload then
 		roomlog.message(account, room, nick, stanza, m);
+	end
+	if m.withdraw then
+		-- the log, the account's archive copy and the catch-up ring keep
+		-- a tombstone in place of the message withdrawn
+		local kept = core:kept(room, m.withdraw.id);
+		local tomb = roomlog.withdraw(account, room, m.withdraw, stanza, kept and xml_parse(kept));
+		if tomb then core:withdraw(room, m.withdraw.id, tomb); end
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_message(account, room, nick, m));

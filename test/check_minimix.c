@@ -5319,6 +5319,69 @@ START_TEST(test_history_interned)
 }
 END_TEST
 
+/* ==== retractions ========================================================= */
+
+#define P_TOMB "<message type='groupchat' from='" ROOM "/bob'>" \
+	"<retracted xmlns='urn:xmpp:message-retract:1' stamp='2026-01-01T00:00:00Z'/></message>"
+
+/* A withdrawn message's tombstone takes its place in the ring: a later
+ * session's catch-up has it where the message was, never the message. */
+START_TEST(test_withdraw_ring_tombstone)
+{
+	size_t n = 99;
+	const char *text;
+
+	four_messages();
+	text = mm_room_kept(st, ROOM, "s2");
+	ck_assert_ptr_nonnull(text);
+	ck_assert_str_eq(text, P_M2);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, "nope"));
+	ck_assert_ptr_null(mm_room_kept(st, ROOM2, "s2"));
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s2", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s2"), P_TOMB);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), (const struct hmsg[]){
+			{ P_M1, 100 }, { P_TOMB, 200 }, { P_M3, 300 }, { P_M4, 400 } }, 4, NULL);
+	/* an id no ring holds, another room: nothing changes */
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "nope", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM2, "s3", P_TOMB, NULL), MM_OK);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s3"), P_M3);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "", P_TOMB, &n), MM_EINVAL);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s3", NULL, &n), MM_EINVAL);
+	ck_assert_int_eq(mm_room_withdraw(st, NULL, "s3", P_TOMB, &n), MM_EINVAL);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, NULL));
+}
+END_TEST
+
+/* Every local account's ring: the tombstone is interned like the rest,
+ * and the message's text goes from the pool. */
+START_TEST(test_withdraw_every_ring)
+{
+	mm_stats s0;
+	size_t n = 0;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	s0 = stats();
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC2, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s1", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+	ck_assert_uint_eq(stats().payload_bytes, s0.payload_bytes + strlen(P_TOMB) + strlen(P_M2));
+	join(ACC2, R2, ROOM, "bobby", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_TOMB, 100 } }, 1, NULL);
+	/* again: the tombstone stays */
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s1", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 2);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
 /* ==== persistence ========================================================= */
 
 /*
@@ -7340,6 +7403,10 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_history_kept_messages);
 	tcase_add_test(tc, test_history_while_nobody_attached);
 	tcase_add_test(tc, test_history_interned);
+
+	tc = tcase(s, "retractions", setup_default);
+	tcase_add_test(tc, test_withdraw_ring_tombstone);
+	tcase_add_test(tc, test_withdraw_every_ring);
 
 	tc = tcase(s, "persistence", setup_default);
 	tcase_add_test(tc, test_persist_restore_sends_join);
