@@ -269,6 +269,8 @@ if not enabled and not in_mam then
 	return { message = function() end, flush = function() end, cleanup = function() end,
 		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp,
 		save = function() end, restore = function() end, bounded_id = bounded_id,
+		hold = function() return nil; end, holding = function() return false; end,
+		release = function() end, backfilled = function() return false; end,
 		withdrawal = withdrawal, withdraw = function(_, room, w, stanza, kept)
 			-- the ring alone: its copy, if its sender's
 			if kept and may_withdraw(kept, w, stanza) then
@@ -771,6 +773,32 @@ end
 
 local lib = {};
 
+-- Rooms whose new messages wait while the backfill (minimix_backfill.lib.lua)
+-- writes what the room's archive holds of a gap: room -> { entries, keys }.
+-- The backfill's messages are older than any of them, and the log is
+-- read in the order it was written.
+local holds = {};
+-- What one room's hold keeps at most: beyond, the hold ends (what it
+-- kept is written; the backfill, which would now write older messages
+-- after newer ones, stops).
+local HOLD_MAX = 5000;
+
+local function release(room)
+	local h = holds[room];
+	if not h then return; end
+	holds[room] = nil;
+	for _, e in ipairs(h.entries) do log_writer.push(e); end
+end
+
+local function hold_push(room, e, key)
+	local h = holds[room];
+	h.entries[#h.entries+1], h.keys[key] = e, true;
+	if #h.entries >= HOLD_MAX then
+		module:log("info", "Stopping the backfill of %s: %d new messages came meanwhile", room, #h.entries);
+		release(room);
+	end
+end
+
 -- A local room hands over one stanza object for all its local accounts,
 -- changing only 'to': its key is worked out once.
 local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, kind = nil, key = nil,
@@ -815,8 +843,9 @@ local function message(account, room, nick, stanza, m)
 				-- compared with; taken off again before a catch-up
 				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
-			log_writer.push({ user = store_user(room), room = room, value = value, when = when, with = nick or room,
-				key = keyed and kind == "sid" and key or nil });
+			local e = { user = store_user(room), room = room, value = value, when = when, with = nick or room,
+				key = keyed and kind == "sid" and key or nil };
+			if holds[room] then hold_push(room, e, key); else log_writer.push(e); end
 		end
 	end
 	last.logged = true;
@@ -847,6 +876,7 @@ end
 
 -- Write what waits, now (shutdown).
 function lib.flush()
+	for room in pairs(holds) do release(room); end
 	if log_writer then log_writer.flush(); end
 	if mam_writer then mam_writer.flush(); end
 end
@@ -959,8 +989,14 @@ local function replay(room, a)
 		out[#out+1] = { item, t };
 		if #out >= want then full = true; end
 	end
-	-- what waits for the writer is the newest
-	if log_writer then
+	-- what a backfill holds is the newest, then what waits for the writer
+	local h = holds[room];
+	for i = h and #h.entries or 0, 1, -1 do
+		local e = h.entries[i];
+		take(st.clone(e.value), said_at(e.value, room, e.when));
+		if full then break; end
+	end
+	if log_writer and not full then
 		for e in log_writer.waiting(store_user(room)) do
 			take(st.clone(e.value), said_at(e.value, room, e.when));
 			if full then break; end
@@ -1024,6 +1060,14 @@ local function withdraw_logged(room, w, stanza, now)
 	local user = store_user(room);
 	local allowed, tomb = true, nil;
 	local function match(v) return room_sid(v, room) == w.id; end
+	local h = holds[room];
+	for _, e in ipairs(h and h.entries or {}) do
+		if match(e.value) then
+			if not may_withdraw(e.value, w, stanza) then return false; end
+			e.value = tombstone(e.value, room, w, now);
+			return e.value;
+		end
+	end
 	local queued = log_writer.replace(user, match, function(v)
 		allowed = may_withdraw(v, w, stanza);
 		if allowed then tomb = tombstone(v, room, w, now); end
@@ -1104,6 +1148,73 @@ function lib.withdraw(account, room, w, stanza, kept)
 end
 lib.withdrawal = withdrawal;
 
+-- The backfill's side (minimix_backfill.lib.lua) ------------------------------
+
+-- Hold room's new messages (until lib.release) and say after what the
+-- backfill starts: { id = the room's stanza-id of the newest message the
+-- log holds, when = its time } (either may be nil: the log has none).
+-- nil when the log is off or the room is held already.
+local function hold(room)
+	if not log_writer or holds[room] then return nil; end
+	local user = store_user(room);
+	local anchor = {};
+	for e in log_writer.waiting(user) do
+		anchor.when = anchor.when or said_at(e.value, room, e.when);
+		local id = room_sid(e.value, room);
+		if id then
+			anchor.id, anchor.when = id, said_at(e.value, room, e.when);
+			break;
+		end
+	end
+	if not anchor.id then
+		local iter = log_store:find(user, { reverse = true, limit = IDS_PER_ROOM });
+		for _, item, when in iter or function() end do
+			if not anchor.when then anchor.when = said_at(item, room, when); end
+			local id = room_sid(item, room);
+			if id then
+				anchor.id = id;
+				anchor.when = anchor.when or said_at(item, room, when);
+				break;
+			end
+		end
+	end
+	holds[room] = { entries = {}, keys = {} };
+	return anchor;
+end
+
+function lib.hold(room)
+	local ok, ret = pcall(hold, room);
+	if not ok then
+		module:log("warn", "Could not read the log of %s for a backfill: %s", room, oneline(ret));
+		return nil;
+	end
+	return ret;
+end
+
+function lib.holding(room) return holds[room] ~= nil; end
+
+-- A message of the room's archive (the room's stanza-id and delay on it,
+-- nick nil for the room's own), said at stamp: written to the log unless
+-- it has it (or holds it).  Returns whether it was new.
+function lib.backfilled(room, nick, stanza, stamp)
+	local h = holds[room];
+	if not h or not log_writer then return false; end
+	local kind, key = dedupe_key(stanza, room);
+	if kind == "subject" then return false; end
+	local r = room_state(room);
+	if not r.primed then prime(room, r); end
+	if h.keys[key] or seen(r, kind, key) then return false; end
+	remember(r, kind, key);
+	local value = st.clone(stanza);
+	value.attr.to = nil;
+	log_writer.push({ user = store_user(room), room = room, value = value, when = math.floor(stamp),
+		with = nick or room, key = keyed and kind == "sid" and key or nil });
+	return true;
+end
+
+-- The backfill is over: what the hold kept is written, after it.
+lib.release = release;
+
 lib.serves = log_store and true or false;
 lib.parse_stamp = parse_stamp;
 lib.bounded_id = bounded_id;
@@ -1121,6 +1232,7 @@ end
 -- module.save/module.restore): nothing is lost but the new instance's
 -- bounds apply, and a store no longer configured drops its part.
 function lib.save()
+	for room in pairs(holds) do release(room); end
 	return { log = log_writer and log_writer.save(), mam = mam_writer and mam_writer.save() };
 end
 
