@@ -5382,6 +5382,40 @@ START_TEST(test_withdraw_every_ring)
 }
 END_TEST
 
+/* A tombstone the byte limits cannot take: the message goes from the
+ * ring (the newer ones keep their order), never stays whole. */
+START_TEST(test_withdraw_beyond_limits)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	static const char big[] = "<message type='groupchat' from='" ROOM "/bob'>"
+		"<retracted xmlns='urn:xmpp:message-retract:1' stamp='2026-01-01T00:00:00Z'>"
+		"<reason>a reason far longer than the message it replaces, so that the "
+		"membership's byte limit cannot take it in its place</reason>"
+		"</retracted></message>";
+	mm_limits l;
+	size_t n = 0;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s2", big, &n), MM_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, "s2"));
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), (const struct hmsg[]){
+			{ P_M1, 100 }, { P_M3, 300 } }, 2, NULL);
+	/* the ring goes on as a ring */
+	hist_msg(ACC, ROOM, P_M4, "s4", 400, 0);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s4"), P_M4);
+}
+END_TEST
+
 /* ==== persistence ========================================================= */
 
 /*
@@ -7407,6 +7441,7 @@ static Suite *minimix_suite(void)
 	tc = tcase(s, "retractions", setup_default);
 	tcase_add_test(tc, test_withdraw_ring_tombstone);
 	tcase_add_test(tc, test_withdraw_every_ring);
+	tcase_add_test(tc, test_withdraw_beyond_limits);
 
 	tc = tcase(s, "persistence", setup_default);
 	tcase_add_test(tc, test_persist_restore_sends_join);
