@@ -70,13 +70,17 @@ def catch_up_bodies(got, room):
     return out
 
 
+@pytest.mark.parametrize("storage", ["internal", "sqlite"])
 def test_what_was_said_while_the_server_was_down_comes_from_the_rooms_archive(
-        federation_factory):  # noqa: F811
+        federation_factory, storage):  # noqa: F811
     """XEP-0313 §4 (the room's archive, queried by the account after the
     last message its log holds) fills what XEP-0045 §7.2.15 history
     (5 messages here) cannot: all 30 messages said while a.test was down
-    reach a device joining afterwards, in order, once."""
+    reach a device joining afterwards, in order, once.  A second local
+    account in the room (ctl) joins again too: the room is backfilled
+    once."""
     fed = federation_factory(
+        account_options={"storage": storage},
         room_options={"muc_options": {"modules_enabled": ["e2e_spy", "e2e_s2s_spy", "muc_mam"]}})
     gap = ["while down %02d" % i for i in range(30)]
 
@@ -88,15 +92,18 @@ def test_what_was_said_while_the_server_was_down_comes_from_the_rooms_archive(
                                   "muc#roomconfig_historylength": 5})
         phone = await w.connect("alice", "phone")
         await join_room(phone, room, "alice")
+        ctl = await w.connect("ctl", "desk")
+        await join_room(ctl, room, "ctl")
         for body in ("before 1", "before 2"):
-            await speak_and_wait(bob, room, body, phone)
+            await speak_and_wait(bob, room, body, phone, ctl)
         deadline = time.monotonic() + 20
         while [e["body"] for e in archive_entries(fed.account, room, "minimix_log", host=ACCOUNT_DOMAIN)
                if e["body"]] != ["before 1", "before 2"]:
             assert time.monotonic() < deadline, "the log never held the first two"
             await asyncio.sleep(0.2)
-        await phone.abort()
-        w.clients.remove(phone)
+        for c in (phone, ctl):
+            await c.abort()
+            w.clients.remove(c)
         fed.account.kill()
         for body in gap:
             bob.groupchat(room, body)
@@ -108,9 +115,20 @@ def test_what_was_said_while_the_server_was_down_comes_from_the_rooms_archive(
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 50})
         assert catch_up_bodies(got, room) == ["before 1", "before 2"] + gap, \
             phone.transcript()
-        logged = [e["body"] for e in archive_entries(fed.account, room, "minimix_log", host=ACCOUNT_DOMAIN)
-                  if e["body"]]
+        # the log once the writer wrote the last one
+        deadline = time.monotonic() + 20
+        while True:
+            logged = [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                         host=ACCOUNT_DOMAIN) if e["body"]]
+            if gap[-1] in logged or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         assert logged == ["before 1", "before 2"] + gap, logged
+        await log_line(fed.account, r"ctl@a\.test is in %s(.|\n)*ctl@a\.test is in %s"
+                       % (re.escape(room), re.escape(room)))
+        text = fed.account.read_log()
+        assert len(re.findall(r"Backfilled \d+ message\(s\) of %s" % re.escape(room), text)) == 1, \
+            text
     run_federation(fed, scenario, timeout=180)
 
 
@@ -178,17 +196,23 @@ async def logged_bodies(env, room, last):
         await asyncio.sleep(0.2)
 
 
-def test_a_lying_room_archive_stops_at_the_bounds_and_writes_nothing_foreign(prosody_factory):
+@pytest.mark.parametrize("bound", ["pages", "messages"])
+def test_a_lying_room_archive_stops_at_the_bounds_and_writes_nothing_foreign(prosody_factory,
+                                                                               bound):
     """A room service that answers XEP-0313 queries with endless pages
     (never <fin complete='true'/>), pages larger than the RSM <max/> asked,
     results from another room's JID and forwarded messages not from the
     room: the backfill asks minimix_backfill_max_pages pages and no more,
     writes at most <max/> results of a page, and writes only groupchat
     messages the room forwarded as its own; a message the room says live
-    meanwhile is logged after the backfill."""
-    max_pages = 3
-    env = prosody_factory(host_options={"minimix_rejoin_delay": 1,
-                                        "minimix_backfill_max_pages": max_pages},
+    meanwhile is logged after the backfill.  The bound: 3 pages
+    (minimix_backfill_max_pages), or 150 results read
+    (minimix_backfill_max_messages), after 2 pages here."""
+    if bound == "pages":
+        options, pages = {"minimix_backfill_max_pages": 3}, 3
+    else:
+        options, pages = {"minimix_backfill_max_messages": 150}, 2
+    env = prosody_factory(host_options=dict(options, minimix_rejoin_delay=1),
                           external_components={EVIL: EVIL_SECRET})
     room = "lies@" + EVIL
 
@@ -196,7 +220,7 @@ def test_a_lying_room_archive_stops_at_the_bounds_and_writes_nothing_foreign(pro
         svc, p, ms, mp = await lying_room_rejoined(w, env, room)
         n = 0
         queries = []
-        for page in range(max_pages):
+        for page in range(pages):
             q = await svc.wait_for(P(name="iq", type="set", to=room,
                                      fn=lambda s: s.xml.find("{%s}query" % NS_MAM) is not None
                                      and s.id not in [x.id for x in queries]),
@@ -227,13 +251,17 @@ def test_a_lying_room_archive_stops_at_the_bounds_and_writes_nothing_foreign(pro
             svc.send("<iq type='result' from='%s' to='%s' id='%s'><fin xmlns='%s'>"
                      "<set xmlns='%s'><first>a%d</first><last>a%d</last></set></fin></iq>"
                      % (room, ALICE, q.id, NS_MAM, NS_RSM, n - asked - 4, n))
-        await log_line(env, r"Backfilled \d+ message\(s\) of %s .*max_pages" % re.escape(room))
+        await log_line(env, r"Backfilled \d+ message\(s\) of %s .*max_%s" % (re.escape(room), bound))
         assert len(svc.matching(P(name="iq", type="set", to=room,
                                   fn=lambda s: s.xml.find("{%s}query" % NS_MAM) is not None),
-                                since=ms)) == max_pages
+                                since=ms)) == pages
         bodies = await logged_bodies(env, room, "live meanwhile")
         archived = [b for b in bodies if b.startswith("archived")]
-        assert len(archived) == max_pages * 100, bodies
+        if bound == "pages":
+            assert len(archived) == pages * 100, bodies
+        else:
+            # 107 results in the first page (100 asked), then 150 - 107 asked
+            assert len(archived) == 100 + 43, bodies
         assert bodies == ["pre"] + archived + ["live meanwhile"], bodies
         assert not [b for b in bodies if b.startswith(("overflow", "foreign", "not groupchat"))]
         # the foreign results passed on as the server passes any message
