@@ -43,6 +43,9 @@ local DISCO_TTL = 3600;
 -- A re-join this soon after a backfill of the same room ended (another
 -- local account coming back) starts none: the room is done.
 local QUIET = 60;
+-- The next page waits while the log's writer has more than this waiting
+-- (its queue is bounded; a backfill must not push out what it holds).
+local WRITER_BACKLOG, BACKLOG_WAIT = 1000, 0.1;
 -- Joins of the account's own (not a session's) waiting for the room's
 -- answer, (account, room) -> when sent: with the membership's span open
 -- since before that, the join ends a gap.
@@ -177,6 +180,10 @@ function next_page(run)
 	if not roomlog.holding(run.room) then return finish(run, "new messages filled the hold"); end
 	local remaining = run.deadline - now();
 	if remaining <= 0 then return finish(run, "minimix_backfill_timeout reached"); end
+	if roomlog.pending() > WRITER_BACKLOG then
+		module:add_timer(BACKLOG_WAIT, function() next_page(run); end);
+		return;
+	end
 	run.pages = run.pages + 1;
 	local qid = new_id();
 	run.queryid, run.page = qid, {};
