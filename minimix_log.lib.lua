@@ -1045,7 +1045,7 @@ local COPY_SCAN = 1000;
 -- gives: key, item.
 local function find_by_sid(store, user, room, id, query)
 	local iter, err = store:find(user, query);
-	if not iter then return nil, err; end
+	if not iter then error(err or "cannot read the store"); end
 	for key, item in iter do
 		if room_sid(item, room) == id then return key, item; end
 	end
@@ -1076,8 +1076,12 @@ local function withdraw_logged(room, w, stanza, now)
 	if queued then return allowed and tomb; end
 	local key, item;
 	if keyed and bounded_id(w.id) == w.id then
-		local found = log_store:get(user, w.id);
-		if found then key, item = w.id, found; end
+		local found, err = log_store:get(user, w.id);
+		if found then
+			key, item = w.id, found;
+		elseif err and err ~= "item-not-found" then
+			error(err);
+		end
 	else
 		key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
 	end
@@ -1115,21 +1119,78 @@ end
 -- stanza: the log's original and the account's copy become tombstones.
 -- kept: the catch-up ring's copy (a stanza) or nil.  Returns the
 -- tombstone the ring keeps instead (serialized, nil: none).
-local function withdraw(account, room, w, stanza, kept)
-	local now = time.now();
+-- Withdrawals the store could not take (an outage): tried again, from
+-- 1 s doubling up to RETRY_MAX, WITHDRAW_TRIES times; at most
+-- WITHDRAW_WAITING wait (beyond, the newest is given up, logged).
+local WITHDRAW_TRIES, WITHDRAW_WAITING = 12, 256;
+local withdraw_waiting = 0;
+
+-- The log's part, then the account's copy: each true when done (found
+-- or not), false when the store failed (it is tried again).  Returns
+-- the log's verdict (see withdraw_logged) too.
+local function withdraw_parts(account, room, w, stanza, now, todo)
 	local wk = room .. "\0" .. w.id;
 	local done = withdrawn:get(wk);
-	if done == nil and log_store then
-		local tomb = withdraw_logged(room, w, stanza, now);
-		if tomb ~= nil then
-			done = tomb and tostring(unmark(st.clone(tomb))) or false;
-			withdrawn:set(wk, done);
+	if todo.log and done == nil and log_store then
+		local ok, tomb = pcall(withdraw_logged, room, w, stanza, now);
+		if not ok then
+			todo.err = tomb;
+		else
+			todo.log = false;
+			if tomb ~= nil then
+				done = tomb and tostring(unmark(st.clone(tomb))) or false;
+				withdrawn:set(wk, done);
+			end
 		end
+	else
+		todo.log = false;
 	end
-	if mam_writer and account then
+	if todo.copy and mam_writer and account and not todo.log then
 		local verdict = nil;
 		if done ~= nil then verdict = done ~= false; end
-		withdraw_copy(account, room, w, stanza, verdict, now);
+		local ok, err = pcall(withdraw_copy, account, room, w, stanza, verdict, now);
+		if ok then todo.copy = false; else todo.err = err; end
+	end
+	return done;
+end
+
+local function withdraw_later(account, room, w, stanza, now, todo)
+	if withdraw_waiting >= WITHDRAW_WAITING then
+		module:log("warn", "Giving up withdrawing message %s of %s from the log: %s", w.id, room, oneline(todo.err));
+		return;
+	end
+	withdraw_waiting = withdraw_waiting + 1;
+	local tries, delay = 0, 1;
+	module:add_timer(delay, function()
+		tries = tries + 1;
+		todo.err = nil;
+		withdraw_parts(account, room, w, stanza, now, todo);
+		if not todo.log and not todo.copy then
+			withdraw_waiting = withdraw_waiting - 1;
+			return nil;
+		end
+		if tries >= WITHDRAW_TRIES or module.loaded == false then
+			withdraw_waiting = withdraw_waiting - 1;
+			module:log("warn", "Giving up withdrawing message %s of %s from the log: %s", w.id, room, oneline(todo.err));
+			return nil;
+		end
+		delay = math.min(delay * 2, RETRY_MAX);
+		return delay;
+	end);
+end
+
+-- A retraction or moderation w (lib.withdrawal) the account received in
+-- stanza: the log's original and the account's copy become tombstones.
+-- kept: the catch-up ring's copy (a stanza) or nil.  Returns the
+-- tombstone the ring keeps instead (serialized, nil: none).
+local function withdraw(account, room, w, stanza, kept)
+	local now = time.now();
+	local todo = { log = true, copy = true };
+	local done = withdraw_parts(account, room, w, stanza, now, todo);
+	if todo.log or todo.copy then
+		module:log("warn", "Could not withdraw message %s of %s from the log now (tried again): %s", w.id, room,
+			oneline(todo.err));
+		withdraw_later(account, room, w, stanza, now, todo);
 	end
 	if done ~= nil then return done or nil; end
 	if kept and may_withdraw(kept, w, stanza) then

@@ -78,6 +78,7 @@ local function fake_archive()
 	end
 	-- in place, as Prosody's drivers do: same key, same position, same time
 	function s:get(user, key)
+		if self.fail then return nil, self.fail; end
 		for _, it in ipairs(self.items) do
 			if it.user == user and it.key == key then return st.clone(it.value), it.when, it.with; end
 		end

@@ -630,6 +630,25 @@ describe("room log retractions", function()
 		end);
 	end
 
+	it("withdraws once the store is back, when it failed at first", function()
+		local env = load_log({ minimix_archive_in_mam = true });
+		deliver(env, "alice@localhost", said("dan", "secret", "s1"));
+		advance(env, 1);
+		env.stores.minimix_log.fail = "connection lost";
+		env.stores.archive.fail = "connection lost";
+		assert.is_nil(retract(env, "dan", "s1"));
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"));
+		assert.equal(1, count_logs(env, "warn", "tried again"));
+		advance(env, 3);
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"), "still failing");
+		env.stores.minimix_log.fail = nil;
+		env.stores.archive.fail = nil;
+		advance(env, 10);
+		assert.is_nil(entry(env, "s1"):get_child("body"));
+		assert.is_nil(env.stores.archive.items[1].value:get_child("body"), "the copy too");
+		assert.equal(0, count_logs(env, "warn", "Giving up"));
+	end);
+
 	it("takes a retraction from the room itself, or a moderation from an occupant, for none", function()
 		local env = load_log();
 		local r = said(nil, nil, "r1");
