@@ -1,6 +1,9 @@
--- mod_minimix's backfill: after a re-join that follows a gap (a restart, a lost link, a 332/333/self-ping re-join), the room log gets what the room's own archive (XEP-0313) holds of it.
+-- mod_minimix's backfill: the room log filled from the room's own archive (XEP-0313) after a gap.
 --
--- The room's history on a re-join is as short as the room keeps it; its
+-- A gap: the account was out of a room by no wish of its own, its span
+-- kept open (this server restarted or crashed, the server-to-server link
+-- was lost, a 332 or 333 removal, a self-ping answered not-acceptable),
+-- and it joined again.  The room's history on a re-join is as short as the room keeps it; its
 -- archive, which the account may read, has the whole gap.  A backfill
 -- runs once per room on this host (as the first local account that is
 -- back), asks the room's disco#info whether it archives (urn:xmpp:mam:2),
@@ -23,7 +26,9 @@ local new_id = require "util.id".medium;
 local new_cache = require "util.cache".new;
 local datetime = require "util.datetime";
 local jid_split = require "util.jid".split;
+local jid_prep = require "util.jid".prep;
 local now = require "util.time".now;
+local xml_parse = require "util.xml".parse;
 
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_rsm = "http://jabber.org/protocol/rsm";
@@ -46,9 +51,8 @@ local QUIET = 60;
 -- The next page waits while the log's writer has more than this waiting
 -- (its queue is bounded; a backfill must not push out what it holds).
 local WRITER_BACKLOG, BACKLOG_WAIT = 1000, 0.1;
--- Joins of the account's own (not a session's) waiting for the room's
--- answer, (account, room) -> when sent: with the membership's span open
--- since before that, the join ends a gap.
+-- Joins sent to rooms, (account, room) -> when sent: a join answered
+-- while the membership's span has been open since before it ends a gap.
 local JOINS_WAITING = 4096;
 
 local function clamped_option(name, default, min, max)
@@ -118,11 +122,13 @@ local function take_result(run, result)
 	local fwd = result:get_child("forwarded", xmlns_forward);
 	local msg = fwd and child_named(fwd, "message");
 	if not id or not msg or msg.attr.type ~= "groupchat" or type(msg.attr.from) ~= "string" then return; end
-	local node, host, nick = jid_split(msg.attr.from);
+	local node, host, nick = jid_split(jid_prep(msg.attr.from));
 	if not node or node .. "@" .. host ~= room then return; end -- not the room's: never written
 	local delay = fwd:get_child("delay", xmlns_delay);
 	local stamp = delay and roomlog.parse_stamp(delay.attr.stamp);
 	if not stamp then return; end
+	-- a clock a little ahead is the room's; far in the future, a lie
+	if stamp > now() + 300 then return; end
 	stamp = math.min(stamp, now());
 	local value = as_stanza(st.clone(msg), msg.attr.xmlns);
 	value.attr.to = nil;
@@ -135,11 +141,12 @@ local function take_result(run, result)
 		return tag;
 	end);
 	value:tag("stanza-id", { xmlns = xmlns_sid, by = room, id = id }):up();
-	value:tag("delay", { xmlns = xmlns_delay, from = room, stamp = datetime.datetime(stamp) }):up();
+	-- the archive's own text: to the fraction of a second when it says so
+	value:tag("delay", { xmlns = xmlns_delay, from = room, stamp = delay.attr.stamp }):up();
 	local w = roomlog.withdrawal(value, nick);
 	if w then
 		local kept = mm.core:kept(room, w.id);
-		local tomb = roomlog.withdraw(nil, room, w, value, kept and require "util.xml".parse(kept));
+		local tomb = roomlog.withdraw(nil, room, w, value, kept and xml_parse(kept));
 		if tomb then mm.core:withdraw(room, w.id, tomb); end
 	end
 	if value:get_child("body") and roomlog.backfilled(room, nick, value, stamp) then
