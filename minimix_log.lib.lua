@@ -187,12 +187,18 @@ local function real_jid(stanza)
 	return j and (j:match("^([^/]*)") or j);
 end
 
+local function identity(stanza)
+	return { occupant_id = occupant_id(stanza), real_jid = real_jid(stanza), from = stanza.attr.from };
+end
+
+local function same_identity(a, b)
+	if a.occupant_id and b.occupant_id then return a.occupant_id == b.occupant_id; end
+	if a.real_jid and b.real_jid then return a.real_jid == b.real_jid; end
+	return a.from ~= nil and a.from == b.from;
+end
+
 local function same_sender(original, retraction)
-	local a, b = occupant_id(original), occupant_id(retraction);
-	if a and b then return a == b; end
-	a, b = real_jid(original), real_jid(retraction);
-	if a and b then return a == b; end
-	return original.attr.from ~= nil and original.attr.from == retraction.attr.from;
+	return same_identity(identity(original), identity(retraction));
 end
 
 -- Whether w may withdraw original: a moderation always, a retraction only
@@ -323,6 +329,16 @@ end
 -- bytes (minimix_log_queue_bytes) across the store's queues: beyond them
 -- the oldest is given up, said once per outage (or until the queues
 -- drain).
+-- The keys the stores gave the latest messages written without one of
+-- ours (the file store's log, every archive copy): (store user, room,
+-- stanza-id) -> { key, who = its sender (identity()) }.  A retraction,
+-- which names a recent message most of the time, is judged by it and
+-- finds the message by its key: on the file store nothing else finds one
+-- without reading the room's whole list, which no occupant may make the
+-- server do at will.
+local SID_KEYS = 8192;
+local sid_keys = new_cache(SID_KEYS);
+
 local function new_writer(kind, store, on_quota)
 	local w = { kind = kind, store = store };
 	local what = kind == "log" and "room log" or "accounts' archives";
@@ -402,6 +418,9 @@ local function new_writer(kind, store, on_quota)
 		end
 		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
 		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
+		if e.sid_key and type(ret) == "string" then
+			sid_keys:set(e.sid_key, { key = ret, who = identity(e.value) });
+		end
 		return true;
 	end
 
@@ -581,7 +600,7 @@ local function new_writer(kind, store, on_quota)
 			local e = order[i];
 			if e and not e.done then
 				out[#out+1] = { user = e.user, room = e.room, key = e.key, value = e.value, when = e.when,
-					with = e.with };
+					with = e.with, sid_key = e.sid_key };
 			end
 		end
 		queues, active, order, oldest, newest, count, bytes = {}, {}, {}, 1, 0, 0, 0;
@@ -740,8 +759,11 @@ local function prime(room, r)
 	end
 	local keys, subject = {}, nil;
 	local read_ok, err = pcall(function()
-		for _, item in iter do
+		for store_key, item in iter do
 			local kind, k = dedupe_key(item, room);
+			if kind == "sid" and not keyed then
+				sid_keys:set(room .. "\0" .. k, { key = store_key, who = identity(item) });
+			end
 			if kind == "subject" then
 				subject = subject or k;
 			else
@@ -844,7 +866,8 @@ local function message(account, room, nick, stanza, m)
 				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
 			local e = { user = store_user(room), room = room, value = value, when = when, with = nick or room,
-				key = keyed and kind == "sid" and key or nil };
+				key = keyed and kind == "sid" and key or nil,
+				sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil };
 			if holds[room] then hold_push(room, e, key); else log_writer.push(e); end
 		end
 	end
@@ -858,7 +881,8 @@ local function message(account, room, nick, stanza, m)
 			mam_seen:set(seen_key, true);
 			local value = st.clone(stanza);
 			value.attr.to = account;
-			mam_writer.push({ user = username, room = room, value = value, when = when, with = room });
+			mam_writer.push({ user = username, room = room, value = value, when = when, with = room,
+				sid_key = kind == "sid" and username .. "\0" .. room .. "\0" .. key or nil });
 		end
 	end
 end
@@ -1034,8 +1058,8 @@ function lib.replay(room, a)
 	end
 	return ret;
 end
--- The room's messages withdrawn lately, (room, stanza-id) -> the log's
--- verdict: the local accounts' copies of one retraction find it done.
+-- The room's messages withdrawn lately, (room, stanza-id) -> the
+-- tombstone: the local accounts' copies of one retraction find it done.
 local withdrawn = new_cache(1024);
 -- How many of an account's newest archive entries with a room are looked
 -- through for a copy to withdraw (older copies keep their body).
@@ -1043,6 +1067,18 @@ local COPY_SCAN = 1000;
 
 -- The stored item with the room's stanza-id id, among what find(query)
 -- gives: key, item.
+-- The stored item with key, if it is the room's message id: key, item.
+local function by_key(store, user, room, id, key)
+	if not key then return nil; end
+	local found, err = store:get(user, key);
+	if found then
+		if room_sid(found, room) == id then return key, found; end
+		return nil;
+	end
+	if err and err ~= "item-not-found" then error(err); end
+	return nil;
+end
+
 local function find_by_sid(store, user, room, id, query)
 	local iter, err = store:find(user, query);
 	if not iter then error(err or "cannot read the store"); end
@@ -1076,14 +1112,21 @@ local function withdraw_logged(room, w, stanza, now)
 	if queued then return allowed and tomb; end
 	local key, item;
 	if keyed and bounded_id(w.id) == w.id then
-		local found, err = log_store:get(user, w.id);
-		if found then
-			key, item = w.id, found;
-		elseif err and err ~= "item-not-found" then
-			error(err);
-		end
+		-- SQL: the stanza-id is the key, an indexed read
+		key, item = by_key(log_store, user, room, w.id, w.id);
 	else
-		key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+		local known = sid_keys:get(room .. "\0" .. w.id);
+		if known then
+			-- judged before the store is read
+			if not w.moderated and not same_identity(known.who, identity(stanza)) then return false; end
+			key, item = by_key(log_store, user, room, w.id, known.key);
+		elseif w.moderated then
+			-- the room's own moderation of an older message: read through
+			key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+		end
+		-- else a retraction of a message written before this server
+		-- started (and not read back since), or with an id too long to
+		-- be a key: not found
 	end
 	if not item then return nil; end
 	if not may_withdraw(item, w, stanza) then return false; end
@@ -1107,8 +1150,13 @@ local function withdraw_copy(account, room, w, stanza, verdict, now)
 		return allowed(v) and tombstone(v, room, w, now) or nil;
 	end);
 	if queued then return; end
-	local key, item = find_by_sid(mam_store, username, room, w.id,
-		{ with = room, reverse = true, limit = COPY_SCAN });
+	local known = sid_keys:get(username .. "\0" .. room .. "\0" .. w.id);
+	local key, item = by_key(mam_store, username, room, w.id, known and known.key);
+	if not item and (verdict or (verdict == nil and not log_store and w.moderated)) then
+		-- read through only for what the log withdrew (or without a log)
+		key, item = find_by_sid(mam_store, username, room, w.id,
+			{ with = room, reverse = true, limit = COPY_SCAN });
+	end
 	if item and allowed(item) and not item:get_child("retracted", xmlns_retract) then
 		local ok, err = mam_store:set(username, key, tombstone(item, room, w, now));
 		if not ok then error(err or "the store did not replace it"); end
@@ -1139,7 +1187,9 @@ local function withdraw_parts(account, room, w, stanza, now, todo)
 			todo.log = false;
 			if tomb ~= nil then
 				done = tomb and tostring(unmark(st.clone(tomb))) or false;
-				withdrawn:set(wk, done);
+				-- only what was withdrawn: someone else's retraction must
+				-- not stand in the way of the sender's
+				if done then withdrawn:set(wk, done); end
 			end
 		end
 	else
@@ -1269,7 +1319,8 @@ function lib.backfilled(room, nick, stanza, stamp)
 	local value = st.clone(stanza);
 	value.attr.to = nil;
 	log_writer.push({ user = store_user(room), room = room, value = value, when = math.floor(stamp),
-		with = nick or room, key = keyed and kind == "sid" and key or nil });
+		with = nick or room, key = keyed and kind == "sid" and key or nil,
+		sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil });
 	return true;
 end
 

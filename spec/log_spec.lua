@@ -606,8 +606,9 @@ describe("room log retractions", function()
 		{ "another nick, nothing else", { "dan" }, { "eve" }, false },
 	}) do
 		it("a retraction by " .. case[1] .. (case[4] and " withdraws" or " leaves") .. " the message", function()
-			for _, written in ipairs({ false, true }) do
-				local env = load_log();
+			for _, run in ipairs({ { false, "sql" }, { true, "sql" }, { false, "internal" }, { true, "internal" } }) do
+				local written = run[1];
+				local env = load_log(nil, run[2]);
 				local o = case[2];
 				deliver(env, "alice@localhost", said(o[1], "secret", "s1", o[2], o[3]));
 				if written then advance(env, 1); end
@@ -629,6 +630,19 @@ describe("room log retractions", function()
 			end
 		end);
 	end
+
+	it("on the file store, judges a retraction by what it wrote, and never reads the whole log for one", function()
+		local env = load_log(nil, "internal");
+		deliver(env, "alice@localhost", said("dan", "secret", "s1"));
+		advance(env, 1);
+		local finds = env.stores.minimix_log.finds or 0;
+		assert.is_nil(retract(env, "eve", "s1"), "someone else's");
+		assert.is_nil(retract(env, "eve", "unknown"), "an id it never wrote");
+		assert.equal(finds, env.stores.minimix_log.finds or 0, "no read of the log");
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"));
+		assert.truthy(retract(env, "dan", "s1"));
+		assert.is_nil(entry(env, "s1"):get_child("body"));
+	end);
 
 	it("withdraws once the store is back, when it failed at first", function()
 		local env = load_log({ minimix_archive_in_mam = true });

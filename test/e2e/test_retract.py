@@ -16,7 +16,8 @@ What is proven:
    on the internal store, SQLite and PostgreSQL.  The older fastened form
    (urn:xmpp:message-retract:0) does the same.
 2. A retraction from someone else (bob retracting carol's message) changes
-   nothing: the laptop's catch-up has the body.
+   nothing: the laptop's catch-up has the body; carol's own retraction
+   afterwards still withdraws it.
 3. XEP-0425 through mod_muc_moderation (Debian's prosody-modules, which
    announces urn:xmpp:message-moderate:0 from the room's bare JID): carol,
    a moderator, removes bob's message with a reason; the laptop's catch-up
@@ -201,6 +202,10 @@ def test_someone_elses_retraction_changes_nothing(prosody_factory, storage):
         assert not [m for m in msgs if retracted(m) is not None]
         assert entry_by_sid(archive_entries(env, room, "minimix_log"), said)["body"] == "carol's own"
         assert (await copies(env, room, said, lambda e: True, "the copy"))["body"] == "carol's own"
+        # and it does not stand in the way of the sender's own
+        await sent_to_room(carol, room, phone, retract_xml(room, said, "r-carol"), "r-carol")
+        await wait_entries(env, room, lambda es: any(
+            e["sid"] == said and e["body"] is None for e in es), "the tombstone")
     run(env, scenario, timeout=120)
 
 
