@@ -1058,6 +1058,10 @@ function lib.replay(room, a)
 	end
 	return ret;
 end
+-- Rooms whose log a moderation read through lately -> when.
+local READ_THROUGH_EVERY = 10;
+local read_through = new_cache(256);
+
 -- The room's messages withdrawn lately, (room, stanza-id) -> the
 -- tombstone: the local accounts' copies of one retraction find it done.
 local withdrawn = new_cache(1024);
@@ -1121,8 +1125,14 @@ local function withdraw_logged(room, w, stanza, now)
 			if not w.moderated and not same_identity(known.who, identity(stanza)) then return false; end
 			key, item = by_key(log_store, user, room, w.id, known.key);
 		elseif w.moderated then
-			-- the room's own moderation of an older message: read through
-			key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+			-- the room's own moderation of an older message: read through,
+			-- at most once per room per READ_THROUGH_EVERY seconds (a room
+			-- could send any number of them)
+			local last = read_through:get(room);
+			if not last or now - last >= READ_THROUGH_EVERY then
+				read_through:set(room, now);
+				key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+			end
 		end
 		-- else a retraction of a message written before this server
 		-- started (and not read back since), or with an id too long to
