@@ -43,8 +43,10 @@ local PAGE_SIZE = 100;
 -- Backfills running at once (one per room); a re-join beyond them gets
 -- none (its room keeps today's history).
 local MAX_RUNNING = 16;
--- How long a room's disco#info answer is believed.
-local DISCO_TTL = 3600;
+-- How long a room's disco#info answer is believed, and waited for (the
+-- room's new messages are held meanwhile: a room without an archive
+-- would not give them back after a crash).
+local DISCO_TTL, DISCO_TIMEOUT = 3600, 30;
 -- A re-join this soon after a backfill of the same room ended (another
 -- local account coming back) starts none: the room is done.
 local QUIET = 60;
@@ -229,7 +231,7 @@ local function start(run)
 	end
 	local iq = st.iq({ type = "get", from = run.account, to = run.room, id = new_id() })
 		:tag("query", { xmlns = xmlns_disco_info }):up();
-	module:send_iq(iq, nil, math.max(1, math.ceil(run.deadline - now()))):next(function(event)
+	module:send_iq(iq, nil, math.max(1, math.min(DISCO_TIMEOUT, math.ceil(run.deadline - now())))):next(function(event)
 		local mam = false;
 		local query = event.stanza:get_child("query", xmlns_disco_info);
 		for feature in query and query:childtags("feature") or function() end do
