@@ -754,6 +754,38 @@ static int l_delivery_failed(lua_State *L)
 	return account_room_event(L, mm_delivery_failed);
 }
 
+/* kept(room, stanza_id) -> text | nil */
+static int l_kept(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *room = luaL_checkstring(L, 2);
+	const char *sid = luaL_checkstring(L, 3);
+	const char *text = mm_room_kept(s, room, sid);
+	if (text == NULL)
+		return 0;
+	lua_pushstring(L, text);
+	return 1;
+}
+
+/* withdraw(room, stanza_id, tombstone) -> replaced | nil, token, ... */
+static int l_withdraw(lua_State *L)
+{
+	mm_state *s = check_state(L);
+	const char *room = luaL_checkstring(L, 2);
+	const char *sid = luaL_checkstring(L, 3);
+	size_t len;
+	const char *payload = luaL_checklstring(L, 4, &len);
+	size_t replaced;
+	mm_err err;
+	if (memchr(payload, '\0', len) != NULL)
+		return push_result(L, MM_EINVAL, NULL);
+	err = mm_room_withdraw(s, room, sid, payload, &replaced);
+	if (err != MM_OK)
+		return push_result(L, err, NULL);
+	lua_pushinteger(L, (lua_Integer)replaced);
+	return 1;
+}
+
 /* ---- inspection --------------------------------------------------------- */
 
 static void set_int(lua_State *L, const char *key, size_t v)
@@ -901,6 +933,8 @@ static const luaL_Reg state_methods[] = {
 	{"account_leave", l_account_leave},
 	{"take_dirty", l_take_dirty},
 	{"delivery_failed", l_delivery_failed},
+	{"kept", l_kept},
+	{"withdraw", l_withdraw},
 	{"member", l_member},
 	{"stats", l_stats},
 	{"limits", l_limits},

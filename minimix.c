@@ -241,6 +241,7 @@ typedef struct mm_pending {
 typedef struct mm_hist {
 	mm_node *payload;
 	double stamp;
+	char *sid; /* the room's stanza-id, or NULL: what a retraction names */
 } mm_hist;
 
 struct mm_account;
@@ -622,8 +623,10 @@ static void rings_resize(mm_state *s, mm_membership *m, const mm_limits *nl,
 	if (hist) {
 		oldcap = s->limits.history_size;
 		keep = m->hist_count < nl->history_size ? m->hist_count : nl->history_size;
-		for (i = 0; i < m->hist_count - keep; i++)
+		for (i = 0; i < m->hist_count - keep; i++) {
 			cache_drop(s, m, m->hist[(m->hist_head + i) % oldcap].payload);
+			free(m->hist[(m->hist_head + i) % oldcap].sid);
+		}
 		m->hist_break -= m->hist_break < m->hist_count - keep
 			? m->hist_break : m->hist_count - keep;
 		for (i = 0; i < keep; i++)
@@ -926,8 +929,10 @@ static void membership_clear_cache(mm_state *s, mm_membership *m)
 static void hist_clear(mm_state *s, mm_membership *m)
 {
 	size_t i;
-	for (i = 0; i < m->hist_count; i++)
+	for (i = 0; i < m->hist_count; i++) {
 		cache_drop(s, m, m->hist[(m->hist_head + i) % s->limits.history_size].payload);
+		free(m->hist[(m->hist_head + i) % s->limits.history_size].sid);
+	}
 	free(m->hist);
 	m->hist = NULL;
 	m->hist_head = m->hist_count = m->hist_break = 0;
@@ -2675,6 +2680,8 @@ mm_err mm_room_presence(mm_state *s, const char *account, const char *room,
 static void hist_drop_oldest(mm_state *s, mm_membership *m)
 {
 	cache_drop(s, m, m->hist[m->hist_head].payload);
+	free(m->hist[m->hist_head].sid);
+	m->hist[m->hist_head].sid = NULL;
 	m->hist_head = (m->hist_head + 1) % s->limits.history_size;
 	m->hist_count--;
 	if (m->hist_break > 0)
@@ -2689,7 +2696,7 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 	const size_t cap = s->limits.history_size;
 	mm_node *pn;
 	mm_hist *slot;
-	char *id = NULL;
+	char *id = NULL, *sid = NULL;
 	int fresh;
 	if (m->hist == NULL) {
 		m->hist = calloc(cap, sizeof *m->hist);
@@ -2704,10 +2711,16 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 			if (id == NULL)
 				return 0;
 		}
+		if ((sid = malloc(len)) == NULL) {
+			free(id);
+			return 0;
+		}
+		memcpy(sid, msg->stanza_id, len);
 	}
 	pn = payload_prepare(s, msg->payload, msg->payload_handle, &fresh);
 	if (pn == NULL) {
 		free(id);
+		free(sid);
 		return 0;
 	}
 	/* held while the oldest make room: one of them may be this text */
@@ -2718,12 +2731,14 @@ static int hist_push(mm_state *s, const char *account, mm_membership *m,
 		slot = &m->hist[(m->hist_head + m->hist_count) % cap];
 		slot->payload = pn;
 		slot->stamp = msg->stamp;
+		slot->sid = sid;
 		m->hist_count++;
 		cache_count(s, m, pn);
 	} else {
 		/* too big even alone: not kept (and the emptied ring leaves no
 		 * gap in what later sessions get); it still counts as seen */
 		payload_unref(s, pn);
+		free(sid);
 	}
 	if (msg->stanza_id) {
 		size_t len = strlen(msg->stanza_id) + 1;
@@ -3487,6 +3502,96 @@ mm_err mm_delivery_failed(mm_state *s, const char *account, const char *room,
 	return dec_finish(s, out, membership_get(s, account, room) != NULL, 1);
 }
 
+
+/* ---- retractions ---------------------------------------------------------- */
+
+/* m's ring entry for the room message stanza_id, or NULL; its place
+ * (0: the oldest) in *at. */
+static mm_hist *hist_find(const mm_state *s, const mm_membership *m,
+		const char *stanza_id, size_t *at)
+{
+	const size_t cap = s->limits.history_size;
+	size_t i;
+	for (i = 0; i < m->hist_count; i++) {
+		mm_hist *h = &m->hist[(m->hist_head + i) % cap];
+		if (h->sid && strcmp(h->sid, stanza_id) == 0) {
+			*at = i;
+			return h;
+		}
+	}
+	return NULL;
+}
+
+/* m's ring entry at place i goes; the newer ones move up. */
+static void hist_remove(mm_state *s, mm_membership *m, size_t i)
+{
+	const size_t cap = s->limits.history_size;
+	mm_hist *h = &m->hist[(m->hist_head + i) % cap];
+	if (i < m->hist_break)
+		m->hist_break--;
+	cache_drop(s, m, h->payload);
+	free(h->sid);
+	for (; i + 1 < m->hist_count; i++)
+		m->hist[(m->hist_head + i) % cap] = m->hist[(m->hist_head + i + 1) % cap];
+	h = &m->hist[(m->hist_head + m->hist_count - 1) % cap];
+	h->payload = NULL;
+	h->sid = NULL;
+	m->hist_count--;
+}
+
+const char *mm_room_kept(const mm_state *s, const char *room, const char *stanza_id)
+{
+	size_t at;
+	if (s == NULL || !nonempty(room) || !nonempty(stanza_id))
+		return NULL;
+	MAP_EACH(&s->accounts, an) {
+		const mm_membership *m = map_get(&((mm_account *)an->value)->rooms, room);
+		const mm_hist *h = m ? hist_find(s, m, stanza_id, &at) : NULL;
+		if (h)
+			return h->payload->key;
+	}
+	return NULL;
+}
+
+mm_err mm_room_withdraw(mm_state *s, const char *room, const char *stanza_id,
+		const char *payload, size_t *replaced)
+{
+	mm_node *pn;
+	int fresh;
+	size_t n = 0, at;
+	if (replaced)
+		*replaced = 0;
+	if (s == NULL || !nonempty(room) || !nonempty(stanza_id) || payload == NULL)
+		return MM_EINVAL;
+	pn = payload_prepare(s, payload, NULL, &fresh);
+	if (pn == NULL)
+		return MM_ENOMEM;
+	/* held while the entries change: the text of one of them may be it */
+	payload_ref(s, pn, fresh);
+	MAP_EACH(&s->accounts, an) {
+		mm_membership *m = map_get(&((mm_account *)an->value)->rooms, room);
+		mm_hist *h = m ? hist_find(s, m, stanza_id, &at) : NULL;
+		if (h == NULL)
+			continue;
+		n++;
+		if (h->payload == pn)
+			continue;
+		if (cache_fits(s, m, pn, h->payload)) {
+			mm_node *old = h->payload;
+			payload_ref(s, pn, 0);
+			cache_count(s, m, pn);
+			h->payload = pn;
+			cache_drop(s, m, old);
+		} else {
+			/* beyond the byte limits: gone rather than kept whole */
+			hist_remove(s, m, at);
+		}
+	}
+	payload_unref(s, pn);
+	if (replaced)
+		*replaced = n;
+	return MM_OK;
+}
 
 /* ---- inspection ---------------------------------------------------------- */
 

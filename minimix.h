@@ -834,6 +834,31 @@ mm_err mm_tick(mm_state *state, double now, mm_decision *out);
 mm_err mm_ping_later(mm_state *state, const char *host, unsigned delay);
 
 /*
+ * Retractions (XEP-0424) and moderations (XEP-0425).  The catch-up ring
+ * keeps each room message's stanza-id (by the room, as mm_room_message()
+ * got it) beside its text, so that a message withdrawn is never replayed
+ * whole.
+ *
+ * mm_room_kept(): the ring's text of the message with that stanza-id in
+ * any membership of `room` (the first found; the caller judges whether
+ * the retraction's sender may withdraw it), NULL when no ring holds it or
+ * an argument is NULL or empty.  Borrowed: valid until the next call that
+ * changes the state.
+ *
+ * mm_room_withdraw(): every membership of `room` whose ring holds that
+ * message keeps `payload` (its tombstone: serialized, without 'to') in
+ * its place, with its time, so that catch-ups keep their order; where the
+ * byte limits cannot take the tombstone, the message goes from the ring.
+ * *replaced (may be NULL) gets how many rings held it.  Errors: MM_EINVAL
+ * (NULL or empty room or stanza_id, NULL payload), MM_ENOMEM (nothing
+ * changed).  The strings are borrowed for the call.
+ */
+const char *mm_room_kept(const mm_state *state, const char *room,
+		const char *stanza_id);
+mm_err mm_room_withdraw(mm_state *state, const char *room,
+		const char *stanza_id, const char *payload, size_t *replaced);
+
+/*
  * A stanza built from room traffic could not be delivered to a session of
  * `account` (the session vanished).  Handled (swallow the failure, never
  * bounce it to the room) when `room` is a room the account has a

@@ -21,6 +21,16 @@ local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
 -- the module's own mark on a logged message: when it was said, exactly
 local xmlns_said = "urn:xmpp:minimix:said:0";
+-- XEP-0424 retractions (the current and the fastened form), XEP-0425
+-- moderations (the current and the form mod_muc_moderation sends), and
+-- what tells an occupant from another (XEP-0421, the room's muc#user item)
+local xmlns_retract = "urn:xmpp:message-retract:1";
+local xmlns_retract0 = "urn:xmpp:message-retract:0";
+local xmlns_fasten = "urn:xmpp:fasten:0";
+local xmlns_moderate = "urn:xmpp:message-moderate:1";
+local xmlns_moderate0 = "urn:xmpp:message-moderate:0";
+local xmlns_occupant_id = "urn:xmpp:occupant-id:0";
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
 
 -- Rooms whose recent message ids are remembered, and how many ids each: a
 -- room's copies for its local accounts come within moments of each other,
@@ -124,6 +134,104 @@ local function bounded_id(id)
 	return id;
 end
 
+-- Retractions and moderations -----------------------------------------------
+
+-- What a groupchat message withdraws: nil, or { id = the room's stanza-id
+-- of the message, moderated = by whom (the room's own announcement), reason }.
+-- A retraction is an occupant's (nick), a moderation the room's (no nick):
+-- one claiming otherwise withdraws nothing.
+local function withdrawal(stanza, nick)
+	local r = stanza:get_child("retract", xmlns_retract);
+	if r and r.attr.id then
+		local mod = r:get_child("moderated", xmlns_moderate);
+		if mod then
+			if nick then return nil; end
+			return { id = r.attr.id, moderated = mod.attr.by or "", reason = r:get_child_text("reason"),
+				moderated_ns = xmlns_moderate };
+		end
+		if not nick then return nil; end
+		return { id = r.attr.id };
+	end
+	local a = stanza:get_child("apply-to", xmlns_fasten);
+	if a and a.attr.id then
+		local mod = a:get_child("moderated", xmlns_moderate0);
+		if mod then
+			if nick or not mod:get_child("retract", xmlns_retract0) then return nil; end
+			return { id = a.attr.id, moderated = mod.attr.by or "", reason = mod:get_child_text("reason"),
+				moderated_ns = xmlns_moderate0 };
+		end
+		if nick and a:get_child("retract", xmlns_retract0) then return { id = a.attr.id }; end
+	end
+	return nil;
+end
+
+local function room_sid(stanza, room)
+	for sid in stanza:childtags("stanza-id", xmlns_sid) do
+		if sid.attr.by == room then return sid.attr.id; end
+	end
+	return nil;
+end
+
+-- Who sent a message, as strongly as both messages say: the XEP-0421
+-- occupant-id the room gives, else the real JID the room shows, else the
+-- nick.
+local function occupant_id(stanza)
+	local o = stanza:get_child("occupant-id", xmlns_occupant_id);
+	return o and o.attr.id;
+end
+
+local function real_jid(stanza)
+	local x = stanza:get_child("x", xmlns_muc_user);
+	local item = x and x:get_child("item");
+	local j = item and item.attr.jid;
+	return j and (j:match("^([^/]*)") or j);
+end
+
+local function identity(stanza)
+	return { occupant_id = occupant_id(stanza), real_jid = real_jid(stanza), from = stanza.attr.from };
+end
+
+local function same_identity(a, b)
+	if a.occupant_id and b.occupant_id then return a.occupant_id == b.occupant_id; end
+	if a.real_jid and b.real_jid then return a.real_jid == b.real_jid; end
+	return a.from ~= nil and a.from == b.from;
+end
+
+local function same_sender(original, retraction)
+	return same_identity(identity(original), identity(retraction));
+end
+
+-- Whether w may withdraw original: a moderation always, a retraction only
+-- from its sender.  A tombstone stays as it is.
+local function may_withdraw(original, w, retraction)
+	if original:get_child("retracted", xmlns_retract) then return false; end
+	return w.moderated ~= nil or same_sender(original, retraction);
+end
+
+-- The original without body or any payload: its identity and time (from,
+-- id, the room's stanza-id and delay, the log's mark of when it was said),
+-- and the XEP-0424 marker, with the moderator and reason of a XEP-0425
+-- moderation.
+local function tombstone(original, room, w, now)
+	local t = st.message({ from = original.attr.from, to = original.attr.to, type = original.attr.type,
+		id = original.attr.id });
+	for _, tag in ipairs(original.tags) do
+		local ns = tag.attr.xmlns;
+		if (tag.name == "stanza-id" and ns == xmlns_sid and tag.attr.by == room)
+			or (tag.name == "delay" and ns == xmlns_delay)
+			or (tag.name == "said" and ns == xmlns_said)
+			or (tag.name == "occupant-id" and ns == xmlns_occupant_id) then
+			t:add_child(st.clone(tag));
+		end
+	end
+	t:tag("retracted", { xmlns = xmlns_retract, stamp = datetime.datetime(math.floor(now)) });
+	if w.moderated then
+		t:tag("moderated", { xmlns = xmlns_moderate, by = w.moderated ~= "" and w.moderated or nil }):up();
+		if w.reason then t:text_tag("reason", w.reason); end
+	end
+	return t:up();
+end
+
 -- LuaDBI's prepared statements hold a bare pointer to their connection.
 -- When a connection breaks, util.sql drops it at once but keeps its
 -- prepared statements until the next successful connect: the collector may
@@ -166,7 +274,15 @@ if not enabled and not in_mam then
 	guard_sql_statements();
 	return { message = function() end, flush = function() end, cleanup = function() end,
 		replay = function() return {}; end, serves = false, parse_stamp = parse_stamp,
-		save = function() end, restore = function() end, bounded_id = bounded_id };
+		save = function() end, restore = function() end, bounded_id = bounded_id,
+		hold = function() return nil; end, holding = function() return false; end,
+		release = function() end, backfilled = function() return false; end,
+		withdrawal = withdrawal, withdraw = function(_, room, w, stanza, kept)
+			-- the ring alone: its copy, if its sender's
+			if kept and may_withdraw(kept, w, stanza) then
+				return tostring(tombstone(kept, room, w, time.now()));
+			end
+		end };
 end
 
 local metric_writes = module:metric("counter", "log_writes", "",
@@ -213,6 +329,16 @@ end
 -- bytes (minimix_log_queue_bytes) across the store's queues: beyond them
 -- the oldest is given up, said once per outage (or until the queues
 -- drain).
+-- The keys the stores gave the latest messages written without one of
+-- ours (the file store's log, every archive copy): (store user, room,
+-- stanza-id) -> { key, who = its sender (identity()) }.  A retraction,
+-- which names a recent message most of the time, is judged by it and
+-- finds the message by its key: on the file store nothing else finds one
+-- without reading the room's whole list, which no occupant may make the
+-- server do at will.
+local SID_KEYS = 8192;
+local sid_keys = new_cache(SID_KEYS);
+
 local function new_writer(kind, store, on_quota)
 	local w = { kind = kind, store = store };
 	local what = kind == "log" and "room log" or "accounts' archives";
@@ -292,6 +418,9 @@ local function new_writer(kind, store, on_quota)
 		end
 		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
 		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
+		if e.sid_key and type(ret) == "string" then
+			sid_keys:set(e.sid_key, { key = ret, who = identity(e.value) });
+		end
 		return true;
 	end
 
@@ -471,11 +600,30 @@ local function new_writer(kind, store, on_quota)
 			local e = order[i];
 			if e and not e.done then
 				out[#out+1] = { user = e.user, room = e.room, key = e.key, value = e.value, when = e.when,
-					with = e.with };
+					with = e.with, sid_key = e.sid_key };
 			end
 		end
 		queues, active, order, oldest, newest, count, bytes = {}, {}, {}, 1, 0, 0, 0;
 		return out;
+	end
+
+	-- The first waiting entry of user that match(value) takes is replaced
+	-- by make(value) (a tombstone; nil: kept); returns the value it had.
+	function w.replace(user, match, make)
+		local q = queues[user];
+		if not q then return nil; end
+		for i = q.head, q.tail do
+			local e = q[i];
+			if e and match(e.value) then
+				local old, value = e.value, make(e.value);
+				if value then
+					local size = stanza_size(value) + #e.user + ENTRY_OVERHEAD;
+					bytes, e.size, e.value = bytes - e.size + size, size, value;
+				end
+				return old;
+			end
+		end
+		return nil;
 	end
 
 	function w.pending() return count, bytes; end
@@ -611,8 +759,11 @@ local function prime(room, r)
 	end
 	local keys, subject = {}, nil;
 	local read_ok, err = pcall(function()
-		for _, item in iter do
+		for store_key, item in iter do
 			local kind, k = dedupe_key(item, room);
+			if kind == "sid" and not keyed then
+				sid_keys:set(room .. "\0" .. k, { key = store_key, who = identity(item) });
+			end
 			if kind == "subject" then
 				subject = subject or k;
 			else
@@ -643,6 +794,32 @@ local function remember(r, kind, key)
 end
 
 local lib = {};
+
+-- Rooms whose new messages wait while the backfill (minimix_backfill.lib.lua)
+-- writes what the room's archive holds of a gap: room -> { entries, keys }.
+-- The backfill's messages are older than any of them, and the log is
+-- read in the order it was written.
+local holds = {};
+-- What one room's hold keeps at most: beyond, the hold ends (what it
+-- kept is written; the backfill, which would now write older messages
+-- after newer ones, stops).
+local HOLD_MAX = 5000;
+
+local function release(room)
+	local h = holds[room];
+	if not h then return; end
+	holds[room] = nil;
+	for _, e in ipairs(h.entries) do log_writer.push(e); end
+end
+
+local function hold_push(room, e, key)
+	local h = holds[room];
+	h.entries[#h.entries+1], h.keys[key] = e, true;
+	if #h.entries >= HOLD_MAX then
+		module:log("info", "Stopping the backfill of %s: %d new messages came meanwhile", room, #h.entries);
+		release(room);
+	end
+end
 
 -- A local room hands over one stanza object for all its local accounts,
 -- changing only 'to': its key is worked out once.
@@ -688,8 +865,10 @@ local function message(account, room, nick, stanza, m)
 				-- compared with; taken off again before a catch-up
 				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
 			end
-			log_writer.push({ user = store_user(room), room = room, value = value, when = when, with = nick or room,
-				key = keyed and kind == "sid" and key or nil });
+			local e = { user = store_user(room), room = room, value = value, when = when, with = nick or room,
+				key = keyed and kind == "sid" and key or nil,
+				sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil };
+			if holds[room] then hold_push(room, e, key); else log_writer.push(e); end
 		end
 	end
 	last.logged = true;
@@ -702,7 +881,8 @@ local function message(account, room, nick, stanza, m)
 			mam_seen:set(seen_key, true);
 			local value = st.clone(stanza);
 			value.attr.to = account;
-			mam_writer.push({ user = username, room = room, value = value, when = when, with = room });
+			mam_writer.push({ user = username, room = room, value = value, when = when, with = room,
+				sid_key = kind == "sid" and username .. "\0" .. room .. "\0" .. key or nil });
 		end
 	end
 end
@@ -720,6 +900,7 @@ end
 
 -- Write what waits, now (shutdown).
 function lib.flush()
+	for room in pairs(holds) do release(room); end
 	if log_writer then log_writer.flush(); end
 	if mam_writer then mam_writer.flush(); end
 end
@@ -832,8 +1013,14 @@ local function replay(room, a)
 		out[#out+1] = { item, t };
 		if #out >= want then full = true; end
 	end
-	-- what waits for the writer is the newest
-	if log_writer then
+	-- what a backfill holds is the newest, then what waits for the writer
+	local h = holds[room];
+	for i = h and #h.entries or 0, 1, -1 do
+		local e = h.entries[i];
+		take(st.clone(e.value), said_at(e.value, room, e.when));
+		if full then break; end
+	end
+	if log_writer and not full then
 		for e in log_writer.waiting(store_user(room)) do
 			take(st.clone(e.value), said_at(e.value, room, e.when));
 			if full then break; end
@@ -871,6 +1058,285 @@ function lib.replay(room, a)
 	end
 	return ret;
 end
+-- Rooms whose log a moderation read through lately -> when.
+local READ_THROUGH_EVERY = 10;
+local read_through = new_cache(256);
+
+-- The room's messages withdrawn lately, (room, stanza-id) -> the
+-- tombstone: the local accounts' copies of one retraction find it done.
+local withdrawn = new_cache(1024);
+-- How many of an account's newest archive entries with a room are looked
+-- through for a copy to withdraw (older copies keep their body).
+local COPY_SCAN = 1000;
+
+-- The stored item with the room's stanza-id id, among what find(query)
+-- gives: key, item.
+-- The stored item with key, if it is the room's message id: key, item.
+local function by_key(store, user, room, id, key)
+	if not key then return nil; end
+	local found, err = store:get(user, key);
+	if found then
+		if room_sid(found, room) == id then return key, found; end
+		return nil;
+	end
+	if err and err ~= "item-not-found" then error(err); end
+	return nil;
+end
+
+local function find_by_sid(store, user, room, id, query)
+	local iter, err = store:find(user, query);
+	if not iter then error(err or "cannot read the store"); end
+	for key, item in iter do
+		if room_sid(item, room) == id then return key, item; end
+	end
+	return nil;
+end
+
+-- The logged message: waiting for the writer (tombstoned there), else in
+-- the store (by its key on SQL, else read through, newest first) and set
+-- in place, same key, same time.  Returns false when the sender may not
+-- withdraw it, else the tombstone written (or nil: none found).
+local function withdraw_logged(room, w, stanza, now)
+	local user = store_user(room);
+	local allowed, tomb = true, nil;
+	local function match(v) return room_sid(v, room) == w.id; end
+	local h = holds[room];
+	for _, e in ipairs(h and h.entries or {}) do
+		if match(e.value) then
+			if not may_withdraw(e.value, w, stanza) then return false; end
+			e.value = tombstone(e.value, room, w, now);
+			return e.value;
+		end
+	end
+	local queued = log_writer.replace(user, match, function(v)
+		allowed = may_withdraw(v, w, stanza);
+		if allowed then tomb = tombstone(v, room, w, now); end
+		return tomb;
+	end);
+	if queued then return allowed and tomb; end
+	local key, item;
+	if keyed and bounded_id(w.id) == w.id then
+		-- SQL: the stanza-id is the key, an indexed read
+		key, item = by_key(log_store, user, room, w.id, w.id);
+	else
+		local known = sid_keys:get(room .. "\0" .. w.id);
+		if known then
+			-- judged before the store is read
+			if not w.moderated and not same_identity(known.who, identity(stanza)) then return false; end
+			key, item = by_key(log_store, user, room, w.id, known.key);
+		elseif w.moderated then
+			-- the room's own moderation of an older message: read through,
+			-- at most once per room per READ_THROUGH_EVERY seconds (a room
+			-- could send any number of them)
+			local last = read_through:get(room);
+			if not last or now - last >= READ_THROUGH_EVERY then
+				read_through:set(room, now);
+				key, item = find_by_sid(log_store, user, room, w.id, { reverse = true });
+			end
+		end
+		-- else a retraction of a message written before this server
+		-- started (and not read back since), or with an id too long to
+		-- be a key: not found
+	end
+	if not item then return nil; end
+	if not may_withdraw(item, w, stanza) then return false; end
+	tomb = tombstone(item, room, w, now);
+	local ok, err = log_store:set(user, key, tomb);
+	if not ok then error(err or "the store did not replace it"); end
+	return tomb;
+end
+
+-- The account's archive copy, waiting or stored.  verdict: the log's
+-- (nil: it had no original to judge by, the copy is judged).
+local function withdraw_copy(account, room, w, stanza, verdict, now)
+	local username = account:match("^([^@]*)@");
+	if not username then return; end
+	local function allowed(v)
+		if verdict ~= nil then return verdict; end
+		return may_withdraw(v, w, stanza);
+	end
+	local function match(v) return room_sid(v, room) == w.id; end
+	local queued = mam_writer.replace(username, match, function(v)
+		return allowed(v) and tombstone(v, room, w, now) or nil;
+	end);
+	if queued then return; end
+	local known = sid_keys:get(username .. "\0" .. room .. "\0" .. w.id);
+	local key, item = by_key(mam_store, username, room, w.id, known and known.key);
+	if not item and (verdict or (verdict == nil and not log_store and w.moderated)) then
+		-- read through only for what the log withdrew (or without a log)
+		key, item = find_by_sid(mam_store, username, room, w.id,
+			{ with = room, reverse = true, limit = COPY_SCAN });
+	end
+	if item and allowed(item) and not item:get_child("retracted", xmlns_retract) then
+		local ok, err = mam_store:set(username, key, tombstone(item, room, w, now));
+		if not ok then error(err or "the store did not replace it"); end
+	end
+end
+
+-- A retraction or moderation w (lib.withdrawal) the account received in
+-- stanza: the log's original and the account's copy become tombstones.
+-- kept: the catch-up ring's copy (a stanza) or nil.  Returns the
+-- tombstone the ring keeps instead (serialized, nil: none).
+-- Withdrawals the store could not take (an outage): tried again, from
+-- 1 s doubling up to RETRY_MAX, WITHDRAW_TRIES times; at most
+-- WITHDRAW_WAITING wait (beyond, the newest is given up, logged).
+local WITHDRAW_TRIES, WITHDRAW_WAITING = 12, 256;
+local withdraw_waiting = 0;
+
+-- The log's part, then the account's copy: each true when done (found
+-- or not), false when the store failed (it is tried again).  Returns
+-- the log's verdict (see withdraw_logged) too.
+local function withdraw_parts(account, room, w, stanza, now, todo)
+	local wk = room .. "\0" .. w.id;
+	local done = withdrawn:get(wk);
+	if todo.log and done == nil and log_store then
+		local ok, tomb = pcall(withdraw_logged, room, w, stanza, now);
+		if not ok then
+			todo.err = tomb;
+		else
+			todo.log = false;
+			if tomb ~= nil then
+				done = tomb and tostring(unmark(st.clone(tomb))) or false;
+				-- only what was withdrawn: someone else's retraction must
+				-- not stand in the way of the sender's
+				if done then withdrawn:set(wk, done); end
+			end
+		end
+	else
+		todo.log = false;
+	end
+	if todo.copy and mam_writer and account and not todo.log then
+		local verdict = nil;
+		if done ~= nil then verdict = done ~= false; end
+		local ok, err = pcall(withdraw_copy, account, room, w, stanza, verdict, now);
+		if ok then todo.copy = false; else todo.err = err; end
+	end
+	return done;
+end
+
+local function withdraw_later(account, room, w, stanza, now, todo)
+	if withdraw_waiting >= WITHDRAW_WAITING then
+		module:log("warn", "Giving up withdrawing message %s of %s from the log: %s", w.id, room, oneline(todo.err));
+		return;
+	end
+	withdraw_waiting = withdraw_waiting + 1;
+	local tries, delay = 0, 1;
+	module:add_timer(delay, function()
+		tries = tries + 1;
+		todo.err = nil;
+		withdraw_parts(account, room, w, stanza, now, todo);
+		if not todo.log and not todo.copy then
+			withdraw_waiting = withdraw_waiting - 1;
+			return nil;
+		end
+		if tries >= WITHDRAW_TRIES or module.loaded == false then
+			withdraw_waiting = withdraw_waiting - 1;
+			module:log("warn", "Giving up withdrawing message %s of %s from the log: %s", w.id, room, oneline(todo.err));
+			return nil;
+		end
+		delay = math.min(delay * 2, RETRY_MAX);
+		return delay;
+	end);
+end
+
+-- A retraction or moderation w (lib.withdrawal) the account received in
+-- stanza: the log's original and the account's copy become tombstones.
+-- kept: the catch-up ring's copy (a stanza) or nil.  Returns the
+-- tombstone the ring keeps instead (serialized, nil: none).
+local function withdraw(account, room, w, stanza, kept)
+	local now = time.now();
+	local todo = { log = true, copy = true };
+	local done = withdraw_parts(account, room, w, stanza, now, todo);
+	if todo.log or todo.copy then
+		module:log("warn", "Could not withdraw message %s of %s from the log now (tried again): %s", w.id, room,
+			oneline(todo.err));
+		withdraw_later(account, room, w, stanza, now, todo);
+	end
+	if done ~= nil then return done or nil; end
+	if kept and may_withdraw(kept, w, stanza) then
+		return tostring(tombstone(kept, room, w, now));
+	end
+	return nil;
+end
+
+function lib.withdraw(account, room, w, stanza, kept)
+	local ok, ret = pcall(withdraw, account, room, w, stanza, kept);
+	if not ok then
+		module:log("warn", "Could not withdraw message %s of %s from the log: %s", w.id, room, oneline(ret));
+		return nil;
+	end
+	return ret;
+end
+lib.withdrawal = withdrawal;
+
+-- The backfill's side (minimix_backfill.lib.lua) ------------------------------
+
+-- Hold room's new messages (until lib.release) and say after what the
+-- backfill starts: { id = the room's stanza-id of the newest message the
+-- log holds, when = its time } (either may be nil: the log has none).
+-- nil when the log is off or the room is held already.
+local function hold(room)
+	if not log_writer or holds[room] then return nil; end
+	local user = store_user(room);
+	local anchor = {};
+	for e in log_writer.waiting(user) do
+		anchor.when = anchor.when or said_at(e.value, room, e.when);
+		local id = room_sid(e.value, room);
+		if id then
+			anchor.id, anchor.when = id, said_at(e.value, room, e.when);
+			break;
+		end
+	end
+	if not anchor.id then
+		local iter = log_store:find(user, { reverse = true, limit = IDS_PER_ROOM });
+		for _, item, when in iter or function() end do
+			if not anchor.when then anchor.when = said_at(item, room, when); end
+			local id = room_sid(item, room);
+			if id then
+				anchor.id = id;
+				anchor.when = anchor.when or said_at(item, room, when);
+				break;
+			end
+		end
+	end
+	holds[room] = { entries = {}, keys = {} };
+	return anchor;
+end
+
+function lib.hold(room)
+	local ok, ret = pcall(hold, room);
+	if not ok then
+		module:log("warn", "Could not read the log of %s for a backfill: %s", room, oneline(ret));
+		return nil;
+	end
+	return ret;
+end
+
+function lib.holding(room) return holds[room] ~= nil; end
+
+-- A message of the room's archive (the room's stanza-id and delay on it,
+-- nick nil for the room's own), said at stamp: written to the log unless
+-- it has it (or holds it).  Returns whether it was new.
+function lib.backfilled(room, nick, stanza, stamp)
+	local h = holds[room];
+	if not h or not log_writer then return false; end
+	local kind, key = dedupe_key(stanza, room);
+	if kind == "subject" then return false; end
+	local r = room_state(room);
+	if not r.primed then prime(room, r); end
+	if h.keys[key] or seen(r, kind, key) then return false; end
+	remember(r, kind, key);
+	local value = st.clone(stanza);
+	value.attr.to = nil;
+	log_writer.push({ user = store_user(room), room = room, value = value, when = math.floor(stamp),
+		with = nick or room, key = keyed and kind == "sid" and key or nil,
+		sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil });
+	return true;
+end
+
+-- The backfill is over: what the hold kept is written, after it.
+lib.release = release;
+
 lib.serves = log_store and true or false;
 lib.parse_stamp = parse_stamp;
 lib.bounded_id = bounded_id;
@@ -888,6 +1354,7 @@ end
 -- module.save/module.restore): nothing is lost but the new instance's
 -- bounds apply, and a store no longer configured drops its part.
 function lib.save()
+	for room in pairs(holds) do release(room); end
 	return { log = log_writer and log_writer.save(), mam = mam_writer and mam_writer.save() };
 end
 

@@ -8,6 +8,7 @@
 -- handed what it needs in the shared table mm (below):
 --   minimix_send.lib.lua       the copies to client sessions
 --   minimix_log.lib.lua        the room log and the archive copies
+--   minimix_backfill.lib.lua   the room log filled from the room's archive after a gap
 --   minimix_persist.lib.lua    the stored memberships and the start-up restore
 --   minimix_bookmarks.lib.lua  XEP-0402 bookmarks as memberships
 --   minimix_links.lib.lua      server-to-server links and self-pings
@@ -77,6 +78,7 @@ local persist = module:require("minimix_persist");
 local bookmarks = module:require("minimix_bookmarks");
 local links = module:require("minimix_links");
 local send = module:require("minimix_send");
+local backfill = module:require("minimix_backfill");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -190,6 +192,10 @@ local function note_event(account, room, event, reason)
 		module:log("info", event_log[event], account, room);
 	end
 	persist.membership_changed();
+	if event == "joined" then
+		-- in again after a gap: the room's archive may fill it
+		backfill.joined(account, room);
+	end
 	if event == "left" or event == "removed" then
 		bookmarks.follows(account, room);
 	end
@@ -274,6 +280,8 @@ function act.send_join(ctx, a, account, room)
 	else
 		account_join(account, room, a);
 	end
+	-- a re-join (restart, 332, 333, self-ping) may end a gap
+	backfill.joining(account, room);
 	module:log("debug", "%s joins %s as %s", account, room, a.nick);
 end
 
@@ -517,7 +525,7 @@ end
 -- What the shim reads of a room message, for the core and the log.  A local
 -- room hands the same object to each of its local accounts (changing only
 -- 'to'): it is read once, and again only if the object changed.
-local function read_message(stanza, room)
+local function read_message(stanza, room, nick)
 	local t = stanza.attr.type or "normal";
 	local body = stanza:get_child("body") ~= nil;
 	-- a subject change (XEP-0045 §8.1): a <subject/> with a <body/> or a
@@ -544,12 +552,18 @@ local function read_message(stanza, room)
 			if sid.attr.by == room then m.stanza_id = roomlog.bounded_id(sid.attr.id); end
 		end
 	end
+	if t == "groupchat" then
+		-- a XEP-0424 retraction or XEP-0425 moderation (minimix_log.lib.lua)
+		m.withdraw = roomlog.withdrawal(stanza, nick);
+	end
 	return m;
 end
 local read = { stanza = nil, room = nil, nick = nil, m = nil };
 
 local function incoming_message(event)
 	local stanza = event.stanza;
+	-- a page of a room's archive the backfill asked for
+	if backfill.takes(stanza) then return true; end
 	local account = stanza.attr.to;
 	local room, nick, m;
 	if stanza == read.stanza and send.shared_unchanged(stanza) then
@@ -559,12 +573,19 @@ local function incoming_message(event)
 	end
 	if not account or not room or not core:member(account, room) then return; end
 	if not m then
-		m = read_message(stanza, room);
+		m = read_message(stanza, room, nick);
 		-- shared_unchanged() vouches for the object only once its payload is taken
 		read.stanza, read.room, read.nick, read.m = m.payload and stanza or nil, room, nick, m;
 	end
 	if m.payload then
 		roomlog.message(account, room, nick, stanza, m);
+	end
+	if m.withdraw then
+		-- the log, the account's archive copy and the catch-up ring keep
+		-- a tombstone in place of the message withdrawn
+		local kept = core:kept(room, m.withdraw.id);
+		local tomb = roomlog.withdraw(account, room, m.withdraw, stanza, kept and xml_parse(kept));
+		if tomb then core:withdraw(room, m.withdraw.id, tomb); end
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_message(account, room, nick, m));
@@ -604,6 +625,7 @@ end);
 
 -- The libraries' own hooks, timers, commands and items.
 links.init(mm);
+backfill.init(mm, roomlog);
 persist.init(mm);
 operators.init(mm);
 bookmarks.init(mm);
@@ -674,6 +696,7 @@ function module.restore(data)
 end
 
 function module.unload()
+	backfill.stop();
 	-- Memberships are the account's, not the module's: unloading leaves the
 	-- rooms alone and forgets them; sessions fall back to plain MUC.
 	-- On a reload, save() handed the core (and what waits to be written

@@ -310,6 +310,14 @@ static void step(mm_state *st, struct input *in, double *now)
 		m.delayed = take(in) & 1;
 		m.payload = PICK(payloads, take(in));
 		err = mm_room_message(st, acc, room, take(in) & 1 ? nick : NULL, &m, &d);
+		if ((take(in) & 7) == 0 && mm_room_kept(st, room, "sid") != NULL) {
+			/* a retraction: the rings keep a tombstone (any text) instead */
+			const char *tomb = PICK(payloads, take(in));
+			size_t replaced;
+			mm_err werr = mm_room_withdraw(st, room, "sid", tomb, &replaced);
+			if (werr != (tomb ? MM_OK : MM_EINVAL))
+				fail("mm_room_withdraw: not its contract");
+		}
 		break;
 	}
 	case 12: {

@@ -76,6 +76,24 @@ local function fake_archive()
 		local i = 0;
 		return function() i = i + 1; return list[i]; end;
 	end
+	-- in place, as Prosody's drivers do: same key, same position, same time
+	function s:get(user, key)
+		if self.fail then return nil, self.fail; end
+		for _, it in ipairs(self.items) do
+			if it.user == user and it.key == key then return st.clone(it.value), it.when, it.with; end
+		end
+		return nil, "item-not-found";
+	end
+	function s:set(user, key, value)
+		if self.fail then return nil, self.fail; end
+		for _, it in ipairs(self.items) do
+			if it.user == user and it.key == key then
+				it.value = st.clone(value);
+				return true;
+			end
+		end
+		return nil, "item-not-found";
+	end
 	function s:count(user)
 		local n = 0;
 		for _, it in ipairs(self.items) do if it.user == user then n = n + 1; end end

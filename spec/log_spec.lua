@@ -567,3 +567,137 @@ describe("room log", function()
 		end);
 	end);
 end);
+
+describe("room log retractions", function()
+	local RETRACT = "urn:xmpp:message-retract:1";
+
+	-- a message from nick with an occupant-id and/or the real JID the room shows
+	local function said(nick, body, sid, occupant, real)
+		local m = msg(nick, body, sid);
+		m:tag("origin-id", { xmlns = "urn:xmpp:sid:0", id = "o-" .. sid }):up();
+		if occupant then m:tag("occupant-id", { xmlns = "urn:xmpp:occupant-id:0", id = occupant }):up(); end
+		if real then
+			m:tag("x", { xmlns = "http://jabber.org/protocol/muc#user" })
+				:tag("item", { jid = real .. "/res" }):up():up();
+		end
+		return m;
+	end
+
+	local function retract(env, nick, sid, occupant, real, account)
+		local r = said(nick, nil, "r-" .. sid .. "-" .. (nick or "room"), occupant, real);
+		r:tag("retract", { xmlns = RETRACT, id = sid }):up();
+		local w = env.lib.withdrawal(r, nick);
+		if not w then return nil; end
+		return env.lib.withdraw(account or "alice@localhost", ROOM, w, r, nil);
+	end
+
+	local function entry(env, sid)
+		for _, it in ipairs(env.stores.minimix_log.items) do
+			if it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then return it.value; end
+		end
+	end
+
+	for _, case in ipairs({
+		{ "the same occupant-id, under another nick", { "dan", "x1" }, { "danny", "x1" }, true },
+		{ "another occupant-id, under the same nick", { "dan", "x1" }, { "dan", "x2" }, false },
+		{ "the same real JID, without occupant-ids", { "dan", nil, "dan@ex" }, { "dan2", nil, "dan@ex" }, true },
+		{ "another real JID, under the same nick", { "dan", nil, "dan@ex" }, { "dan", nil, "eve@ex" }, false },
+		{ "the same nick, nothing else", { "dan" }, { "dan" }, true },
+		{ "another nick, nothing else", { "dan" }, { "eve" }, false },
+	}) do
+		it("a retraction by " .. case[1] .. (case[4] and " withdraws" or " leaves") .. " the message", function()
+			for _, run in ipairs({ { false, "sql" }, { true, "sql" }, { false, "internal" }, { true, "internal" } }) do
+				local written = run[1];
+				local env = load_log(nil, run[2]);
+				local o = case[2];
+				deliver(env, "alice@localhost", said(o[1], "secret", "s1", o[2], o[3]));
+				if written then advance(env, 1); end
+				local r = case[3];
+				local tomb = retract(env, r[1], "s1", r[2], r[3]);
+				advance(env, 1);
+				local item = entry(env, "s1");
+				if case[4] then
+					assert.truthy(tomb, "the ring's tombstone");
+					assert.is_nil(item:get_child("body"), "no body");
+					assert.is_nil(item:get_child("origin-id", "urn:xmpp:sid:0"), "no other payload");
+					assert.truthy(item:get_child("retracted", RETRACT), "the marker");
+					assert.equal(ROOM .. "/" .. o[1], item.attr.from);
+					assert.not_truthy(tostring(tomb):find("secret"));
+				else
+					assert.is_nil(tomb);
+					assert.equal("secret", item:get_child_text("body"));
+				end
+			end
+		end);
+	end
+
+	it("on the file store, judges a retraction by what it wrote, and never reads the whole log for one", function()
+		local env = load_log(nil, "internal");
+		deliver(env, "alice@localhost", said("dan", "secret", "s1"));
+		advance(env, 1);
+		local finds = env.stores.minimix_log.finds or 0;
+		assert.is_nil(retract(env, "eve", "s1"), "someone else's");
+		assert.is_nil(retract(env, "eve", "unknown"), "an id it never wrote");
+		assert.equal(finds, env.stores.minimix_log.finds or 0, "no read of the log");
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"));
+		assert.truthy(retract(env, "dan", "s1"));
+		assert.is_nil(entry(env, "s1"):get_child("body"));
+	end);
+
+	it("withdraws once the store is back, when it failed at first", function()
+		local env = load_log({ minimix_archive_in_mam = true });
+		deliver(env, "alice@localhost", said("dan", "secret", "s1"));
+		advance(env, 1);
+		env.stores.minimix_log.fail = "connection lost";
+		env.stores.archive.fail = "connection lost";
+		assert.is_nil(retract(env, "dan", "s1"));
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"));
+		assert.equal(1, count_logs(env, "warn", "tried again"));
+		advance(env, 3);
+		assert.equal("secret", entry(env, "s1"):get_child_text("body"), "still failing");
+		env.stores.minimix_log.fail = nil;
+		env.stores.archive.fail = nil;
+		advance(env, 10);
+		assert.is_nil(entry(env, "s1"):get_child("body"));
+		assert.is_nil(env.stores.archive.items[1].value:get_child("body"), "the copy too");
+		assert.equal(0, count_logs(env, "warn", "Giving up"));
+	end);
+
+	it("takes a retraction from the room itself, or a moderation from an occupant, for none", function()
+		local env = load_log();
+		local r = said(nil, nil, "r1");
+		r:tag("retract", { xmlns = RETRACT, id = "s1" }):up();
+		assert.is_nil(env.lib.withdrawal(r, nil));
+		local m = said("eve", nil, "r2");
+		m:tag("retract", { xmlns = RETRACT, id = "s1" })
+			:tag("moderated", { xmlns = "urn:xmpp:message-moderate:1", by = ROOM .. "/eve" }):up():up();
+		assert.is_nil(env.lib.withdrawal(m, "eve"));
+		local m0 = said("eve", nil, "r3");
+		m0:tag("apply-to", { xmlns = "urn:xmpp:fasten:0", id = "s1" })
+			:tag("moderated", { xmlns = "urn:xmpp:message-moderate:0" })
+				:tag("retract", { xmlns = "urn:xmpp:message-retract:0" }):up():up():up();
+		assert.is_nil(env.lib.withdrawal(m0, "eve"));
+		assert.same({ id = "s1", moderated = "", moderated_ns = "urn:xmpp:message-moderate:0" },
+			env.lib.withdrawal(m0, nil));
+	end);
+
+	it("keeps the moderator's reason, and the account's archive copy becomes a tombstone too", function()
+		local env = load_log({ minimix_archive_in_mam = true });
+		deliver(env, "alice@localhost", said("dan", "spam", "s1"));
+		advance(env, 1);
+		local m = said(nil, nil, "r1");
+		m:tag("retract", { xmlns = RETRACT, id = "s1" })
+			:tag("moderated", { xmlns = "urn:xmpp:message-moderate:1", by = ROOM .. "/mod" }):up()
+			:text_tag("reason", "no spam"):up();
+		local w = env.lib.withdrawal(m, nil);
+		assert.truthy(env.lib.withdraw("alice@localhost", ROOM, w, m, nil));
+		local item = entry(env, "s1");
+		local marker = item:get_child("retracted", RETRACT);
+		assert.equal("no spam", marker:get_child_text("reason"));
+		assert.equal(ROOM .. "/mod", marker:get_child("moderated", "urn:xmpp:message-moderate:1").attr.by);
+		local copy = env.stores.archive.items[1];
+		assert.equal("alice", copy.user);
+		assert.is_nil(copy.value:get_child("body"));
+		assert.truthy(copy.value:get_child("retracted", RETRACT));
+	end);
+end);

@@ -143,6 +143,16 @@ local function load_shim(options, env_hook)
 		env.sent[#env.sent+1] = st.clone(stanza);
 		if env.on_send then env.on_send(stanza); end
 	end
+	-- IQs the module sends and waits for (module:send_iq): answered by
+	-- env.on_send_iq(stanza) -> reply stanza, else refused at once
+	env.sent_iqs = {};
+	function module:send_iq(stanza)
+		env.sent_iqs[#env.sent_iqs+1] = st.clone(stanza);
+		local reply = env.on_send_iq and env.on_send_iq(stanza);
+		local promise = require "util.promise";
+		if reply and reply.attr.type == "result" then return promise.resolve({ stanza = reply }); end
+		return promise.reject({ condition = "service-unavailable" });
+	end
 	local g = setmetatable({
 		module = module;
 		prosody = { bare_sessions = env.bare, version = "0.12.3" };

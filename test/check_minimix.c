@@ -5319,6 +5319,103 @@ START_TEST(test_history_interned)
 }
 END_TEST
 
+/* ==== retractions ========================================================= */
+
+#define P_TOMB "<message type='groupchat' from='" ROOM "/bob'>" \
+	"<retracted xmlns='urn:xmpp:message-retract:1' stamp='2026-01-01T00:00:00Z'/></message>"
+
+/* A withdrawn message's tombstone takes its place in the ring: a later
+ * session's catch-up has it where the message was, never the message. */
+START_TEST(test_withdraw_ring_tombstone)
+{
+	size_t n = 99;
+	const char *text;
+
+	four_messages();
+	text = mm_room_kept(st, ROOM, "s2");
+	ck_assert_ptr_nonnull(text);
+	ck_assert_str_eq(text, P_M2);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, "nope"));
+	ck_assert_ptr_null(mm_room_kept(st, ROOM2, "s2"));
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s2", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s2"), P_TOMB);
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), (const struct hmsg[]){
+			{ P_M1, 100 }, { P_TOMB, 200 }, { P_M3, 300 }, { P_M4, 400 } }, 4, NULL);
+	/* an id no ring holds, another room: nothing changes */
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "nope", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM2, "s3", P_TOMB, NULL), MM_OK);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s3"), P_M3);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "", P_TOMB, &n), MM_EINVAL);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s3", NULL, &n), MM_EINVAL);
+	ck_assert_int_eq(mm_room_withdraw(st, NULL, "s3", P_TOMB, &n), MM_EINVAL);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, NULL));
+}
+END_TEST
+
+/* Every local account's ring: the tombstone is interned like the rest,
+ * and the message's text goes from the pool. */
+START_TEST(test_withdraw_every_ring)
+{
+	mm_stats s0;
+	size_t n = 0;
+
+	joined_room(ACC, R1, ROOM, "alice");
+	joined_room(ACC2, R1, ROOM, "bobby");
+	s0 = stats();
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC2, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s1", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(stats().payloads, s0.payloads + 2);
+	ck_assert_uint_eq(stats().payload_bytes, s0.payload_bytes + strlen(P_TOMB) + strlen(P_M2));
+	join(ACC2, R2, ROOM, "bobby", "j2", NULL);
+	expect_catchup(R2, (const struct hmsg[]){ { P_TOMB, 100 } }, 1, NULL);
+	/* again: the tombstone stays */
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s1", P_TOMB, &n), MM_OK);
+	ck_assert_uint_eq(n, 2);
+	self_unavailable(ACC, ROOM, "alice", MM_STATUS_307, 0, NULL);
+	self_unavailable(ACC2, ROOM, "bobby", MM_STATUS_307, 0, NULL);
+	expect_empty_state();
+}
+END_TEST
+
+/* A tombstone the byte limits cannot take: the message goes from the
+ * ring (the newer ones keep their order), never stays whole. */
+START_TEST(test_withdraw_beyond_limits)
+{
+	const size_t limit = LEN(P_SELF) + 3 * LEN(P_M1) + 10;
+	static const char big[] = "<message type='groupchat' from='" ROOM "/bob'>"
+		"<retracted xmlns='urn:xmpp:message-retract:1' stamp='2026-01-01T00:00:00Z'>"
+		"<reason>a reason far longer than the message it replaces, so that the "
+		"membership's byte limit cannot take it in its place</reason>"
+		"</retracted></message>";
+	mm_limits l;
+	size_t n = 0;
+
+	memset(&l, 0, sizeof l);
+	l.max_membership_bytes = limit;
+	reset_state(&l);
+	joined_room(ACC, R1, ROOM, "alice");
+	hist_msg(ACC, ROOM, P_M1, "s1", 100, 0);
+	hist_msg(ACC, ROOM, P_M2, "s2", 200, 0);
+	hist_msg(ACC, ROOM, P_M3, "s3", 300, 0);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 3);
+	ck_assert_int_eq(mm_room_withdraw(st, ROOM, "s2", big, &n), MM_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_uint_eq(must_info(ACC, ROOM).history, 2);
+	ck_assert_uint_le(must_info(ACC, ROOM).bytes, limit);
+	ck_assert_ptr_null(mm_room_kept(st, ROOM, "s2"));
+	expect_catchup(join_dev(1, 10, NONE, NONE, NONE, 500), (const struct hmsg[]){
+			{ P_M1, 100 }, { P_M3, 300 } }, 2, NULL);
+	/* the ring goes on as a ring */
+	hist_msg(ACC, ROOM, P_M4, "s4", 400, 0);
+	ck_assert_str_eq(mm_room_kept(st, ROOM, "s4"), P_M4);
+}
+END_TEST
+
 /* ==== persistence ========================================================= */
 
 /*
@@ -7340,6 +7437,11 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_history_kept_messages);
 	tcase_add_test(tc, test_history_while_nobody_attached);
 	tcase_add_test(tc, test_history_interned);
+
+	tc = tcase(s, "retractions", setup_default);
+	tcase_add_test(tc, test_withdraw_ring_tombstone);
+	tcase_add_test(tc, test_withdraw_every_ring);
+	tcase_add_test(tc, test_withdraw_beyond_limits);
 
 	tc = tcase(s, "persistence", setup_default);
 	tcase_add_test(tc, test_persist_restore_sends_join);

@@ -37,6 +37,7 @@ libclang-rt-14-dev
 lua-dbi-sqlite3
 lua-dbi-postgresql
 postgresql
+prosody-modules
 "
 
 case "$MODE" in
