@@ -12,6 +12,7 @@
 --   minimix_bookmarks.lib.lua  XEP-0402 bookmarks as memberships
 --   minimix_links.lib.lua      server-to-server links and self-pings
 --   minimix_operators.lib.lua  what Prosody offers, metrics, ad-hoc and shell commands
+--   minimix_mam.lib.lua        MAM answered from the room log for rooms without an archive
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
@@ -77,6 +78,7 @@ local persist = module:require("minimix_persist");
 local bookmarks = module:require("minimix_bookmarks");
 local links = module:require("minimix_links");
 local send = module:require("minimix_send");
+local mam = module:require("minimix_mam");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -171,7 +173,8 @@ end
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
 -- (perform, below), and the bookmarks, which the start-up restore reads.
-local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks };
+local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
+	roomlog = roomlog };
 send.init(mm);
 
 local event_log = {
@@ -607,6 +610,7 @@ links.init(mm);
 persist.init(mm);
 operators.init(mm);
 bookmarks.init(mm);
+mam.init(mm);
 persist.start();
 
 -- Sessions come and go ----------------------------------------------------------
