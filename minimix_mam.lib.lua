@@ -31,8 +31,9 @@ local xmlns_rsm = "http://jabber.org/protocol/rsm";
 local ROOMS = 4096;
 -- What one read of the store takes, while a page is looked for.
 local CHUNK = 100;
--- How long the module's own disco#info query may take.
-local DISCO_TIMEOUT = 30;
+-- How long the module's own disco#info query may take, and how many
+-- queries to one room wait for it (more go on to the room).
+local DISCO_TIMEOUT, MAX_HELD = 30, 16;
 -- Status codes after which a room's features may have changed
 -- (XEP-0045: 104 configuration, 170-174 logging and anonymity).
 local REFRESH_CODES = { ["104"] = true, ["170"] = true, ["171"] = true, ["172"] = true,
@@ -306,7 +307,10 @@ function lib.init(mm)
 		local held = waiting[room];
 		waiting[room] = nil;
 		for _, e in ipairs(held or {}) do
-			prosody.core_post_stanza(e.origin, e.stanza, true);
+			-- (a session that went meanwhile asks nothing)
+			if not e.origin.destroyed then
+				prosody.core_post_stanza(e.origin, e.stanza, true);
+			end
 		end
 	end
 
@@ -342,7 +346,9 @@ function lib.init(mm)
 			retried[stanza] = true;
 			-- held first: a local room answers before module:send returns
 			local held = waiting[room];
-			if held then
+			if held and #held >= MAX_HELD then
+				return; -- the room answers it
+			elseif held then
 				held[#held+1] = { origin = origin, stanza = stanza };
 			else
 				waiting[room] = { { origin = origin, stanza = stanza } };
