@@ -31,6 +31,7 @@ local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_occupant_id = "urn:xmpp:occupant-id:0";
+local xmlns_caps = "http://jabber.org/protocol/caps";
 
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
@@ -164,6 +165,17 @@ local function presence_payload(stanza)
 	end);
 	if #p.tags == 0 and next(p.attr) == nil then return ""; end
 	return tostring(p);
+end
+
+-- XEP-0115 capabilities are a device's, the room's occupant is the
+-- account: a room sees none (the first device's would be wrong for the
+-- others, and a device joining with other ones would make every occupant
+-- get a new presence of the account that a person cannot see).
+local function strip_caps(stanza)
+	stanza:maptags(function(tag)
+		if tag.name == "c" and tag.attr.xmlns == xmlns_caps then return nil; end
+		return tag;
+	end);
 end
 
 local function occupant_jid(room, nick)
@@ -457,6 +469,7 @@ local function outgoing_presence(event)
 	if t == nil then
 		if not nick then return; end
 		local x = stanza:get_child("x", xmlns_muc);
+		if x or core:member(account, room) then strip_caps(stanza); end
 		local show, payload = stanza:get_child_text("show"), presence_payload(stanza);
 		if x then
 			local h, history = x:get_child("history"), nil;
