@@ -16,6 +16,7 @@ local jid_prep = require "util.jid".prep;
 local rsm = require "util.rsm";
 local new_id = require "util.id".medium;
 local now = require "util.time".now;
+local filters = require "util.filters";
 
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_mam_ext = "urn:xmpp:mam:2#extended";
@@ -47,7 +48,7 @@ local FIELDS = { FORM_TYPE = true, start = true, ["end"] = true, with = true,
 
 function lib.init(mm)
 	local roomlog = mm.roomlog;
-	if not roomlog.serves then return lib; end
+	if not roomlog.serves or not module:get_option_boolean("minimix_mam", true) then return lib; end
 	-- the most results one answer gives, whatever a query asks for
 	local page_max = math.min(mm.limit_option("minimix_mam_max_page", 100), 1000);
 
@@ -165,7 +166,8 @@ function lib.init(mm)
 		local nick;
 		if q.with then
 			local node, host, res = jid_split(q.with);
-			if node .. "@" .. host ~= room then return {}, false; end
+			-- another JID than the room's or an occupant's: none of its messages
+			if not node or node .. "@" .. host ~= room then return {}, false; end
 			nick = res or room;
 		end
 		local ids;
@@ -179,6 +181,19 @@ function lib.init(mm)
 			-- nothing within: an id asked for is not found either
 			if not seen_after or not seen_before then return nil, "item-not-found", "No such message in this range"; end
 			return out, false;
+		end
+		-- An id that is the log's own key (every id on SQL, where the
+		-- room's stanza-id is the key) is found at once: the read starts
+		-- (or ends) at its time instead of the range's.
+		local mark = backwards and type(before) == "string" and before or not backwards and after;
+		if mark then
+			local iter = roomlog.find(room, { key = mark, limit = 1 });
+			local key, _, t = nil, nil, nil;
+			if iter then key, _, t = iter(); end
+			if key ~= nil then
+				if backwards and t + 1 < hi then hi = t + 1; end
+				if not backwards and t - 1 > lo then lo = t - 1; end
+			end
 		end
 		local function within(t)
 			return (not q.start or t >= q.start) and (not q["end"] or t <= q["end"]);
@@ -276,7 +291,7 @@ function lib.init(mm)
 		local queryid = query.attr.queryid;
 		local flip = query:get_child("flip-page") ~= nil;
 		local first, last = items[1] and items[1][1], items[#items] and items[#items][1];
-		local from, to = #items > 0 and 1 or 0, #items;
+		local from, to = 1, #items;
 		local step = 1;
 		if flip then from, to, step = #items, 1, -1; end
 		for i = from, to, step do
@@ -361,9 +376,28 @@ function lib.init(mm)
 		return true;
 	end, 0.6);
 
-	-- The room's disco#info answers to the account (a device's query, or
-	-- the module's own): learnt, and the features added.  Priority 11:
-	-- before the main module hands them to the device that asked (10).
+	-- A room's disco#info answer: learnt, and the features added, when
+	-- the account is in the room.
+	local function disco_answer(query, account, room)
+		if not mm.core:member(account, room) then return; end
+		if not learn(room, query) then
+			query:add_direct_child(st.stanza("feature", { var = xmlns_mam }));
+			query:add_direct_child(st.stanza("feature", { var = xmlns_mam_ext }));
+		end
+	end
+
+	local function disco_query(stanza)
+		local query = stanza.tags[1];
+		if query and query.name == "query" and query.attr.xmlns == xmlns_disco_info
+			and not query.attr.node then
+			return query;
+		end
+		return nil;
+	end
+
+	-- The room's answers to the account (a joined device's query, or the
+	-- module's own).  Priority 11: before the main module hands them to
+	-- the device that asked (10).
 	module:hook("iq/bare", function(event)
 		local stanza = event.stanza;
 		local t = stanza.attr.type;
@@ -371,10 +405,7 @@ function lib.init(mm)
 		local room = stanza.attr.from and split_room(stanza.attr.from);
 		local account = stanza.attr.to;
 		if not room or not account then return; end
-		local query = stanza.tags[1];
-		if query and (query.name ~= "query" or query.attr.xmlns ~= xmlns_disco_info or query.attr.node) then
-			query = nil;
-		end
+		local query = disco_query(stanza);
 		local id = stanza.attr.id;
 		if id and asked[id] == room then
 			asked[id] = nil;
@@ -382,12 +413,54 @@ function lib.init(mm)
 			release(room);
 			return true;
 		end
-		if t ~= "result" or not query or not mm.core:member(account, room) then return; end
-		if not learn(room, query) then
-			query:add_direct_child(st.stanza("feature", { var = xmlns_mam }));
-			query:add_direct_child(st.stanza("feature", { var = xmlns_mam_ext }));
-		end
+		if t == "result" and query then disco_answer(query, account, room); end
 	end, 11);
+
+	-- The room's answers to a device that asked before it joined (clients
+	-- look at a room's features before they join it, to decide how they
+	-- will catch up).  A local room hands those to the session itself,
+	-- past every event: a filter on the session's outgoing stanzas sees
+	-- them.  session -> { id -> room }, a few per session.
+	local disco_asked = setmetatable({}, { __mode = "k" });
+	local DISCO_ASKED_MAX = 8;
+	local function disco_filter(stanza, session)
+		local asked_by = disco_asked[session];
+		local room = asked_by and type(stanza) == "table" and stanza.name == "iq" and stanza.attr.id
+			and asked_by.ids[stanza.attr.id];
+		if not room or module.loaded == false or stanza.attr.from ~= room then return stanza; end
+		asked_by.ids[stanza.attr.id], asked_by.n = nil, asked_by.n - 1;
+		local query = stanza.attr.type == "result" and disco_query(stanza);
+		if query then disco_answer(query, account_of(session), room); end
+		return stanza;
+	end
+
+	local function not_joined(account, resource, room)
+		for _, s in ipairs(mm.core:sessions(account, room)) do
+			if s.resource == resource and s.joined then return false; end
+		end
+		return true;
+	end
+
+	module:hook("pre-iq/bare", function(event)
+		local origin, stanza = event.origin, event.stanza;
+		if stanza.attr.type ~= "get" or not stanza.attr.id or not disco_query(stanza) then return; end
+		local account = account_of(origin);
+		local room = account and stanza.attr.to and split_room(stanza.attr.to);
+		if not room or not origin.filter or not mm.core:member(account, room)
+			or not not_joined(account, origin.resource, room) then
+			return;
+		end
+		local asked_by = disco_asked[origin];
+		if not asked_by then
+			asked_by = { ids = {}, n = 0 };
+			disco_asked[origin] = asked_by;
+			filters.add_filter(origin, "stanzas/out", disco_filter, 1);
+		end
+		if asked_by.n >= DISCO_ASKED_MAX then return; end
+		if not asked_by.ids[stanza.attr.id] then
+			asked_by.ids[stanza.attr.id], asked_by.n = room, asked_by.n + 1;
+		end
+	end, 0.6);
 
 	-- What the room offers may have changed: ask again next time.
 	local function refresh(event)

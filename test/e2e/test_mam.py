@@ -10,7 +10,8 @@ What is proven:
 
 1. A device away while the account stayed in comes back with
    <history maxchars='0'/> (as Gajim joins), finds urn:xmpp:mam:2 in the
-   room's disco#info answer and pages through exactly what it missed with
+   room's disco#info answer (asked before it joins, as clients do, and
+   after) and pages through exactly what it missed with
    a MAM query to the room (start, RSM max/after, <before/>, flip-page),
    with the room as the results' sender, a <delay/> each, stable ids and
    <fin complete='true'/> on the last page; nothing from before the
@@ -20,7 +21,9 @@ What is proven:
    session gets what bob (on the host without the module) gets.
 3. Malformed queries get the XEP-0313 errors: an unknown form field, a
    wrong FORM_TYPE, a date that is none, an RSM max that is no number:
-   bad-request; an unknown after-id or RSM after: item-not-found.
+   bad-request; an unknown after-id or RSM after/before: item-not-found.
+   Another local account not in the room never reads the log; a page
+   never holds more than minimix_mam_max_page results.
 """
 
 import time
@@ -119,7 +122,7 @@ def test_a_device_away_pages_through_what_it_missed(prosody_factory, storage):
     keeps the log writing); alice's laptop and phone join, carol says "in";
     the phone goes away and carol says m1, m2, m3.  The phone comes back
     with maxchars='0' (no catch-up in the join), finds mam:2 in the room's
-    disco#info, and a query with `start` at the time it went away, two at a
+    disco#info before and after it joins, and a query with `start` at the time it went away, two at a
     time, gives m1, m2 then m3 (complete); a query of everything gives
     "in", m1, m2, m3 and never "before"; <before/> gives the last page;
     flip-page reverses it; each message keeps its id across queries."""
@@ -145,6 +148,8 @@ def test_a_device_away_pages_through_what_it_missed(prosody_factory, storage):
         await logged(env, room, missed)
 
         phone = await w.connect("alice", "phone")
+        # as clients look before they join (the answer reaches the session)
+        assert NS_MAM in await features(phone, room)
         _, got = await join_room(phone, room, "alice", history={"maxchars": 0})
         assert [s for s in got if s.name == "message" and s.body is not None] == [], got
         assert NS_MAM in await features(phone, room)
@@ -219,9 +224,11 @@ def test_malformed_queries_get_errors(prosody_factory):
     """XEP-0313 4.1 / XEP-0059: a form field the archive does not know, a
     form of another type, a start that is no date and a max that is no
     number are bad-request; an after-id or RSM after that names no message
-    is item-not-found.  A well-formed query still works afterwards, and
-    gives at most minimix_mam_max_page (2 here) results however many it
-    asks for."""
+    is item-not-found.  A `with` that is no occupant of the room matches
+    nothing.  Another local account, not in the room, gets the room's own
+    answer (an error: it keeps no archive), never the log.  A well-formed
+    query still works afterwards, and gives at most minimix_mam_max_page
+    (2 here) results however many it asks for."""
     env = make_env(prosody_factory, {"storage": "internal"},
                    host_options={"minimix_mam_max_page": 2})
 
@@ -242,11 +249,23 @@ def test_malformed_queries_get_errors(prosody_factory):
             ({"rsm": {"after": "no-such-id"}}, "item-not-found"),
             ({"rsm": {"before": "no-such-id"}}, "item-not-found"),
         ]
+        # a with that is no occupant of the room: nothing, complete
+        answer, results = await query(phone, room, fields={"with": "bob@plain.localhost"})
+        assert results == [] and fin_of(answer)[0], (answer, results)
+        answer, results = await query(phone, room, fields={"with": "plain.localhost"})
+        assert results == [] and fin_of(answer)[0], (answer, results)
+        answer, results = await query(phone, room, fields={"with": room + "/carol"})
+        assert bodies(results) == ["only", "two"], (answer, results)
         for kw, condition in cases:
             answer, results = await query(phone, room, **kw)
             assert answer.type == "error" and answer.error[1] == condition, (kw, answer)
             assert answer.frm == room, answer
             assert results == [], (kw, results)
+        # another local account, not in the room: the room answers (it has
+        # no archive), never the log
+        other = await w.connect("carol", "laptop", host="localhost")
+        answer, results = await query(other, room)
+        assert answer.type == "error" and results == [], (answer, results)
         answer, results = await query(phone, room, rsm={"max": "10"})
         assert bodies(results) == ["only", "two"] and not fin_of(answer)[0], (answer, results)
         answer, results = await query(phone, room, rsm={"after": fin_of(answer)[2]})
