@@ -30,8 +30,9 @@ local xmlns_rsm = "http://jabber.org/protocol/rsm";
 
 -- Rooms whose archive is known (true: the room answers MAM itself).
 local ROOMS = 4096;
--- What one read of the store takes, while a page is looked for.
-local CHUNK = 100;
+-- What one read of the store takes at most, while a page is looked for
+-- (the first read takes the page and one more).
+local CHUNK_MAX = 1000;
 -- How long the module's own disco#info query may take, and how many
 -- queries to one room wait for it (more go on to the room).
 local DISCO_TIMEOUT, MAX_HELD = 30, 16;
@@ -185,12 +186,15 @@ function lib.init(mm)
 		-- An id that is the log's own key (every id on SQL, where the
 		-- room's stanza-id is the key) is found at once: the read starts
 		-- (or ends) at its time instead of the range's.
+		-- (Not on the file store, which reads the room's whole list for it.)
 		local mark = backwards and type(before) == "string" and before or not backwards and after;
-		if mark then
+		local located = false;
+		if mark and roomlog.keyed then
 			local iter = roomlog.find(room, { key = mark, limit = 1 });
 			local key, _, t = nil, nil, nil;
 			if iter then key, _, t = iter(); end
 			if key ~= nil then
+				located = true;
 				if backwards and t + 1 < hi then hi = t + 1; end
 				if not backwards and t - 1 > lo then lo = t - 1; end
 			end
@@ -198,10 +202,14 @@ function lib.init(mm)
 		local function within(t)
 			return (not q.start or t >= q.start) and (not q["end"] or t <= q["end"]);
 		end
+		-- the page and the one after it that tells whether more follow,
+		-- then more at a time past what the spans or filters leave out;
+		-- the most at once while an id is looked for
 		local cont, done = nil, false;
+		local chunk = mark and not located and CHUNK_MAX or max + 1;
 		while not done do
 			local iter, err = roomlog.find(room, { start = math.floor(lo) - 1, ["end"] = math.ceil(hi),
-				with = nick, reverse = backwards, limit = CHUNK,
+				with = nick, reverse = backwards, limit = chunk,
 				after = not backwards and cont or nil, before = backwards and cont or nil });
 			if not iter then
 				if cont then return nil, "internal-server-error", "Could not read the room log"; end
@@ -236,7 +244,8 @@ function lib.init(mm)
 					end
 				end
 			end
-			if got < CHUNK then break; end
+			if got < chunk then break; end
+			chunk = math.min(chunk * 2, CHUNK_MAX);
 		end
 		if (backwards and not seen_before) or (not backwards and not seen_after) then
 			return nil, "item-not-found", "No such message in this room's archive";
