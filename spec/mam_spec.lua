@@ -38,6 +38,9 @@ local function fake_log(entries)
 			local e = list[i];
 			if not e or (q.limit and n > q.limit) then return nil; end
 			local item = st.message({ from = ROOM .. "/" .. e.with, type = "groupchat" }):text_tag("body", e.body);
+			if e.sid then
+				item:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = e.sid_by or ROOM, id = e.sid }):up();
+			end
 			return e.key, item, e.t, 0, e.with;
 		end;
 	end
@@ -213,6 +216,26 @@ describe("MAM from the room log", function()
 		assert.same({ "two", "three" }, (answered(s)));
 		fire(env, "pre-iq/bare", { origin = s, stanza = query({ with = ROOM .. "/carol" }) });
 		assert.same({ "one", "three" }, (answered(s)));
+	end);
+
+	it("gives the room's stanza-id as the id where the room gave one", function()
+		local entries = {
+			{ key = "k1", body = "one", t = T0 + 31, with = "carol", sid = "room-sid-1" },
+			{ key = "k2", body = "two", t = T0 + 32, with = "carol", sid = "forged", sid_by = "mallory@evil.example" },
+			{ key = "k3", body = "three", t = T0 + 33, with = "carol", sid = "room-sid-3" },
+		};
+		local env = load_mam(entries, SPANS);
+		no_archive(env);
+		local s = session();
+		fire(env, "pre-iq/bare", { origin = s, stanza = query(nil, { max = "1" }) });
+		local _, ids = answered(s);
+		assert.same({ "room-sid-1" }, ids);
+		-- and finds it again: the next page after it
+		fire(env, "pre-iq/bare", { origin = s, stanza = query(nil, { after = "room-sid-1" }) });
+		local bodies;
+		bodies, ids = answered(s);
+		assert.same({ "two", "three" }, bodies);
+		assert.same({ "k2", "room-sid-3" }, ids, "a stanza-id by someone else is not the room's");
 	end);
 
 	it("never gives more than minimix_mam_max_page", function()
