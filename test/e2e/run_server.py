@@ -15,6 +15,7 @@ Runs in the foreground until Ctrl-C.
     /usr/bin/python3 test/e2e/run_server.py --plain    # plain MUC, no module
     /usr/bin/python3 test/e2e/run_server.py --debug    # debug log
     /usr/bin/python3 test/e2e/run_server.py --no-room-archive   # rooms without muc_mam
+    MINIMIX_ROOM_ARCHIVE=0 make run  # the same
 
 The accounts' host loads what a Prosody operator's default configuration
 has and clients rely on: mod_pep, mod_bookmarks, mod_private and mod_mam;
@@ -48,7 +49,9 @@ def main(argv=None):
                     default=os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0"),
                     help="log at debug level")
     ap.add_argument("--no-room-archive", action="store_true",
-                    help="do not load muc_mam: rooms keep no archive of their own")
+                    default=os.environ.get("MINIMIX_ROOM_ARCHIVE", "") in ("0", "no", "false"),
+                    help="do not load muc_mam: rooms keep no archive of their own "
+                         "(default with MINIMIX_ROOM_ARCHIVE=0)")
     ap.add_argument("--hibernation", type=int, default=None, metavar="SECONDS",
                     help="smacks_hibernation_time (Prosody's default: 600)")
     args = ap.parse_args(argv)
