@@ -43,7 +43,8 @@ local REFRESH_CODES = { ["104"] = true, ["170"] = true, ["171"] = true, ["172"] 
 
 local lib = {};
 
--- The form fields a query may hold; the extended ones only where offered.
+-- The form fields a query may hold (before-id, after-id and ids are
+-- XEP-0313's extended ones, which the answers offer).
 local FIELDS = { FORM_TYPE = true, start = true, ["end"] = true, with = true,
 	["before-id"] = true, ["after-id"] = true, ids = true };
 
@@ -92,6 +93,13 @@ function lib.init(mm)
 			if sid.attr.by == room and sid.attr.id then return roomlog.bounded_id(sid.attr.id); end
 		end
 		return key;
+	end
+
+	-- XEP-0045 8.1: a subject change is no message (a <subject/> without
+	-- <body/> and <thread/>); the log keeps them, MAM gives none.
+	local function is_subject_change(item)
+		return item:get_child("subject") ~= nil and item:get_child("body") == nil
+			and item:get_child("thread") == nil;
 	end
 
 	local function learn(room, query)
@@ -227,7 +235,7 @@ function lib.init(mm)
 						seen_after, done = true, true;
 						break;
 					elseif within(t) and roomlog.in_spans(t, slack, spans)
-						and (not ids or ids[id]) then
+						and (not ids or ids[id]) and not is_subject_change(item) then
 						if #out >= max then more, done = true, true; break; end
 						out[#out+1] = { id, item, t };
 					end
@@ -238,7 +246,7 @@ function lib.init(mm)
 						seen_before, done = true, true;
 						break;
 					elseif within(t) and roomlog.in_spans(t, slack, spans)
-						and (not ids or ids[id]) then
+						and (not ids or ids[id]) and not is_subject_change(item) then
 						if #out >= max then more, done = true, true; break; end
 						out[#out+1] = { id, item, t };
 					end

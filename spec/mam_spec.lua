@@ -37,7 +37,8 @@ local function fake_log(entries)
 			i, n = i + 1, n + 1;
 			local e = list[i];
 			if not e or (q.limit and n > q.limit) then return nil; end
-			local item = st.message({ from = ROOM .. "/" .. e.with, type = "groupchat" }):text_tag("body", e.body);
+			local item = st.message({ from = ROOM .. "/" .. e.with, type = "groupchat" });
+			if e.subject then item:text_tag("subject", e.subject); else item:text_tag("body", e.body); end
 			if e.sid then
 				item:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = e.sid_by or ROOM, id = e.sid }):up();
 			end
@@ -150,7 +151,9 @@ local function answered(s)
 			assert.equal(ROOM, got.attr.from);
 			local fwd = result:get_child("forwarded", "urn:xmpp:forward:0");
 			assert.truthy(fwd:get_child("delay", "urn:xmpp:delay"));
-			bodies[#bodies+1] = fwd:get_child("message", "jabber:client"):get_child_text("body");
+			local body = fwd:get_child("message", "jabber:client"):get_child_text("body");
+			assert.truthy(body, "a message, not a subject change");
+			bodies[#bodies+1] = body;
 			ids[#ids+1] = result.attr.id;
 		end
 	end
@@ -170,6 +173,7 @@ local ENTRIES = {
 	{ key = "k2", body = "one", t = T0 + 11, with = "carol" },
 	{ key = "k3", body = "out", t = T0 + 21, with = "carol" },
 	{ key = "k4", body = "two", t = T0 + 31, with = "bob" },
+	{ key = "k4s", subject = "a subject change is no message", t = T0 + 31, with = "bob" },
 	{ key = "k5", body = "three", t = T0 + 32, with = "carol" },
 };
 -- the account was in from T0+10 to T0+20, and again since T0+30
