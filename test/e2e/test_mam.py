@@ -18,7 +18,9 @@ What is proven:
    account's membership began, although the log holds it (bob stayed in).
    On the internal store, SQLite and PostgreSQL.
 2. A room with its own archive (muc_mam) answers its own queries: alice's
-   session gets what bob (on the host without the module) gets.
+   session gets what bob (on the host without the module) gets.  When its
+   owner turns archiving off (171), the module answers from the log, with
+   the ids the room gave.
 3. Malformed queries get the XEP-0313 errors: an unknown form field, a
    wrong FORM_TYPE, a date that is none, an RSM max that is no number:
    bad-request; an unknown after-id or RSM after/before: item-not-found.
@@ -31,6 +33,7 @@ from xml.sax.saxutils import escape
 
 from .clients import P, join_room, create_room
 from .test_catchup import NO_HISTORY, logged, make_env, stamp, say
+from .test_semantics import configure
 from .world import run
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -270,4 +273,39 @@ def test_malformed_queries_get_errors(prosody_factory):
         assert bodies(results) == ["only", "two"] and not fin_of(answer)[0], (answer, results)
         answer, results = await query(phone, room, rsm={"after": fin_of(answer)[2]})
         assert bodies(results) == ["three"] and fin_of(answer)[0], (answer, results)
+    run(env, scenario)
+
+
+def test_a_room_that_stops_archiving_is_answered_from_the_log(prosody_factory):
+    """XEP-0045 10.2 / status 171 (the room's logging turned off): with
+    muc_mam, the room archives and answers alice's queries itself (its
+    own stanza-ids as the ids).  carol, the owner, turns archiving off;
+    the room says 171 to its occupants, the module forgets what it knew of
+    the room, and alice's next query is answered from the room log: what
+    was said before (with the same ids the room gave) and after."""
+    env = make_env(prosody_factory, {"storage": "internal"},
+                   muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+
+    async def scenario(w):
+        room = w.room("stops")
+        carol = await w.connect("carol", "desk")
+        await create_room(carol, room, "carol", whois="anyone")
+        phone = await w.connect("alice", "phone")
+        await join_room(phone, room, "alice")
+        await say(carol, room, [phone], ["one", "two"])
+        await logged(env, room, ["one", "two"])
+        answer, by_room = await query(phone, room)
+        assert bodies(by_room) == ["one", "two"] and fin_of(answer)[0], (answer, by_room)
+        assert NS_MAM in await features(phone, room)
+
+        m = phone.mark()
+        await configure(carol, room, {"muc#roomconfig_enablearchiving": "0"})
+        await phone.wait_for(P(name="message", frm=room, codes={171}), since=m,
+                             what="the room's 171")
+        await say(carol, room, [phone], ["three"])
+        await logged(env, room, ["three"])
+        answer, by_log = await query(phone, room)
+        assert bodies(by_log) == ["one", "two", "three"] and fin_of(answer)[0], (answer, by_log)
+        assert [i for i, _, _, _ in by_log[:2]] == [i for i, _, _, _ in by_room], (by_room, by_log)
+        assert NS_MAM in await features(phone, room)
     run(env, scenario)
