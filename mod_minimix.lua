@@ -203,7 +203,8 @@ end
 
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
--- (perform, below), and the bookmarks, which the start-up restore reads.
+-- (perform, below), the bookmarks, which the start-up restore reads, and
+-- the room log, which the MAM answers read.
 local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
 	roomlog = roomlog };
 send.init(mm);
