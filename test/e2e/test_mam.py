@@ -26,14 +26,22 @@ What is proven:
    bad-request; an unknown after-id or RSM after/before: item-not-found.
    Another local account not in the room never reads the log; a page
    never holds more than minimix_mam_max_page results.
+4. Over s2s (a room on conference.b.test, federation_env.py): the first
+   query waits for the module's own disco#info of the room, as the
+   account, over the link; a device's disco#info before it joins shows
+   mam:2; queries are answered from the log without crossing the link.
 """
 
+import asyncio
 import time
 from xml.sax.saxutils import escape
 
 from .clients import P, join_room, create_room
 from .test_catchup import NO_HISTORY, logged, make_env, stamp, say
 from .test_semantics import configure
+from .test_federation import federation, federation_factory  # noqa: F401 (fixtures)
+from .federation_env import run_federation, ACCOUNT_DOMAIN
+from .storages import archive_entries
 from .world import run
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -43,6 +51,7 @@ NS_DELAY = "urn:xmpp:delay"
 NS_CLIENT = "jabber:client"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DATA = "jabber:x:data"
+ALICE = "alice@" + ACCOUNT_DOMAIN
 
 
 def q(tag, ns):
@@ -309,3 +318,49 @@ def test_a_room_that_stops_archiving_is_answered_from_the_log(prosody_factory):
         assert [i for i, _, _, _ in by_log[:2]] == [i for i, _, _, _ in by_room], (by_room, by_log)
         assert NS_MAM in await features(phone, room)
     run(env, scenario)
+
+
+def test_mam_from_the_log_for_a_remote_room(federation):
+    """The same over s2s, for a room on conference.b.test (no muc_mam
+    there).  The laptop's MAM query, the first the module sees for the
+    room, waits while the module asks the room, as the account, whether
+    it keeps an archive (over the link), then is answered from the log.
+    The phone, back, asks the room's disco#info before it joins (the
+    answer crosses the link to the session itself) and finds mam:2; its
+    query gets what was said while it was away, and does not cross the
+    link."""
+    fed = federation
+
+    async def scenario(w):
+        room = w.room("remote-mam")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone", config=NO_HISTORY)
+        p = await w.connect("alice", "phone")
+        l = await w.connect("alice", "laptop")
+        await join_room(p, room, "alice")
+        await join_room(l, room, "alice")
+        await p.disconnect()
+        away = time.time()
+        missed = ["far 1", "far 2", "far 3"]
+        await say(bob, room, [l], missed)
+        deadline = time.monotonic() + 20
+        while not all(t in [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                                 host=ACCOUNT_DOMAIN)]
+                      for t in missed):
+            assert time.monotonic() < deadline, "the room log never held them all"
+            await asyncio.sleep(0.2)
+        mr = fed.room.log_mark()
+        answer, results = await query(l, room, fields={"start": stamp(away)})
+        assert bodies(results) == missed and fin_of(answer)[0], (answer, results)
+        asked = fed.room.crossed(since=mr, name="iq", frm=ALICE)
+        assert [s.child("query", NS_DISCO_INFO) is not None for s in asked] == [True], asked
+
+        p = await w.connect("alice", "phone")
+        assert NS_MAM in await features(p, room)
+        await join_room(p, room, "alice", history={"maxchars": 0})
+        mr = fed.room.log_mark()
+        answer, results = await query(p, room, fields={"start": stamp(away)}, rsm={"max": "10"})
+        assert bodies(results) == missed and fin_of(answer)[0], (answer, results)
+        assert not fed.room.crossed(since=mr, name="iq", fn=lambda s: s.child("query", NS_MAM)
+                                    is not None), "the query crossed the link"
+    run_federation(fed, scenario)
