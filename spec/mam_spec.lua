@@ -126,7 +126,11 @@ local function query(fields, set, flip)
 	if fields then
 		iq:tag("x", { xmlns = "jabber:x:data", type = "submit" })
 			:tag("field", { var = "FORM_TYPE" }):text_tag("value", MAM):up();
-		for var, value in pairs(fields) do iq:tag("field", { var = var }):text_tag("value", value):up(); end
+		for var, value in pairs(fields) do
+			iq:tag("field", { var = var });
+			for _, v in ipairs(type(value) == "table" and value or { value }) do iq:text_tag("value", v); end
+			iq:up();
+		end
 		iq:up();
 	end
 	if set then
@@ -220,6 +224,11 @@ describe("MAM from the room log", function()
 		assert.same({ "two", "three" }, (answered(s)));
 		fire(env, "pre-iq/bare", { origin = s, stanza = query({ with = ROOM .. "/carol" }) });
 		assert.same({ "one", "three" }, (answered(s)));
+		-- the extended fields: ids, and after-id/before-id (never outside the spans)
+		fire(env, "pre-iq/bare", { origin = s, stanza = query({ ids = { "k5", "k2", "k1" } }) });
+		assert.same({ "one", "three" }, (answered(s)));
+		fire(env, "pre-iq/bare", { origin = s, stanza = query({ ["after-id"] = "k2", ["before-id"] = "k5" }) });
+		assert.same({ "two" }, (answered(s)));
 	end);
 
 	it("gives the room's stanza-id as the id where the room gave one", function()
