@@ -102,6 +102,19 @@ function bookmarks.init(shared)
 	mm = shared;
 	if not module:get_option_boolean("minimix_bookmarks", true) then return bookmarks; end
 	mod_pep = module:depends("pep");
+	-- Clients that write XEP-0048 bookmarks (private XML storage), and
+	-- those that use XEP-0402 only when the server offers
+	-- urn:xmpp:bookmarks:1#compat-pep, reach the bookmarks above only
+	-- through mod_bookmarks.  Checked once the host's modules are loaded
+	-- (a timer runs after the configuration's modules, at start-up too).
+	module:add_timer(0, function()
+		local ok, modulemanager = pcall(require, "core.modulemanager");
+		if ok and not modulemanager.is_loaded(module.host, "bookmarks") then
+			module:log("warn", "mod_bookmarks is not loaded on %s: clients that write XEP-0048 bookmarks, "
+				.. "or use XEP-0402 only with compat-pep (Gajim), do not get their bookmarks as memberships; "
+				.. "add \"bookmarks\" to modules_enabled", module.host);
+		end
+	end);
 	local listeners = {};
 	module:handle_items("pep-service", function(event)
 		local service, username = event.item.service, jid_split(event.item.jid);

@@ -1370,6 +1370,31 @@ end
 lib.keyed = keyed;
 lib.parse_duration = parse_duration;
 
+-- For the MAM answers of minimix_mam.lib.lua: the room's log through the
+-- store's find (query as for an archive store: start, end, with, after,
+-- before, limit, reverse).  What waits for the writer is written first
+-- (unless the store is failing), so that it has its key.  The iterator
+-- gives key, item (as the room sent it, without the log's mark), the time
+-- it was said and its exactness (as said_at), and with.  nil, err when
+-- the store cannot be read.
+function lib.find(room, query)
+	if not log_store then return nil, "no room log"; end
+	local user = store_user(room);
+	if log_writer and log_writer.waiting(user)() and not log_writer.failing() then
+		log_writer.flush();
+	end
+	local ok, iter, err = pcall(log_store.find, log_store, user, query);
+	if not ok then return nil, oneline(iter); end
+	if not iter then return nil, err; end
+	return function()
+		local key, item, when, with = iter();
+		if key == nil then return nil; end
+		local t, slack = said_at(item, room, when);
+		return key, unmark(item), t, slack, with;
+	end;
+end
+lib.in_spans = in_spans;
+
 if log_store then
 	module:add_timer(cleanup_interval, function()
 		lib.cleanup();

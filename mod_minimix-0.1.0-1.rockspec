@@ -48,5 +48,6 @@ build = {
 		["mod_minimix.minimix_links"] = "minimix_links.lib.lua",
 		["mod_minimix.minimix_operators"] = "minimix_operators.lib.lua",
 		["mod_minimix.minimix_backfill"] = "minimix_backfill.lib.lua",
+		["mod_minimix.minimix_mam"] = "minimix_mam.lib.lua",
 	},
 }

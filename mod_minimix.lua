@@ -13,6 +13,7 @@
 --   minimix_bookmarks.lib.lua  XEP-0402 bookmarks as memberships
 --   minimix_links.lib.lua      server-to-server links and self-pings
 --   minimix_operators.lib.lua  what Prosody offers, metrics, ad-hoc and shell commands
+--   minimix_mam.lib.lua        MAM answered from the room log for rooms without an archive
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
@@ -30,6 +31,8 @@ local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_sid = "urn:xmpp:sid:0";
+local xmlns_occupant_id = "urn:xmpp:occupant-id:0";
+local xmlns_caps = "http://jabber.org/protocol/caps";
 
 -- Configuration: every limit bounds memory; see README.markdown.
 local function limit_option(name, default)
@@ -79,6 +82,7 @@ local bookmarks = module:require("minimix_bookmarks");
 local links = module:require("minimix_links");
 local send = module:require("minimix_send");
 local backfill = module:require("minimix_backfill");
+local mam = module:require("minimix_mam");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -165,15 +169,46 @@ local function presence_payload(stanza)
 	return tostring(p);
 end
 
+-- XEP-0115 capabilities are a device's, the room's occupant is the
+-- account: a room sees none (the first device's would be wrong for the
+-- others, and a device joining with other ones would make every occupant
+-- get a new presence of the account that a person cannot see).
+local function strip_caps(stanza)
+	stanza:maptags(function(tag)
+		if tag.name == "c" and tag.attr.xmlns == xmlns_caps then return nil; end
+		return tag;
+	end);
+end
+
 local function occupant_jid(room, nick)
 	if nick then return room .. "/" .. nick; end
 	return room;
 end
 
+-- XEP-0421: the account's occupant id in each room (account NUL room ->
+-- id), as the room's self-presence gave it, for the presences the module
+-- makes in the room's name; forgotten when the membership ends.
+local occupant_ids = {};
+local OCCUPANT_ID_MAX = 256;
+
+local function note_occupant_id(account, room, stanza)
+	local oid = stanza:get_child("occupant-id", xmlns_occupant_id);
+	local id = oid and oid.attr.id;
+	if id and #id <= OCCUPANT_ID_MAX then occupant_ids[account .. "\0" .. room] = id; end
+end
+
+local function with_occupant_id(pres, account, room)
+	local id = occupant_ids[account .. "\0" .. room];
+	if id then pres:tag("occupant-id", { xmlns = xmlns_occupant_id, id = id }):up(); end
+	return pres;
+end
+
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
--- (perform, below), and the bookmarks, which the start-up restore reads.
-local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks };
+-- (perform, below), the bookmarks, which the start-up restore reads, and
+-- the room log, which the MAM answers read.
+local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
+	roomlog = roomlog };
 send.init(mm);
 
 local event_log = {
@@ -322,7 +357,7 @@ end
 -- the room's own self-presence was beyond the byte limits: a join still
 -- ends with a self-presence
 function act.self_stub(_, a, account, room)
-	local pres = st.presence({ from = room .. "/" .. a.nick })
+	local pres = with_occupant_id(st.presence({ from = room .. "/" .. a.nick }), account, room)
 		:tag("x", { xmlns = xmlns_muc_user })
 			:tag("item", { xmlns = xmlns_muc_user, affiliation = a.affiliation, role = a.role }):up()
 			:tag("status", { xmlns = xmlns_muc_user, code = "110" }):up();
@@ -338,7 +373,8 @@ function act.subject_stub(_, a, account, room)
 end
 
 function act.reflect_leave(_, a, account, room)
-	local pres = st.presence({ from = room .. "/" .. a.nick, type = "unavailable", id = a.id })
+	local pres = with_occupant_id(st.presence({ from = room .. "/" .. a.nick, type = "unavailable",
+			id = a.id }), account, room)
 		:tag("x", { xmlns = xmlns_muc_user })
 			:tag("item", { xmlns = xmlns_muc_user, affiliation = a.affiliation, role = "none" }):up()
 			:tag("status", { xmlns = xmlns_muc_user, code = "110" }):up();
@@ -377,6 +413,21 @@ function act.iq_error(_, a, account, room)
 		:up());
 end
 
+-- The occupant ids of the memberships that ended, once the presences
+-- made for them are sent.
+local function forget_occupant_ids(ctx, event, actions)
+	if (event == "left" or event == "removed") and ctx.account and ctx.room then
+		occupant_ids[ctx.account .. "\0" .. ctx.room] = nil;
+	end
+	for i = 1, actions and #actions or 0 do
+		local a = actions[i];
+		local account = a.account or ctx.account;
+		if a.op == "event" and (a.event == "left" or a.event == "removed") and account and a.room then
+			occupant_ids[account .. "\0" .. a.room] = nil;
+		end
+	end
+end
+
 -- Carry out the core's decision.  ctx: account, room, stanza (the one being
 -- handled), origin (the session's, for outgoing stanzas).
 -- The core's results: handled, actions, event, reason; or on a refusal
@@ -394,8 +445,10 @@ local function perform(ctx, handled, actions, event, reason, text)
 		return true;
 	end
 	if event then note_event(ctx.account, ctx.room, event, reason); end
-	if not handled then return nil; end
-	if not actions then return true; end
+	if not handled or not actions then
+		forget_occupant_ids(ctx, event);
+		return handled and true or nil;
+	end
 	local delivered, replayed = 0, 0;
 	for i = 1, #actions do
 		local a = actions[i];
@@ -405,6 +458,7 @@ local function perform(ctx, handled, actions, event, reason, text)
 			delivered, replayed = delivered + (d or 0), replayed + (r or 0);
 		end
 	end
+	forget_occupant_ids(ctx, event, actions);
 	if delivered > 0 then metrics.deliveries:add(delivered); end
 	if replayed > 0 then metrics.replays:add(replayed); end
 	return true;
@@ -424,6 +478,7 @@ local function outgoing_presence(event)
 	if t == nil then
 		if not nick then return; end
 		local x = stanza:get_child("x", xmlns_muc);
+		if x or core:member(account, room) then strip_caps(stanza); end
 		local show, payload = stanza:get_child_text("show"), presence_payload(stanza);
 		if x then
 			local h, history = x:get_child("history"), nil;
@@ -518,6 +573,11 @@ local function incoming_presence(event)
 		id = stanza.attr.id;
 		payload = t ~= "error" and send.shared_payload(stanza) or nil;
 	});
+	if p.codes and t ~= "error" then
+		for _, code in ipairs(p.codes) do
+			if code == 110 then note_occupant_id(account, room, stanza); end
+		end
+	end
 	local ctx = { account = account, room = room, stanza = stanza };
 	return perform(ctx, core:room_presence(account, room, nick, p));
 end
@@ -629,6 +689,7 @@ backfill.init(mm, roomlog);
 persist.init(mm);
 operators.init(mm);
 bookmarks.init(mm);
+mam.init(mm);
 persist.start();
 
 -- Sessions come and go ----------------------------------------------------------
@@ -674,7 +735,8 @@ end, 10);
 local handed_over, reloaded = false, false;
 function module.save()
 	handed_over = true;
-	return { core = core, links_lost = links.save(), log = roomlog.save(), unread = persist.save() };
+	return { core = core, links_lost = links.save(), log = roomlog.save(), unread = persist.save(),
+		occupant_ids = occupant_ids };
 end
 
 function module.restore(data)
@@ -689,6 +751,7 @@ function module.restore(data)
 		mm.core = core;
 		reloaded = true;
 	end
+	if data and type(data.occupant_ids) == "table" then occupant_ids = data.occupant_ids; end
 	if data and data.log then roomlog.restore(data.log); end
 	if data and data.links_lost then links.restore(data.links_lost); end
 	-- an instance that handed nothing over had read everything

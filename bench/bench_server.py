@@ -77,9 +77,10 @@ CYCLES = env_int("MINIMIX_BENCH_SERVER_CYCLES", 100)
 # session (one occupant per device)
 NICKS = os.environ.get("MINIMIX_BENCH_SERVER_NICKS", "same")
 SCENARIOS = set(os.environ.get("MINIMIX_BENCH_SERVER_SCENARIOS",
-                               "fanout,rooms,cycles,catchup").split(","))
+                               "fanout,rooms,cycles,catchup,mam").split(","))
 # catch-up: CU_LOG messages in the room, then CU_JOINS joins of a later
-# device asking for each of CU_ASK messages (maxstanzas)
+# device asking for each of CU_ASK messages (maxstanzas); MAM: as many
+# queries of each page
 CU_LOG = env_int("MINIMIX_BENCH_SERVER_CATCHUP_LOG", 1000)
 CU_JOINS = env_int("MINIMIX_BENCH_SERVER_CATCHUP_JOINS", 20)
 CU_ASK = [int(x) for x in os.environ.get("MINIMIX_BENCH_SERVER_CATCHUP_ASK", "20,100,500").split(",")]
@@ -447,6 +448,72 @@ async def catchup(mode):
         env.cleanup()
 
 
+async def mam(mode):
+    """Server CPU for a MAM query answered from the room log (a room that
+    keeps no archive), with CU_LOG messages said since the account joined:
+    the first page of 100, the last page of 100 (<before/>), and 20 and
+    100 after an id in the middle of the log, CU_JOINS queries each."""
+    env = start_env(mode, 1)
+    pid = env.proc.pid
+    room = "mam@%s" % env.muc_domain
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    device = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d0")
+    # the account's second device, back with no history, asks (the first
+    # one only counts what it gets)
+    later = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d1")
+    out = {"mode": mode, "log": CU_LOG, "queries": CU_JOINS, "pages": []}
+
+    async def query(rsm):
+        m = later.mark()
+        qid = "mam-%d" % m
+        later.send("<iq type='set' id='%s' to='%s'><query xmlns='urn:xmpp:mam:2'>"
+                    "<set xmlns='http://jabber.org/protocol/rsm'>%s</set></query></iq>"
+                    % (qid, room, rsm))
+        fin = await later.wait_for(lambda e: e.tag.endswith("iq") and e.get("id") == qid,
+                                   since=m, timeout=60, what="the MAM answer")
+        got = sum(1 for e in later.inbox[m:] if e.find("{urn:xmpp:mam:2}result") is not None)
+        last = fin.findtext(".//{http://jabber.org/protocol/rsm}last")
+        return got, last
+
+    try:
+        for s in (sender, device):
+            await s.connect()
+        await sender.join(room, "sender")
+        await device.join(room, "u0")
+        device.count(MARKER)
+        for n in range(CU_LOG):
+            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
+                             "chat line often is." % n)
+            if n % 50 == 49:
+                deadline = time.monotonic() + 60
+                while device.counted < n + 1 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)  # the log's last writes
+        await later.connect()
+        await later.join(room, "u0", maxstanzas=0)
+        # the module learns that the room keeps no archive; an id mid-log
+        await query("<max>%d</max>" % (CU_LOG // 2))
+        _, middle = await query("<max>%d</max>" % (CU_LOG // 2))
+        await settle(pid)
+        for name, rsm in (("first 100", "<max>100</max>"),
+                          ("last 100", "<max>100</max><before/>"),
+                          ("20 after an id", "<max>20</max><after>%s</after>" % middle),
+                          ("100 after an id", "<max>100</max><after>%s</after>" % middle)):
+            cpu0, served = cpu_seconds(pid), 0
+            for _ in range(CU_JOINS):
+                got, _ = await query(rsm)
+                served += got
+                # the inbox holds what was parsed: only this query's
+                later.inbox.clear()
+            cpu = cpu_seconds(pid) - cpu0
+            out["pages"].append({"page": name, "cpu_ms_per_query": cpu / CU_JOINS * 1e3,
+                                 "served_per_query": served / CU_JOINS})
+        return out
+    finally:
+        await close_all([[sender, device, later]])
+        env.cleanup()
+
+
 async def many_rooms(mode):
     env = start_env(mode, RA)
     pid = env.proc.pid
@@ -657,6 +724,19 @@ def main():
                 print("  %-7s %10d %7.0f %16.2f %26.1f" % (
                     mode, a["maxstanzas"], a["served_per_join"], a["cpu_ms_per_join"],
                     a["cpu_us_per_served"]))
+
+    if "mam" in SCENARIOS:
+        print()
+        print("MAM from the room log: a room without an archive, %d messages said since"
+              " the account joined, %d queries each" % (CU_LOG, CU_JOINS))
+        print("  mode     page             served  CPU ms per query")
+        results["mam"] = []
+        for mode in ("module", "sqlite"):
+            res = asyncio.run(mam(mode))
+            results["mam"].append(res)
+            for p in res["pages"]:
+                print("  %-7s %-16s %6.0f %17.2f" % (mode, p["page"], p["served_per_query"],
+                                                     p["cpu_ms_per_query"]))
 
     results["seconds"] = time.monotonic() - t_start
     print("\n(%.0f s)" % results["seconds"])

@@ -62,9 +62,17 @@ local function load_shim(options, env_hook)
 	function module:log(level, fmt, ...)
 		env.logs[#env.logs+1] = { level, fmt:format(...) };
 	end
-	-- Prosody's default priority is 0; each event is hooked once
-	env.hooked = {};
+	-- Prosody's default priority is 0; each event is hooked once by the
+	-- main module: env.hooks and env.hooked hold its hook, env.more_hooks
+	-- those a library adds to the same event (fire() runs them all)
+	env.hooked, env.more_hooks = {}, {};
 	function module:hook(name, fn, prio)
+		if env.hooks[name] then
+			local more = env.more_hooks[name] or {};
+			more[#more+1] = { fn = fn, prio = prio or 0 };
+			env.more_hooks[name] = more;
+			return;
+		end
 		env.hooks[name] = { fn = fn, prio = prio or 0 };
 		env.hooked[name] = (env.hooked[name] or 0) + 1;
 	end
@@ -254,7 +262,15 @@ local function prosody13(env, module, g)
 end
 
 local function fire(env, name, origin, stanza)
-	return env.hooks[name].fn({ origin = origin, stanza = stanza });
+	local event = { origin = origin, stanza = stanza };
+	local main = env.hooks[name];
+	local hooks = { main };
+	for _, h in ipairs(env.more_hooks[name] or {}) do hooks[#hooks+1] = h; end
+	table.sort(hooks, function(a, b) return a.prio > b.prio; end);
+	for _, h in ipairs(hooks) do
+		local ret = h.fn(event);
+		if ret ~= nil or h == main then return ret; end
+	end
 end
 
 -- A room's presence for the account: the occupant room/nick as a

@@ -14,6 +14,13 @@ Runs in the foreground until Ctrl-C.
     MINIMIX_PROSODY=13 make run     # on Prosody 13.0 (tools/prosody13.sh)
     /usr/bin/python3 test/e2e/run_server.py --plain    # plain MUC, no module
     /usr/bin/python3 test/e2e/run_server.py --debug    # debug log
+    /usr/bin/python3 test/e2e/run_server.py --no-room-archive   # rooms without muc_mam
+    MINIMIX_ROOM_ARCHIVE=0 make run  # the same
+
+The accounts' host loads what a Prosody operator's default configuration
+has and clients rely on: mod_pep, mod_bookmarks, mod_private and mod_mam;
+the MUC component loads muc_mam (rooms archive unless their owner turns it
+off, and then the module answers MAM queries from its room log).
 """
 
 import argparse
@@ -27,6 +34,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 from e2e.prosody_env import ProsodyEnv, CHECKOUT, PROSODY, PROSODY_VERSION, USERS  # noqa: E402
 
 
+# Besides the harness's own (roster, saslauth, disco, carbons, smacks, ping).
+DEMO_MODULES = ["pep", "bookmarks", "private", "mam"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=int(os.environ.get("MINIMIX_PORT") or 5222),
@@ -37,6 +48,10 @@ def main(argv=None):
     ap.add_argument("--debug", action="store_true",
                     default=os.environ.get("MINIMIX_E2E_DEBUG", "") not in ("", "0"),
                     help="log at debug level")
+    ap.add_argument("--no-room-archive", action="store_true",
+                    default=os.environ.get("MINIMIX_ROOM_ARCHIVE", "") in ("0", "no", "false"),
+                    help="do not load muc_mam: rooms keep no archive of their own "
+                         "(default with MINIMIX_ROOM_ARCHIVE=0)")
     ap.add_argument("--hibernation", type=int, default=None, metavar="SECONDS",
                     help="smacks_hibernation_time (Prosody's default: 600)")
     args = ap.parse_args(argv)
@@ -51,10 +66,19 @@ def main(argv=None):
     # Rooms are open as soon as they are made: Prosody otherwise locks a new
     # room until its owner submits the configuration form (XEP-0045 10.1),
     # which a first-time user's client may not offer.
+    # What a Prosody operator's default configuration has and clients rely
+    # on: XEP-0402/0048 bookmarks (Gajim uses XEP-0402 only when the server
+    # offers compat-pep, which mod_bookmarks does), private storage, the
+    # account's archive, and the rooms' archives (muc_mam; --no-room-archive
+    # leaves it out, so that MAM queries to rooms are answered from the
+    # module's room log).
+    muc = {"muc_room_locking": False}
+    if not args.no_room_archive:
+        muc["modules_enabled"] = ["muc_mam"]
     env = ProsodyEnv(minimix=not args.plain, port=args.port, workdir=args.dir,
                      debug=args.debug, console_log=True,
                      smacks_hibernation_time=args.hibernation,
-                     muc_options={"muc_room_locking": False})
+                     extra_modules=DEMO_MODULES, muc_options=muc)
     for user, password in USERS.items():
         env.add_user(user, password, env.domain)
         env.add_user(user, password, env.plain_domain)
@@ -68,6 +92,8 @@ def main(argv=None):
     print("             (the same on %s, a host without the module)" % env.plain_domain)
     print("  MUC:       %s  (any room, e.g. test@%s; new rooms are open at once)"
           % (env.muc_domain, env.muc_domain))
+    print("  modules:   %s; %s on the MUC" % (", ".join(DEMO_MODULES),
+                                             "no archive" if args.no_room_archive else "muc_mam"))
     print("  config:    %s" % env.config_path)
     print("  log:       %s" % env.log_path)
     print("Ctrl-C to stop.", flush=True)

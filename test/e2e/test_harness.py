@@ -78,13 +78,24 @@ def test_plain_muc_round_trip():
         env.cleanup()
 
 
+async def disco_features(client, jid):
+    m = client.mark()
+    id = client.iq(jid, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+    r = await client.wait_for(P(name="iq", id=id), since=m, what="disco#info of " + jid)
+    assert r.type == "result", r
+    return [f.get("var") for f in r.xml.iter("{http://jabber.org/protocol/disco#info}feature")]
+
+
 def test_demo_server_rooms_are_usable_at_once(tmp_path):
     """`make run` (test/e2e/run_server.py): the demo server on a port of its
     own, with the module and the demo accounts.  A room alice@localhost
     makes by joining it, with no configuration form submitted (as a
     first-time user's client does), is open at once: bob@plain.localhost
     joins it right away (a locked room would answer item-not-found,
-    XEP-0045 7.2.3 / 10.1.1) and hears what alice says."""
+    XEP-0045 7.2.3 / 10.1.1) and hears what alice says.  The demo runs what
+    a real server runs: the account offers XEP-0402 with compat-pep
+    (mod_bookmarks) and MAM (mod_mam), the room archives (muc_mam), and
+    the module does not warn of a missing mod_bookmarks."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, os.path.join(CHECKOUT, "test", "e2e", "run_server.py"),
@@ -119,6 +130,12 @@ def test_demo_server_rooms_are_usable_at_once(tmp_path):
                 m = bob.mark()
                 alice.groupchat(room, "open at once")
                 await bob.wait_for(P(name="message", body="open at once"), since=m)
+                # what a real server runs: bookmarks with compat-pep (Gajim
+                # uses XEP-0402 only then), the rooms' archives
+                account = await disco_features(alice, "alice@" + DOMAIN)
+                assert "urn:xmpp:bookmarks:1#compat-pep" in account, account
+                assert "urn:xmpp:mam:2" in account, account
+                assert "urn:xmpp:mam:2" in await disco_features(alice, room)
             finally:
                 await w.close()
 
@@ -131,7 +148,38 @@ def test_demo_server_rooms_are_usable_at_once(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+        out = proc.stdout.read().decode(errors="replace")
         proc.stdout.close()
+    assert "mod_bookmarks is not loaded" not in out, out
+
+
+def test_a_missing_mod_bookmarks_is_warned_of_once(prosody_factory):
+    """Clients that write XEP-0048 bookmarks, or use XEP-0402 only when
+    the server offers compat-pep (Gajim 1.7), reach the module's
+    bookmarks-as-membership only through mod_bookmarks: without it the
+    module says so once at start-up (for its host only: the host without
+    the module says nothing); with it, not at all."""
+    env = prosody_factory()
+    pattern = "mod_bookmarks is not loaded on localhost"
+    deadline = time.monotonic() + 10
+    while pattern not in env.read_log():
+        assert time.monotonic() < deadline, env.tail(30)
+        time.sleep(0.1)
+    # a later marker: a client's login, after the start-up timers ran
+    asyncio.run(asyncio.wait_for(login_to(env), 30))
+    assert env.read_log().count("mod_bookmarks is not loaded") == 1, env.tail(30)
+
+    with_bookmarks = prosody_factory(extra_modules=["pep", "bookmarks"])
+    asyncio.run(asyncio.wait_for(login_to(with_bookmarks), 30))
+    assert "mod_bookmarks is not loaded" not in with_bookmarks.read_log(), with_bookmarks.tail(30)
+
+
+async def login_to(env):
+    w = World(env)
+    try:
+        await w.connect("alice", "phone")
+    finally:
+        await w.close()
 
 
 _DATAMANAGER_WRITER = r"""

@@ -139,7 +139,8 @@ def test_later_device_joins_past_a_subject_and_self_presence_beyond_the_byte_lim
     subject (3000 bytes) and the account's self-presence (carrying a status
     of 3000 bytes from the phone) do not fit, so the module keeps neither.
     The phone gets both live; a later device still completes its join: a
-    self-presence (110, its own join id) built by the module and an empty
+    self-presence (110, its own join id) built by the module, with the
+    account's XEP-0421 occupant-id as the room gave it, and an empty
     subject, and then the room's traffic."""
     env = make_env(prosody_factory, minimix_max_membership_bytes=1000)
     topic = "t" * 3000
@@ -155,10 +156,15 @@ def test_later_device_joins_past_a_subject_and_self_presence_beyond_the_byte_lim
                                  fn=lambda s: s.subject is not None and s.body is None),
                                since=mp, what="the phone's subject")
         assert got.subject == topic
+        own = p.matching(P(name="presence", frm=room + "/alice", codes={110}), since=mp)
+        oid = own[0].xml.find("{urn:xmpp:occupant-id:0}occupant-id")
+        assert oid is not None and oid.get("id"), own[0]
         l = await w.connect("alice", "laptop")
         _, seq = await join_room(l, room, "alice", id="later-1")
         self_p = check_join_sequence(seq, room, "alice", ["bob"], "", l.jid, history=None)
         assert self_p.id == "later-1", self_p
         assert len(str(self_p)) < 1000, self_p
+        stub_oid = self_p.xml.find("{urn:xmpp:occupant-id:0}occupant-id")
+        assert stub_oid is not None and stub_oid.get("id") == oid.get("id"), self_p
         await say(bob, room, [p, l], ["past the limits"])
     run(env, scenario)
