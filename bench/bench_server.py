@@ -95,6 +95,9 @@ SMALL_PACE = float(os.environ.get("MINIMIX_BENCH_SERVER_SMALL_PACE", "0.01"))
 SMALL_REPEAT = env_int("MINIMIX_BENCH_SERVER_SMALL_REPEAT", 5)
 SMALL_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_SMALL_MODES",
                                          "module,sqlite,postgres").split(",") if m]
+# another checkout of the module (built), to compare with in the same run:
+# each setup of SMALL_MODES also runs with it, as "<mode>@base"
+BASELINE = os.environ.get("MINIMIX_BENCH_SERVER_BASELINE", "")
 # catch-up: CU_LOG messages in the room, then CU_JOINS joins of a later
 # device asking for each of CU_ASK messages (maxstanzas)
 CU_LOG = env_int("MINIMIX_BENCH_SERVER_CATCHUP_LOG", 1000)
@@ -232,11 +235,12 @@ POSTGRES = None  # the PostgresServer, while the scenarios that use it run
 
 def start_env(mode, accounts, callgrind=False):
     cls = CallgrindEnv if callgrind else ProsodyEnv
+    mode, _, base = mode.partition("@")
     kw = dict(MODES[mode])
     if mode == "postgres":
         kw["sql"] = POSTGRES.sql_settings(POSTGRES.create_database())
     kw.setdefault("minimix", True)
-    env = cls(plugin_paths=[CHECKOUT, PLUGINS],
+    env = cls(plugin_paths=[BASELINE if base else CHECKOUT, PLUGINS],
               extra_modules=["bench_probe"], spy=False,
               muc_options={"muc_room_locking": False}, **kw)
     for i in range(accounts):
@@ -442,6 +446,15 @@ async def small_room(mode, A_, D, M_):
         groups = account_sessions(env, A_, D)
         await connect_all(groups)
         await bounded([join_account(g, room, "u%d" % i) for i, g in enumerate(groups)])
+        # a first message, before the window: what happens once (the SQL
+        # store's connection, its tables, the room's first write) is no
+        # part of the cost per message
+        sender.count(b"warm-up")
+        sender.groupchat(room, "warm-up")
+        deadline = time.monotonic() + 30
+        while sender.counted < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
         await settle(pid)
         everyone = [s for g in groups for s in g]
         for s in everyone:
@@ -491,6 +504,8 @@ def small_rooms(results):
     every mode, the order rotated each round."""
     global POSTGRES
     modes = ["plain"] + SMALL_MODES
+    if BASELINE:
+        modes += ["%s@base" % m for m in SMALL_MODES if m != "plain"]
     if "postgres" in modes:
         # (test/e2e is a package there: storages.py imports relatively)
         sys.path.insert(0, os.path.join(CHECKOUT, "test"))
@@ -499,13 +514,13 @@ def small_rooms(results):
         why = pg.unavailable()
         if why:
             print("  (no PostgreSQL: %s)" % why)
-            modes.remove("postgres")
+            modes = [m for m in modes if not m.startswith("postgres")]
         else:
             POSTGRES = pg.start()
     print()
     print("Small rooms: one sender, %d messages paced (%.0f ms after each echo), "
           "%d interleaved runs" % (SM, SMALL_PACE * 1000, SMALL_REPEAT))
-    print("  room     mode           CPU us per delivered, median (runs)   /plain, median (min-max)")
+    print("  room     mode             CPU us per delivered, median (runs)   /plain, median (min-max)")
     out = []
     try:
         for A_, D in SMALL:
@@ -529,7 +544,7 @@ def small_rooms(results):
                     "ratio_median": statistics.median(ratios), "ratios": ratios,
                     "complete": ok,
                     "other_busy_s": [round(x["other_busy_s"], 2) for x in rs]}
-                print("  %2dx%d    %-14s %6.1f  (%s)%s   %s" % (
+                print("  %2dx%d    %-16s %6.1f  (%s)%s   %s" % (
                     A_, D, mode, statistics.median(us), ", ".join("%.1f" % x for x in us),
                     "" if ok else " INCOMPLETE",
                     "" if mode == "plain" else "%.2f (%.2f-%.2f)" % (

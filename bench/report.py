@@ -232,9 +232,12 @@ def small_table(rows):
     """The small-room scenario: CPU per delivered message, each log store
     against plain MUC in the same run."""
     r0 = rows[0]
-    modes = [m for m in ("module", "sqlite", "postgres", "nolog") if m in r0["modes"]]
+    modes = [m for b in ("", "@base") for m in ("module" + b, "sqlite" + b, "postgres" + b,
+                                                 "nolog" + b) if m in r0["modes"]]
     names = {"module": "log on files", "sqlite": "log on SQLite",
              "postgres": "log on PostgreSQL", "nolog": "log off"}
+    # MINIMIX_BENCH_SERVER_BASELINE: the same with another checkout
+    names.update({k + "@base": v + ", baseline" for k, v in list(names.items())})
     out = ["Small rooms: one sender posts %d messages, each after the room's echo of the last "
            "and %.0f ms; Prosody's CPU (scheduler time) per delivered message; %d runs of "
            "each setup, interleaved; module / plain MUC is the median of the runs' ratios "
