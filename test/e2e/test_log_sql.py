@@ -22,8 +22,12 @@ What is proven:
    refused message is in fails and is written one by one: the messages
    before and after it are logged, in order, and the refused one alone is
    given up, said once; no outage is reported.
+3. With minimix_archive_in_mam and mod_mam on PostgreSQL, the copies of a
+   flush into the accounts' own archives go in one transaction too, and
+   mod_mam's XEP-0313 answer returns them.
 """
 
+import asyncio
 import re
 import time
 
@@ -32,7 +36,7 @@ import pytest
 from .clients import NS_SID, P, join_room
 from .storages import archive_entries
 from .test_catchup import make_env, setup_room, logged, catch_up
-from .test_log import minimix_lines
+from .test_log import minimix_lines, two_accounts_in_room, say_and_wait, mam_query
 from .test_log_writes import pg_storage, PG_LOG_ONLY, PG_ERRORS
 from .world import run
 
@@ -140,4 +144,35 @@ def test_a_refused_message_in_a_batch_loses_and_holds_up_nothing(prosody_factory
         assert got == ["up"] + before + after, got
         assert len(minimix_lines(env, "warn", "Giving up writing a message of")) == 1, env.tail(30)
         assert not minimix_lines(env, "error", "Cannot write"), env.tail(30)
+    run(env, scenario, timeout=120)
+
+
+def test_the_archive_copies_go_in_one_transaction_and_mam_reads_them(prosody_factory,
+                                                                       postgres_server):
+    """minimix_archive_in_mam with every store on PostgreSQL (mod_mam's
+    too): carol says 3 messages within one flush interval; alice's and
+    bob's copies in their own archives were written by one transaction,
+    and a XEP-0313 query of each, 'with' the room, returns the 3 in order."""
+    storage = pg_storage(postgres_server)
+    env = make_env(prosody_factory, storage, extra_modules=["mam"],
+                   host_options=dict(FLUSH, minimix_archive_in_mam=True))
+    env.allowed_errors = PG_ERRORS
+    texts = ["archived %d" % i for i in range(3)]
+
+    async def scenario(w):
+        room, carol, alice, bob = await two_accounts_in_room(w, "mine")
+        await say_and_wait(carol, room, alice + [bob], *texts)
+        deadline = time.monotonic() + 30
+        while True:
+            rows = env.pg.query(env.sql["database"],
+                                'SELECT "user", xmin FROM "prosodyarchive" WHERE "store" = '
+                                '\'archive\' AND "with" = :\'v1\' ORDER BY "sort_id";', room)
+            if len(rows) >= 2 * len(texts) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert sorted(r[0] for r in rows) == ["alice"] * 3 + ["bob"] * 3, rows
+        assert len({r[1] for r in rows}) == 1, "not written in one transaction: %s" % rows
+        for c in (alice[0], bob):
+            got = await mam_query(c, room)
+            assert [x.findtext("{jabber:client}body") for x in got] == texts
     run(env, scenario, timeout=120)
