@@ -577,6 +577,7 @@ local function sql_batcher(store, store_name)
 	end
 	return batch;
 end
+
 -- Appending with a key replaces an item with that key: the SQL driver
 -- does it with an indexed delete, the file store by rewriting the whole
 -- list (tens of ms at a thousand messages).  There the stanza-id stays in
