@@ -16,6 +16,7 @@ local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
 local sha256 = require "util.hashes".sha256;
 local datetime = require "util.datetime";
+local logsql = module:require("minimix_logsql");
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
@@ -339,7 +340,7 @@ end
 local SID_KEYS = 8192;
 local sid_keys = new_cache(SID_KEYS);
 
-local function new_writer(kind, store, on_quota)
+local function new_writer(kind, store, on_quota, batch)
 	local w = { kind = kind, store = store };
 	local what = kind == "log" and "room log" or "accounts' archives";
 	local m_writes, m_failures, m_dropped = metric_writes:with_labels(kind),
@@ -451,6 +452,41 @@ local function new_writer(kind, store, on_quota)
 		end);
 	end
 
+	-- Up to budget entries in batches of at most BATCH_ITEMS, taken from
+	-- the queues' heads in turn (each queue's in its order), leaving out a
+	-- queue whose head failed before.  Returns how many were written, and
+	-- the error of a batch that failed (which wrote nothing).
+	local function write_batches(budget, whole, started)
+		local done = 0;
+		while done < budget do
+			local list, at, want, more = {}, {}, math.min(budget - done, BATCH_ITEMS), true;
+			while more and #list < want do
+				more = false;
+				for _, user in ipairs(active) do
+					local q = queues[user];
+					local i = q and (at[user] or q.head);
+					if i and i <= q.tail and not q[q.head].fails and #list < want then
+						list[#list+1], at[user], more = q[i], i + 1, true;
+					end
+				end
+			end
+			if #list == 0 then break; end
+			local ok, err = batch(list);
+			if not ok then return done, err or "unknown error"; end
+			for _, e in ipairs(list) do pop(queues[e.user], e); end
+			m_writes:add(#list);
+			done = done + #list;
+			local still = {};
+			for _, user in ipairs(active) do
+				local q = queues[user];
+				if q and q.head <= q.tail then still[#still+1] = user; else queues[user] = nil; end
+			end
+			active = still;
+			if not whole and time.now() - started >= BATCH_SECONDS then break; end
+		end
+		return done;
+	end
+
 	-- One pass: round after round, the head of each queue (a failed queue
 	-- sits the pass out), until the batch is written or nothing moves.
 	function pass(probe, whole)
@@ -458,6 +494,13 @@ local function new_writer(kind, store, on_quota)
 		local started, budget = time.now(), whole and math.huge or BATCH_ITEMS;
 		local wrote, failed, last_err = false, {}, nil;
 		local moved = true;
+		if batch and not failing and not probe then
+			local n, err = write_batches(budget, whole, started);
+			if n > 0 then budget, wrote, last_success = budget - n, true, pass_no; end
+			if err then
+				module:log("debug", "A batch of writes to the %s failed (%s): writing one by one", what, oneline(err));
+			end
+		end
 		while moved and budget > 0 do
 			moved = false;
 			local users = active;
@@ -670,6 +713,19 @@ local function dedupe_key(stanza, room)
 end
 
 local log_store = enabled and module:open_store("minimix_log", "archive");
+
+-- On mod_storage_sql, a pass's writes in one transaction (nil elsewhere).
+local function sql_batcher(store, store_name)
+	local ok, sm = pcall(require, "core.storagemanager");
+	if not ok or not sm.get_driver then return nil; end
+	local ok2, _, driver_name = pcall(sm.get_driver, module.host, store_name);
+	local batch, why = logsql.batcher(store, store_name, ok2 and driver_name);
+	if not batch and ok2 and driver_name == "sql" then
+		module:log("debug", "Writing to the %s store one message at a time: %s", store_name, why);
+	end
+	return batch;
+end
+
 -- Appending with a key replaces an item with that key: the SQL driver
 -- does it with an indexed delete, the file store by rewriting the whole
 -- list (tens of ms at a thousand messages).  There the stanza-id stays in
@@ -702,13 +758,14 @@ local log_writer = enabled and new_writer("log", log_store, function(user, stage
 	if stage > 1 then return false; end
 	local quota = log_store.caps and log_store.caps.quota or max_per_room;
 	return truncate_room(user, math.max(1, math.floor(math.min(max_per_room, quota) * TRUNCATE_TO)));
-end);
+end, enabled and sql_batcher(log_store, "minimix_log"));
 
 -- The accounts' archives honour their quota as mod_mam does: the entries
 -- older than archive_expires_after go, else the oldest (to a fraction of
 -- the quota), with one warning per account; if neither makes room, the
 -- copies are given up (counted, logged once per account).
-local mam_store = in_mam and module:open_store(module:get_option_string("archive_store", "archive"), "archive");
+local mam_store_name = module:get_option_string("archive_store", "archive");
+local mam_store = in_mam and module:open_store(mam_store_name, "archive");
 local mam_expires = parse_duration(module:get_option_string("archive_expires_after", "1w"));
 local mam_full = new_cache(1024);
 local mam_writer = in_mam and new_writer("mam", mam_store, function(user, stage)
@@ -731,7 +788,7 @@ local mam_writer = in_mam and new_writer("mam", mam_store, function(user, stage)
 		return ok and deleted and deleted ~= 0 or false;
 	end
 	return false;
-end);
+end, in_mam and sql_batcher(mam_store, mam_store_name));
 local mam_seen = new_cache(MAM_SEEN);
 guard_sql_statements();
 

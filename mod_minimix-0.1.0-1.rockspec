@@ -49,5 +49,6 @@ build = {
 		["mod_minimix.minimix_operators"] = "minimix_operators.lib.lua",
 		["mod_minimix.minimix_backfill"] = "minimix_backfill.lib.lua",
 		["mod_minimix.minimix_mam"] = "minimix_mam.lib.lua",
+		["mod_minimix.minimix_logsql"] = "minimix_logsql.lib.lua",
 	},
 }

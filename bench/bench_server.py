@@ -23,6 +23,13 @@ many rooms RA accounts x RD sessions spread over RR rooms: Prosody's Lua heap
           the joins, per membership (account in a room).
 cycles    CA accounts x D sessions join and leave a room C times: Lua heap
           and RSS after the first 10 cycles and after the last.
+small     the room sizes most rooms have (2 accounts x 1 session, 5 x 2,
+          20 x 3, 60 x 1): one sender posts SM messages, each after the
+          room's echo of the last and a pause (paced, as people talk);
+          Prosody's CPU per delivered message for plain MUC, the module
+          with its room log on the file store, on SQLite and on
+          PostgreSQL (a throw-away server, when this machine has one),
+          runs interleaved, module/plain as the median of the runs' ratios.
 
 Nothing is asserted; every figure is printed and written to the JSON file.
 Sizes: MINIMIX_BENCH_SERVER_* (see bench/README.md).
@@ -77,7 +84,20 @@ CYCLES = env_int("MINIMIX_BENCH_SERVER_CYCLES", 100)
 # session (one occupant per device)
 NICKS = os.environ.get("MINIMIX_BENCH_SERVER_NICKS", "same")
 SCENARIOS = set(os.environ.get("MINIMIX_BENCH_SERVER_SCENARIOS",
-                               "fanout,rooms,cycles,catchup,mam").split(","))
+                               "fanout,rooms,cycles,catchup,mam,small").split(","))
+# small rooms: accounts x sessions per room size, messages per run, the
+# pause after each message's echo, runs per mode (interleaved), and the
+# server setups measured next to plain MUC
+SMALL = [tuple(int(n) for n in x.split("x")) for x in
+         os.environ.get("MINIMIX_BENCH_SERVER_SMALL", "2x1,5x2,20x3,60x1").split(",") if x]
+SM = env_int("MINIMIX_BENCH_SERVER_SMALL_MESSAGES", 400)
+SMALL_PACE = float(os.environ.get("MINIMIX_BENCH_SERVER_SMALL_PACE", "0.01"))
+SMALL_REPEAT = env_int("MINIMIX_BENCH_SERVER_SMALL_REPEAT", 5)
+SMALL_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_SMALL_MODES",
+                                         "module,sqlite,postgres").split(",") if m]
+# another checkout of the module (built), to compare with in the same run:
+# each setup of SMALL_MODES also runs with it, as "<mode>@base"
+BASELINE = os.environ.get("MINIMIX_BENCH_SERVER_BASELINE", "")
 # catch-up: CU_LOG messages in the room, then CU_JOINS joins of a later
 # device asking for each of CU_ASK messages (maxstanzas); MAM: as many
 # queries of each page
@@ -203,15 +223,25 @@ MODES["sqlite_tuned"] = {"storage": "sqlite", "global_options": dict(
 # the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
 LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES", "nolog,sqlite").split(",")
              if m]
+# The room log (alone) on mod_storage_sql with PostgreSQL: a throw-away
+# server of the end-to-end tests (test/e2e/storages.py, fsync off), a fresh
+# database per run.
+MODES["postgres"] = {"storage": "postgres", "global_options": dict(
+    MODES["sqlite"]["global_options"])}
 MODE_NAMES = {"plain": "plain MUC", "module": "mod_minimix", "nolog": "without the log",
-              "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal"}
+              "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal",
+              "postgres": "log on PostgreSQL"}
+POSTGRES = None  # the PostgresServer, while the scenarios that use it run
 
 
 def start_env(mode, accounts, callgrind=False):
     cls = CallgrindEnv if callgrind else ProsodyEnv
+    mode, _, base = mode.partition("@")
     kw = dict(MODES[mode])
+    if mode == "postgres":
+        kw["sql"] = POSTGRES.sql_settings(POSTGRES.create_database())
     kw.setdefault("minimix", True)
-    env = cls(plugin_paths=[CHECKOUT, PLUGINS],
+    env = cls(plugin_paths=[BASELINE if base else CHECKOUT, PLUGINS],
               extra_modules=["bench_probe"], spy=False,
               muc_options={"muc_room_locking": False}, **kw)
     for i in range(accounts):
@@ -399,6 +429,133 @@ async def fanout(mode, D, profile=None):
         await sender.close()
         await ctl.close()
         env.cleanup()
+
+
+async def small_room(mode, A_, D, M_):
+    """One run of the small-room scenario: A_ accounts x D sessions in a
+    room, M_ messages from one sender, each after the echo of the last and
+    SMALL_PACE seconds.  Prosody's CPU from the scheduler (nanoseconds;
+    clock ticks are too coarse for a room of two)."""
+    env = start_env(mode, A_)
+    pid = env.proc.pid
+    room = "small@%s" % env.muc_domain
+    groups = []
+    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
+    try:
+        await sender.connect()
+        await sender.join(room, "sender")
+        groups = account_sessions(env, A_, D)
+        await connect_all(groups)
+        await bounded([join_account(g, room, "u%d" % i) for i, g in enumerate(groups)])
+        # a first message, before the window: what happens once (the SQL
+        # store's connection, its tables, the room's first write) is no
+        # part of the cost per message
+        sender.count(b"warm-up")
+        sender.groupchat(room, "warm-up")
+        deadline = time.monotonic() + 30
+        while sender.counted < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        await settle(pid)
+        everyone = [s for g in groups for s in g]
+        for s in everyone:
+            s.count(MARKER)
+        sender.count(MARKER)
+        expected = A_ * D * M_
+        me0 = time.process_time()
+        cpu0, sch0, t0 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
+        busy0 = system_busy()
+        for n in range(1, M_ + 1):
+            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
+                             "chat line often is." % n)
+            deadline = time.monotonic() + 60
+            while sender.counted < n and time.monotonic() < deadline:
+                sender._changed.clear()
+                if sender.counted >= n:
+                    break
+                try:
+                    await asyncio.wait_for(sender._changed.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            await asyncio.sleep(SMALL_PACE)
+        deadline = time.monotonic() + 60
+        while sum(s.counted for s in everyone) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        # the last writes of the room log, one flush interval later
+        await asyncio.sleep(0.25)
+        cpu1, sch1, t1 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
+        busy1, me1 = system_busy(), time.process_time()
+        got = sum(s.counted for s in everyone)
+        cpu = (sch1 - sch0) if sch0 is not None else (cpu1 - cpu0)
+        return {
+            "mode": mode, "accounts": A_, "sessions": D, "messages": M_, "pace": SMALL_PACE,
+            "expected": expected, "delivered": got,
+            "cpu_s": cpu, "tick_cpu_s": cpu1 - cpu0, "wall_s": t1 - t0,
+            "other_busy_s": (busy1 - busy0) - (cpu1 - cpu0) - (me1 - me0),
+            "cpu_us_per_delivered": cpu / max(got, 1) * 1e6,
+        }
+    finally:
+        await close_all(groups)
+        await sender.close()
+        env.cleanup()
+
+
+def small_rooms(results):
+    """The small-room scenario: every room size, SMALL_REPEAT rounds of
+    every mode, the order rotated each round."""
+    global POSTGRES
+    modes = ["plain"] + SMALL_MODES
+    if BASELINE:
+        modes += ["%s@base" % m for m in SMALL_MODES if m != "plain"]
+    if "postgres" in modes:
+        # (test/e2e is a package there: storages.py imports relatively)
+        sys.path.insert(0, os.path.join(CHECKOUT, "test"))
+        from e2e.storages import PostgresServer
+        pg = PostgresServer()
+        why = pg.unavailable()
+        if why:
+            print("  (no PostgreSQL: %s)" % why)
+            modes = [m for m in modes if not m.startswith("postgres")]
+        else:
+            POSTGRES = pg.start()
+    print()
+    print("Small rooms: one sender, %d messages paced (%.0f ms after each echo), "
+          "%d interleaved runs" % (SM, SMALL_PACE * 1000, SMALL_REPEAT))
+    print("  room     mode             CPU us per delivered, median (runs)   /plain, median (min-max)")
+    out = []
+    try:
+        for A_, D in SMALL:
+            runs = {m: [] for m in modes}
+            for r in range(SMALL_REPEAT):
+                order = modes[r % len(modes):] + modes[:r % len(modes)]
+                for mode in order:
+                    res = asyncio.run(small_room(mode, A_, D, SM))
+                    res["run"] = r
+                    runs[mode].append(res)
+            row = {"accounts": A_, "sessions": D, "messages": SM, "pace": SMALL_PACE,
+                   "repeat": SMALL_REPEAT, "modes": {}}
+            for mode in modes:
+                rs = runs[mode]
+                us = [x["cpu_us_per_delivered"] for x in rs]
+                ratios = [x["cpu_us_per_delivered"] / p["cpu_us_per_delivered"]
+                          for x, p in zip(rs, runs["plain"])]
+                ok = all(x["delivered"] == x["expected"] for x in rs)
+                row["modes"][mode] = {
+                    "median_us": statistics.median(us), "runs_us": us,
+                    "ratio_median": statistics.median(ratios), "ratios": ratios,
+                    "complete": ok,
+                    "other_busy_s": [round(x["other_busy_s"], 2) for x in rs]}
+                print("  %2dx%d    %-16s %6.1f  (%s)%s   %s" % (
+                    A_, D, mode, statistics.median(us), ", ".join("%.1f" % x for x in us),
+                    "" if ok else " INCOMPLETE",
+                    "" if mode == "plain" else "%.2f (%.2f-%.2f)" % (
+                        statistics.median(ratios), min(ratios), max(ratios))))
+            out.append(row)
+    finally:
+        if POSTGRES is not None:
+            POSTGRES.stop()
+            POSTGRES = None
+    results["small"] = out
 
 
 async def catchup(mode):
@@ -737,6 +894,9 @@ def main():
             for p in res["pages"]:
                 print("  %-7s %-16s %6.0f %17.2f" % (mode, p["page"], p["served_per_query"],
                                                      p["cpu_ms_per_query"]))
+
+    if "small" in SCENARIOS:
+        small_rooms(results)
 
     results["seconds"] = time.monotonic() - t_start
     print("\n(%.0f s)" % results["seconds"])

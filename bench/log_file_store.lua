@@ -78,6 +78,11 @@ local function fake_module(options)
 	end
 	function m:add_timer(delay, fn) timers[#timers+1] = { due = now + delay, fn = fn }; end
 	function m:hook_global() end
+	-- the log's own libraries, from beside the library measured
+	function m:require(name)
+		local g = setmetatable({ module = m }, { __index = _G });
+		return assert(loadfile((lib_path:match("^(.*/)") or "./") .. name .. ".lib.lua", "t", g))();
+	end
 	return m;
 end
 

@@ -223,6 +223,38 @@ def server_tables(s):
                 "%.1f ms (%d served, %.0f µs each)" % (
                     r["asks"][i]["cpu_ms_per_join"], r["asks"][i]["served_per_join"],
                     r["asks"][i]["cpu_us_per_served"]) for r in s["catchup"]) + " |")
+    if s.get("small"):
+        out += [""] + small_table(s["small"])
+    return out
+
+
+def small_table(rows):
+    """The small-room scenario: CPU per delivered message, each log store
+    against plain MUC in the same run."""
+    r0 = rows[0]
+    modes = [m for b in ("", "@base") for m in ("module" + b, "sqlite" + b, "postgres" + b,
+                                                 "nolog" + b) if m in r0["modes"]]
+    names = {"module": "log on files", "sqlite": "log on SQLite",
+             "postgres": "log on PostgreSQL", "nolog": "log off"}
+    # MINIMIX_BENCH_SERVER_BASELINE: the same with another checkout
+    names.update({k + "@base": v + ", baseline" for k, v in list(names.items())})
+    out = ["Small rooms: one sender posts %d messages, each after the room's echo of the last "
+           "and %.0f ms; Prosody's CPU (scheduler time) per delivered message; %d runs of "
+           "each setup, interleaved; module / plain MUC is the median of the runs' ratios "
+           "(lowest–highest in brackets)."
+           % (r0["messages"], r0["pace"] * 1000, r0["repeat"]), ""]
+    out.append("| room | plain MUC | " + " | ".join(names[m] for m in modes) + " |")
+    out.append("|---|---:|" + "---:|" * len(modes))
+    for r in rows:
+        cells = []
+        for m in modes:
+            d = r["modes"][m]
+            cells.append("%.2f× (%.2f–%.2f)%s" % (d["ratio_median"], min(d["ratios"]),
+                                                 max(d["ratios"]),
+                                                 "" if d["complete"] else " incomplete!"))
+        out.append("| %d accounts × %d session%s | %.0f µs | %s |" % (
+            r["accounts"], r["sessions"], "" if r["sessions"] == 1 else "s",
+            r["modes"]["plain"]["median_us"], " | ".join(cells)))
     return out
 
 

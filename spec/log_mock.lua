@@ -118,6 +118,7 @@ local function load_log(options, driver, shared, stores)
 		if v == nil then return default; end
 		return v;
 	end
+	function module:get_option(name, default) return opt(name, default); end
 	function module:get_option_number(name, default) return opt(name, default); end
 	function module:get_option_boolean(name, default) return opt(name, default); end
 	function module:get_option_string(name, default)
@@ -146,14 +147,17 @@ local function load_log(options, driver, shared, stores)
 		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn, seq = #env.timers };
 	end
 	function module:hook_global(name, fn) env.hooks[name] = fn; end
+	local g = setmetatable({ module = module }, { __index = _G });
+	function module:require(name)
+		return assert(loadfile("./" .. name .. ".lib.lua", "t", g))();
+	end
 	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"] };
 	package.loaded["util.time"] = { now = function() return env.clock; end,
 		monotonic = function() return env.clock; end };
 	package.loaded["core.storagemanager"] = { get_driver = function(host, store)
-		assert(host == "localhost" and store == "minimix_log");
-		return {}, driver or "sql";
+		assert(host == "localhost" and (store == "minimix_log" or store == "archive"));
+		return {}, store == "minimix_log" and driver or "sql";
 	end };
-	local g = setmetatable({ module = module }, { __index = _G });
 	local chunk = assert(loadfile("./minimix_log.lib.lua", "t", g));
 	local ok, lib = pcall(chunk);
 	package.loaded["util.time"], package.loaded["core.storagemanager"] = saved[1], saved[2];
