@@ -473,7 +473,12 @@ local function new_writer(kind, store, on_quota, batch)
 			if #list == 0 then break; end
 			local ok, err = batch(list);
 			if not ok then return done, err or "unknown error"; end
-			for _, e in ipairs(list) do pop(queues[e.user], e); end
+			for _, e in ipairs(list) do
+				if e.sid_key and type(e.written_key) == "string" then
+					sid_keys:set(e.sid_key, { key = e.written_key, who = identity(e.value) });
+				end
+				pop(queues[e.user], e);
+			end
 			m_writes:add(#list);
 			done = done + #list;
 			local still = {};

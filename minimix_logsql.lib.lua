@@ -89,8 +89,8 @@ local lib = {};
 
 -- For the writer of store (opened as store_name, driven by driver_name):
 -- a function that writes a list of entries ({ user, key, value, when,
--- with }) in one transaction, returning true, or nil and the error (then
--- nothing was written).  nil and why when the store is not one this can
+-- with }) in one transaction, returning true (each entry's written_key is
+-- then the key it got), or nil and the error (then nothing was written).  nil and why when the store is not one this can
 -- batch for.
 function lib.batcher(store, store_name, driver_name)
 	if driver_name ~= "sql" then return nil, "not mod_storage_sql"; end
@@ -122,6 +122,8 @@ function lib.batcher(store, store_name, driver_name)
 				end
 				engine:insert(INSERT_SQL, host, e.user, store_name, e.when or os.time(), e.with or "",
 					key, "xml", tostring(e.value));
+				-- the key the entry got, as the store's append returns it
+				e.written_key = key;
 			end
 		end);
 		for _, e in ipairs(entries) do counts:set(jid_join(e.user, host, store_name), nil); end
