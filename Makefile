@@ -107,7 +107,8 @@ bench: deps
 # The module's libraries, loaded with module:require from beside
 # mod_minimix.lua; the rockspec lists the same files (build.modules).
 LUA_LIBS = minimix_send.lib.lua minimix_log.lib.lua minimix_persist.lib.lua \
-	minimix_bookmarks.lib.lua minimix_links.lib.lua minimix_operators.lib.lua
+	minimix_bookmarks.lib.lua minimix_links.lib.lua minimix_operators.lib.lua \
+	minimix_push.lib.lua
 
 install: minimix.so
 	install -d $(DESTDIR)$(INST_LUADIR) $(DESTDIR)$(INST_LIBDIR)

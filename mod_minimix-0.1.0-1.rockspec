@@ -47,5 +47,6 @@ build = {
 		["mod_minimix.minimix_bookmarks"] = "minimix_bookmarks.lib.lua",
 		["mod_minimix.minimix_links"] = "minimix_links.lib.lua",
 		["mod_minimix.minimix_operators"] = "minimix_operators.lib.lua",
+		["mod_minimix.minimix_push"] = "minimix_push.lib.lua",
 	},
 }

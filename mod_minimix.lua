@@ -12,6 +12,7 @@
 --   minimix_bookmarks.lib.lua  XEP-0402 bookmarks as memberships
 --   minimix_links.lib.lua      server-to-server links and self-pings
 --   minimix_operators.lib.lua  what Prosody offers, metrics, ad-hoc and shell commands
+--   minimix_push.lib.lua       pushes (XEP-0357) for room messages to devices away
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
@@ -77,6 +78,7 @@ local persist = module:require("minimix_persist");
 local bookmarks = module:require("minimix_bookmarks");
 local links = module:require("minimix_links");
 local send = module:require("minimix_send");
+local push = module:require("minimix_push");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -171,7 +173,8 @@ end
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
 -- (perform, below), and the bookmarks, which the start-up restore reads.
-local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks };
+local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
+	metrics = metrics, mention = minimix.mention };
 send.init(mm);
 
 local event_log = {
@@ -567,7 +570,10 @@ local function incoming_message(event)
 		roomlog.message(account, room, nick, stanza, m);
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
-	return perform(ctx, core:room_message(account, room, nick, m));
+	local handled = perform(ctx, core:room_message(account, room, nick, m));
+	-- the devices that are away hear of it by push
+	push.message(account, room, nick, stanza, m);
+	return handled;
 end
 
 -- Priority 10: before mod_presence (0), mod_message (-1), mod_carbons (-0.5)
@@ -607,6 +613,7 @@ links.init(mm);
 persist.init(mm);
 operators.init(mm);
 bookmarks.init(mm);
+push.init(mm);
 persist.start();
 
 -- Sessions come and go ----------------------------------------------------------
@@ -623,10 +630,13 @@ end);
 -- A session that stream management keeps hibernating cannot hold the
 -- account in a room the user left from the last connected device; what
 -- the core sends it meanwhile is queued and delivered when it resumes.
+-- Priority 1: before mod_cloud_notify (0) pushes for what the session had
+-- not acknowledged, which the push library tells from later copies.
 module:hook("smacks-hibernation-start", function(event)
+	push.hibernating(event);
 	local account, resource = session_account(event.origin);
 	if account then core:session_reachable(account, resource, false); end
-end);
+end, 1);
 module:hook("smacks-hibernation-end", function(event)
 	local account, resource = session_account(event.resumed or event.origin);
 	if account then core:session_reachable(account, resource, true); end

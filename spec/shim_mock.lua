@@ -108,6 +108,11 @@ local function load_shim(options, env_hook)
 				end;
 			end };
 		end
+		-- mod_cloud_notify's registrations (minimix_push.lib.lua reads them)
+		if name == "cloud_notify" then
+			env.push_registrations = {};
+			return { get = function(_, user) return env.push_registrations[user]; end };
+		end
 		assert(name == "minimix");
 		return {
 			get = function(_, user) return env.stored[user]; end;
