@@ -16,14 +16,13 @@ Prosody itself on 13.0; both are loaded as "cloud_notify".
 
 import asyncio
 import copy
-import re
 import time
 import types
 from xml.sax.saxutils import escape, quoteattr
 
 import slixmpp
 
-from .clients import P, Client, join_room, create_room, NS_DATA, DEFAULT_TIMEOUT
+from .clients import P, Client, join_room, create_room, config_form, NS_DATA
 from .prosody_env import SLOWDOWN
 from .test_persistence import wait_log
 from .world import run
@@ -444,4 +443,63 @@ def test_no_push_for_own_messages_subjects_or_presence(prosody_factory):
         say(bob, room, "marker")
         await service.wait_push("phone-1", "marker", since=m)
         assert bodies(service.pushes("phone-1", since=m)) == ["marker"], service.transcript(m)
+    run(env, scenario)
+
+
+def test_room_turning_private_pushes_every_message_from_its_configuration_change(prosody_factory):
+    """XEP-0492 3 with XEP-0045 10.2.1: the room's privacy is read from its
+    disco#info once and again after it announces a configuration change
+    (status 104): a public room pushes only mentions; once the owner makes
+    it members-only (alice a member), every message is pushed."""
+    env = push_env(prosody_factory)
+
+    async def scenario(w):
+        service = await PushService(env).connect()
+        bob = await w.connect("bob", "desk")
+        room = w.room("push-turning")
+        await create_room(bob, room, "bob", whois="anyone")
+        mb = bob.mark()
+        iq = bob.iq(room, "set", "<query xmlns='%s'><item affiliation='member' jid='%s'/></query>"
+                    % (NS_MUC_ADMIN, ALICE))
+        assert (await bob.wait_for(P(name="iq", id=iq), since=mb)).type == "result"
+        await phone_away(w, env, room, "phone-1")
+        m = service.mark()
+        say(bob, room, "plain while public")
+        say(bob, room, "alice: while public")
+        await service.wait_push("phone-1", "alice: while public", since=m)
+        mb = bob.mark()
+        iq = bob.iq(room, "set", "<query xmlns='http://jabber.org/protocol/muc#owner'>%s</query>"
+                    % config_form({"muc#roomconfig_membersonly": True}))
+        assert (await bob.wait_for(P(name="iq", id=iq), since=mb)).type == "result"
+        await bob.wait_for(P(name="message", codes={104}), since=mb, what="the room's 104")
+        say(bob, room, "plain while private")
+        await service.wait_push("phone-1", "plain while private", since=m)
+        assert bodies(service.pushes("phone-1", since=m)) == \
+            ["alice: while public", "plain while private"], service.transcript(m)
+    run(env, scenario)
+
+
+def test_history_of_a_join_is_not_pushed(prosody_factory):
+    """XEP-0045 7.2.15: the history a room sends the account when it joins
+    (by its bookmark, no device joined) is not news (XEP-0203 delay from the
+    room): only what is said afterwards is pushed, in a private room that
+    pushes every message."""
+    env = push_env(prosody_factory)
+
+    async def scenario(w):
+        service = await PushService(env).connect()
+        bob = await w.connect("bob", "desk")
+        room = await private_room(w, bob, "push-history")
+        say(bob, room, "old one")
+        say(bob, room, "old two")
+        p = await w.connect("alice", "phone")
+        await enable_push(p, "phone-1")
+        await gone(env, p)
+        l = await w.connect("alice", "laptop")
+        m, mb = service.mark(), bob.mark()
+        await publish_bookmark(l, room, None)
+        await bob.wait_for(P(name="presence", frm=room + "/alice"), since=mb, what="alice in")
+        say(bob, room, "new")
+        await service.wait_push("phone-1", "new", since=m)
+        assert bodies(service.pushes("phone-1", since=m)) == ["new"], service.transcript(m)
     run(env, scenario)
