@@ -16,6 +16,7 @@ Prosody itself on 13.0; both are loaded as "cloud_notify".
 
 import asyncio
 import copy
+import re
 import time
 import types
 from xml.sax.saxutils import escape, quoteattr
@@ -23,7 +24,8 @@ from xml.sax.saxutils import escape, quoteattr
 import slixmpp
 
 from .clients import P, Client, join_room, create_room, config_form, NS_DATA
-from .prosody_env import SLOWDOWN
+from .prosody_env import SLOWDOWN, free_port
+from .test_operators import fetch_metrics
 from .test_persistence import wait_log
 from .world import run
 
@@ -502,4 +504,40 @@ def test_history_of_a_join_is_not_pushed(prosody_factory):
         say(bob, room, "new")
         await service.wait_push("phone-1", "new", since=m)
         assert bodies(service.pushes("phone-1", since=m)) == ["new"], service.transcript(m)
+    run(env, scenario)
+
+
+def test_operators_see_pushes_sent_and_held_back(prosody_factory):
+    """README, Push: OpenMetrics counts pushes{outcome="sent"} and
+    {outcome="held"} (held back by the room's setting), and the debug log
+    names each decision with the room and the reason."""
+    http_port = free_port()
+    env = push_env(prosody_factory, debug=True, global_options={
+        "modules_enabled": ["http_openmetrics"],
+        "statistics": "internal",
+        "statistics_interval": "manual",
+        "http_ports": [http_port],
+        "http_interfaces": ["127.0.0.1"],
+        "openmetrics_allow_cidr": "127.0.0.0/8",
+    })
+
+    async def scenario(w):
+        service = await PushService(env).connect()
+        bob = await w.connect("bob", "desk")
+        room = await public_room(w, bob, "push-metrics")
+        await phone_away(w, env, room, "phone-1")
+        m = service.mark()
+        say(bob, room, "plain")
+        say(bob, room, "alice: counted")
+        await service.wait_push("phone-1", "alice: counted", since=m)
+        got = await fetch_metrics(http_port)
+        assert got.get("pushes_total", outcome="sent") == 1, got.minimix_lines()
+        assert got.get("pushes_total", outcome="held") == 1, got.minimix_lines()
+        log = env.read_log()
+        assert re.search(r"No push for alice@localhost in %s to push\.localhost<phone-1: "
+                         r"on-mention, not mentioned; on-mention \(public room\)"
+                         % re.escape(room), log), env.tail(40)
+        assert re.search(r"Pushed alice@localhost in %s to push\.localhost<phone-1: "
+                         r"1 message\(s\), mention \(nick\); on-mention \(public room\)"
+                         % re.escape(room), log), env.tail(40)
     run(env, scenario)
