@@ -330,10 +330,12 @@ function push.message(account, room, nick, stanza, m)
 		return;
 	end
 	if m.delayed or not nick then return; end
-	local regs = registrations[account] or (notify_loaded() and registrations_of(account));
-	if not regs or not regs[1] then return; end
-	local _, own = mm.core:member(account, room);
-	if nick == own then return; end
+	local regs = registrations[account];
+	if regs == nil then
+		if not notify_loaded() then return; end
+		regs = registrations_of(account);
+	end
+	if not regs[1] then return; end
 	local away;
 	for _, reg in ipairs(regs) do
 		local session = device_session(account, reg);
@@ -343,6 +345,8 @@ function push.message(account, room, nick, stanza, m)
 		end
 	end
 	if not away then return; end
+	local _, own = mm.core:member(account, room);
+	if nick == own then return; end
 	if default_setting == "auto" and not privacy[room] then
 		-- the decision may wait for the room's disco#info, and the room
 		-- re-addresses its object once it has routed it

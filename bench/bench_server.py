@@ -43,7 +43,7 @@ CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(CHECKOUT, "test", "e2e"))
 sys.path.insert(0, HERE)
 
-from prosody_env import ProsodyEnv, PROSODY_VERSION  # noqa: E402
+from prosody_env import ProsodyEnv, PROSODY_VERSION, _encode_node, lua_string  # noqa: E402
 from rawxmpp import Session  # noqa: E402
 
 PLUGINS = os.path.join(HERE, "plugins")
@@ -198,23 +198,51 @@ MODES = {
 # and do nothing, which this mode shows.
 MODES["sqlite_tuned"] = {"storage": "sqlite", "global_options": dict(
     MODES["sqlite"]["global_options"], sqlite_tune="normal")}
-# The room log's variants run in the fan-out scenario next to plain MUC and
-# the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
-LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES", "nolog,sqlite").split(",")
+# Group chat push (minimix_push.lib.lua): mod_cloud_notify loaded and one
+# XEP-0357 registration per account, written into its store before the
+# start.  "push": the registration is the connected device's (d0), so no
+# message needs a push, the case most messages are; "push_away": it is a
+# phone that is away, so each message is decided for each account (a
+# public room without a setting: on-mention, and the benchmark's messages
+# name nobody, so nothing is sent).
+MODES["push"] = {"extra_modules": ["cloud_notify"], "push_resource": "d0"}
+MODES["push_away"] = {"extra_modules": ["cloud_notify"], "push_resource": "phone"}
+# The room log's variants and push run in the fan-out scenario next to plain
+# MUC and the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
+LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES",
+                                       "nolog,sqlite,push,push_away").split(",")
              if m]
 MODE_NAMES = {"plain": "plain MUC", "module": "mod_minimix", "nolog": "without the log",
-              "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal"}
+              "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal",
+              "push": "push, device connected", "push_away": "push, device away"}
+
+
+def write_push_registrations(env, accounts, resource):
+    """mod_cloud_notify's store (internal, keyval "cloud_notify"): one
+    registration per account, for the device with that resource."""
+    # (util.datamanager keeps "_" in store names)
+    d = os.path.join(env.data_dir, _encode_node(env.domain), "cloud_notify")
+    os.makedirs(d, exist_ok=True)
+    for i in range(accounts):
+        node = "u%d-%s" % (i, resource)
+        with open(os.path.join(d, "u%d.dat" % i), "w") as f:
+            f.write("return { [%s] = { jid = \"push.example\"; node = %s; resource = %s;"
+                    " timestamp = 0 } };\n" % (lua_string("push.example<" + node),
+                                              lua_string(node), lua_string(resource)))
 
 
 def start_env(mode, accounts, callgrind=False):
     cls = CallgrindEnv if callgrind else ProsodyEnv
     kw = dict(MODES[mode])
     kw.setdefault("minimix", True)
+    push_resource = kw.pop("push_resource", None)
     env = cls(plugin_paths=[CHECKOUT, PLUGINS],
-              extra_modules=["bench_probe"], spy=False,
+              extra_modules=["bench_probe"] + kw.pop("extra_modules", []), spy=False,
               muc_options={"muc_room_locking": False}, **kw)
     for i in range(accounts):
         env.add_user("u%d" % i, PASSWORD)
+    if push_resource:
+        write_push_registrations(env, accounts, push_resource)
     env.add_user("sender", PASSWORD, env.plain_domain)
     env.start(timeout=600 if callgrind else 15)
     return env

@@ -144,10 +144,11 @@ def server_tables(s):
                "load cannot change."
                % (p["accounts"], p["messages"], p["repeat"], p.get("callgrind_messages", "?")))
     out.append("")
-    extra = []   # the room log's variants, when measured
+    extra = []   # the room log's variants and push, when measured
     for row in s.get("fanout_summary", []):
-        extra = [m for m in ("nolog", "sqlite") if m in row.get("modes", {})]
-    names = {"nolog": "module, without the log", "sqlite": "module, log on SQLite"}
+        extra = [m for m in ("nolog", "sqlite", "push", "push_away") if m in row.get("modes", {})]
+    names = {"nolog": "module, without the log", "sqlite": "module, log on SQLite",
+             "push": "module, push (device connected)", "push_away": "module, push (device away)"}
     out.append("| D | | plain MUC | mod_minimix | module / plain |%s" % "".join(
         " %s |" % names[m] for m in extra))
     out.append("|---:|---|---:|---:|---:|%s" % ("---:|" * len(extra)))
