@@ -326,7 +326,13 @@ end
 function push.message(account, room, nick, stanza, m)
 	if m.type ~= "groupchat" then return; end
 	if not m.body then
-		if not m.subject then config_changed(stanza, room); end
+		if m.subject then
+			-- every join ends with the subject: the room may have changed
+			-- while the account was out, so its privacy is asked again
+			privacy[room] = nil;
+		else
+			config_changed(stanza, room);
+		end
 		return;
 	end
 	if m.delayed or not nick then return; end
