@@ -111,12 +111,14 @@ end
 local function device_session(account, reg)
 	local user = bare_sessions[account];
 	if not user then return nil; end
-	local info = reg.info;
-	for _, session in pairs(user.sessions) do
-		if session.push_identifier == reg.id
-			or (info.resource and session.resource == info.resource)
-			or (info.client_id and session.client_id == info.client_id) then
-			return session;
+	local info, sessions = reg.info, user.sessions;
+	-- the common case, looked up at once: the device is connected
+	local session = info.resource and sessions[info.resource];
+	if session then return session; end
+	local id, client_id = reg.id, info.client_id;
+	for _, s in pairs(sessions) do
+		if s.push_identifier == id or (client_id and s.client_id == client_id) then
+			return s;
 		end
 	end
 end
@@ -343,7 +345,8 @@ function push.message(account, room, nick, stanza, m)
 	end
 	if not regs[1] then return; end
 	local away;
-	for _, reg in ipairs(regs) do
+	for i = 1, #regs do
+		local reg = regs[i];
 		local session = device_session(account, reg);
 		if not session or session.hibernating then
 			away = away or {};

@@ -173,8 +173,11 @@ def server_tables(s):
             out.append("| | room log written per message | | %.0f B | |%s" % (
                 module_log, cols(row, "log_bytes_per_message", "%.0f B")))
         if row.get("plain_ir"):
-            out.append("| | instructions per delivered message | %.0f k | %.0f k | %.2f |" % (
-                row["plain_ir"] / 1000, row["module_ir"] / 1000, row["ir_ratio"]))
+            out.append("| | instructions per delivered message | %.0f k | %.0f k | %.2f |%s" % (
+                row["plain_ir"] / 1000, row["module_ir"] / 1000, row["ir_ratio"],
+                "".join(" %s |" % ("%.0f k" % (row["modes"][m]["ir"] / 1000)
+                                   if row.get("modes", {}).get(m, {}).get("ir") else "")
+                        for m in extra)))
         if row.get("plain_lua_instr"):
             out.append("| | Lua VM instructions per delivered message | %.0f | %.0f | %.2f |" % (
                 row["plain_lua_instr"], row["module_lua_instr"], row["lua_instr_ratio"]))
