@@ -64,7 +64,9 @@ local include_body = module:get_option_boolean("push_notification_with_body", fa
 local include_sender = module:get_option_boolean("push_notification_with_sender", false);
 local dummy_body = module:get_option_string("push_notification_important_body", "New Message!");
 
-local mm, metrics;
+local mm;
+-- the counters by outcome (operators.metrics.pushes)
+local pushes_sent, pushes_held, pushes_gathered;
 
 -- mod_cloud_notify on this host: without it there is nothing to push with.
 local host_session = prosody.hosts and prosody.hosts[module.host];
@@ -267,7 +269,7 @@ local function send_push(account, reg, room, p)
 		module:log("error", "Push for %s in %s failed: %s", account, room, err);
 		return;
 	end
-	metrics.pushes:with_labels("sent"):add(1);
+	pushes_sent:add(1);
 	module:log("debug", "Pushed %s in %s to %s: %d message(s), %s",
 		account, room, reg.id, p.count, p.reason);
 end
@@ -284,7 +286,7 @@ local function wake(account, reg, room, stanza, reason)
 	if g then
 		g.count = g.count + 1;
 		g.stanza, g.sender, g.body, g.reason = p.stanza, p.sender, p.body, reason;
-		metrics.pushes:with_labels("gathered"):add(1);
+		pushes_gathered:add(1);
 		module:log("debug", "Push for %s in %s to %s gathers %d messages", account, room, reg.id, g.count);
 		return;
 	end
@@ -367,7 +369,7 @@ function push.message(account, room, nick, stanza, m)
 			if want then
 				wake(account, reg, room, stanza, reason .. "; " .. why);
 			else
-				metrics.pushes:with_labels("held"):add(1);
+				pushes_held:add(1);
 				module:log("debug", "No push for %s in %s to %s: %s; %s", account, room, reg.id, reason, why);
 			end
 		end
@@ -425,7 +427,7 @@ local function on_push(event)
 		local want, reason = wanted(setting, stanza, account, room, own);
 		module:log("debug", "%s push for %s in %s (unacknowledged at hibernation): %s",
 			want and "A" or "No", account, room, reason);
-		metrics.pushes:with_labels(want and "sent" or "held"):add(1);
+		(want and pushes_sent or pushes_held):add(1);
 		if want then return; end
 	end
 	event.reason = "mod_minimix pushed (or held) this room message when the room sent it";
@@ -435,7 +437,9 @@ end
 -- mm: the module's shared table (mod_minimix.lua)
 function push.init(shared)
 	mm = shared;
-	metrics = mm.metrics;
+	local pushes = mm.metrics.pushes;
+	pushes_sent, pushes_held = pushes:with_labels("sent"), pushes:with_labels("held");
+	pushes_gathered = pushes:with_labels("gathered");
 	if not enabled then
 		push.message, push.hibernating = function() end, function() end;
 		return push;
@@ -444,6 +448,13 @@ function push.init(shared)
 	-- its store; the next room message reads it again.
 	module:hook("iq-set/self/" .. xmlns_push .. ":enable", forget_registrations, 10);
 	module:hook("iq-set/self/" .. xmlns_push .. ":disable", forget_registrations, 10);
+	-- read when a device connects, so that room messages find them read
+	module:hook("resource-bind", function(event)
+		local session = event.session;
+		if session.username and session.host == module.host and notify_loaded() then
+			registrations_of(session.username .. "@" .. module.host);
+		end
+	end);
 	-- a push service's error may make mod_cloud_notify drop the registration
 	-- (priority 10: before mod_iq (0) hands it to mod_cloud_notify)
 	module:hook("iq/host", function(event)

@@ -71,6 +71,7 @@ describe("mod_minimix shim", function()
 			["iq-set/self/urn:xmpp:push:0:enable"] = 10;
 			["iq-set/self/urn:xmpp:push:0:disable"] = 10;
 			["iq/host"] = 10;
+			["resource-bind"] = 0;
 			["cloud_notify/push"] = 10;
 		};
 		local got, hooked = {}, {};
