@@ -227,21 +227,38 @@ local function unescape_uri(s)
 	return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)); end));
 end
 
+-- The body of the room's message: one object reaches every local account
+-- in the room, its body is read once.
+local body_of, body_text;
+local function body(stanza)
+	if stanza ~= body_of then
+		body_of, body_text = stanza, stanza:get_child_text("body");
+	end
+	return body_text;
+end
+
+local function names(target, account, room, nick)
+	return target == account or target == room .. "/" .. nick;
+end
+
 -- Why the message mentions the account (its occupant JID or bare JID), or nil.
-local function mention_of(stanza, account, occupant, nick)
-	for ref in stanza:childtags("reference", xmlns_reference) do
-		local target = ref.attr.type == "mention" and ref.attr.uri and ref.attr.uri:match("^xmpp:([^?#]+)");
-		if target then
-			target = unescape_uri(target);
-			if target == occupant or target == account then return "reference"; end
+local function mention_of(stanza, account, room, nick)
+	local tags = stanza.tags;
+	for i = 1, #tags do
+		local tag = tags[i];
+		local name, attr = tag.name, tag.attr;
+		if name == "reference" and attr.xmlns == xmlns_reference and attr.type == "mention" then
+			local target = attr.uri and attr.uri:match("^xmpp:([^?#]+)");
+			if target and names(unescape_uri(target), account, room, nick) then
+				return "reference";
+			end
+		elseif name == "reply" and attr.xmlns == xmlns_reply and attr.to
+			and names(attr.to, account, room, nick) then
+			return "reply";
 		end
 	end
-	local reply = stanza:get_child("reply", xmlns_reply);
-	if reply and (reply.attr.to == occupant or reply.attr.to == account) then
-		return "reply";
-	end
-	local body = stanza:get_child_text("body");
-	if body and nick and mm.mention(body, nick) then return "nick"; end
+	local text = body(stanza);
+	if text and mm.mention(text, nick) then return "nick"; end
 end
 
 -- Pushing --------------------------------------------------------------------
@@ -270,16 +287,16 @@ local function send_push(account, reg, room, p)
 		return;
 	end
 	pushes_sent:add(1);
-	module:log("debug", "Pushed %s in %s to %s: %d message(s), %s",
-		account, room, reg.id, p.count, p.reason);
+	module:log("debug", "Pushed %s in %s to %s: %d message(s), %s; %s (%s)",
+		account, room, reg.id, p.count, p.reason, p.setting, p.source);
 end
 
 -- account \0 registration \0 room -> the push gathering in a window
 local gathering = {};
 
-local function wake(account, reg, room, stanza, reason)
-	local p = { stanza = stanza, sender = stanza.attr.from,
-		body = stanza:get_child_text("body"), count = 1, reason = reason };
+local function wake(account, reg, room, stanza, reason, setting, source)
+	local p = { stanza = stanza, sender = stanza.attr.from, body = body(stanza), count = 1,
+		reason = reason, setting = setting, source = source };
 	if window == 0 then return send_push(account, reg, room, p); end
 	local key = account .. "\0" .. reg.id .. "\0" .. room;
 	local g = gathering[key];
@@ -302,28 +319,44 @@ local function wake(account, reg, room, stanza, reason)
 	end);
 end
 
--- What the setting says for this message: the setting, and why.
+-- What the setting says for this message, and why.
 local function wanted(setting, stanza, account, room, nick)
 	if setting == "always" then return true, "always"; end
 	if setting == "never" then return false, "never"; end
-	local why = mention_of(stanza, account, room .. "/" .. (nick or ""), nick);
-	if why then return true, "mention (" .. why .. ")"; end
+	local why = mention_of(stanza, account, room, nick);
+	if why == "nick" then return true, "mention (nick)"; end
+	if why == "reference" then return true, "mention (reference)"; end
+	if why == "reply" then return true, "mention (reply)"; end
 	return false, "on-mention, not mentioned";
 end
 
--- The setting for the room, then continue(setting) (at once when known).
-local function with_setting(account, room, continue)
+-- The setting for the room, and where it comes from; nil when the room's
+-- privacy is yet to be asked.
+local function setting_now(account, room)
 	local setting = room_setting(account, room);
-	if setting then return continue(setting .. " (bookmark)", setting); end
-	if default_setting ~= "auto" then return continue(default_setting .. " (default)", default_setting); end
+	if setting then return setting, "bookmark"; end
+	if default_setting ~= "auto" then return default_setting, "default"; end
 	local kind = privacy[room];
-	local function by_kind(k)
-		if k == "private" then return continue("always (private room)", "always"); end
-		return continue("on-mention (public room)", "on-mention");
-	end
-	if kind then return by_kind(kind); end
-	return ask_privacy(room, by_kind);
+	if kind == "private" then return "always", "private room"; end
+	if kind == "public" then return "on-mention", "public room"; end
 end
+
+local function decide(account, room, own, stanza, away, n, setting, source)
+	local want, reason = wanted(setting, stanza, account, room, own);
+	for i = 1, n do
+		local reg = away[i];
+		if want then
+			wake(account, reg, room, stanza, reason, setting, source);
+		else
+			pushes_held:add(1);
+			module:log("debug", "No push for %s in %s to %s: %s; %s (%s)",
+				account, room, reg.id, reason, setting, source);
+		end
+	end
+end
+
+-- the registrations of the message at hand whose devices are away
+local away = {};
 
 -- A room message for the account (mod_minimix.lua's incoming_message, m as
 -- read_message made it).  Returns at once when no registration waits.
@@ -346,33 +379,30 @@ function push.message(account, room, nick, stanza, m)
 		regs = registrations_of(account);
 	end
 	if not regs[1] then return; end
-	local away;
+	local n = 0;
 	for i = 1, #regs do
 		local reg = regs[i];
 		local session = device_session(account, reg);
 		if not session or session.hibernating then
-			away = away or {};
-			away[#away+1] = reg;
+			n = n + 1;
+			away[n] = reg;
 		end
 	end
-	if not away then return; end
+	if n == 0 then return; end
 	local _, own = mm.core:member(account, room);
 	if nick == own then return; end
-	if default_setting == "auto" and not privacy[room] then
-		-- the decision may wait for the room's disco#info, and the room
-		-- re-addresses its object once it has routed it
-		stanza = st.clone(stanza);
+	local setting, source = setting_now(account, room);
+	if setting then
+		return decide(account, room, own, stanza, away, n, setting, source);
 	end
-	with_setting(account, room, function(why, setting)
-		local want, reason = wanted(setting, stanza, account, room, own);
-		for _, reg in ipairs(away) do
-			if want then
-				wake(account, reg, room, stanza, reason .. "; " .. why);
-			else
-				pushes_held:add(1);
-				module:log("debug", "No push for %s in %s to %s: %s; %s", account, room, reg.id, reason, why);
-			end
-		end
+	-- the decision waits for the room's disco#info: the room re-addresses
+	-- its object once it has routed it, and the list is the next message's
+	stanza = st.clone(stanza);
+	local waiting_regs = { table.unpack(away, 1, n) };
+	ask_privacy(room, function()
+		local s, src = setting_now(account, room);
+		if not s then s, src = "on-mention", "room's privacy unknown"; end
+		decide(account, room, own, stanza, waiting_regs, n, s, src);
 	end);
 end
 
@@ -421,9 +451,7 @@ local function on_push(event)
 	if not state then return; end
 	if unacked[stanza] and stanza:get_child("body") and nick ~= own then
 		unacked[stanza] = nil;
-		local setting = room_setting(account, room)
-			or (default_setting ~= "auto" and default_setting)
-			or (privacy[room] == "private" and "always" or "on-mention");
+		local setting = setting_now(account, room) or "on-mention";
 		local want, reason = wanted(setting, stanza, account, room, own);
 		module:log("debug", "%s push for %s in %s (unacknowledged at hibernation): %s",
 			want and "A" or "No", account, room, reason);
