@@ -3547,13 +3547,56 @@ static int word_char(UChar32 c)
 	return u_isalnum(c) || c == '_' || u_hasBinaryProperty(c, UCHAR_ALPHABETIC);
 }
 
+static int is_ascii(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return 0;
+	return 1;
+}
+
+static int ascii_word_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		|| c == '_';
+}
+
+static char ascii_lower(char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+/* Both in ASCII (most room messages and nicks): the same test without
+ * converting or allocating anything. */
+static int mention_ascii(const char *t, size_t tlen, const char *n, size_t nlen)
+{
+	size_t i, k;
+
+	for (i = 0; i + nlen <= tlen; i++) {
+		for (k = 0; k < nlen && ascii_lower(t[i + k]) == ascii_lower(n[k]); k++)
+			;
+		if (k < nlen)
+			continue;
+		if ((i == 0 || !ascii_word_char(t[i - 1]))
+				&& (i + nlen == tlen || !ascii_word_char(t[i + nlen])))
+			return 1;
+	}
+	return 0;
+}
+
 int mm_mention(const char *text, size_t len, const char *nick, size_t nick_len)
 {
 	UChar *t = NULL, *n = NULL;
 	int32_t tlen = 0, nlen = 0, i;
 	int found = 0;
 
-	if (text == NULL || nick == NULL || fold_utf8(nick, nick_len, &n, &nlen) != 0)
+	if (text == NULL || nick == NULL || nick_len == 0)
+		return 0;
+	if (is_ascii(nick, nick_len) && is_ascii(text, len))
+		return mention_ascii(text, len, nick, nick_len);
+	if (fold_utf8(nick, nick_len, &n, &nlen) != 0)
 		return 0;
 	if (nlen == 0 || fold_utf8(text, len, &t, &tlen) != 0) {
 		free(n);

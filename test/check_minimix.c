@@ -6914,6 +6914,8 @@ START_TEST(test_mention_not_inside_words)
 	ck_assert_int_eq(mention("alice2 left", "alice"), 0);
 	ck_assert_int_eq(mention("nothing here", "alice"), 0);
 	ck_assert_int_eq(mention("", "alice"), 0);
+	ck_assert_int_eq(mention("alic", "alice"), 0);
+	ck_assert_int_eq(mm_mention("x alice\0y", 9, "alice", 5), 1);
 	ck_assert_int_eq(mention("alice", ""), 0);
 	ck_assert_int_eq(mention("ali", "alice"), 0);
 	/* a later occurrence counts when an earlier one is inside a word */
@@ -6931,6 +6933,11 @@ START_TEST(test_mention_unicode)
 	ck_assert_int_eq(mention("«zoë»", "zoë"), 1);
 	ck_assert_int_eq(mention("こんにちはアリス", "アリス"), 0);
 	ck_assert_int_eq(mention("こんにちは アリス", "アリス"), 1);
+	/* an ASCII nick in a text that is not: letters beyond ASCII are
+	 * word characters around it too */
+	ck_assert_int_eq(mention("café, alice?", "alice"), 1);
+	ck_assert_int_eq(mention("éalice", "alice"), 0);
+	ck_assert_int_eq(mention("aliceé", "alice"), 0);
 }
 END_TEST
 
