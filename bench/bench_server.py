@@ -300,6 +300,9 @@ CG_M = env_int("MINIMIX_BENCH_SERVER_CALLGRIND_MESSAGES", 20)
 # (bench/results/perf-<mode>-D<n>.data).  Profiled runs are slower: their
 # CPU figures are not reported.
 LUACOUNT = os.environ.get("MINIMIX_BENCH_SERVER_LUACOUNT", "") not in ("", "0")
+# MINIMIX_BENCH_SERVER_WARMUP=1: the fan-out's room says one message, which
+# every session gets, before the measured window
+WARMUP = os.environ.get("MINIMIX_BENCH_SERVER_WARMUP", "") not in ("", "0")
 PERF = os.environ.get("MINIMIX_BENCH_PERF", "") not in ("", "0")
 RESULTS = os.path.join(HERE, "results")
 
@@ -352,6 +355,17 @@ async def fanout(mode, D, profile=None):
         distinct = mode == "plain" and NICKS == "distinct"
         await bounded([join_account(g, room, "u%d" % i, distinct, timeout=30 * slow)
                        for i, g in enumerate(groups)])
+        if WARMUP:
+            # what happens once per account and room (push: each account's
+            # bookmark and the room's disco#info read for the first
+            # decision) stays out of the window
+            everyone = [s for g in groups for s in g]
+            marks = [s.mark() for s in everyone]
+            sender.groupchat(room, "warm-up")
+            for s, m in zip(everyone, marks):
+                await s.wait_for(lambda e: e.tag.endswith("message") and any(
+                    (c.text or "") == "warm-up" for c in e), since=m, timeout=30 * slow,
+                    what="the warm-up message")
         # every run starts from a collected heap: the collector's work in the
         # window is then what this run's garbage costs
         lua_heap = await ctl.probe(timeout=60 * slow)
