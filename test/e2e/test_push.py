@@ -357,6 +357,10 @@ def test_connected_device_gets_no_push(prosody_factory):
         say(bob, room, "alice: are you there?")
         await service.wait_push("tablet-1", "alice: are you there?", since=m)
         await l.wait_for(P(name="message", body="alice: are you there?"), since=ml)
+        # a later push to the tablet: whatever the first message gave the
+        # laptop's node came before it
+        say(bob, room, "alice: marker")
+        await service.wait_push("tablet-1", "alice: marker", since=m)
         assert service.pushes("laptop-1", since=m) == [], service.transcript(m)
     run(env, scenario)
 
