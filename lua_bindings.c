@@ -844,11 +844,13 @@ static int l_member(lua_State *L)
 	const char *account = luaL_checkstring(L, 2);
 	const char *room = luaL_checkstring(L, 3);
 	int ms = mm_membership_state(s, account, room);
-	if (ms < 0)
+	if (ms < 0) {
 		lua_pushnil(L);
-	else
-		lua_pushstring(L, mm_mstate_name(ms));
-	return 1;
+		return 1;
+	}
+	lua_pushstring(L, mm_mstate_name(ms));
+	lua_pushstring(L, mm_membership_nick(s, account, room));
+	return 2;
 }
 
 static int push_membership(const mm_membership_info *info, void *ud)
@@ -965,8 +967,19 @@ static int l_normalize_jid(lua_State *L)
 	return 1;
 }
 
+/* minimix.mention(text, nick): whether text names nick as a whole word. */
+static int l_mention(lua_State *L)
+{
+	size_t len, nick_len;
+	const char *text = luaL_checklstring(L, 1, &len);
+	const char *nick = luaL_checklstring(L, 2, &nick_len);
+	lua_pushboolean(L, mm_mention(text, len, nick, nick_len));
+	return 1;
+}
+
 static const luaL_Reg module_funcs[] = {
 	{"new", l_new},
+	{"mention", l_mention},
 	{"normalize_jid", l_normalize_jid},
 	{NULL, NULL}
 };

@@ -30,6 +30,8 @@
 #include <sys/socket.h>
 #include <unicode/usprep.h>
 #include <unicode/ustring.h>
+#include <unicode/uchar.h>
+#include <unicode/utf16.h>
 /* header-only: the hash is inlined into the map lookups */
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -3599,6 +3601,127 @@ int mm_membership_state(const mm_state *s, const char *account, const char *room
 {
 	mm_membership *m = (account && room) ? membership_get(s, account, room) : NULL;
 	return m ? (int)m->state : -1;
+}
+
+const char *mm_membership_nick(const mm_state *s, const char *account, const char *room)
+{
+	mm_membership *m = (account && room) ? membership_get(s, account, room) : NULL;
+	return m ? m->nick : NULL;
+}
+
+/* UTF-8 to case-folded UTF-16 in a new buffer (*out, *outlen); 0 on success. */
+static int fold_utf8(const char *in, size_t len, UChar **out, int32_t *outlen)
+{
+	UErrorCode err = U_ZERO_ERROR;
+	int32_t ulen = 0, flen;
+	UChar *u, *f;
+
+	if (len == 0 || len > INT32_MAX / 4)
+		return -1;
+	u_strFromUTF8(NULL, 0, &ulen, in, (int32_t)len, &err);
+	if (err != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(err))
+		return -1;
+	err = U_ZERO_ERROR;
+	u = malloc(((size_t)ulen + 1) * sizeof *u);
+	if (u == NULL)
+		return -1;
+	u_strFromUTF8(u, ulen + 1, NULL, in, (int32_t)len, &err);
+	if (U_FAILURE(err)) {
+		free(u);
+		return -1;
+	}
+	/* full case folding can grow a string up to three times (U+0390) */
+	f = malloc(((size_t)ulen * 3 + 1) * sizeof *f);
+	if (f == NULL) {
+		free(u);
+		return -1;
+	}
+	flen = u_strFoldCase(f, ulen * 3 + 1, u, ulen, U_FOLD_CASE_DEFAULT, &err);
+	free(u);
+	if (U_FAILURE(err)) {
+		free(f);
+		return -1;
+	}
+	*out = f;
+	*outlen = flen;
+	return 0;
+}
+
+static int word_char(UChar32 c)
+{
+	return u_isalnum(c) || c == '_' || u_hasBinaryProperty(c, UCHAR_ALPHABETIC);
+}
+
+static int is_ascii(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return 0;
+	return 1;
+}
+
+static int ascii_word_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		|| c == '_';
+}
+
+static char ascii_lower(char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+/* Both in ASCII (most room messages and nicks): the same test without
+ * converting or allocating anything. */
+static int mention_ascii(const char *t, size_t tlen, const char *n, size_t nlen)
+{
+	size_t i, k;
+
+	for (i = 0; i + nlen <= tlen; i++) {
+		for (k = 0; k < nlen && ascii_lower(t[i + k]) == ascii_lower(n[k]); k++)
+			;
+		if (k < nlen)
+			continue;
+		if ((i == 0 || !ascii_word_char(t[i - 1]))
+				&& (i + nlen == tlen || !ascii_word_char(t[i + nlen])))
+			return 1;
+	}
+	return 0;
+}
+
+int mm_mention(const char *text, size_t len, const char *nick, size_t nick_len)
+{
+	UChar *t = NULL, *n = NULL;
+	int32_t tlen = 0, nlen = 0, i;
+	int found = 0;
+
+	if (text == NULL || nick == NULL || nick_len == 0)
+		return 0;
+	if (is_ascii(nick, nick_len) && is_ascii(text, len))
+		return mention_ascii(text, len, nick, nick_len);
+	if (fold_utf8(nick, nick_len, &n, &nlen) != 0)
+		return 0;
+	if (nlen == 0 || fold_utf8(text, len, &t, &tlen) != 0) {
+		free(n);
+		return 0;
+	}
+	for (i = 0; i + nlen <= tlen && !found; i++) {
+		UChar32 before = 0, after = 0;
+		int32_t b = i, a = i + nlen;
+
+		if (memcmp(t + i, n, (size_t)nlen * sizeof *t) != 0)
+			continue;
+		if (b > 0)
+			U16_PREV(t, 0, b, before);
+		if (a < tlen)
+			U16_NEXT(t, a, tlen, after);
+		found = !(before && word_char(before)) && !(after && word_char(after));
+	}
+	free(t);
+	free(n);
+	return found;
 }
 
 void mm_state_stats(const mm_state *s, mm_stats *st)

@@ -953,6 +953,26 @@ void mm_state_now(mm_state *state, double now);
 int mm_membership_state(const mm_state *state, const char *account,
 		const char *room);
 
+/*
+ * The account's nick in room: the one the room gave it (after a 210 or a
+ * nick change, the new one), or NULL without a membership.  Borrowed: valid
+ * until the next call that changes the state.
+ */
+const char *mm_membership_nick(const mm_state *state, const char *account,
+		const char *room);
+
+/*
+ * Whether `text` (len bytes of UTF-8, not NUL-terminated) names `nick`
+ * (nick_len bytes) as a whole word: case-insensitively (Unicode full case
+ * folding), with neither a letter, a digit nor an underscore (Unicode
+ * classes) right before or after it, so "@nick", "nick:" and "Nick!" name
+ * it and "nickname" does not.  1: it does; 0: it does not, or either is
+ * empty or not valid UTF-8.  Pure: no state, allocates and frees its own
+ * buffers (0 when that fails).  Called for a room message that may wake a
+ * device (XEP-0492 on-mention), never for one that no device waits on.
+ */
+int mm_mention(const char *text, size_t len, const char *nick, size_t nick_len);
+
 typedef struct mm_stats {
 	size_t accounts;     /* accounts with at least one membership */
 	size_t memberships;

@@ -27,6 +27,9 @@ end
 -- account leaves them.
 local bookmarked = {};
 
+-- Who wants to know of a changed bookmark (bookmarks.watch).
+local watchers = {};
+
 local function bookmark_changed(username, room_jid, item)
 	local account = username .. "@" .. module.host;
 	local room = mm.prep_room(room_jid);
@@ -34,6 +37,7 @@ local function bookmark_changed(username, room_jid, item)
 		module:log("debug", "Ignoring a bookmark of %s for %q: not a room JID", account, room_jid);
 		return;
 	end
+	for _, watcher in ipairs(watchers) do watcher(account, room); end
 	local autojoin, nick, password = bookmark_fields(item);
 	local ctx = { account = account, room = room };
 	local rooms = bookmarked[account] or {};
@@ -49,6 +53,7 @@ end
 
 local function bookmarks_gone(username)
 	local account = username .. "@" .. module.host;
+	for _, watcher in ipairs(watchers) do watcher(account, nil); end
 	for room in pairs(bookmarked[account] or {}) do
 		mm.perform({ account = account, room = room }, mm.core:account_leave(account, room));
 	end
@@ -73,6 +78,28 @@ function bookmarks.follows(account, room)
 		module:log("warn", "Could not turn off autojoin of %s's bookmark for %s: %s",
 			account, room, err);
 	end
+end
+
+-- fn(account, room) after a bookmark of the account changed (room nil:
+-- all of them went), whatever its autojoin says.
+function bookmarks.watch(fn)
+	watchers[#watchers+1] = fn;
+end
+
+-- The account's bookmark of room (a pubsub item), or nil: none, or the
+-- bookmarks are off.
+function bookmarks.item(account, room)
+	if not mod_pep then return nil; end
+	local username = jid_split(account);
+	local id = bookmarked[account] and bookmarked[account][room];
+	if type(id) ~= "string" then id = room; end
+	local service = mod_pep.get_pep_service(username);
+	local ok, found, items = pcall(service.get_items, service, xmlns_bookmarks, true, id);
+	if not ok then
+		module:log("warn", "Could not read the bookmark of %s for %s: %s", account, room, found);
+		return nil;
+	end
+	return found and items and items[id] or nil;
 end
 
 -- The store of every account's bookmarks, for the start-up restore to list

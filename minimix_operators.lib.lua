@@ -51,6 +51,8 @@ operators.metrics = {
 		"Accounts joining, leaving, removed from and re-joining rooms", { "event" });
 	refusals = module:metric("counter", "refusals", "",
 		"Requests refused by a limit or as malformed", { "reason" });
+	pushes = module:metric("counter", "pushes", "",
+		"Room messages pushed to devices away (sent), held back by the room's setting (held), gathered into a later push (gathered)", { "outcome" });
 	state = module:metric("gauge", "state", "",
 		"Accounts with memberships, memberships, joined sessions, pending IQs", { "kind" });
 };

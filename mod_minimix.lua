@@ -8,12 +8,14 @@
 -- handed what it needs in the shared table mm (below):
 --   minimix_send.lib.lua       the copies to client sessions
 --   minimix_log.lib.lua        the room log and the archive copies
+--   minimix_logsql.lib.lua     the room log's writes on SQL, one transaction per flush
 --   minimix_backfill.lib.lua   the room log filled from the room's archive after a gap
 --   minimix_persist.lib.lua    the stored memberships and the start-up restore
 --   minimix_bookmarks.lib.lua  XEP-0402 bookmarks as memberships
 --   minimix_links.lib.lua      server-to-server links and self-pings
 --   minimix_operators.lib.lua  what Prosody offers, metrics, ad-hoc and shell commands
 --   minimix_mam.lib.lua        MAM answered from the room log for rooms without an archive
+--   minimix_push.lib.lua       pushes (XEP-0357) for room messages to devices away
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
@@ -83,6 +85,7 @@ local links = module:require("minimix_links");
 local send = module:require("minimix_send");
 local backfill = module:require("minimix_backfill");
 local mam = module:require("minimix_mam");
+local push = module:require("minimix_push");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -205,10 +208,10 @@ end
 
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
--- (perform, below), the bookmarks, which the start-up restore reads, and
--- the room log, which the MAM answers read.
+-- (perform, below), the bookmarks, which the start-up restore reads, the
+-- room log, which the MAM answers read, and what push needs.
 local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
-	roomlog = roomlog };
+	roomlog = roomlog, metrics = metrics, mention = minimix.mention };
 send.init(mm);
 
 local event_log = {
@@ -648,7 +651,10 @@ local function incoming_message(event)
 		if tomb then core:withdraw(room, m.withdraw.id, tomb); end
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
-	return perform(ctx, core:room_message(account, room, nick, m));
+	local handled = perform(ctx, core:room_message(account, room, nick, m));
+	-- the devices that are away hear of it by push
+	push.message(account, room, nick, stanza, m);
+	return handled;
 end
 
 -- Priority 10: before mod_presence (0), mod_message (-1), mod_carbons (-0.5)
@@ -690,6 +696,7 @@ persist.init(mm);
 operators.init(mm);
 bookmarks.init(mm);
 mam.init(mm);
+push.init(mm);
 persist.start();
 
 -- Sessions come and go ----------------------------------------------------------
@@ -706,10 +713,13 @@ end);
 -- A session that stream management keeps hibernating cannot hold the
 -- account in a room the user left from the last connected device; what
 -- the core sends it meanwhile is queued and delivered when it resumes.
+-- Priority 1: before mod_cloud_notify (0) pushes for what the session had
+-- not acknowledged, which the push library tells from later copies.
 module:hook("smacks-hibernation-start", function(event)
+	push.hibernating(event);
 	local account, resource = session_account(event.origin);
 	if account then core:session_reachable(account, resource, false); end
-end);
+end, 1);
 module:hook("smacks-hibernation-end", function(event)
 	local account, resource = session_account(event.resumed or event.origin);
 	if account then core:session_reachable(account, resource, true); end

@@ -50,7 +50,7 @@ CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(CHECKOUT, "test", "e2e"))
 sys.path.insert(0, HERE)
 
-from prosody_env import ProsodyEnv, PROSODY_VERSION  # noqa: E402
+from prosody_env import ProsodyEnv, PROSODY_VERSION, _encode_node, lua_string  # noqa: E402
 from rawxmpp import Session  # noqa: E402
 
 PLUGINS = os.path.join(HERE, "plugins")
@@ -219,9 +219,19 @@ MODES = {
 # and do nothing, which this mode shows.
 MODES["sqlite_tuned"] = {"storage": "sqlite", "global_options": dict(
     MODES["sqlite"]["global_options"], sqlite_tune="normal")}
-# The room log's variants run in the fan-out scenario next to plain MUC and
-# the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
-LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES", "nolog,sqlite").split(",")
+# Group chat push (minimix_push.lib.lua): mod_cloud_notify loaded and one
+# XEP-0357 registration per account, written into its store before the
+# start.  "push": the registration is the connected device's (d0), so no
+# message needs a push, the case most messages are; "push_away": it is a
+# phone that is away, so each message is decided for each account (a
+# public room without a setting: on-mention, and the benchmark's messages
+# name nobody, so nothing is sent).
+MODES["push"] = {"extra_modules": ["cloud_notify"], "push_resource": "d0"}
+MODES["push_away"] = {"extra_modules": ["cloud_notify"], "push_resource": "phone"}
+# The room log's variants and push run in the fan-out scenario next to plain
+# MUC and the module (MINIMIX_BENCH_SERVER_LOG_MODES="" leaves them out).
+LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES",
+                                       "nolog,sqlite,push,push_away").split(",")
              if m]
 # The room log (alone) on mod_storage_sql with PostgreSQL: a throw-away
 # server of the end-to-end tests (test/e2e/storages.py, fsync off), a fresh
@@ -230,8 +240,23 @@ MODES["postgres"] = {"storage": "postgres", "global_options": dict(
     MODES["sqlite"]["global_options"])}
 MODE_NAMES = {"plain": "plain MUC", "module": "mod_minimix", "nolog": "without the log",
               "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal",
+              "push": "push, device connected", "push_away": "push, device away",
               "postgres": "log on PostgreSQL"}
 POSTGRES = None  # the PostgresServer, while the scenarios that use it run
+
+
+def write_push_registrations(env, accounts, resource):
+    """mod_cloud_notify's store (internal, keyval "cloud_notify"): one
+    registration per account, for the device with that resource."""
+    # (util.datamanager keeps "_" in store names)
+    d = os.path.join(env.data_dir, _encode_node(env.domain), "cloud_notify")
+    os.makedirs(d, exist_ok=True)
+    for i in range(accounts):
+        node = "u%d-%s" % (i, resource)
+        with open(os.path.join(d, "u%d.dat" % i), "w") as f:
+            f.write("return { [%s] = { jid = \"push.example\"; node = %s; resource = %s;"
+                    " timestamp = 0 } };\n" % (lua_string("push.example<" + node),
+                                              lua_string(node), lua_string(resource)))
 
 
 def start_env(mode, accounts, callgrind=False):
@@ -241,11 +266,14 @@ def start_env(mode, accounts, callgrind=False):
     if mode == "postgres":
         kw["sql"] = POSTGRES.sql_settings(POSTGRES.create_database())
     kw.setdefault("minimix", True)
+    push_resource = kw.pop("push_resource", None)
     env = cls(plugin_paths=[BASELINE if base else CHECKOUT, PLUGINS],
-              extra_modules=["bench_probe"], spy=False,
+              extra_modules=["bench_probe"] + kw.pop("extra_modules", []), spy=False,
               muc_options={"muc_room_locking": False}, **kw)
     for i in range(accounts):
         env.add_user("u%d" % i, PASSWORD)
+    if push_resource:
+        write_push_registrations(env, accounts, push_resource)
     env.add_user("sender", PASSWORD, env.plain_domain)
     env.start(timeout=600 if callgrind else 15)
     return env
@@ -303,6 +331,9 @@ CG_M = env_int("MINIMIX_BENCH_SERVER_CALLGRIND_MESSAGES", 20)
 # (bench/results/perf-<mode>-D<n>.data).  Profiled runs are slower: their
 # CPU figures are not reported.
 LUACOUNT = os.environ.get("MINIMIX_BENCH_SERVER_LUACOUNT", "") not in ("", "0")
+# MINIMIX_BENCH_SERVER_WARMUP=1: the fan-out's room says one message, which
+# every session gets, before the measured window
+WARMUP = os.environ.get("MINIMIX_BENCH_SERVER_WARMUP", "") not in ("", "0")
 PERF = os.environ.get("MINIMIX_BENCH_PERF", "") not in ("", "0")
 RESULTS = os.path.join(HERE, "results")
 
@@ -355,6 +386,17 @@ async def fanout(mode, D, profile=None):
         distinct = mode == "plain" and NICKS == "distinct"
         await bounded([join_account(g, room, "u%d" % i, distinct, timeout=30 * slow)
                        for i, g in enumerate(groups)])
+        if WARMUP:
+            # what happens once per account and room (push: each account's
+            # bookmark and the room's disco#info read for the first
+            # decision) stays out of the window
+            everyone = [s for g in groups for s in g]
+            marks = [s.mark() for s in everyone]
+            sender.groupchat(room, "warm-up")
+            for s, m in zip(everyone, marks):
+                await s.wait_for(lambda e: e.tag.endswith("message") and any(
+                    (c.text or "") == "warm-up" for c in e), since=m, timeout=30 * slow,
+                    what="the warm-up message")
         # every run starts from a collected heap: the collector's work in the
         # window is then what this run's garbage costs
         lua_heap = await ctl.probe(timeout=60 * slow)
@@ -816,7 +858,8 @@ def main():
               % (best["module"] / best["plain"], med["module"] / med["plain"]))
         if CALLGRIND:
             ir = {}
-            for mode in ("plain", "module"):
+            # push's cost is small beside the noise of CPU time: counted too
+            for mode in ["plain", "module"] + [m for m in LOG_MODES if m.startswith("push")]:
                 res = asyncio.run(fanout(mode, D, profile="callgrind"))
                 res["run"] = "callgrind"
                 results["fanout"].append(res)
@@ -824,13 +867,22 @@ def main():
                 if res["delivered"] != res["expected"]:
                     print("     callgrind run of %s INCOMPLETE: %d of %d"
                           % (mode, res["delivered"], res["expected"]))
+                if mode == "module":
+                    core_share = res["ir_core"] / res["ir"]
             summary[-1].update({"plain_ir": ir["plain"], "module_ir": ir["module"],
                                 "ir_ratio": ir["module"] / ir["plain"],
-                                "module_ir_core_share": res["ir_core"] / res["ir"]})
+                                "module_ir_core_share": core_share})
+            for mode in ir:
+                if mode in summary[-1].get("modes", {}):
+                    summary[-1]["modes"][mode]["ir"] = ir[mode]
             print("     instructions per delivered message (callgrind, %d messages): "
                   "plain %.0f, module %.0f (%.2f); minimix.so: %.1f %% of the module's"
                   % (CG_M, ir["plain"], ir["module"], ir["module"] / ir["plain"],
-                     100.0 * res["ir_core"] / res["ir"]))
+                     100.0 * core_share))
+            for mode in ir:
+                if mode.startswith("push"):
+                    print("     %s: %.0f instructions per delivered message (%.3f of the module's)"
+                          % (mode, ir[mode], ir[mode] / ir["module"]))
         if LUACOUNT:
             instr = {}
             for mode in ["plain", "module"] + LOG_MODES:

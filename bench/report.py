@@ -144,10 +144,11 @@ def server_tables(s):
                "load cannot change."
                % (p["accounts"], p["messages"], p["repeat"], p.get("callgrind_messages", "?")))
     out.append("")
-    extra = []   # the room log's variants, when measured
+    extra = []   # the room log's variants and push, when measured
     for row in s.get("fanout_summary", []):
-        extra = [m for m in ("nolog", "sqlite") if m in row.get("modes", {})]
-    names = {"nolog": "module, without the log", "sqlite": "module, log on SQLite"}
+        extra = [m for m in ("nolog", "sqlite", "push", "push_away") if m in row.get("modes", {})]
+    names = {"nolog": "module, without the log", "sqlite": "module, log on SQLite",
+             "push": "module, push (device connected)", "push_away": "module, push (device away)"}
     out.append("| D | | plain MUC | mod_minimix | module / plain |%s" % "".join(
         " %s |" % names[m] for m in extra))
     out.append("|---:|---|---:|---:|---:|%s" % ("---:|" * len(extra)))
@@ -172,8 +173,11 @@ def server_tables(s):
             out.append("| | room log written per message | | %.0f B | |%s" % (
                 module_log, cols(row, "log_bytes_per_message", "%.0f B")))
         if row.get("plain_ir"):
-            out.append("| | instructions per delivered message | %.0f k | %.0f k | %.2f |" % (
-                row["plain_ir"] / 1000, row["module_ir"] / 1000, row["ir_ratio"]))
+            out.append("| | instructions per delivered message | %.0f k | %.0f k | %.2f |%s" % (
+                row["plain_ir"] / 1000, row["module_ir"] / 1000, row["ir_ratio"],
+                "".join(" %s |" % ("%.0f k" % (row["modes"][m]["ir"] / 1000)
+                                   if row.get("modes", {}).get(m, {}).get("ir") else "")
+                        for m in extra)))
         if row.get("plain_lua_instr"):
             out.append("| | Lua VM instructions per delivered message | %.0f | %.0f | %.2f |" % (
                 row["plain_lua_instr"], row["module_lua_instr"], row["lua_instr_ratio"]))

@@ -440,6 +440,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	double now = 1000;
 	int steps = 0;
 
+	/* the mention test reads any bytes as a body and a nick (0..15 bytes) */
+	if (size > 0 && 1 + (size_t)(data[0] % 16) <= size) {
+		size_t nl = data[0] % 16;
+		(void)mm_mention((const char *)data + 1 + nl, size - 1 - nl,
+				(const char *)data + 1, nl);
+	}
+
 	memset(&lim, 0, sizeof lim);
 	lim.max_rooms = 2;        /* small limits: the fuzzer hits them */
 	lim.max_sessions = 2;

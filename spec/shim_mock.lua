@@ -116,6 +116,14 @@ local function load_shim(options, env_hook)
 				end;
 			end };
 		end
+		-- mod_cloud_notify's registrations (minimix_push.lib.lua reads them)
+		if name == "cloud_notify" then
+			env.push_registrations, env.push_reads = {}, 0;
+			return { get = function(_, user)
+				env.push_reads = env.push_reads + 1;
+				return env.push_registrations[user];
+			end };
+		end
 		assert(name == "minimix");
 		return {
 			get = function(_, user) return env.stored[user]; end;
@@ -146,6 +154,24 @@ local function load_shim(options, env_hook)
 	env.clock, env.timers = 1700000000, {};
 	function module:add_timer(delay, fn)
 		env.timers[#env.timers+1] = { due = env.clock + delay, delay = delay, fn = fn };
+	end
+	-- events the module fires (mod_cloud_notify's "cloud-notify-ping");
+	-- env.on_fire(name, data) answers for the module that would hook them
+	env.fired = {};
+	function module:fire_event(name, data)
+		env.fired[#env.fired+1] = { name = name, data = data };
+		if env.on_fire then return env.on_fire(name, data); end
+	end
+	-- IQs sent with send_iq wait in env.iqs until a spec answers them:
+	-- env.iqs[i].answer(reply_stanza) or .fail(err)
+	env.iqs = {};
+	function module:send_iq(stanza)
+		local entry = { stanza = st.clone(stanza) };
+		env.iqs[#env.iqs+1] = entry;
+		return { next = function(_, ok, fail)
+			entry.answer = function(reply) return ok({ stanza = reply }); end;
+			entry.fail = fail;
+		end };
 	end
 	function module:send(stanza)
 		env.sent[#env.sent+1] = st.clone(stanza);

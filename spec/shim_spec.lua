@@ -57,12 +57,22 @@ describe("mod_minimix shim", function()
 			["s2sin-destroyed"] = 0;
 			["s2sout-established"] = 0;
 			["s2sin-established"] = 0;
-			["smacks-hibernation-start"] = 0;
+			-- before mod_cloud_notify (0) pushes for the unacknowledged
+			-- stanzas (minimix_push.lib.lua)
+			["smacks-hibernation-start"] = 1;
 			["smacks-hibernation-end"] = 0;
 			["global:server-stopping"] = 0;
 			["global:stats-update"] = 0;
 			-- the room log writes what waits (minimix_log.lib.lua)
 			["global:server-cleanup"] = 0;
+			-- push (minimix_push.lib.lua): before mod_cloud_notify (0)
+			-- writes a registration, handles a push service's answer and
+			-- before other handlers see a push
+			["iq-set/self/urn:xmpp:push:0:enable"] = 10;
+			["iq-set/self/urn:xmpp:push:0:disable"] = 10;
+			["iq/host"] = 10;
+			["resource-bind"] = 0;
+			["cloud_notify/push"] = 10;
 		};
 		local got, hooked = {}, {};
 		for name, h in pairs(env.hooks) do got[name] = h.prio; end

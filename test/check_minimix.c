@@ -790,6 +790,9 @@ START_TEST(test_join_service_assigned_nick)
 	expect_deliver_to(&d, (const char *const[]){ R1 }, 1);
 	ck_assert_int_eq(must_info(ACC, ROOM).state, MM_JOINED);
 	ck_assert_str_eq(must_info(ACC, ROOM).nick, "alicia");
+	ck_assert_str_eq(mm_membership_nick(st, ACC, ROOM), "alicia");
+	ck_assert_ptr_null(mm_membership_nick(st, ACC, "other@" "conference.example"));
+	ck_assert_ptr_null(mm_membership_nick(st, "nobody@example", ROOM));
 
 	join(ACC, R2, ROOM, "alice", "j2", NULL);
 	expect_replay(&d, R2, NULL, 0, P_SELF2, 1, NULL);
@@ -1149,6 +1152,8 @@ START_TEST(test_occupants_nick_change_self)
 	ck_assert_int_eq(mi.state, MM_JOINED);
 	ck_assert_str_eq(mi.nick, "alicia");
 	ck_assert_uint_eq(mi.sessions, 2);
+	/* the nick a mention is looked for (XEP-0492 on-mention) */
+	ck_assert_str_eq(mm_membership_nick(st, ACC, ROOM), "alicia");
 
 	self_pres(ACC, ROOM, "alicia", MM_STATUS_303, "n1", P_SELF2);
 	expect_deliver_to(&d, (const char *const[]){ R1, R2 }, 2);
@@ -6978,6 +6983,72 @@ START_TEST(test_replay_log_ring_broken_by_rejoin)
 }
 END_TEST
 
+/* ==== mentions (XEP-0492 on-mention) ===================================== */
+
+static int mention(const char *text, const char *nick)
+{
+	return mm_mention(text, strlen(text), nick, strlen(nick));
+}
+
+/* The nick as a whole word, in any case, with or without '@'. */
+START_TEST(test_mention_whole_word)
+{
+	ck_assert_int_eq(mention("hey alice, look at this", "alice"), 1);
+	ck_assert_int_eq(mention("alice", "alice"), 1);
+	ck_assert_int_eq(mention("@Alice: there?", "alice"), 1);
+	ck_assert_int_eq(mention("ping ALICE!", "Alice"), 1);
+	ck_assert_int_eq(mention("thanks, alice", "alice"), 1);
+	ck_assert_int_eq(mention("Dr. Who said so", "dr. who"), 1);
+}
+END_TEST
+
+/* Part of another word is no mention; neither is nothing. */
+START_TEST(test_mention_not_inside_words)
+{
+	ck_assert_int_eq(mention("malice aforethought", "alice"), 0);
+	ck_assert_int_eq(mention("alicex", "alice"), 0);
+	ck_assert_int_eq(mention("alice_bot is here", "alice"), 0);
+	ck_assert_int_eq(mention("alice2 left", "alice"), 0);
+	ck_assert_int_eq(mention("nothing here", "alice"), 0);
+	ck_assert_int_eq(mention("", "alice"), 0);
+	ck_assert_int_eq(mention("alic", "alice"), 0);
+	ck_assert_int_eq(mm_mention("x alice\0y", 9, "alice", 5), 1);
+	ck_assert_int_eq(mention("alice", ""), 0);
+	ck_assert_int_eq(mention("ali", "alice"), 0);
+	/* a later occurrence counts when an earlier one is inside a word */
+	ck_assert_int_eq(mention("malice, alice", "alice"), 1);
+}
+END_TEST
+
+/* Unicode: case folding and letters beyond ASCII as word characters. */
+START_TEST(test_mention_unicode)
+{
+	ck_assert_int_eq(mention("salut ZOË !", "zoë"), 1);
+	ck_assert_int_eq(mention("STRASSE ist da", "straße"), 1);
+	ck_assert_int_eq(mention("zoëa", "zoë"), 0);
+	ck_assert_int_eq(mention("ézoë", "zoë"), 0);
+	ck_assert_int_eq(mention("«zoë»", "zoë"), 1);
+	ck_assert_int_eq(mention("こんにちはアリス", "アリス"), 0);
+	ck_assert_int_eq(mention("こんにちは アリス", "アリス"), 1);
+	/* an ASCII nick in a text that is not: letters beyond ASCII are
+	 * word characters around it too */
+	ck_assert_int_eq(mention("café, alice?", "alice"), 1);
+	ck_assert_int_eq(mention("éalice", "alice"), 0);
+	ck_assert_int_eq(mention("aliceé", "alice"), 0);
+}
+END_TEST
+
+/* Invalid UTF-8 is never a mention, and nothing is read beyond len. */
+START_TEST(test_mention_invalid_input)
+{
+	ck_assert_int_eq(mention("hey \xff alice", "alice"), 0);
+	ck_assert_int_eq(mention("hey alice", "\xc3"), 0);
+	ck_assert_int_eq(mm_mention("alice!", 3, "alice", 5), 0);
+	ck_assert_int_eq(mm_mention("alicex", 5, "alice", 5), 1);
+	ck_assert_int_eq(mm_mention(NULL, 0, "alice", 5), 0);
+}
+END_TEST
+
 /* ==== suite =============================================================== */
 
 static TCase *tcase(Suite *s, const char *name, void (*setup)(void))
@@ -7285,6 +7356,12 @@ static Suite *minimix_suite(void)
 	tcase_add_test(tc, test_join_later_session_replay);
 	tcase_add_test(tc, test_join_rejoin_is_full_resync);
 	tcase_add_test(tc, test_join_waiter_asks_again_replayed);
+
+	tc = tcase(s, "mention", setup_default);
+	tcase_add_test(tc, test_mention_whole_word);
+	tcase_add_test(tc, test_mention_not_inside_words);
+	tcase_add_test(tc, test_mention_unicode);
+	tcase_add_test(tc, test_mention_invalid_input);
 
 	tc = tcase(s, "fork", setup_default);
 	tcase_add_test(tc, test_fork_groupchat_to_each_session);

@@ -7,6 +7,7 @@
 #   sh tools/deps.sh run13  the same, and Prosody 13.0 (MINIMIX_PROSODY=13 make run)
 #   sh tools/deps.sh        everything the test suites need (make check), Prosody
 #                           13.0 from backports included (tools/prosody13.sh)
+#                           (prosody-modules: mod_cloud_notify for the push tests on 0.12)
 set -eu
 
 MODE=${1:-all}
