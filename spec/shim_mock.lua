@@ -162,30 +162,29 @@ local function load_shim(options, env_hook)
 		env.fired[#env.fired+1] = { name = name, data = data };
 		if env.on_fire then return env.on_fire(name, data); end
 	end
-	-- IQs sent with send_iq wait in env.iqs until a spec answers them:
-	-- env.iqs[i].answer(reply_stanza) or .fail(err)
-	env.iqs = {};
+	function module:send(stanza)
+		env.sent[#env.sent+1] = st.clone(stanza);
+		if env.on_send then env.on_send(stanza); end
+	end
+	-- IQs the module sends and waits for (module:send_iq), all kept in
+	-- env.sent_iqs: with env.on_send_iq(stanza) -> reply stanza set, answered
+	-- (or refused) at once; otherwise they wait in env.iqs until a spec
+	-- answers them: env.iqs[i].answer(reply_stanza) or .fail(err)
+	env.sent_iqs, env.iqs = {}, {};
 	function module:send_iq(stanza)
+		env.sent_iqs[#env.sent_iqs+1] = st.clone(stanza);
+		if env.on_send_iq then
+			local reply = env.on_send_iq(stanza);
+			local promise = require "util.promise";
+			if reply and reply.attr.type == "result" then return promise.resolve({ stanza = reply }); end
+			return promise.reject({ condition = "service-unavailable" });
+		end
 		local entry = { stanza = st.clone(stanza) };
 		env.iqs[#env.iqs+1] = entry;
 		return { next = function(_, ok, fail)
 			entry.answer = function(reply) return ok({ stanza = reply }); end;
 			entry.fail = fail;
 		end };
-	end
-	function module:send(stanza)
-		env.sent[#env.sent+1] = st.clone(stanza);
-		if env.on_send then env.on_send(stanza); end
-	end
-	-- IQs the module sends and waits for (module:send_iq): answered by
-	-- env.on_send_iq(stanza) -> reply stanza, else refused at once
-	env.sent_iqs = {};
-	function module:send_iq(stanza)
-		env.sent_iqs[#env.sent_iqs+1] = st.clone(stanza);
-		local reply = env.on_send_iq and env.on_send_iq(stanza);
-		local promise = require "util.promise";
-		if reply and reply.attr.type == "result" then return promise.resolve({ stanza = reply }); end
-		return promise.reject({ condition = "service-unavailable" });
 	end
 	local g = setmetatable({
 		module = module;
