@@ -1118,6 +1118,46 @@ local function deferred_entry(kind, user, key)
 	return d and d.entries[key];
 end
 
+-- The account's own archive is read by mod_mam, which sends each result
+-- through the session: a session that queries it while withdrawals wait
+-- for its archive gets a filter that puts the tombstone in the forwarded
+-- message's place.
+local xmlns_mam = "urn:xmpp:mam:2";
+local xmlns_forward = "urn:xmpp:forward:0";
+
+local function mam_overlay(stanza, session)
+	if deferred_users == 0 or type(stanza) ~= "table" or stanza.name ~= "message" then return stanza; end
+	local d = session.username and deferred.mam[session.username];
+	local result = d and stanza:get_child("result", xmlns_mam);
+	local e = result and result.attr.id and d.entries[result.attr.id];
+	local fwd = e and result:get_child("forwarded", xmlns_forward);
+	if not fwd then return stanza; end
+	fwd:maptags(function(tag)
+		if tag.name ~= "message" then return tag; end
+		local tomb = overlaid(e, tag);
+		if tomb ~= tag then tomb.attr.xmlns = tag.attr.xmlns; end
+		return tomb;
+	end);
+	return stanza;
+end
+
+if defer_mam then
+	local filters = require "util.filters";
+	-- before mod_mam (0) answers it
+	module:hook("iq-set/self/" .. xmlns_mam .. ":query", function(event)
+		local origin = event.origin;
+		if origin.type == "c2s" and origin.username and deferred.mam[origin.username]
+			and origin.minimix_mam_overlay ~= mam_overlay then
+			-- (an earlier instance's, after a reload, goes)
+			if origin.minimix_mam_overlay then
+				filters.remove_filter(origin, "stanzas/out", origin.minimix_mam_overlay);
+			end
+			origin.minimix_mam_overlay = mam_overlay;
+			filters.add_filter(origin, "stanzas/out", mam_overlay);
+		end
+	end, 1);
+end
+
 -- After a restart: what waited is read back, and written withdraw_interval
 -- from now (the catch-up applies it meanwhile).
 if deferred_store then

@@ -170,6 +170,7 @@ local function load_log(options, driver, shared, stores)
 		env.timers[#env.timers+1] = { due = env.clock + delay, fn = fn, seq = #env.timers };
 	end
 	function module:hook_global(name, fn) env.hooks[name] = fn; end
+	function module:hook(name, fn) env.hooks[name] = fn; end
 	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"],
 		package.loaded["util.datamanager"] };
 	-- the file store's lists, as mod_storage_internal keeps them: the

@@ -148,6 +148,27 @@ describe("withdrawals on the file store", function()
 		retract(env, "dan", "s1");
 		retract(env, "dan", "s3");
 		assert.equal("m1", stored(env, "s1", "archive"):get_child_text("body"));
+		-- mod_mam's answer to alice's query meanwhile, through her session
+		local session = { type = "c2s", username = "alice" };
+		env.hooks["iq-set/self/urn:xmpp:mam:2:query"]({ origin = session });
+		local function result(sid)
+			for _, it in ipairs(env.stores.archive.items) do
+				if it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then
+					local item = st.clone(it.value);
+					item.attr.xmlns = "jabber:client";
+					local r = st.message({ to = "alice@localhost/phone" })
+						:tag("result", { xmlns = "urn:xmpp:mam:2", id = it.key })
+							:tag("forwarded", { xmlns = "urn:xmpp:forward:0" }):add_child(item);
+					local fwd = session.filter("stanzas/out", r)
+						:get_child("result", "urn:xmpp:mam:2"):get_child("forwarded", "urn:xmpp:forward:0");
+					local m = fwd:get_child("message", "jabber:client");
+					return m:get_child("retracted", RETRACT) and "tombstone" or m:get_child_text("body");
+				end
+			end
+		end
+		assert.equal("tombstone", result("s1"));
+		assert.equal("m2", result("s2"));
+		assert.equal("tombstone", result("s3"));
 		advance(env, 61);
 		assert.equal(1, env.rewrites.alice);
 		assert.is_nil(stored(env, "s1", "archive"):get_child("body"));

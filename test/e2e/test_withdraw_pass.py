@@ -17,20 +17,49 @@ What is proven:
    holds a tombstone for each, and alice's laptop, away meanwhile, gets
    every one as a tombstone in its catch-up, never the body.
 2. A retraction, then the server killed before the pass
-   (minimix_withdraw_interval of an hour): the list still holds the body,
-   but the laptop's catch-up, before and after the restart, has the
-   tombstone in its place.
+   (minimix_withdraw_interval of an hour): the list and alice's archive
+   still hold the body, but the laptop's catch-up and alice's XEP-0313
+   query of her own archive (minimix_archive_in_mam), before and after the
+   restart, have the tombstone in its place.
 """
 
 import re
 
-from .clients import P, join_room, create_room
+from .clients import P, join_room, create_room, NS_SID
 from .storages import archive_entries
 from .test_catchup import restart
 from .test_log import wait_entries, minimix_lines
 from .test_retract import (make_env, in_room, say, sent_to_room, retract_xml, retracted, room_sid,
                            away_catch_up, entry_by_sid, PERSISTENT)
 from .world import run
+
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_CLIENT = "jabber:client"
+
+
+async def own_archive(client, room, qid):
+    """XEP-0313: client's account's own archive, as mod_mam answers it:
+    {room's stanza-id: body, or "tombstone"} of the room's messages."""
+    m = client.mark()
+    iq = client.iq(None, "set", "<query xmlns='%s' queryid='%s'/>" % (NS_MAM, qid))
+    fin = await client.wait_for(P(name="iq", id=iq), since=m, what="the archive's answer")
+    assert fin.type == "result", fin
+    out = {}
+    for s in client.matching(P(name="message"), since=m):
+        result = s.xml.find("{%s}result" % NS_MAM)
+        if result is None or result.get("queryid") != qid:
+            continue
+        msg = result.find("{%s}forwarded/{%s}message" % (NS_FORWARD, NS_CLIENT))
+        sids = [x.get("id") for x in msg.findall("{%s}stanza-id" % NS_SID) if x.get("by") == room]
+        if not sids:
+            continue
+        if msg.find("{urn:xmpp:message-retract:1}retracted") is not None:
+            out[sids[0]] = "tombstone"
+        else:
+            out[sids[0]] = msg.findtext("{%s}body" % NS_CLIENT)
+    return out
 
 
 def rewrites(env, room):
@@ -86,9 +115,10 @@ def test_a_burst_of_retractions_costs_one_rewrite_and_stalls_nothing(prosody_fac
 
 def test_a_restart_before_the_pass_hands_out_no_withdrawn_body(prosody_factory):
     """XEP-0424 on the file store, with the pass an hour away: the catch-up
-    right after the retraction, and after a kill -9 and a restart, has the
-    tombstone, although the room's list still holds the body."""
-    env = make_env(prosody_factory, {"storage": "internal"}, debug=True,
+    and the account's own archive right after the retraction, and after a
+    kill -9 and a restart, have the tombstone, although the room's list and
+    the archive's still hold the body."""
+    env = make_env(prosody_factory, {"storage": "internal"}, debug=True, extra_modules=["mam"],
                    host_options={"minimix_withdraw_interval": 3600})
 
     async def scenario(w):
@@ -107,13 +137,20 @@ def test_a_restart_before_the_pass_hands_out_no_withdrawn_body(prosody_factory):
             assert len(tomb) == 1 and room_sid(tomb[0], room) == secret, (when, [str(x) for x in msgs])
             assert all("secret" not in str(x) for x in msgs), (when, [str(x) for x in msgs])
 
+        def check_archive(got, when):
+            assert got.get(secret) == "tombstone", (when, got)
+            assert "before" in got.values() and "after" in got.values(), (when, got)
+
         check(await away_catch_up(w, room, "laptop", 50), "before the restart")
+        check_archive(await own_archive(phone, room, "q1"), "before the restart")
         await restart(w, env, room, kill=True)
         phone = await w.connect("alice", "phone")
         await join_room(phone, room, "alice")
         check(await away_catch_up(w, room, "laptop", 50), "after the restart")
-        # the list was not rewritten: what the catch-up gave came from the
-        # withdrawals kept across the restart
+        check_archive(await own_archive(phone, room, "q2"), "after the restart")
+        # the lists were not rewritten: what the catch-up and the archive
+        # gave came from the withdrawals kept across the restart
         assert entry_by_sid(archive_entries(env, room, "minimix_log"), secret)["body"] == "secret"
+        assert entry_by_sid(archive_entries(env, "alice", "archive", room=room), secret)["body"] == "secret"
         assert not rewrites(env, room)
     run(env, scenario, timeout=120)
