@@ -988,8 +988,9 @@ local metric_rewrites = module:metric("counter", "log_withdraw_rewrites", "",
 local deferred = { log = {}, mam = {} };
 local deferred_users = 0;
 local deferred_store = (defer_log or defer_mam) and module:open_store("minimix_withdrawn");
--- whether the pass's timer is set
-local pass_timer = false;
+-- When the pass runs next (nil: not set), and which of its timers is
+-- the current one (a withdrawal due sooner sets another).
+local pass_due, pass_gen = nil, 0;
 
 local function user_key(kind, user) return kind .. "\0" .. user; end
 
@@ -1081,14 +1082,21 @@ local function pass()
 			if not next_due or due < next_due then next_due = due; end
 		end
 	end
-	if not next_due or module.loaded == false then pass_timer = false; return nil; end
+	if not next_due or module.loaded == false then return nil; end
 	return math.max(NEXT_BATCH, next_due - now);
 end
 
 local function schedule(delay)
-	if pass_timer then return; end
-	pass_timer = true;
-	module:add_timer(delay, pass);
+	local due = time.now() + delay;
+	if pass_due and pass_due <= due then return; end
+	pass_gen, pass_due = pass_gen + 1, due;
+	local gen = pass_gen;
+	module:add_timer(delay, function()
+		if gen ~= pass_gen then return nil; end
+		local again = pass();
+		pass_due = again and time.now() + again or nil;
+		return again;
+	end);
 end
 
 -- Keeps withdrawal w (said at now) of the entry key of kind's store user
@@ -1105,11 +1113,7 @@ local function defer(kind, user, key, room, w, now)
 	end
 	if d.n >= DEFERRED_PER_USER then d.full = true; end
 	persist_deferred(kind, user);
-	schedule(d.full and NEXT_BATCH or withdraw_interval);
-	if d.full and pass_timer then
-		-- a full one is due now: do not wait for the timer set for later
-		module:add_timer(NEXT_BATCH, function() if deferred[kind][user] then pass(); end end);
-	end
+	schedule(d.full and NEXT_BATCH or math.max(NEXT_BATCH, d.since + withdraw_interval - now));
 	return true;
 end
 

@@ -95,6 +95,24 @@ describe("withdrawals on the file store", function()
 		assert.equal(2, env.rewrites[ROOM]);
 	end);
 
+	it("are bounded per room: a room with 256 waiting is rewritten at the next tick", function()
+		local env = load_log(nil, "internal");
+		room(env, 300);
+		for i = 1, 255 do retract(env, "dan", "s" .. i); end
+		advance(env, 1);
+		assert.is_nil(env.rewrites[ROOM]);
+		retract(env, "dan", "s256");
+		advance(env, 1);
+		assert.equal(1, env.rewrites[ROOM]);
+		for i = 1, 256 do assert.is_nil(stored(env, "s" .. i):get_child("body"), i); end
+		-- the next ones wait their interval again
+		retract(env, "dan", "s257");
+		advance(env, 59);
+		assert.equal(1, env.rewrites[ROOM]);
+		advance(env, 2);
+		assert.equal(2, env.rewrites[ROOM]);
+	end);
+
 	it("rewrite one room per tick", function()
 		local env = load_log(nil, "internal");
 		local other = "other@muc.example";
