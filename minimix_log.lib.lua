@@ -1417,9 +1417,15 @@ local function withdraw_copy(account, room, w, stanza, verdict, now)
 	end
 	local key, item = by_key(mam_store, username, room, w.id, known and known.key);
 	if not item and (verdict or (verdict == nil and not log_store and w.moderated)) then
-		-- read through only for what the log withdrew (or without a log)
-		key, item = find_by_sid(mam_store, username, room, w.id,
-			{ with = room, reverse = true, limit = COPY_SCAN });
+		-- read through only for what the log withdrew (or without a log);
+		-- on the file store, where that reads the account's whole list,
+		-- at most once per account every READ_THROUGH_EVERY seconds
+		local last = defer_mam and read_through:get("\0" .. username);
+		if not last or now - last >= READ_THROUGH_EVERY then
+			if defer_mam then read_through:set("\0" .. username, now); end
+			key, item = find_by_sid(mam_store, username, room, w.id,
+				{ with = room, reverse = true, limit = COPY_SCAN });
+		end
 	end
 	if item and allowed(item) and not item:get_child("retracted", xmlns_retract) then
 		if defer_mam and (deferred_entry("mam", username, key) or defer("mam", username, key, room, w, now)) then

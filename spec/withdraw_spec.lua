@@ -194,6 +194,31 @@ describe("withdrawals on the file store", function()
 		assert.equal("m2", stored(env, "s2", "archive"):get_child_text("body"));
 	end);
 
+	it("read an account's archive through at most once per 10 s for copies it does not know", function()
+		local env = load_log({ minimix_archive_in_mam = true }, "internal");
+		room(env, 3);
+		-- a restart: the new instance knows none of the copies' keys, and
+		-- learns the log's from the re-join's history
+		local again = load_log({ minimix_archive_in_mam = true }, "internal", nil, env.stores);
+		local h = said("dan", "m3", "s3");
+		h:tag("delay", { xmlns = "urn:xmpp:delay", from = ROOM, stamp = "2023-11-14T22:13:20Z" }):up();
+		again.lib.message("alice@localhost", ROOM, "dan", h, { stamp = again.clock, delayed = true });
+		local finds = again.stores.archive.finds or 0;
+		retract(again, "dan", "s1");
+		assert.equal(finds + 1, again.stores.archive.finds, "read through for the first");
+		retract(again, "dan", "s2");
+		assert.equal(finds + 1, again.stores.archive.finds, "not again within 10 s");
+		advance(again, 10);
+		retract(again, "dan", "s3");
+		assert.equal(finds + 2, again.stores.archive.finds, "again after 10 s");
+		advance(again, 61);
+		assert.is_nil(stored(again, "s1", "archive"):get_child("body"));
+		assert.equal("m2", stored(again, "s2", "archive"):get_child_text("body"));
+		assert.is_nil(stored(again, "s3", "archive"):get_child("body"));
+		-- the log's own are all withdrawn
+		for i = 1, 3 do assert.is_nil(stored(again, "s" .. i):get_child("body"), i); end
+	end);
+
 	it("are written at once where the store's set is cheap (SQL)", function()
 		local env = load_log(nil, "sql");
 		room(env, 2);
