@@ -977,16 +977,17 @@ end
 local mam_store_name = module:get_option_string("archive_store", "archive");
 local defer_log = log_store and file_store;
 local defer_mam = mam_store and rewrites_all(mam_store_name);
--- Store users with withdrawals waiting, and how many each at most: a store
--- user at its bound is rewritten at the next tick; a withdrawal that finds
--- all of them taken is written at once, as elsewhere.
-local DEFERRED_USERS, DEFERRED_PER_USER = 1024, 256;
+-- Store users with withdrawals waiting, how many each at most, and how
+-- many in all: a store user at its bound, or that takes one beyond the
+-- total, is rewritten at the next tick; a withdrawal that finds all the
+-- store users taken is written at once, as elsewhere.
+local DEFERRED_USERS, DEFERRED_PER_USER, DEFERRED_MAX = 1024, 256, 16384;
 local metric_rewrites = module:metric("counter", "log_withdraw_rewrites", "",
 	"Rewrites of a room log or an account's archive on the file store that wrote its withdrawals", { "store" });
 
 -- kind ("log", "mam") -> store user -> { entries = key -> withdrawal, n, since }
 local deferred = { log = {}, mam = {} };
-local deferred_users = 0;
+local deferred_users, deferred_entries = 0, 0;
 local deferred_store = (defer_log or defer_mam) and module:open_store("minimix_withdrawn");
 -- When the pass runs next (nil: not set), and which of its timers is
 -- the current one (a withdrawal due sooner sets another).
@@ -1058,7 +1059,7 @@ local function rewrite(kind, user)
 		local ok, serr = datamanager.list_store(user, module.host, store_name, items);
 		if not ok then error(serr or "the store did not rewrite it"); end
 	end
-	deferred[kind][user], deferred_users = nil, deferred_users - 1;
+	deferred[kind][user], deferred_users, deferred_entries = nil, deferred_users - 1, deferred_entries - d.n;
 	persist_deferred(kind, user);
 	metric_rewrites:with_labels(kind):add(1);
 	module:log("debug", "Rewrote the %s of %s with %d withdrawals", kind == "log" and "room log" or "archive", user, n);
@@ -1110,8 +1111,9 @@ local function defer(kind, user, key, room, w, now)
 	end
 	if not d.entries[key] then
 		d.entries[key], d.n = { room = room, id = w.id, at = now, moderated = w.moderated, reason = w.reason }, d.n + 1;
+		deferred_entries = deferred_entries + 1;
 	end
-	if d.n >= DEFERRED_PER_USER then d.full = true; end
+	if d.n >= DEFERRED_PER_USER or deferred_entries >= DEFERRED_MAX then d.full = true; end
 	persist_deferred(kind, user);
 	schedule(d.full and NEXT_BATCH or math.max(NEXT_BATCH, d.since + withdraw_interval - now));
 	return true;
@@ -1181,6 +1183,7 @@ if deferred_store then
 				end
 				if d.n > 0 and not deferred[data.kind][data.user] then
 					deferred[data.kind][data.user], deferred_users = d, deferred_users + 1;
+					deferred_entries = deferred_entries + d.n;
 				end
 			end
 		end
