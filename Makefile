@@ -103,6 +103,7 @@ bench: deps
 	$(PYTHON) bench/bench_server.py bench/results/server.json
 	$(PYTHON) bench/bench_federation.py bench/results/federation.json
 	$(LUA) bench/log_file_store.lua ./minimix_log.lib.lua bench/results/log_file_store.json
+	$(LUA) bench/withdraw_file_store.lua ./minimix_log.lib.lua bench/results/withdraw_file_store.json
 	$(PYTHON) bench/report.py
 
 # The module's libraries, loaded with module:require from beside

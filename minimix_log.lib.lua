@@ -278,6 +278,7 @@ if not enabled and not in_mam then
 		save = function() end, restore = function() end, bounded_id = bounded_id,
 		hold = function() return nil; end, holding = function() return false; end,
 		release = function() end, backfilled = function() return false; end,
+		find = function() return nil, "no room log"; end,
 		withdrawal = withdrawal, withdraw = function(_, room, w, stanza, kept)
 			-- the ring alone: its copy, if its sender's
 			if kept and may_withdraw(kept, w, stanza) then
@@ -1014,6 +1015,245 @@ function lib.cleanup()
 	cleanup_step();
 end
 
+-- Retractions and moderations on the file store ------------------------------
+
+-- There the store's set reads and rewrites a room's whole list (seconds
+-- for a few thousand messages, with the server stopped meanwhile), and
+-- any occupant may retract their own messages.  So a withdrawal is not
+-- written at once: it is kept per store user (a room's log, an account's
+-- archive) as its key -> { room, id, at, moderated, reason }, in memory
+-- and in a small keyval store (a restart must not hand the body out
+-- again), applied to every read of the log (find below), and written by
+-- a background pass in one rewrite per store user, at most once every
+-- minimix_withdraw_interval seconds, one store user per timer tick.
+-- Elsewhere (SQL: an indexed update) the store's set does it at once.
+local datamanager = require "util.datamanager";
+local withdraw_interval = math.min(86400, math.max(1, positive_option("minimix_withdraw_interval", 60)));
+-- Whether a store's set costs a rewrite of the whole list.
+local function rewrites_all(store_name)
+	local ok, sm = pcall(require, "core.storagemanager");
+	if not ok or not sm.get_driver then return false; end
+	local ok2, _, driver_name = pcall(sm.get_driver, module.host, store_name);
+	return ok2 and driver_name == "internal";
+end
+local mam_store_name = module:get_option_string("archive_store", "archive");
+local defer_log = log_store and file_store;
+local defer_mam = mam_store and rewrites_all(mam_store_name);
+-- Store users with withdrawals waiting, how many each at most, and how
+-- many in all: a store user at its bound, or that takes one beyond the
+-- total, is rewritten at the next tick; a withdrawal that finds all the
+-- store users taken is written at once, as elsewhere.
+local DEFERRED_USERS, DEFERRED_PER_USER, DEFERRED_MAX = 1024, 256, 16384;
+local metric_rewrites = module:metric("counter", "log_withdraw_rewrites", "",
+	"Rewrites of a room log or an account's archive on the file store that wrote its withdrawals", { "store" });
+
+-- kind ("log", "mam") -> store user -> { entries = key -> withdrawal, n, since }
+local deferred = { log = {}, mam = {} };
+local deferred_users, deferred_entries = 0, 0;
+local deferred_store = (defer_log or defer_mam) and module:open_store("minimix_withdrawn");
+-- When the pass runs next (nil: not set), and which of its timers is
+-- the current one (a withdrawal due sooner sets another).
+local pass_due, pass_gen = nil, 0;
+
+local function user_key(kind, user) return kind .. "\0" .. user; end
+
+local function persist_deferred(kind, user)
+	local d = deferred[kind][user];
+	local data = nil;
+	if d and d.n > 0 then
+		data = { kind = kind, user = user, entries = {} };
+		for key, e in pairs(d.entries) do
+			data.entries[key] = { room = e.room, id = e.id, at = e.at, moderated = e.moderated, reason = e.reason };
+		end
+	end
+	-- the keyval store's user names a file: a digest of kind and user
+	local ok, done, err = pcall(deferred_store.set, deferred_store, sha1(user_key(kind, user), true), data);
+	if not ok or not done then
+		module:log("warn", "Could not keep the withdrawals waiting for %s: %s", user, oneline(ok and err or done));
+	end
+end
+
+-- The original item of a stored entry made a tombstone, if e withdraws it.
+local function overlaid(e, item)
+	if not e or room_sid(item, e.room) ~= e.id or item:get_child("retracted", xmlns_retract) then
+		return item;
+	end
+	return tombstone(item, e.room, e, e.at);
+end
+
+-- The room log's find, with the withdrawals waiting applied: what any
+-- reader of the log that serves a client must use.
+local function log_find(room, query)
+	local user = store_user(room);
+	local iter, err = log_store:find(user, query);
+	if not iter then return iter, err; end
+	return function()
+		local key, item, when, with = iter();
+		if key == nil then return nil; end
+		local d = deferred.log[user];
+		if d then item = overlaid(d.entries[key], item); end
+		return key, item, when, with;
+	end;
+end
+
+-- Writes kind's withdrawals waiting for user in one rewrite of its list.
+local function rewrite(kind, user)
+	local d = deferred[kind][user];
+	if not d then return; end
+	local store_name = kind == "log" and "minimix_log" or mam_store_name;
+	local items, err = datamanager.list_load(user, module.host, store_name);
+	if not items and err then error(err); end
+	local n = 0;
+	for i, old in ipairs(items or {}) do
+		local e = old.key and d.entries[old.key];
+		if e then
+			local ok, original = pcall(st.deserialize, old);
+			local tomb = ok and original and overlaid(e, original);
+			if tomb and tomb ~= original then
+				local item = st.preserialize(tomb);
+				item.key, item.when, item.with = old.key, old.when, old.with;
+				item.attr.stamp = old.attr and old.attr.stamp;
+				items[i], n = item, n + 1;
+			end
+		end
+	end
+	if n > 0 then
+		local ok, serr = datamanager.list_store(user, module.host, store_name, items);
+		if not ok then error(serr or "the store did not rewrite it"); end
+	end
+	deferred[kind][user], deferred_users, deferred_entries = nil, deferred_users - 1, deferred_entries - d.n;
+	persist_deferred(kind, user);
+	metric_rewrites:with_labels(kind):add(1);
+	module:log("debug", "Rewrote the %s of %s with %d withdrawals", kind == "log" and "room log" or "archive", user, n);
+end
+
+-- One store user whose withdrawals are due per tick; then wait for the next.
+local function pass()
+	local now, next_due = time.now(), nil;
+	for kind, users in pairs(deferred) do
+		for user, d in pairs(users) do
+			local due = d.full and now or d.since + withdraw_interval;
+			if due <= now and not d.failed_at or (d.failed_at and now - d.failed_at >= RETRY_MAX) then
+				local ok, err = pcall(rewrite, kind, user);
+				if not ok then
+					d.failed_at = now;
+					module:log("warn", "Could not write the withdrawals of %s (tried again): %s", user, oneline(err));
+				end
+				return NEXT_BATCH;
+			end
+			if d.failed_at then due = d.failed_at + RETRY_MAX; end
+			if not next_due or due < next_due then next_due = due; end
+		end
+	end
+	if not next_due or module.loaded == false then return nil; end
+	return math.max(NEXT_BATCH, next_due - now);
+end
+
+local function schedule(delay)
+	local due = time.now() + delay;
+	if pass_due and pass_due <= due then return; end
+	pass_gen, pass_due = pass_gen + 1, due;
+	local gen = pass_gen;
+	module:add_timer(delay, function()
+		if gen ~= pass_gen then return nil; end
+		local again = pass();
+		pass_due = again and time.now() + again or nil;
+		return again;
+	end);
+end
+
+-- Keeps withdrawal w (said at now) of the entry key of kind's store user
+-- for the pass.  false when no more may wait (the caller writes it now).
+local function defer(kind, user, key, room, w, now)
+	local d = deferred[kind][user];
+	if not d then
+		if deferred_users >= DEFERRED_USERS then return false; end
+		d = { entries = {}, n = 0, since = now };
+		deferred[kind][user], deferred_users = d, deferred_users + 1;
+	end
+	if not d.entries[key] then
+		d.entries[key], d.n = { room = room, id = w.id, at = now, moderated = w.moderated, reason = w.reason }, d.n + 1;
+		deferred_entries = deferred_entries + 1;
+	end
+	if d.n >= DEFERRED_PER_USER or deferred_entries >= DEFERRED_MAX then d.full = true; end
+	persist_deferred(kind, user);
+	schedule(d.full and NEXT_BATCH or math.max(NEXT_BATCH, d.since + withdraw_interval - now));
+	return true;
+end
+
+local function deferred_entry(kind, user, key)
+	local d = deferred[kind][user];
+	return d and d.entries[key];
+end
+
+-- The account's own archive is read by mod_mam, which sends each result
+-- through the session: a session that queries it while withdrawals wait
+-- for its archive gets a filter that puts the tombstone in the forwarded
+-- message's place.
+local xmlns_mam = "urn:xmpp:mam:2";
+local xmlns_forward = "urn:xmpp:forward:0";
+
+local function mam_overlay(stanza, session)
+	if deferred_users == 0 or type(stanza) ~= "table" or stanza.name ~= "message" then return stanza; end
+	local d = session.username and deferred.mam[session.username];
+	local result = d and stanza:get_child("result", xmlns_mam);
+	local e = result and result.attr.id and d.entries[result.attr.id];
+	local fwd = e and result:get_child("forwarded", xmlns_forward);
+	if not fwd then return stanza; end
+	fwd:maptags(function(tag)
+		if tag.name ~= "message" then return tag; end
+		local tomb = overlaid(e, tag);
+		if tomb ~= tag then tomb.attr.xmlns = tag.attr.xmlns; end
+		return tomb;
+	end);
+	return stanza;
+end
+
+if defer_mam then
+	local filters = require "util.filters";
+	-- before mod_mam (0) answers it
+	module:hook("iq-set/self/" .. xmlns_mam .. ":query", function(event)
+		local origin = event.origin;
+		if origin.type == "c2s" and origin.username and deferred.mam[origin.username]
+			and origin.minimix_mam_overlay ~= mam_overlay then
+			-- (an earlier instance's, after a reload, goes)
+			if origin.minimix_mam_overlay then
+				filters.remove_filter(origin, "stanzas/out", origin.minimix_mam_overlay);
+			end
+			origin.minimix_mam_overlay = mam_overlay;
+			filters.add_filter(origin, "stanzas/out", mam_overlay);
+		end
+	end, 1);
+end
+
+-- After a restart: what waited is read back, and written withdraw_interval
+-- from now (the catch-up applies it meanwhile).
+if deferred_store then
+	local ok, err = pcall(function()
+		local now = time.now();
+		for name in deferred_store:users() do
+			local data = deferred_store:get(name);
+			if type(data) == "table" and deferred[data.kind] and type(data.user) == "string"
+				and type(data.entries) == "table" and deferred_users < DEFERRED_USERS then
+				local d = { entries = {}, n = 0, since = now };
+				for key, e in pairs(data.entries) do
+					if type(e) == "table" and type(e.room) == "string" and type(e.id) == "string" and d.n < DEFERRED_PER_USER then
+						d.entries[key] = { room = e.room, id = e.id, at = tonumber(e.at) or now,
+							moderated = e.moderated, reason = e.reason };
+						d.n = d.n + 1;
+					end
+				end
+				if d.n > 0 and not deferred[data.kind][data.user] then
+					deferred[data.kind][data.user], deferred_users = d, deferred_users + 1;
+					deferred_entries = deferred_entries + d.n;
+				end
+			end
+		end
+		if deferred_users > 0 then schedule(withdraw_interval); end
+	end);
+	if not ok then module:log("warn", "Could not read the withdrawals waiting: %s", oneline(err)); end
+end
+
 -- The time a logged message was said: its delay from the room, to the
 -- fraction of a second, else the store's 'when'.
 -- The second result says how exact it is: 0 to the fraction of a second
@@ -1091,7 +1331,7 @@ local function replay(room, a)
 	local before;
 	while not full do
 		local page = math.min(PAGE_MAX, want - #out + 16);
-		local iter, err = log_store:find(store_user(room), { start = math.floor(math.max(lo, since or lo)) - 1,
+		local iter, err = log_find(room, { start = math.floor(math.max(lo, since or lo)) - 1,
 			["end"] = hi and math.ceil(hi),
 			reverse = true, limit = page, before = before });
 		if not iter then error(err or "cannot read the room log"); end
@@ -1154,10 +1394,14 @@ local function find_by_sid(store, user, room, id, query)
 	return nil;
 end
 
+-- What withdraw_logged returns for a withdrawal left to the pass.
+local DEFERRED = {};
+
 -- The logged message: waiting for the writer (tombstoned there), else in
 -- the store (by its key on SQL, else read through, newest first) and set
--- in place, same key, same time.  Returns false when the sender may not
--- withdraw it, else the tombstone written (or nil: none found).
+-- in place, same key, same time, or on the file store left to the pass.
+-- Returns false when the sender may not withdraw it, else the tombstone
+-- written (DEFERRED: left to the pass; nil: none found).
 local function withdraw_logged(room, w, stanza, now)
 	local user = store_user(room);
 	local allowed, tomb = true, nil;
@@ -1185,6 +1429,10 @@ local function withdraw_logged(room, w, stanza, now)
 		if known then
 			-- judged before the store is read
 			if not w.moderated and not same_identity(known.who, identity(stanza)) then return false; end
+			if defer_log and (deferred_entry("log", user, known.key)
+				or defer("log", user, known.key, room, w, now)) then
+				return DEFERRED;
+			end
 			key, item = by_key(log_store, user, room, w.id, known.key);
 		elseif w.moderated then
 			-- the room's own moderation of an older message: read through,
@@ -1201,7 +1449,9 @@ local function withdraw_logged(room, w, stanza, now)
 		-- be a key: not found
 	end
 	if not item then return nil; end
+	if defer_log and deferred_entry("log", user, key) then return DEFERRED; end
 	if not may_withdraw(item, w, stanza) then return false; end
+	if defer_log and defer("log", user, key, room, w, now) then return DEFERRED; end
 	tomb = tombstone(item, room, w, now);
 	local ok, err = log_store:set(user, key, tomb);
 	if not ok then error(err or "the store did not replace it"); end
@@ -1223,13 +1473,29 @@ local function withdraw_copy(account, room, w, stanza, verdict, now)
 	end);
 	if queued then return; end
 	local known = sid_keys:get(username .. "\0" .. room .. "\0" .. w.id);
+	if defer_mam and known then
+		-- judged by the sender recorded when it was copied, not read
+		if deferred_entry("mam", username, known.key) then return; end
+		local ok;
+		if verdict ~= nil then ok = verdict; else ok = w.moderated ~= nil or same_identity(known.who, identity(stanza)); end
+		if not ok or defer("mam", username, known.key, room, w, now) then return; end
+	end
 	local key, item = by_key(mam_store, username, room, w.id, known and known.key);
 	if not item and (verdict or (verdict == nil and not log_store and w.moderated)) then
-		-- read through only for what the log withdrew (or without a log)
-		key, item = find_by_sid(mam_store, username, room, w.id,
-			{ with = room, reverse = true, limit = COPY_SCAN });
+		-- read through only for what the log withdrew (or without a log);
+		-- on the file store, where that reads the account's whole list,
+		-- at most once per account every READ_THROUGH_EVERY seconds
+		local last = defer_mam and read_through:get("\0" .. username);
+		if not last or now - last >= READ_THROUGH_EVERY then
+			if defer_mam then read_through:set("\0" .. username, now); end
+			key, item = find_by_sid(mam_store, username, room, w.id,
+				{ with = room, reverse = true, limit = COPY_SCAN });
+		end
 	end
 	if item and allowed(item) and not item:get_child("retracted", xmlns_retract) then
+		if defer_mam and (deferred_entry("mam", username, key) or defer("mam", username, key, room, w, now)) then
+			return;
+		end
 		local ok, err = mam_store:set(username, key, tombstone(item, room, w, now));
 		if not ok then error(err or "the store did not replace it"); end
 	end
@@ -1257,7 +1523,11 @@ local function withdraw_parts(account, room, w, stanza, now, todo)
 			todo.err = tomb;
 		else
 			todo.log = false;
-			if tomb ~= nil then
+			if tomb == DEFERRED then
+				-- allowed, and the catch-up's reads apply it
+				done = true;
+				withdrawn:set(wk, done);
+			elseif tomb ~= nil then
 				done = tomb and tostring(unmark(st.clone(tomb))) or false;
 				-- only what was withdrawn: someone else's retraction must
 				-- not stand in the way of the sender's
@@ -1314,7 +1584,8 @@ local function withdraw(account, room, w, stanza, kept)
 			oneline(todo.err));
 		withdraw_later(account, room, w, stanza, now, todo);
 	end
-	if done ~= nil then return done or nil; end
+	if type(done) == "string" then return done; end
+	if done == false then return nil; end
 	if kept and may_withdraw(kept, w, stanza) then
 		return tostring(tombstone(kept, room, w, now));
 	end
@@ -1437,15 +1708,16 @@ lib.parse_duration = parse_duration;
 -- before, limit, reverse).  What waits for the writer is written first
 -- (unless the store is failing), so that it has its key.  The iterator
 -- gives key, item (as the room sent it, without the log's mark), the time
--- it was said and its exactness (as said_at), and with.  nil, err when
--- the store cannot be read.
+-- it was said and its exactness (as said_at), and with; the
+-- withdrawals that wait for the file store's pass are applied.  nil, err
+-- when the store cannot be read.
 function lib.find(room, query)
 	if not log_store then return nil, "no room log"; end
 	local user = store_user(room);
 	if log_writer and log_writer.waiting(user)() and not log_writer.failing() then
 		log_writer.flush();
 	end
-	local ok, iter, err = pcall(log_store.find, log_store, user, query);
+	local ok, iter, err = pcall(log_find, room, query);
 	if not ok then return nil, oneline(iter); end
 	if not iter then return nil, err; end
 	return function()

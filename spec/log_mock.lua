@@ -102,6 +102,25 @@ local function fake_archive()
 	return s;
 end
 
+-- A fake keyval store: get/set/users, with a switch to fail.
+local function fake_keyval()
+	local s = { data = {}, sets = 0 };
+	function s:get(user) return self.data[user]; end
+	function s:set(user, value)
+		if self.fail then return nil, self.fail; end
+		self.sets = self.sets + 1;
+		self.data[user] = value;
+		return true;
+	end
+	function s:users()
+		local list = {};
+		for user in pairs(self.data) do list[#list+1] = user; end
+		local i = 0;
+		return function() i = i + 1; return list[i]; end;
+	end
+	return s;
+end
+
 -- Load the library with options; driver: the storage driver's name;
 -- shared: module:shared()'s tables; stores: the stores of an earlier
 -- instance (a reload or a restart).
@@ -138,6 +157,11 @@ local function load_log(options, driver, shared, stores)
 		return m;
 	end
 	function module:open_store(name, kind)
+		if kind == nil then
+			-- a keyval store, kept across instances as the archives are
+			env.stores[name] = env.stores[name] or fake_keyval();
+			return env.stores[name];
+		end
 		assert(kind == "archive");
 		env.opened = env.opened or {};
 		env.opened[#env.opened+1] = name;
@@ -151,16 +175,51 @@ local function load_log(options, driver, shared, stores)
 	function module:require(name)
 		return assert(loadfile("./" .. name .. ".lib.lua", "t", g))();
 	end
-	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"] };
+	function module:hook(name, fn) env.hooks[name] = fn; end
+	local saved = { package.loaded["util.time"], package.loaded["core.storagemanager"],
+		package.loaded["util.datamanager"] };
+	-- the file store's lists, as mod_storage_internal keeps them: the
+	-- fake archive's items, each list read or rewritten whole (counted)
+	env.rewrites = {};
+	package.loaded["util.datamanager"] = {
+		list_load = function(user, host, store)
+			assert(host == "localhost");
+			local s, out = assert(env.stores[store], store), {};
+			for _, it in ipairs(s.items) do
+				if it.user == user then
+					local item = st.preserialize(st.clone(it.value));
+					item.key, item.when, item.with = it.key, it.when, it.with;
+					out[#out+1] = item;
+				end
+			end
+			if #out == 0 then return nil; end
+			return out;
+		end,
+		list_store = function(user, host, store, items)
+			assert(host == "localhost");
+			local s = assert(env.stores[store], store);
+			if s.fail then return nil, s.fail; end
+			env.rewrites[user] = (env.rewrites[user] or 0) + 1;
+			local keep = {};
+			for _, it in ipairs(s.items) do if it.user ~= user then keep[#keep+1] = it; end end
+			for _, item in ipairs(items or {}) do
+				keep[#keep+1] = { user = user, key = item.key, value = st.deserialize(item), when = item.when,
+					with = item.with };
+			end
+			s.items = keep;
+			return true;
+		end,
+	};
 	package.loaded["util.time"] = { now = function() return env.clock; end,
 		monotonic = function() return env.clock; end };
 	package.loaded["core.storagemanager"] = { get_driver = function(host, store)
 		assert(host == "localhost" and (store == "minimix_log" or store == "archive"));
-		return {}, store == "minimix_log" and driver or "sql";
+		return {}, driver or "sql";
 	end };
 	local chunk = assert(loadfile("./minimix_log.lib.lua", "t", g));
 	local ok, lib = pcall(chunk);
 	package.loaded["util.time"], package.loaded["core.storagemanager"] = saved[1], saved[2];
+	package.loaded["util.datamanager"] = saved[3];
 	assert(ok, lib);
 	env.lib, env.module = lib, module;
 	return env;

@@ -59,8 +59,12 @@ def make_env(prosody_factory, storage, tmp_path=None, moderation=False, **kw):
         plugins.mkdir()
         os.symlink(MODERATION_DIR, plugins / "mod_muc_moderation")
         kw["plugin_paths"] = [PLUGIN_DIR, str(plugins)]
+    host_options = {"minimix_archive_in_mam": True,
+                    # the file store's pass writes withdrawals this often
+                    "minimix_withdraw_interval": 2}
+    host_options.update(kw.pop("host_options", {}))
     env = prosody_factory(**storage, muc_options={"modules_enabled": modules},
-                          host_options={"minimix_archive_in_mam": True}, **kw)
+                          host_options=host_options, **kw)
     env.pg = pg
     return env
 
