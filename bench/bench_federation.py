@@ -28,7 +28,6 @@ Sizes: MINIMIX_BENCH_FED_ACCOUNTS (FA, 20), MINIMIX_BENCH_FED_SESSIONS
 """
 
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from e2e.federation_env import (Federation, ACCOUNT_ADDRESS, ROOM_ADDRESS,  # no
                                 ACCOUNT_DOMAIN, ROOM_DOMAIN, MUC_DOMAIN, S2S_PORT)
 from e2e.prosody_env import PROSODY_VERSION  # noqa: E402
 from bench_server import (env_int, cpu_seconds, sched_seconds, settle, bounded, close_all,  # noqa: E402
-                          PASSWORD, MARKER, WINDOW)
+                          finish, PASSWORD, MARKER, WINDOW)
 from rawxmpp import Session  # noqa: E402
 
 FA = env_int("MINIMIX_BENCH_FED_ACCOUNTS", 20)
@@ -177,11 +176,7 @@ def main():
             "%.2f" % ratios[k] if ratios[k] is not None else "-" for k, _, _ in KEYS))
         results["summary"].append({"sessions": D, "plain": med["plain"],
                                    "module": med["module"], "ratio": ratios})
-    results["seconds"] = time.monotonic() - t_start
-    print("\n(%.0f s)" % results["seconds"])
-    if out_path:
-        with open(out_path, "w") as f:
-            json.dump(results, f, indent=2)
+    finish(results, t_start, out_path)
 
 
 if __name__ == "__main__":

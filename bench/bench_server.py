@@ -950,6 +950,11 @@ def main():
     if "small" in SCENARIOS:
         small_rooms(results)
 
+    finish(results, t_start, out_path)
+
+
+def finish(results, t_start, out_path):
+    """A benchmark's last words: how long it took, and its JSON file."""
     results["seconds"] = time.monotonic() - t_start
     print("\n(%.0f s)" % results["seconds"])
     if out_path:
