@@ -12,111 +12,13 @@
 -- lib: the log library to measure (default ./minimix_log.lib.lua), e.g. a
 -- copy of an older version, to compare.  MINIMIX_BENCH_WITHDRAW_MESSAGES
 -- (2001) and MINIMIX_BENCH_WITHDRAWALS (20) change the sizes; PROSODY_SRC
--- (/usr/lib/prosody) the Prosody whose store is used.
+-- (/usr/lib/prosody) the Prosody whose store is used (bench/file_store_harness.lua).
 local lib_path = arg[1] or "./minimix_log.lib.lua";
 local out_path = arg[2];
 local messages = tonumber(os.getenv("MINIMIX_BENCH_WITHDRAW_MESSAGES")) or 2001;
 local withdrawals = tonumber(os.getenv("MINIMIX_BENCH_WITHDRAWALS")) or 20;
-local src = os.getenv("PROSODY_SRC") or "/usr/lib/prosody";
-package.path = src .. "/?.lua;" .. package.path;
-package.cpath = src .. "/?.so;" .. package.cpath;
-local f = assert(io.open(src .. "/util/datamanager.lua"));
-local v13 = f:read("a"):find("prosody.util.logger", 1, true);
-f:close();
-if v13 then
-	-- 13.0 requires its own modules as "prosody.util.x", and so does
-	-- "util.x" where that exists
-	package.path = src .. "/../?.lua;" .. package.path;
-	package.cpath = src .. "/../?.so;" .. package.cpath;
-	table.insert(package.searchers, 2, function(name)
-		if not name:match("^util%.")
-			or not package.searchpath("prosody." .. name, package.path .. ";" .. package.cpath) then
-			return nil;
-		end
-		return function() return require("prosody." .. name); end;
-	end);
-end
-
-local socket_ok, socket = pcall(require, "socket");
-local clock = socket_ok and socket.gettime or os.clock;
-
-local dir = os.tmpname();
-os.remove(dir);
-assert(os.execute("mkdir -p " .. dir));
-local dm = require "util.datamanager";
-dm.set_data_path(dir);
-package.loaded["core.storagemanager"] = { olddm = dm, get_driver = function()
-	return {}, "internal";
-end };
-package.loaded["prosody.core.storagemanager"] = package.loaded["core.storagemanager"];
-
--- the virtual clock the module's timers run on, and its real time
-local now = 1700000000;
-local timers = {};
-package.loaded["util.time"] = { now = function() return now; end };
-package.loaded["prosody.util.time"] = package.loaded["util.time"];
-
-local function fake_module(options)
-	local m = { host = "localhost", timers = timers };
-	function m:get_option_number(name, default)
-		local v = options[name];
-		if v == nil then return default; end
-		return v;
-	end
-	m.get_option = m.get_option_number;
-	m.get_option_integer = m.get_option_number;
-	m.get_option_period = m.get_option_number;
-	m.get_option_boolean = m.get_option_number;
-	function m:get_option_string(name, default)
-		local v = options[name];
-		if v == nil then return default; end
-		return tostring(v);
-	end
-	function m:log() end
-	function m:shared() return {}; end
-	function m:metric()
-		return { with_labels = function() return { add = function() end }; end };
-	end
-	function m:add_timer(delay, fn) timers[#timers+1] = { due = now + delay, fn = fn }; end
-	function m:hook_global() end
-	return m;
-end
-
-local function load_in(path, module)
-	local g = setmetatable({ module = module }, { __index = _G });
-	return assert(loadfile(path, "t", g))();
-end
-
-local storage = fake_module({});
-local driver;
-function storage:provides(_, d) driver = d; end
-load_in(src .. "/modules/mod_storage_internal.lua", storage);
-
-local log = fake_module({ minimix_log_cleanup_interval = 1e9 });
-function log:open_store(name, kind) return driver:open(name, kind); end
-local lib = load_in(lib_path, log);
-
-local st = require "util.stanza";
-local ROOM = "room@muc.example";
-local store = driver:open("minimix_log", "archive");
-
-local function run_due(until_)
-	local worst, total = 0, 0;
-	while true do
-		table.sort(timers, function(a, b) return a.due < b.due; end);
-		local t = timers[1];
-		if not t or t.due > until_ then break; end
-		table.remove(timers, 1);
-		now = math.max(now, t.due);
-		local t0 = clock();
-		local again = t.fn();
-		local took = clock() - t0;
-		if type(again) == "number" then timers[#timers+1] = { due = now + again, fn = t.fn }; end
-		worst, total = math.max(worst, took), total + took;
-	end
-	now = math.max(now, until_);
-	return worst, total;
-end
+local h = dofile((arg[0]:match("^(.*/)") or "./") .. "file_store_harness.lua")(lib_path);
+local lib, store, st, dm, clock, ROOM = h.lib, h.store, h.st, h.dm, h.clock, h.ROOM;
 
 local function said(i, body)
 	local m = st.message({ from = ROOM .. "/dan", type = "groupchat", id = "m" .. i })
@@ -129,11 +31,11 @@ end
 -- the room's messages, logged as they come
 for i = 1, messages do
 	lib.message("alice@localhost", ROOM, "dan", said(i, ("message %d "):format(i) .. ("x"):rep(80)),
-		{ stamp = now, delayed = false });
-	now = now + 0.05;
-	run_due(now);
+		{ stamp = h:now(), delayed = false });
+	h:advance(0.05);
+	h:run_due();
 end
-run_due(now + 1);
+h:run_due(h:now() + 1);
 
 local rewrites = 0;
 local list_store = dm.list_store;
@@ -151,11 +53,11 @@ for i = 1, withdrawals do
 	lib.withdraw("alice@localhost", ROOM, lib.withdrawal(r, "dan"), r, nil);
 	local took = clock() - t0;
 	worst, total, handling = math.max(worst, took), total + took, math.max(handling, took);
-	local w, t = run_due(now + 1);
+	local w, t = h:run_due(h:now() + 1);
 	worst, total = math.max(worst, w), total + t;
 end
 -- and the background pass, if any, has its turn
-local w, t = run_due(now + 3600);
+local w, t = h:run_due(h:now() + 3600);
 worst, total = math.max(worst, w), total + t;
 
 local tombstones = 0;
@@ -171,4 +73,4 @@ if out_path then
 	f:write(result, "\n");
 	f:close();
 end
-os.execute("rm -rf " .. dir);
+h:cleanup();
