@@ -21,6 +21,7 @@ import asyncio
 import copy
 import itertools
 import logging
+import types
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
@@ -39,6 +40,7 @@ NS_SID = "urn:xmpp:sid:0"
 NS_SM = "urn:xmpp:sm:3"
 NS_DATA = "jabber:x:data"
 NS_PING = "urn:xmpp:ping"
+NS_COMPONENT = "jabber:component:accept"
 
 # give up waiting for something that should come (longer with Prosody
 # under valgrind's memcheck: it answers many times slower, see prosody_env)
@@ -517,6 +519,49 @@ class Client:
 
     def __repr__(self):
         return "<Client %s>" % self.jid
+
+
+class Component(Client):
+    """An XEP-0114 component that the test drives by hand, on the port of
+    ProsodyEnv(external_components={domain: secret}): it records what it
+    receives as jabber:client stanzas (so that P() matches), then hands
+    each to handle(), which by default answers nothing (slixmpp would
+    answer an unknown IQ by itself); a subclass answers there what its
+    test needs."""
+
+    def __init__(self, env, domain, secret):
+        Client.__init__(self, domain, secret, env.component_port, name=domain)
+
+    async def connect(self, timeout=10):
+        self._changed = asyncio.Event()
+        x = slixmpp.ComponentXMPP(self.jid, self.password, "127.0.0.1", self.address[1])
+        self.xmpp = x
+        x.add_filter("in", self._record_component)
+        x.add_filter("in", self.handle)
+        started = asyncio.get_running_loop().create_future()
+        x.add_event_handler("session_start",
+                            lambda _: started.done() or started.set_result(True))
+        x.connect()
+        await asyncio.wait_for(started, timeout)
+        return self
+
+    def _record_component(self, stanza):
+        xml = copy.deepcopy(stanza.xml)
+        for e in xml.iter():
+            if isinstance(e.tag, str) and e.tag.startswith("{%s}" % NS_COMPONENT):
+                e.tag = "{jabber:client}" + e.tag.split("}", 1)[1]
+        self._record(types.SimpleNamespace(xml=xml))
+        return stanza
+
+    def handle(self, stanza):
+        """Stanzas stop here; the stream's own elements (<handshake/>) go
+        on to slixmpp."""
+        if stanza.xml.tag.split("}")[-1] in ("message", "presence", "iq"):
+            return None
+        return stanza
+
+    def __repr__(self):
+        return "<Component %s>" % self.jid
 
 
 def _copy(xml):

@@ -20,16 +20,12 @@ and module-only tests fail there by design.
 Only waiting uses timeouts; no assertion depends on how long anything took.
 """
 
-import asyncio
 import base64
-import copy
 import os
-import types
 
-import slixmpp
 from slixmpp.jid import JID, InvalidJID
 
-from .clients import Client, P, from_room, join_room, create_room
+from .clients import Component, P, from_room, join_room, create_room
 from .world import run
 
 ALICE = "alice@localhost"
@@ -41,7 +37,6 @@ NS_MAM = "urn:xmpp:mam:2"
 # A namespace no client here implements: an IQ with it stays unanswered
 # while the receiving client ignores IQs (see ignore_iqs).
 NS_HOLD = "urn:example:e2e:hold"
-NS_COMPONENT = "jabber:component:accept"
 # The hostile room service (an external component the test drives).
 EVIL = "evil.localhost"
 EVIL_SECRET = "hostile-room-secret"
@@ -50,35 +45,13 @@ EVIL_SECRET = "hostile-room-secret"
 # ---- helpers ----------------------------------------------------------------
 
 
-class HostileService(Client):
+class HostileService(Component):
     """A room service on EVIL that the test drives by hand: an XEP-0114
     component that records what it receives (as jabber:client stanzas, so
     that P() matches) and never answers anything by itself."""
 
     def __init__(self, env):
-        Client.__init__(self, EVIL, EVIL_SECRET, env.component_port, name=EVIL)
-
-    async def connect(self, timeout=10):
-        self._changed = asyncio.Event()
-        x = slixmpp.ComponentXMPP(EVIL, EVIL_SECRET, "127.0.0.1", self.address[1])
-        self.xmpp = x
-        x.add_filter("in", self._record_component)
-        x.add_filter("in", lambda st: None if st.xml.tag.split("}")[-1]
-                     in ("message", "presence", "iq") else st)
-        started = asyncio.get_running_loop().create_future()
-        x.add_event_handler("session_start",
-                            lambda _: started.done() or started.set_result(True))
-        x.connect()
-        await asyncio.wait_for(started, timeout)
-        return self
-
-    def _record_component(self, stanza):
-        xml = copy.deepcopy(stanza.xml)
-        for e in xml.iter():
-            if isinstance(e.tag, str) and e.tag.startswith("{%s}" % NS_COMPONENT):
-                e.tag = "{jabber:client}" + e.tag.split("}", 1)[1]
-        self._record(types.SimpleNamespace(xml=xml))
-        return stanza
+        Component.__init__(self, env, EVIL, EVIL_SECRET)
 
 
 def ignore_iqs(client):

@@ -15,15 +15,11 @@ Prosody itself on 13.0; both are loaded as "cloud_notify".
 """
 
 import asyncio
-import copy
 import re
 import time
-import types
 from xml.sax.saxutils import escape, quoteattr
 
-import slixmpp
-
-from .clients import P, Client, join_room, create_room, config_form, NS_DATA
+from .clients import P, Component, join_room, create_room, config_form, NS_DATA
 from .prosody_env import SLOWDOWN, free_port
 from .test_operators import fetch_metrics
 from .test_persistence import wait_log
@@ -32,7 +28,6 @@ from .world import run
 ALICE = "alice@localhost"
 NS_PUSH = "urn:xmpp:push:0"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
-NS_COMPONENT = "jabber:component:accept"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 NS_BOOKMARKS = "urn:xmpp:bookmarks:1"
 NS_NOTIFY = "urn:xmpp:notification-settings:1"
@@ -44,37 +39,16 @@ PUSH_SECRET = "push-app-server-secret"
 
 # ---- the push app server -------------------------------------------------------
 
-class PushService(Client):
+class PushService(Component):
     """The app server of XEP-0357 (section 3): an XEP-0114 component on
     PUSH that answers every publish to a node with a result and records it
     (as a jabber:client stanza).  pushes(node) lists the summaries (the
     urn:xmpp:push:summary form's fields, as a dict) published to node."""
 
     def __init__(self, env):
-        Client.__init__(self, PUSH, PUSH_SECRET, env.component_port, name=PUSH)
+        Component.__init__(self, env, PUSH, PUSH_SECRET)
 
-    async def connect(self, timeout=10):
-        self._changed = asyncio.Event()
-        x = slixmpp.ComponentXMPP(PUSH, PUSH_SECRET, "127.0.0.1", self.address[1])
-        self.xmpp = x
-        x.add_filter("in", self._record_component)
-        x.add_filter("in", self._answer)
-        started = asyncio.get_running_loop().create_future()
-        x.add_event_handler("session_start",
-                            lambda _: started.done() or started.set_result(True))
-        x.connect()
-        await asyncio.wait_for(started, timeout)
-        return self
-
-    def _record_component(self, stanza):
-        xml = copy.deepcopy(stanza.xml)
-        for e in xml.iter():
-            if isinstance(e.tag, str) and e.tag.startswith("{%s}" % NS_COMPONENT):
-                e.tag = "{jabber:client}" + e.tag.split("}", 1)[1]
-        self._record(types.SimpleNamespace(xml=xml))
-        return stanza
-
-    def _answer(self, stanza):
+    def handle(self, stanza):
         xml = stanza.xml
         name = xml.tag.split("}")[-1]
         if name not in ("message", "presence", "iq"):
