@@ -8,7 +8,7 @@
 -- returns h.lib (the log library), h.store (the log's archive store),
 -- h.dm (util.datamanager, for counting rewrites), h.st (util.stanza),
 -- h.clock (real time), h.ROOM, h:now() / h:advance(seconds) on the
--- virtual clock, h:run_due(until_) and h:cleanup().  PROSODY_SRC
+-- virtual clock, h:run_due(until_) and h:finish(result, out_path).  PROSODY_SRC
 -- (/usr/lib/prosody) chooses the Prosody whose store is used.
 return function(lib_path)
 	local src = os.getenv("PROSODY_SRC") or "/usr/lib/prosody";
@@ -124,6 +124,16 @@ return function(lib_path)
 		return worst, total, stalls;
 	end
 
-	function h:cleanup() os.execute("rm -rf " .. dir); end
+	-- prints the result, saves it in out_path if given, and removes the
+	-- store's files
+	function h:finish(result, out_path)
+		print(result);
+		if out_path then
+			local out = assert(io.open(out_path, "w"));
+			out:write(result, "\n");
+			out:close();
+		end
+		os.execute("rm -rf " .. dir);
+	end
 	return h;
 end

@@ -42,10 +42,4 @@ for _ in store:find(ROOM, {}) do kept = kept + 1; end
 local result = string.format(
 	'{"lib": %q, "entries": %d, "messages": %d, "mean_write_ms": %.3f, "longest_pause_ms": %.1f, "stalls_50ms": %d, "kept": %d}',
 	lib_path, entries, messages, total / messages * 1000, worst * 1000, stalls, kept);
-print(result);
-if out_path then
-	local f = assert(io.open(out_path, "w"));
-	f:write(result, "\n");
-	f:close();
-end
-h:cleanup();
+h:finish(result, out_path);

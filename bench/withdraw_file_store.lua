@@ -67,10 +67,4 @@ end
 local result = string.format(
 	'{"lib": %q, "messages": %d, "withdrawals": %d, "longest_retraction_ms": %.1f, "longest_pause_ms": %.1f, "total_ms": %.1f, "rewrites": %d, "tombstones": %d}',
 	lib_path, messages, withdrawals, handling * 1000, worst * 1000, total * 1000, rewrites, tombstones);
-print(result);
-if out_path then
-	local f = assert(io.open(out_path, "w"));
-	f:write(result, "\n");
-	f:close();
-end
-h:cleanup();
+h:finish(result, out_path);
