@@ -600,6 +600,34 @@ def small_rooms(results):
     results["small"] = out
 
 
+def log_sessions(env):
+    """The sessions of the cases that read the room log: the sender (on
+    the plain domain), the account u0's first device, which only counts
+    what it gets, and its second one, back later, which is measured."""
+    return (Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s"),
+            Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d0"),
+            Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d1"))
+
+
+async def fill_log(sender, device, room):
+    """sender and device (of the account u0) connect and join room, then
+    sender says CU_LOG messages, paced by what device has received (50
+    ahead at most), and the log has its last writes."""
+    for s in (sender, device):
+        await s.connect()
+    await sender.join(room, "sender")
+    await device.join(room, "u0")
+    device.count(MARKER)
+    for n in range(CU_LOG):
+        sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
+                         "chat line often is." % n)
+        if n % 50 == 49:
+            deadline = time.monotonic() + 60
+            while device.counted < n + 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+    await asyncio.sleep(0.5)  # the log's last writes
+
+
 async def catchup(mode):
     """Server CPU for a later device's join (self-presence, catch-up,
     subject) asking for maxstanzas in CU_ASK, with CU_LOG messages said
@@ -608,24 +636,11 @@ async def catchup(mode):
     env = start_env(mode, 1)
     pid = env.proc.pid
     room = "catchup@%s" % env.muc_domain
-    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
-    first = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d0")
-    later = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d1")
+    sender, first, later = log_sessions(env)
     out = {"mode": mode, "log": CU_LOG, "joins": CU_JOINS, "asks": []}
     try:
-        for s in (sender, first, later):
-            await s.connect()
-        await sender.join(room, "sender")
-        await first.join(room, "u0")
-        first.count(MARKER)
-        for n in range(CU_LOG):
-            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
-                             "chat line often is." % n)
-            if n % 50 == 49:
-                deadline = time.monotonic() + 60
-                while first.counted < n + 1 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
-        await asyncio.sleep(0.5)  # the log's last writes
+        await later.connect()
+        await fill_log(sender, first, room)
         await settle(pid)
         for ask in CU_ASK:
             served, cpu = 0, 0.0
@@ -655,11 +670,7 @@ async def mam(mode):
     env = start_env(mode, 1)
     pid = env.proc.pid
     room = "mam@%s" % env.muc_domain
-    sender = Session("127.0.0.1", env.port, env.plain_domain, "sender", PASSWORD, "s")
-    device = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d0")
-    # the account's second device, back with no history, asks (the first
-    # one only counts what it gets)
-    later = Session("127.0.0.1", env.port, env.domain, "u0", PASSWORD, "d1")
+    sender, device, later = log_sessions(env)
     out = {"mode": mode, "log": CU_LOG, "queries": CU_JOINS, "pages": []}
 
     async def query(rsm):
@@ -675,19 +686,7 @@ async def mam(mode):
         return got, last
 
     try:
-        for s in (sender, device):
-            await s.connect()
-        await sender.join(room, "sender")
-        await device.join(room, "u0")
-        device.count(MARKER)
-        for n in range(CU_LOG):
-            sender.groupchat(room, "BMK-%d: a message of the benchmark, as long as a "
-                             "chat line often is." % n)
-            if n % 50 == 49:
-                deadline = time.monotonic() + 60
-                while device.counted < n + 1 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
-        await asyncio.sleep(0.5)  # the log's last writes
+        await fill_log(sender, device, room)
         await later.connect()
         await later.join(room, "u0", maxstanzas=0)
         # the module learns that the room keeps no archive; an id mid-log
