@@ -29,7 +29,6 @@ What is proven:
 import asyncio
 import re
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -38,13 +37,13 @@ from .clients import P, join_room, create_room, NS_SID
 from .prosody_env import free_port
 from .storages import archive_entries
 from .test_catchup import restart
+from .test_operators import fetch_metrics, openmetrics_options
 from .world import run
 
 ALICE = "alice@localhost"
 BOB = "bob@localhost"
 MUC_MAM = {"modules_enabled": ["e2e_spy", "muc_mam"]}
 PERSISTENT = {"muc#roomconfig_persistentroom": True}
-METRIC = "prosody_mod_minimix__"
 NS_MAM = "urn:xmpp:mam:2"
 NS_FORWARD = "urn:xmpp:forward:0"
 
@@ -251,17 +250,6 @@ def test_each_room_keeps_its_latest_entries(prosody_factory, storage):
 
 # ---- 4. storage faults ---------------------------------------------------------------------
 
-def fetch_counter(port, name, **labels):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
-        text = r.read().decode()
-    labels.setdefault("host", "localhost")
-    for line in text.splitlines():
-        m = re.match(r'^%s%s\{(.*)\}\s+(\S+)' % (re.escape(METRIC), re.escape(name)), line)
-        if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))) == labels:
-            return float(m.group(2))
-    return 0.0
-
-
 def test_postgresql_outage_loses_no_delivery_and_the_log_resumes(prosody_factory,
                                                                  postgres_server):
     """The room log on PostgreSQL (every other store on files): the server
@@ -275,12 +263,7 @@ def test_postgresql_outage_loses_no_delivery_and_the_log_resumes(prosody_factory
     env = make_env(prosody_factory, storage, global_options={
         "storage": {"accounts": "internal", "minimix_log": "sql"},
         "default_storage": "internal",
-        "modules_enabled": ["http_openmetrics"],
-        "statistics": "internal",
-        "statistics_interval": "manual",
-        "http_ports": [http_port],
-        "http_interfaces": ["127.0.0.1"],
-        "openmetrics_allow_cidr": "127.0.0.0/8",
+        **openmetrics_options(http_port),
     })
     env.allowed_errors = [r" localhost:minimix\terror\tCannot write to the room log",
                           r" sql\terror\t", r"storage_sql\terror\t"]
@@ -301,8 +284,8 @@ def test_postgresql_outage_loses_no_delivery_and_the_log_resumes(prosody_factory
                 await asyncio.sleep(0.2)
             # a second failed attempt (the retry): still one error line
             deadline = time.monotonic() + 20
-            while await loop.run_in_executor(None, lambda: fetch_counter(
-                    http_port, "log_write_failures_total", store="log")) < 2:
+            while (await fetch_metrics(http_port)).get(
+                    "log_write_failures_total", 0.0, store="log") < 2:
                 assert time.monotonic() < deadline, env.tail(30)
                 await asyncio.sleep(0.2)
         finally:

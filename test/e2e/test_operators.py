@@ -153,6 +153,20 @@ class Metrics:
         return "\n".join(ln for ln in self.text.splitlines() if METRIC in ln)
 
 
+def openmetrics_options(http_port):
+    """Global options that serve /metrics (mod_http_openmetrics) on
+    127.0.0.1:http_port from Prosody's internal statistics, gathered when
+    read, so fetch_metrics sees every count made before it."""
+    return {
+        "modules_enabled": ["http_openmetrics"],
+        "statistics": "internal",
+        "statistics_interval": "manual",
+        "http_ports": [http_port],
+        "http_interfaces": ["127.0.0.1"],
+        "openmetrics_allow_cidr": "127.0.0.0/8",
+    }
+
+
 async def fetch_metrics(port):
     def get():
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
@@ -348,14 +362,7 @@ def test_openmetrics_reflect_joins_forks_and_leaves(prosody_factory):
     accounts, memberships and sessions; a leave and a kick count "left" and
     "removed"; nothing bounced."""
     http_port = free_port()
-    env = prosody_factory(global_options={
-        "modules_enabled": ["http_openmetrics"],
-        "statistics": "internal",
-        "statistics_interval": "manual",
-        "http_ports": [http_port],
-        "http_interfaces": ["127.0.0.1"],
-        "openmetrics_allow_cidr": "127.0.0.0/8",
-    })
+    env = prosody_factory(global_options=openmetrics_options(http_port))
 
     async def scenario(w):
         room = w.room("metrics")
