@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from .clients import P, Component, join_room, create_room, config_form, NS_DATA
 from .prosody_env import SLOWDOWN, free_port
-from .test_operators import fetch_metrics
+from .test_operators import fetch_metrics, openmetrics_options
 from .test_persistence import wait_log
 from .world import run
 
@@ -142,6 +142,23 @@ async def private_room(w, bob, name):
     return room
 
 
+async def push_room(w, env, name, private=False):
+    """The scene of most tests: the app server started, bob at his desk
+    and the room he made (public, or private with alice a member).
+    Returns (service, bob, room)."""
+    service = await PushService(env).connect()
+    bob = await w.connect("bob", "desk")
+    room = await (private_room if private else public_room)(w, bob, name)
+    return service, bob, room
+
+
+async def laptop_in(w, room):
+    """alice's laptop connects and joins room (no push of its own)."""
+    l = await w.connect("alice", "laptop")
+    await join_room(l, room, "alice")
+    return l
+
+
 async def phone_away(w, env, room, node, nick="alice"):
     """alice's phone enables push at node, joins room and goes away: the
     account stays in the room."""
@@ -192,9 +209,7 @@ def test_public_room_pushes_a_mention_and_not_the_messages_around_it(prosody_fac
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-public")
+        service, bob, room = await push_room(w, env, "push-public")
         await phone_away(w, env, room, "phone-1")
         m = service.mark()
         say(bob, room, "just chatting")
@@ -216,9 +231,7 @@ def test_private_room_pushes_every_message(prosody_factory):
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await private_room(w, bob, "push-private")
+        service, bob, room = await push_room(w, env, "push-private", private=True)
         await phone_away(w, env, room, "phone-1")
         m = service.mark()
         for body in ("one", "two", "three"):
@@ -239,11 +252,8 @@ def test_bookmark_always_and_never_apply_to_the_next_message(prosody_factory):
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-bookmark")
-        l = await w.connect("alice", "laptop")
-        await join_room(l, room, "alice")
+        service, bob, room = await push_room(w, env, "push-bookmark")
+        l = await laptop_in(w, room)
         await phone_away(w, env, room, "phone-1")
 
         async def said(body):
@@ -281,11 +291,8 @@ def test_reference_and_reply_are_mentions_and_a_nick_inside_a_word_is_not(prosod
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-mention")
-        l = await w.connect("alice", "laptop")
-        await join_room(l, room, "alice")
+        service, bob, room = await push_room(w, env, "push-mention")
+        l = await laptop_in(w, room)
         await phone_away(w, env, room, "phone-1")
         ml = bob.mark()
         say(l, room, "a message of alice's", extra="")
@@ -318,9 +325,7 @@ def test_connected_device_gets_no_push(prosody_factory):
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-connected")
+        service, bob, room = await push_room(w, env, "push-connected")
         l = await w.connect("alice", "laptop")
         await enable_push(l, "laptop-1")
         await join_room(l, room, "alice")
@@ -347,9 +352,7 @@ def test_hibernating_device_gets_one_push_per_message_its_setting_allows(prosody
     env = push_env(prosody_factory, smacks_hibernation_time=120, debug=True)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-hibernating")
+        service, bob, room = await push_room(w, env, "push-hibernating")
         p = await w.connect("alice", "phone", presence=False)
         await p.enable_sm(resume=True)
         p.send("<presence/>")
@@ -381,9 +384,7 @@ def test_burst_in_an_always_room_gives_one_push_with_the_count(prosody_factory):
     env = push_env(prosody_factory, host_options={"minimix_push_window": 5 * SLOWDOWN})
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await private_room(w, bob, "push-burst")
+        service, bob, room = await push_room(w, env, "push-burst", private=True)
         await phone_away(w, env, room, "phone-1")
         m = service.mark()
         for i in range(1, 5):
@@ -406,11 +407,8 @@ def test_no_push_for_own_messages_subjects_or_presence(prosody_factory):
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await private_room(w, bob, "push-own")
-        l = await w.connect("alice", "laptop")
-        await join_room(l, room, "alice")
+        service, bob, room = await push_room(w, env, "push-own", private=True)
+        l = await laptop_in(w, room)
         await phone_away(w, env, room, "phone-1")
         m, mb = service.mark(), bob.mark()
         say(l, room, "alice says something")
@@ -467,9 +465,7 @@ def test_history_of_a_join_is_not_pushed(prosody_factory):
     env = push_env(prosody_factory)
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await private_room(w, bob, "push-history")
+        service, bob, room = await push_room(w, env, "push-history", private=True)
         say(bob, room, "old one")
         say(bob, room, "old two")
         p = await w.connect("alice", "phone")
@@ -490,19 +486,10 @@ def test_operators_see_pushes_sent_and_held_back(prosody_factory):
     {outcome="held"} (held back by the room's setting), and the debug log
     names each decision with the room and the reason."""
     http_port = free_port()
-    env = push_env(prosody_factory, debug=True, global_options={
-        "modules_enabled": ["http_openmetrics"],
-        "statistics": "internal",
-        "statistics_interval": "manual",
-        "http_ports": [http_port],
-        "http_interfaces": ["127.0.0.1"],
-        "openmetrics_allow_cidr": "127.0.0.0/8",
-    })
+    env = push_env(prosody_factory, debug=True, global_options=openmetrics_options(http_port))
 
     async def scenario(w):
-        service = await PushService(env).connect()
-        bob = await w.connect("bob", "desk")
-        room = await public_room(w, bob, "push-metrics")
+        service, bob, room = await push_room(w, env, "push-metrics")
         await phone_away(w, env, room, "phone-1")
         m = service.mark()
         say(bob, room, "plain")
