@@ -625,6 +625,9 @@ local function incoming_message(event)
 	-- a page of a room's archive the backfill asked for
 	if backfill.takes(stanza) then return true; end
 	local account = stanza.attr.to;
+	-- in a room without an archive, the module's stanza-id (minimix_mam.lib.lua)
+	stanza = mam.stamp(stanza, account);
+	event.stanza = stanza;
 	local room, nick, m;
 	if stanza == read.stanza and send.shared_unchanged(stanza) then
 		room, nick, m = read.room, read.nick, read.m;

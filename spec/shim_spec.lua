@@ -79,11 +79,17 @@ describe("mod_minimix shim", function()
 			end
 		end;
 		assert.is_true(fire(env, "pre-presence/full", P, join("j1")));
-		assert.equal(1, #env.sent);
+		assert.equal(2, #env.sent);
 		assert.equal("alice@localhost", env.sent[1].attr.from);
 		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
 		assert.equal("j1", env.sent[1].attr.id);
 		assert.truthy(env.sent[1]:get_child("x", MUC));
+		-- once in, the account asks whether the room keeps an archive
+		-- (minimix_mam.lib.lua stamps ids in a room without one)
+		assert.equal("iq", env.sent[2].name);
+		assert.equal("alice@localhost", env.sent[2].attr.from);
+		assert.equal("room@muc.example", env.sent[2].attr.to);
+		assert.truthy(env.sent[2]:get_child("query", "http://jabber.org/protocol/disco#info"));
 		assert.equal(1, #P.got);
 		assert.equal("alice@localhost/phone", P.got[1].attr.to);
 		assert.equal("j1", P.got[1].attr.id);
@@ -773,10 +779,11 @@ describe("mod_minimix shim", function()
 		end
 
 		it("are the core's: one repeating timer, none per action", function()
-			local timers = delayed(env);
 			local tick = tick_timer(env);
 			fire(env, "pre-presence/full", P, join("j1"));
 			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- (after the module's disco#info query of the room, which has its own)
+			local timers = delayed(env);
 			-- a shutdown: the re-join waits 5 s
 			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
 			assert.equal(timers, delayed(env), "no timer of its own for the re-join");
