@@ -866,7 +866,9 @@ end
 -- (stanza-ids and digests share the cache: a digest is "#" and 40 hex digits)
 local function seen(r, kind, key)
 	if kind == "subject" then return r.subject == key; end
-	return r.ids:get(key) ~= nil;
+	-- (or a copy the module did not stamp of one it stamped: a re-join's
+	-- history that came before the room's disco#info answer)
+	return r.ids:get(key) ~= nil or kind == "digest" and r.stamped:get(key) ~= nil;
 end
 
 local function remember(r, kind, key)

@@ -46,6 +46,7 @@ local lib = {};
 
 -- Without the answers, the room's messages pass as they came.
 function lib.stamp(stanza) return stanza; end
+function lib.joining() end
 
 -- The form fields a query may hold (before-id, after-id and ids are
 -- XEP-0313's extended ones, which the answers offer).
@@ -529,10 +530,15 @@ function lib.init(mm)
 			return last.stamped;
 		end
 		local room = stanza.attr.from and jid_split(stanza.attr.from) and jid_bare(stanza.attr.from);
-		if not room or archived:get(room) ~= false or stanza:get_child("body") == nil
-			or not mm.core:member(account, room) then
+		if not room or stanza:get_child("body") == nil or not mm.core:member(account, room) then
 			return stanza;
 		end
+		if archived:get(room) == nil then
+			-- not known (a reload, an answer that never came): asked now; a
+			-- local room answers before module:send returns
+			ask_room(account, room);
+		end
+		if archived:get(room) ~= false then return stanza; end
 		local stamped = st.clone(stanza);
 		stamped:maptags(function(tag)
 			if tag.name == "stanza-id" and tag.attr.xmlns == xmlns_sid and tag.attr.by == room then
@@ -549,6 +555,13 @@ function lib.init(mm)
 		last.stanza, last.room, last.from, last.id, last.tags, last.stamped = stanza, room,
 			stanza.attr.from, stanza.attr.id, #stanza.tags, stamped;
 		return stamped;
+	end
+
+	-- The account joins a room (or joins it again): unless known, the
+	-- room is asked first, on the same way as the join, so that its
+	-- answer comes before the room's first message.
+	function lib.joining(account, room)
+		if archived:get(room) == nil then ask_room(account, room); end
 	end
 
 	lib.archived = archived;

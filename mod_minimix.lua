@@ -310,6 +310,9 @@ local function account_join(account, room, a)
 end
 
 function act.send_join(ctx, a, account, room)
+	-- whether the room keeps an archive, asked ahead of the join so that
+	-- the answer comes before the room's first message (minimix_mam.lib.lua)
+	mam.joining(account, room);
 	if a.from_request then
 		forward_join(ctx.stanza, account, a.password);
 	else

@@ -79,17 +79,17 @@ describe("mod_minimix shim", function()
 			end
 		end;
 		assert.is_true(fire(env, "pre-presence/full", P, join("j1")));
-		assert.equal(2, #env.sent);
+		assert.equal(1, #env.sent);
 		assert.equal("alice@localhost", env.sent[1].attr.from);
 		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
 		assert.equal("j1", env.sent[1].attr.id);
 		assert.truthy(env.sent[1]:get_child("x", MUC));
-		-- once in, the account asks whether the room keeps an archive
+		-- the account asks whether the room keeps an archive, once
 		-- (minimix_mam.lib.lua stamps ids in a room without one)
-		assert.equal("iq", env.sent[2].name);
-		assert.equal("alice@localhost", env.sent[2].attr.from);
-		assert.equal("room@muc.example", env.sent[2].attr.to);
-		assert.truthy(env.sent[2]:get_child("query", "http://jabber.org/protocol/disco#info"));
+		assert.equal(1, #env.asked);
+		assert.equal("alice@localhost", env.asked[1].attr.from);
+		assert.equal("room@muc.example", env.asked[1].attr.to);
+		assert.truthy(env.asked[1]:get_child("query", "http://jabber.org/protocol/disco#info"));
 		assert.equal(1, #P.got);
 		assert.equal("alice@localhost/phone", P.got[1].attr.to);
 		assert.equal("j1", P.got[1].attr.id);

@@ -494,3 +494,45 @@ def test_copies_of_a_remote_room_message_get_one_id(federation):
         assert [(b, i) for i, b, _, _ in results] == [
             ("far one", ids["far one"]), ("far two", ids["far two"])], (answer, results)
     run_federation(fed, scenario)
+
+
+def test_ids_survive_a_restart_of_the_account_server(federation):
+    """The account's server restarts while its account stays in a room
+    on conference.b.test (no muc_mam) that keeps a history: the account
+    joins again and the room replays "h1" and "h2", which the log holds
+    already, with the ids the module stamped live.  Whether the replay
+    comes before or after the room's disco#info answer, the log keeps each
+    message once, and MAM gives them with the ids they had live."""
+    fed = federation
+
+    async def scenario(w):
+        room = w.room("restart-ids")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone",
+                          config={"muc#roomconfig_persistentroom": True})
+        p = await w.connect("alice", "phone")
+        await join_room(p, room, "alice")
+        await say(bob, room, [p], ["h1", "h2"])
+        ids = {}
+        for text in ("h1", "h2"):
+            sids = room_sids(p.matching(P(name="message", frm=room + "/bob", body=text))[0], room)
+            assert len(sids) == 1, sids
+            ids[text] = sids[0]
+        await p.disconnect()
+        mb = bob.mark()
+        fed.account.restart()
+        # the account is back in: the room replayed its history to it
+        await bob.wait_for(P(name="presence", frm=room + "/alice", fn=lambda s: s.type is None),
+                           since=mb, timeout=30, what="alice's account back in the room")
+        await say(bob, room, [], ["h3"])
+        deadline = time.monotonic() + 20
+        while "h3" not in [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                              host=ACCOUNT_DOMAIN)]:
+            assert time.monotonic() < deadline, "the room log never held h3"
+            await asyncio.sleep(0.2)
+        p = await w.connect("alice", "phone")
+        await join_room(p, room, "alice", history={"maxchars": 0})
+        answer, results = await query(p, room)
+        assert bodies(results) == ["h1", "h2", "h3"] and fin_of(answer)[0], (answer, results)
+        assert [i for i, _, _, _ in results[:2]] == [ids["h1"], ids["h2"]], (results, ids)
+    run_federation(fed, scenario)
