@@ -384,7 +384,8 @@ def test_the_module_stamps_ids_in_a_room_without_an_archive(prosody_factory, sto
     replaced.  The phone goes away, three messages are said, it comes
     back with maxchars='0': a query after-id the last live stanza-id gives
     exactly the three missed, and one from the join gives the live ones
-    with the ids they had live.  On the internal store, SQLite and
+    with the ids they had live; a new device's catch-up carries the same
+    ids.  On the internal store, SQLite and
     PostgreSQL (where the id is the log's key)."""
     env = make_env(prosody_factory, storage)
 
@@ -436,6 +437,11 @@ def test_the_module_stamps_ids_in_a_room_without_an_archive(prosody_factory, sto
         for i, b, _, _ in results[2:]:
             got = laptop.matching(P(name="message", frm=room + "/carol", body=b))
             assert [room_sids(s, room) for s in got] == [[i]], (got, i)
+        # a device's catch-up carries them too
+        tablet = await w.connect("alice", "tablet")
+        _, got = await join_room(tablet, room, "alice")
+        caught = [(s.body, room_sids(s, room)) for s in got if s.name == "message" and s.body]
+        assert caught == [(b, [i]) for i, b, _, _ in results], (caught, results)
     run(env, scenario, timeout=120)
 
 
