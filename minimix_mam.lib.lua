@@ -530,15 +530,22 @@ function lib.init(mm)
 			return last.stamped;
 		end
 		local room = stanza.attr.from and jid_split(stanza.attr.from) and jid_bare(stanza.attr.from);
-		if not room or stanza:get_child("body") == nil or not mm.core:member(account, room) then
-			return stanza;
-		end
+		if not room or not mm.core:member(account, room) then return stanza; end
 		if archived:get(room) == nil then
 			-- not known (a reload, an answer that never came): asked now; a
 			-- local room answers before module:send returns
 			ask_room(account, room);
 		end
 		if archived:get(room) ~= false then return stanza; end
+		local body = stanza:get_child("body") ~= nil;
+		if not body then
+			-- (no message: nothing stamped, only a false claim taken away)
+			local claims = false;
+			for sid in stanza:childtags("stanza-id", xmlns_sid) do
+				if sid.attr.by == room then claims = true; end
+			end
+			if not claims then return stanza; end
+		end
 		local stamped = st.clone(stanza);
 		stamped:maptags(function(tag)
 			if tag.name == "stanza-id" and tag.attr.xmlns == xmlns_sid and tag.attr.by == room then
@@ -550,8 +557,10 @@ function lib.init(mm)
 		for delay in stamped:childtags("delay", xmlns_delay) do
 			if delay.attr.from == room then delayed = true; end
 		end
-		stamped:tag("stanza-id", { xmlns = xmlns_sid, by = room,
-			id = roomlog.stamp_id(room, stamped, delayed) }):up();
+		if body then
+			stamped:tag("stanza-id", { xmlns = xmlns_sid, by = room,
+				id = roomlog.stamp_id(room, stamped, delayed) }):up();
+		end
 		last.stanza, last.room, last.from, last.id, last.tags, last.stamped = stanza, room,
 			stanza.attr.from, stanza.attr.id, #stanza.tags, stamped;
 		return stamped;

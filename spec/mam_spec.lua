@@ -365,6 +365,9 @@ describe("MAM from the room log", function()
 			local subject = st.message({ from = ROOM .. "/carol", to = ACCOUNT, type = "groupchat" })
 				:text_tag("subject", "Lunch");
 			assert.equal(subject, env.lib.stamp(subject, ACCOUNT));
+			-- one that claims an id of the room's loses it all the same
+			subject:tag("stanza-id", { xmlns = SID, by = ROOM, id = "spoofed" }):up();
+			assert.same({}, sids(env.lib.stamp(subject, ACCOUNT)));
 		end);
 
 		it("asks the room first when the account joins, once", function()
