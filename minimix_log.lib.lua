@@ -16,6 +16,7 @@ local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
 local sha256 = require "util.hashes".sha256;
 local datetime = require "util.datetime";
+local new_uuid = require "util.uuid".generate;
 local logsql = module:require("minimix_logsql");
 
 local xmlns_sid = "urn:xmpp:sid:0";
@@ -718,6 +719,15 @@ local function dedupe_key(stanza, room)
 		stanza:get_child_text("body") or "" }, "\0"), true);
 end
 
+-- The digest of a message whatever stanza-id it carries: what tells the
+-- copies of one message apart in a room that stamps none, where the
+-- module stamps its own (minimix_mam.lib.lua).
+local function digest_of(stanza, room)
+	return "#" .. sha1(table.concat({ stanza.attr.from or "",
+		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
+		stanza:get_child_text("body") or "" }, "\0"), true);
+end
+
 local log_store = enabled and module:open_store("minimix_log", "archive");
 
 -- On mod_storage_sql, a pass's writes in one transaction (nil elsewhere).
@@ -805,7 +815,9 @@ local rooms = new_cache(ROOMS);
 local function room_state(room)
 	local r = rooms:get(room);
 	if not r then
-		r = { ids = new_cache(IDS_PER_ROOM), subject = nil, primed = false };
+		r = { ids = new_cache(IDS_PER_ROOM), subject = nil, primed = false,
+			-- the ids the module stamped, by the message's digest
+			stamped = new_cache(IDS_PER_ROOM) };
 		rooms:set(room, r);
 	end
 	return r;
@@ -826,6 +838,12 @@ local function prime(room, r)
 			local kind, k = dedupe_key(item, room);
 			if kind == "sid" and not keyed then
 				sid_keys:set(room .. "\0" .. k, { key = store_key, who = identity(item) });
+			end
+			if kind == "sid" then
+				-- (the id the module may have stamped on it, found again
+				-- for a copy that comes without)
+				local d = digest_of(item, room);
+				if r.stamped:get(d) == nil then r.stamped:set(d, k); end
 			end
 			if kind == "subject" then
 				subject = subject or k;
@@ -849,7 +867,9 @@ end
 -- (stanza-ids and digests share the cache: a digest is "#" and 40 hex digits)
 local function seen(r, kind, key)
 	if kind == "subject" then return r.subject == key; end
-	return r.ids:get(key) ~= nil;
+	-- (or a copy the module did not stamp of one it stamped: a re-join's
+	-- history that came before the room's disco#info answer)
+	return r.ids:get(key) ~= nil or kind == "digest" and r.stamped:get(key) ~= nil;
 end
 
 local function remember(r, kind, key)
@@ -959,6 +979,26 @@ function lib.message(...)
 		errors_logged = errors_logged + 1;
 		module:log("error", "The room log could not take a message: %s", tostring(err));
 	end
+end
+
+-- The stanza-id the module stamps on a message of a room that keeps no
+-- archive (minimix_mam.lib.lua), the message without any stanza-id by the
+-- room: the id its first copy got (another local account's, a remote
+-- room's copy to another account, a re-join's history of it), else a new
+-- uuid, remembered with the message's digest.
+function lib.stamp_id(room, stanza, delayed)
+	local r = room_state(room);
+	local d = digest_of(stanza, room);
+	local id = r.stamped:get(d);
+	if id == nil and delayed and not r.primed then
+		prime(room, r);
+		id = r.stamped:get(d);
+	end
+	if id == nil then
+		id = new_uuid();
+		r.stamped:set(d, id);
+	end
+	return id;
 end
 
 -- Write what waits, now (shutdown).

@@ -13,6 +13,7 @@ local new_cache = require "util.cache".new;
 local datetime = require "util.datetime";
 local jid_split = require "util.jid".split;
 local jid_prep = require "util.jid".prep;
+local jid_bare = require "util.jid".bare;
 local rsm = require "util.rsm";
 local new_id = require "util.id".medium;
 local now = require "util.time".now;
@@ -42,6 +43,10 @@ local REFRESH_CODES = { ["104"] = true, ["170"] = true, ["171"] = true, ["172"] 
 	["173"] = true, ["174"] = true };
 
 local lib = {};
+
+-- Without the answers, the room's messages pass as they came.
+function lib.stamp(stanza) return stanza; end
+function lib.joining() end
 
 -- The form fields a query may hold (before-id, after-id and ids are
 -- XEP-0313's extended ones, which the answers offer).
@@ -346,14 +351,18 @@ function lib.init(mm)
 		end
 	end
 
+	-- rooms being asked (room -> true), so that each is asked once at a time
+	local asking = {};
 	local function ask_room(account, room)
+		if asking[room] then return; end
+		asking[room] = true;
 		local id = "minimix-mam-" .. new_id();
 		module:log("debug", "Asking %s whether it keeps an archive", room);
 		asked[id] = room;
 		module:send(st.iq({ type = "get", from = account, to = room, id = id }):query(xmlns_disco_info));
 		module:add_timer(DISCO_TIMEOUT, function()
 			if asked[id] then
-				asked[id] = nil;
+				asked[id], asking[room] = nil, nil;
 				module:log("debug", "%s did not say whether it keeps an archive", room);
 				release(room);
 			end
@@ -425,7 +434,7 @@ function lib.init(mm)
 		local query = disco_query(stanza);
 		local id = stanza.attr.id;
 		if id and asked[id] == room then
-			asked[id] = nil;
+			asked[id], asking[room] = nil, nil;
 			if t == "result" and query then learn(room, query); end
 			release(room);
 			return true;
@@ -479,21 +488,90 @@ function lib.init(mm)
 		end
 	end, 0.6);
 
-	-- What the room offers may have changed: ask again next time.
+	-- What the room offers may have changed: asked again (the module
+	-- stamps ids in a room without an archive, and must know that before
+	-- its next message).  The account's join is complete (110): asked, if
+	-- unknown, before the room's first message.
 	local function refresh(event)
 		local stanza = event.stanza;
 		local x = stanza:get_child("x", xmlns_muc_user);
 		local room = x and stanza.attr.from and split_room((stanza.attr.from:gsub("/.*$", "")));
 		if not room then return; end
+		local account = stanza.attr.to and jid_prep(stanza.attr.to);
+		local ask = false;
 		for status in x:childtags("status") do
 			if REFRESH_CODES[status.attr.code] then
 				archived:set(room, nil);
-				return;
+				ask = true;
+			elseif status.attr.code == "110" and stanza.name == "presence"
+				and stanza.attr.type == nil and archived:get(room) == nil then
+				ask = true;
 			end
 		end
+		if ask and account and mm.core:member(account, room) then ask_room(account, room); end
 	end
 	module:hook("message/bare", refresh, 11);
 	module:hook("presence/bare", refresh, 11);
+
+	-- Rooms that keep no archive: the module stamps its own stanza-id by
+	-- the room on each message with a body (XEP-0359), the id the log
+	-- keeps it under and the MAM answers give, so that a client matches
+	-- what it got live with what it pages through later; one that an
+	-- occupant put in claiming to be the room's goes first (XEP-0359 §5).
+	-- A local room hands one object to each of its occupants: a copy is
+	-- stamped, once for all the local accounts.
+	local last = { stanza = nil, room = nil, from = nil, id = nil, tags = 0, stamped = nil };
+	function lib.stamp(stanza, account)
+		if stanza.name ~= "message" or stanza.attr.type ~= "groupchat" or not account then return stanza; end
+		if stanza == last.stanza and stanza.attr.from == last.from and stanza.attr.id == last.id
+			and #stanza.tags == last.tags then
+			if not mm.core:member(account, last.room) then return stanza; end
+			last.stamped.attr.to = stanza.attr.to;
+			return last.stamped;
+		end
+		local room = stanza.attr.from and jid_split(stanza.attr.from) and jid_bare(stanza.attr.from);
+		if not room or not mm.core:member(account, room) then return stanza; end
+		if archived:get(room) == nil then
+			-- not known (a reload, an answer that never came): asked now; a
+			-- local room answers before module:send returns
+			ask_room(account, room);
+		end
+		if archived:get(room) ~= false then return stanza; end
+		local body = stanza:get_child("body") ~= nil;
+		if not body then
+			-- (no message: nothing stamped, only a false claim taken away)
+			local claims = false;
+			for sid in stanza:childtags("stanza-id", xmlns_sid) do
+				if sid.attr.by == room then claims = true; end
+			end
+			if not claims then return stanza; end
+		end
+		local stamped = st.clone(stanza);
+		stamped:maptags(function(tag)
+			if tag.name == "stanza-id" and tag.attr.xmlns == xmlns_sid and tag.attr.by == room then
+				return nil;
+			end
+			return tag;
+		end);
+		local delayed = false;
+		for delay in stamped:childtags("delay", xmlns_delay) do
+			if delay.attr.from == room then delayed = true; end
+		end
+		if body then
+			stamped:tag("stanza-id", { xmlns = xmlns_sid, by = room,
+				id = roomlog.stamp_id(room, stamped, delayed) }):up();
+		end
+		last.stanza, last.room, last.from, last.id, last.tags, last.stamped = stanza, room,
+			stanza.attr.from, stanza.attr.id, #stanza.tags, stamped;
+		return stamped;
+	end
+
+	-- The account joins a room (or joins it again): unless known, the
+	-- room is asked first, on the same way as the join, so that its
+	-- answer comes before the room's first message.
+	function lib.joining(account, room)
+		if archived:get(room) == nil then ask_room(account, room); end
+	end
 
 	lib.archived = archived;
 	return lib;

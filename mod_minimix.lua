@@ -313,6 +313,9 @@ local function account_join(account, room, a)
 end
 
 function act.send_join(ctx, a, account, room)
+	-- whether the room keeps an archive, asked ahead of the join so that
+	-- the answer comes before the room's first message (minimix_mam.lib.lua)
+	mam.joining(account, room);
 	if a.from_request then
 		forward_join(ctx.stanza, account, a.password);
 	else
@@ -628,6 +631,9 @@ local function incoming_message(event)
 	-- a page of a room's archive the backfill asked for
 	if backfill.takes(stanza) then return true; end
 	local account = stanza.attr.to;
+	-- in a room without an archive, the module's stanza-id (minimix_mam.lib.lua)
+	stanza = mam.stamp(stanza, account);
+	event.stanza = stanza;
 	local room, nick, m;
 	if stanza == read.stanza and send.shared_unchanged(stanza) then
 		room, nick, m = read.room, read.nick, read.m;

@@ -118,6 +118,66 @@ describe("room log", function()
 		assert.same({ "one", "two", "subject:Lunch", "three", "four" }, logged(reopened));
 	end);
 
+	describe("ids the module stamps in a room without an archive", function()
+		-- what minimix_mam.lib.lua does with a message: its stanza-id
+		local function stamp(env, stanza, delayed)
+			local id = env.lib.stamp_id(ROOM, stanza, delayed);
+			stanza:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = ROOM, id = id }):up();
+			return id;
+		end
+
+		it("gives each message a new uuid, and its other copies the same", function()
+			local env = load_log();
+			local one = stamp(env, msg("dan", "one", nil, { id = "m1" }));
+			local two = stamp(env, msg("dan", "two", nil, { id = "m2" }));
+			assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", one);
+			assert.equal(36, #one);
+			assert.not_equal(one, two);
+			-- another account's copy (a remote room sends one each), and a
+			-- re-join's history of it (delayed, same sender, id and body)
+			assert.equal(one, stamp(env, msg("dan", "one", nil, { id = "m1", to = "bob@localhost" })));
+			assert.equal(one, stamp(env, msg("dan", "one", nil, { id = "m1", stamp = "2023-11-14T22:13:20Z" }), true));
+			-- the same words from another, or with another id: another message
+			assert.not_equal(one, stamp(env, msg("erin", "one", nil, { id = "m1" })));
+			assert.not_equal(one, stamp(env, msg("dan", "one", nil, { id = "m3" })));
+		end);
+
+		it("keeps the message under its id, once however many copies come", function()
+			local env = load_log({}, "sql");
+			for _, account in ipairs({ "alice@localhost", "bob@localhost" }) do
+				local m = msg("dan", "one", nil, { id = "m1", to = account });
+				stamp(env, m);
+				deliver(env, account, m);
+			end
+			advance(env, 1);
+			assert.same({ "one" }, logged(env));
+			local it = env.stores.minimix_log.items[1];
+			assert.equal(it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id, it.key);
+		end);
+
+		it("after a restart, finds the ids again for a re-join's history, stamped or not", function()
+			local env = load_log();
+			local m1, m2 = msg("dan", "one", nil, { id = "m1" }), msg("dan", "two", nil, { id = "m2" });
+			local id1, id2 = stamp(env, m1), stamp(env, m2);
+			deliver(env, "alice@localhost", m1);
+			deliver(env, "alice@localhost", m2);
+			advance(env, 1);
+			local reopened = load_log();
+			reopened.stores.minimix_log.items = env.stores.minimix_log.items;
+			local h1 = msg("dan", "one", nil, { id = "m1", stamp = "2023-11-14T22:13:20Z" });
+			assert.equal(id1, stamp(reopened, h1, true));
+			deliver(reopened, "alice@localhost", h1, true);
+			-- not stamped: it came before the room's disco#info answer
+			deliver(reopened, "alice@localhost", msg("dan", "two", nil, { id = "m2", stamp = "2023-11-14T22:13:20Z" }), true);
+			local m3 = msg("dan", "three", nil, { id = "m3" });
+			local id3 = stamp(reopened, m3);
+			deliver(reopened, "alice@localhost", m3);
+			advance(reopened, 1);
+			assert.same({ "one", "two", "three" }, logged(reopened));
+			assert.is_true(id3 ~= id1 and id3 ~= id2);
+		end);
+	end);
+
 	it("logs a subject with a body or a thread as a message, not as a subject change", function()
 		-- XEP-0045 §8.1: only a <subject/> without <body/> and <thread/>
 		-- changes the subject; the same subject on three messages is no repeat

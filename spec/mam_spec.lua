@@ -53,6 +53,14 @@ local function fake_log(entries)
 	end
 	function log.parse_stamp(text) return require "util.datetime".parse(text); end
 	function log.bounded_id(id) return id; end
+	-- the ids handed out, by body (the real log tells copies apart by digest)
+	log.stamped = {};
+	function log.stamp_id(room, stanza)
+		assert(room == ROOM);
+		local body = stanza:get_child_text("body");
+		log.stamped[body] = log.stamped[body] or ("id-" .. body);
+		return log.stamped[body];
+	end
 	return log;
 end
 
@@ -308,6 +316,74 @@ describe("MAM from the room log", function()
 		-- now known: answered here
 		assert.is_true(fire(env, "pre-iq/bare", { origin = s, stanza = env.posted[1][2] }));
 		assert.same({ "one", "two", "three" }, (answered(s)));
+	end);
+
+	describe("stamps its own stanza-ids", function()
+		local SID = "urn:xmpp:sid:0";
+		local function said(body, spoof)
+			local m = st.message({ from = ROOM .. "/carol", to = ACCOUNT, type = "groupchat", id = "x" })
+				:text_tag("body", body);
+			if spoof then m:tag("stanza-id", { xmlns = SID, by = ROOM, id = spoof }):up(); end
+			return m;
+		end
+		local function sids(stanza)
+			local out = {};
+			for sid in stanza:childtags("stanza-id", SID) do out[#out+1] = sid.attr.by .. " " .. sid.attr.id; end
+			return out;
+		end
+
+		it("in a room without an archive, on a copy, in place of an occupant's", function()
+			local env = load_mam(ENTRIES, SPANS);
+			no_archive(env);
+			local m = said("hello", "spoofed");
+			local out = env.lib.stamp(m, ACCOUNT);
+			assert.not_equal(m, out);
+			assert.same({ ROOM .. " id-hello" }, sids(out));
+			assert.same({ ROOM .. " spoofed" }, sids(m), "the room's object is left as it is");
+			-- the room hands the same object to its next local account
+			m.attr.to = "bob@localhost";
+			assert.equal(m, env.lib.stamp(m, "bob@localhost"), "bob is in no room here");
+		end);
+
+		it("once for every local account that gets the room's object", function()
+			local env = load_mam(ENTRIES, SPANS);
+			no_archive(env);
+			local m = said("hello");
+			local first = env.lib.stamp(m, ACCOUNT);
+			assert.equal(first, env.lib.stamp(m, ACCOUNT));
+			assert.same({ ROOM .. " id-hello" }, sids(first));
+		end);
+
+		it("never in a room with an archive, nor on a subject change", function()
+			local env = load_mam(ENTRIES, SPANS);
+			fire(env, "iq/bare", { stanza = disco_answer("d2", true) });
+			local m = said("hello", "the-rooms-own");
+			assert.equal(m, env.lib.stamp(m, ACCOUNT));
+			assert.same({ ROOM .. " the-rooms-own" }, sids(m));
+			env = load_mam(ENTRIES, SPANS);
+			no_archive(env);
+			local subject = st.message({ from = ROOM .. "/carol", to = ACCOUNT, type = "groupchat" })
+				:text_tag("subject", "Lunch");
+			assert.equal(subject, env.lib.stamp(subject, ACCOUNT));
+			-- one that claims an id of the room's loses it all the same
+			subject:tag("stanza-id", { xmlns = SID, by = ROOM, id = "spoofed" }):up();
+			assert.same({}, sids(env.lib.stamp(subject, ACCOUNT)));
+		end);
+
+		it("asks the room first when the account joins, once", function()
+			local env = load_mam(ENTRIES, SPANS);
+			env.lib.joining(ACCOUNT, ROOM);
+			env.lib.joining(ACCOUNT, ROOM);
+			assert.equal(1, #env.sent, "asked with the join");
+			local m = said("hello");
+			assert.equal(m, env.lib.stamp(m, ACCOUNT), "not known yet: as it came");
+			assert.equal(1, #env.sent);
+			assert.equal(DISCO, env.sent[1].tags[1].attr.xmlns);
+			fire(env, "iq/bare", { stanza = disco_answer(env.sent[1].attr.id, false) });
+			assert.same({ ROOM .. " id-hello" }, sids(env.lib.stamp(said("hello"), ACCOUNT)));
+			env.lib.joining(ACCOUNT, ROOM);
+			assert.equal(1, #env.sent, "known: not asked again");
+		end);
 	end);
 
 	it("forgets what a room offers when its configuration changes (104)", function()

@@ -94,6 +94,12 @@ describe("mod_minimix shim", function()
 		assert.equal("room@muc.example/alice", env.sent[1].attr.to);
 		assert.equal("j1", env.sent[1].attr.id);
 		assert.truthy(env.sent[1]:get_child("x", MUC));
+		-- the account asks whether the room keeps an archive, once
+		-- (minimix_mam.lib.lua stamps ids in a room without one)
+		assert.equal(1, #env.asked);
+		assert.equal("alice@localhost", env.asked[1].attr.from);
+		assert.equal("room@muc.example", env.asked[1].attr.to);
+		assert.truthy(env.asked[1]:get_child("query", "http://jabber.org/protocol/disco#info"));
 		assert.equal(1, #P.got);
 		assert.equal("alice@localhost/phone", P.got[1].attr.to);
 		assert.equal("j1", P.got[1].attr.id);
@@ -783,10 +789,11 @@ describe("mod_minimix shim", function()
 		end
 
 		it("are the core's: one repeating timer, none per action", function()
-			local timers = delayed(env);
 			local tick = tick_timer(env);
 			fire(env, "pre-presence/full", P, join("j1"));
 			fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+			-- (after the module's disco#info query of the room, which has its own)
+			local timers = delayed(env);
 			-- a shutdown: the re-join waits 5 s
 			fire(env, "presence/bare", nil, room_presence("alice", { 110, 332 }, { type = "unavailable" }));
 			assert.equal(timers, delayed(env), "no timer of its own for the re-join");

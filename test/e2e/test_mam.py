@@ -322,9 +322,10 @@ def test_a_room_that_stops_archiving_is_answered_from_the_log(prosody_factory):
 
 def test_mam_from_the_log_for_a_remote_room(federation):
     """The same over s2s, for a room on conference.b.test (no muc_mam
-    there).  The laptop's MAM query, the first the module sees for the
-    room, waits while the module asks the room, as the account, whether
-    it keeps an archive (over the link), then is answered from the log.
+    there).  The module asks the room, as the account, whether it keeps an
+    archive (over the link) once the account's join is complete, before
+    the room's first message; the laptop's MAM query is answered from the
+    log without crossing the link.
     The phone, back, asks the room's disco#info before it joins (the
     answer crosses the link to the session itself) and finds mam:2; its
     query gets what was said while it was away, and does not cross the
@@ -337,6 +338,7 @@ def test_mam_from_the_log_for_a_remote_room(federation):
         await create_room(bob, room, "bob", whois="anyone", config=NO_HISTORY)
         p = await w.connect("alice", "phone")
         l = await w.connect("alice", "laptop")
+        mr = fed.room.log_mark()
         await join_room(p, room, "alice")
         await join_room(l, room, "alice")
         await p.disconnect()
@@ -349,7 +351,6 @@ def test_mam_from_the_log_for_a_remote_room(federation):
                       for t in missed):
             assert time.monotonic() < deadline, "the room log never held them all"
             await asyncio.sleep(0.2)
-        mr = fed.room.log_mark()
         answer, results = await query(l, room, fields={"start": stamp(away)})
         assert bodies(results) == missed and fin_of(answer)[0], (answer, results)
         asked = fed.room.crossed(since=mr, name="iq", frm=ALICE)
@@ -363,4 +364,181 @@ def test_mam_from_the_log_for_a_remote_room(federation):
         assert bodies(results) == missed and fin_of(answer)[0], (answer, results)
         assert not fed.room.crossed(since=mr, name="iq", fn=lambda s: s.child("query", NS_MAM)
                                     is not None), "the query crossed the link"
+    run_federation(fed, scenario)
+
+
+NS_SID = "urn:xmpp:sid:0"
+
+
+def room_sids(s, room):
+    return [e.get("id") for e in s.xml.findall(q("stanza-id", NS_SID)) if e.get("by") == room]
+
+
+def test_the_module_stamps_ids_in_a_room_without_an_archive(prosody_factory, storage):
+    """Clients de-duplicate MAM results only by the room's stanza-id
+    (XEP-0359) they stored for the live message, and page on after-id the
+    last one they saw.  In a room without an archive the module stamps
+    its own: the phone gets "live one" and "live two" each with one
+    stanza-id by the room (a uuid); bob, another local account, gets the
+    same id for each; carol's own stanza-id by the room in "live two" is
+    replaced.  The phone goes away, three messages are said, it comes
+    back with maxchars='0': a query after-id the last live stanza-id gives
+    exactly the three missed, and one from the join gives the live ones
+    with the ids they had live; a new device's catch-up carries the same
+    ids.  On the internal store, SQLite and
+    PostgreSQL (where the id is the log's key)."""
+    env = make_env(prosody_factory, storage)
+
+    async def scenario(w):
+        room = w.room("stamped")
+        carol = await w.connect("carol", "desk")
+        await create_room(carol, room, "carol", whois="anyone", config=NO_HISTORY)
+        bob = await w.connect("bob", "home", host="localhost")
+        await join_room(bob, room, "bob")
+        joined = time.time()
+        phone = await w.connect("alice", "phone")
+        laptop = await w.connect("alice", "laptop")
+        await join_room(phone, room, "alice")
+        await join_room(laptop, room, "alice")
+        await say(carol, room, [phone, bob], ["live one"])
+        m = [c.mark() for c in (phone, bob)]
+        carol.send("<message type='groupchat' to='%s' id='spoofing'><body>live two</body>"
+                   "<stanza-id xmlns='%s' by='%s' id='spoofed'/></message>" % (room, NS_SID, room))
+        for c, mk in zip((phone, bob), m):
+            await c.wait_for(P(name="message", frm_bare=room, body="live two"), since=mk)
+        live = {}
+        for c in (phone, bob):
+            for text in ("live one", "live two"):
+                got = c.matching(P(name="message", frm=room + "/carol", body=text))
+                assert len(got) == 1, got
+                sids = room_sids(got[0], room)
+                assert len(sids) == 1 and sids[0] != "spoofed", got[0]
+                assert len(sids[0]) == 36, sids  # a uuid
+                live.setdefault(text, set()).add(sids[0])
+        assert all(len(v) == 1 for v in live.values()), live
+        ids = {t: v.pop() for t, v in live.items()}
+        assert ids["live one"] != ids["live two"], ids
+
+        await phone.disconnect()
+        missed = ["missed one", "missed two", "missed three"]
+        await say(carol, room, [laptop, bob], missed)
+        await logged(env, room, missed)
+        phone = await w.connect("alice", "phone")
+        await join_room(phone, room, "alice", history={"maxchars": 0})
+        answer, results = await query(phone, room, fields={"after-id": ids["live two"]})
+        assert bodies(results) == missed and fin_of(answer)[0], (answer, results)
+        answer, again = await query(phone, room, rsm={"after": ids["live two"]})
+        assert again == results, (again, results)
+        answer, results = await query(phone, room, fields={"start": stamp(joined)})
+        assert [(b, i) for i, b, _, _ in results[:2]] == [
+            ("live one", ids["live one"]), ("live two", ids["live two"])], results
+        assert bodies(results) == ["live one", "live two"] + missed, results
+        # the laptop got the missed ones live with the ids MAM gives
+        for i, b, _, _ in results[2:]:
+            got = laptop.matching(P(name="message", frm=room + "/carol", body=b))
+            assert [room_sids(s, room) for s in got] == [[i]], (got, i)
+        # a device's catch-up carries them too
+        tablet = await w.connect("alice", "tablet")
+        _, got = await join_room(tablet, room, "alice")
+        caught = [(s.body, room_sids(s, room)) for s in got if s.name == "message" and s.body]
+        assert caught == [(b, [i]) for i, b, _, _ in results], (caught, results)
+    run(env, scenario, timeout=120)
+
+
+def test_a_room_with_an_archive_keeps_its_own_ids(prosody_factory):
+    """With muc_mam the room stamps its stanza-ids; the module adds none
+    and takes none away."""
+    env = make_env(prosody_factory, {"storage": "internal"},
+                   muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+
+    async def scenario(w):
+        room = w.room("ownids")
+        carol = await w.connect("carol", "desk")
+        await create_room(carol, room, "carol", whois="anyone")
+        bob = await w.connect("bob", "desk")
+        await join_room(bob, room, "bob")
+        phone = await w.connect("alice", "phone")
+        await join_room(phone, room, "alice")
+        await say(carol, room, [bob, phone], ["one"])
+        a = room_sids(phone.matching(P(name="message", frm=room + "/carol", body="one"))[0], room)
+        b = room_sids(bob.matching(P(name="message", frm=room + "/carol", body="one"))[0], room)
+        assert len(a) == 1 and a == b, (a, b)
+    run(env, scenario)
+
+
+def test_copies_of_a_remote_room_message_get_one_id(federation):
+    """Over s2s, a room on conference.b.test (no muc_mam) sends each
+    local account its own copy: alice's phone and dave (another account
+    of a.test) get the same stanza-id for one message, the one MAM gives,
+    although the module stamped two objects; bob's own stanza-id by the
+    room in his message is replaced."""
+    fed = federation
+
+    async def scenario(w):
+        fed.account.add_user("dave", "dave-pw", ACCOUNT_DOMAIN)
+        room = w.room("remote-ids")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone", config=NO_HISTORY)
+        p = await w.connect("alice", "phone")
+        dave = await w.connect("dave", "desk", host=ACCOUNT_DOMAIN)
+        await join_room(p, room, "alice")
+        await join_room(dave, room, "dave")
+        await say(bob, room, [p, dave], ["far one"])
+        marks = [c.mark() for c in (p, dave)]
+        bob.send("<message type='groupchat' to='%s' id='spoofing'><body>far two</body>"
+                 "<stanza-id xmlns='%s' by='%s' id='spoofed'/></message>" % (room, NS_SID, room))
+        for c, mk in zip((p, dave), marks):
+            await c.wait_for(P(name="message", frm_bare=room, body="far two"), since=mk)
+        ids = {}
+        for text in ("far one", "far two"):
+            got = [room_sids(c.matching(P(name="message", frm=room + "/bob", body=text))[0], room)
+                   for c in (p, dave)]
+            assert len(got[0]) == 1 and got[0] == got[1] and got[0] != ["spoofed"], (text, got)
+            ids[text] = got[0][0]
+        assert ids["far one"] != ids["far two"], ids
+        answer, results = await query(p, room)
+        assert [(b, i) for i, b, _, _ in results] == [
+            ("far one", ids["far one"]), ("far two", ids["far two"])], (answer, results)
+    run_federation(fed, scenario)
+
+
+def test_ids_survive_a_restart_of_the_account_server(federation):
+    """The account's server restarts while its account stays in a room
+    on conference.b.test (no muc_mam) that keeps a history: the account
+    joins again and the room replays "h1" and "h2", which the log holds
+    already, with the ids the module stamped live.  Whether the replay
+    comes before or after the room's disco#info answer, the log keeps each
+    message once, and MAM gives them with the ids they had live."""
+    fed = federation
+
+    async def scenario(w):
+        room = w.room("restart-ids")
+        bob = await w.connect("bob", "desk")
+        await create_room(bob, room, "bob", whois="anyone",
+                          config={"muc#roomconfig_persistentroom": True})
+        p = await w.connect("alice", "phone")
+        await join_room(p, room, "alice")
+        await say(bob, room, [p], ["h1", "h2"])
+        ids = {}
+        for text in ("h1", "h2"):
+            sids = room_sids(p.matching(P(name="message", frm=room + "/bob", body=text))[0], room)
+            assert len(sids) == 1, sids
+            ids[text] = sids[0]
+        await p.disconnect()
+        mb = bob.mark()
+        fed.account.restart()
+        # the account is back in: the room replayed its history to it
+        await bob.wait_for(P(name="presence", frm=room + "/alice", fn=lambda s: s.type is None),
+                           since=mb, timeout=30, what="alice's account back in the room")
+        await say(bob, room, [], ["h3"])
+        deadline = time.monotonic() + 20
+        while "h3" not in [e["body"] for e in archive_entries(fed.account, room, "minimix_log",
+                                                              host=ACCOUNT_DOMAIN)]:
+            assert time.monotonic() < deadline, "the room log never held h3"
+            await asyncio.sleep(0.2)
+        p = await w.connect("alice", "phone")
+        await join_room(p, room, "alice", history={"maxchars": 0})
+        answer, results = await query(p, room)
+        assert bodies(results) == ["h1", "h2", "h3"] and fin_of(answer)[0], (answer, results)
+        assert [i for i, _, _, _ in results[:2]] == [ids["h1"], ids["h2"]], (results, ids)
     run_federation(fed, scenario)
