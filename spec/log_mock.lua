@@ -5,6 +5,7 @@ local st = require "util.stanza";
 
 -- A fake archive store: append/find/delete/users/count as Prosody's
 -- drivers, with switches to fail: fail (every write), refuse (per user),
+-- refuse_body (the message with that body),
 -- raise, quota (items per user), caps.
 local function fake_archive()
 	local s = { items = {}, appends = 0, deletes = {}, refuse = {}, caps = {} };
@@ -13,6 +14,9 @@ local function fake_archive()
 		if self.raise then error(self.raise); end
 		if self.fail then return nil, self.fail; end
 		if self.refuse[user] then return nil, self.refuse[user]; end
+		if self.refuse_body and value:get_child_text("body") == self.refuse_body then
+			return nil, "this message is refused";
+		end
 		if self.quota and self:count(user) >= self.quota then return nil, "quota-limit"; end
 		if key then
 			for i = #self.items, 1, -1 do

@@ -102,6 +102,25 @@ describe("the room log's writes", function()
 			assert.equal(0, (env.lib.pending()));
 		end);
 
+		it("gives up a refused message with others behind it in the only room with work", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			store.refuse_body = "bad";
+			say(env, ROOM, "bad");
+			say(env, ROOM, "a");
+			say(env, ROOM, "b");
+			advance(env, 0.1);
+			-- alone, the first refusal looks like an outage
+			assert.same({}, logged(env, ROOM));
+			advance(env, 1);
+			-- tried again, then the message behind it: the store takes that
+			advance(env, 1);
+			assert.same({ "a", "b" }, logged(env, ROOM));
+			assert.equal(1, dropped(env));
+			assert.equal(0, (env.lib.pending()));
+			assert.equal(1, count_logs(env, "info", "Writing to the room log again"));
+		end);
+
 		it("keeps everything through an outage, trying each room once per attempt", function()
 			local env = load_log();
 			local store = env.stores.minimix_log;
