@@ -45,26 +45,30 @@ SQLITE_LOG_ONLY = PG_LOG_ONLY
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def sql_env(prosody_factory, which, postgres_server=None):
+def sql_env(prosody_factory, which, postgres_server=None, **host_options):
+    host_options = dict(FLUSH, **host_options)
     if which == "postgres":
         storage = pg_storage(postgres_server)
-        env = make_env(prosody_factory, storage, global_options=PG_LOG_ONLY, host_options=FLUSH)
+        env = make_env(prosody_factory, storage, global_options=PG_LOG_ONLY,
+                       host_options=host_options)
         env.allowed_errors = PG_ERRORS
     else:
         env = make_env(prosody_factory, {"storage": "sqlite"}, global_options=SQLITE_LOG_ONLY,
-                       host_options=FLUSH)
+                       host_options=host_options)
     return env
 
 
 @pytest.mark.parametrize("which", ["sqlite", "postgres"])
 def test_one_flush_writes_its_messages_in_one_transaction(prosody_factory, which, request):
     """The phone goes away; carol says 12 messages, the sixth with a
-    stanza-id 'by' the room (a room without mod_muc_mam passes it on);
-    they are said within one flush interval.  The log holds them in order
-    with their keys, times and nicks; on PostgreSQL one transaction wrote
-    them.  The phone joins again and gets the 12 from the log."""
+    stanza-id 'by' the room (a room without mod_muc_mam passes it on, and
+    with minimix_mam off the module stamps no ids of its own); they are
+    said within one flush interval.  The log holds them in order with
+    their keys (the room's stanza-id, else one of the store's kind), times
+    and nicks; on PostgreSQL one transaction wrote them.  The phone joins
+    again and gets the 12 from the log."""
     pg = request.getfixturevalue("postgres_server") if which == "postgres" else None
-    env = sql_env(prosody_factory, which, pg)
+    env = sql_env(prosody_factory, which, pg, minimix_mam=False)
     texts = ["batch %02d" % i for i in range(12)]
 
     async def scenario(w):
@@ -121,7 +125,10 @@ def test_a_refused_message_in_a_batch_loses_and_holds_up_nothing(prosody_factory
     """The log on PostgreSQL, where a trigger refuses any message with
     "refuse me".  Within one flush interval carol says 3 messages, one to
     be refused, and 3 more; the 6 others are logged, in order; the refused
-    one is given up, said once; no outage is reported."""
+    one is given up, said once.  When the refused message heads the pass
+    that meets it, with nothing else written in that pass, it is first
+    taken for an outage (said at most once), tried again, and told apart
+    by the message behind it, which the store takes."""
     env = sql_env(prosody_factory, "postgres", postgres_server)
     before = ["before %d" % i for i in range(3)]
     after = ["after %d" % i for i in range(3)]
@@ -143,7 +150,7 @@ def test_a_refused_message_in_a_batch_loses_and_holds_up_nothing(prosody_factory
         got = [e["body"] for e in archive_entries(env, room, "minimix_log")]
         assert got == ["up"] + before + after, got
         assert len(minimix_lines(env, "warn", "Giving up writing a message of")) == 1, env.tail(30)
-        assert not minimix_lines(env, "error", "Cannot write"), env.tail(30)
+        assert len(minimix_lines(env, "error", "Cannot write")) <= 1, env.tail(30)
     run(env, scenario, timeout=120)
 
 
