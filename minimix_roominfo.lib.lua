@@ -36,8 +36,9 @@ local roominfo = {};
 
 -- room -> { features = set } or { failed = when }
 local known = new_cache(ROOMS);
--- room -> { id = id, callbacks = { ... } }; id -> room
-local asking, asked = {}, {};
+-- room -> the query in flight { id, account, callbacks }; id -> room of
+-- the queries sent lately, so that a late answer stops here too
+local asking, asked = {}, new_cache(1024);
 local watchers = {};
 local mm;
 -- Whether every join asks at once (minimix_mam.lib.lua must know before
@@ -81,7 +82,9 @@ end
 local function done(room, features)
 	local q = asking[room];
 	if not q then return; end
-	asking[room], asked[q.id] = nil, nil;
+	asking[room] = nil;
+	-- (a device's answer meanwhile tells as much)
+	features = features or roominfo.features(room);
 	if not features then known:set(room, { failed = now() }); end
 	for _, callback in ipairs(q.callbacks) do callback(features); end
 end
@@ -104,11 +107,10 @@ function roominfo.ask(room, account, callback)
 	end
 	local id = "minimix-roominfo-" .. new_id();
 	q = { id = id, account = account, callbacks = { callback } };
-	asking[room], asked[id] = q, room;
+	asking[room] = q;
+	asked:set(id, room);
 	module:log("debug", "Asking %s what it offers", room);
 	module:add_timer(DISCO_TIMEOUT, function()
-		if not asked[id] then return; end
-		asked[id] = nil;
 		if asking[room] == q then
 			module:log("debug", "%s did not say what it offers", room);
 			done(room, nil);
@@ -127,8 +129,7 @@ function roominfo.ask_at_join() eager = true; end
 -- after a gap): the room may have changed while the account was out.  A
 -- query in flight for another account's join is this join's too; one the
 -- account sent before (a join again) asked the room as it was: asked
--- again, what waited for it waits for the new one, and a late answer to
--- it is dropped.
+-- again, and what waited for it waits for the new one.
 function roominfo.joining(account, room)
 	local q = asking[room];
 	if q and q.account ~= account then return; end
@@ -151,13 +152,11 @@ function roominfo.init(shared)
 		local stanza = event.stanza;
 		local t = stanza.attr.type;
 		local id = stanza.attr.id;
-		local room = id and asked[id];
+		local room = id and asked:get(id);
 		if not room or (t ~= "result" and t ~= "error") or stanza.attr.from ~= room then return; end
+		asked:set(id, nil);
 		local q = asking[room];
-		if not q or q.id ~= id then
-			asked[id] = nil; -- a query a join replaced
-			return true;
-		end
+		if not q or q.id ~= id then return true; end -- too late, or a join asked again
 		local query = t == "result" and stanza:get_child("query", xmlns_disco_info);
 		done(room, query and roominfo.learn(room, query) or nil);
 		return true;

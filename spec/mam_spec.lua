@@ -373,6 +373,25 @@ describe("MAM from the room log", function()
 			assert.same({}, sids(env.lib.stamp(subject, ACCOUNT)));
 		end);
 
+		it("asks a room once for all that wait, and not at every message once it did not answer", function()
+			local env = load_mam(ENTRIES, SPANS);
+			local got = {};
+			env.roominfo.ask(ROOM, ACCOUNT, function(f) got[#got+1] = f or false; end);
+			env.roominfo.ask(ROOM, ACCOUNT, function(f) got[#got+1] = f or false; end);
+			assert.equal(1, #env.sent);
+			env.timers[#env.timers].fn(); -- no answer in time
+			assert.same({ false, false }, got);
+			local m = said("hello");
+			assert.equal(m, env.lib.stamp(m, ACCOUNT), "not known: as it came");
+			env.lib.stamp(said("again"), ACCOUNT);
+			assert.equal(1, #env.sent, "not asked again at once");
+			-- the late answer is the module's own still: no device gets it
+			assert.is_true(fire(env, "iq/bare", { stanza = disco_answer(env.sent[1].attr.id, false) }));
+			-- a join asks again
+			env.roominfo.joining(ACCOUNT, ROOM);
+			assert.equal(2, #env.sent);
+		end);
+
 		it("asks the room first when the account joins, once per join", function()
 			local env = load_mam(ENTRIES, SPANS);
 			env.roominfo.joining(ACCOUNT, ROOM);
