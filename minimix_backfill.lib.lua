@@ -6,7 +6,8 @@
 -- and it joined again.  The room's history on a re-join is as short as the room keeps it; its
 -- archive, which the account may read, has the whole gap.  A backfill
 -- runs once per room on this host (as the first local account that is
--- back), asks the room's disco#info whether it archives (urn:xmpp:mam:2),
+-- back), asks the room's disco#info whether it archives (urn:xmpp:mam:2,
+-- minimix_roominfo.lib.lua: known from the join, as the room said it),
 -- then pages through its archive from the newest message the log holds
 -- (RSM 'after' its stanza-id, else 'start' its time).  What comes back is
 -- written into the log as the room said it, each message once, with the
@@ -32,7 +33,6 @@ local xml_parse = require "util.xml".parse;
 
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_rsm = "http://jabber.org/protocol/rsm";
-local xmlns_disco_info = "http://jabber.org/protocol/disco#info";
 local xmlns_forward = "urn:xmpp:forward:0";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_sid = "urn:xmpp:sid:0";
@@ -43,10 +43,6 @@ local PAGE_SIZE = 100;
 -- Backfills running at once (one per room); a re-join beyond them gets
 -- none (its room keeps today's history).
 local MAX_RUNNING = 16;
--- How long a room's disco#info answer is believed, and waited for (the
--- room's new messages are held meanwhile: a room without an archive
--- would not give them back after a crash).
-local DISCO_TTL, DISCO_TIMEOUT = 3600, 30;
 -- A re-join this soon after a backfill of the same room ended (another
 -- local account coming back) starts none: the room is done.
 local QUIET = 60;
@@ -80,7 +76,6 @@ local mm, roomlog;
 local running, nrunning = {}, 0; -- room -> run
 local by_query = {}; -- queryid -> run (its page being read)
 local ended = new_cache(1024); -- room -> when its last backfill ended
-local archives = new_cache(1024); -- room -> { mam = bool, at = time }
 local joins = new_cache(JOINS_WAITING);
 
 local function finish(run, why)
@@ -223,26 +218,15 @@ function next_page(run)
 	end);
 end
 
+-- What the room offers is known from the account's join, or asked (the
+-- room's new messages are held meanwhile: a room without an archive
+-- would not give them back after a crash).
 local function start(run)
-	local known = archives:get(run.room);
-	if known and now() - known.at < DISCO_TTL then
-		if known.mam then return next_page(run); end
-		return finish(run, "the room keeps no archive");
-	end
-	local iq = st.iq({ type = "get", from = run.account, to = run.room, id = new_id() })
-		:tag("query", { xmlns = xmlns_disco_info }):up();
-	module:send_iq(iq, nil, math.max(1, math.min(DISCO_TIMEOUT, math.ceil(run.deadline - now())))):next(function(event)
-		local mam = false;
-		local query = event.stanza:get_child("query", xmlns_disco_info);
-		for feature in query and query:childtags("feature") or function() end do
-			if feature.attr.var == xmlns_mam then mam = true; end
-		end
-		archives:set(run.room, { mam = mam, at = now() });
+	mm.roominfo.ask(run.room, run.account, function(features)
 		if run.done then return; end
-		if mam then return next_page(run); end
+		if not features then return finish(run, "its disco#info is not known"); end
+		if features[xmlns_mam] then return next_page(run); end
 		finish(run, "the room keeps no archive");
-	end, function(err)
-		finish(run, "disco#info failed: " .. tostring(err and err.condition or err));
 	end);
 end
 

@@ -1,15 +1,14 @@
 -- mod_minimix's XEP-0313 (MAM v2) answers from the room log, for rooms that keep no archive of their own.
 --
--- A room whose disco#info lacks urn:xmpp:mam:2 (learnt from the answers
--- the account's devices get, or from the module's own query as the
--- account, cached per room and forgotten on status 104 and 170-174) gets
--- the feature added to the disco#info answers the account's devices get,
+-- A room whose disco#info lacks urn:xmpp:mam:2 (known through
+-- minimix_roominfo.lib.lua, asked at each join of the account) gets
+-- the feature added to the disco#info answers the account's devices get
+-- (never to what the module itself learns),
 -- and a device's MAM query to it is answered here, from the room log,
 -- within the account's membership spans.  A room with an archive answers
 -- its own queries: they pass through unchanged.
 
 local st = require "util.stanza";
-local new_cache = require "util.cache".new;
 local datetime = require "util.datetime";
 local jid_split = require "util.jid".split;
 local jid_prep = require "util.jid".prep;
@@ -26,27 +25,16 @@ local xmlns_forward = "urn:xmpp:forward:0";
 local xmlns_delay = "urn:xmpp:delay";
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_dataforms = "jabber:x:data";
-local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
 local xmlns_rsm = "http://jabber.org/protocol/rsm";
 
--- Rooms whose archive is known (true: the room answers MAM itself).
-local ROOMS = 4096;
 -- What one read of the store takes at most, while a page is looked for
 -- (the first read takes the page and one more).
 local CHUNK_MAX = 1000;
--- How long the module's own disco#info query may take, and how many
--- queries to one room wait for it (more go on to the room).
-local DISCO_TIMEOUT, MAX_HELD = 30, 16;
--- Status codes after which a room's features may have changed
--- (XEP-0045: 104 configuration, 170-174 logging and anonymity).
-local REFRESH_CODES = { ["104"] = true, ["170"] = true, ["171"] = true, ["172"] = true,
-	["173"] = true, ["174"] = true };
 
 local lib = {};
 
 -- Without the answers, the room's messages pass as they came.
 function lib.stamp(stanza) return stanza; end
-function lib.joining() end
 
 -- The form fields a query may hold (before-id, after-id and ids are
 -- XEP-0313's extended ones, which the answers offer).
@@ -59,9 +47,15 @@ function lib.init(mm)
 	-- the most results one answer gives, whatever a query asks for
 	local page_max = math.min(mm.limit_option("minimix_mam_max_page", 100), 1000);
 
-	local archived = new_cache(ROOMS);
-	-- queries held while the module asks a room what it offers: room -> list
-	local waiting = {};
+	local roominfo = mm.roominfo;
+	-- the room's answers must be known before its first message
+	roominfo.ask_at_join();
+	-- whether room keeps an archive: nil when not known
+	local function archived(room)
+		local features = roominfo.features(room);
+		if features == nil then return nil; end
+		return features[xmlns_mam] == true;
+	end
 
 	-- when it was said, to the microsecond where the log knows it (0.12's
 	-- util.datetime takes whole seconds only)
@@ -105,15 +99,6 @@ function lib.init(mm)
 	local function is_subject_change(item)
 		return item:get_child("subject") ~= nil and item:get_child("body") == nil
 			and item:get_child("thread") == nil;
-	end
-
-	local function learn(room, query)
-		local has = false;
-		for feature in query:childtags("feature") do
-			if feature.attr.var == xmlns_mam then has = true; end
-		end
-		archived:set(room, has);
-		return has;
 	end
 
 	-- The query form's fields (nil, condition, text when it is malformed).
@@ -335,39 +320,8 @@ function lib.init(mm)
 			origin.full_jid, room, #items, more and ", more follow" or "");
 	end
 
-	-- The account's own disco#info query of a room (id -> room), answered
-	-- in the hook below; the queries held meanwhile are then handled as if
-	-- sent now: answered here, or passed on to the room.
-	local asked = {};
+	-- queries held while the room is asked what it offers, once each
 	local retried = setmetatable({}, { __mode = "k" });
-	local function release(room)
-		local held = waiting[room];
-		waiting[room] = nil;
-		for _, e in ipairs(held or {}) do
-			-- (a session that went meanwhile asks nothing)
-			if not e.origin.destroyed then
-				prosody.core_post_stanza(e.origin, e.stanza, true);
-			end
-		end
-	end
-
-	-- rooms being asked (room -> true), so that each is asked once at a time
-	local asking = {};
-	local function ask_room(account, room)
-		if asking[room] then return; end
-		asking[room] = true;
-		local id = "minimix-mam-" .. new_id();
-		module:log("debug", "Asking %s whether it keeps an archive", room);
-		asked[id] = room;
-		module:send(st.iq({ type = "get", from = account, to = room, id = id }):query(xmlns_disco_info));
-		module:add_timer(DISCO_TIMEOUT, function()
-			if asked[id] then
-				asked[id], asking[room] = nil, nil;
-				module:log("debug", "%s did not say whether it keeps an archive", room);
-				release(room);
-			end
-		end);
-	end
 
 	-- A device's MAM query to a room.  Priority 0.6: before the main
 	-- module's handling of outgoing IQs (0.5), which would send it to the
@@ -381,20 +335,15 @@ function lib.init(mm)
 		local account = account_of(origin);
 		local room = account and stanza.attr.to and split_room(stanza.attr.to);
 		if not room or not stanza.attr.id or not mm.core:member(account, room) then return; end
-		local has = archived:get(room);
+		local has = archived(room);
 		if has == nil then
 			if retried[stanza] then return; end -- the room did not say: it answers
 			retried[stanza] = true;
-			-- held first: a local room answers before module:send returns
-			local held = waiting[room];
-			if held and #held >= MAX_HELD then
-				return; -- the room answers it
-			elseif held then
-				held[#held+1] = { origin = origin, stanza = stanza };
-			else
-				waiting[room] = { { origin = origin, stanza = stanza } };
-				ask_room(account, room);
-			end
+			-- held, then handled as if sent now: answered here, or passed
+			-- on to the room (a session that went meanwhile asks nothing)
+			roominfo.ask(room, account, function()
+				if not origin.destroyed then prosody.core_post_stanza(origin, stanza, true); end
+			end);
 			return true;
 		end
 		if has then return; end
@@ -406,7 +355,7 @@ function lib.init(mm)
 	-- the account is in the room.
 	local function disco_answer(query, account, room)
 		if not mm.core:member(account, room) then return; end
-		if not learn(room, query) then
+		if not roominfo.learn(room, query)[xmlns_mam] then
 			query:add_direct_child(st.stanza("feature", { var = xmlns_mam }));
 			query:add_direct_child(st.stanza("feature", { var = xmlns_mam_ext }));
 		end
@@ -421,8 +370,8 @@ function lib.init(mm)
 		return nil;
 	end
 
-	-- The room's answers to the account (a joined device's query, or the
-	-- module's own).  Priority 11: before the main module hands them to
+	-- The room's answers to the account (a joined device's query; the
+	-- module's own stop in minimix_roominfo.lib.lua, at 12).  Priority 11: before the main module hands them to
 	-- the device that asked (10).
 	module:hook("iq/bare", function(event)
 		local stanza = event.stanza;
@@ -432,14 +381,7 @@ function lib.init(mm)
 		local account = stanza.attr.to;
 		if not room or not account then return; end
 		local query = disco_query(stanza);
-		local id = stanza.attr.id;
-		if id and asked[id] == room then
-			asked[id], asking[room] = nil, nil;
-			if t == "result" and query then learn(room, query); end
-			release(room);
-			return true;
-		end
-		if t == "result" and query then disco_answer(query, account, room); end
+		if t ==  "result" and query then disco_answer(query, account, room); end
 	end, 11);
 
 	-- The room's answers to a device that asked before it joined (clients
@@ -488,31 +430,6 @@ function lib.init(mm)
 		end
 	end, 0.6);
 
-	-- What the room offers may have changed: asked again (the module
-	-- stamps ids in a room without an archive, and must know that before
-	-- its next message).  The account's join is complete (110): asked, if
-	-- unknown, before the room's first message.
-	local function refresh(event)
-		local stanza = event.stanza;
-		local x = stanza:get_child("x", xmlns_muc_user);
-		local room = x and stanza.attr.from and split_room((stanza.attr.from:gsub("/.*$", "")));
-		if not room then return; end
-		local account = stanza.attr.to and jid_prep(stanza.attr.to);
-		local ask = false;
-		for status in x:childtags("status") do
-			if REFRESH_CODES[status.attr.code] then
-				archived:set(room, nil);
-				ask = true;
-			elseif status.attr.code == "110" and stanza.name == "presence"
-				and stanza.attr.type == nil and archived:get(room) == nil then
-				ask = true;
-			end
-		end
-		if ask and account and mm.core:member(account, room) then ask_room(account, room); end
-	end
-	module:hook("message/bare", refresh, 11);
-	module:hook("presence/bare", refresh, 11);
-
 	-- Rooms that keep no archive: the module stamps its own stanza-id by
 	-- the room on each message with a body (XEP-0359), the id the log
 	-- keeps it under and the MAM answers give, so that a client matches
@@ -531,12 +448,12 @@ function lib.init(mm)
 		end
 		local room = stanza.attr.from and jid_split(stanza.attr.from) and jid_bare(stanza.attr.from);
 		if not room or not mm.core:member(account, room) then return stanza; end
-		if archived:get(room) == nil then
+		if archived(room) == nil then
 			-- not known (a reload, an answer that never came): asked now; a
 			-- local room answers before module:send returns
-			ask_room(account, room);
+			roominfo.ask(room, account);
 		end
-		if archived:get(room) ~= false then return stanza; end
+		if archived(room) ~= false then return stanza; end
 		local body = stanza:get_child("body") ~= nil;
 		if not body then
 			-- (no message: nothing stamped, only a false claim taken away)
@@ -566,14 +483,6 @@ function lib.init(mm)
 		return stamped;
 	end
 
-	-- The account joins a room (or joins it again): unless known, the
-	-- room is asked first, on the same way as the join, so that its
-	-- answer comes before the room's first message.
-	function lib.joining(account, room)
-		if archived:get(room) == nil then ask_room(account, room); end
-	end
-
-	lib.archived = archived;
 	return lib;
 end
 

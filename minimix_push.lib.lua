@@ -19,23 +19,20 @@
 --
 -- Nothing here reads storage per message: the registrations (the store
 -- mod_cloud_notify writes), the bookmark settings and each room's privacy
--- are cached, and forgotten when they change (a push enable or disable, a
--- push error, a bookmark publish or retraction, a room's configuration
--- change, status 104 and 172-174).
+-- (minimix_roominfo.lib.lua) are cached, and forgotten when they change (a
+-- push enable or disable, a push error, a bookmark publish or retraction, a
+-- join of the account, a room's configuration change, status 104 and 170-174).
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
 local dataform = require "util.dataforms".new;
 local new_cache = require "util.cache".new;
-local new_id = require "util.id".short;
 
 local xmlns_push = "urn:xmpp:push:0";
 local xmlns_bookmarks = "urn:xmpp:bookmarks:1";
 local xmlns_notify = "urn:xmpp:notification-settings:1";
-local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
 local xmlns_reference = "urn:xmpp:reference:0";
 local xmlns_reply = "urn:xmpp:reply:0";
-local xmlns_disco_info = "http://jabber.org/protocol/disco#info";
 local xmlns_data = "jabber:x:data";
 
 local bare_sessions = prosody.bare_sessions;
@@ -164,61 +161,13 @@ end
 
 -- Privacy: XEP-0492's default from the room's disco#info ----------------------
 
--- room -> "private" | "public", from its disco#info features; waiting[room]:
--- what waits for the answer.
-local privacy, waiting = {}, {};
--- the decisions held at once for rooms whose answer is awaited
-local max_waiting = 256;
-local n_waiting = 0;
-
-local function privacy_known(room, kind)
-	privacy[room] = kind;
-	local list = waiting[room];
-	waiting[room] = nil;
-	n_waiting = n_waiting - #list;
-	for _, continue in ipairs(list) do continue(kind); end
-end
-
-local function ask_privacy(room, continue)
-	local list = waiting[room];
-	if list then
-		if n_waiting >= max_waiting then return continue("public"); end
-		list[#list+1] = continue;
-		n_waiting = n_waiting + 1;
-		return;
-	end
-	waiting[room] = { continue };
-	n_waiting = n_waiting + 1;
-	module:send_iq(st.iq({ type = "get", from = module.host, to = room, id = new_id() })
-		:tag("query", { xmlns = xmlns_disco_info }):up(), nil, 30)
-		:next(function(event)
-			local query = event.stanza:get_child("query", xmlns_disco_info);
-			local features = {};
-			for feature in (query and query:childtags("feature") or function() end) do
-				features[feature.attr.var or ""] = true;
-			end
-			local private = features.muc_membersonly and features.muc_nonanonymous;
-			privacy_known(room, private and "private" or "public");
-		end, function(err)
-			-- not known: not private, and asked again with the next message
-			module:log("debug", "No disco#info from %s (%s): taken as public", room, tostring(err));
-			privacy_known(room, nil);
-		end);
-end
-
--- the status codes of a configuration change (XEP-0045 10.2.1)
-local config_codes = { ["104"] = true, ["172"] = true, ["173"] = true, ["174"] = true };
-
-local function config_changed(stanza, room)
-	local x = stanza:get_child("x", xmlns_muc_user);
-	if not x then return; end
-	for status in x:childtags("status") do
-		if config_codes[status.attr.code] then
-			module:log("debug", "%s changed its configuration: its privacy is asked again", room);
-			privacy[room] = nil;
-			return;
-		end
-	end
+-- "private" or "public" from what the room offers (minimix_roominfo.lib.lua,
+-- forgotten at each join of the account and on a configuration change);
+-- nil when not known.
+local function privacy(room)
+	local features = mm.roominfo.features(room);
+	if not features then return nil; end
+	return features.muc_membersonly and features.muc_nonanonymous and "private" or "public";
 end
 
 -- Mentions -----------------------------------------------------------------
@@ -336,7 +285,7 @@ local function setting_now(account, room)
 	local setting = room_setting(account, room);
 	if setting then return setting, "bookmark"; end
 	if default_setting ~= "auto" then return default_setting, "default"; end
-	local kind = privacy[room];
+	local kind = privacy(room);
 	if kind == "private" then return "always", "private room"; end
 	if kind == "public" then return "on-mention", "public room"; end
 end
@@ -362,16 +311,7 @@ local away = {};
 -- read_message made it).  Returns at once when no registration waits.
 function push.message(account, room, nick, stanza, m)
 	if m.type ~= "groupchat" then return; end
-	if not m.body then
-		if m.subject then
-			-- every join ends with the subject: the room may have changed
-			-- while the account was out, so its privacy is asked again
-			privacy[room] = nil;
-		else
-			config_changed(stanza, room);
-		end
-		return;
-	end
+	if not m.body then return; end
 	if m.delayed or not nick then return; end
 	local regs = registrations[account];
 	if regs == nil then
@@ -399,7 +339,7 @@ function push.message(account, room, nick, stanza, m)
 	-- its object once it has routed it, and the list is the next message's
 	stanza = st.clone(stanza);
 	local waiting_regs = { table.unpack(away, 1, n) };
-	ask_privacy(room, function()
+	mm.roominfo.ask(room, account, function()
 		local s, src = setting_now(account, room);
 		if not s then s, src = "on-mention", "room's privacy unknown"; end
 		decide(account, room, own, stanza, waiting_regs, n, s, src);

@@ -51,5 +51,6 @@ build = {
 		["mod_minimix.minimix_mam"] = "minimix_mam.lib.lua",
 		["mod_minimix.minimix_logsql"] = "minimix_logsql.lib.lua",
 		["mod_minimix.minimix_push"] = "minimix_push.lib.lua",
+		["mod_minimix.minimix_roominfo"] = "minimix_roominfo.lib.lua",
 	},
 }

@@ -16,6 +16,7 @@
 --   minimix_operators.lib.lua  what Prosody offers, metrics, ad-hoc and shell commands
 --   minimix_mam.lib.lua        MAM answered from the room log for rooms without an archive
 --   minimix_push.lib.lua       pushes (XEP-0357) for room messages to devices away
+--   minimix_roominfo.lib.lua   each room's disco#info features, asked once for all the above
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
@@ -86,6 +87,7 @@ local send = module:require("minimix_send");
 local backfill = module:require("minimix_backfill");
 local mam = module:require("minimix_mam");
 local push = module:require("minimix_push");
+local roominfo = module:require("minimix_roominfo");
 
 -- The native core: next to this file first (a checkout or plugin dir),
 -- then in the LuaRocks tree this file was installed into (Prosody 0.12 adds
@@ -209,9 +211,10 @@ end
 -- What the libraries get from this file: the core (replaced by the one a
 -- reload hands over), the options' reader, the helpers they call back
 -- (perform, below), the bookmarks, which the start-up restore reads, the
--- room log, which the MAM answers read, and what push needs.
+-- room log, which the MAM answers read, what push needs, and what the
+-- rooms offer (their disco#info, one copy for all).
 local mm = { core = core, limit_option = limit_option, prep_room = prep_room, bookmarks = bookmarks,
-	roomlog = roomlog, metrics = metrics, mention = minimix.mention };
+	roomlog = roomlog, metrics = metrics, mention = minimix.mention, roominfo = roominfo };
 send.init(mm);
 
 local event_log = {
@@ -313,9 +316,10 @@ local function account_join(account, room, a)
 end
 
 function act.send_join(ctx, a, account, room)
-	-- whether the room keeps an archive, asked ahead of the join so that
-	-- the answer comes before the room's first message (minimix_mam.lib.lua)
-	mam.joining(account, room);
+	-- what the room offers may have changed while the account was out;
+	-- asked ahead of the join (when the MAM answers need it), so that the
+	-- answer comes before the room's first message (minimix_roominfo.lib.lua)
+	roominfo.joining(account, room);
 	if a.from_request then
 		forward_join(ctx.stanza, account, a.password);
 	else
@@ -696,6 +700,7 @@ module:add_timer(tick_interval, function()
 end);
 
 -- The libraries' own hooks, timers, commands and items.
+roominfo.init(mm);
 links.init(mm);
 backfill.init(mm, roomlog);
 persist.init(mm);

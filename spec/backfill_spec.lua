@@ -51,6 +51,12 @@ local function gap(options, answer, no_mam)
 	local env = load_shim(options);
 	local P = new_session(env, "phone");
 	local tick = tick_timer(env);
+	-- the room's disco#info, asked as the account with each join
+	env.on_ask = function(iq)
+		local reply = st.reply(iq):tag("query", { xmlns = DISCO });
+		if not no_mam then reply:tag("feature", { var = MAM }):up(); end
+		fire(env, "iq/bare", nil, reply:up());
+	end
 	fire(env, "pre-presence/full", P, st.presence({ to = ROOM .. "/alice", id = "j1" })
 		:tag("x", { xmlns = MUC }):up());
 	fire(env, "presence/bare", nil, room_presence(ROOM, "alice", { 110 }));
@@ -58,11 +64,6 @@ local function gap(options, answer, no_mam)
 	advance(env, 1);
 	env.queries = {};
 	env.on_send_iq = function(iq)
-		if iq:get_child("query", DISCO) then
-			local reply = st.reply(iq):tag("query", { xmlns = DISCO });
-			if not no_mam then reply:tag("feature", { var = MAM }):up(); end
-			return reply:up();
-		end
 		local q = iq:get_child("query", MAM);
 		env.queries[#env.queries+1] = q;
 		return answer(env, iq, q.attr.queryid, #env.queries);

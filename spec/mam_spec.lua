@@ -93,9 +93,12 @@ local function load_mam(entries, spans, opts)
 	local g = setmetatable({ module = module, prosody = {
 		core_post_stanza = function(origin, stanza) env.posted[#env.posted+1] = { origin, stanza }; end,
 	} }, { __index = _G });
+	-- what the rooms offer, as the main module shares it
+	mm.roominfo = assert(loadfile("./minimix_roominfo.lib.lua", "t", g))();
+	mm.roominfo.init(mm);
 	local lib = assert(loadfile("./minimix_mam.lib.lua", "t", g))();
 	lib.init(mm);
-	env.log, env.lib = mm.roomlog, lib;
+	env.log, env.lib, env.roominfo = mm.roomlog, lib, mm.roominfo;
 	return env;
 end
 
@@ -370,28 +373,72 @@ describe("MAM from the room log", function()
 			assert.same({}, sids(env.lib.stamp(subject, ACCOUNT)));
 		end);
 
-		it("asks the room first when the account joins, once", function()
+		it("asks a room once for all that wait, and not at every message once it did not answer", function()
 			local env = load_mam(ENTRIES, SPANS);
-			env.lib.joining(ACCOUNT, ROOM);
-			env.lib.joining(ACCOUNT, ROOM);
-			assert.equal(1, #env.sent, "asked with the join");
+			local got = {};
+			env.roominfo.ask(ROOM, ACCOUNT, function(f) got[#got+1] = f or false; end);
+			env.roominfo.ask(ROOM, ACCOUNT, function(f) got[#got+1] = f or false; end);
+			assert.equal(1, #env.sent);
+			env.timers[#env.timers].fn(); -- no answer in time
+			assert.same({ false, false }, got);
+			local m = said("hello");
+			assert.equal(m, env.lib.stamp(m, ACCOUNT), "not known: as it came");
+			env.lib.stamp(said("again"), ACCOUNT);
+			assert.equal(1, #env.sent, "not asked again at once");
+			-- the late answer is the module's own still: no device gets it
+			assert.is_true(fire(env, "iq/bare", { stanza = disco_answer(env.sent[1].attr.id, false) }));
+			-- a join asks again
+			env.roominfo.joining(ACCOUNT, ROOM);
+			assert.equal(2, #env.sent);
+		end);
+
+		it("asks the room first when the account joins, once per join", function()
+			local env = load_mam(ENTRIES, SPANS);
+			env.roominfo.joining(ACCOUNT, ROOM);
+			env.roominfo.joining("bob@localhost", ROOM);
+			assert.equal(1, #env.sent, "asked with the join, once for both accounts");
 			local m = said("hello");
 			assert.equal(m, env.lib.stamp(m, ACCOUNT), "not known yet: as it came");
 			assert.equal(1, #env.sent);
 			assert.equal(DISCO, env.sent[1].tags[1].attr.xmlns);
 			fire(env, "iq/bare", { stanza = disco_answer(env.sent[1].attr.id, false) });
 			assert.same({ ROOM .. " id-hello" }, sids(env.lib.stamp(said("hello"), ACCOUNT)));
-			env.lib.joining(ACCOUNT, ROOM);
-			assert.equal(1, #env.sent, "known: not asked again");
+			assert.equal(1, #env.sent, "known: not asked again for a message");
+			env.roominfo.joining(ACCOUNT, ROOM);
+			assert.equal(2, #env.sent, "a join again: the room may have changed meanwhile");
+			-- joined again while that is unanswered: asked again, the late
+			-- answer to the first dropped
+			env.roominfo.joining(ACCOUNT, ROOM);
+			assert.equal(3, #env.sent);
+			assert.is_true(fire(env, "iq/bare", { stanza = disco_answer(env.sent[2].attr.id, true) }));
+			assert.is_nil(env.roominfo.features(ROOM));
+			fire(env, "iq/bare", { stanza = disco_answer(env.sent[3].attr.id, false) });
+			assert.is_false(env.roominfo.features(ROOM)[MAM] or false);
 		end);
 	end);
 
 	it("forgets what a room offers when its configuration changes (104)", function()
 		local env = load_mam(ENTRIES, SPANS);
 		no_archive(env);
-		assert.is_false(env.lib.archived:get(ROOM));
+		assert.is_nil(env.roominfo.features(ROOM)[MAM]);
 		fire(env, "message/bare", { stanza = st.message({ from = ROOM, to = ACCOUNT, type = "groupchat" })
 			:tag("x", { xmlns = "http://jabber.org/protocol/muc#user" }):tag("status", { code = "104" }):up():up() });
-		assert.is_nil(env.lib.archived:get(ROOM));
+		assert.is_nil(env.roominfo.features(ROOM));
+		assert.equal(1, #env.sent, "asked again at once");
+	end);
+
+	it("adds mam:2 for the devices only, never to the module's own answers", function()
+		local env = load_mam(ENTRIES, SPANS);
+		local got;
+		env.roominfo.ask(ROOM, ACCOUNT, function(features) got = features; end);
+		assert.equal(1, #env.sent);
+		local answer = disco_answer(env.sent[1].attr.id, false);
+		assert.is_true(fire(env, "iq/bare", { stanza = answer }), "the module's own: stopped");
+		assert.is_nil(got[MAM]);
+		assert.truthy(got["http://jabber.org/protocol/muc"]);
+		for f in answer.tags[1]:childtags("feature") do assert.not_equal(MAM, f.attr.var); end
+		-- a device's answer, later: the feature added for it, not learnt
+		fire(env, "iq/bare", { stanza = disco_answer("d9", false) });
+		assert.is_nil(env.roominfo.features(ROOM)[MAM]);
 	end);
 end);

@@ -83,13 +83,16 @@ describe("group chat push", function()
 		register("phone");
 		fire(env, "message/bare", nil, message("bob", "just chatting"));
 		fire(env, "message/bare", nil, message("bob", "hey alice, look"));
-		-- the decision waits for the room's disco#info, asked once
-		assert.equal(1, #env.iqs);
-		local disco = env.iqs[1].stanza;
+		-- the decision waits for the room's disco#info, asked once, as the
+		-- account, with its join
+		assert.equal(1, #env.asked);
+		assert.equal(0, #env.sent_iqs);
+		local disco = env.asked[1];
 		assert.equal(ROOM, disco.attr.to);
+		assert.equal("alice@localhost", disco.attr.from);
 		assert.truthy(disco:get_child("query", "http://jabber.org/protocol/disco#info"));
 		assert.equal(0, #sent);
-		env.iqs[1].answer(st.iq({ type = "result", from = ROOM, id = disco.attr.id })
+		fire(env, "iq/bare", nil, st.iq({ type = "result", from = ROOM, to = "alice@localhost", id = disco.attr.id })
 			:tag("query", { xmlns = "http://jabber.org/protocol/disco#info" })
 				:tag("feature", { var = "muc_open" }):up()
 				:tag("feature", { var = "muc_nonanonymous" }):up());
@@ -101,25 +104,27 @@ describe("group chat push", function()
 		assert.truthy(tostring(form):find("hey alice, look", 1, true));
 	end);
 
-	it("asks the room's privacy again after a configuration change and after a join's subject", function()
+	it("asks the room's privacy again after a configuration change, and once per join", function()
 		register("phone");
 		local function answer(i)
-			env.iqs[i].answer(st.iq({ type = "result", from = ROOM, id = env.iqs[i].stanza.attr.id })
-				:tag("query", { xmlns = "http://jabber.org/protocol/disco#info" }));
+			fire(env, "iq/bare", nil, st.iq({ type = "result", from = ROOM, to = "alice@localhost",
+				id = env.asked[i].attr.id }):tag("query", { xmlns = "http://jabber.org/protocol/disco#info" }));
 		end
 		fire(env, "message/bare", nil, message("bob", "one"));
 		answer(1);
 		fire(env, "message/bare", nil, message("bob", "two"));
-		assert.equal(1, #env.iqs, "known: not asked again");
+		assert.equal(1, #env.asked, "known: not asked again");
 		fire(env, "message/bare", nil, st.message({ from = ROOM, to = "alice@localhost", type = "groupchat" })
 			:tag("x", { xmlns = "http://jabber.org/protocol/muc#user" }):tag("status", { code = "104" }):up():up());
 		fire(env, "message/bare", nil, message("bob", "three"));
-		assert.equal(2, #env.iqs, "asked again after the 104");
+		assert.equal(2, #env.asked, "asked again after the 104");
 		answer(2);
+		-- the join's subject: the join asked already
 		fire(env, "message/bare", nil, st.message({ from = ROOM, to = "alice@localhost", type = "groupchat" })
 			:tag("subject"):text("a subject"):up());
 		fire(env, "message/bare", nil, message("bob", "four"));
-		assert.equal(3, #env.iqs, "asked again after a subject");
+		assert.equal(2, #env.asked, "one disco#info per join");
+		assert.equal(0, #env.sent_iqs);
 	end);
 
 	it("holds mod_cloud_notify's own push of a queued copy, and decides for an unacknowledged one", function()

@@ -162,14 +162,16 @@ local function load_shim(options, env_hook)
 		env.fired[#env.fired+1] = { name = name, data = data };
 		if env.on_fire then return env.on_fire(name, data); end
 	end
-	-- the account's disco#info queries of rooms (minimix_mam.lib.lua asks
-	-- whether a room keeps an archive) are kept apart, unanswered: the
-	-- shim's specs see the room traffic without them
+	-- the account's disco#info queries of rooms (minimix_roominfo.lib.lua
+	-- asks what a room offers) are kept apart, unanswered unless a spec
+	-- sets env.on_ask(stanza): the shim's specs see the room traffic
+	-- without them
 	env.asked = {};
 	function module:send(stanza)
 		local id = stanza.name == "iq" and stanza.attr.id;
-		if id and id:match("^minimix%-mam%-") then
+		if id and id:match("^minimix%-roominfo%-") then
 			env.asked[#env.asked+1] = st.clone(stanza);
+			if env.on_ask then env.on_ask(stanza); end
 			return;
 		end
 		env.sent[#env.sent+1] = st.clone(stanza);

@@ -293,3 +293,88 @@ def test_a_room_that_never_answers_its_archive_query_times_out(prosody_factory):
         _, got = await join_room(t, room, "alice", history={"maxstanzas": 10})
         assert catch_up_bodies(got, room) == ["pre", "live meanwhile"], t.transcript()
     run(env, scenario, timeout=120)
+
+
+def is_disco_info(s):
+    return s.xml.find("{%s}query" % NS_DISCO_INFO) is not None
+
+
+def is_mam_query(s):
+    return s.xml.find("{%s}query" % NS_MAM) is not None
+
+
+def test_a_room_without_an_archive_gets_no_archive_query_after_a_gap(prosody_factory):
+    """A room that keeps no archive (its disco#info lacks urn:xmpp:mam:2,
+    which the module adds for the account's devices only, as their MAM is
+    answered from the log): after a 332 re-join, the backfill learns that
+    from the room's own answer and sends the room no archive query; what
+    the room says next is logged at once and reaches a later device's
+    catch-up.  The module asks the room's disco#info once per join, as the
+    account, for the MAM answers, the backfill and push together."""
+    env = prosody_factory(host_options={"minimix_rejoin_delay": 1},
+                          external_components={EVIL: EVIL_SECRET}, debug=True)
+    room = "plain@" + EVIL
+
+    async def scenario(w):
+        svc = HostileService(env)
+        w.clients.append(svc)
+        await svc.connect()
+        p = await w.connect("alice", "phone")
+
+        def answer_disco(q):
+            assert q.frm == ALICE, q
+            svc.send("<iq type='result' from='%s' to='%s' id='%s'><query xmlns='%s'>"
+                     "<identity category='conference' type='text'/>"
+                     "<feature var='http://jabber.org/protocol/muc'/></query></iq>"
+                     % (room, ALICE, q.id, NS_DISCO_INFO))
+
+        def joined(join):
+            svc.send("<presence from='%s/alice' to='%s' id='%s'><x xmlns='%s'>"
+                     "<item affiliation='none' role='participant'/><status code='110'/></x>"
+                     "</presence>" % (room, ALICE, join.id or "", NS_MUC_USER))
+            svc.send("<message from='%s' to='%s' type='groupchat'><subject>Plain</subject>"
+                     "</message>" % (room, ALICE))
+
+        async def join_answered(since, what):
+            # the disco#info comes with the join (before it), or after it
+            # (from whatever asks once the account is in)
+            join = await svc.wait_for(P(name="presence", frm=ALICE, to=room + "/alice"),
+                                      since=since, what=what, timeout=20)
+            disco = P(name="iq", type="get", to=room, fn=is_disco_info)
+            early = svc.matching(disco, since=since)
+            for q in early:
+                answer_disco(q)
+            joined(join)
+            if not early:
+                answer_disco(await svc.wait_for(disco, since=since, timeout=20,
+                                                what="the disco#info of " + what))
+
+        ms0, mp = svc.mark(), p.mark()
+        p.join(room, "alice")
+        await join_answered(ms0, "the join")
+        await p.wait_for(P(name="message", frm=room, subject="Plain"), since=mp)
+        svc.send("<message from='%s/bob' to='%s' type='groupchat' id='pre'><body>pre</body>"
+                 "</message>" % (room, ALICE))
+        await p.wait_for(P(name="message", body="pre"), since=mp)
+
+        # the room shuts down (332): the account joins again a second later
+        ms = svc.mark()
+        svc.send("<presence from='%s/alice' to='%s' type='unavailable'><x xmlns='%s'>"
+                 "<item affiliation='none' role='none'/><status code='110'/>"
+                 "<status code='332'/></x></presence>" % (room, ALICE, NS_MUC_USER))
+        await join_answered(ms, "the re-join")
+        await log_line(env, r"No backfill of %s: the room keeps no archive" % re.escape(room))
+        svc.send("<message from='%s/bob' to='%s' type='groupchat' id='live'><body>after</body>"
+                 "</message>" % (room, ALICE))
+        await p.wait_for(P(name="message", body="after"), since=mp)
+        assert await logged_bodies(env, room, "after") == ["pre", "after"]
+        t = await w.connect("alice", "tablet")
+        _, got = await join_room(t, room, "alice", history={"maxstanzas": 10})
+        assert catch_up_bodies(got, room) == ["pre", "after"], t.transcript()
+        assert not svc.matching(P(name="iq", to=room, fn=is_mam_query), since=ms0), \
+            svc.transcript(ms0)
+        # one disco#info per join
+        disco = P(name="iq", type="get", to=room, fn=is_disco_info)
+        assert len(svc.matching(disco, since=ms)) == 1, svc.transcript(ms0)
+        assert len(svc.matching(disco, since=ms0)) == 2, svc.transcript(ms0)
+    run(env, scenario, timeout=120)

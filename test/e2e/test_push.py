@@ -506,3 +506,72 @@ def test_operators_see_pushes_sent_and_held_back(prosody_factory):
                          r"1 message\(s\), mention \(nick\); on-mention \(public room\)"
                          % re.escape(room), log), env.tail(40)
     run(env, scenario)
+
+
+# ---- what the room offers: asked once per join -------------------------------------
+
+def test_a_room_is_asked_its_disco_info_once_per_join_for_push_and_mam(prosody_factory):
+    """The room's disco#info (XEP-0045 6.4) is asked once when the account
+    joins, as the account, and serves the push's privacy (XEP-0492 3) as
+    well as the MAM answers: a mention in a public room on a hand-driven
+    service is pushed without a second query."""
+    from .test_hostile import HostileService, EVIL, EVIL_SECRET
+    host = {"push_notification_with_body": True, "push_notification_with_sender": True,
+            "minimix_push_window": 0}
+    env = prosody_factory(extra_modules=["cloud_notify"], host_options=host,
+                          external_components={PUSH: PUSH_SECRET, EVIL: EVIL_SECRET})
+    room = "asked@" + EVIL
+    ns_disco = "http://jabber.org/protocol/disco#info"
+
+    async def scenario(w):
+        service = await PushService(env).connect()
+        svc = HostileService(env)
+        w.clients.append(svc)
+        await svc.connect()
+        answered = set()
+
+        def answer_discos(s):
+            # every disco#info query answered as it comes: a public room
+            if s.name == "iq" and s.type == "get" and s.id not in answered \
+                    and s.xml.find("{%s}query" % ns_disco) is not None:
+                answered.add(s.id)
+                svc.send("<iq type='result' from=%s to=%s id=%s><query xmlns='%s'>"
+                         "<identity category='conference' type='text'/>"
+                         "<feature var='http://jabber.org/protocol/muc'/>"
+                         "<feature var='muc_open'/></query></iq>"
+                         % (quoteattr(room), quoteattr(s.frm), quoteattr(s.id), ns_disco))
+            return False
+
+        async def keep_answering():
+            try:
+                await svc.wait_for(answer_discos, timeout=120)
+            except AssertionError:
+                pass
+        answering = asyncio.ensure_future(keep_answering())
+        try:
+            ms0 = svc.mark()
+            p = await w.connect("alice", "phone")
+            await enable_push(p, "phone-1")
+            mp = p.mark()
+            p.join(room, "alice")
+            join = await svc.wait_for(P(name="presence", frm=ALICE, to=room + "/alice"),
+                                      since=ms0, what="the join")
+            svc.send("<presence from='%s/alice' to='%s' id=%s><x xmlns='%s'>"
+                     "<item affiliation='none' role='participant'/><status code='110'/></x>"
+                     "</presence>" % (room, ALICE, quoteattr(join.id or ""),
+                                      "http://jabber.org/protocol/muc#user"))
+            svc.send("<message from='%s' to='%s' type='groupchat'><subject>Asked</subject>"
+                     "</message>" % (room, ALICE))
+            await p.wait_for(P(name="message", frm=room, subject="Asked"), since=mp)
+            await gone(env, p)
+            m = service.mark()
+            svc.send("<message from='%s/bob' to='%s' type='groupchat' id='m1'>"
+                     "<body>alice: look</body></message>" % (room, ALICE))
+            await service.wait_push("phone-1", "alice: look", since=m)
+            discos = svc.matching(P(name="iq", type="get", to=room,
+                                    fn=lambda s: s.xml.find("{%s}query" % ns_disco) is not None),
+                                  since=ms0)
+            assert [d.frm for d in discos] == [ALICE], svc.transcript(ms0)
+        finally:
+            answering.cancel()
+    run(env, scenario)
