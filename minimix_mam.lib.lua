@@ -205,6 +205,16 @@ function lib.init(mm)
 		-- the most at once while an id is looked for
 		local cont, done = nil, false;
 		local chunk = mark and not located and CHUNK_MAX or max + 1;
+		-- a message past the page's mark: on the page if the query and the
+		-- spans take it; true when the page is full (one more is there)
+		local function take(id, item, t, slack)
+			if within(t) and roomlog.in_spans(t, slack, spans)
+				and (not ids or ids[id]) and not is_subject_change(item) then
+				if #out >= max then more = true; return true; end
+				out[#out+1] = { id, item, t };
+			end
+			return false;
+		end
 		while not done do
 			local iter, err = roomlog.find(room, { start = math.floor(lo) - 1, ["end"] = math.ceil(hi),
 				with = nick, reverse = backwards, limit = chunk,
@@ -224,10 +234,9 @@ function lib.init(mm)
 					elseif after and (id == after or key == after) then
 						seen_after, done = true, true;
 						break;
-					elseif within(t) and roomlog.in_spans(t, slack, spans)
-						and (not ids or ids[id]) and not is_subject_change(item) then
-						if #out >= max then more, done = true, true; break; end
-						out[#out+1] = { id, item, t };
+					elseif take(id, item, t, slack) then
+						done = true;
+						break;
 					end
 				else
 					if not seen_after then
@@ -235,10 +244,9 @@ function lib.init(mm)
 					elseif type(before) == "string" and (id == before or key == before) then
 						seen_before, done = true, true;
 						break;
-					elseif within(t) and roomlog.in_spans(t, slack, spans)
-						and (not ids or ids[id]) and not is_subject_change(item) then
-						if #out >= max then more, done = true, true; break; end
-						out[#out+1] = { id, item, t };
+					elseif take(id, item, t, slack) then
+						done = true;
+						break;
 					end
 				end
 			end
