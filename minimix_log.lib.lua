@@ -545,9 +545,10 @@ local function new_writer(kind, store, on_quota, batch)
 		-- since its first failure, was refused; so is one that fails as
 		-- an earlier message of the same queue was refused.
 		-- A head that failed twice with nothing else written meanwhile
-		-- (its queue may be the only one with work) is told apart once by
-		-- the message behind it: if the store takes that one, the head was
-		-- refused and is given up, and the order holds.
+		-- (its queue may be the only one with work) is told apart once:
+		-- tried again at once, then by the message behind it: if the store
+		-- takes that one and not the head, the head was refused and is
+		-- given up, and the order holds.
 		local unexplained = 0;
 		for _, user in ipairs(failed) do
 			local q = queues[user];
@@ -556,16 +557,23 @@ local function new_writer(kind, store, on_quota, batch)
 				or told:get(cause_key(user, e.err))) then
 				give_up(q, e, e.err);
 			elseif e and e.fails == 2 and q.head < q.tail and not probe then
-				-- once per head: while the store is away, only heads are tried
+				-- once per head (while the store is away, only heads are
+				-- tried): the head again at once, since a failure can be the
+				-- store's own reconnection (util.sql retries on a new
+				-- connection only once), then the message behind it
 				local next_e = q[q.head + 1];
-				if write(next_e) then
+				if write(e) then
+					pop(q, e);
+					m_writes:add(1);
+					wrote, last_success = true, pass_no;
+				elseif write(next_e) then
 					give_up(q, e, e.err);
 					pop(q, next_e);
 					m_writes:add(1);
 					wrote, last_success = true, pass_no;
 				else
-					m_failures:add(1);
-					failures = failures + 1;
+					m_failures:add(2);
+					failures = failures + 2;
 					unexplained = unexplained + 1;
 				end
 			elseif e then

@@ -5,7 +5,7 @@ local st = require "util.stanza";
 
 -- A fake archive store: append/find/delete/users/count as Prosody's
 -- drivers, with switches to fail: fail (every write), refuse (per user),
--- refuse_body (the message with that body),
+-- refuse_body (the message with that body), fail_next (the next N writes),
 -- raise, quota (items per user), caps.
 local function fake_archive()
 	local s = { items = {}, appends = 0, deletes = {}, refuse = {}, caps = {} };
@@ -13,6 +13,10 @@ local function fake_archive()
 		self.appends = self.appends + 1;
 		if self.raise then error(self.raise); end
 		if self.fail then return nil, self.fail; end
+		if (self.fail_next or 0) > 0 then
+			self.fail_next = self.fail_next - 1;
+			return nil, "Failed to connect to database";
+		end
 		if self.refuse[user] then return nil, self.refuse[user]; end
 		if self.refuse_body and value:get_child_text("body") == self.refuse_body then
 			return nil, "this message is refused";

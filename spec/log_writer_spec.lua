@@ -121,6 +121,20 @@ describe("the room log's writes", function()
 			assert.equal(1, count_logs(env, "info", "Writing to the room log again"));
 		end);
 
+		it("gives up nothing when the store takes the head again as it comes back", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			-- the head fails twice, the second time as the store reconnects
+			store.fail_next = 2;
+			say(env, ROOM, "first");
+			say(env, ROOM, "second");
+			advance(env, 0.1);
+			advance(env, 1);
+			advance(env, 1);
+			assert.same({ "first", "second" }, logged(env, ROOM));
+			assert.equal(0, dropped(env));
+		end);
+
 		it("keeps everything through an outage, trying each room once per attempt", function()
 			local env = load_log();
 			local store = env.stores.minimix_log;
