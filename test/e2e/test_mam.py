@@ -202,22 +202,34 @@ def test_a_device_away_pages_through_what_it_missed(prosody_factory, storage):
     run(env, scenario, timeout=120)
 
 
+def archived_env(prosody_factory):
+    """A server whose MUC component archives its rooms (muc_mam)."""
+    return make_env(prosody_factory, {"storage": "internal"},
+                    muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+
+
+async def archived_room(w, name):
+    """carol's room (non-anonymous) with bob (a host without the module)
+    and alice's phone in it: (room, carol, bob, phone)."""
+    room = w.room(name)
+    carol = await w.connect("carol", "desk")
+    await create_room(carol, room, "carol", whois="anyone")
+    bob = await w.connect("bob", "desk")
+    await join_room(bob, room, "bob")
+    phone = await w.connect("alice", "phone")
+    await join_room(phone, room, "alice")
+    return room, carol, bob, phone
+
+
 def test_a_room_with_an_archive_answers_its_own_queries(prosody_factory):
     """With muc_mam on the component the room archives itself: its
     disco#info says mam:2, and alice's query reaches the room, which
     answers it; alice gets what bob, on the host without the module, gets
     for the same query (the same ids, the room's own)."""
-    env = make_env(prosody_factory, {"storage": "internal"},
-                   muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+    env = archived_env(prosody_factory)
 
     async def scenario(w):
-        room = w.room("archived")
-        carol = await w.connect("carol", "desk")
-        await create_room(carol, room, "carol", whois="anyone")
-        bob = await w.connect("bob", "desk")
-        await join_room(bob, room, "bob")
-        phone = await w.connect("alice", "phone")
-        await join_room(phone, room, "alice")
+        room, carol, bob, phone = await archived_room(w, "archived")
         await say(carol, room, [bob, phone], ["one", "two", "three"])
         assert (await features(phone, room)).count(NS_MAM) == 1
         a_answer, a = await query(phone, room, rsm={"max": "10"})
@@ -292,8 +304,7 @@ def test_a_room_that_stops_archiving_is_answered_from_the_log(prosody_factory):
     the room says 171 to its occupants, the module forgets what it knew of
     the room, and alice's next query is answered from the room log: what
     was said before (with the same ids the room gave) and after."""
-    env = make_env(prosody_factory, {"storage": "internal"},
-                   muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+    env = archived_env(prosody_factory)
 
     async def scenario(w):
         room = w.room("stops")
@@ -448,17 +459,10 @@ def test_the_module_stamps_ids_in_a_room_without_an_archive(prosody_factory, sto
 def test_a_room_with_an_archive_keeps_its_own_ids(prosody_factory):
     """With muc_mam the room stamps its stanza-ids; the module adds none
     and takes none away."""
-    env = make_env(prosody_factory, {"storage": "internal"},
-                   muc_options={"modules_enabled": ["e2e_spy", "muc_mam"]})
+    env = archived_env(prosody_factory)
 
     async def scenario(w):
-        room = w.room("ownids")
-        carol = await w.connect("carol", "desk")
-        await create_room(carol, room, "carol", whois="anyone")
-        bob = await w.connect("bob", "desk")
-        await join_room(bob, room, "bob")
-        phone = await w.connect("alice", "phone")
-        await join_room(phone, room, "alice")
+        room, carol, bob, phone = await archived_room(w, "ownids")
         await say(carol, room, [bob, phone], ["one"])
         a = room_sids(phone.matching(P(name="message", frm=room + "/carol", body="one"))[0], room)
         b = room_sids(bob.matching(P(name="message", frm=room + "/carol", body="one"))[0], room)
