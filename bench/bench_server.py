@@ -94,7 +94,7 @@ SM = env_int("MINIMIX_BENCH_SERVER_SMALL_MESSAGES", 400)
 SMALL_PACE = float(os.environ.get("MINIMIX_BENCH_SERVER_SMALL_PACE", "0.01"))
 SMALL_REPEAT = env_int("MINIMIX_BENCH_SERVER_SMALL_REPEAT", 5)
 SMALL_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_SMALL_MODES",
-                                         "module,sqlite,postgres").split(",") if m]
+                                         "module,sqlite,postgres,archived").split(",") if m]
 # another checkout of the module (built), to compare with in the same run:
 # each setup of SMALL_MODES also runs with it, as "<mode>@base"
 BASELINE = os.environ.get("MINIMIX_BENCH_SERVER_BASELINE", "")
@@ -238,6 +238,12 @@ LOG_MODES = [m for m in os.environ.get("MINIMIX_BENCH_SERVER_LOG_MODES",
 # database per run.
 MODES["postgres"] = {"storage": "postgres", "global_options": dict(
     MODES["sqlite"]["global_options"])}
+# Rooms that archive their messages themselves (muc_mam on the MUC
+# component, as most servers run it): plain MUC and the module (the log on
+# the default file store) with the same archive; the module's figures there
+# are compared with plain_archived, the others' with plain.
+MODES["plain_archived"] = {"minimix": False, "muc_mam": True}
+MODES["archived"] = {"muc_mam": True}
 MODE_NAMES = {"plain": "plain MUC", "module": "mod_minimix", "nolog": "without the log",
               "sqlite": "log on SQLite", "sqlite_tuned": "log on SQLite, sqlite_tune=normal",
               "push": "push, device connected", "push_away": "push, device away",
@@ -267,9 +273,12 @@ def start_env(mode, accounts, callgrind=False):
         kw["sql"] = POSTGRES.sql_settings(POSTGRES.create_database())
     kw.setdefault("minimix", True)
     push_resource = kw.pop("push_resource", None)
+    muc_options = {"muc_room_locking": False}
+    if kw.pop("muc_mam", False):
+        muc_options["modules_enabled"] = ["muc_mam"]
     env = cls(plugin_paths=[BASELINE if base else CHECKOUT, PLUGINS],
               extra_modules=["bench_probe"] + kw.pop("extra_modules", []), spy=False,
-              muc_options={"muc_room_locking": False}, **kw)
+              muc_options=muc_options, **kw)
     for i in range(accounts):
         env.add_user("u%d" % i, PASSWORD)
     if push_resource:
@@ -547,6 +556,8 @@ def small_rooms(results):
     every mode, the order rotated each round."""
     global POSTGRES
     modes = ["plain"] + SMALL_MODES
+    if "archived" in SMALL_MODES:
+        modes.insert(1, "plain_archived")
     if BASELINE:
         modes += ["%s@base" % m for m in SMALL_MODES if m != "plain"]
     if "postgres" in modes:
@@ -579,8 +590,9 @@ def small_rooms(results):
             for mode in modes:
                 rs = runs[mode]
                 us = [x["cpu_us_per_delivered"] for x in rs]
+                against = "plain_archived" if mode.partition("@")[0] == "archived" else "plain"
                 ratios = [x["cpu_us_per_delivered"] / p["cpu_us_per_delivered"]
-                          for x, p in zip(rs, runs["plain"])]
+                          for x, p in zip(rs, runs[against])]
                 ok = all(x["delivered"] == x["expected"] for x in rs)
                 row["modes"][mode] = {
                     "median_us": statistics.median(us), "runs_us": us,
@@ -590,7 +602,7 @@ def small_rooms(results):
                 print("  %2dx%d    %-16s %6.1f  (%s)%s   %s" % (
                     A_, D, mode, statistics.median(us), ", ".join("%.1f" % x for x in us),
                     "" if ok else " INCOMPLETE",
-                    "" if mode == "plain" else "%.2f (%.2f-%.2f)" % (
+                    "" if mode.startswith("plain") else "%.2f (%.2f-%.2f)" % (
                         statistics.median(ratios), min(ratios), max(ratios))))
             out.append(row)
     finally:

@@ -237,9 +237,12 @@ def small_table(rows):
     against plain MUC in the same run."""
     r0 = rows[0]
     modes = [m for b in ("", "@base") for m in ("module" + b, "sqlite" + b, "postgres" + b,
-                                                 "nolog" + b) if m in r0["modes"]]
+                                                 "nolog" + b, "plain_archived" + b,
+                                                 "archived" + b) if m in r0["modes"]]
     names = {"module": "log on files", "sqlite": "log on SQLite",
-             "postgres": "log on PostgreSQL", "nolog": "log off"}
+             "postgres": "log on PostgreSQL", "nolog": "log off",
+             "plain_archived": "plain MUC, rooms with muc_mam (µs)",
+             "archived": "log on files, rooms with muc_mam (/ plain with muc_mam)"}
     # MINIMIX_BENCH_SERVER_BASELINE: the same with another checkout
     names.update({k + "@base": v + ", baseline" for k, v in list(names.items())})
     out = ["Small rooms: one sender posts %d messages, each after the room's echo of the last "
@@ -253,6 +256,9 @@ def small_table(rows):
         cells = []
         for m in modes:
             d = r["modes"][m]
+            if m.startswith("plain"):
+                cells.append("%.0f µs" % d["median_us"])
+                continue
             cells.append("%.2f× (%.2f–%.2f)%s" % (d["ratio_median"], min(d["ratios"]),
                                                  max(d["ratios"]),
                                                  "" if d["complete"] else " incomplete!"))
