@@ -664,6 +664,26 @@ describe("the room log's items on the file store", function()
 		assert.equal(T + 0.5, got[1][2]);
 	end);
 
+	it("give the backfill its anchor, the newest message written or waiting, in either form", function()
+		local env = load_log({ minimix_log_flush_interval = 2000 }, "internal");
+		local old = msg("dan", "old", "sid-old");
+		old.attr.to = nil;
+		old:tag("said", { xmlns = SAID, at = "2023-11-14T22:13:21.500000Z" }):up();
+		env.stores.minimix_log:append(ROOM, nil, old, T + 1, "dan");
+		assert.same({ id = "sid-old", when = T + 1.5 }, env.lib.hold(ROOM));
+		env.lib.release(ROOM);
+		-- waiting for the writer (a flush interval of 2 s)
+		env.clock = T + 3;
+		deliver(env, "alice@localhost", msg("dan", "new", "sid-new"));
+		assert.equal(1, (env.lib.pending()));
+		assert.same({ id = "sid-new", when = T + 3.25 }, env.lib.hold(ROOM));
+		env.lib.release(ROOM);
+		advance(env, 3);
+		assert.equal(0, (env.lib.pending()));
+		assert.equal("logged", env.stores.minimix_log.items[2].value.name);
+		assert.same({ id = "sid-new", when = T + 3.25 }, env.lib.hold(ROOM));
+	end);
+
 	it("are read beside the stanzas an earlier version wrote: catch-up, MAM, a re-join's history, withdrawals", function()
 		local env = load_log(nil, "internal");
 		-- what an earlier version wrote: the stanza, without 'to', with its mark
