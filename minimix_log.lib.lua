@@ -17,12 +17,15 @@ local sha1 = require "util.hashes".sha1;
 local sha256 = require "util.hashes".sha256;
 local datetime = require "util.datetime";
 local new_uuid = require "util.uuid".generate;
+local xml_parse = require "util.xml".parse;
 local logsql = module:require("minimix_logsql");
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
 -- the module's own mark on a logged message: when it was said, exactly
 local xmlns_said = "urn:xmpp:minimix:said:0";
+-- the log's item where a store takes it as text (see log_value)
+local xmlns_logged = "urn:xmpp:minimix:logged:0";
 -- XEP-0424 retractions (the current and the fastened form), XEP-0425
 -- moderations (the current and the form mod_muc_moderation sends), and
 -- what tells an occupant from another (XEP-0421, the room's muc#user item)
@@ -134,6 +137,61 @@ local ID_MAX = 256;
 local function bounded_id(id)
 	if id and #id > ID_MAX then return "#" .. sha1(id, true); end
 	return id;
+end
+
+-- The log's items -------------------------------------------------------------
+
+-- A message is logged as the room sent it, without 'to', with the log's
+-- <said/> mark of the exact time the room said it (a live message).
+-- Where a store takes it as text cheaply (the file store; SQL, through
+-- the batch), the item is instead a <logged/> element of the module's:
+-- its one text child is the message's XML, the text the shim already
+-- made of it for the sessions (m.payload), and its 'said' attribute the
+-- mark.  The file store then serialises one string instead of a tree,
+-- and nothing is cloned; the SQL batch writes that text with the mark put
+-- in, the row mod_storage_sql writes for the stanza.  Logs written before
+-- hold the stanza itself, and so do tombstones: every reader of the log
+-- goes through decode, which takes both.
+local function is_logged(item)
+	return item.name == "logged" and item.attr.xmlns == xmlns_logged;
+end
+
+-- The message an item holds, with its mark: the item itself if it is the
+-- stanza, else a new stanza parsed from its text (nil if that is not XML).
+local function decode(item)
+	if not is_logged(item) then return item; end
+	local text = item[1];
+	local stanza = type(text) == "string" and xml_parse(text);
+	if not stanza then return nil; end
+	local said = item.attr.said;
+	if said then stanza:tag("said", { xmlns = xmlns_said, at = said }):up(); end
+	return stanza;
+end
+
+-- An item's XML text, as mod_storage_sql writes a stanza: the message's
+-- text with the mark put in before its end tag.
+local CLOSE = "</message>";
+local function item_text(item)
+	if not is_logged(item) then return tostring(item); end
+	local text, said = item[1], item.attr.said;
+	if type(text) ~= "string" then error("an empty log item"); end
+	if not said then return text; end
+	if text:sub(-#CLOSE) ~= CLOSE then
+		local stanza = decode(item);
+		if not stanza then error("a log item that is not XML"); end
+		return tostring(stanza);
+	end
+	return text:sub(1, -#CLOSE - 1) .. "<said xmlns='" .. xmlns_said .. "' at='" .. st.xml_escape(said) .. "'/>"
+		.. CLOSE;
+end
+
+-- A stanza's text without its 'to', as the shim's m.payload.
+local function text_of(stanza)
+	local to = stanza.attr.to;
+	stanza.attr.to = nil;
+	local text = tostring(stanza);
+	stanza.attr.to = to;
+	return text;
 end
 
 -- Retractions and moderations -----------------------------------------------
@@ -296,7 +354,7 @@ local metric_dropped = module:metric("counter", "log_dropped", "",
 	"Room messages given up on: the write queue overflowed during an outage, or the store refused them", { "store" });
 
 -- About the bytes a stanza takes (its XML unescaped), counted without
--- serializing it: the log keeps the stanza, not its text.
+-- serializing it where the log keeps the stanza, not its text.
 local function stanza_size(t)
 	local n = #t.name * 2 + 5;
 	for k, v in pairs(t.attr) do n = n + #k + #tostring(v) + 4; end
@@ -342,7 +400,17 @@ end
 local SID_KEYS = 8192;
 local sid_keys = new_cache(SID_KEYS);
 
-local function new_writer(kind, store, on_quota, batch)
+-- Who sent an entry's message (identity()), kept when it was queued.
+local function entry_who(e)
+	if e.who then return e.who; end
+	local v = decode(e.value);
+	return v and identity(v) or {};
+end
+
+-- kind: "log" or "mam"; on_quota(user, stage): makes room in a full
+-- store; batch: writes a list of entries at once (logsql); storable(value):
+-- what the store's append takes for a waiting value (nil: the value).
+local function new_writer(kind, store, on_quota, batch, storable)
 	local w = { kind = kind, store = store };
 	local what = kind == "log" and "room log" or "accounts' archives";
 	local m_writes, m_failures, m_dropped = metric_writes:with_labels(kind),
@@ -412,17 +480,19 @@ local function new_writer(kind, store, on_quota, batch)
 	end
 
 	local function write(e)
-		local ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
+		local value = e.value;
+		if storable then value = storable(value); end
+		local ok, ret, err = pcall(store.append, store, e.user, e.key, value, e.when, e.with);
 		local stage = 1;
 		while ok and not ret and err == "quota-limit" and on_quota and on_quota(e.user, stage) do
 			-- the store's own per-user limit: make room, as mod_mam does
-			ok, ret, err = pcall(store.append, store, e.user, e.key, e.value, e.when, e.with);
+			ok, ret, err = pcall(store.append, store, e.user, e.key, value, e.when, e.with);
 			stage = stage + 1;
 		end
 		if not ok then return nil, oneline(ret), true; end -- raised: this entry is the problem
 		if not ret then return nil, oneline(err or "unknown error"), err == "quota-limit"; end
 		if e.sid_key and type(ret) == "string" then
-			sid_keys:set(e.sid_key, { key = ret, who = identity(e.value) });
+			sid_keys:set(e.sid_key, { key = ret, who = entry_who(e) });
 		end
 		return true;
 	end
@@ -477,7 +547,7 @@ local function new_writer(kind, store, on_quota, batch)
 			if not ok then return done, err or "unknown error"; end
 			for _, e in ipairs(list) do
 				if e.sid_key and type(e.written_key) == "string" then
-					sid_keys:set(e.sid_key, { key = e.written_key, who = identity(e.value) });
+					sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
 				end
 				pop(queues[e.user], e);
 			end
@@ -620,7 +690,8 @@ local function new_writer(kind, store, on_quota, batch)
 	end
 
 	function w.push(e)
-		e.size = stanza_size(e.value) + #e.user + ENTRY_OVERHEAD;
+		local v = e.value;
+		e.size = (is_logged(v) and #v[1] or stanza_size(v)) + #e.user + ENTRY_OVERHEAD;
 		if e.size > queue_bytes then
 			m_dropped:add(1);
 			module:log("warn", "A message of %s (%d bytes) is larger than minimix_log_queue_bytes: not written to the %s",
@@ -675,22 +746,23 @@ local function new_writer(kind, store, on_quota, batch)
 			local e = order[i];
 			if e and not e.done then
 				out[#out+1] = { user = e.user, room = e.room, key = e.key, value = e.value, when = e.when,
-					with = e.with, sid_key = e.sid_key };
+					with = e.with, sid_key = e.sid_key, sid = e.sid, who = e.who };
 			end
 		end
 		queues, active, order, oldest, newest, count, bytes = {}, {}, {}, 1, 0, 0, 0;
 		return out;
 	end
 
-	-- The first waiting entry of user that match(value) takes is replaced
-	-- by make(value) (a tombstone; nil: kept); returns the value it had.
+	-- The first waiting entry of user that match(entry) takes gets the
+	-- value make(entry) gives (a tombstone; nil: kept); returns the value
+	-- it had.
 	function w.replace(user, match, make)
 		local q = queues[user];
 		if not q then return nil; end
 		for i = q.head, q.tail do
 			local e = q[i];
-			if e and match(e.value) then
-				local old, value = e.value, make(e.value);
+			if e and match(e) then
+				local old, value = e.value, make(e);
 				if value then
 					local size = stanza_size(value) + #e.user + ENTRY_OVERHEAD;
 					bytes, e.size, e.value = bytes - e.size + size, size, value;
@@ -755,12 +827,13 @@ end
 
 local log_store = enabled and module:open_store("minimix_log", "archive");
 
--- On mod_storage_sql, a pass's writes in one transaction (nil elsewhere).
-local function sql_batcher(store, store_name)
+-- On mod_storage_sql, a pass's writes in one transaction (nil elsewhere);
+-- text(value): a waiting value's XML text.
+local function sql_batcher(store, store_name, text)
 	local ok, sm = pcall(require, "core.storagemanager");
 	if not ok or not sm.get_driver then return nil; end
 	local ok2, _, driver_name = pcall(sm.get_driver, module.host, store_name);
-	local batch, why = logsql.batcher(store, store_name, ok2 and driver_name);
+	local batch, why = logsql.batcher(store, store_name, ok2 and driver_name, text);
 	if not batch and ok2 and driver_name == "sql" then
 		module:log("debug", "Writing to the %s store one message at a time: %s", store_name, why);
 	end
@@ -795,11 +868,48 @@ local function truncate_room(user, keep)
 	return ok and err;
 end
 
+local log_batch = enabled and sql_batcher(log_store, "minimix_log", item_text);
+-- Whether the log's items are <logged/> text (see decode): on the file
+-- store, and on SQL where the batch writes them.  Elsewhere (another
+-- driver, SQL one by one: a store with a quota) they are the stanza, as
+-- the store's append takes it.
+local compact = file_store or log_batch and true or false;
+
 local log_writer = enabled and new_writer("log", log_store, function(user, stage)
 	if stage > 1 then return false; end
 	local quota = log_store.caps and log_store.caps.quota or max_per_room;
 	return truncate_room(user, math.max(1, math.floor(math.min(max_per_room, quota) * TRUNCATE_TO)));
-end, enabled and sql_batcher(log_store, "minimix_log"));
+end, log_batch, not file_store and decode or nil);
+
+-- The value logged for stanza: its text (payload, the shim's; nil: made
+-- here) and the time it was said (said, a XEP-0082 stamp; nil for a
+-- delayed message), as an item of the log (see decode).
+local function log_value(stanza, payload, said)
+	if compact then
+		-- made as st.stanza():text() would, without checking again the
+		-- name, the attributes and a text Prosody serialised itself
+		return setmetatable({ name = "logged", attr = { xmlns = xmlns_logged, said = said }, tags = {},
+			payload or text_of(stanza) }, st.stanza_mt);
+	end
+	local value = st.clone(stanza);
+	value.attr.to = nil;
+	if said then value:tag("said", { xmlns = xmlns_said, at = said }):up(); end
+	return value;
+end
+
+-- The message of a waiting entry, the caller's to change (nil: unreadable).
+local function entry_stanza(e)
+	local v = decode(e.value);
+	if v == e.value then v = st.clone(v); end
+	return v;
+end
+
+-- The room's stanza-id of a waiting entry's message.
+local function entry_sid(e, room)
+	if e.sid then return e.sid; end
+	local v = decode(e.value);
+	return v and room_sid(v, room);
+end
 
 -- The accounts' archives honour their quota as mod_mam does: the entries
 -- older than archive_expires_after go, else the oldest (to a fraction of
@@ -859,8 +969,10 @@ local function prime(room, r)
 	end
 	local keys, subject = {}, nil;
 	local read_ok, err = pcall(function()
-		for store_key, item in iter do
-			local kind, k = dedupe_key(item, room);
+		for store_key, stored in iter do
+			local item = decode(stored);
+			local kind, k;
+			if item then kind, k = dedupe_key(item, room); end
 			if kind == "sid" and not keyed then
 				sid_keys:set(room .. "\0" .. k, { key = store_key, who = identity(item) });
 			end
@@ -872,7 +984,7 @@ local function prime(room, r)
 			end
 			if kind == "subject" then
 				subject = subject or k;
-			else
+			elseif kind then
 				keys[#keys+1] = k;
 			end
 		end
@@ -965,17 +1077,14 @@ local function message(account, room, nick, stanza, m)
 	if new then
 		remember(r, kind, key);
 		if log_writer then
-			local value = st.clone(stanza);
-			value.attr.to = nil;
-			if not m.delayed then
-				-- the exact time the room said it (the store's 'when' is
-				-- whole seconds on SQL), which membership spans are
-				-- compared with; taken off again before a catch-up
-				value:tag("said", { xmlns = xmlns_said, at = exact_stamp(m.stamp) }):up();
-			end
-			local e = { user = store_user(room), room = room, value = value, when = when, with = nick or room,
-				key = keyed and kind == "sid" and key or nil,
-				sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil };
+			-- the exact time the room said it (the store's 'when' is
+			-- whole seconds on SQL), which membership spans are compared
+			-- with; taken off again before a catch-up
+			local said = not m.delayed and exact_stamp(m.stamp) or nil;
+			local sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil;
+			local e = { user = store_user(room), room = room, value = log_value(stanza, m.payload, said), when = when,
+				with = nick or room, key = keyed and kind == "sid" and key or nil, sid_key = sid_key,
+				sid = kind == "sid" and key or nil, who = sid_key and identity(stanza) or nil };
 			if holds[room] then hold_push(room, e, key); else log_writer.push(e); end
 		end
 	end
@@ -1153,8 +1262,13 @@ local function log_find(room, query)
 	local iter, err = log_store:find(user, query);
 	if not iter then return iter, err; end
 	return function()
-		local key, item, when, with = iter();
-		if key == nil then return nil; end
+		local key, item, when, with;
+		repeat
+			key, item, when, with = iter();
+			if key == nil then return nil; end
+			item = decode(item);
+			-- (an item that is not XML is passed over)
+		until item
 		local d = deferred.log[user];
 		if d then item = overlaid(d.entries[key], item); end
 		return key, item, when, with;
@@ -1173,6 +1287,7 @@ local function rewrite(kind, user)
 		local e = old.key and d.entries[old.key];
 		if e then
 			local ok, original = pcall(st.deserialize, old);
+			if ok and original then original = decode(original); end
 			local tomb = ok and original and overlaid(e, original);
 			if tomb and tomb ~= original then
 				local item = st.preserialize(tomb);
@@ -1384,12 +1499,14 @@ local function replay(room, a)
 	local h = holds[room];
 	for i = h and #h.entries or 0, 1, -1 do
 		local e = h.entries[i];
-		take(st.clone(e.value), said_at(e.value, room, e.when));
+		local v = entry_stanza(e);
+		if v then take(v, said_at(v, room, e.when)); end
 		if full then break; end
 	end
 	if log_writer and not full then
 		for e in log_writer.waiting(store_user(room)) do
-			take(st.clone(e.value), said_at(e.value, room, e.when));
+			local v = entry_stanza(e);
+			if v then take(v, said_at(v, room, e.when)); end
 			if full then break; end
 		end
 	end
@@ -1442,6 +1559,7 @@ local COPY_SCAN = 1000;
 local function by_key(store, user, room, id, key)
 	if not key then return nil; end
 	local found, err = store:get(user, key);
+	if found then found = decode(found); end
 	if found then
 		if room_sid(found, room) == id then return key, found; end
 		return nil;
@@ -1453,8 +1571,9 @@ end
 local function find_by_sid(store, user, room, id, query)
 	local iter, err = store:find(user, query);
 	if not iter then error(err or "cannot read the store"); end
-	for key, item in iter do
-		if room_sid(item, room) == id then return key, item; end
+	for key, stored in iter do
+		local item = decode(stored);
+		if item and room_sid(item, room) == id then return key, item; end
 	end
 	return nil;
 end
@@ -1470,17 +1589,19 @@ local DEFERRED = {};
 local function withdraw_logged(room, w, stanza, now)
 	local user = store_user(room);
 	local allowed, tomb = true, nil;
-	local function match(v) return room_sid(v, room) == w.id; end
+	local function match(e) return entry_sid(e, room) == w.id; end
 	local h = holds[room];
 	for _, e in ipairs(h and h.entries or {}) do
-		if match(e.value) then
-			if not may_withdraw(e.value, w, stanza) then return false; end
-			e.value = tombstone(e.value, room, w, now);
+		local v = match(e) and decode(e.value);
+		if v then
+			if not may_withdraw(v, w, stanza) then return false; end
+			e.value = tombstone(v, room, w, now);
 			return e.value;
 		end
 	end
-	local queued = log_writer.replace(user, match, function(v)
-		allowed = may_withdraw(v, w, stanza);
+	local queued = log_writer.replace(user, match, function(e)
+		local v = decode(e.value);
+		allowed = v ~= nil and may_withdraw(v, w, stanza);
 		if allowed then tomb = tombstone(v, room, w, now); end
 		return tomb;
 	end);
@@ -1532,9 +1653,9 @@ local function withdraw_copy(account, room, w, stanza, verdict, now)
 		if verdict ~= nil then return verdict; end
 		return may_withdraw(v, w, stanza);
 	end
-	local function match(v) return room_sid(v, room) == w.id; end
-	local queued = mam_writer.replace(username, match, function(v)
-		return allowed(v) and tombstone(v, room, w, now) or nil;
+	local function match(e) return room_sid(e.value, room) == w.id; end
+	local queued = mam_writer.replace(username, match, function(e)
+		return allowed(e.value) and tombstone(e.value, room, w, now) or nil;
 	end);
 	if queued then return; end
 	local known = sid_keys:get(username .. "\0" .. room .. "\0" .. w.id);
@@ -1678,16 +1799,20 @@ local function hold(room)
 	local user = store_user(room);
 	local anchor = {};
 	for e in log_writer.waiting(user) do
-		anchor.when = anchor.when or said_at(e.value, room, e.when);
-		local id = room_sid(e.value, room);
-		if id then
-			anchor.id, anchor.when = id, said_at(e.value, room, e.when);
-			break;
+		local v = decode(e.value);
+		if v then
+			anchor.when = anchor.when or said_at(v, room, e.when);
+			local id = room_sid(v, room);
+			if id then
+				anchor.id, anchor.when = id, said_at(v, room, e.when);
+				break;
+			end
 		end
 	end
 	if not anchor.id then
 		local iter = log_store:find(user, { reverse = true, limit = IDS_PER_ROOM });
-		for _, item, when in iter or function() end do
+		for _, stored, when in iter or function() end do
+			local item = decode(stored) or st.message();
 			if not anchor.when then anchor.when = said_at(item, room, when); end
 			local id = room_sid(item, room);
 			if id then
@@ -1724,11 +1849,10 @@ function lib.backfilled(room, nick, stanza, stamp)
 	if not r.primed then prime(room, r); end
 	if h.keys[key] or seen(r, kind, key) then return false; end
 	remember(r, kind, key);
-	local value = st.clone(stanza);
-	value.attr.to = nil;
-	log_writer.push({ user = store_user(room), room = room, value = value, when = math.floor(stamp),
-		with = nick or room, key = keyed and kind == "sid" and key or nil,
-		sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil });
+	local sid_key = not keyed and kind == "sid" and room .. "\0" .. key or nil;
+	log_writer.push({ user = store_user(room), room = room, value = log_value(stanza, nil, nil),
+		when = math.floor(stamp), with = nick or room, key = keyed and kind == "sid" and key or nil,
+		sid_key = sid_key, sid = kind == "sid" and key or nil, who = sid_key and identity(stanza) or nil });
 	return true;
 end
 

@@ -91,8 +91,10 @@ local lib = {};
 -- a function that writes a list of entries ({ user, key, value, when,
 -- with }) in one transaction, returning true (each entry's written_key is
 -- then the key it got), or nil and the error (then nothing was written).  nil and why when the store is not one this can
--- batch for.
-function lib.batcher(store, store_name, driver_name)
+-- batch for.  text(value): the XML text of an entry's value, as the
+-- store's append writes a stanza (nil: tostring; the room log gives the
+-- text it already has, instead of a stanza to serialise).
+function lib.batcher(store, store_name, driver_name, text)
 	if driver_name ~= "sql" then return nil, "not mod_storage_sql"; end
 	if type(store) ~= "table" or store.caps and store.caps.quota then
 		return nil, "the store has a quota";
@@ -102,6 +104,7 @@ function lib.batcher(store, store_name, driver_name)
 		return nil, "the store's item counts not found";
 	end
 	local host = module.host;
+	text = text or tostring;
 	local engine, not_found;
 	return function(entries)
 		-- looked up at the first batch, when mod_storage_sql has made it;
@@ -114,6 +117,7 @@ function lib.batcher(store, store_name, driver_name)
 		local ok, err = engine:transaction(function()
 			for _, e in ipairs(entries) do
 				if not st.is_stanza(e.value) then error("not a stanza"); end
+				local value = text(e.value);
 				local key = e.key;
 				if key then
 					engine:delete(DELETE_SQL, host, e.user, store_name, key);
@@ -121,7 +125,7 @@ function lib.batcher(store, store_name, driver_name)
 					key = new_key();
 				end
 				engine:insert(INSERT_SQL, host, e.user, store_name, e.when or os.time(), e.with or "",
-					key, "xml", tostring(e.value));
+					key, "xml", value);
 				-- the key the entry got, as the store's append returns it
 				e.written_key = key;
 			end

@@ -256,8 +256,20 @@ local function advance(env, seconds, on_tick)
 	env.clock = stop;
 end
 
+-- The message a stored item of the room log holds: the item itself, or,
+-- where the log stores its text (a <logged/> element: the file store, the
+-- SQL batch), the message parsed from that text, with its <said/> mark
+-- from the element's attribute.
+local function message_of(value)
+	if value.name ~= "logged" or value.attr.xmlns ~= "urn:xmpp:minimix:logged:0" then return value; end
+	local m = assert(require "util.xml".parse(value[1]));
+	if value.attr.said then m:tag("said", { xmlns = "urn:xmpp:minimix:said:0", at = value.attr.said }):up(); end
+	return m;
+end
+
 return {
 	fake_archive = fake_archive;
+	message_of = message_of;
 	load_log = load_log;
 	advance = advance;
 	-- the same count as the shim's specs

@@ -7,6 +7,7 @@ local ROOM = "room@muc.example";
 
 local log_mock = require "log_mock";
 local load_log, advance, count_logs = log_mock.load_log, log_mock.advance, log_mock.count_logs;
+local message_of = log_mock.message_of;
 
 -- A room message: nick, body, stanza-id (by the room) or none, delay stamp.
 local function msg(nick, body, sid, opts)
@@ -36,7 +37,8 @@ end
 local function logged(env)
 	local out = {};
 	for _, it in ipairs(env.stores.minimix_log.items) do
-		out[#out+1] = it.value:get_child_text("body") or ("subject:" .. (it.value:get_child_text("subject") or ""));
+		local m = message_of(it.value);
+		out[#out+1] = m:get_child_text("body") or ("subject:" .. (m:get_child_text("subject") or ""));
 	end
 	return out;
 end
@@ -66,7 +68,7 @@ describe("room log", function()
 		deliver(env, "alice@localhost", msg("dan", "one", "sid-1"));
 		advance(env, 1);
 		assert.equal("gen1", env.stores.minimix_log.items[1].key);
-		assert.equal("sid-1", env.stores.minimix_log.items[1].value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id);
+		assert.equal("sid-1", message_of(env.stores.minimix_log.items[1].value):get_child("stanza-id", "urn:xmpp:sid:0").attr.id);
 	end);
 
 	it("tells messages without a stanza-id apart by sender, id and body", function()
@@ -522,111 +524,212 @@ describe("room log", function()
 		end);
 	end);
 
-	describe("serves a later session's catch-up", function()
-		local T = 1700000000;
-		-- messages said at T + each offset (the store's 'when' whole seconds)
-		local function say(env, offsets, flush)
-			for _, off in ipairs(offsets) do
-				env.clock = T + off;
-				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m" .. off, "sid-" .. off),
-					{ stamp = env.clock, delayed = false });
+	-- on SQL (the stanza) and on the file store (its text, see decode)
+	for _, driver in ipairs({ "sql", "internal" }) do
+		describe("serves a later session's catch-up (" .. driver .. ")", function()
+			local T = 1700000000;
+			-- messages said at T + each offset (the store's 'when' whole seconds)
+			local function say(env, offsets, flush)
+				for _, off in ipairs(offsets) do
+					env.clock = T + off;
+					env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m" .. off, "sid-" .. off),
+						{ stamp = env.clock, delayed = false });
+				end
+				if flush ~= false then env.hooks["server-cleanup"](); end
 			end
-			if flush ~= false then env.hooks["server-cleanup"](); end
-		end
-		local function bodies(list)
+			local function bodies(list)
+				local out = {};
+				for _, said in ipairs(list) do out[#out+1] = said[1]:get_child_text("body"); end
+				return out;
+			end
+
+			it("within the spans only, oldest first, to the fraction of a second", function()
+				local env = load_log(nil, driver);
+				say(env, { 1, 2.2, 2.7, 3, 5, 6.5, 7 });
+				-- in from 1.5 to 2.5 (a leave in the middle of second 2), again from 6.5
+				local got = env.lib.replay(ROOM, { spans = { { T + 1.5, T + 2.5 }, { T + 6.5 } }, maxstanzas = 100 });
+				assert.same({ "m2.2", "m6.5", "m7" }, bodies(got));
+				assert.equal(T + 2.2, got[1][2]);
+				-- each logged message keeps the exact time the room said it in a delay
+				assert.is_nil(got[1][1]:get_child("said", "urn:xmpp:minimix:said:0"), "the mark is taken off");
+				assert.equal("2023-11-14T22:13:22.200000Z", message_of(env.stores.minimix_log.items[2].value):get_child("said", "urn:xmpp:minimix:said:0").attr.at);
+				assert.same({}, bodies(env.lib.replay(ROOM, { spans = {}, maxstanzas = 100 })));
+				assert.same({}, bodies(env.lib.replay(ROOM, { spans = { { T + 8 } }, maxstanzas = 100 })));
+			end);
+
+			it("the newest maxstanzas, since, seconds and maxchars exactly", function()
+				local env = load_log(nil, driver);
+				say(env, { 1, 2, 3, 4, 5 });
+				local span = { { T } };
+				assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 2 })));
+				assert.same({ "m3", "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+					since = T + 2.5 })));
+				assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+					seconds = 1.5, now = T + 5.5 })));
+				-- sizes as sent: without the log's own mark
+				local one = #tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]);
+				assert.is_nil(tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]):find("said"));
+				assert.same({ "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
+					maxchars = 2 * one - 1 })));
+				assert.same({}, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100, maxchars = 0 })));
+			end);
+
+			it("what waits for the writer too, once, after what was written", function()
+				-- m3 and m4 both wait: a second apart, within the flush interval
+				local env = load_log({ minimix_log_flush_interval = 2000 }, driver);
+				say(env, { 1, 2 });
+				say(env, { 3, 4 }, false);
+				assert.equal(2, env.lib.pending());
+				assert.same({ "m1", "m2", "m3", "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+				assert.same({ "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 1 })));
+			end);
+
+			it("in the order the messages came, whatever their stamps' precision", function()
+				local env = load_log(nil, driver);
+				say(env, { 1.5, 2.5 });
+				-- what a crash lost, from the room's history on the re-join: whole seconds
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m3", "sid-3",
+					{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+				env.hooks["server-cleanup"]();
+				assert.same({ "m1.5", "m2.5", "m3" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+			end);
+
+			it("counts a time known to the second only from the start of its second", function()
+				local env = load_log(nil, driver);
+				-- the account came in at T + 2.5; the room's history after a
+				-- crash stamps what was said at T + 2.7 as T + 2
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "whole", "sid-w",
+					{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "exact", "sid-e",
+					{ stamp = "2023-11-14T22:13:22.400Z" }), { stamp = T + 2.4, delayed = true });
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "older", "sid-o",
+					{ stamp = "2023-11-14T22:13:21Z" }), { stamp = T + 1, delayed = true });
+				env.hooks["server-cleanup"]();
+				assert.same({ "whole" }, bodies(env.lib.replay(ROOM, { spans = { { T + 2.5 } }, maxstanzas = 100 })));
+			end);
+
+			it("reads page by page past what the spans leave out", function()
+				local env = load_log(nil, driver);
+				local offsets = {};
+				for i = 1, 600 do offsets[i] = i; end
+				say(env, offsets);
+				local got = env.lib.replay(ROOM, { spans = { { T + 1, T + 300 }, { T + 551, T + 600 } }, maxstanzas = 320 });
+				assert.equal(320, #got);
+				assert.equal("m31", got[1][1]:get_child_text("body"));
+				assert.equal("m600", got[320][1]:get_child_text("body"));
+			end);
+
+			it("skips subjects, and gives nothing when the store cannot be read", function()
+				local env = load_log(nil, driver);
+				say(env, { 1 });
+				env.clock = T + 2;
+				env.lib.message("alice@localhost", ROOM, "dan", msg("dan", nil, nil, { subject = "topic" }),
+					{ stamp = env.clock, delayed = false });
+				env.hooks["server-cleanup"]();
+				assert.same({ "m1" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
+				env.stores.minimix_log.find = function() error("down"); end;
+				assert.same({}, env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 }));
+				assert.equal(1, count_logs(env, "warn", "catch%-up"));
+			end);
+		end);
+	end
+end);
+
+describe("the room log's items on the file store", function()
+	local T = 1700000000;
+	local SAID = "urn:xmpp:minimix:said:0";
+
+	it("are the text the shim made of the message, with the time it was said, not a copy of the stanza", function()
+		local env = load_log(nil, "internal");
+		local stanza = msg("dan", "one", "sid-1");
+		-- the shim's text of it (m.payload), here written with other quotes
+		-- than Prosody's: what is stored is that very text
+		local payload = ('<message from="%s/dan" type="groupchat"><body>one</body>'
+			.. '<stanza-id xmlns="urn:xmpp:sid:0" by="%s" id="sid-1"/></message>'):format(ROOM, ROOM);
+		env.lib.message("alice@localhost", ROOM, "dan", stanza, { stamp = T + 0.5, delayed = false, payload = payload });
+		advance(env, 1);
+		local item = env.stores.minimix_log.items[1].value;
+		assert.equal("logged", item.name);
+		assert.equal("urn:xmpp:minimix:logged:0", item.attr.xmlns);
+		assert.equal(payload, item[1]);
+		assert.equal(1, #item, "one text, no tree");
+		assert.equal("2023-11-14T22:13:20.500000Z", item.attr.said);
+		assert.equal("alice@localhost", stanza.attr.to, "the room's stanza is left as it was");
+		assert.is_nil(stanza:get_child("said", SAID));
+		local got = env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 10 });
+		assert.equal(1, #got);
+		assert.equal("one", got[1][1]:get_child_text("body"));
+		assert.equal("sid-1", got[1][1]:get_child("stanza-id", "urn:xmpp:sid:0").attr.id);
+		assert.is_nil(got[1][1]:get_child("said", SAID), "the mark is taken off");
+		assert.equal(T + 0.5, got[1][2]);
+	end);
+
+	it("give the backfill its anchor, the newest message written or waiting, in either form", function()
+		local env = load_log({ minimix_log_flush_interval = 2000 }, "internal");
+		local old = msg("dan", "old", "sid-old");
+		old.attr.to = nil;
+		old:tag("said", { xmlns = SAID, at = "2023-11-14T22:13:21.500000Z" }):up();
+		env.stores.minimix_log:append(ROOM, nil, old, T + 1, "dan");
+		assert.same({ id = "sid-old", when = T + 1.5 }, env.lib.hold(ROOM));
+		env.lib.release(ROOM);
+		-- waiting for the writer (a flush interval of 2 s)
+		env.clock = T + 3;
+		deliver(env, "alice@localhost", msg("dan", "new", "sid-new"));
+		assert.equal(1, (env.lib.pending()));
+		assert.same({ id = "sid-new", when = T + 3.25 }, env.lib.hold(ROOM));
+		env.lib.release(ROOM);
+		advance(env, 3);
+		assert.equal(0, (env.lib.pending()));
+		assert.equal("logged", env.stores.minimix_log.items[2].value.name);
+		assert.same({ id = "sid-new", when = T + 3.25 }, env.lib.hold(ROOM));
+	end);
+
+	it("are read beside the stanzas an earlier version wrote: catch-up, MAM, a re-join's history, withdrawals", function()
+		local env = load_log(nil, "internal");
+		-- what an earlier version wrote: the stanza, without 'to', with its mark
+		local old = msg("dan", "old", "sid-old");
+		old.attr.to = nil;
+		old:tag("said", { xmlns = SAID, at = "2023-11-14T22:13:21.500000Z" }):up();
+		env.stores.minimix_log:append(ROOM, nil, old, T + 1, "dan");
+		env.clock = T + 3;
+		deliver(env, "alice@localhost", msg("dan", "new", "sid-new"));
+		advance(env, 1);
+		assert.equal("logged", env.stores.minimix_log.items[2].value.name);
+		local function catch_up(e)
 			local out = {};
-			for _, said in ipairs(list) do out[#out+1] = said[1]:get_child_text("body"); end
+			for _, p in ipairs(e.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 10 })) do
+				assert.is_nil(p[1]:get_child("said", SAID));
+				out[#out+1] = { p[1]:get_child("retracted", "urn:xmpp:message-retract:1") and "tombstone"
+					or p[1]:get_child_text("body"), p[2] };
+			end
 			return out;
 		end
-
-		it("within the spans only, oldest first, to the fraction of a second", function()
-			local env = load_log();
-			say(env, { 1, 2.2, 2.7, 3, 5, 6.5, 7 });
-			-- in from 1.5 to 2.5 (a leave in the middle of second 2), again from 6.5
-			local got = env.lib.replay(ROOM, { spans = { { T + 1.5, T + 2.5 }, { T + 6.5 } }, maxstanzas = 100 });
-			assert.same({ "m2.2", "m6.5", "m7" }, bodies(got));
-			assert.equal(T + 2.2, got[1][2]);
-			-- each logged message keeps the exact time the room said it in a delay
-			assert.is_nil(got[1][1]:get_child("said", "urn:xmpp:minimix:said:0"), "the mark is taken off");
-			assert.equal("2023-11-14T22:13:22.200000Z", env.stores.minimix_log.items[2].value:get_child("said", "urn:xmpp:minimix:said:0").attr.at);
-			assert.same({}, bodies(env.lib.replay(ROOM, { spans = {}, maxstanzas = 100 })));
-			assert.same({}, bodies(env.lib.replay(ROOM, { spans = { { T + 8 } }, maxstanzas = 100 })));
-		end);
-
-		it("the newest maxstanzas, since, seconds and maxchars exactly", function()
-			local env = load_log();
-			say(env, { 1, 2, 3, 4, 5 });
-			local span = { { T } };
-			assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 2 })));
-			assert.same({ "m3", "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
-				since = T + 2.5 })));
-			assert.same({ "m4", "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
-				seconds = 1.5, now = T + 5.5 })));
-			-- sizes as sent: without the log's own mark
-			local one = #tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]);
-			assert.is_nil(tostring(env.lib.replay(ROOM, { spans = span, maxstanzas = 1 })[1][1]):find("said"));
-			assert.same({ "m5" }, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100,
-				maxchars = 2 * one - 1 })));
-			assert.same({}, bodies(env.lib.replay(ROOM, { spans = span, maxstanzas = 100, maxchars = 0 })));
-		end);
-
-		it("what waits for the writer too, once, after what was written", function()
-			-- m3 and m4 both wait: a second apart, within the flush interval
-			local env = load_log({ minimix_log_flush_interval = 2000 });
-			say(env, { 1, 2 });
-			say(env, { 3, 4 }, false);
-			assert.equal(2, env.lib.pending());
-			assert.same({ "m1", "m2", "m3", "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
-			assert.same({ "m4" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 1 })));
-		end);
-
-		it("in the order the messages came, whatever their stamps' precision", function()
-			local env = load_log();
-			say(env, { 1.5, 2.5 });
-			-- what a crash lost, from the room's history on the re-join: whole seconds
-			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "m3", "sid-3",
-				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
-			env.hooks["server-cleanup"]();
-			assert.same({ "m1.5", "m2.5", "m3" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
-		end);
-
-		it("counts a time known to the second only from the start of its second", function()
-			local env = load_log();
-			-- the account came in at T + 2.5; the room's history after a
-			-- crash stamps what was said at T + 2.7 as T + 2
-			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "whole", "sid-w",
-				{ stamp = "2023-11-14T22:13:22Z" }), { stamp = T + 2, delayed = true });
-			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "exact", "sid-e",
-				{ stamp = "2023-11-14T22:13:22.400Z" }), { stamp = T + 2.4, delayed = true });
-			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", "older", "sid-o",
-				{ stamp = "2023-11-14T22:13:21Z" }), { stamp = T + 1, delayed = true });
-			env.hooks["server-cleanup"]();
-			assert.same({ "whole" }, bodies(env.lib.replay(ROOM, { spans = { { T + 2.5 } }, maxstanzas = 100 })));
-		end);
-
-		it("reads page by page past what the spans leave out", function()
-			local env = load_log();
-			local offsets = {};
-			for i = 1, 600 do offsets[i] = i; end
-			say(env, offsets);
-			local got = env.lib.replay(ROOM, { spans = { { T + 1, T + 300 }, { T + 551, T + 600 } }, maxstanzas = 320 });
-			assert.equal(320, #got);
-			assert.equal("m31", got[1][1]:get_child_text("body"));
-			assert.equal("m600", got[320][1]:get_child_text("body"));
-		end);
-
-		it("skips subjects, and gives nothing when the store cannot be read", function()
-			local env = load_log();
-			say(env, { 1 });
-			env.clock = T + 2;
-			env.lib.message("alice@localhost", ROOM, "dan", msg("dan", nil, nil, { subject = "topic" }),
-				{ stamp = env.clock, delayed = false });
-			env.hooks["server-cleanup"]();
-			assert.same({ "m1" }, bodies(env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 })));
-			env.stores.minimix_log.find = function() error("down"); end;
-			assert.same({}, env.lib.replay(ROOM, { spans = { { T } }, maxstanzas = 100 }));
-			assert.equal(1, count_logs(env, "warn", "catch%-up"));
-		end);
+		assert.same({ { "old", T + 1.5 }, { "new", T + 3.25 } }, catch_up(env));
+		local found = {};
+		for _, item, t, slack in env.lib.find(ROOM, {}) do
+			assert.is_nil(item:get_child("said", SAID));
+			found[#found+1] = { item:get_child_text("body"), t, slack };
+		end
+		assert.same({ { "old", T + 1.5, 0 }, { "new", T + 3.25, 0 } }, found);
+		-- a restart: the room's history on the re-join holds both, written once
+		local again = load_log(nil, "internal", nil, env.stores);
+		again.clock = T + 10;
+		deliver(again, "alice@localhost", msg("dan", "old", "sid-old", { stamp = "2023-11-14T22:13:21Z" }), true);
+		deliver(again, "alice@localhost", msg("dan", "new", "sid-new", { stamp = "2023-11-14T22:13:23Z" }), true);
+		advance(again, 1);
+		assert.equal(2, #again.stores.minimix_log.items, "nothing written again");
+		-- the old message retracted: a tombstone at once for the catch-up,
+		-- and in the list at the pass
+		local r = msg("dan", nil, "r-1");
+		r:tag("retract", { xmlns = "urn:xmpp:message-retract:1", id = "sid-old" }):up();
+		again.lib.withdraw("alice@localhost", ROOM, again.lib.withdrawal(r, "dan"), r, nil);
+		assert.same({ { "tombstone", T + 1.5 }, { "new", T + 3.25 } }, catch_up(again));
+		advance(again, 120);
+		local stored = message_of(again.stores.minimix_log.items[1].value);
+		assert.is_nil(stored:get_child("body"));
+		assert.truthy(stored:get_child("retracted", "urn:xmpp:message-retract:1"));
+		assert.equal("new", message_of(again.stores.minimix_log.items[2].value):get_child_text("body"));
+		assert.same({ { "tombstone", T + 1.5 }, { "new", T + 3.25 } }, catch_up(again));
 	end);
 end);
 
@@ -656,7 +759,8 @@ describe("room log retractions", function()
 
 	local function entry(env, sid)
 		for _, it in ipairs(env.stores.minimix_log.items) do
-			if it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then return it.value; end
+			local m = message_of(it.value);
+			if m:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then return m; end
 		end
 	end
 

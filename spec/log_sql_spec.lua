@@ -70,7 +70,8 @@ local function sql_engine(store)
 	function engine:insert(_, host, user, store_name, when, with, key, kind, value)
 		assert(host == "localhost" and store_name == "minimix_log" and kind == "xml");
 		if store.refuse_body and value:find(store.refuse_body, 1, true) then error("this message is refused"); end
-		self.rows[#self.rows+1] = { user = user, key = key, value = xml_parse(value), when = when, with = with };
+		self.rows[#self.rows+1] = { user = user, key = key, value = xml_parse(value), when = when, with = with,
+			text = value };
 	end
 	return engine;
 end
@@ -99,7 +100,7 @@ end
 local function logged(store, user)
 	local out = {};
 	for _, it in ipairs(store.items) do
-		if it.user == user then out[#out+1] = it.value:get_child_text("body"); end
+		if it.user == user then out[#out+1] = log_mock.message_of(it.value):get_child_text("body"); end
 	end
 	return out;
 end
@@ -150,6 +151,34 @@ describe("the room log on mod_storage_sql", function()
 		assert.equal(125, #logged(store, OTHER));
 		assert.equal("m2", logged(store, ROOM)[1]);
 		assert.equal("m250", logged(store, ROOM)[125]);
+	end);
+
+	it("writes the row the store's append writes, from the text the shim made of the message", function()
+		local env, store = load_sql();
+		local m = st.message({ from = ROOM .. "/dan", type = "groupchat", to = "alice@localhost" })
+			:text_tag("body", "one & <two>")
+			:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = ROOM, id = "sid-x" }):up();
+		-- the shim's text of it (m.payload), with other quotes than
+		-- Prosody's: the row is that very text, not a serialisation
+		local payload = ('<message from="%s/dan" type="groupchat"><body>one &amp; &lt;two&gt;</body>'
+			.. '<stanza-id xmlns="urn:xmpp:sid:0" by="%s" id="sid-x"/></message>'):format(ROOM, ROOM);
+		env.lib.message("alice@localhost", ROOM, "dan", m, { stamp = 1700000000.5, delayed = false, payload = payload });
+		-- and a delayed one (a re-join's history) has no mark
+		local d = st.message({ from = ROOM .. "/dan", type = "groupchat", to = "alice@localhost" })
+			:text_tag("body", "older")
+			:tag("delay", { xmlns = "urn:xmpp:delay", from = ROOM, stamp = "2023-11-14T22:00:00Z" }):up();
+		env.lib.message("alice@localhost", ROOM, "dan", d, { stamp = 1699999200, delayed = true });
+		advance(env, 0.1);
+		assert.equal(2, #store.items);
+		assert.equal(payload:sub(1, -#"</message>" - 1)
+			.. "<said xmlns='urn:xmpp:minimix:said:0' at='2023-11-14T22:13:20.500000Z'/></message>", store.items[1].text);
+		-- what mod_storage_sql's append writes for the stanza the log kept before
+		local before = st.clone(m);
+		before.attr.to = nil;
+		before:tag("said", { xmlns = "urn:xmpp:minimix:said:0", at = "2023-11-14T22:13:20.500000Z" }):up();
+		assert.same(st.preserialize(xml_parse(tostring(before))), st.preserialize(store.items[1].value));
+		d.attr.to = nil;
+		assert.equal(tostring(d), store.items[2].text);
 	end);
 
 	it("writes a batch that failed one by one: a refused message alone is given up, nothing held up", function()

@@ -29,7 +29,7 @@ end
 local function logged(env, user, store)
 	local out = {};
 	for _, it in ipairs(env.stores[store or "minimix_log"].items) do
-		if not user or it.user == user then out[#out+1] = it.value:get_child_text("body"); end
+		if not user or it.user == user then out[#out+1] = log_mock.message_of(it.value):get_child_text("body"); end
 	end
 	return out;
 end

@@ -31,7 +31,8 @@ end
 -- The stored item with the room's stanza-id sid (of store, default the log).
 local function stored(env, sid, store)
 	for _, it in ipairs(env.stores[store or "minimix_log"].items) do
-		if it.value:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then return it.value; end
+		local m = log_mock.message_of(it.value);
+		if m:get_child("stanza-id", "urn:xmpp:sid:0").attr.id == sid then return m; end
 	end
 end
 

@@ -210,6 +210,11 @@ local f = assert(load(STORE_TEXT, "=list", "t", { item = function(t) items[#item
 f()
 for _, t in ipairs(items) do
   local body, subject, sid = "\2", "\2", "\2"
+  if t.name == "logged" and t.attr.xmlns == "urn:xmpp:minimix:logged:0" then
+    -- the room log's own item: the message's XML text, read by _from_xml
+    io.write(t.key, "\31", tostring(t.when), "\31", t.with or "", "\31", t[1], "\30")
+    goto next
+  end
   for _, c in ipairs(t) do
     if type(c) == "table" then
       if c.name == "body" then body = c[1] or ""
@@ -219,6 +224,7 @@ for _, t in ipairs(items) do
   end
   io.write(t.key, "\31", tostring(t.when), "\31", t.with or "", "\31", body, "\31", subject,
            "\31", sid, "\31", t.attr.to or "", "\30")
+  ::next::
 end
 """
 
@@ -255,7 +261,8 @@ def archive_entries(env, user, store, room=None, host="localhost"):
         if not text:
             return []
         out = lua_read_store(_LUA_LIST.replace("ROOM", repr(room)), text, path)
-        return [_entry(*row.split("\x1f")) for row in out.split("\x1e") if row]
+        rows = [row.split("\x1f") for row in out.split("\x1e") if row]
+        return [_from_xml(*r, room) if len(r) == 4 else _entry(*r) for r in rows]
     query = ('SELECT "key", "when", "with", "value" FROM "prosodyarchive" WHERE "host" = %s '
              'AND "user" = %s AND "store" = %s ORDER BY "sort_id"')
     if env.storage == "sqlite":

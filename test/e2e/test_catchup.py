@@ -18,17 +18,21 @@ What is proven:
 3. Spans: an account that left gets nothing of what was said while it was
    out, although bob, another local account, stayed in and the log holds
    it; what was said since it is back, it gets.
+4. An upgrade: a log on the file store written as an earlier version kept
+   its messages (the stanza itself, not its text) is caught up from as
+   before, with what is said after the upgrade.
 """
 
 import asyncio
 import datetime
+import os
 import re
 import time
 
 import pytest
 
 from .clients import P, join_room, create_room
-from .storages import archive_entries
+from .storages import archive_entries, lua_read_store, read_store_file, _encode_node
 from .world import run
 
 ALICE = "alice@localhost"
@@ -232,6 +236,76 @@ def test_an_account_that_left_gets_nothing_said_while_it_was_out(prosody_factory
         await say(carol, room, [laptop, bob], ["back 1"])
         _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
         assert [b for b, _ in catch_up(got, room)] == ["back 1"]
+    run(env, scenario, timeout=120)
+
+
+# A room log list of the file store as an earlier version of the module
+# wrote it: each message itself (without 'to', with the log's <said/> mark)
+# where the log now keeps its text in a <logged/> element.  Made with
+# Prosody's own libraries, as its file store writes an item.
+_AS_BEFORE = r"""
+package.path = "/usr/lib/prosody/?.lua;" .. package.path
+package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath
+local st = require "util.stanza"
+local xml_parse = require "util.xml".parse
+local serialize = require "util.serialization".serialize
+local items = {}
+assert(load(STORE_TEXT, "=list", "t", { item = function(t) items[#items+1] = t end }))()
+for _, t in ipairs(items) do
+  local value = t
+  if t.name == "logged" and t.attr.xmlns == "urn:xmpp:minimix:logged:0" then
+    local m = assert(xml_parse(t[1]))
+    if t.attr.said then m:tag("said", { xmlns = "urn:xmpp:minimix:said:0", at = t.attr.said }):up() end
+    value = st.preserialize(m)
+    value.key, value.when, value.with = t.key, t.when, t.with
+    value.attr.stamp = t.attr.stamp
+  end
+  io.write("item(", serialize(value), ");\n")
+end
+"""
+
+
+def test_a_log_written_by_an_earlier_version_is_still_caught_up(prosody_factory):
+    """Both of alice's devices go away; carol says 3 messages, logged on the
+    file store.  With the server stopped, the room's list becomes what an
+    earlier version of the module wrote (each message a stanza; Prosody
+    13's index of the list gone, which it builds again).  After the start,
+    carol says 2 more; the phone joining with maxstanzas='100' gets all 5,
+    in order, each once."""
+    env = make_env(prosody_factory, {"storage": "internal"})
+    before = ["before %d" % i for i in range(3)]
+    after = ["after %d" % i for i in range(2)]
+
+    async def scenario(w):
+        room, carol, phone, laptop, bob = await setup_room(w, "upgrade")
+        await phone.disconnect()
+        await laptop.disconnect()
+        await say(carol, room, [bob], before)
+        await logged(env, room, before)
+        await w.close()
+        w.clients.clear()
+        env.stop()
+        path = os.path.join(env.data_dir, _encode_node("localhost"), "minimix_log",
+                            _encode_node(room) + ".list")
+        text = read_store_file(path)
+        assert text.count("urn:xmpp:minimix:logged:0") == 3, text
+        old = lua_read_store(_AS_BEFORE, text, path)
+        assert "urn:xmpp:minimix:logged:0" not in old and old.count("urn:xmpp:minimix:said:0") == 3, old
+        with open(path, "w") as f:
+            f.write(old)
+        try:
+            os.remove(path[:-len(".list")] + ".lidx")
+        except FileNotFoundError:
+            pass
+        env.start()
+        carol = await w.connect("carol", "desk")
+        await join_room(carol, room, "carol")
+        await rejoined(env, room)
+        await say(carol, room, [], after)
+        await logged(env, room, before + after)
+        phone = await w.connect("alice", "phone")
+        _, got = await join_room(phone, room, "alice", history={"maxstanzas": 100})
+        assert [b for b, _ in catch_up(got, room)] == before + after
     run(env, scenario, timeout=120)
 
 
