@@ -471,7 +471,17 @@ function lib.init(mm)
 			end
 			if not claims then return stanza; end
 		end
-		local stamped = st.clone(stanza);
+		-- a copy of the top element that shares the room's children: the
+		-- stamping only takes children out of the copy's own lists and
+		-- adds one, and every copy the module changes a child of (status
+		-- codes, the log's entries, pushes that wait) is a deep clone
+		local stamped = st.clone(stanza, true);
+		local tags = stamped.tags;
+		for i = 1, #stanza do
+			local child = stanza[i];
+			stamped[i] = child;
+			if child.name then tags[#tags+1] = child; end
+		end
 		stamped:maptags(function(tag)
 			if tag.name == "stanza-id" and tag.attr.xmlns == xmlns_sid and tag.attr.by == room then
 				return nil;

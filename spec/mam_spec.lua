@@ -339,10 +339,20 @@ describe("MAM from the room log", function()
 			local env = load_mam(ENTRIES, SPANS);
 			no_archive(env);
 			local m = said("hello", "spoofed");
+			m:tag("x", { xmlns = "urn:example:x" }):text("in it"):up():text(" ");
+			local before = tostring(m);
 			local out = env.lib.stamp(m, ACCOUNT);
 			assert.not_equal(m, out);
 			assert.same({ ROOM .. " id-hello" }, sids(out));
 			assert.same({ ROOM .. " spoofed" }, sids(m), "the room's object is left as it is");
+			assert.equal(before, tostring(m));
+			-- the copy: the room's children and text in their order, the
+			-- occupant's claim out, the room's id last
+			local function without_sids(text) return (text:gsub("^<message[^>]*>", ""):gsub("<stanza%-id[^>]*/>", "")); end
+			assert.equal(without_sids(before), without_sids(tostring(out)));
+			assert.equal(3, #out.tags);
+			assert.equal("stanza-id", out.tags[3].name);
+			assert.equal(out.tags[3], out[#out]);
 			-- the room hands the same object to its next local account
 			m.attr.to = "bob@localhost";
 			assert.equal(m, env.lib.stamp(m, "bob@localhost"), "bob is in no room here");
