@@ -459,16 +459,19 @@ local function perform(ctx, handled, actions, event, reason, text)
 		forget_occupant_ids(ctx, event);
 		return handled and true or nil;
 	end
-	local delivered, replayed = 0, 0;
+	local delivered, replayed, events = 0, 0, event ~= nil;
 	for i = 1, #actions do
 		local a = actions[i];
-		local f = act[a.op];
+		local op = a.op;
+		local f = act[op];
 		if f then
 			local d, r = f(ctx, a, a.account or ctx.account, a.room);
 			delivered, replayed = delivered + (d or 0), replayed + (r or 0);
 		end
+		if op == "event" then events = true; end
 	end
-	forget_occupant_ids(ctx, event, actions);
+	-- (most decisions, a room message's copies, end no membership)
+	if events then forget_occupant_ids(ctx, event, actions); end
 	if delivered > 0 then metrics.deliveries:add(delivered); end
 	if replayed > 0 then metrics.replays:add(replayed); end
 	return true;
