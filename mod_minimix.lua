@@ -431,8 +431,9 @@ local function forget_occupant_ids(ctx, event, actions)
 	end
 	for i = 1, actions and #actions or 0 do
 		local a = actions[i];
-		local account = a.account or ctx.account;
-		if a.op == "event" and (a.event == "left" or a.event == "removed") and account and a.room then
+		-- (a string is a copy to a session: see perform)
+		local account = type(a) == "table" and (a.account or ctx.account);
+		if account and a.op == "event" and (a.event == "left" or a.event == "removed") and a.room then
 			occupant_ids[account .. "\0" .. a.room] = nil;
 		end
 	end
@@ -462,13 +463,19 @@ local function perform(ctx, handled, actions, event, reason, text)
 	local delivered, replayed, events = 0, 0, event ~= nil;
 	for i = 1, #actions do
 		local a = actions[i];
-		local op = a.op;
-		local f = act[op];
-		if f then
-			local d, r = f(ctx, a, a.account or ctx.account, a.room);
-			delivered, replayed = delivered + (d or 0), replayed + (r or 0);
+		if type(a) == "string" then
+			-- a copy to session a, nothing more (room_message's lean shape)
+			send.to_session(ctx.account, a, ctx.stanza);
+			delivered = delivered + 1;
+		else
+			local op = a.op;
+			local f = act[op];
+			if f then
+				local d, r = f(ctx, a, a.account or ctx.account, a.room);
+				delivered, replayed = delivered + (d or 0), replayed + (r or 0);
+			end
+			if op == "event" then events = true; end
 		end
-		if op == "event" then events = true; end
 	end
 	-- (most decisions, a room message's copies, end no membership)
 	if events then forget_occupant_ids(ctx, event, actions); end
@@ -683,7 +690,7 @@ local function incoming_message(event)
 		if tomb then core:withdraw(room, m.withdraw.id, tomb); end
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
-	local handled = perform(ctx, core:room_message(account, room, nick, m));
+	local handled = perform(ctx, core:room_message(account, room, nick, m, true));
 	-- the devices that are away hear of it by push
 	push.message(account, room, nick, stanza, m);
 	return handled;
