@@ -188,8 +188,12 @@ static void push_action(lua_State *L, const mm_action *a)
  * Turn the core's answer into Lua results:
  *   handled (boolean), actions (array or nil), event (or nil), reason (or nil)
  *   or nil, token, condition, error_type, text on a refusal.
+ * lean: a copy to a session that is nothing but that (no id, no status
+ * codes, the call's account) is its resource string instead of a table:
+ * a room message makes one per session, and the table was most of what the
+ * binding allocated for it.
  */
-static int push_result(lua_State *L, mm_err err, const mm_decision *d)
+static int push_result_as(lua_State *L, mm_err err, const mm_decision *d, int lean)
 {
 	size_t i;
 	if (err != MM_OK) {
@@ -210,7 +214,12 @@ static int push_result(lua_State *L, mm_err err, const mm_decision *d)
 	} else {
 		lua_createtable(L, (int)d->n, 0);
 		for (i = 0; i < d->n; i++) {
-			push_action(L, &d->actions[i]);
+			const mm_action *a = &d->actions[i];
+			if (lean && a->op == MM_OP_DELIVER && a->account == NULL && a->id == NULL
+					&& a->add_codes == 0)
+				lua_pushstring(L, a->resource);
+			else
+				push_action(L, a);
 			lua_rawseti(L, -2, (lua_Integer)i + 1);
 		}
 	}
@@ -221,6 +230,11 @@ static int push_result(lua_State *L, mm_err err, const mm_decision *d)
 		return 3;
 	lua_pushstring(L, d->reason);
 	return 4;
+}
+
+static int push_result(lua_State *L, mm_err err, const mm_decision *d)
+{
+	return push_result_as(L, err, d, 0);
 }
 
 /* ---- state lifecycle ---------------------------------------------------- */
@@ -578,12 +592,14 @@ static int l_room_presence(lua_State *L)
 	return push_result(L, err, &d);
 }
 
+/* room_message(account, room, nick, m [, lean]): lean as for push_result_as */
 static int l_room_message(lua_State *L)
 {
 	mm_state *s = check_state_timeless(L);
 	const char *account = luaL_checkstring(L, 2);
 	const char *room = luaL_checkstring(L, 3);
 	const char *nick = luaL_optstring(L, 4, NULL);
+	int lean = lua_toboolean(L, 6); /* read before the fields go on the stack */
 	mm_message m;
 	mm_decision d;
 	mm_err err;
@@ -602,7 +618,7 @@ static int l_room_message(lua_State *L)
 	m.payload = opt_field(L, 5, "payload");
 	m.payload_handle = held_payload(L, 5);
 	err = mm_room_message(s, account, room, nick, &m, &d);
-	return push_result(L, err, &d);
+	return push_result_as(L, err, &d, lean);
 }
 
 /* An event that names an account and a room only: fn(account, room). */

@@ -12,7 +12,6 @@ local st = require "util.stanza";
 local datetime = require "util.datetime";
 local jid_split = require "util.jid".split;
 local jid_prep = require "util.jid".prep;
-local jid_bare = require "util.jid".bare;
 local rsm = require "util.rsm";
 local new_id = require "util.id".medium;
 local now = require "util.time".now;
@@ -454,37 +453,53 @@ function lib.init(mm)
 			last.stamped.attr.to = stanza.attr.to;
 			return last.stamped;
 		end
-		local room = stanza.attr.from and jid_split(stanza.attr.from) and jid_bare(stanza.attr.from);
+		local node, host = jid_split(stanza.attr.from);
+		local room = node and host and node .. "@" .. host;
 		if not room or not mm.core:member(account, room) then return stanza; end
-		if archived(room) == nil then
+		local known = archived(room);
+		if known == nil then
 			-- not known (a reload, an answer that never came): asked now; a
 			-- local room answers before module:send returns
 			roominfo.ask(room, account);
+			known = archived(room);
 		end
-		if archived(room) ~= false then return stanza; end
-		local body = stanza:get_child("body") ~= nil;
-		if not body then
-			-- (no message: nothing stamped, only a false claim taken away)
-			local claims = false;
-			for sid in stanza:childtags("stanza-id", xmlns_sid) do
-				if sid.attr.by == room then claims = true; end
+		if known ~= false then return stanza; end
+		-- one pass over the children (this runs for every room message):
+		-- a body (as get_child("body") finds it), an occupant's claim to
+		-- an id of the room's, the room's own delay
+		local own = stanza.attr.xmlns;
+		local body, claims, delayed = false, false, false;
+		local children = stanza.tags;
+		for i = 1, #children do
+			local tag = children[i];
+			local name, xmlns = tag.name, tag.attr.xmlns;
+			if name == "body" and (xmlns == nil or xmlns == own) then
+				body = true;
+			elseif name == "stanza-id" and xmlns == xmlns_sid and tag.attr.by == room then
+				claims = true;
+			elseif name == "delay" and xmlns == xmlns_delay and tag.attr.from == room then
+				delayed = true;
 			end
-			if not claims then return stanza; end
 		end
-		local stamped = st.clone(stanza);
-		stamped:maptags(function(tag)
-			if tag.name == "stanza-id" and tag.attr.xmlns == xmlns_sid and tag.attr.by == room then
-				return nil;
+		-- (no message: nothing stamped, only a false claim taken away)
+		if not body and not claims then return stanza; end
+		-- a copy of the top element that shares the room's children but
+		-- the claims: the stamping only changes the copy's own lists, and
+		-- every copy the module changes a child of (status codes, the
+		-- log's entries, pushes that wait) is a deep clone
+		local stamped = st.clone(stanza, true);
+		local tags = stamped.tags;
+		for i = 1, #stanza do
+			local child = stanza[i];
+			if not (claims and child.name == "stanza-id" and child.attr.xmlns == xmlns_sid
+					and child.attr.by == room) then
+				stamped[#stamped+1] = child;
+				if child.name then tags[#tags+1] = child; end
 			end
-			return tag;
-		end);
-		local delayed = false;
-		for delay in stamped:childtags("delay", xmlns_delay) do
-			if delay.attr.from == room then delayed = true; end
 		end
 		if body then
-			stamped:tag("stanza-id", { xmlns = xmlns_sid, by = room,
-				id = roomlog.stamp_id(room, stamped, delayed) }):up();
+			stamped:add_direct_child(st.stanza("stanza-id", { xmlns = xmlns_sid, by = room,
+				id = roomlog.stamp_id(room, stamped, delayed) }));
 		end
 		last.stanza, last.room, last.from, last.id, last.tags, last.stamped = stanza, room,
 			stanza.attr.from, stanza.attr.id, #stanza.tags, stamped;

@@ -431,8 +431,9 @@ local function forget_occupant_ids(ctx, event, actions)
 	end
 	for i = 1, actions and #actions or 0 do
 		local a = actions[i];
-		local account = a.account or ctx.account;
-		if a.op == "event" and (a.event == "left" or a.event == "removed") and account and a.room then
+		-- (a string is a copy to a session: see perform)
+		local account = type(a) == "table" and (a.account or ctx.account);
+		if account and a.op == "event" and (a.event == "left" or a.event == "removed") and a.room then
 			occupant_ids[account .. "\0" .. a.room] = nil;
 		end
 	end
@@ -459,16 +460,25 @@ local function perform(ctx, handled, actions, event, reason, text)
 		forget_occupant_ids(ctx, event);
 		return handled and true or nil;
 	end
-	local delivered, replayed = 0, 0;
+	local delivered, replayed, events = 0, 0, event ~= nil;
 	for i = 1, #actions do
 		local a = actions[i];
-		local f = act[a.op];
-		if f then
-			local d, r = f(ctx, a, a.account or ctx.account, a.room);
-			delivered, replayed = delivered + (d or 0), replayed + (r or 0);
+		if type(a) == "string" then
+			-- a copy to session a, nothing more (room_message's lean shape)
+			send.to_session(ctx.account, a, ctx.stanza);
+			delivered = delivered + 1;
+		else
+			local op = a.op;
+			local f = act[op];
+			if f then
+				local d, r = f(ctx, a, a.account or ctx.account, a.room);
+				delivered, replayed = delivered + (d or 0), replayed + (r or 0);
+			end
+			if op == "event" then events = true; end
 		end
 	end
-	forget_occupant_ids(ctx, event, actions);
+	-- (most decisions, a room message's copies, end no membership)
+	if events then forget_occupant_ids(ctx, event, actions); end
 	if delivered > 0 then metrics.deliveries:add(delivered); end
 	if replayed > 0 then metrics.replays:add(replayed); end
 	return true;
@@ -595,14 +605,36 @@ end
 -- What the shim reads of a room message, for the core and the log.  A local
 -- room hands the same object to each of its local accounts (changing only
 -- 'to'): it is read once, and again only if the object changed.
+-- One pass over the children finds what get_child() would (the first of
+-- each; body, subject and thread in no namespace or the stanza's own),
+-- since this runs for every room message.
 local function read_message(stanza, room, nick)
 	local t = stanza.attr.type or "normal";
-	local body = stanza:get_child("body") ~= nil;
+	local own = stanza.attr.xmlns;
+	local body, subject, thread, result, delay, sid, withdrawing = false, false, false, nil, nil, nil, false;
+	local tags = stanza.tags;
+	for i = 1, #tags do
+		local tag = tags[i];
+		local name, xmlns = tag.name, tag.attr.xmlns;
+		if xmlns == nil or xmlns == own then
+			if name == "body" then body = true;
+			elseif name == "subject" then subject = true;
+			elseif name == "thread" then thread = true; end
+		end
+		if xmlns == xmlns_sid then
+			-- the last of the room's own counts, as it always did
+			if name == "stanza-id" and tag.attr.by == room then sid = tag; end
+		elseif xmlns == xmlns_delay then
+			if name == "delay" and not delay then delay = tag; end
+		elseif xmlns == xmlns_mam then
+			if name == "result" and not result then result = tag; end
+		end
+		-- what roomlog.withdrawal() looks for, in whatever namespace
+		if name == "retract" or name == "apply-to" then withdrawing = true; end
+	end
 	-- a subject change (XEP-0045 §8.1): a <subject/> with a <body/> or a
 	-- <thread/> is a message
-	local subject = stanza:get_child("subject") ~= nil and not body
-		and stanza:get_child("thread") == nil;
-	local result = stanza:get_child("result", xmlns_mam);
+	subject = subject and not body and not thread;
 	local m = {
 		type = t;
 		id = stanza.attr.id;
@@ -613,16 +645,13 @@ local function read_message(stanza, room, nick)
 	if t == "groupchat" and (subject or body) then
 		-- the subject and messages are kept for later sessions, and logged
 		m.payload = send.shared_payload(stanza);
-		local delay = stanza:get_child("delay", xmlns_delay);
 		local stamp = delay and delay.attr.from == room and datetime.parse(delay.attr.stamp);
 		m.delayed = stamp and true or false;
 		m.stamp = stamp or now();
-		for sid in stanza:childtags("stanza-id", xmlns_sid) do
-			-- bounded: the core keeps it per membership and stores it
-			if sid.attr.by == room then m.stanza_id = roomlog.bounded_id(sid.attr.id); end
-		end
+		-- bounded: the core keeps it per membership and stores it
+		if sid then m.stanza_id = roomlog.bounded_id(sid.attr.id); end
 	end
-	if t == "groupchat" then
+	if t == "groupchat" and withdrawing then
 		-- a XEP-0424 retraction or XEP-0425 moderation (minimix_log.lib.lua)
 		m.withdraw = roomlog.withdrawal(stanza, nick);
 	end
@@ -661,7 +690,7 @@ local function incoming_message(event)
 		if tomb then core:withdraw(room, m.withdraw.id, tomb); end
 	end
 	local ctx = { account = account, room = room, stanza = stanza };
-	local handled = perform(ctx, core:room_message(account, room, nick, m));
+	local handled = perform(ctx, core:room_message(account, room, nick, m, true));
 	-- the devices that are away hear of it by push
 	push.message(account, room, nick, stanza, m);
 	return handled;

@@ -255,6 +255,26 @@ describe("minimix.state decisions", function()
 			s:sessions("a@h", "r@c"));
 	end);
 
+	it("gives a room message's plain copies as the sessions' resources when asked to be lean", function()
+		s:join("a@h", "p", "r@c", "alice", "j1");
+		s:join("a@h", "l", "r@c", "alice", "j2");
+		s:room_presence("a@h", "r@c", "alice",
+			{ type = "available", codes = { 110 }, affiliation = "none", role = "participant", payload = SELF, id = "j1" });
+		local handled, actions = s:room_message("a@h", "r@c", "bob",
+			{ type = "groupchat", body = true, payload = "<message/>" }, true);
+		assert.is_true(handled);
+		assert.same({ "p", "l" }, actions);
+		handled, actions = s:room_message("a@h", "r@c", "bob", { type = "chat", body = true }, true);
+		assert.is_true(handled);
+		assert.same({ "p", "l" }, actions);
+		-- not asked: tables, as every other call gives them
+		handled, actions = s:room_message("a@h", "r@c", "bob", { type = "groupchat", body = true }, false);
+		assert.same({ { op = "deliver", room = "r@c", resource = "p" }, { op = "deliver", room = "r@c", resource = "l" } },
+			actions);
+		-- not a room's business: as without
+		assert.is_false((s:room_message("a@h", "x@c", "bob", { type = "groupchat", body = true }, true)));
+	end);
+
 	it("replays the cache to a later session, with 210 when the nick differs", function()
 		s:join("a@h", "p", "r@c", "alice", "j1");
 		s:room_presence("a@h", "r@c", "bob", { payload = '<presence from="r@c/bob"/>' });

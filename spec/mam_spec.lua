@@ -55,9 +55,11 @@ local function fake_log(entries)
 	function log.bounded_id(id) return id; end
 	-- the ids handed out, by body (the real log tells copies apart by digest)
 	log.stamped = {};
-	function log.stamp_id(room, stanza)
+	log.delayed = {};
+	function log.stamp_id(room, stanza, delayed)
 		assert(room == ROOM);
 		local body = stanza:get_child_text("body");
+		log.delayed[body] = delayed;
 		log.stamped[body] = log.stamped[body] or ("id-" .. body);
 		return log.stamped[body];
 	end
@@ -339,13 +341,46 @@ describe("MAM from the room log", function()
 			local env = load_mam(ENTRIES, SPANS);
 			no_archive(env);
 			local m = said("hello", "spoofed");
+			m:tag("x", { xmlns = "urn:example:x" }):text("in it"):up():text(" ");
+			local before = tostring(m);
 			local out = env.lib.stamp(m, ACCOUNT);
 			assert.not_equal(m, out);
 			assert.same({ ROOM .. " id-hello" }, sids(out));
 			assert.same({ ROOM .. " spoofed" }, sids(m), "the room's object is left as it is");
+			assert.equal(before, tostring(m));
+			-- the copy: the room's children and text in their order, the
+			-- occupant's claim out, the room's id last
+			local function without_sids(text) return (text:gsub("^<message[^>]*>", ""):gsub("<stanza%-id[^>]*/>", "")); end
+			assert.equal(without_sids(before), without_sids(tostring(out)));
+			assert.equal(3, #out.tags);
+			assert.equal("stanza-id", out.tags[3].name);
+			assert.equal(out.tags[3], out[#out]);
 			-- the room hands the same object to its next local account
 			m.attr.to = "bob@localhost";
 			assert.equal(m, env.lib.stamp(m, "bob@localhost"), "bob is in no room here");
+		end);
+
+		it("telling the log a message the room says it said before (its delay)", function()
+			local env = load_mam(ENTRIES, SPANS);
+			no_archive(env);
+			local m = said("old"):tag("delay", { xmlns = "urn:xmpp:delay", from = ROOM,
+				stamp = "2020-01-01T00:00:00Z" }):up();
+			env.lib.stamp(m, ACCOUNT);
+			m = said("relayed"):tag("delay", { xmlns = "urn:xmpp:delay", from = "elsewhere.example",
+				stamp = "2020-01-01T00:00:00Z" }):up();
+			env.lib.stamp(m, ACCOUNT);
+			assert.same({ old = true, relayed = false }, env.log.delayed);
+		end);
+
+		it("on a body in no namespace or the stanza's own only", function()
+			local env = load_mam(ENTRIES, SPANS);
+			no_archive(env);
+			local foreign = st.message({ from = ROOM .. "/carol", to = ACCOUNT, type = "groupchat", id = "f" })
+				:text_tag("body", "not a body", { xmlns = "urn:example:other" });
+			assert.equal(foreign, env.lib.stamp(foreign, ACCOUNT));
+			local own = st.message({ xmlns = "jabber:client", from = ROOM .. "/carol", to = ACCOUNT,
+				type = "groupchat", id = "o" }):text_tag("body", "own", { xmlns = "jabber:client" });
+			assert.same({ ROOM .. " id-own" }, sids(env.lib.stamp(own, ACCOUNT)));
 		end);
 
 		it("once for every local account that gets the room's object", function()

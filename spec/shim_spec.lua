@@ -458,6 +458,58 @@ describe("mod_minimix shim", function()
 		end);
 	end
 
+	it("reads a room message's children as get_child() finds them", function()
+		-- a body, subject or thread counts in no namespace or the
+		-- stanza's own; of the room's stanza-ids the last; of its delays
+		-- the first; a retraction in XEP-0424's first form withdraws
+		fire(env, "pre-presence/full", P, join("j1"));
+		fire(env, "presence/bare", nil, room_presence("alice", { 110 }));
+		local function say(id, build)
+			local m = st.message({ xmlns = "jabber:client", from = "room@muc.example/bob",
+				to = "alice@localhost", type = "groupchat", id = id });
+			build(m);
+			fire(env, "message/bare", nil, m);
+		end
+		say("m0", function(m)
+			m:text_tag("body", "late")
+				:tag("delay", { xmlns = "urn:xmpp:delay", from = "room@muc.example", stamp = "2020-01-01T00:00:00Z" }):up()
+				:tag("delay", { xmlns = "urn:xmpp:delay", from = "bob@example.com", stamp = "2021-01-01T00:00:00Z" }):up();
+		end);
+		say("m1", function(m) m:text_tag("body", "own namespace", { xmlns = "jabber:client" }); end);
+		say("m2", function(m) m:text_tag("body", "not a body", { xmlns = "urn:example:other" }); end);
+		say("s1", function(m)
+			m:text_tag("subject", "Topic"):text_tag("thread", "not a thread", { xmlns = "urn:example:other" });
+		end);
+		say("m3", function(m)
+			m:text_tag("body", "stamped");
+			for _, sid in ipairs({ { "room@muc.example", "a" }, { "other@muc.example", "x" },
+					{ "room@muc.example", "b" } }) do
+				m:tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = sid[1], id = sid[2] }):up();
+			end
+		end);
+		local last = env.module.save().core:memberships("alice@localhost")[1];
+		assert.equal("b", last.last_id);
+		say("m4", function(m)
+			m:text_tag("body", "secret"):tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "room@muc.example", id = "c" }):up();
+		end);
+		say("r1", function(m)
+			m:tag("apply-to", { xmlns = "urn:xmpp:fasten:0", id = "c" })
+				:tag("retract", { xmlns = "urn:xmpp:message-retract:0" }):up():up();
+		end);
+		advance(env, 1);
+		-- said (its first delay) before what the device asks for
+		fire(env, "pre-presence/full", L, st.presence({ to = "room@muc.example/alice", id = "j2" })
+			:tag("x", { xmlns = MUC }):tag("history", { since = "2020-06-01T00:00:00Z" }):up():up());
+		local got = {};
+		for _, m in ipairs(L.got) do
+			if m.name == "message" then
+				got[#got+1] = m:get_child_text("body") or m:get_child_text("subject")
+					and ("subject:" .. m:get_child_text("subject")) or "withdrawn";
+			end
+		end
+		assert.same({ "own namespace", "stamped", "withdrawn", "subject:Topic" }, got);
+	end);
+
 	it("counts a since stamp from its microsecond: a message of that microsecond is included", function()
 		-- the clock is finer than a stamp: a client given a message's stamp
 		-- (rounded to the microsecond) and asking since it gets that
