@@ -564,6 +564,15 @@ local function new_writer(kind, store, on_quota, batch, storable)
 		return done;
 	end
 
+	-- Whether the store answers at all: a read of a store user nobody
+	-- writes (no room JID and no account has a space in it), which costs
+	-- the file store one missing file and SQL one indexed query, and fails
+	-- as everything does while the store is away.
+	local function store_answers()
+		local ok, items = pcall(store.find, store, "minimix probe", { limit = 1 });
+		return ok and items ~= nil;
+	end
+
 	-- One pass: round after round, the head of each queue (a failed queue
 	-- sits the pass out), until the batch is written or nothing moves.
 	function pass(probe, whole)
@@ -616,41 +625,46 @@ local function new_writer(kind, store, on_quota, batch, storable)
 		-- an earlier message of the same queue was refused.
 		-- A head that failed twice with nothing else written meanwhile
 		-- (its queue may be the only one with work) is told apart once:
-		-- tried again at once, then by the message behind it: if the store
-		-- takes that one and not the head, the head was refused and is
-		-- given up, and the order holds.
-		local unexplained = 0;
+		-- tried again at once; if it fails, the store is asked whether it
+		-- answers at all (a read of a user nobody writes); if it does, the
+		-- head is tried once more, and if the store that answers still
+		-- does not take it, it was refused and is given up.  Nothing
+		-- behind the head is written first, so the order holds, and a
+		-- store that comes back in the middle of this gives up nothing.
+		local unexplained, answered = 0, false;
 		for _, user in ipairs(failed) do
 			local q = queues[user];
 			local e = q and q[q.head];
 			if e and (e.fails >= 2 and last_success >= e.first_fail
 				or told:get(cause_key(user, e.err))) then
 				give_up(q, e, e.err);
-			elseif e and e.fails == 2 and q.head < q.tail and not probe then
+			elseif e and e.fails == 2 and not probe then
 				-- once per head (while the store is away, only heads are
 				-- tried): the head again at once, since a failure can be the
 				-- store's own reconnection (util.sql retries on a new
-				-- connection only once), then the message behind it
-				local next_e = q[q.head + 1];
-				if write(e) then
+				-- connection only once)
+				local ok = write(e);
+				local answers = not ok and store_answers();
+				if answers then ok = write(e); end
+				if ok then
 					pop(q, e);
 					m_writes:add(1);
 					wrote, last_success = true, pass_no;
-				elseif write(next_e) then
+				elseif answers then
+					m_failures:add(1);
 					give_up(q, e, e.err);
-					pop(q, next_e);
-					m_writes:add(1);
-					wrote, last_success = true, pass_no;
+					answered = true;
 				else
-					m_failures:add(2);
-					failures = failures + 2;
+					m_failures:add(1);
+					failures = failures + 1;
 					unexplained = unexplained + 1;
 				end
 			elseif e then
 				unexplained = unexplained + 1;
 			end
 		end
-		if wrote and failing then
+		-- (a store that answers is no longer away, even if it took nothing)
+		if (wrote or answered) and failing then
 			module:log("info", "Writing to the %s again, after %d failed attempt(s)", what, failures);
 			failing, failures, retry, overflowed = false, 0, 1, false;
 		elseif not wrote and unexplained > 0 and not failing then

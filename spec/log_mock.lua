@@ -4,8 +4,10 @@
 local st = require "util.stanza";
 
 -- A fake archive store: append/find/delete/users/count as Prosody's
--- drivers, with switches to fail: fail (every write), refuse (per user),
+-- drivers, with switches to fail: fail (the store away: every write and
+-- read), refuse (per user),
 -- refuse_body (the message with that body), fail_next (the next N writes),
+-- reads_ok (fail fails writes only),
 -- raise, quota (items per user), caps.
 local function fake_archive()
 	local s = { items = {}, appends = 0, deletes = {}, refuse = {}, caps = {} };
@@ -35,6 +37,9 @@ local function fake_archive()
 		local out = {};
 		query = query or {};
 		self.finds = (self.finds or 0) + 1;
+		-- a store that is away answers no read either (a full disk, with
+		-- reads_ok, still does)
+		if self.fail and not self.reads_ok then return nil, self.fail; end
 		for _, it in ipairs(self.items) do
 			if it.user == user and (not query.start or it.when >= query.start)
 				and (not query["end"] or it.when <= query["end"]) then

@@ -135,6 +135,37 @@ describe("the room log's writes", function()
 			assert.equal(0, dropped(env));
 		end);
 
+		it("gives up nothing when the store comes back between the head's tries", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			-- the head fails twice and once more at once; then the store
+			-- answers and takes it: the message behind it is no proof of
+			-- a refusal, and is written after it
+			store.fail_next = 3;
+			say(env, ROOM, "first");
+			say(env, ROOM, "second");
+			advance(env, 0.1);
+			advance(env, 1);
+			advance(env, 1);
+			assert.same({ "first", "second" }, logged(env, ROOM));
+			assert.equal(0, dropped(env));
+		end);
+
+		it("gives up a refused message that came alone in the only room with work", function()
+			local env = load_log();
+			local store = env.stores.minimix_log;
+			store.refuse_body = "bad";
+			say(env, ROOM, "bad");
+			advance(env, 0.1);
+			advance(env, 1);
+			-- the store answers reads but does not take it: refused
+			assert.equal(1, dropped(env));
+			assert.equal(0, (env.lib.pending()));
+			say(env, ROOM, "good");
+			advance(env, 0.2);
+			assert.same({ "good" }, logged(env, ROOM));
+		end);
+
 		it("keeps everything through an outage, trying each room once per attempt", function()
 			local env = load_log();
 			local store = env.stores.minimix_log;

@@ -233,6 +233,7 @@ describe("withdrawals on the file store", function()
 		room(env, 2);
 		retract(env, "dan", "s1");
 		env.stores.minimix_log.fail = "disk full";
+		env.stores.minimix_log.reads_ok = true;
 		advance(env, 61);
 		assert.equal("m1", stored(env, "s1"):get_child_text("body"));
 		assert.equal("tombstone", catch_up(env).s1);
