@@ -48,15 +48,39 @@ local function flush(level)
 end
 
 -- A membership changed: written at the next turn of the main loop, once for
--- all the changes of this one.
-local flush_soon = false;
+-- all the changes of this one.  Prosody 0.12's net.server runs timers only
+-- when no connection has anything to read: under a steady stream of
+-- stanzas that turn waits for as long as the stream lasts, and a crash
+-- meanwhile loses which rooms the account is in.  So while a write waits,
+-- the stanzas the module handles are watched too, and the first one
+-- handled OVERDUE after the change writes it (what changed meanwhile goes
+-- with it); the timer, when it comes at last, finds nothing to write.  The
+-- watch is hooked only while a write waits: a room message costs nothing
+-- more when none does.
+local OVERDUE = 0.1;
+-- the events of the module's router (mod_minimix.lua), watched before it
+local WATCHED = { "presence/bare", "message/bare", "iq/bare", "pre-presence/full",
+	"pre-presence/bare", "pre-message/bare", "pre-message/full", "pre-iq/bare", "pre-iq/full" };
+local waiting_since = nil; -- when the oldest change not yet written was made
+local watch;
+
+local function write_waiting()
+	if not waiting_since then return; end
+	waiting_since = nil;
+	for _, name in ipairs(WATCHED) do module:unhook(name, watch); end
+	flush(2);
+end
+
+function watch()
+	if now() - waiting_since >= OVERDUE then write_waiting(); end
+end
+
 function persist.membership_changed()
-	if flush_soon then return; end
-	flush_soon = true;
-	module:add_timer(0, function()
-		flush_soon = false;
-		flush(2);
-	end);
+	if waiting_since then return; end
+	waiting_since = now();
+	-- before the router and everything else of the module's
+	for _, name in ipairs(WATCHED) do module:hook(name, watch, 1000); end
+	module:add_timer(0, write_waiting);
 end
 
 -- v when it is of that type (a stored field written by hand), else nil

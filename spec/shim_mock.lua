@@ -76,6 +76,12 @@ local function load_shim(options, env_hook)
 		env.hooks[name] = { fn = fn, prio = prio or 0 };
 		env.hooked[name] = (env.hooked[name] or 0) + 1;
 	end
+	function module:unhook(name, fn)
+		for i, h in ipairs(env.more_hooks[name] or {}) do
+			if h.fn == fn then table.remove(env.more_hooks[name], i); return; end
+		end
+		if env.hooks[name] and env.hooks[name].fn == fn then env.hooks[name] = nil; end
+	end
 	env.stored = {};
 	function module:open_store(name, kind)
 		-- the bookmarks' archive, read at start: a driver that cannot list users
