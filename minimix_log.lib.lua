@@ -1,4 +1,6 @@
--- mod_minimix's room log: every room message the accounts of this host
+-- mod_minimix's room log: every room message written once per room, durably, for the devices that were away.
+--
+-- Every room message the accounts of this host
 -- receive, written once per room through Prosody's storage API (an archive
 -- store, so the file store, SQLite and PostgreSQL all work), with its
 -- retention, its fault handling and the opt-in copy into each account's

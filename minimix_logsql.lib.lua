@@ -1,4 +1,6 @@
--- mod_minimix's room log on mod_storage_sql: what one pass of the log's
+-- mod_minimix's room log on mod_storage_sql: one SQL transaction per flush instead of one per message.
+--
+-- What one pass of the log's
 -- writer takes, written in one SQL transaction instead of one per message.
 --
 -- mod_storage_sql's archive append commits each item (on SQLite a journal
