@@ -104,14 +104,15 @@ function lib.batcher(store, store_name, driver_name, compact_text)
 			end
 			-- (%q leaves a newline as a backslash and a newline; 13's index
 			-- takes every line that starts with "item" for an item's start)
-			return out:gsub("\n", "n") .. "\n", key;
+			if out:find("\n", 1, true) then out = out:gsub("\n", "n"); end
+			return out, key;
 		end
 		local item = st.preserialize(value);
 		local attr = {};
 		for k, v in pairs(value.attr) do attr[k] = v; end
 		attr.stamp = last_stamp;
 		item.attr, item.when, item.with, item.key = attr, when, e.with, key;
-		return "item(" .. serialize(item) .. ");\n", key;
+		return "item(" .. serialize(item) .. ");", key;
 	end
 	return function(entries)
 		if not no_callbacks() then return nil, "util.datamanager has callbacks"; end
@@ -134,8 +135,9 @@ function lib.batcher(store, store_name, driver_name, compact_text)
 			if count + #by_user[user] > quota then return nil, user .. " would pass the store's quota"; end
 		end
 		for _, user in ipairs(rooms) do
+			-- (each item on a line of its own, as the store's append writes it)
 			local list, parts, keys = by_user[user], {}, {};
-			for i, e in ipairs(list) do parts[i], keys[i] = item_of(e); end
+			for i, e in ipairs(list) do parts[2 * i - 1], keys[i] = item_of(e); parts[2 * i] = "\n"; end
 			local ok, err = datamanager.append_raw(user, host, store_name, "list", table.concat(parts));
 			if not ok then return nil, tostring(err); end
 			if indexed then
