@@ -110,7 +110,7 @@ bench: deps
 # mod_minimix.lua; the rockspec lists the same files (build.modules).
 LUA_LIBS = minimix_send.lib.lua minimix_log.lib.lua minimix_persist.lib.lua \
 	minimix_bookmarks.lib.lua minimix_links.lib.lua minimix_operators.lib.lua \
-	minimix_backfill.lib.lua minimix_mam.lib.lua minimix_logsql.lib.lua \
+	minimix_backfill.lib.lua minimix_mam.lib.lua minimix_logsql.lib.lua minimix_logfile.lib.lua \
 	minimix_push.lib.lua minimix_roominfo.lib.lua
 
 install: minimix.so

@@ -21,6 +21,7 @@ local datetime = require "util.datetime";
 local new_uuid = require "util.uuid".generate;
 local xml_parse = require "util.xml".parse;
 local logsql = module:require("minimix_logsql");
+local logfile = module:require("minimix_logfile");
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
@@ -185,6 +186,16 @@ local function item_text(item)
 	end
 	return text:sub(1, -#CLOSE - 1) .. "<said xmlns='" .. xmlns_said .. "' at='" .. st.xml_escape(said) .. "'/>"
 		.. CLOSE;
+end
+
+-- The text of a log item that is only that (its 'xmlns', its mark, one
+-- text): what the file store's batch writes without serialising a table.
+local function compact_text(item)
+	if not is_logged(item) or #item ~= 1 or #item.tags ~= 0 or type(item[1]) ~= "string" then return nil; end
+	for k in pairs(item.attr) do
+		if k ~= "xmlns" and k ~= "said" then return nil; end
+	end
+	return item[1];
 end
 
 -- A stanza's text without its 'to', as the shim's m.payload.
@@ -546,7 +557,22 @@ local function new_writer(kind, store, on_quota, batch, storable)
 			end
 			if #list == 0 then break; end
 			local ok, err = batch(list);
-			if not ok then return done, err or "unknown error"; end
+			if not ok then
+				-- (a batch of the file store writes room by room: the rooms
+				-- written before the one that failed are done)
+				local n = 0;
+				for _, e in ipairs(list) do
+					if e.batched then
+						if e.sid_key and type(e.written_key) == "string" then
+							sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
+						end
+						pop(queues[e.user], e);
+						n = n + 1;
+					end
+				end
+				m_writes:add(n);
+				return done + n, err or "unknown error";
+			end
 			for _, e in ipairs(list) do
 				if e.sid_key and type(e.written_key) == "string" then
 					sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
@@ -554,6 +580,7 @@ local function new_writer(kind, store, on_quota, batch, storable)
 				pop(queues[e.user], e);
 			end
 			m_writes:add(#list);
+			module:log("debug", "Wrote %d message(s) to the %s in one batch", #list, what);
 			done = done + #list;
 			local still = {};
 			for _, user in ipairs(active) do
@@ -843,14 +870,21 @@ end
 
 local log_store = enabled and module:open_store("minimix_log", "archive");
 
--- On mod_storage_sql, a pass's writes in one transaction (nil elsewhere);
--- text(value): a waiting value's XML text.
-local function sql_batcher(store, store_name, text)
+-- On mod_storage_sql, a pass's writes in one transaction; on the file
+-- store, in one append per room (nil elsewhere).  text(value): a waiting
+-- value's XML text (SQL); compact(value): the text of a log item the file
+-- store writes as it is.
+local function sql_batcher(store, store_name, text, compact)
 	local ok, sm = pcall(require, "core.storagemanager");
 	if not ok or not sm.get_driver then return nil; end
 	local ok2, _, driver_name = pcall(sm.get_driver, module.host, store_name);
-	local batch, why = logsql.batcher(store, store_name, ok2 and driver_name, text);
-	if not batch and ok2 and driver_name == "sql" then
+	local batch, why;
+	if ok2 and driver_name == "internal" then
+		batch, why = logfile.batcher(store, store_name, driver_name, compact);
+	else
+		batch, why = logsql.batcher(store, store_name, ok2 and driver_name, text);
+	end
+	if not batch and ok2 and (driver_name == "sql" or driver_name == "internal") then
 		module:log("debug", "Writing to the %s store one message at a time: %s", store_name, why);
 	end
 	return batch;
@@ -884,7 +918,7 @@ local function truncate_room(user, keep)
 	return ok and err;
 end
 
-local log_batch = enabled and sql_batcher(log_store, "minimix_log", item_text);
+local log_batch = enabled and sql_batcher(log_store, "minimix_log", item_text, compact_text);
 -- Whether the log's items are <logged/> text (see decode): on the file
 -- store, and on SQL where the batch writes them.  Elsewhere (another
 -- driver, SQL one by one: a store with a quota) they are the stanza, as

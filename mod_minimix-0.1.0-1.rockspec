@@ -50,6 +50,7 @@ build = {
 		["mod_minimix.minimix_backfill"] = "minimix_backfill.lib.lua",
 		["mod_minimix.minimix_mam"] = "minimix_mam.lib.lua",
 		["mod_minimix.minimix_logsql"] = "minimix_logsql.lib.lua",
+		["mod_minimix.minimix_logfile"] = "minimix_logfile.lib.lua",
 		["mod_minimix.minimix_push"] = "minimix_push.lib.lua",
 		["mod_minimix.minimix_roominfo"] = "minimix_roominfo.lib.lua",
 	},

@@ -137,7 +137,7 @@ end
 -- Load the library with options; driver: the storage driver's name;
 -- shared: module:shared()'s tables; stores: the stores of an earlier
 -- instance (a reload or a restart).
-local function load_log(options, driver, shared, stores)
+local function load_log(options, driver, shared, stores, real_datamanager)
 	local env = { logs = {}, timers = {}, hooks = {}, clock = 1700000000, metrics = {},
 		stores = stores or { minimix_log = fake_archive(), archive = fake_archive() }, shared = shared or {} };
 	local module = { host = "localhost" };
@@ -194,7 +194,7 @@ local function load_log(options, driver, shared, stores)
 	-- the file store's lists, as mod_storage_internal keeps them: the
 	-- fake archive's items, each list read or rewritten whole (counted)
 	env.rewrites = {};
-	package.loaded["util.datamanager"] = {
+	package.loaded["util.datamanager"] = real_datamanager or {
 		list_load = function(user, host, store)
 			assert(host == "localhost");
 			local s, out = assert(env.stores[store], store), {};
