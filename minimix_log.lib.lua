@@ -905,11 +905,16 @@ end
 -- The store's "username" for a room's log: the room's JID, unless the file
 -- store could not make a file name of it; then a digest of it (rooms with
 -- ordinary names keep theirs, and what was logged under them).
+local store_users = new_cache(1024);
 local function store_user(room)
 	if not file_store then return room; end
+	local user = store_users:get(room);
+	if user then return user; end
+	-- (worked out once per room: this runs for every message)
 	local _, escaped = room:gsub("%W", "");
-	if #room + 2 * escaped <= FILE_NAME_MAX then return room; end
-	return "minimix-" .. sha256(room, true);
+	user = #room + 2 * escaped <= FILE_NAME_MAX and room or "minimix-" .. sha256(room, true);
+	store_users:set(room, user);
+	return user;
 end
 
 local function truncate_room(user, keep)

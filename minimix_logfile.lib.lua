@@ -15,10 +15,11 @@
 -- count of each room (its quota, reached through its append's upvalues as
 -- on SQL) is raised by what was written, and Prosody 13's list index (the
 -- .lidx file), which an append elsewhere would leave short, is removed,
--- so 13 builds it again from the list at the next read.  Where the count
--- is not known yet, a room would pass the store's quota (its append's
--- "quota-limit" is how the writer makes room), or util.datamanager has
--- callbacks (which may redirect or refuse a write), the batch writes
+-- so 13 builds it again from the list at the next read.  A room whose
+-- count is not known yet (its first write since the start) is counted as
+-- the store's append counts it, its list read once.  Where a room would
+-- pass the store's quota (its append's "quota-limit" is how the writer
+-- makes room), or util.datamanager has callbacks (which may redirect or refuse a write), the batch writes
 -- nothing and the writer appends one by one, as on every other store.
 --
 -- A batch writes room after room; the file append of one room is all or
@@ -130,8 +131,16 @@ function lib.batcher(store, store_name, driver_name, compact_text)
 		end
 		-- nothing is written unless every room can take its entries
 		for _, user in ipairs(rooms) do
-			local count = counts:get(jid_join(user, host, store_name));
-			if not count then return nil, "the item count of " .. user .. " is not known yet"; end
+			local cache_key = jid_join(user, host, store_name);
+			local count = counts:get(cache_key);
+			if not count then
+				-- counted as the store's append counts (the first write of
+				-- a room since the start): its list read whole
+				local list, err = datamanager.list_load(user, host, store_name);
+				if not list and err then return nil, tostring(err); end
+				count = list and #list or 0;
+				counts:set(cache_key, count);
+			end
 			if count + #by_user[user] > quota then return nil, user .. " would pass the store's quota"; end
 		end
 		for _, user in ipairs(rooms) do

@@ -11,8 +11,8 @@ here, so that the messages of a test are queued for one flush.
 
 What is proven:
 
-1. 12 messages said within one flush interval, after a first one (which the
-   store's own append writes, counting the room), are written by one batch
+1. 12 messages said within one flush interval, after a first one, are
+   written by one batch
    (the module's debug line), all in the room's list in order, each with a
    key of its own, the time it was said and the speaker's nick; a device
    that was away gets all 12 from the log, in order, and pages through
@@ -52,8 +52,7 @@ async def say_within_one_flush(room, carol, laptop, texts):
 
 def test_one_flush_writes_a_rooms_messages_in_one_append(prosody_factory):
     """The phone goes away; carol says 12 messages within one flush
-    interval (after a first, which counts the room in the store).  One
-    batch writes them; the list holds them in order with keys, times and
+    interval (after a first one).  One batch writes them; the list holds them in order with keys, times and
     nicks; the phone, back, gets them from the log and through MAM."""
     env = file_env(prosody_factory)
     first = "before the batch"
