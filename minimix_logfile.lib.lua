@@ -36,15 +36,8 @@ local st = require "util.stanza";
 
 local new_key = require "util.uuid".v7 or require "util.id".medium;
 
-local function upvalue(fn, wanted)
-	if type(fn) ~= "function" then return nil; end
-	for i = 1, 255 do
-		local name, value = debug.getupvalue(fn, i);
-		if name == nil then return nil; end
-		if name == wanted then return value; end
-	end
-	return nil;
-end
+-- (a local of another module, found among its functions' upvalues)
+local upvalue = module:require("minimix_logsql").upvalue;
 
 -- Whether util.datamanager writes with no callback in the way (none is
 -- registered by Prosody itself).

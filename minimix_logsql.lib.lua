@@ -87,7 +87,7 @@ local function find_engine()
 	return engine;
 end
 
-local lib = {};
+local lib = { upvalue = upvalue };
 
 -- For the writer of store (opened as store_name, driven by driver_name):
 -- a function that writes a list of entries ({ user, key, value, when,

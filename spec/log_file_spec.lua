@@ -38,6 +38,9 @@ local function load_store(dir, options)
 	function module:get_option(name, default) return options[name] or default; end
 	function module:log() end
 	function module:provides(_, d) driver = d; end
+	function module:require(name)
+		return assert(loadfile("./" .. name .. ".lib.lua", "t", setmetatable({ module = module }, { __index = _G })))();
+	end
 	local saved = package.loaded["core.storagemanager"];
 	package.loaded["core.storagemanager"] = { olddm = dm };
 	local env = setmetatable({ module = module }, { __index = _G });
