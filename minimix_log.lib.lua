@@ -541,6 +541,14 @@ local function new_writer(kind, store, on_quota, batch, storable)
 	-- the queues' heads in turn (each queue's in its order), leaving out a
 	-- queue whose head failed before.  Returns how many were written, and
 	-- the error of a batch that failed (which wrote nothing).
+	-- An entry a batch wrote: its key kept for withdrawals, its queue on.
+	local function written(e)
+		if e.sid_key and type(e.written_key) == "string" then
+			sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
+		end
+		pop(queues[e.user], e);
+	end
+
 	local function write_batches(budget, whole, started)
 		local done = 0;
 		while done < budget do
@@ -562,23 +570,12 @@ local function new_writer(kind, store, on_quota, batch, storable)
 				-- written before the one that failed are done)
 				local n = 0;
 				for _, e in ipairs(list) do
-					if e.batched then
-						if e.sid_key and type(e.written_key) == "string" then
-							sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
-						end
-						pop(queues[e.user], e);
-						n = n + 1;
-					end
+					if e.batched then written(e); n = n + 1; end
 				end
 				m_writes:add(n);
 				return done + n, err or "unknown error";
 			end
-			for _, e in ipairs(list) do
-				if e.sid_key and type(e.written_key) == "string" then
-					sid_keys:set(e.sid_key, { key = e.written_key, who = entry_who(e) });
-				end
-				pop(queues[e.user], e);
-			end
+			for _, e in ipairs(list) do written(e); end
 			m_writes:add(#list);
 			module:log("debug", "Wrote %d message(s) to the %s in one batch", #list, what);
 			done = done + #list;
