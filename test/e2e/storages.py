@@ -162,6 +162,58 @@ class PostgresServer:
                 "port": self.port, "username": self.user, "password": self.password}
 
 
+# ---- reading an SQLite store back ---------------------------------------------------
+
+def _change_counter(path):
+    """The file change counter of the SQLite database at path (bytes 24-27
+    of its header), which every commit changes; None without a header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(28)
+    except FileNotFoundError:
+        return None
+    return head[24:28] if len(head) == 28 else None
+
+
+def sqlite_rows(path, query, params, timeout=20):
+    """The rows of query on Prosody's SQLite database at path, as committed:
+    [] when the database or its table is not there yet.
+
+    Read without locks (nolock=1): a lock of ours would make Prosody's
+    commit fail (it sets no busy timeout and does not roll back).  Without
+    a lock a read can see a commit half done: Prosody (journal_mode=delete)
+    writes the new pages into the database and then deletes the rollback
+    journal, and a kill -9 in between rolls the pages back at the next
+    start, so what such a read saw was never stored.  A read counts only
+    when no journal was there before it or after it and the database's
+    change counter stayed the same; otherwise it is tried again."""
+    journal = path + "-journal"
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, "no committed state of %s to read" % path
+        if not os.path.exists(path):
+            return []
+        before = _change_counter(path)
+        if os.path.exists(journal):
+            time.sleep(0.02)
+            continue
+        try:
+            db = sqlite3.connect("file:%s?mode=ro&nolock=1" % path, uri=True, timeout=5)
+            try:
+                rows = db.execute(query, params).fetchall()
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            # a read torn by a write is tried again
+            if "no such table" in str(e) and not os.path.exists(journal):
+                return []
+            time.sleep(0.02)
+            continue
+        if not os.path.exists(journal) and _change_counter(path) == before:
+            return rows
+        time.sleep(0.02)
+
+
 # ---- reading the file store back ----------------------------------------------------
 
 def read_store_file(path, complete_items=False):
@@ -266,26 +318,7 @@ def archive_entries(env, user, store, room=None, host="localhost"):
     query = ('SELECT "key", "when", "with", "value" FROM "prosodyarchive" WHERE "host" = %s '
              'AND "user" = %s AND "store" = %s ORDER BY "sort_id"')
     if env.storage == "sqlite":
-        if not os.path.exists(env.sqlite_path):
-            return []
-        for _ in range(50):
-            try:
-                db = sqlite3.connect("file:%s?mode=ro&nolock=1" % env.sqlite_path, uri=True,
-                                     timeout=5)
-                try:
-                    rows = db.execute(query % ("?", "?", "?"), (host, user, store)).fetchall()
-                finally:
-                    db.close()
-                break
-            except sqlite3.DatabaseError as e:
-                # read without locks (nolock=1): a lock of ours would make
-                # Prosody's commit fail (it sets no busy timeout and does
-                # not roll back); a read torn by a write is tried again
-                if "no such table" in str(e):
-                    return []
-                time.sleep(0.1)
-        else:
-            raise AssertionError("cannot read %s" % env.sqlite_path)
+        rows = sqlite_rows(env.sqlite_path, query % ("?", "?", "?"), (host, user, store))
     else:
         rows = env.pg.query(env.sql["database"], query % (":'v1'", ":'v2'", ":'v3'") + ";",
                             host, user, store)

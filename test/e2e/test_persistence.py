@@ -38,14 +38,12 @@ import itertools
 import json
 import os
 import re
-import sqlite3
-import subprocess
 import time
 
 import pytest
 
 from .clients import P, join_room, create_room, config_form, NS_DELAY, NS_SID, NS_MUC_OWNER
-from .storages import read_store_file, lua_read_store
+from .storages import read_store_file, lua_read_store, sqlite_rows
 from .world import run, next_second
 
 ALICE = "alice@localhost"
@@ -108,26 +106,7 @@ def stored_rooms(env, user="alice"):
     query = ('SELECT "key", "type", "value" FROM "prosody" WHERE "host" = %s AND "user" = %s '
              'AND "store" = %s')
     if env.storage == "sqlite":
-        if not os.path.exists(env.sqlite_path):
-            return {}
-        for attempt in range(50):
-            try:
-                db = sqlite3.connect("file:%s?mode=ro&nolock=1" % env.sqlite_path, uri=True,
-                                     timeout=5)
-                try:
-                    rows = db.execute(query % ("?", "?", "?"), ("localhost", user, "minimix")).fetchall()
-                finally:
-                    db.close()
-                break
-            except sqlite3.DatabaseError as e:
-                # read without locks (nolock=1): a lock of ours would make
-                # Prosody's commit fail (it sets no busy timeout and does
-                # not roll back); a read torn by a write is tried again
-                if "no such table" in str(e):
-                    return {}
-                time.sleep(0.1)
-        else:
-            raise AssertionError("cannot read %s" % env.sqlite_path)
+        rows = sqlite_rows(env.sqlite_path, query % ("?", "?", "?"), ("localhost", user, "minimix"))
     else:
         rows = env.pg.query(env.sql["database"],
                             query % (":'v1'", ":'v2'", ":'v3'") + ";", "localhost", user, "minimix")
