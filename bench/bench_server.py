@@ -332,10 +332,16 @@ async def close_all(groups):
 # Debian lua5.4 binary is stripped: the VM shows as addresses).
 CALLGRIND = os.environ.get("MINIMIX_BENCH_SERVER_CALLGRIND", "1") not in ("", "0")
 CG_M = env_int("MINIMIX_BENCH_SERVER_CALLGRIND_MESSAGES", 20)
+# Which modes run under callgrind (comma-separated; plain MUC and the module
+# always): by default the push modes of LOG_MODES, e.g. "nolog,sqlite" to
+# split the module's count into the log's share and the rest.
+CG_MODES = os.environ.get("MINIMIX_BENCH_SERVER_CALLGRIND_MODES")
 # MINIMIX_BENCH_SERVER_LUACOUNT=1 (off by default): one more run per mode
 # and D in which mod_bench_probe counts Lua VM instructions (a hook every
 # 1000, in every thread that handles stanzas) and writes the Lua functions
-# they were spent in to bench/results/luaprof-<mode>-D<n>.txt.
+# they were spent in to bench/results/luaprof-<mode>-D<n>.txt, with the
+# collector stopped: the bytes the Lua heap grew by per delivered message,
+# and roughly where (the same file).
 # MINIMIX_BENCH_PERF=1 adds `perf record` of the server to those runs
 # (bench/results/perf-<mode>-D<n>.data).  Profiled runs are slower: their
 # CPU figures are not reported.
@@ -361,7 +367,8 @@ async def profile_start(ctl, pid, name):
 
 
 async def profile_stop(ctl, prof):
-    """Stop profiling; returns the Lua VM instructions counted, in thousands."""
+    """Stop profiling; returns the Lua VM instructions counted, in thousands,
+    and the KB the Lua heap grew by meanwhile (the collector stopped)."""
     if "perf" in prof:
         import signal
         prof["perf"].send_signal(signal.SIGINT)
@@ -369,7 +376,9 @@ async def profile_stop(ctl, prof):
     el = await ctl.iq("<profile xmlns='urn:minimix:bench' action='stop' file=%s/>"
                       % quoteattr(os.path.join(RESULTS, "luaprof-%s.txt" % prof["name"])))
     p = el.find("{urn:minimix:bench}profile")
-    return int(p.get("samples")) if p is not None and p.get("samples") else None
+    if p is None or not p.get("samples"):
+        return None, None
+    return int(p.get("samples")), float(p.get("kb")) if p.get("kb") else None
 
 
 # ---- scenarios -----------------------------------------------------------------
@@ -445,7 +454,7 @@ async def fanout(mode, D, profile=None):
         await asyncio.sleep(0.25 * slow)
         cpu1, sch1, t1 = cpu_seconds(pid), sched_seconds(pid), time.monotonic()
         busy1, me1 = system_busy(), time.process_time()
-        kinstr = await profile_stop(ctl, prof) if profile == "lua" else None
+        kinstr, kb = await profile_stop(ctl, prof) if profile == "lua" else (None, None)
         ir = ir_core = None
         if cg:
             ir, ir_core = env.dump(os.path.join(RESULTS, "callgrind-%s-D%d.txt" % (mode, D)))
@@ -471,6 +480,7 @@ async def fanout(mode, D, profile=None):
             "profiled": profile,
             "lua_kinstr": kinstr,
             "lua_instr_per_delivered": kinstr * 1000 / max(got, 1) if kinstr else None,
+            "lua_bytes_per_delivered": kb * 1024 / max(got, 1) if kb else None,
             "ir": ir, "ir_core": ir_core,
             "ir_per_delivered": ir / max(got, 1) if ir else None,
             "log_bytes_per_message": (log1 - log0) / M if log1 is not None else None,
@@ -870,7 +880,9 @@ def main():
         if CALLGRIND:
             ir = {}
             # push's cost is small beside the noise of CPU time: counted too
-            for mode in ["plain", "module"] + [m for m in LOG_MODES if m.startswith("push")]:
+            extra = ([m for m in CG_MODES.split(",") if m in MODES and m not in ("plain", "module")]
+                     if CG_MODES is not None else [m for m in LOG_MODES if m.startswith("push")])
+            for mode in ["plain", "module"] + extra:
                 res = asyncio.run(fanout(mode, D, profile="callgrind"))
                 res["run"] = "callgrind"
                 results["fanout"].append(res)
@@ -890,22 +902,25 @@ def main():
                   "plain %.0f, module %.0f (%.2f); minimix.so: %.1f %% of the module's"
                   % (CG_M, ir["plain"], ir["module"], ir["module"] / ir["plain"],
                      100.0 * core_share))
-            for mode in ir:
-                if mode.startswith("push"):
-                    print("     %s: %.0f instructions per delivered message (%.3f of the module's)"
-                          % (mode, ir[mode], ir[mode] / ir["module"]))
+            for mode in extra:
+                print("     %s: %.0f instructions per delivered message (%.2f of plain MUC's, "
+                      "%.3f of the module's)" % (mode, ir[mode], ir[mode] / ir["plain"],
+                                                 ir[mode] / ir["module"]))
         if LUACOUNT:
-            instr = {}
+            instr, alloc = {}, {}
             for mode in ["plain", "module"] + LOG_MODES:
                 res = asyncio.run(fanout(mode, D, profile="lua"))
                 res["run"] = "profiled"
                 results["fanout"].append(res)
                 instr[mode] = res["lua_instr_per_delivered"]
+                alloc[mode] = res["lua_bytes_per_delivered"]
             summary[-1].update({"plain_lua_instr": instr["plain"],
                                 "module_lua_instr": instr["module"],
                                 "lua_instr_ratio": instr["module"] / instr["plain"]})
             print("     Lua VM instructions per delivered message: plain %.0f, module %.0f"
                   " (%.2f)" % (instr["plain"], instr["module"], instr["module"] / instr["plain"]))
+            print("     Lua heap allocated per delivered message: %s" % ", ".join(
+                "%s %.0f B" % (m, alloc[m]) for m in alloc if alloc[m] is not None))
     results["fanout_summary"] = summary
 
     if "rooms" in SCENARIOS:

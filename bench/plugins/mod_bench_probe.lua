@@ -10,7 +10,12 @@
 --       a sampling profile of Lua functions by VM instructions (a count
 --       hook every 1000 instructions) in the main thread and in the stanza
 --       threads of every c2s session, written to `file` on stop.  Time
---       spent in C functions is not seen (use perf for that).
+--       spent in C functions is not seen (use perf for that).  The
+--       collector is stopped meanwhile, so that the heap's growth is what
+--       was allocated: the stop's reply says how much (kb='...'), and the
+--       file has a second table, the KB allocated between two samples
+--       given to the function of the later one (a sample's worth of
+--       instructions: where the allocations are, roughly).
 local st = require "util.stanza";
 
 module:hook("iq-get/host/urn:minimix:bench:probe", function(event)
@@ -24,14 +29,29 @@ end);
 
 local EVERY = 1000;
 local counts, total = {}, 0;
+local allocs, heap_last = {}, 0;
 
 local function hook()
+	local heap = collectgarbage("count");
 	local info = debug.getinfo(2, "Sn");
 	if not info then return; end
 	local key = info.short_src .. ":" .. (info.linedefined or 0)
 		.. (info.name and (" " .. info.name) or "");
 	counts[key] = (counts[key] or 0) + 1;
 	total = total + 1;
+	allocs[key] = (allocs[key] or 0) + (heap - heap_last);
+	-- what the hook allocated itself is not counted
+	heap_last = collectgarbage("count");
+end
+
+local function write_table(f, title, map, sum)
+	local rows = {};
+	for k, n in pairs(map) do rows[#rows+1] = { k, n }; end
+	table.sort(rows, function(a, b) return a[2] > b[2]; end);
+	f:write(title);
+	for i = 1, math.min(#rows, 60) do
+		f:write(string.format("%6.2f%%  %s\n", rows[i][2] * 100 / math.max(sum, 1), rows[i][1]));
+	end
 end
 
 local function each_thread(fn)
@@ -44,7 +64,10 @@ end
 module:hook("iq-get/host/urn:minimix:bench:profile", function(event)
 	local p = event.stanza.tags[1];
 	if p.attr.action == "start" then
-		counts, total = {}, 0;
+		counts, total, allocs = {}, 0, {};
+		collectgarbage("collect");
+		collectgarbage("stop");
+		heap_last = collectgarbage("count");
 		each_thread(function(co) debug.sethook(co, hook, "", EVERY); end);
 		debug.sethook(hook, "", EVERY);
 		-- timers run in the main thread: hook it from there
@@ -53,19 +76,22 @@ module:hook("iq-get/host/urn:minimix:bench:profile", function(event)
 		each_thread(function(co) debug.sethook(co); end);
 		debug.sethook();
 		module:add_timer(0, function() debug.sethook(); end);
-		local rows = {};
-		for k, n in pairs(counts) do rows[#rows+1] = { k, n }; end
-		table.sort(rows, function(a, b) return a[2] > b[2]; end);
+		-- what was allocated since the last sample is not counted
+		local kb = 0;
+		for _, n in pairs(allocs) do kb = kb + n; end
+		collectgarbage("restart");
 		local f = io.open(p.attr.file, "w");
 		if f then
-			f:write(string.format("# %d samples, one per %d Lua VM instructions\n", total, EVERY));
-			for i = 1, math.min(#rows, 60) do
-				f:write(string.format("%6.2f%%  %s\n", rows[i][2] * 100 / math.max(total, 1), rows[i][1]));
-			end
+			write_table(f, string.format("# %d samples, one per %d Lua VM instructions\n", total, EVERY),
+				counts, total);
+			write_table(f, string.format("\n# %.0f KB allocated, by the function sampled after it\n", kb),
+				allocs, kb);
 			f:close();
 		end
+		event.stanza.tags[1].attr.kb = string.format("%.1f", kb);
 	end
 	event.origin.send(st.reply(event.stanza)
-		:tag("profile", { xmlns = "urn:minimix:bench", samples = tostring(total) }));
+		:tag("profile", { xmlns = "urn:minimix:bench", samples = tostring(total),
+			kb = p.attr.kb }));
 	return true;
 end);
