@@ -18,10 +18,21 @@ local time = require "util.time";
 local sha1 = require "util.hashes".sha1;
 local sha256 = require "util.hashes".sha256;
 local datetime = require "util.datetime";
-local new_uuid = require "util.uuid".generate;
+local random_bytes = require "util.random".bytes;
 local xml_parse = require "util.xml".parse;
 local logsql = module:require("minimix_logsql");
 local logfile = module:require("minimix_logfile");
+
+-- A random (version 4) UUID from one read of 16 bytes: the stanza-id the
+-- module stamps on each message of a room without an archive.
+-- util.uuid.generate reads six times and builds a dozen strings for one.
+local UUID = "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x";
+local function new_uuid()
+	local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16 =
+		random_bytes(16):byte(1, 16);
+	return UUID:format(b1, b2, b3, b4, b5, b6, b7 & 0x0f | 0x40, b8, b9 & 0x3f | 0x80, b10,
+		b11, b12, b13, b14, b15, b16);
+end
 
 local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_delay = "urn:xmpp:delay";
@@ -836,6 +847,16 @@ local function is_subject_change(stanza)
 		and stanza:get_child("thread") == nil;
 end
 
+-- The digest of a message whatever stanza-id it carries: the sender, the
+-- message's id (or, without one, the room's delay stamp) and the body.
+-- What tells the copies of one message apart in a room that stamps none,
+-- where the module stamps its own (minimix_mam.lib.lua).
+local function digest_of(stanza, room)
+	return "#" .. sha1((stanza.attr.from or "") .. "\0"
+		.. (stanza.attr.id or "@" .. (delay_stamp(stanza, room) or "")) .. "\0"
+		.. (stanza:get_child_text("body") or ""), true);
+end
+
 -- Returns the kind ("subject", "sid" or "digest") and the key, at most
 -- 41 bytes for a digest and ID_MAX for a stanza-id.
 local function dedupe_key(stanza, room)
@@ -851,18 +872,7 @@ local function dedupe_key(stanza, room)
 			return "sid", id;
 		end
 	end
-	return "digest", "#" .. sha1(table.concat({ stanza.attr.from or "",
-		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
-		stanza:get_child_text("body") or "" }, "\0"), true);
-end
-
--- The digest of a message whatever stanza-id it carries: what tells the
--- copies of one message apart in a room that stamps none, where the
--- module stamps its own (minimix_mam.lib.lua).
-local function digest_of(stanza, room)
-	return "#" .. sha1(table.concat({ stanza.attr.from or "",
-		stanza.attr.id or "@" .. (delay_stamp(stanza, room) or ""),
-		stanza:get_child_text("body") or "" }, "\0"), true);
+	return "digest", digest_of(stanza, room);
 end
 
 local log_store = enabled and module:open_store("minimix_log", "archive");

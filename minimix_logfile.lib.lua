@@ -8,8 +8,10 @@
 -- store's own list_append ends in), with the items the store's append
 -- writes: the value preserialised with its 'when', 'with', 'stamp' and a
 -- key of the store's own kind (util.id's medium on 0.12, a UUIDv7 on 13),
--- serialised by util.serialization as util.datamanager does.  archive:find,
--- retention and MAM read them as the store's own.
+-- serialised by util.serialization as util.datamanager does (the log's
+-- own items, an element with the message's text, in one format, the text
+-- as a long string where it can be one, so that it is not copied).
+-- archive:find, retention and MAM read them as the store's own.
 --
 -- What the store keeps beside its lists is kept right: its cached item
 -- count of each room (its quota, reached through its append's upvalues as
@@ -50,10 +52,11 @@ end
 -- Prosody 13 keeps an index beside each list (0.12 has none).
 local indexed = datamanager.list_open ~= nil;
 
--- An item of the room log's own kind, as util.serialization writes it:
--- the name, the attributes, when, with, key and the one text child.
-local COMPACT = "item({name=%q;attr={xmlns=%q;stamp=%q};when=%d;with=%q;key=%q;%q});";
-local COMPACT_SAID = "item({name=%q;attr={xmlns=%q;said=%q;stamp=%q};when=%d;with=%q;key=%q;%q});";
+-- An item of the room log's own kind, the table util.serialization
+-- writes: the name, the attributes, when, with, key and then the one text
+-- child (see item_of).
+local COMPACT = "item({name=%q;attr={xmlns=%q;stamp=%q};when=%d;with=%q;key=%q;";
+local COMPACT_SAID = "item({name=%q;attr={xmlns=%q;said=%q;stamp=%q};when=%d;with=%q;key=%q;";
 
 local lib = {};
 
@@ -79,34 +82,49 @@ function lib.batcher(store, store_name, driver_name, compact_text)
 	local host = module.host;
 	-- a stamp for each second, as the store puts on each item
 	local last_when, last_stamp;
-	local function item_of(e)
+	-- The item of entry e, as pieces added to parts (their concatenation
+	-- is the item's line); returns its key.
+	local function item_of(e, parts)
 		local value = e.value;
 		if not st.is_stanza(value) then error("not a stanza"); end
 		local when = e.when or os.time();
 		if when ~= last_when then last_when, last_stamp = when, datetime(when); end
 		local key = new_key();
 		local text = compact_text and compact_text(value);
+		local n = #parts;
 		if text and math.type(when) == "integer" and type(e.with) == "string" then
 			-- one of the room log's items (an element with a text, the
 			-- message's): the table serialize makes of it, in one format
 			local said = value.attr.said;
-			local out;
 			if said then
-				out = COMPACT_SAID:format(value.name, value.attr.xmlns, said, last_stamp, when, e.with, key, text);
+				parts[n + 1] = COMPACT_SAID:format(value.name, value.attr.xmlns, said, last_stamp, when, e.with, key);
 			else
-				out = COMPACT:format(value.name, value.attr.xmlns, last_stamp, when, e.with, key, text);
+				parts[n + 1] = COMPACT:format(value.name, value.attr.xmlns, last_stamp, when, e.with, key);
 			end
-			-- (%q leaves a newline as a backslash and a newline; 13's index
-			-- takes every line that starts with "item" for an item's start)
-			if out:find("\n", 1, true) then out = out:gsub("\n", "n"); end
-			return out, key;
+			-- (plain finds: memchr; a pattern would cost more than the copy)
+			if not text:find("\n", 1, true) and not text:find("\r", 1, true)
+				and not text:find("]=]", 1, true) and not (text:byte(-1) == 61 and text:byte(-2) == 93) then
+				-- as it is, in a long string (no copy of the text): one
+				-- without a line break (13's index takes every line that
+				-- starts with "item" for an item's start; Lua's reader
+				-- would turn a "\r" into a "\n") nor the string's end,
+				-- even with the end's "]" after it
+				parts[n + 2], parts[n + 3], parts[n + 4] = "[=[", text, "]=]});\n";
+			else
+				-- (%q leaves a newline as a backslash and a newline)
+				local quoted = ("%q"):format(text);
+				if quoted:find("\n", 1, true) then quoted = quoted:gsub("\n", "n"); end
+				parts[n + 2], parts[n + 3] = quoted, "});\n";
+			end
+			return key;
 		end
 		local item = st.preserialize(value);
 		local attr = {};
 		for k, v in pairs(value.attr) do attr[k] = v; end
 		attr.stamp = last_stamp;
 		item.attr, item.when, item.with, item.key = attr, when, e.with, key;
-		return "item(" .. serialize(item) .. ");", key;
+		parts[n + 1] = "item(" .. serialize(item) .. ");\n";
+		return key;
 	end
 	return function(entries)
 		if not no_callbacks() then return nil, "util.datamanager has callbacks"; end
@@ -139,7 +157,7 @@ function lib.batcher(store, store_name, driver_name, compact_text)
 		for _, user in ipairs(rooms) do
 			-- (each item on a line of its own, as the store's append writes it)
 			local list, parts, keys = by_user[user], {}, {};
-			for i, e in ipairs(list) do parts[2 * i - 1], keys[i] = item_of(e); parts[2 * i] = "\n"; end
+			for i, e in ipairs(list) do keys[i] = item_of(e, parts); end
 			local ok, err = datamanager.append_raw(user, host, store_name, "list", table.concat(parts));
 			if not ok then return nil, tostring(err); end
 			if indexed then

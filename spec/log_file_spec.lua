@@ -173,6 +173,13 @@ describe("the room log on the file store", function()
 			"control \r \t and UTF-8 \226\130\172 ö 𝄞",
 			"\n\nitem(",
 			"",
+			-- (as they are, in a long string)
+			"<body>a &amp; b</body> ]] [=[ [[ \\ \" ' ö",
+			"ends in ]",
+			"ends in ]==",
+			-- (not: they would end the long string early)
+			"ends in ]=",
+			"]=",
 		};
 		local entries = {};
 		for i, t in ipairs(texts) do

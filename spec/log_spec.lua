@@ -132,8 +132,9 @@ describe("room log", function()
 			local env = load_log();
 			local one = stamp(env, msg("dan", "one", nil, { id = "m1" }));
 			local two = stamp(env, msg("dan", "two", nil, { id = "m2" }));
-			assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", one);
-			assert.equal(36, #one);
+			-- a random UUID (RFC 9562, version 4), lower case
+			assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$", one);
+			assert.equal(one:lower(), one);
 			assert.not_equal(one, two);
 			-- another account's copy (a remote room sends one each), and a
 			-- re-join's history of it (delayed, same sender, id and body)
