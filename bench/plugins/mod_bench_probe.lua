@@ -63,6 +63,7 @@ end
 
 module:hook("iq-get/host/urn:minimix:bench:profile", function(event)
 	local p = event.stanza.tags[1];
+	local kb; -- the KB allocated while profiling (on stop)
 	if p.attr.action == "start" then
 		counts, total, allocs = {}, 0, {};
 		collectgarbage("collect");
@@ -77,7 +78,7 @@ module:hook("iq-get/host/urn:minimix:bench:profile", function(event)
 		debug.sethook();
 		module:add_timer(0, function() debug.sethook(); end);
 		-- what was allocated since the last sample is not counted
-		local kb = 0;
+		kb = 0;
 		for _, n in pairs(allocs) do kb = kb + n; end
 		collectgarbage("restart");
 		local f = io.open(p.attr.file, "w");
@@ -88,10 +89,9 @@ module:hook("iq-get/host/urn:minimix:bench:profile", function(event)
 				allocs, kb);
 			f:close();
 		end
-		event.stanza.tags[1].attr.kb = string.format("%.1f", kb);
 	end
 	event.origin.send(st.reply(event.stanza)
 		:tag("profile", { xmlns = "urn:minimix:bench", samples = tostring(total),
-			kb = p.attr.kb }));
+			kb = kb and string.format("%.1f", kb) }));
 	return true;
 end);
