@@ -881,7 +881,7 @@ local log_store = enabled and module:open_store("minimix_log", "archive");
 -- store, in one append per room (nil elsewhere).  text(value): a waiting
 -- value's XML text (SQL); compact(value): the text of a log item the file
 -- store writes as it is.
-local function sql_batcher(store, store_name, text, compact)
+local function store_batcher(store, store_name, text, compact)
 	local ok, sm = pcall(require, "core.storagemanager");
 	if not ok or not sm.get_driver then return nil; end
 	local ok2, _, driver_name = pcall(sm.get_driver, module.host, store_name);
@@ -930,7 +930,7 @@ local function truncate_room(user, keep)
 	return ok and err;
 end
 
-local log_batch = enabled and sql_batcher(log_store, "minimix_log", item_text, compact_text);
+local log_batch = enabled and store_batcher(log_store, "minimix_log", item_text, compact_text);
 -- Whether the log's items are <logged/> text (see decode): on the file
 -- store, and on SQL where the batch writes them.  Elsewhere (another
 -- driver, SQL one by one: a store with a quota) they are the stanza, as
@@ -1001,7 +1001,7 @@ local mam_writer = in_mam and new_writer("mam", mam_store, function(user, stage)
 		return ok and deleted and deleted ~= 0 or false;
 	end
 	return false;
-end, in_mam and sql_batcher(mam_store, mam_store_name));
+end, in_mam and store_batcher(mam_store, mam_store_name));
 local mam_seen = new_cache(MAM_SEEN);
 guard_sql_statements();
 
