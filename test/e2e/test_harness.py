@@ -230,3 +230,36 @@ def test_file_store_reads_never_see_a_half_replaced_file(tmp_path):
         stop.touch()
         out, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0, out
+
+
+def test_stop_waits_until_the_server_has_handled_a_closed_connection():
+    """A client's disconnect the server has not handled yet is seen (its
+    socket in CLOSE_WAIT), and the harness's stop waits for it: Prosody
+    0.12 runs SIGTERM's handler in the middle of whatever Lua code runs,
+    a disconnect's included (prosody_env._wait_disconnects_handled)."""
+    env = ProsodyEnv(minimix=False)
+    try:
+        env.start()
+        # (the harness's own probe of the port, closed at once)
+        env._wait_disconnects_handled(10)
+        assert env._half_closed() == 0
+        # a client the server has accepted (a socket of its own)
+        accepted = env.read_log().count("Client connected")
+        s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+        deadline = time.monotonic() + 10
+        while env.read_log().count("Client connected") <= accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(env.proc.pid, signal.SIGSTOP)
+        try:
+            s.close()
+            deadline = time.monotonic() + 5
+            while env._half_closed() == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert env._half_closed() == 1, "the closed connection is not seen"
+        finally:
+            os.kill(env.proc.pid, signal.SIGCONT)
+        env._wait_disconnects_handled(10)
+        assert env._half_closed() == 0
+        assert env.stop() == 0
+    finally:
+        env.cleanup()
